@@ -1,0 +1,1 @@
+"""Everything that talks to a chain node: artifacts, deployment, typed contract clients, event index."""

@@ -1,0 +1,98 @@
+"""A connection to a chain: the embedded py-evm chain (default) or a JSON-RPC node.
+
+Only this package talks to a node; everything above it receives a `Chain`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
+from eth_utils import keccak
+from web3 import EthereumTesterProvider, HTTPProvider, Web3
+from web3.types import Wei
+
+from chain_client.errors import NodeUnavailable
+from chain_client.settings import Settings
+from chain_client.transactions import NonceManager
+
+# Enough for a settlement batch of 64 and for deployment, and the same as common public chains.
+_EMBEDDED_GAS_LIMIT = 30_000_000
+
+
+@dataclass
+class Chain:
+    """A web3 connection plus the few node controls the demo and tests need (time, funding)."""
+
+    w3: Web3
+    settings: Settings
+    embedded: bool
+    nonces: NonceManager = field(default_factory=NonceManager, repr=False)
+    _tester: Any = field(default=None, repr=False)
+
+    @property
+    def chain_id(self) -> int:
+        return int(self.w3.eth.chain_id)
+
+    def now(self) -> int:
+        """Timestamp of the latest block: the contracts' idea of now."""
+        return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def advance_time(self, seconds: int) -> int:
+        """Moves chain time forward by `seconds` and mines a block; returns the new timestamp.
+
+        Only for development chains: the embedded chain and anvil (or a node with evm_increaseTime).
+        """
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        if self.embedded:
+            target = self.now() + seconds
+            self._tester.time_travel(target)
+            return self.now()
+        self.w3.provider.make_request(cast(Any, "evm_increaseTime"), [seconds])
+        self.w3.provider.make_request(cast(Any, "evm_mine"), [])
+        return self.now()
+
+    def fund(self, address: ChecksumAddress, wei: int) -> None:
+        """Gives `address` ether for gas from the development chain's own funded account."""
+        if self.embedded:
+            faucet = self.w3.eth.accounts[0]
+            tx_hash = self.w3.eth.send_transaction({"from": faucet, "to": address, "value": Wei(wei)})
+            self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.settings.receipt_timeout)
+            return
+        balance = self.w3.eth.get_balance(address)
+        self.w3.provider.make_request(cast(Any, "anvil_setBalance"), [address, hex(balance + wei)])
+
+    def new_account(self, fund_wei: int = 10**20, seed: str | None = None) -> LocalAccount:
+        """A fresh local key, funded for gas on a development chain. A `seed` makes the key
+        reproducible (benchmarks want identical calldata run after run)."""
+        account: LocalAccount = Account.from_key(keccak(text=seed)) if seed else Account.create()
+        if fund_wei:
+            self.fund(account.address, fund_wei)
+        return account
+
+
+def connect(settings: Settings | None = None) -> Chain:
+    """Connects to `settings.rpc_url`, or starts a fresh embedded chain when it is None."""
+    settings = settings or Settings()
+    if settings.rpc_url is None:
+        return _embedded(settings)
+    w3 = Web3(HTTPProvider(settings.rpc_url, request_kwargs={"timeout": settings.rpc_timeout}))
+    try:
+        w3.eth.get_block_number()
+    except Exception as exc:  # requests raises several unrelated types for a dead endpoint
+        raise NodeUnavailable(settings.rpc_url, str(exc)) from exc
+    return Chain(w3=w3, settings=settings, embedded=False)
+
+
+def _embedded(settings: Settings) -> Chain:
+    # Imported here: py-evm is heavy and a node-backed process never needs it.
+    from eth_tester import EthereumTester, PyEVMBackend
+
+    params = PyEVMBackend.generate_genesis_params(overrides={"gas_limit": _EMBEDDED_GAS_LIMIT})
+    tester = EthereumTester(PyEVMBackend(genesis_parameters=params))
+    w3 = Web3(EthereumTesterProvider(tester))
+    return Chain(w3=w3, settings=settings, embedded=True, _tester=tester)

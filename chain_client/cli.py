@@ -1,0 +1,501 @@
+"""chain_client's commands: deploy, demo, and the everyday jobs against a deployed system.
+
+Write commands sign with a key read from an environment variable (`--key-env`, never a key on the
+command line, where shell history and `ps` would keep it). Everything but `demo` needs a node
+(`--rpc-url` or CERTLEDGER_RPC_URL): the embedded chain lives only as long as one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
+from eth_utils import to_checksum_address
+from rich.console import Console
+
+from chain_client.chain import connect
+from chain_client.errors import CertledgerError, ContractError
+from chain_client.ledger import LineageNode
+from chain_client.models import Role
+from chain_client.pricing import discount_price
+from chain_client.receipts import label_hash
+from chain_client.settings import Settings
+from chain_client.system import System
+
+app = typer.Typer(no_args_is_help=True)
+order_app = typer.Typer(help="Open, cancel and show orders.", no_args_is_help=True)
+cert_app = typer.Typer(help="Show, split, transfer, merge, freeze certificates.", no_args_is_help=True)
+discount_app = typer.Typer(help="Quote, offer and buy discount sales.", no_args_is_help=True)
+participant_app = typer.Typer(help="Register, suspend and show participants.", no_args_is_help=True)
+app.add_typer(order_app, name="order")
+app.add_typer(cert_app, name="cert")
+app.add_typer(discount_app, name="discount")
+warehouse_app = typer.Typer(help="Register warehouses and their device keys.", no_args_is_help=True)
+app.add_typer(participant_app, name="participant")
+app.add_typer(warehouse_app, name="warehouse")
+
+console = Console()
+
+RpcUrl = Annotated[str | None, typer.Option(envvar="CERTLEDGER_RPC_URL", help="JSON-RPC URL of the node.")]
+Manifest = Annotated[Path, typer.Option(envvar="CERTLEDGER_MANIFEST", help="Deployment manifest.")]
+KeyEnv = Annotated[str, typer.Option(help="Environment variable holding the signer's hex private key.")]
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _settings(rpc_url: str | None, manifest: Path) -> Settings:
+    return Settings(rpc_url=rpc_url, manifest=manifest)
+
+
+def _system(rpc_url: str | None, manifest: Path) -> System:
+    if rpc_url is None:
+        raise typer.BadParameter(
+            "a node is needed: give --rpc-url or set CERTLEDGER_RPC_URL", param_hint="--rpc-url"
+        )
+    return System.from_manifest(_settings(rpc_url, manifest))
+
+
+def _signer(key_env: str) -> LocalAccount:
+    key = os.environ.get(key_env)
+    if not key:
+        raise typer.BadParameter(f"environment variable {key_env} is not set", param_hint="--key-env")
+    account: LocalAccount = Account.from_key(key)
+    return account
+
+
+def _address(value: str) -> ChecksumAddress:
+    try:
+        return to_checksum_address(value)
+    except ValueError:
+        raise typer.BadParameter(f"not an address: {value}") from None
+
+
+def _id32(value: str) -> bytes:
+    """A bytes32 given as 0x-hex, or a label hashed with keccak256."""
+    if value.startswith("0x") and len(value) == 66:
+        return bytes.fromhex(value[2:])
+    return label_hash(value)
+
+
+def _emit(data: Any, as_json: bool) -> None:
+    if as_json:
+        console.print_json(json.dumps(data, default=_jsonable))
+    else:
+        console.print(data)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return str(value)
+
+
+def _run(job: Any) -> None:
+    """Runs `job`, printing a contract error as its name and fields and exiting 1."""
+    try:
+        job()
+    except ContractError as exc:
+        console.print(f"[red]refused by the contract:[/] {exc.error_name} {exc.fields}")
+        raise typer.Exit(1) from None
+    except CertledgerError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+# ---------------------------------------------------------------------- deploy, demo
+
+
+@app.command()
+def deploy(
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
+    entity_id: Annotated[
+        str, typer.Option(help="Operator's legal identifier (hashed) or 0x bytes32.")
+    ] = "operator",
+    min_split_unit: Annotated[int, typer.Option(min=1)] = 100,
+    max_split_depth: Annotated[int, typer.Option(min=1, max=255)] = 8,
+) -> None:
+    """Deploy token, oracle and ledger to a node and write the deployment manifest."""
+
+    def job() -> None:
+        chain = connect(_settings(rpc_url, manifest))
+        if chain.embedded:
+            raise typer.BadParameter("deploy needs a node: give --rpc-url", param_hint="--rpc-url")
+        system = System.deploy(
+            chain,
+            _signer(key_env),
+            admin_entity_id=_id32(entity_id),
+            min_split_unit=min_split_unit,
+            max_split_depth=max_split_depth,
+        )
+        system.deployment.save(manifest)
+        console.print(f"deployed; manifest written to {manifest}")
+        console.print_json(manifest.read_text(encoding="utf-8"))
+
+    _run(job)
+
+
+@app.command()
+def demo(rpc_url: RpcUrl = None) -> None:
+    """Run the whole lifecycle (order, receipt, split, discount, maturity, settlement) and tell it."""
+    from chain_client.demo import run_demo
+
+    _run(lambda: run_demo(connect(Settings(rpc_url=rpc_url)), console))
+
+
+# ---------------------------------------------------------------------- participants
+
+
+@participant_app.command("register")
+def participant_register(
+    account: str,
+    entity: Annotated[str, typer.Option(help="Legal identifier (hashed) or 0x bytes32.")],
+    roles: Annotated[
+        list[str], typer.Option("--role", help="ISSUER, SUPPLIER, FACTOR, REGULATOR, AUDITOR, ADMIN")
+    ],
+    issuer_limit: int = 0,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
+) -> None:
+    """Register a participant (ADMIN)."""
+    try:
+        mask = Role(0)
+        for name in roles:
+            mask |= Role[name.upper()]
+    except KeyError as exc:
+        raise typer.BadParameter(f"unknown role {exc}", param_hint="--role") from None
+    _run(
+        lambda: _system(rpc_url, manifest).ledger.register_participant(
+            _signer(key_env), _address(account), _id32(entity), mask, issuer_limit
+        )
+    )
+
+
+@participant_app.command("suspend")
+def participant_suspend(
+    account: str,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
+) -> None:
+    """Suspend a participant (ADMIN)."""
+    _run(lambda: _system(rpc_url, manifest).ledger.suspend(_signer(key_env), _address(account)))
+
+
+@participant_app.command("reinstate")
+def participant_reinstate(
+    account: str,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
+) -> None:
+    """Reinstate a suspended participant (ADMIN)."""
+    _run(lambda: _system(rpc_url, manifest).ledger.reinstate(_signer(key_env), _address(account)))
+
+
+@warehouse_app.command("register")
+def warehouse_register(
+    warehouse: Annotated[str, typer.Argument(help="Warehouse label (hashed) or 0x bytes32.")],
+    devices: Annotated[list[str], typer.Option("--device", help="A device key's address; repeat.")],
+    threshold: Annotated[int, typer.Option(min=1, help="Signatures needed (m of n).")],
+    freshness: Annotated[int, typer.Option(min=1, help="Oldest acceptable reading, seconds.")] = 3_600,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
+) -> None:
+    """Register a warehouse with its device keys (ADMIN)."""
+    _run(
+        lambda: _system(rpc_url, manifest).oracle.register_warehouse(
+            _signer(key_env), _id32(warehouse), [_address(d) for d in devices], threshold, freshness
+        )
+    )
+
+
+@participant_app.command("show")
+def participant_show(
+    account: str, rpc_url: RpcUrl = None, manifest: Manifest = Path("deployment.json"), as_json: Json = False
+) -> None:
+    """Show a participant's record."""
+    _run(lambda: _emit(_system(rpc_url, manifest).ledger.participant(_address(account)), as_json))
+
+
+# ---------------------------------------------------------------------- orders
+
+
+@order_app.command("open")
+def order_open(
+    payee: str,
+    amount: Annotated[int, typer.Option(help="Amount in token units (fen for tCNY).", min=1)],
+    maturity_days: Annotated[int, typer.Option(min=0)],
+    invoice: Annotated[str, typer.Option(help="Invoice number (hashed) or 0x bytes32.")],
+    warehouse: Annotated[str, typer.Option(help="Warehouse label or 0x bytes32.")],
+    goods: Annotated[str, typer.Option(help="Goods description (hashed) or 0x bytes32.")],
+    quantity: Annotated[int, typer.Option(min=1)],
+    deadline_days: Annotated[int, typer.Option(min=1)] = 14,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_KEY",
+) -> None:
+    """Open an order escrowing AMOUNT (ISSUER); approves the ledger for it first if needed."""
+
+    def job() -> None:
+        system = _system(rpc_url, manifest)
+        issuer = _signer(key_env)
+        now = system.chain.now()
+        system.token.ensure_allowance(issuer, system.ledger.address, amount)
+        order_id, result = system.ledger.open_order(
+            issuer,
+            payee=_address(payee),
+            amount=amount,
+            maturity=now + maturity_days * 86_400,
+            invoice_hash=_id32(invoice),
+            warehouse=_id32(warehouse),
+            goods_hash=_id32(goods),
+            expected_quantity=quantity,
+            deadline=now + deadline_days * 86_400,
+        )
+        console.print(f"order {order_id} opened in {result.tx_hash}")
+
+    _run(job)
+
+
+@order_app.command("cancel")
+def order_cancel(
+    order_id: int,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_KEY",
+) -> None:
+    """Cancel an unconfirmed order after its deadline (its ISSUER)."""
+    _run(lambda: _system(rpc_url, manifest).ledger.cancel_order(_signer(key_env), order_id))
+
+
+@order_app.command("show")
+def order_show(
+    order_id: int, rpc_url: RpcUrl = None, manifest: Manifest = Path("deployment.json"), as_json: Json = False
+) -> None:
+    """Show an order."""
+    _run(lambda: _emit(_system(rpc_url, manifest).ledger.order(order_id), as_json))
+
+
+# ---------------------------------------------------------------------- certificates
+
+
+@cert_app.command("show")
+def cert_show(
+    certificate_id: int,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    as_json: Json = False,
+) -> None:
+    """Show a certificate."""
+    _run(lambda: _emit(_system(rpc_url, manifest).ledger.certificate(certificate_id), as_json))
+
+
+@cert_app.command("holdings")
+def cert_holdings(
+    holder: str, rpc_url: RpcUrl = None, manifest: Manifest = Path("deployment.json"), as_json: Json = False
+) -> None:
+    """List the live certificates a holder has."""
+
+    def job() -> None:
+        system = _system(rpc_url, manifest)
+        held = system.ledger.holdings(_address(holder), from_block=system.deployment.deployment_block)
+        _emit(held, as_json)
+
+    _run(job)
+
+
+@cert_app.command("lineage")
+def cert_lineage(
+    certificate_id: int,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    as_json: Json = False,
+) -> None:
+    """Print the tree of a certificate's order, from the root to every split."""
+
+    def job() -> None:
+        system = _system(rpc_url, manifest)
+        tree = system.ledger.lineage(certificate_id, from_block=system.deployment.deployment_block)
+        if as_json:
+            _emit(_tree_dict(tree), True)
+            return
+        for node in tree.walk():
+            c = node.certificate
+            console.print(
+                f"{'  ' * c.depth}#{c.certificate_id} {c.holder} {c.value} {c.status.name.lower()}"
+                + (" frozen" if c.frozen else "")
+            )
+
+    _run(job)
+
+
+def _tree_dict(node: LineageNode) -> dict[str, Any]:
+    return {**asdict(node.certificate), "children": [_tree_dict(k) for k in node.children]}
+
+
+@cert_app.command("split")
+def cert_split(
+    certificate_id: int,
+    values: Annotated[list[int], typer.Argument(help="The parts; the certificate keeps the first.")],
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_KEY",
+) -> None:
+    """Split a certificate into parts you keep."""
+
+    def job() -> None:
+        new_ids, _ = _system(rpc_url, manifest).ledger.split(_signer(key_env), certificate_id, values)
+        console.print(f"new certificates: {new_ids}")
+
+    _run(job)
+
+
+@cert_app.command("transfer")
+def cert_transfer(
+    certificate_id: int,
+    to: str,
+    value: Annotated[int | None, typer.Option(help="Move only this much, as a new certificate.")] = None,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_KEY",
+) -> None:
+    """Transfer a whole certificate, or split VALUE off to a new holder."""
+
+    def job() -> None:
+        ledger = _system(rpc_url, manifest).ledger
+        if value is None:
+            ledger.transfer(_signer(key_env), certificate_id, _address(to))
+            console.print(f"certificate {certificate_id} now held by {to}")
+        else:
+            new_id, _ = ledger.split_to(_signer(key_env), certificate_id, _address(to), value)
+            console.print(f"certificate {new_id} of {value} now held by {to}")
+
+    _run(job)
+
+
+@cert_app.command("merge")
+def cert_merge(
+    from_id: int,
+    to_id: int,
+    value: Annotated[int | None, typer.Option()] = None,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_KEY",
+) -> None:
+    """Move value (default all) from one certificate into another of the same order."""
+    _run(lambda: _system(rpc_url, manifest).ledger.merge(_signer(key_env), from_id, to_id, value))
+
+
+@cert_app.command("freeze")
+def cert_freeze(
+    certificate_id: int,
+    reason: str,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_KEY",
+) -> None:
+    """Freeze a certificate (REGULATOR)."""
+    _run(lambda: _system(rpc_url, manifest).ledger.freeze(_signer(key_env), certificate_id, _id32(reason)))
+
+
+@cert_app.command("unfreeze")
+def cert_unfreeze(
+    certificate_id: int,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_KEY",
+) -> None:
+    """Lift a freeze (REGULATOR)."""
+    _run(lambda: _system(rpc_url, manifest).ledger.unfreeze(_signer(key_env), certificate_id))
+
+
+# ---------------------------------------------------------------------- discount, settlement
+
+
+@discount_app.command("quote")
+def discount_quote(
+    face: Annotated[int, typer.Argument(min=0)],
+    days: Annotated[int, typer.Argument(min=0)],
+    rate_bps: Annotated[int, typer.Argument(min=0, help="Annual rate in basis points (600 = 6%).")],
+) -> None:
+    """Price of FACE due in DAYS at an annual RATE_BPS (simple interest, 365-day year)."""
+    console.print(discount_price(face, days, rate_bps))
+
+
+@discount_app.command("offer")
+def discount_offer(
+    certificate_id: int,
+    value: Annotated[int, typer.Option(min=1)],
+    price: Annotated[int, typer.Option(min=1)],
+    buyer: Annotated[str | None, typer.Option(help="Reserve for this factor.")] = None,
+    valid_hours: Annotated[int, typer.Option(min=1)] = 24,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_KEY",
+) -> None:
+    """Offer VALUE of a certificate for PRICE to a factor."""
+
+    def job() -> None:
+        system = _system(rpc_url, manifest)
+        offer_id, _ = system.ledger.offer_discount(
+            _signer(key_env),
+            certificate_id,
+            value=value,
+            price=price,
+            expiry=system.chain.now() + valid_hours * 3_600,
+            buyer=_address(buyer) if buyer else None,
+        )
+        console.print(f"offer {offer_id} open")
+
+    _run(job)
+
+
+@discount_app.command("buy")
+def discount_buy(
+    offer_id: int,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_KEY",
+) -> None:
+    """Buy an offer (FACTOR): pays its price and receives the certificate value atomically."""
+
+    def job() -> None:
+        system = _system(rpc_url, manifest)
+        factor = _signer(key_env)
+        system.token.ensure_allowance(factor, system.ledger.address, system.ledger.offer(offer_id).price)
+        bought, _ = system.ledger.buy_discounted(factor, offer_id)
+        console.print(f"bought as certificate {bought}")
+
+    _run(job)
+
+
+@app.command()
+def settle(
+    certificate_ids: list[int],
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_KEY",
+) -> None:
+    """Settle matured certificates: pay each holder from escrow (anyone may)."""
+    _run(lambda: _system(rpc_url, manifest).ledger.settle(_signer(key_env), certificate_ids))
+
+
+@app.command()
+def withdraw(
+    rpc_url: RpcUrl = None, manifest: Manifest = Path("deployment.json"), key_env: KeyEnv = "CERTLEDGER_KEY"
+) -> None:
+    """Withdraw payments credited to you when a push failed."""
+    _run(lambda: _system(rpc_url, manifest).ledger.withdraw(_signer(key_env)))
+

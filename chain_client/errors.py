@@ -1,0 +1,172 @@
+"""Exceptions of the chain client. Contract custom errors become typed Python exceptions.
+
+    CertledgerError                 root: catch this to catch everything raised here
+    ├── NodeUnavailable             the JSON-RPC endpoint did not answer
+    ├── TransactionTimeout          no receipt within the configured time
+    ├── ManifestError               a deployment manifest is missing, malformed or for another chain
+    ├── ContractReverted            a call or transaction reverted
+    │   ├── ContractError           ... with a custom error of our contracts (one subclass per error,
+    │   │   ├── DuplicateInvoice        generated from the compiled ABIs, carrying its fields)
+    │   │   ├── CertificateFrozen
+    │   │   └── ...
+    │   ├── ContractPanic           ... with Panic(uint256) (an assertion or arithmetic bug)
+    │   └── UnknownRevert           ... with data no ABI here explains
+
+web3 reports a custom error only as hex; `decode_revert` turns it into the class named in the ABI,
+so callers write `except errors.DuplicateInvoice as e: e.fields["invoiceHash"]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_utils import function_signature_to_4byte_selector
+
+from chain_client.artifacts import load_artifact
+
+# Contracts whose ABIs define the errors a certledger transaction can revert with. The token's
+# ABI brings OpenZeppelin's ERC-20 errors, the oracle's brings the ledger's through the call.
+_ERROR_SOURCES = ("CertificateLedger", "ReceiptOracle", "SettlementToken")
+_PANIC_SELECTOR = bytes.fromhex("4e487b71")
+_ERROR_STRING_SELECTOR = bytes.fromhex("08c379a0")
+
+
+class CertledgerError(Exception):
+    """Root of every exception raised by certledger's chain client."""
+
+
+class NodeUnavailable(CertledgerError):
+    """The node at the configured URL did not answer."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"node {url} unavailable: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class TransactionTimeout(CertledgerError):
+    """A sent transaction got no receipt in time; it may still be mined."""
+
+    def __init__(self, tx_hash: str, seconds: float) -> None:
+        super().__init__(f"no receipt for {tx_hash} after {seconds}s")
+        self.tx_hash = tx_hash
+        self.seconds = seconds
+
+
+class ManifestError(CertledgerError):
+    """A deployment manifest is missing, malformed, or for another chain or code."""
+
+
+class ContractReverted(CertledgerError):
+    """A contract call or transaction reverted."""
+
+    def __init__(self, message: str, data: bytes = b"") -> None:
+        super().__init__(message)
+        self.data = data
+
+
+class ContractError(ContractReverted):
+    """A contract reverted with one of its named custom errors; `fields` holds its arguments."""
+
+    #: The error's name and ordered (name, type) inputs, set on each generated subclass.
+    error_name: str = ""
+    inputs: tuple[tuple[str, str], ...] = ()
+    selector: bytes = b""
+
+    def __init__(self, data: bytes = b"", **fields: Any) -> None:
+        self.fields: dict[str, Any] = fields
+        shown = ", ".join(f"{k}={_show(v)}" for k, v in fields.items())
+        super().__init__(f"{self.error_name}({shown})", data)
+
+    def __getattr__(self, name: str) -> Any:
+        # Fields read as attributes too: `err.certificateId`.
+        fields = self.__dict__.get("fields", {})
+        if name in fields:
+            return fields[name]
+        raise AttributeError(name)
+
+
+class ContractPanic(ContractReverted):
+    """The EVM panicked (Panic(uint256)): an assertion, overflow or similar bug, never user error."""
+
+    def __init__(self, code: int, data: bytes) -> None:
+        super().__init__(f"Panic(0x{code:02x})", data)
+        self.code = code
+
+
+class UnknownRevert(ContractReverted):
+    """A revert whose data matches no error in the known ABIs (or a plain string revert)."""
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    return str(value)
+
+
+def _abi_type(entry: dict[str, Any]) -> str:
+    if entry["type"].startswith("tuple"):
+        inner = ",".join(_abi_type(c) for c in entry["components"])
+        return f"({inner}){entry['type'][5:]}"
+    return str(entry["type"])
+
+
+def _build_error_classes() -> dict[str, type[ContractError]]:
+    classes: dict[str, type[ContractError]] = {}
+    for contract in _ERROR_SOURCES:
+        for entry in load_artifact(contract).abi:
+            if entry.get("type") != "error" or entry["name"] in classes:
+                continue
+            inputs = tuple((i["name"], _abi_type(i)) for i in entry["inputs"])
+            signature = f"{entry['name']}({','.join(t for _, t in inputs)})"
+            classes[entry["name"]] = type(
+                entry["name"],
+                (ContractError,),
+                {
+                    "__doc__": f"Contract error `{signature}`.",
+                    "__module__": __name__,
+                    "error_name": entry["name"],
+                    "inputs": inputs,
+                    "selector": function_signature_to_4byte_selector(signature),
+                },
+            )
+    return classes
+
+
+ERRORS: dict[str, type[ContractError]] = _build_error_classes()
+_BY_SELECTOR: dict[bytes, type[ContractError]] = {cls.selector: cls for cls in ERRORS.values()}
+globals().update(ERRORS)
+
+
+def __getattr__(name: str) -> type[ContractError]:
+    # For type checkers: generated classes are module attributes typed as ContractError subclasses.
+    try:
+        return ERRORS[name]
+    except KeyError:
+        raise AttributeError(name) from None
+
+
+def decode_revert(data: bytes | str | None, message: str = "") -> ContractReverted:
+    """The typed exception for revert `data` (hex or bytes), as returned by a node."""
+    raw = _to_bytes(data)
+    selector, body = raw[:4], raw[4:]
+    cls = _BY_SELECTOR.get(selector)
+    if cls is not None:
+        values = abi_decode([t for _, t in cls.inputs], body)
+        return cls(raw, **{n: v for (n, _), v in zip(cls.inputs, values, strict=True)})
+    if selector == _PANIC_SELECTOR and len(body) == 32:
+        return ContractPanic(int.from_bytes(body, "big"), raw)
+    if selector == _ERROR_STRING_SELECTOR:
+        (text,) = abi_decode(["string"], body)
+        return UnknownRevert(f"reverted: {text}", raw)
+    return UnknownRevert(message or f"reverted with unknown data 0x{raw.hex()}", raw)
+
+
+def _to_bytes(data: bytes | str | None) -> bytes:
+    if data is None:
+        return b""
+    if isinstance(data, bytes):
+        return data
+    text = data[2:] if data.startswith("0x") else data
+    return bytes.fromhex(text)

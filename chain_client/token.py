@@ -1,0 +1,46 @@
+"""Client of the settlement token (the demo's tokenized deposit, or any ERC-20 for reads)."""
+
+from __future__ import annotations
+
+from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
+
+from chain_client.artifacts import load_artifact
+from chain_client.chain import Chain
+from chain_client.transactions import Transactor, TxResult, call_checked
+
+
+class SettlementTokenClient:
+    def __init__(self, chain: Chain, address: ChecksumAddress, tx: Transactor) -> None:
+        self.address = address
+        self.contract = chain.w3.eth.contract(address=address, abi=list(load_artifact("SettlementToken").abi))
+        self._tx = tx
+
+    def balance_of(self, account: ChecksumAddress) -> int:
+        return int(call_checked(self.contract.functions.balanceOf(account).call))
+
+    def allowance(self, owner: ChecksumAddress, spender: ChecksumAddress) -> int:
+        return int(call_checked(self.contract.functions.allowance(owner, spender).call))
+
+    def decimals(self) -> int:
+        return int(call_checked(self.contract.functions.decimals().call))
+
+    def approve(self, owner: LocalAccount, spender: ChecksumAddress, amount: int) -> TxResult:
+        return self._tx.send(owner, self.contract.functions.approve(spender, amount))
+
+    def ensure_allowance(self, owner: LocalAccount, spender: ChecksumAddress, amount: int) -> TxResult | None:
+        """Approves `spender` for `amount` unless it already may spend that much."""
+        if self.allowance(owner.address, spender) >= amount:
+            return None
+        return self.approve(owner, spender, amount)
+
+    def transfer(self, sender: LocalAccount, to: ChecksumAddress, amount: int) -> TxResult:
+        return self._tx.send(sender, self.contract.functions.transfer(to, amount))
+
+    def mint(self, bank: LocalAccount, to: ChecksumAddress, amount: int) -> TxResult:
+        """Issues deposit tokens (the demo token's bank only)."""
+        return self._tx.send(bank, self.contract.functions.mint(to, amount))
+
+    def set_blocked(self, bank: LocalAccount, account: ChecksumAddress, blocked: bool) -> TxResult:
+        """Blocks an account at the bank, so payments pushed to it fail (the demo token only)."""
+        return self._tx.send(bank, self.contract.functions.setBlocked(account, blocked))

@@ -1,0 +1,188 @@
+"""Signing and sending: local eth-account keys, one nonce sequence per sender, typed reverts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
+from hexbytes import HexBytes
+from requests.exceptions import ConnectionError as RequestsConnectionError
+from requests.exceptions import Timeout as RequestsTimeout
+from web3.contract.contract import ContractConstructor, ContractFunction
+from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError
+from web3.types import Nonce, TxParams, TxReceipt, Wei
+
+from chain_client.errors import (
+    ContractReverted,
+    NodeUnavailable,
+    TransactionTimeout,
+    UnknownRevert,
+    decode_revert,
+)
+from chain_client.events import DecodedEvent, EventDecoder
+
+if TYPE_CHECKING:
+    from chain_client.chain import Chain
+
+T = TypeVar("T")
+
+
+class NonceManager:
+    """Hands out nonces per sender from a local counter, so a sender can have several transactions
+    in flight; falls back to the node's pending count on first use and after a failed send."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next: dict[ChecksumAddress, int] = {}
+
+    def take(self, address: ChecksumAddress, fetch: Callable[[], int]) -> int:
+        with self._lock:
+            nonce = self._next.get(address)
+            if nonce is None:
+                nonce = fetch()
+            self._next[address] = nonce + 1
+            return nonce
+
+    def forget(self, address: ChecksumAddress) -> None:
+        with self._lock:
+            self._next.pop(address, None)
+
+
+@dataclass(frozen=True)
+class TxResult:
+    """A mined, successful transaction with its decoded events."""
+
+    tx_hash: str
+    block_number: int
+    gas_used: int
+    events: tuple[DecodedEvent, ...] = field(default_factory=tuple)
+
+    def event(self, name: str) -> DecodedEvent:
+        """The only event called `name` (raises if none or several)."""
+        found = [e for e in self.events if e.name == name]
+        if len(found) != 1:
+            raise LookupError(f"{len(found)} {name} events in {self.tx_hash}")
+        return found[0]
+
+    def all(self, name: str) -> list[DecodedEvent]:
+        return [e for e in self.events if e.name == name]
+
+
+def call_checked(fn: Callable[[], T]) -> T:
+    """Runs a web3 call or estimate, turning revert data into our typed exceptions."""
+    try:
+        return fn()
+    except (ContractCustomError, ContractPanicError, ContractLogicError) as exc:
+        raise _typed(exc) from None
+    except (RequestsConnectionError, RequestsTimeout) as exc:
+        raise NodeUnavailable("node", str(exc)) from exc
+    except Exception as exc:
+        # The embedded chain's provider raises eth-tester's TransactionFailed, whose cause holds
+        # the raw revert data as bytes, instead of web3's ContractCustomError.
+        data = _embedded_revert_data(exc)
+        if data is None:
+            raise
+        raise decode_revert(data) from None
+
+
+def _embedded_revert_data(exc: BaseException) -> bytes | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if (
+            type(seen).__name__ in ("TransactionFailed", "Revert")
+            and seen.args
+            and isinstance(seen.args[0], bytes)
+        ):
+            return seen.args[0]
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _typed(exc: ContractLogicError) -> ContractReverted:
+    data = exc.data
+    if isinstance(data, dict):
+        data = data.get("data")
+    if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
+        return decode_revert(data, str(exc.message))
+    return UnknownRevert(str(exc.message or exc))
+
+
+class Transactor:
+    """Sends contract transactions signed locally by `account`."""
+
+    def __init__(self, chain: Chain, decoder: EventDecoder) -> None:
+        self.chain = chain
+        self.decoder = decoder
+
+    def send(
+        self, account: LocalAccount, fn: ContractFunction | ContractConstructor, gas: int | None = None
+    ) -> TxResult:
+        """Simulates, signs, sends and waits for `fn` from `account`.
+
+        Raises the contract's typed error before anything is sent if the simulation reverts, so a
+        failing request spends no gas.
+        """
+        w3 = self.chain.w3
+        params: TxParams = {"from": account.address, "chainId": self.chain.chain_id}
+        if gas is None:
+            estimate = call_checked(lambda: fn.estimate_gas(params))
+            gas = int(estimate * self.chain.settings.gas_limit_margin)
+        params["gas"] = gas
+        params.update(self._fees())
+        nonce = self.chain.nonces.take(
+            account.address, lambda: w3.eth.get_transaction_count(account.address, "pending")
+        )
+        params["nonce"] = Nonce(nonce)
+        tx = fn.build_transaction(params)
+        signed = account.sign_transaction(tx)  # type: ignore[arg-type]
+        try:
+            tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+        except Exception:
+            # The nonce may not have been consumed: ask the node again next time.
+            self.chain.nonces.forget(account.address)
+            raise
+        receipt = self._wait(tx_hash)
+        if receipt["status"] != 1:
+            raise self._revert_reason(tx, receipt)
+        return TxResult(
+            tx_hash="0x" + bytes(receipt["transactionHash"]).hex(),
+            block_number=int(receipt["blockNumber"]),
+            gas_used=int(receipt["gasUsed"]),
+            events=tuple(self.decoder.decode_receipt(receipt)),
+        )
+
+    def _fees(self) -> TxParams:
+        block = self.chain.w3.eth.get_block("latest")
+        base = block.get("baseFeePerGas")
+        if base is None:  # pre-London or a zero-fee permissioned network (Besu QBFT)
+            return {"gasPrice": self.chain.w3.eth.gas_price}
+        priority = 1_000_000_000 if base > 0 else 0
+        return {"maxFeePerGas": Wei(2 * int(base) + priority), "maxPriorityFeePerGas": Wei(priority)}
+
+    def _wait(self, tx_hash: HexBytes) -> TxReceipt:
+        settings = self.chain.settings
+        deadline = time.monotonic() + settings.receipt_timeout
+        while True:
+            try:
+                return self.chain.w3.eth.get_transaction_receipt(tx_hash)
+            except Exception as exc:  # TransactionNotFound until mined
+                if type(exc).__name__ != "TransactionNotFound":
+                    raise
+            if time.monotonic() > deadline:
+                raise TransactionTimeout("0x" + bytes(tx_hash).hex(), settings.receipt_timeout)
+            time.sleep(settings.poll_interval)
+
+    def _revert_reason(self, tx: TxParams, receipt: TxReceipt) -> ContractReverted:
+        # A transaction that passed simulation but reverted on chain (state moved in between):
+        # replay it as a call at its block to recover the error.
+        call: TxParams = {k: v for k, v in tx.items() if k in ("from", "to", "data", "value", "gas")}  # type: ignore[assignment]
+        try:
+            call_checked(lambda: self.chain.w3.eth.call(call, receipt["blockNumber"]))
+        except ContractReverted as exc:
+            return exc
+        return UnknownRevert(f"transaction 0x{bytes(receipt['transactionHash']).hex()} reverted")
