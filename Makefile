@@ -83,6 +83,7 @@ demo: venv node
 
 bench: venv node
 	$(PY) scripts/bench_gas.py
+	$(PY) scripts/bench_replay.py
 
 # Each step is its own recipe line, so the first failure stops `make test` with its exit code.
 # forge resolves foundry.toml's relative solc path against the working directory: always cd first.

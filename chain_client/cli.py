@@ -20,6 +20,7 @@ from eth_typing import ChecksumAddress
 from eth_utils import to_checksum_address
 from rich.console import Console
 
+from chain_client.audit_cli import app as audit_app
 from chain_client.chain import connect
 from chain_client.errors import CertledgerError, ContractError
 from chain_client.ledger import LineageNode
@@ -40,6 +41,7 @@ app.add_typer(discount_app, name="discount")
 warehouse_app = typer.Typer(help="Register warehouses and their device keys.", no_args_is_help=True)
 app.add_typer(participant_app, name="participant")
 app.add_typer(warehouse_app, name="warehouse")
+app.add_typer(audit_app, name="audit")
 
 console = Console()
 

@@ -1,0 +1,368 @@
+"""Audit replay and verify: rebuild every order and certificate from the chain's logs alone, prove the
+rebuilt books equal the contracts' own state, and say exactly where they do not.
+
+`replay` indexes from the deployment block into an emptied database. `verify` then checks, at one
+block:
+
+1. the digest chain: the stored events are folded again and each block's digest recomputed; a
+   block whose digest differs (an event deleted, added or edited in the database) is compared with
+   the node's logs of that block, naming the event that is missing, extra or different;
+2. the index tables against the books rebuilt from the stored events (a record edited in place);
+3. every order, certificate, offer, participant, credit, warehouse, used attestation and invoice,
+   the counters and the system settings against the contracts' view functions at that block;
+4. the invariants of DESIGN.md over the rebuilt books (I1 per-order balance, I2 conservation of
+   value, I3 escrow against the ledger's token balance at that block, I4 holders and freezes, I5
+   at-most-once), plus I0 for an event that refers to a record no event created.
+
+Each finding names the record, the field, both values and the event that last touched the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from chain_client.chain import Chain
+from chain_client.deploy import Deployment
+from chain_client.index.books import (
+    ENTITIES,
+    Books,
+    Key,
+    Record,
+    Touch,
+    Violation,
+    blank,
+    check_invariants,
+    escrow_expected,
+)
+from chain_client.index.db import IndexDatabase, IndexDatabaseError
+from chain_client.index.decode import Event
+from chain_client.index.digest import args_json, block_digest, change_texts, event_document, genesis
+from chain_client.index.models import IndexState
+from chain_client.index.source import NodeSource
+from chain_client.index.state import decoder_for, stored_events
+from chain_client.index.sync import Indexer, SyncOptions, SyncStatus
+from chain_client.index.views import ChainView, read_chain_view
+
+# ---------------------------------------------------------------------- replay and sync
+
+
+def replay(
+    chain: Chain,
+    deployment: Deployment,
+    db: IndexDatabase,
+    options: SyncOptions | None = None,
+    on_progress: Callable[[SyncStatus], None] | None = None,
+    until: int | None = None,
+) -> SyncStatus:
+    """Empties the index and rebuilds it from the deployment block."""
+    return replay_with(chain, deployment, db, options, on_progress, until)[0]
+
+
+def replay_with(
+    chain: Chain,
+    deployment: Deployment,
+    db: IndexDatabase,
+    options: SyncOptions | None = None,
+    on_progress: Callable[[SyncStatus], None] | None = None,
+    until: int | None = None,
+) -> tuple[SyncStatus, Indexer]:
+    """`replay`, also returning the indexer (for its stage timings)."""
+    deployment.check(chain)
+    db.reset(bulk_load=True)
+    indexer = Indexer(chain, deployment, db, options or SyncOptions(), on_progress, bulk_load=True)
+    status = indexer.sync(until)
+    with indexer._timed("indexes"):
+        db.create_indexes()
+    return status, indexer
+
+
+def sync(
+    chain: Chain,
+    deployment: Deployment,
+    db: IndexDatabase,
+    options: SyncOptions | None = None,
+    on_progress: Callable[[SyncStatus], None] | None = None,
+    until: int | None = None,
+) -> SyncStatus:
+    """Brings an existing index (or a new one) up to date."""
+    deployment.check(chain)
+    return Indexer(chain, deployment, db, options or SyncOptions(), on_progress).sync(until)
+
+
+# ---------------------------------------------------------------------- findings
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A field whose value in the index differs from the chain's (or from the index's own events)."""
+
+    source: str  # "index table" or "replayed events": which rebuilt books hold `index_value`
+    against: str  # "chain" or "replayed events"
+    entity: str
+    key: Key
+    field: str
+    index_value: Any
+    other_value: Any
+    touch: Touch | None
+
+    def __str__(self) -> str:
+        last = f"; last touched by {self.touch}" if self.touch else "; touched by no event"
+        return (
+            f"{self.entity} {self.key} {self.field}: {self.source} has {self.index_value!r}, "
+            f"{self.against} has {self.other_value!r}{last}"
+        )
+
+
+@dataclass(frozen=True)
+class DigestMismatch:
+    block: int
+    stored: str
+    recomputed: str
+    stored_events: int
+    found_events: int
+
+    def __str__(self) -> str:
+        return (
+            f"block {self.block}: stored digest {self.stored} with {self.stored_events} events, the stored "
+            f"events give {self.recomputed} with {self.found_events}"
+        )
+
+
+@dataclass(frozen=True)
+class EventMismatch:
+    block: int
+    tx: str
+    log_index: int
+    problem: str
+    index: str | None
+    chain: str | None
+
+    def __str__(self) -> str:
+        return (
+            f"block {self.block} tx {self.tx} log {self.log_index}: {self.problem} "
+            f"(index: {self.index}; chain: {self.chain})"
+        )
+
+
+@dataclass
+class VerifyReport:
+    block: int
+    digest: str
+    recomputed_digest: str
+    checked: dict[str, int] = field(default_factory=dict)
+    digest_mismatches: list[DigestMismatch] = field(default_factory=list)
+    event_mismatches: list[EventMismatch] = field(default_factory=list)
+    differences: list[Difference] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.digest_mismatches or self.event_mismatches or self.differences or self.violations)
+
+    def findings(self) -> Iterator[str]:
+        for items in (self.digest_mismatches, self.event_mismatches, self.differences, self.violations):
+            for item in items:
+                yield str(item)
+
+
+# ---------------------------------------------------------------------- verify
+
+
+def verify(chain: Chain, deployment: Deployment, db: IndexDatabase, block: int | None = None) -> VerifyReport:
+    """Checks the index against itself, the chain and the invariants at `block` (default: its last)."""
+    deployment.check(chain)
+    state = db.require_state()
+    if (state.chain_id, state.ledger) != (deployment.chain_id, deployment.ledger):
+        raise IndexDatabaseError(f"{db.url} indexes ledger {state.ledger} of chain {state.chain_id}")
+    at = state.synced_block if block is None else block
+    if not state.deployment_block <= at <= state.synced_block:
+        raise IndexDatabaseError(
+            f"the index covers blocks {state.deployment_block}..{state.synced_block}, not {at}"
+        )
+    source = NodeSource(chain)
+    refold = _refold(db, state, at)
+    report = VerifyReport(block=at, digest=state.digest, recomputed_digest=refold.digest)
+    report.digest_mismatches = _digest_mismatches(db, state, refold)
+    report.event_mismatches = _event_mismatches(db, state, source, report.digest_mismatches)
+    tables = db.load_books(state)
+    report.differences = _compare_books(tables, refold.final, "index table", "replayed events")
+    view = read_chain_view(source, deployment, refold.at_block, at)
+    report.differences += _compare_chain(refold.at_block, view, "replayed events")
+    if at == state.synced_block:
+        report.differences += _compare_chain(tables, view, "index table")
+    report.violations = _violations(refold.at_block, view)
+    report.checked = {entity: len(view.records.get(entity, {})) for entity in ENTITIES}
+    report.checked["events"] = refold.events
+    return report
+
+
+@dataclass
+class _Refold:
+    final: Books
+    at_block: Books
+    digest: str
+    events: int
+    #: block -> (digest after it, events in it), for blocks with stored events
+    blocks: dict[int, tuple[str, int]]
+
+
+def _refold(db: IndexDatabase, state: IndexState, at: int) -> _Refold:
+    books = Books(state.ledger, state.oracle)
+    digest = genesis(state.chain_id, state.ledger, state.oracle, state.deployment_block)
+    blocks: dict[int, tuple[str, int]] = {}
+    at_block: Books | None = None
+    events = 0
+    for number, block_events in _grouped(stored_events(db, state)):
+        if number > at and at_block is None:
+            at_block = books.copy()
+        documents = [event_document(e, args_json(e.args), change_texts(books.apply(e))) for e in block_events]
+        digest = block_digest(digest, number, block_events[0].block_hash, documents)
+        blocks[number] = (digest, len(block_events))
+        events += len(block_events)
+    return _Refold(books, at_block or books, digest, events, blocks)
+
+
+def _grouped(events: Iterable[Event]) -> Iterator[tuple[int, list[Event]]]:
+    current: list[Event] = []
+    for e in events:
+        if current and e.block_number != current[0].block_number:
+            yield current[0].block_number, current
+            current = []
+        current.append(e)
+    if current:
+        yield current[0].block_number, current
+
+
+def _digest_mismatches(db: IndexDatabase, state: IndexState, refold: _Refold) -> list[DigestMismatch]:
+    """The first block where the stored digest chain and the stored events part ways."""
+    stored = {b.number: b for b in db.blocks(state.chain_id)}
+    running = genesis(state.chain_id, state.ledger, state.oracle, state.deployment_block)
+    for number in sorted(set(stored) | set(refold.blocks)):
+        found, count = refold.blocks.get(number, (running, 0))
+        running = found
+        record = stored.get(number)
+        if record is None or record.digest != found or record.events != count:
+            return [
+                DigestMismatch(
+                    number,
+                    record.digest if record else "(no block record)",
+                    found,
+                    record.events if record else 0,
+                    count,
+                )
+            ]
+    if running != state.digest:
+        return [DigestMismatch(state.synced_block, state.digest, running, state.events, refold.events)]
+    return []
+
+
+def _event_mismatches(
+    db: IndexDatabase, state: IndexState, source: NodeSource, mismatches: list[DigestMismatch]
+) -> list[EventMismatch]:
+    """For a block whose digest broke: its stored events against the node's logs, event by event."""
+    found: list[EventMismatch] = []
+    decoder = decoder_for(state)
+    for mismatch in mismatches:
+        b = mismatch.block
+        chain_events = {
+            (e.tx_hash, e.log_index): e
+            for e in (decoder.decode(log) for log in source.logs(b, b, decoder.addresses))
+            if e is not None
+        }
+        stored = {(e.tx_hash, e.log_index): e for e in stored_events(db, state, b) if e.block_number == b}
+        for key in sorted(set(chain_events) | set(stored), key=lambda k: (k[0], k[1])):
+            ours, theirs = stored.get(key), chain_events.get(key)
+            shown_ours = f"{ours.name}{args_json(ours.args)}" if ours else None
+            shown_theirs = f"{theirs.name}{args_json(theirs.args)}" if theirs else None
+            if ours is None:
+                problem = "event missing from the index"
+            elif theirs is None:
+                problem = "event in the index that the chain does not have"
+            elif shown_ours != shown_theirs or ours.block_hash != theirs.block_hash:
+                problem = "event differs from the chain's"
+            else:
+                continue
+            found.append(EventMismatch(b, key[0], key[1], problem, shown_ours, shown_theirs))
+    return found
+
+
+def _compare_records(
+    entity: str,
+    ours: dict[Key, Record],
+    theirs: dict[Key, Record],
+    touch: Callable[[Key], Touch | None],
+    source: str,
+    against: str,
+) -> list[Difference]:
+    found = []
+    for key in sorted(set(ours) | set(theirs), key=lambda k: (str(type(k)), k)):
+        mine = ours.get(key) or blank(entity)
+        other = theirs.get(key) or blank(entity)
+        for name in sorted(set(mine) & set(other)):
+            if mine[name] != other[name]:
+                found.append(
+                    Difference(source, against, entity, key, name, mine[name], other[name], touch(key))
+                )
+    return found
+
+
+def _compare_books(ours: Books, theirs: Books, source: str, against: str) -> list[Difference]:
+    found: list[Difference] = []
+    for entity in ENTITIES:
+        touch = _touches(ours, theirs, entity=entity)
+        found += _compare_records(entity, ours.all(entity), theirs.all(entity), touch, source, against)
+    return found
+
+
+def _compare_chain(books: Books, view: ChainView, source: str) -> list[Difference]:
+    found: list[Difference] = []
+    for entity in ("order", "certificate", "offer", "participant", "credit", "warehouse", "system"):
+        ours = books.all(entity)
+        theirs = view.records.get(entity, {})
+        if entity in ("participant", "credit", "warehouse", "system"):
+            theirs = {k: v for k, v in theirs.items() if k in ours or entity == "system"}
+        found += _compare_records(entity, ours, theirs, _touches(books, entity=entity), source, "chain")
+    for digest, record in view.records.get("attestation", {}).items():
+        if not record["used"]:
+            touch = books.touch_of("attestation", digest)
+            found.append(Difference(source, "chain", "attestation", digest, "used", True, False, touch))
+    for invoice, invoice_used in view.invoices_used.items():
+        if not invoice_used:
+            found.append(Difference(source, "chain", "invoice", invoice, "used", True, False, None))
+    counts = (len(books.all("order")), len(books.all("certificate")), len(books.all("offer")))
+    for name, mine, theirs_count in zip(
+        ("orders", "certificates", "offers"), counts, view.counts, strict=True
+    ):
+        if mine != theirs_count:
+            found.append(Difference(source, "chain", "counts", name, "issued", mine, theirs_count, None))
+    credits = sum(c["amount"] for c in books.all("credit").values())
+    if credits != view.total_credits:
+        found.append(
+            Difference(source, "chain", "credits", "total", "amount", credits, view.total_credits, None)
+        )
+    return found
+
+
+def _touches(*books: Books, entity: str = "") -> Callable[[Key], Touch | None]:
+    """The last event that touched a record of `entity`, from the first of `books` that knows one."""
+
+    def touch(key: Key) -> Touch | None:
+        return next((t for b in books if (t := b.touch_of(entity, key)) is not None), None)
+
+    return touch
+
+
+def _violations(books: Books, view: ChainView) -> list[Violation]:
+    found = list(books.violations) + check_invariants(books)
+    expected = escrow_expected(books)
+    if expected != view.escrow_balance:
+        found.append(
+            Violation(
+                "I3",
+                f"the ledger holds {view.escrow_balance} of the settlement token at block {view.block}; "
+                f"open escrow plus credits is {expected}",
+            )
+        )
+    return found

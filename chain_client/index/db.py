@@ -1,0 +1,482 @@
+"""The index database: SQLite by default, PostgreSQL by URL. Creation, loading the books back, and
+the two writes the indexer makes, each one transaction: a synced range, and a rollback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, and_, create_engine, delete, event, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import SQLModel
+
+from chain_client.errors import CertledgerError
+from chain_client.index.books import ENTITIES, Books, Key, Record, Touch
+from chain_client.index.models import (
+    ALL_TABLES,
+    BLOCK_TABLES,
+    ENTITY_TABLES,
+    SCHEMA_VERSION,
+    BlockRecord,
+    ChangeRecord,
+    EventRecord,
+    IndexState,
+    PaymentRecord,
+    Uint,
+)
+
+DEFAULT_URL = "sqlite:///certledger-index.sqlite"
+#: Rows per INSERT statement batch; keeps PostgreSQL's bind-parameter count well under its limit.
+_CHUNK = 2_000
+
+
+class IndexDatabaseError(CertledgerError):
+    """The index database is missing, from another deployment, or of another schema version."""
+
+
+def database_url(value: str | Path | None) -> str:
+    """A SQLAlchemy URL: a URL as given, a path as a SQLite file, None as the default file."""
+    if value is None:
+        return DEFAULT_URL
+    text = str(value)
+    if "://" in text:
+        if text.startswith("postgresql://"):
+            # psycopg 3 is the driver we install; plain postgresql:// would ask for psycopg2.
+            return "postgresql+psycopg://" + text.removeprefix("postgresql://")
+        return text
+    return f"sqlite:///{text}"
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    return table
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL with synchronous=NORMAL keeps every committed range across a killed process (only a power
+    # cut may lose the last commits, which the next sync re-fetches) and is several times faster.
+    # A bigger page cache and fewer WAL checkpoints: a replay writes tens of megabytes, and each
+    # checkpoint copies the log into the database file and syncs it.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA cache_size=-65536")
+    cursor.execute("PRAGMA wal_autocheckpoint=10000")
+    cursor.close()
+
+
+# Column order of the rows the indexer builds as tuples (tuples, not dicts: a replay writes a few
+# rows per event and a tuple is what the database driver takes anyway).
+EVENT_COLUMNS = (
+    "chain_id",
+    "tx_hash",
+    "log_index",
+    "block_hash",
+    "block_number",
+    "tx_index",
+    "address",
+    "name",
+    "args",
+)
+CHANGE_COLUMNS = (
+    "chain_id", "block_number", "tx_index", "log_index", "seq", "tx_hash",
+    "event", "entity", "key", "field", "old", "new",
+)  # fmt: skip
+PAYMENT_COLUMNS = (
+    "chain_id", "block_number", "tx_index", "log_index", "tx_hash",
+    "kind", "order_id", "certificate_id", "payer", "payee", "amount",
+)  # fmt: skip
+BLOCK_COLUMNS = ("chain_id", "number", "hash", "parent_hash", "digest", "events")
+
+
+@dataclass
+class RangeWrite:
+    """Everything one synced range adds, written in one transaction with the new cursor."""
+
+    chain_id: int
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    changes: list[tuple[Any, ...]] = field(default_factory=list)
+    payments: list[tuple[Any, ...]] = field(default_factory=list)
+    blocks: list[tuple[Any, ...]] = field(default_factory=list)
+    touched: set[tuple[str, Key]] = field(default_factory=set)
+    #: the touched records as rows (taken when the range was applied, as the books then stood)
+    records: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    #: keys of touched records that no longer exist (undone creations)
+    gone: dict[str, list[Key]] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+    #: a replay into an emptied database: no stored row can conflict, so PostgreSQL may COPY the
+    #: new rows straight into their tables (a conflict would still fail loudly, not be skipped)
+    bulk: bool = False
+
+
+class IndexDatabase:
+    def __init__(self, url: str | Path | None = None, *, echo: bool = False) -> None:
+        self.url = database_url(url)
+        # The sync writes from a worker thread (one at a time); sqlite3 would refuse a connection
+        # made in another thread without this.
+        connect_args = {"check_same_thread": False} if self.url.startswith("sqlite") else {}
+        self.engine: Engine = create_engine(self.url, echo=echo, connect_args=connect_args)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    # ------------------------------------------------------------------ schema
+
+    def create(self) -> None:
+        SQLModel.metadata.create_all(self.engine, tables=[table_of(t) for t in ALL_TABLES])
+
+    def drop(self) -> None:
+        SQLModel.metadata.drop_all(self.engine, tables=[table_of(t) for t in ALL_TABLES])
+
+    def reset(self, bulk_load: bool = False) -> None:
+        """An empty index (replay starts from nothing). With `bulk_load` the secondary indexes are
+        left out until `create_indexes`: building them once at the end is cheaper than keeping
+        them up to date row by row."""
+        self.drop()
+        self.create()
+        if bulk_load:
+            with self.engine.begin() as conn:
+                for model in ALL_TABLES:
+                    for index in table_of(model).indexes:
+                        index.drop(conn)
+
+    def create_indexes(self) -> None:
+        """The secondary indexes, where missing."""
+        with self.engine.begin() as conn:
+            for model in ALL_TABLES:
+                for index in table_of(model).indexes:
+                    index.create(conn, checkfirst=True)
+
+    # ------------------------------------------------------------------ the cursor
+
+    def state(self, chain_id: int | None = None) -> IndexState | None:
+        """The index's cursor (of `chain_id`, or the only one)."""
+        with self.engine.connect() as conn:
+            if not self.engine.dialect.has_table(conn, IndexState.__tablename__):
+                return None
+            query = select(table_of(IndexState))
+            if chain_id is not None:
+                query = query.where(table_of(IndexState).c.chain_id == chain_id)
+            rows = conn.execute(query).mappings().all()
+        if len(rows) > 1:
+            raise IndexDatabaseError(f"{self.url} indexes several chains; name one")
+        if not rows:
+            return None
+        state = IndexState(**dict(rows[0]))
+        if state.schema_version != SCHEMA_VERSION:
+            raise IndexDatabaseError(
+                f"index schema {state.schema_version}, this client writes {SCHEMA_VERSION}: replay it"
+            )
+        return state
+
+    def require_state(self) -> IndexState:
+        state = self.state()
+        if state is None:
+            raise IndexDatabaseError(f"no index in {self.url}; run `certledger audit replay` first")
+        return state
+
+    def initialise(self, state: IndexState, first_block: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(_insert(self.dialect, IndexState).values(**state.model_dump()))
+            conn.execute(_insert(self.dialect, BlockRecord).values(**first_block))
+
+    # ------------------------------------------------------------------ reading back
+
+    def load_books(self, state: IndexState) -> Books:
+        books = Books(state.ledger, state.oracle)
+        with self.engine.connect() as conn:
+            for entity, model in ENTITY_TABLES.items():
+                spec = ENTITIES[entity]
+                table = table_of(model)
+                rows = conn.execute(select(table).where(table.c.chain_id == state.chain_id)).mappings()
+                for row in rows:
+                    books.load(entity, row[spec.key], record_from_row(entity, row), touch_from_row(row))
+        return books
+
+    def events(self, chain_id: int, up_to: int | None = None) -> Iterator[EventRecord]:
+        """Stored events in chain order (up to block `up_to`)."""
+        table = table_of(EventRecord)
+        query = select(table).where(table.c.chain_id == chain_id)
+        if up_to is not None:
+            query = query.where(table.c.block_number <= up_to)
+        query = query.order_by(table.c.block_number, table.c.tx_index, table.c.log_index)
+        with self.engine.connect() as conn:
+            for row in conn.execute(query).mappings():
+                yield EventRecord(**dict(row))
+
+    def blocks(self, chain_id: int, descending: bool = False) -> list[BlockRecord]:
+        table = table_of(BlockRecord)
+        order = table.c.number.desc() if descending else table.c.number
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(table).where(table.c.chain_id == chain_id).order_by(order)).mappings()
+            return [BlockRecord(**dict(r)) for r in rows]
+
+    def rows(self, model: type[SQLModel], chain_id: int) -> list[dict[str, Any]]:
+        table = table_of(model)
+        with self.engine.connect() as conn:
+            query = select(table).where(table.c.chain_id == chain_id).order_by(*table.primary_key.columns)
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def count(self, model: type[SQLModel], chain_id: int) -> int:
+        table = table_of(model)
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(table).where(table.c.chain_id == chain_id)
+                ).scalar_one()
+            )
+
+    def count_events_after(self, chain_id: int, block: int) -> int:
+        table = table_of(EventRecord)
+        query = select(func.count()).select_from(table)
+        query = query.where(and_(table.c.chain_id == chain_id, table.c.block_number > block))
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def changes_after(self, chain_id: int, block: int) -> list[dict[str, Any]]:
+        """State changes of blocks after `block`, newest first (the order to undo them in)."""
+        t = table_of(ChangeRecord)
+        query = (
+            select(t)
+            .where(and_(t.c.chain_id == chain_id, t.c.block_number > block))
+            .order_by(t.c.block_number.desc(), t.c.tx_index.desc(), t.c.log_index.desc(), t.c.seq.desc())
+        )
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def last_touch(self, chain_id: int, entity: str, key: str, up_to: int) -> Touch | None:
+        t = table_of(ChangeRecord)
+        query = (
+            select(t.c.block_number, t.c.tx_hash, t.c.log_index, t.c.event)
+            .where(
+                and_(
+                    t.c.chain_id == chain_id, t.c.entity == entity, t.c.key == key, t.c.block_number <= up_to
+                )
+            )
+            .order_by(t.c.block_number.desc(), t.c.tx_index.desc(), t.c.log_index.desc(), t.c.seq.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else Touch(int(row[0]), str(row[1]), int(row[2]), str(row[3]))
+
+    # ------------------------------------------------------------------ writing
+
+    def write_range(self, batch: RangeWrite) -> None:
+        """Adds a synced range and moves the cursor, in one transaction."""
+        with self.engine.begin() as conn:
+            # Idempotent: a row already stored (same chain, tx, log index, block hash) stays as it is.
+            self._bulk(conn, EventRecord, EVENT_COLUMNS, batch.events, upsert=False, direct=batch.bulk)
+            self._bulk(conn, ChangeRecord, CHANGE_COLUMNS, batch.changes, upsert=False, direct=batch.bulk)
+            self._bulk(conn, PaymentRecord, PAYMENT_COLUMNS, batch.payments, upsert=False, direct=batch.bulk)
+            self._bulk(conn, BlockRecord, BLOCK_COLUMNS, batch.blocks, upsert=True)
+            self._save_records(conn, batch.chain_id, batch.records, batch.gone)
+            self._move_cursor(conn, batch.chain_id, batch.state)
+
+    def write_rollback(
+        self,
+        chain_id: int,
+        ancestor: int,
+        records: dict[str, list[tuple[Any, ...]]],
+        gone: dict[str, list[Key]],
+        state: dict[str, Any],
+    ) -> None:
+        """Removes everything after block `ancestor` and stores the undone records, in one transaction."""
+        with self.engine.begin() as conn:
+            for model in BLOCK_TABLES:
+                table = table_of(model)
+                column = table.c.number if model is BlockRecord else table.c.block_number
+                conn.execute(delete(table).where(and_(table.c.chain_id == chain_id, column > ancestor)))
+            self._save_records(conn, chain_id, records, gone)
+            self._move_cursor(conn, chain_id, state)
+
+    def _move_cursor(self, conn: Connection, chain_id: int, values: dict[str, Any]) -> None:
+        table = table_of(IndexState)
+        conn.execute(update(table).where(table.c.chain_id == chain_id).values(**values))
+
+    def _save_records(
+        self,
+        conn: Connection,
+        chain_id: int,
+        records: dict[str, list[tuple[Any, ...]]],
+        gone: dict[str, list[Key]],
+    ) -> None:
+        for entity, keys in sorted(gone.items()):
+            table = table_of(ENTITY_TABLES[entity])
+            key_column = table.c[ENTITIES[entity].key]
+            for start in range(0, len(keys), _CHUNK):
+                chunk = keys[start : start + _CHUNK]
+                conn.execute(delete(table).where(and_(table.c.chain_id == chain_id, key_column.in_(chunk))))
+        for entity, rows in sorted(records.items()):
+            model = ENTITY_TABLES[entity]
+            self._bulk(conn, model, entity_columns(entity), rows, upsert=True)
+
+    def _bulk(
+        self,
+        conn: Connection,
+        model: type[SQLModel],
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+        *,
+        upsert: bool,
+        direct: bool = False,
+    ) -> None:
+        """Inserts rows (tuples in `columns` order); on a primary-key conflict keeps the stored row,
+        or with `upsert` replaces it. Goes to the driver directly: SQLAlchemy's per-value
+        processing would cost more than the database's own work on a replay."""
+        if not rows:
+            return
+        table = table_of(model)
+        rows = _to_driver(table, columns, rows, self.dialect)
+        keys = [c.name for c in table.primary_key.columns]
+        names = ", ".join(_quote(c) for c in columns)
+        conflict = f"ON CONFLICT ({', '.join(_quote(k) for k in keys)}) DO "
+        if upsert:
+            conflict += "UPDATE SET " + ", ".join(
+                f"{_quote(c)} = excluded.{_quote(c)}" for c in columns if c not in keys
+            )
+        else:
+            conflict += "NOTHING"
+        if self.dialect == "postgresql":
+            if direct and not upsert:
+                _copy(conn, table.name, names, rows)
+            else:
+                _copy_insert(conn, table.name, names, rows, conflict)
+            return
+        marks = ", ".join("?" for _ in columns)
+        sql = f"INSERT INTO {_quote(table.name)} ({names}) VALUES ({marks}) {conflict}"
+        conn.exec_driver_sql(sql, list(rows))
+
+
+def _quote(name: str) -> str:
+    return '"' + name + '"'
+
+
+def _to_driver(
+    table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]], dialect: str
+) -> Sequence[tuple[Any, ...]]:
+    """Uint values in the form the column stores (see models.Uint) for SQLite; PostgreSQL's COPY
+    takes Python ints for NUMERIC as they are."""
+    if dialect != "sqlite":
+        return rows
+    wide = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, Uint)]
+    if not wide:
+        return rows
+    out = []
+    for row in rows:
+        values = list(row)
+        for i in wide:
+            if values[i] is not None:
+                values[i] = f"{values[i]:078d}"
+        out.append(tuple(values))
+    return out
+
+
+def _copy(conn: Connection, table: str, names: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor, cursor.copy(f"COPY {_quote(table)} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _copy_insert(
+    conn: Connection, table: str, names: str, rows: Sequence[tuple[Any, ...]], conflict: str
+) -> None:
+    """PostgreSQL: COPY into a temporary twin of the table, then one INSERT ... SELECT with the
+    conflict rule (COPY alone cannot skip or update existing rows)."""
+    temporary = _quote(f"incoming_{table}")
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {temporary} "
+            f"(LIKE {_quote(table)} INCLUDING DEFAULTS) ON COMMIT DROP"
+        )
+        with cursor.copy(f"COPY {temporary} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(f"INSERT INTO {_quote(table)} ({names}) SELECT {names} FROM {temporary} {conflict}")
+        cursor.execute(f"DELETE FROM {temporary}")
+
+
+def _insert(dialect: str, model: type[SQLModel]) -> Any:
+    if dialect == "postgresql":
+        return postgresql.insert(table_of(model))
+    if dialect == "sqlite":
+        return sqlite.insert(table_of(model))
+    raise IndexDatabaseError(f"the index supports SQLite and PostgreSQL, not {dialect}")
+
+
+def entity_columns(entity: str) -> tuple[str, ...]:
+    return tuple(c.name for c in table_of(ENTITY_TABLES[entity]).columns)
+
+
+def materialise(
+    books: Books, touched: Iterable[tuple[str, Key]], chain_id: int
+) -> tuple[dict[str, list[tuple[Any, ...]]], dict[str, list[Key]]]:
+    """Rows for the touched records as the books hold them now, and the keys of those now gone."""
+    records: dict[str, list[tuple[Any, ...]]] = {}
+    gone: dict[str, list[Key]] = {}
+    for entity, key in sorted(touched, key=lambda t: (t[0], str(t[1]))):
+        if books.get(entity, key) is None:
+            gone.setdefault(entity, []).append(key)
+            continue
+        row = row_for(entity, key, books, chain_id)
+        records.setdefault(entity, []).append(tuple(row[c] for c in entity_columns(entity)))
+    return records, gone
+
+
+def row_for(entity: str, key: Key, books: Books, chain_id: int) -> dict[str, Any]:
+    """The table row of a record in the books."""
+    spec = ENTITIES[entity]
+    record = books.records[entity][key]
+    row: dict[str, Any] = {"chain_id": chain_id, spec.key: key}
+    for name, kind in spec.fields.items():
+        value = record[name]
+        row[name] = json.dumps(list(value)) if kind == "json" else value
+    touch = books.touch_of(entity, key)
+    row["last_block"] = touch.block if touch else 0
+    row["last_tx"] = touch.tx if touch else ""
+    row["last_log_index"] = touch.log_index if touch else 0
+    row["last_event"] = touch.event if touch else ""
+    return row
+
+
+def record_from_row(entity: str, row: Any) -> Record:
+    spec = ENTITIES[entity]
+    return {
+        name: tuple(json.loads(row[name])) if kind == "json" else _typed(kind, row[name])
+        for name, kind in spec.fields.items()
+    }
+
+
+def _typed(kind: str, value: Any) -> Any:
+    if kind in ("uint", "int"):
+        return int(value)
+    if kind == "bool":
+        return bool(value)
+    return value
+
+
+def touch_from_row(row: Any) -> Touch | None:
+    if not row["last_event"]:
+        return None
+    return Touch(
+        int(row["last_block"]), str(row["last_tx"]), int(row["last_log_index"]), str(row["last_event"])
+    )

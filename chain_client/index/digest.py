@@ -1,0 +1,124 @@
+"""The audit digest: one hash over every change the index applied, chained block by block.
+
+    genesis   = sha256(canonical_json({"scheme": SCHEME, "chain_id", "ledger", "oracle",
+                                       "deployment_block"}))
+    digest(B) = sha256(digest(previous block with events) || canonical_json(block document of B))
+
+The block document is {"number", "hash", "events": [...]} with, per event in log order,
+{"tx", "log", "address", "event", "args", "changes": [[entity, key, field, new], ...]}. Canonical
+JSON: keys sorted, no spaces, ASCII only, every integer as a decimal string (so no tool loses
+precision on uint256), bools as true/false, byte strings as 0x lower-case hex, addresses in
+checksum form. Blocks without events of the ledger or oracle do not enter the chain, so the digest
+depends only on the chain's content, not on how a sync split it into ranges or which database held
+it: two auditors compare one hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from chain_client.index.books import CREATED, ENTITIES, Applied, encode_record, encode_value
+from chain_client.index.decode import Event
+
+_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+SCHEME = "certledger/audit-digest/v1"
+
+
+def canonical(value: Any) -> Any:
+    """`value` with integers as decimal strings and tuples as lists, for canonical JSON."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    return value
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def args_json(args: dict[str, Any]) -> str:
+    """The stored form of an event's arguments."""
+    return canonical_json(canonical(args))
+
+
+def genesis(chain_id: int, ledger: str, oracle: str, deployment_block: int) -> str:
+    document = {
+        "scheme": SCHEME,
+        "chain_id": str(chain_id),
+        "ledger": ledger,
+        "oracle": oracle,
+        "deployment_block": str(deployment_block),
+    }
+    return "0x" + hashlib.sha256(canonical_json(document).encode("ascii")).hexdigest()
+
+
+ChangeText = tuple[str, str, str, str | None, str]  # entity, key, field, old, new as canonical text
+
+
+def change_texts(applied: Applied) -> list[ChangeText]:
+    """The canonical texts of an event's changes, as stored in the change log and hashed."""
+    texts: list[ChangeText] = []
+    for entity, key, name, old, new in applied.changes:
+        if name == CREATED:
+            texts.append((entity, str(key), name, None, encode_record(entity, new)))
+        else:
+            kind = _KINDS[entity, name]
+            texts.append((entity, str(key), name, encode_value(kind, old), encode_value(kind, new)))
+    return texts
+
+
+_KINDS = {(entity, name): kind for entity, spec in ENTITIES.items() for name, kind in spec.fields.items()}
+
+
+def event_document(event: Event, args: str, changes: list[ChangeText]) -> str:
+    """Canonical JSON of one applied event, from its canonical args and change texts.
+
+    A change is [entity, key, field, new]: `new` is the field's canonical text as a JSON string,
+    or for the creation of a record (field "@created") the record's canonical JSON object.
+    Built by hand with keys in sorted order, so it equals canonical_json of the same document:
+    this runs once per event in a replay.
+    """
+    parts = []
+    for entity, key, name, _, new in changes:
+        value = new if name == CREATED else _json_string(new)
+        parts.append(f'["{entity}",{_json_string(key)},"{name}",{value}]')
+    return (
+        '{"address":"'
+        + event.address
+        + '","args":'
+        + args
+        + ',"changes":['
+        + ",".join(parts)
+        + '],"event":"'
+        + event.name
+        + '","log":"'
+        + str(event.log_index)
+        + '","tx":"'
+        + event.tx_hash
+        + '"}'
+    )
+
+
+def block_digest(previous: str, number: int, block_hash: str, events: Iterable[str]) -> str:
+    """The next digest after a block whose events' documents (from `event_document`) are given."""
+    body = (
+        '{"events":['
+        + ",".join(events)
+        + '],"hash":'
+        + json.dumps(block_hash)
+        + ',"number":"'
+        + str(number)
+        + '"}'
+    )
+    h = hashlib.sha256(bytes.fromhex(previous[2:]))
+    h.update(body.encode("ascii"))
+    return "0x" + h.hexdigest()

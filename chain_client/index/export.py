@@ -1,0 +1,209 @@
+"""Export of the index at one block: CSV files of every table and a JSON report (block range,
+digest, totals per order, per holder and per kind of payment) for another tool to load.
+
+Amounts are written as decimal strings everywhere (CSV is text anyway; in JSON a number above
+2**53 would lose digits in many readers).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chain_client.index.books import ENTITIES, Books, Key
+from chain_client.index.db import IndexDatabase
+from chain_client.index.models import BlockRecord, ChangeRecord, EventRecord, IndexState, PaymentRecord
+from chain_client.index.state import books_at
+from chain_client.models import CertificateStatus, OrderStatus
+
+REPORT_SCHEMA = "certledger-audit-report/v1"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    directory: Path
+    block: int
+    digest: str
+    files: tuple[str, ...]
+
+
+def digest_at(db: IndexDatabase, state: IndexState, block: int) -> str:
+    """The digest chain's value after `block` (blocks without events leave it unchanged)."""
+    for record in db.blocks(state.chain_id, descending=True):
+        if record.number <= block:
+            return record.digest
+    raise LookupError(f"block {block} is before the index starts")
+
+
+def export(db: IndexDatabase, directory: Path, block: int | None = None) -> ExportResult:
+    state, books = books_at(db, block)
+    at = state.synced_block if block is None else block
+    directory.mkdir(parents=True, exist_ok=True)
+    files: list[str] = []
+    for entity in ("order", "certificate", "participant", "offer", "credit", "warehouse", "attestation"):
+        name = f"{entity}s.csv"
+        _write_records(directory / name, entity, books)
+        files.append(name)
+    for model, name in (
+        (PaymentRecord, "payments.csv"),
+        (EventRecord, "events.csv"),
+        (ChangeRecord, "changes.csv"),
+    ):
+        _write_rows(directory / name, _rows_up_to(db, model, state.chain_id, at))
+        files.append(name)
+    digest = digest_at(db, state, at)
+    payments = _rows_up_to(db, PaymentRecord, state.chain_id, at)
+    report = build_report(state, books, at, digest, payments, files)
+    (directory / "report.json").write_text(
+        json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    return ExportResult(directory, at, digest, (*files, "report.json"))
+
+
+def _rows_up_to(db: IndexDatabase, model: Any, chain_id: int, block: int) -> list[dict[str, Any]]:
+    column = "number" if model is BlockRecord else "block_number"
+    return [r for r in db.rows(model, chain_id) if r[column] <= block]
+
+
+def _write_records(path: Path, entity: str, books: Books) -> None:
+    spec = ENTITIES[entity]
+    header = [spec.key, *spec.fields, "last_block", "last_tx", "last_log_index", "last_event"]
+    rows = []
+    for key, record in sorted(books.all(entity).items(), key=_key_order):
+        touch = books.touch_of(entity, key)
+        rows.append(
+            [
+                key,
+                *(_cell(record[name]) for name in spec.fields),
+                *(touch if touch else ("", "", "", "")),
+            ]
+        )
+    _write_csv(path, header, rows)
+
+
+def _write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    header = list(rows[0]) if rows else []
+    _write_csv(path, header, [[_cell(r[h]) for h in header] for r in rows])
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple | list):
+        return json.dumps(list(value))
+    if value is None:
+        return ""
+    return value
+
+
+def _key_order(item: tuple[Key, Any]) -> tuple[int, int | str]:
+    key = item[0]
+    return (0, key) if isinstance(key, int) else (1, key)
+
+
+def build_report(
+    state: IndexState,
+    books: Books,
+    block: int,
+    digest: str,
+    payments: Sequence[dict[str, Any]],
+    files: Sequence[str],
+) -> dict[str, Any]:
+    orders = _order_totals(books)
+    return {
+        "schema": REPORT_SCHEMA,
+        "chain_id": state.chain_id,
+        "ledger": state.ledger,
+        "oracle": state.oracle,
+        "blocks": {"from": state.deployment_block, "to": block},
+        "digest": digest,
+        "counts": {entity: len(books.all(entity)) for entity in ENTITIES if entity != "system"},
+        "totals": {
+            "escrowed": str(sum(int(o["escrowed"]) for o in orders.values())),
+            "paid": str(sum(int(o["paid"]) for o in orders.values())),
+            "refunded": str(sum(int(o["refunded"]) for o in orders.values())),
+            "live": str(sum(int(o["live"]) for o in orders.values())),
+            "credits_outstanding": str(sum(c["amount"] for c in books.all("credit").values())),
+        },
+        "orders": orders,
+        "holders": _holder_totals(books, payments),
+        "payments": _payment_totals(payments),
+        "files": list(files),
+    }
+
+
+def _order_totals(books: Books) -> dict[str, dict[str, Any]]:
+    totals: dict[str, dict[str, Any]] = {}
+    live: dict[int, int] = {}
+    certificates: dict[int, int] = {}
+    for cert in books.all("certificate").values():
+        order_id = int(cert["order_id"])
+        certificates[order_id] = certificates.get(order_id, 0) + 1
+        if cert["status"] == CertificateStatus.LIVE:
+            live[order_id] = live.get(order_id, 0) + int(cert["value"])
+    for key, o in sorted(books.all("order").items(), key=_key_order):
+        oid = int(key)
+        totals[str(oid)] = {
+            "status": OrderStatus(o["status"]).name.lower(),
+            "issuer": o["issuer"],
+            "payee": o["payee"],
+            "escrowed": str(o["escrowed"]),
+            "paid": str(o["paid"]),
+            "refunded": str(o["refunded"]),
+            "live": str(live.get(oid, 0)),
+            "certificates": certificates.get(oid, 0),
+            "maturity": o["maturity"],
+        }
+    return totals
+
+
+def _holder_totals(books: Books, payments: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    holders: dict[str, dict[str, int]] = {}
+
+    def entry(address: str) -> dict[str, int]:
+        return holders.setdefault(
+            address,
+            {
+                "live_certificates": 0,
+                "live_value": 0,
+                "settled_received": 0,
+                "discount_paid": 0,
+                "discount_received": 0,
+            },
+        )
+
+    for cert in books.all("certificate").values():
+        if cert["status"] == CertificateStatus.LIVE:
+            e = entry(cert["holder"])
+            e["live_certificates"] += 1
+            e["live_value"] += int(cert["value"])
+    for p in payments:
+        if p["kind"] == "settlement":
+            entry(p["payee"])["settled_received"] += int(p["amount"])
+        elif p["kind"] == "discount":
+            entry(p["payer"])["discount_paid"] += int(p["amount"])
+            entry(p["payee"])["discount_received"] += int(p["amount"])
+    return {
+        address: {k: v if k == "live_certificates" else str(v) for k, v in values.items()}
+        for address, values in sorted(holders.items())
+    }
+
+
+def _payment_totals(payments: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    totals: dict[str, dict[str, int]] = {}
+    for p in payments:
+        t = totals.setdefault(p["kind"], {"count": 0, "amount": 0})
+        t["count"] += 1
+        t["amount"] += int(p["amount"])
+    return {kind: {"count": t["count"], "amount": str(t["amount"])} for kind, t in sorted(totals.items())}

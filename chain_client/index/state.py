@@ -1,0 +1,115 @@
+"""Reading the index: the books at any block (by folding the stored events up to it), holdings,
+the history of a record, and certificate lineage. None of this needs a node."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, select
+
+from chain_client.index.books import Books, Record, Touch
+from chain_client.index.db import IndexDatabase, IndexDatabaseError, table_of
+from chain_client.index.decode import Event, LogDecoder
+from chain_client.index.models import ChangeRecord, EventRecord, IndexState
+from chain_client.models import CertificateStatus
+
+
+def decoder_for(state: IndexState) -> LogDecoder:
+    return LogDecoder.for_contracts(((state.ledger, "CertificateLedger"), (state.oracle, "ReceiptOracle")))
+
+
+def event_from_record(decoder: LogDecoder, row: EventRecord) -> Event:
+    return Event(
+        name=row.name,
+        args=decoder.restore(row.address, row.name, json.loads(row.args)),
+        address=row.address,
+        block_number=row.block_number,
+        block_hash=row.block_hash,
+        tx_hash=row.tx_hash,
+        tx_index=row.tx_index,
+        log_index=row.log_index,
+    )
+
+
+def stored_events(db: IndexDatabase, state: IndexState, up_to: int | None = None) -> Iterator[Event]:
+    decoder = decoder_for(state)
+    for row in db.events(state.chain_id, up_to):
+        yield event_from_record(decoder, row)
+
+
+def books_at(db: IndexDatabase, block: int | None = None) -> tuple[IndexState, Books]:
+    """The books as of the end of `block` (default: the last indexed block)."""
+    state = db.require_state()
+    if block is None:
+        block = state.synced_block
+    if block > state.synced_block:
+        raise IndexDatabaseError(f"the index reaches block {state.synced_block}, not {block}: sync it first")
+    if block < state.deployment_block - 1:
+        raise IndexDatabaseError(f"block {block} is before the deployment (block {state.deployment_block})")
+    books = Books(state.ledger, state.oracle)
+    for e in stored_events(db, state, block):
+        books.apply(e)
+    return state, books
+
+
+def holdings(books: Books, holder: str, live_only: bool = True) -> list[tuple[int, Record]]:
+    """Certificates `holder` holds, by id."""
+    found = [
+        (int(k), c)
+        for k, c in books.all("certificate").items()
+        if c["holder"] == holder and (not live_only or c["status"] == CertificateStatus.LIVE)
+    ]
+    return sorted(found, key=lambda item: item[0])
+
+
+def history(db: IndexDatabase, chain_id: int, entity: str, key: str) -> list[dict[str, Any]]:
+    """Every stored change of one record, oldest first."""
+    t = table_of(ChangeRecord)
+    query = (
+        select(t)
+        .where(and_(t.c.chain_id == chain_id, t.c.entity == entity, t.c.key == key))
+        .order_by(t.c.block_number, t.c.tx_index, t.c.log_index, t.c.seq)
+    )
+    with db.connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
+@dataclass
+class LineageNode:
+    """A certificate and the certificates split from it."""
+
+    certificate_id: int
+    record: Record
+    touch: Touch | None
+    children: list[LineageNode] = field(default_factory=list)
+
+    def walk(self, depth: int = 0) -> Iterator[tuple[int, LineageNode]]:
+        yield depth, self
+        for child in self.children:
+            yield from child.walk(depth + 1)
+
+
+def lineage(books: Books, certificate_id: int) -> LineageNode:
+    """The tree from the root of `certificate_id` (following parent links) to every descendant."""
+    certs = books.all("certificate")
+    if certificate_id not in certs:
+        raise LookupError(f"no certificate {certificate_id} in the index")
+    root = certificate_id
+    seen = {root}
+    while certs[root]["parent_id"]:
+        root = int(certs[root]["parent_id"])
+        if root in seen or root not in certs:
+            raise LookupError(f"certificate {certificate_id} has a broken parent chain at {root}")
+        seen.add(root)
+    children: dict[int, list[int]] = {}
+    for cid, cert in certs.items():
+        children.setdefault(int(cert["parent_id"]), []).append(int(cid))
+
+    def build(cid: int) -> LineageNode:
+        kids = [build(k) for k in sorted(children.get(cid, []))]
+        return LineageNode(cid, certs[cid], books.touch_of("certificate", cid), kids)
+
+    return build(root)

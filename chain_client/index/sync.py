@@ -1,0 +1,554 @@
+"""Sync: the ledger's and the oracle's logs into the index, range by range, safe across reorgs.
+
+Each range is fetched (logs of the two deployed addresses only, then the headers that tie the
+range to the indexed tip: its first and last block, and every block with a log near the head),
+checked, decoded strictly (an undecodable log of ours stops the sync), applied to the books and
+written in one database transaction together with the new cursor. A killed process therefore
+leaves the index at the end of its last whole range, and the next run goes on from there: no gap,
+no duplicate (and events are upserted on their idempotency key besides). Fetching, applying and
+writing overlap in three threads (see `Indexer._pipeline`).
+
+Reorgs are found by parent hash: the first block of a new range must name the last indexed block
+as its parent, and a sync that finds nothing new checks that its last block is still the node's.
+On a mismatch the indexer walks back over the blocks it recorded until the node agrees on a hash
+(the common ancestor), undoes every state change after it from the change log (newest first),
+deletes the rows of the orphaned blocks, and syncs forward again.
+
+The range adapts: it halves when the node refuses a getLogs (most providers cap the range or the
+result count; the refused size becomes a ceiling) or returns more than `target_logs`, and doubles
+while results stay small.
+"""
+
+from __future__ import annotations
+
+import gc
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from chain_client.chain import Chain
+from chain_client.deploy import Deployment
+from chain_client.errors import CertledgerError
+from chain_client.index.books import (
+    CREATED,
+    ENTITIES,
+    Books,
+    Change,
+    Key,
+    decode_key,
+    decode_value,
+    encode_key,
+)
+from chain_client.index.db import IndexDatabase, IndexDatabaseError, RangeWrite, materialise
+from chain_client.index.decode import Event, LogDecoder, RawLog
+from chain_client.index.digest import block_digest, change_texts, event_document, genesis
+from chain_client.index.models import IndexState
+from chain_client.index.source import Header, NodeSource, RpcRequestError
+
+
+class ReorgTooDeep(CertledgerError):
+    """The node no longer has any block the index recorded: the deployment itself was reorged away."""
+
+
+class IndexInconsistent(CertledgerError):
+    """The node kept answering with data that does not fit together (its chain kept moving)."""
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    #: Blocks to stay behind the head; 0 follows the head itself (reorgs are then rolled back).
+    confirmations: int = 0
+    initial_range: int = 1_000
+    max_range: int = 100_000
+    #: A range returning more logs than this is halved next time. A few thousand keeps the fetch,
+    #: apply and write stages busy at once and a range's transaction small.
+    target_logs: int = 3_000
+    #: Consecutive inconsistent fetches before giving up.
+    max_retries: int = 20
+    #: Blocks this close to the head get their full header recorded (hash and parent hash). Older
+    #: blocks with events are recorded with the hash their logs carry, without a header request:
+    #: a replay of old history would otherwise fetch a header per block, as many bytes as the logs.
+    #: Reorg safety does not depend on it (see `_fetch`). None records every header.
+    header_window: int | None = 128
+
+
+@dataclass(frozen=True)
+class SyncStatus:
+    chain_id: int
+    deployment_block: int
+    synced_block: int
+    target_block: int
+    events: int
+    digest: str
+    reorgs: int
+
+
+@dataclass
+class _Fetched:
+    first: int
+    last: int
+    logs: list[RawLog]
+    headers: dict[int, Header]
+
+
+@dataclass
+class _Retry:
+    reason: str
+
+
+@dataclass
+class _Reorg:
+    reason: str
+
+
+@dataclass
+class Indexer:
+    """Keeps one deployment's index in one database up to date with one node."""
+
+    chain: Chain
+    deployment: Deployment
+    db: IndexDatabase
+    options: SyncOptions = field(default_factory=SyncOptions)
+    on_progress: Callable[[SyncStatus], None] | None = None
+    #: Set by a replay into an emptied database, which builds the secondary indexes at the end.
+    bulk_load: bool = False
+
+    def __post_init__(self) -> None:
+        self.source = NodeSource(self.chain)
+        self.decoder = LogDecoder.for_contracts(
+            ((self.deployment.ledger, "CertificateLedger"), (self.deployment.oracle, "ReceiptOracle"))
+        )
+        self.addresses = self.decoder.addresses
+        self.reorgs = 0
+        #: seconds spent per pipeline stage (fetch, apply, write) since this indexer was made
+        self.timings: defaultdict[str, float] = defaultdict(float)
+        self._range = self.options.initial_range
+        self._ceiling = self.options.max_range
+        self._state: IndexState | None = None
+        self._books: Books | None = None
+
+    # ------------------------------------------------------------------ opening
+
+    @property
+    def chain_id(self) -> int:
+        return self.deployment.chain_id
+
+    def open(self) -> tuple[IndexState, Books]:
+        """The cursor and books, loaded from the database (created there on first use)."""
+        if self._state is None or self._books is None:
+            self.db.create()
+            if not self.bulk_load:
+                self.db.create_indexes()
+            state = self.db.state(self.chain_id) or self._initialise()
+            if (state.ledger, state.oracle) != (self.deployment.ledger, self.deployment.oracle):
+                raise IndexDatabaseError(
+                    f"{self.db.url} indexes ledger {state.ledger}, not {self.deployment.ledger}"
+                )
+            self._state = state
+            self._books = self.db.load_books(state)
+        return self._state, self._books
+
+    def _initialise(self) -> IndexState:
+        start = self.deployment.deployment_block - 1
+        header = self.source.headers([start])[start] if start >= 0 else Header(-1, "0x" + "00" * 32, "")
+        if header is None:
+            raise ReorgTooDeep(f"the node has no block {start}, before the deployment")
+        digest = genesis(self.chain_id, self.deployment.ledger, self.deployment.oracle, start + 1)
+        state = IndexState(
+            chain_id=self.chain_id,
+            ledger=self.deployment.ledger,
+            oracle=self.deployment.oracle,
+            deployment_block=start + 1,
+            synced_block=start,
+            synced_hash=header.hash,
+            digest=digest,
+            events=0,
+        )
+        block = {
+            "chain_id": self.chain_id,
+            "number": start,
+            "hash": header.hash,
+            "parent_hash": header.parent_hash,
+            "digest": digest,
+            "events": 0,
+        }
+        self.db.initialise(state, block)
+        return state
+
+    def status(self, target: int | None = None) -> SyncStatus:
+        state, _ = self.open()
+        return SyncStatus(
+            chain_id=state.chain_id,
+            deployment_block=state.deployment_block,
+            synced_block=state.synced_block,
+            target_block=state.synced_block if target is None else target,
+            events=state.events,
+            digest=state.digest,
+            reorgs=self.reorgs,
+        )
+
+    # ------------------------------------------------------------------ syncing
+
+    def sync(self, until: int | None = None) -> SyncStatus:
+        """Indexes up to `until` (default: the head less the confirmation depth) and returns."""
+        self.open()
+        if self._tip_replaced():
+            self._rollback()
+        retries = 0
+        while True:
+            state, _ = self.open()
+            target = self.source.head() - self.options.confirmations
+            if until is not None:
+                target = min(target, until)
+            if state.synced_block >= target:
+                return self.status(target)
+            outcome = self._pipeline(state, target)
+            if outcome is None or self.open()[0].synced_block > state.synced_block:
+                retries = 0
+            if outcome is None:
+                continue
+            retries += 1
+            if retries > self.options.max_retries:
+                raise IndexInconsistent(f"gave up after {retries} tries: {outcome.reason}")
+            if isinstance(outcome, _Reorg):
+                self._rollback()
+
+    def follow(self, poll_seconds: float = 1.0, stop: Callable[[], bool] = lambda: False) -> SyncStatus:
+        """Keeps syncing as the head moves until `stop()` says so."""
+        status = self.sync()
+        while not stop():
+            time.sleep(poll_seconds)
+            status = self.sync()
+        return status
+
+    def _pipeline(self, state: IndexState, target: int) -> _Retry | _Reorg | None:
+        """Syncs up to `target` with the stages overlapped: a thread fetches the next ranges while
+        this one applies them to the books in order and commits each. Against PostgreSQL a writer
+        thread commits too, since the server does the work while the thread waits outside the GIL.
+        SQLite works inside this process, where a writer thread only adds GIL hand-offs: measured
+        on 20,000 events it was slower than writing here (bench/replay.json has the stages).
+
+        Returns None when `target` is reached, or why the fetcher stopped early."""
+        fetched: queue.Queue[_Fetched | _Retry | _Reorg | BaseException | None] = queue.Queue(maxsize=2)
+        stop = threading.Event()
+        fetcher = threading.Thread(
+            target=self._fetch_ranges, args=(state, target, fetched, stop), name="index-fetch", daemon=True
+        )
+        fetcher.start()
+        outcome: _Retry | _Reorg | None = None
+        try:
+            with _writer(threaded=self.db.dialect != "sqlite") as writer:
+                pending: Future[None] | None = None
+                while True:
+                    item = fetched.get()
+                    if item is None:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    if isinstance(item, _Retry | _Reorg):
+                        outcome = item
+                        break
+                    with self._timed("apply"):
+                        batch = self._apply_range(item)
+                    if pending is not None:
+                        pending.result()
+                        self._report(target)
+                    pending = writer.submit(self._write, batch)
+                if pending is not None:
+                    pending.result()
+                    self._report(target)
+        except BaseException:
+            # The books may be ahead of what the database got: reload both from it.
+            self._books = None
+            self._state = None
+            raise
+        finally:
+            stop.set()
+            _drain(fetched)
+            fetcher.join()
+        return outcome
+
+    def _write(self, batch: RangeWrite) -> None:
+        with self._timed("write"):
+            self.db.write_range(batch)
+
+    @contextmanager
+    def _timed(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] += time.perf_counter() - started
+
+    def _report(self, target: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.status(target))
+
+    def _fetch_ranges(
+        self,
+        state: IndexState,
+        target: int,
+        out: queue.Queue[_Fetched | _Retry | _Reorg | BaseException | None],
+        stop: threading.Event,
+    ) -> None:
+        """The fetch stage: consecutive ranges from the indexed tip, each checked to continue the
+        one before, until `target`, a problem, or `stop`."""
+        block, block_hash = state.synced_block, state.synced_hash
+        try:
+            while block < target and not stop.is_set():
+                with self._timed("fetch"):
+                    outcome = self._fetch(
+                        block + 1, min(target, block + self._range), target, block, block_hash
+                    )
+                _put(out, outcome, stop)
+                if not isinstance(outcome, _Fetched):
+                    return
+                block, block_hash = outcome.last, outcome.headers[outcome.last].hash
+        except BaseException as exc:
+            _put(out, exc, stop)
+        finally:
+            _put(out, None, stop)
+
+    def _tip_replaced(self) -> bool:
+        state, _ = self.open()
+        if state.synced_block < 0:
+            return False
+        header = self.source.headers([state.synced_block])[state.synced_block]
+        return header is None or header.hash != state.synced_hash
+
+    def _fetch(self, first: int, last: int, head: int, tip: int, tip_hash: str) -> _Fetched | _Retry | _Reorg:
+        """Logs of first..last with the headers that prove them one chain continuing block `tip`.
+
+        The header of `last` is read before and after the logs: if its hash did not change, no
+        block up to it changed in between (each hash commits to all before it), so the logs are of
+        that chain; the header of `first` must name `tip_hash` as parent. Every log must carry its
+        block's hash (from the header where one was fetched, the same across the block otherwise)."""
+        before = self.source.headers([last])[last]
+        if before is None:
+            return _Reorg(f"block {last} disappeared")
+        try:
+            logs = self.source.logs(first, last, self.addresses)
+        except RpcRequestError as exc:
+            if first == last:
+                raise
+            # Most providers cap the range or the result count; never ask for this much again.
+            self._ceiling = max(1, last - first)
+            self._range = max(1, (last - first + 1) // 2)
+            return _Retry(f"getLogs {first}..{last} refused: {exc}")
+        window = self.options.header_window
+        recent = {log.block_number for log in logs if window is None or log.block_number > head - window}
+        found = self.source.headers(sorted({first, last, *recent}))
+        headers = {n: h for n, h in found.items() if h is not None}
+        if len(headers) != len(found):
+            return _Reorg(f"blocks of {first}..{last} disappeared")
+        if headers[first].parent_hash != tip_hash:
+            return _Reorg(f"block {first} does not follow indexed block {tip}")
+        if headers[last].hash != before.hash:
+            return _Retry(f"block {last} changed while its range was fetched")
+        hashes: dict[int, str] = {n: h.hash for n, h in headers.items()}
+        for log in logs:
+            if hashes.setdefault(log.block_number, log.block_hash) != log.block_hash:
+                return _Retry(f"logs of block {log.block_number} came from a replaced block")
+        self._adapt(len(logs))
+        return _Fetched(first, last, logs, headers)
+
+    def _adapt(self, count: int) -> None:
+        if count > self.options.target_logs:
+            self._range = max(1, self._range // 2)
+        elif count < self.options.target_logs // 4:
+            self._range = min(self.options.max_range, self._ceiling, self._range * 2)
+
+    # ------------------------------------------------------------------ applying a range
+
+    def _apply_range(self, fetched: _Fetched) -> RangeWrite:
+        """Applies a range to the books and returns what to write. Moves the in-memory cursor; the
+        database's moves when the writer commits the batch."""
+        state, books = self.open()
+        with _gc_paused():
+            batch = self._apply(fetched, state, books)
+            batch.records, batch.gone = materialise(books, batch.touched, self.chain_id)
+        self._state = IndexState(**{**state.model_dump(), **batch.state})
+        return batch
+
+    def _apply(self, fetched: _Fetched, state: IndexState, books: Books) -> RangeWrite:
+        batch = RangeWrite(self.chain_id, bulk=self.bulk_load)
+        digest = state.digest
+        events = [e for e in (self.decoder.decode(log) for log in fetched.logs) if e is not None]
+        hashes = {log.block_number: log.block_hash for log in fetched.logs}
+        for number, block_events in _by_block(events):
+            documents = [self._apply_event(books, batch, e) for e in block_events]
+            digest = block_digest(digest, number, hashes[number], documents)
+            header = fetched.headers.get(number)
+            parent = header.parent_hash if header is not None else None
+            batch.blocks.append((self.chain_id, number, hashes[number], parent, digest, len(block_events)))
+        if not events or events[-1].block_number != fetched.last:
+            tip = fetched.headers[fetched.last]
+            batch.blocks.append((self.chain_id, tip.number, tip.hash, tip.parent_hash, digest, 0))
+        books.violations.clear()
+        batch.state = {
+            "synced_block": fetched.last,
+            "synced_hash": fetched.headers[fetched.last].hash,
+            "digest": digest,
+            "events": state.events + len(events),
+        }
+        return batch
+
+    def _apply_event(self, books: Books, batch: RangeWrite, event: Event) -> str:
+        applied = books.apply(event)
+        args = self.decoder.args_json(event)
+        chain_id, block, tx_index, log_index, tx = (
+            self.chain_id,
+            event.block_number,
+            event.tx_index,
+            event.log_index,
+            event.tx_hash,
+        )
+        batch.events.append(
+            (chain_id, tx, log_index, event.block_hash, block, tx_index, event.address, event.name, args)
+        )
+        changes = change_texts(applied)
+        for seq, (entity, key, name, old, new) in enumerate(changes):
+            batch.changes.append(
+                (chain_id, block, tx_index, log_index, seq, tx, event.name, entity, key, name, old, new)
+            )
+        batch.touched.update((c.entity, c.key) for c in applied.changes)
+        if len(applied.payments) > 1:
+            raise AssertionError(f"{event.name} booked {len(applied.payments)} payments; the table keys one")
+        for p in applied.payments:
+            batch.payments.append(
+                (
+                    chain_id,
+                    block,
+                    tx_index,
+                    log_index,
+                    tx,
+                    p.kind,
+                    p.order_id,
+                    p.certificate_id,
+                    p.payer,
+                    p.payee,
+                    p.amount,
+                )
+            )
+        return event_document(event, args, changes)
+
+    # ------------------------------------------------------------------ reorgs
+
+    def _rollback(self) -> None:
+        state, books = self.open()
+        ancestor = self._common_ancestor()
+        try:
+            touched = self._undo_after(ancestor, books)
+            anchor = next(b for b in self.db.blocks(self.chain_id, descending=True) if b.number == ancestor)
+            dropped = self.db.count_events_after(self.chain_id, ancestor)
+            values = {
+                "synced_block": ancestor,
+                "synced_hash": anchor.hash,
+                "digest": anchor.digest,
+                "events": state.events - dropped,
+            }
+            records, gone = materialise(books, touched, self.chain_id)
+            self.db.write_rollback(self.chain_id, ancestor, records, gone, values)
+        except BaseException:
+            self._books = None
+            self._state = None
+            raise
+        self._state = IndexState(**{**state.model_dump(), **values})
+        self.reorgs += 1
+
+    def _undo_after(self, ancestor: int, books: Books) -> set[tuple[str, Key]]:
+        touched: set[tuple[str, Key]] = set()
+        for row in self.db.changes_after(self.chain_id, ancestor):
+            entity, name = row["entity"], row["field"]
+            key = decode_key(entity, row["key"])
+            old = None
+            if name != CREATED and row["old"] is not None:
+                old = decode_value(ENTITIES[entity].fields[name], row["old"])
+            books.undo(Change(entity, key, name, old, None))
+            touched.add((entity, key))
+        for entity, key in touched:
+            if books.get(entity, key) is not None:
+                touch = self.db.last_touch(self.chain_id, entity, encode_key(entity, key), ancestor)
+                books.set_touch(entity, key, touch)
+        return touched
+
+    def _common_ancestor(self) -> int:
+        """The newest recorded block the node still has with the same hash."""
+        recorded = self.db.blocks(self.chain_id, descending=True)
+        for start in range(0, len(recorded), 64):
+            chunk = recorded[start : start + 64]
+            headers = self.source.headers([b.number for b in chunk])
+            for block in chunk:
+                header = headers[block.number]
+                if header is not None and header.hash == block.hash:
+                    return block.number
+        raise ReorgTooDeep(f"the node has none of the {len(recorded)} blocks the index recorded")
+
+
+def _by_block(events: list[Event]) -> list[tuple[int, list[Event]]]:
+    grouped: list[tuple[int, list[Event]]] = []
+    for e in events:
+        if grouped and grouped[-1][0] == e.block_number:
+            grouped[-1][1].append(e)
+        else:
+            grouped.append((e.block_number, [e]))
+    return grouped
+
+
+_T = TypeVar("_T")
+
+
+def _put(out: queue.Queue[_T], item: _T, stop: threading.Event) -> None:
+    """Puts `item` unless the consumer has stopped (so the fetcher never blocks on a full queue)."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _drain(q: queue.Queue[Any]) -> None:
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return
+
+
+class _Inline:
+    """An executor that runs each job at once, in the caller's thread."""
+
+    def submit(self, job: Callable[[RangeWrite], None], batch: RangeWrite) -> Future[None]:
+        job(batch)  # a failure raises here, before the next range is applied
+        done: Future[None] = Future()
+        done.set_result(None)
+        return done
+
+
+@contextmanager
+def _writer(threaded: bool) -> Iterator[ThreadPoolExecutor | _Inline]:
+    if not threaded:
+        yield _Inline()
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-write") as pool:
+        yield pool
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Applying a range allocates many small objects that all live until it is written; the cyclic
+    collector would scan them again and again for nothing (there are no cycles among them)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -1,0 +1,193 @@
+"""The contracts' own view of every record, read at one block, in the shape of the books' records.
+
+Verify compares these with the books rebuilt from events. Calls go out in JSON-RPC batches (one
+eth_call per record), so checking thousands of certificates costs a few round trips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_utils.abi import get_abi_output_types
+from web3 import Web3
+
+from chain_client.artifacts import load_artifact
+from chain_client.deploy import Deployment
+from chain_client.index.books import SYSTEM_KEY, Books, Key, Record
+from chain_client.index.decode import checksum
+from chain_client.index.source import NodeSource
+
+
+@dataclass
+class ChainView:
+    """Records as the contracts report them at `block`, keyed like `Books.records`."""
+
+    block: int
+    records: dict[str, dict[Key, Record]] = field(default_factory=dict)
+    counts: tuple[int, int, int] = (0, 0, 0)
+    total_credits: int = 0
+    escrow_balance: int = 0
+    invoices_used: dict[str, bool] = field(default_factory=dict)
+
+
+class _Caller:
+    """Encodes calls to one contract and decodes their results."""
+
+    def __init__(self, address: str, artifact: str) -> None:
+        abi = list(load_artifact(artifact).abi)
+        self.address = address
+        self._contract = Web3().eth.contract(abi=abi)
+        functions = [e for e in abi if e.get("type") == "function"]
+        self._outputs = {e["name"]: get_abi_output_types(e) for e in functions}  # type: ignore[arg-type]
+        # Struct results are read by field name, so a field added to a struct moves nothing here.
+        self._fields = {
+            e["name"]: [c["name"] for c in e["outputs"][0]["components"]]
+            for e in functions
+            if len(e["outputs"]) == 1 and "components" in e["outputs"][0]
+        }
+
+    def encode(self, name: str, *args: Any) -> tuple[str, bytes]:
+        data = self._contract.encode_abi(name, list(args))
+        return self.address, bytes.fromhex(data[2:])
+
+    def decode(self, name: str, data: bytes) -> tuple[Any, ...]:
+        return tuple(abi_decode(self._outputs[name], data))
+
+    def struct(self, name: str, data: bytes) -> dict[str, Any]:
+        (values,) = abi_decode(self._outputs[name], data)
+        return dict(zip(self._fields[name], values, strict=True))
+
+
+def _hex(value: bytes) -> str:
+    return "0x" + bytes(value).hex()
+
+
+def _order(r: dict[str, Any]) -> Record:
+    return {
+        "issuer": checksum(r["issuer"]),
+        "maturity": r["maturity"],
+        "deadline": r["deadline"],
+        "status": r["status"],
+        "payee": checksum(r["payee"]),
+        "expected_quantity": r["expectedQuantity"],
+        "escrowed": r["escrowed"],
+        "paid": r["paid"],
+        "refunded": r["refunded"],
+        "delivered_quantity": r["deliveredQuantity"],
+        "root_certificate_id": r["rootCertificateId"],
+        "invoice_hash": _hex(r["invoiceHash"]),
+        "warehouse": _hex(r["warehouse"]),
+        "goods_hash": _hex(r["goodsHash"]),
+    }
+
+
+def _certificate(r: dict[str, Any]) -> Record:
+    return {
+        "holder": checksum(r["holder"]),
+        "maturity": r["maturity"],
+        "depth": r["depth"],
+        "status": r["status"],
+        "frozen": bool(r["frozen"]),
+        "value": r["value"],
+        "order_id": r["orderId"],
+        "parent_id": r["parentId"],
+    }
+
+
+def _offer(r: dict[str, Any]) -> Record:
+    return {
+        "certificate_id": r["certificateId"],
+        "seller": checksum(r["seller"]),
+        "buyer": checksum(r["buyer"]),
+        "expiry": r["expiry"],
+        "open": bool(r["open"]),
+        "value": r["value"],
+        "price": r["price"],
+    }
+
+
+def _participant(r: dict[str, Any]) -> Record:
+    return {
+        "entity_id": _hex(r["entityId"]),
+        "roles": r["roles"],
+        "active": bool(r["active"]),
+        "certificate_count": r["certificateCount"],
+        "issuer_limit": r["issuerLimit"],
+        "outstanding": r["outstanding"],
+    }
+
+
+def _warehouse(r: dict[str, Any]) -> Record:
+    return {
+        "active": bool(r["active"]),
+        "threshold": r["threshold"],
+        "device_count": r["deviceCount"],
+        "device_set_version": r["deviceSetVersion"],
+        "freshness": r["freshness"],
+    }
+
+
+def read_chain_view(source: NodeSource, deployment: Deployment, books: Books, block: int) -> ChainView:
+    """Every record the books know of (and every id the ledger has issued), as the chain has it."""
+    ledger = _Caller(deployment.ledger, "CertificateLedger")
+    oracle = _Caller(deployment.oracle, "ReceiptOracle")
+    token = _Caller(deployment.token, "SettlementToken")
+    view = ChainView(block)
+
+    scalars = source.call_many(
+        [
+            ledger.encode("counts"),
+            ledger.encode("totalCredits"),
+            token.encode("balanceOf", deployment.ledger),
+            ledger.encode("paused"),
+            ledger.encode("splitRules"),
+            oracle.encode("ledger"),
+        ],
+        block,
+    )
+    counts = ledger.decode("counts", scalars[0])
+    view.counts = (int(counts[0]), int(counts[1]), int(counts[2]))
+    view.total_credits = int(ledger.decode("totalCredits", scalars[1])[0])
+    view.escrow_balance = int(token.decode("balanceOf", scalars[2])[0])
+    rules = ledger.decode("splitRules", scalars[4])
+    view.records["system"] = {
+        SYSTEM_KEY: {
+            "paused": bool(ledger.decode("paused", scalars[3])[0]),
+            "min_split_unit": int(rules[0]),
+            "max_split_depth": int(rules[1]),
+            "ledger_bound": checksum(oracle.decode("ledger", scalars[5])[0]),
+        }
+    }
+
+    def ids(entity: str, issued: int) -> list[int]:
+        return sorted({*range(1, issued + 1), *(int(k) for k in books.all(entity))})
+
+    def results(caller: _Caller, fn: str, keys: Sequence[Key]) -> list[bytes]:
+        # bytes32 keys (warehouse ids, digests) are kept as 0x-hex text; the ABI wants bytes.
+        args = [bytes.fromhex(k[2:]) if isinstance(k, str) and len(k) == 66 else k for k in keys]
+        return source.call_many([caller.encode(fn, a) for a in args], block)
+
+    def read(entity: str, caller: _Caller, fn: str, keys: Sequence[Key], shape: Any) -> None:
+        found = results(caller, fn, keys)
+        view.records[entity] = {k: shape(caller.struct(fn, r)) for k, r in zip(keys, found, strict=True)}
+
+    def read_scalar(entity: str, caller: _Caller, fn: str, keys: Sequence[Key], field: str) -> None:
+        found = results(caller, fn, keys)
+        view.records[entity] = {k: {field: caller.decode(fn, r)[0]} for k, r in zip(keys, found, strict=True)}
+
+    read("order", ledger, "order", ids("order", view.counts[0]), _order)
+    read("certificate", ledger, "certificate", ids("certificate", view.counts[1]), _certificate)
+    read("offer", ledger, "discountOffer", ids("offer", view.counts[2]), _offer)
+    read("participant", ledger, "participant", sorted(books.all("participant"), key=str), _participant)
+    read("warehouse", oracle, "warehouse", sorted(books.all("warehouse"), key=str), _warehouse)
+    read_scalar("credit", ledger, "credit", sorted(books.all("credit"), key=str), "amount")
+    read_scalar("attestation", oracle, "attestationUsed", sorted(books.all("attestation"), key=str), "used")
+    invoices = sorted({o["invoice_hash"] for o in books.all("order").values()})
+    used = source.call_many([ledger.encode("invoiceUsed", bytes.fromhex(i[2:])) for i in invoices], block)
+    view.invoices_used = {
+        i: bool(ledger.decode("invoiceUsed", r)[0]) for i, r in zip(invoices, used, strict=True)
+    }
+    return view

@@ -1,0 +1,538 @@
+"""Replay and verify against a random lifecycle of hundreds of operations on anvil.
+
+One chain for the module: a seeded workload on the system under audit, and a look-alike deployment
+of the same contracts doing the same kinds of things beside it (which the index must ignore).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from index_support import ROOT, anvil_node, connect_node
+from typer.testing import CliRunner
+
+from certledger_main import build_app
+from chain_client import audit
+from chain_client.chain import Chain
+from chain_client.events import EventDecoder
+from chain_client.index.db import IndexDatabase
+from chain_client.index.decode import LogDecoder, RawLog
+from chain_client.index.export import export
+from chain_client.index.models import (
+    BlockRecord,
+    CertificateRecord,
+    ChangeRecord,
+    EventRecord,
+    OrderRecord,
+    PaymentRecord,
+)
+from chain_client.index.source import NodeSource, RpcRequestError
+from chain_client.index.state import books_at, history, holdings, lineage
+from chain_client.index.sync import Indexer, SyncOptions, SyncStatus
+from chain_client.index.workload import DAY, Workload
+from chain_client.models import CertificateStatus
+
+pytestmark = pytest.mark.anvil
+
+OPERATIONS = 300
+
+
+@dataclass
+class Lifecycle:
+    url: str
+    chain: Chain
+    work: Workload
+    lookalike: Workload
+    manifest: Path
+
+
+@pytest.fixture(scope="module")
+def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lifecycle]:
+    with anvil_node() as url:
+        chain = connect_node(url)
+        work = Workload.deploy(chain, seed=11)
+        lookalike = Workload.deploy(chain, seed=12)
+        for i in range(OPERATIONS):
+            work.step()
+            if i % 8 == 0:
+                lookalike.step()
+        # However the dice fell, end with payments: everything matures and is paid.
+        chain.advance_time(13 * DAY)
+        while due := work.due()[:64]:
+            work.send(work.system.ledger.settle(work.relayer, due))
+        manifest = tmp_path_factory.mktemp("lifecycle") / "deployment.json"
+        work.system.deployment.save(manifest)
+        yield Lifecycle(url, chain, work, lookalike, manifest)
+
+
+@pytest.fixture(scope="module")
+def replayed(
+    lifecycle: Lifecycle, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[IndexDatabase, SyncStatus]:
+    db = IndexDatabase(tmp_path_factory.mktemp("replay") / "index.sqlite")
+    return db, audit.replay(lifecycle.chain, lifecycle.work.system.deployment, db)
+
+
+def _fresh_replay(lifecycle: Lifecycle, path: Path) -> IndexDatabase:
+    db = IndexDatabase(path)
+    audit.replay(lifecycle.chain, lifecycle.work.system.deployment, db)
+    return db
+
+
+def _dump(db: IndexDatabase, chain_id: int) -> dict[str, list[dict[str, Any]]]:
+    models: Sequence[Any] = (EventRecord, ChangeRecord, PaymentRecord, OrderRecord, CertificateRecord)
+    return {m.__tablename__: db.rows(m, chain_id) for m in models}
+
+
+# ---------------------------------------------------------------------- replay equals the chain
+
+
+def test_replay_equals_the_live_state(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus]
+) -> None:
+    db, status = replayed
+    done = sum(n for op, n in lifecycle.work.stats.items() if ":skipped" not in op)
+    assert done >= OPERATIONS, lifecycle.work.stats
+    assert status.events >= lifecycle.work.events
+    report = audit.verify(lifecycle.chain, lifecycle.work.system.deployment, db)
+    assert report.ok, list(report.findings())
+    # And independently of verify's own view reader: the ledger client's reads at the head.
+    ledger = lifecycle.work.system.ledger
+    _, books = books_at(db)
+    orders, certificates, offers = ledger.counts()
+    assert (len(books.all("order")), len(books.all("certificate")), len(books.all("offer"))) == (
+        orders,
+        certificates,
+        offers,
+    )
+    for cert_id in range(1, certificates + 1):
+        chain_cert, ours = ledger.certificate(cert_id), books.get("certificate", cert_id)
+        assert ours is not None
+        assert (ours["holder"], ours["value"], ours["parent_id"], ours["status"], ours["frozen"]) == (
+            chain_cert.holder,
+            chain_cert.value,
+            chain_cert.parent_id,
+            chain_cert.status,
+            chain_cert.frozen,
+        ), cert_id
+    for order_id in range(1, orders + 1):
+        chain_order, mine = ledger.order(order_id), books.get("order", order_id)
+        assert mine is not None
+        assert (mine["status"], mine["escrowed"], mine["paid"], mine["refunded"]) == (
+            chain_order.status,
+            chain_order.escrowed,
+            chain_order.paid,
+            chain_order.refunded,
+        ), order_id
+    kinds = {r["kind"] for r in db.rows(PaymentRecord, status.chain_id)}
+    assert {"escrow", "settlement"} <= kinds
+    assert ("discount" in kinds) == (lifecycle.work.stats["buy"] > 0)
+
+
+def test_state_at_past_blocks_equals_the_contracts_then(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus]
+) -> None:
+    db, status = replayed
+    first, last = status.deployment_block, status.synced_block
+    for block in (first + 5, (first + last) // 3, 2 * (first + last) // 3):
+        report = audit.verify(lifecycle.chain, lifecycle.work.system.deployment, db, block=block)
+        assert report.ok, (block, list(report.findings()))
+        _, books = books_at(db, block)
+        assert report.checked["certificate"] == len(books.all("certificate"))
+
+
+def test_index_decoder_agrees_with_the_clients_event_decoder(lifecycle: Lifecycle) -> None:
+    deployment = lifecycle.work.system.deployment
+    w3 = lifecycle.chain.w3
+    ours = LogDecoder.for_contracts(
+        ((deployment.ledger, "CertificateLedger"), (deployment.oracle, "ReceiptOracle"))
+    )
+    theirs: EventDecoder = lifecycle.work.system.decoder
+    logs = w3.eth.get_logs(
+        {"fromBlock": deployment.deployment_block, "address": [deployment.ledger, deployment.oracle]}
+    )
+    assert len(logs) > 500
+    for log in logs:
+        expected = theirs.decode_log(log)
+        found = ours.decode(RawLog.from_web3(log))
+        assert expected is not None and found is not None
+        assert found.name == expected.name
+        assert found.args == {k: _as_index_value(v) for k, v in expected.args.items()}
+
+
+def _as_index_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, list | tuple):
+        return tuple(_as_index_value(v) for v in value)
+    return value
+
+
+# ---------------------------------------------------------------------- idempotence, resumption
+
+
+def test_replaying_twice_changes_nothing(lifecycle: Lifecycle, tmp_path: Path) -> None:
+    db = _fresh_replay(lifecycle, tmp_path / "twice.sqlite")
+    deployment = lifecycle.work.system.deployment
+    first = _dump(db, deployment.chain_id)
+    again = audit.replay(lifecycle.chain, deployment, db)
+    assert _dump(db, deployment.chain_id) == first
+    # A sync of an index that is already at the head adds nothing either.
+    synced = audit.sync(lifecycle.chain, deployment, db)
+    assert synced.digest == again.digest
+    assert _dump(db, deployment.chain_id) == first
+
+
+def test_small_adaptive_ranges_give_the_same_index(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
+) -> None:
+    """A node that refuses getLogs over more than 5 blocks, synced in several calls."""
+    deployment = lifecycle.work.system.deployment
+    db = IndexDatabase(tmp_path / "ranges.sqlite")
+    indexer = Indexer(lifecycle.chain, deployment, db, SyncOptions(initial_range=64))
+    indexer.source = _RangeLimited(lifecycle.chain, limit=5)
+    reference = replayed[1]
+    for until in (
+        deployment.deployment_block + 10,
+        (deployment.deployment_block + reference.synced_block) // 2,
+    ):
+        assert indexer.sync(until).synced_block == until
+    status = indexer.sync(reference.synced_block)
+    assert status.digest == reference.digest
+    assert indexer._range <= 5
+    assert _dump(db, deployment.chain_id) == _dump(replayed[0], deployment.chain_id)
+
+
+class _RangeLimited(NodeSource):
+    def __init__(self, chain: Chain, limit: int) -> None:
+        super().__init__(chain)
+        self.limit = limit
+
+    def logs(self, first: int, last: int, addresses: Sequence[str]) -> list[RawLog]:
+        if last - first + 1 > self.limit:
+            raise RpcRequestError(f"eth_getLogs: range {last - first + 1} over the limit of {self.limit}")
+        return super().logs(first, last, addresses)
+
+
+def test_a_killed_sync_resumes_with_no_gap_and_no_duplicate(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
+) -> None:
+    path = tmp_path / "killed.sqlite"
+    reference = replayed[1]
+    command = [
+        str(Path(sys.executable).parent / "certledger"),
+        "audit",
+        "sync",
+        "--rpc-url",
+        lifecycle.url,
+        "--manifest",
+        str(lifecycle.manifest),
+        "--db",
+        str(path),
+        "--max-range",
+        "4",
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    halfway = (reference.deployment_block + reference.synced_block) // 2
+    reached = _wait_for_block(path, halfway, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read() if process.stderr else ""
+    assert reference.deployment_block <= reached < reference.synced_block
+
+    db = IndexDatabase(path)
+    status = audit.sync(lifecycle.chain, lifecycle.work.system.deployment, db)
+    assert status.digest == reference.digest
+    assert status.events == reference.events
+    events = db.rows(EventRecord, status.chain_id)
+    assert len(events) == len({(e["tx_hash"], e["log_index"]) for e in events}) == reference.events
+    assert _dump(db, status.chain_id) == _dump(replayed[0], status.chain_id)
+    assert audit.verify(lifecycle.chain, lifecycle.work.system.deployment, db).ok
+
+
+def test_a_range_that_fails_half_written_leaves_nothing_behind(
+    lifecycle: Lifecycle,
+    replayed: tuple[IndexDatabase, SyncStatus],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The crash lands after a range's events and changes went in, before its records and cursor:
+    the transaction takes all of it back, and the next sync redoes the whole range."""
+    reference = replayed[1]
+    deployment = lifecycle.work.system.deployment
+    db = IndexDatabase(tmp_path / "crash.sqlite")
+    indexer = Indexer(lifecycle.chain, deployment, db, SyncOptions(initial_range=16, max_range=16))
+    indexer.sync((reference.deployment_block + reference.synced_block) // 3)
+    before = db.require_state()
+    calls = {"n": 0}
+    real = IndexDatabase._save_records
+
+    def crash_on_third(self: IndexDatabase, *args: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk gone")
+        real(self, *args)
+
+    monkeypatch.setattr(IndexDatabase, "_save_records", crash_on_third)
+    with pytest.raises(OSError, match="disk gone"):
+        indexer.sync()
+    monkeypatch.undo()
+    crashed = db.require_state()
+    assert crashed.synced_block == before.synced_block + 2 * 16
+    assert db.count(EventRecord, crashed.chain_id) == crashed.events
+    assert max(e["block_number"] for e in db.rows(EventRecord, crashed.chain_id)) <= crashed.synced_block
+    status = indexer.sync(reference.synced_block)
+    assert status.digest == reference.digest
+    assert _dump(db, status.chain_id) == _dump(replayed[0], status.chain_id)
+
+
+def _wait_for_block(path: Path, block: int, process: subprocess.Popen[bytes]) -> int:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as conn:
+                row = conn.execute("SELECT synced_block FROM index_state").fetchone()
+        except sqlite3.OperationalError:
+            row = None
+        if row is not None and row[0] >= block:
+            return int(row[0])
+        time.sleep(0.01)
+    raise AssertionError("the sync never got halfway")
+
+
+# ---------------------------------------------------------------------- the look-alike
+
+
+def test_a_look_alike_contract_emitting_the_same_events_is_ignored(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
+) -> None:
+    db, status = replayed
+    other = lifecycle.lookalike.system.deployment
+    their_logs = lifecycle.chain.w3.eth.get_logs(
+        {"fromBlock": other.deployment_block, "address": other.ledger}
+    )
+    assert their_logs, "the look-alike emitted nothing"
+    addresses = {e["address"] for e in db.rows(EventRecord, status.chain_id)}
+    ours = lifecycle.work.system.deployment
+    assert addresses == {ours.ledger, ours.oracle}
+    # Indexed on its own, the look-alike gets books and a digest of its own.
+    theirs = audit.replay(lifecycle.chain, other, IndexDatabase(tmp_path / "lookalike.sqlite"))
+    assert theirs.digest != status.digest
+
+
+# ---------------------------------------------------------------------- tampering
+
+
+def _sql(db: IndexDatabase, statement: str, *params: Any) -> None:
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(statement, params)
+
+
+def _a_moved_certificate(db: IndexDatabase) -> dict[str, Any]:
+    _, books = books_at(db)
+    for cert_id, cert in sorted(books.all("certificate").items()):
+        touch = books.touch_of("certificate", cert_id)
+        if cert["parent_id"] and cert["value"] and touch is not None:
+            return {"certificate_id": cert_id, **cert, "touch": touch}
+    raise AssertionError("no split certificate in the lifecycle")
+
+
+def test_a_tampered_holder_fails_verify_at_that_certificate(lifecycle: Lifecycle, tmp_path: Path) -> None:
+    db = _fresh_replay(lifecycle, tmp_path / "holder.sqlite")
+    cert = _a_moved_certificate(db)
+    stranger = "0x" + "5A" * 20
+    _sql(
+        db,
+        "UPDATE certificate SET holder = ? WHERE certificate_id = ?",
+        stranger,
+        f"{cert['certificate_id']:078d}",
+    )
+    report = audit.verify(lifecycle.chain, lifecycle.work.system.deployment, db)
+    assert not report.ok
+    against_chain = [d for d in report.differences if d.against == "chain"]
+    assert [(d.entity, d.key, d.field, d.index_value, d.other_value) for d in against_chain] == [
+        ("certificate", cert["certificate_id"], "holder", stranger, cert["holder"])
+    ]
+    assert against_chain[0].touch == cert["touch"]
+    assert not report.digest_mismatches and not report.event_mismatches
+
+
+def test_a_tampered_value_fails_verify_at_that_certificate(lifecycle: Lifecycle, tmp_path: Path) -> None:
+    db = _fresh_replay(lifecycle, tmp_path / "value.sqlite")
+    cert = _a_moved_certificate(db)
+    forged = cert["value"] + 2**70
+    _sql(
+        db,
+        "UPDATE certificate SET value = ? WHERE certificate_id = ?",
+        f"{forged:078d}",
+        f"{cert['certificate_id']:078d}",
+    )
+    report = audit.verify(lifecycle.chain, lifecycle.work.system.deployment, db)
+    found = [(d.source, d.against, d.key, d.field, d.index_value, d.other_value) for d in report.differences]
+    assert found == [
+        ("index table", "replayed events", cert["certificate_id"], "value", forged, cert["value"]),
+        ("index table", "chain", cert["certificate_id"], "value", forged, cert["value"]),
+    ]
+
+
+def test_a_deleted_event_fails_verify_at_that_event(lifecycle: Lifecycle, tmp_path: Path) -> None:
+    db = _fresh_replay(lifecycle, tmp_path / "deleted.sqlite")
+    state = db.require_state()
+    # The last move of some certificate, so that no later event hides its loss.
+    last_move: dict[str, dict[str, Any]] = {}
+    for e in sorted(db.rows(EventRecord, state.chain_id), key=lambda e: (e["block_number"], e["log_index"])):
+        args = json.loads(e["args"])
+        if e["name"] == "Transfer" and not args["from"].startswith("0x00000000"):
+            last_move[args["tokenId"]] = e
+    victim = min(last_move.values(), key=lambda e: (e["block_number"], e["log_index"]))
+    _sql(db, "DELETE FROM event WHERE tx_hash = ? AND log_index = ?", victim["tx_hash"], victim["log_index"])
+    report = audit.verify(lifecycle.chain, lifecycle.work.system.deployment, db)
+    assert [m.block for m in report.digest_mismatches] == [victim["block_number"]]
+    assert [(m.tx, m.log_index, m.problem) for m in report.event_mismatches] == [
+        (victim["tx_hash"], victim["log_index"], "event missing from the index")
+    ]
+    cert_id = int(json.loads(victim["args"])["tokenId"])
+    holders = {
+        (d.source, d.against)
+        for d in report.differences
+        if (d.entity, d.key, d.field) == ("certificate", cert_id, "holder")
+    }
+    # The books replayed without that event disagree with both the tables and the chain.
+    assert ("replayed events", "chain") in holders
+    result = CliRunner().invoke(
+        build_app(),
+        [
+            "audit",
+            "verify",
+            "--rpc-url",
+            lifecycle.url,
+            "--manifest",
+            str(lifecycle.manifest),
+            "--db",
+            str(tmp_path / "deleted.sqlite"),
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    assert "event missing from the index" in result.output
+
+
+# ---------------------------------------------------------------------- lineage, export, CLI
+
+
+def test_lineage_equals_the_clients_and_draws_as_svg(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
+) -> None:
+    db, _ = replayed
+    _, books = books_at(db)
+    parent_ids = {int(c["parent_id"]) for c in books.all("certificate").values() if c["parent_id"]}
+    leaf = next(
+        int(k)
+        for k, c in sorted(books.all("certificate").items())
+        if int(k) not in parent_ids and c["parent_id"]
+    )
+    tree = lineage(books, leaf)
+    reference = lifecycle.work.system.ledger.lineage(leaf)
+    ours = [(d, n.certificate_id, n.record["holder"], n.record["value"]) for d, n in tree.walk()]
+    theirs = [
+        (n.certificate.depth, n.certificate.certificate_id, n.certificate.holder, n.certificate.value)
+        for n in reference.walk()
+    ]
+    assert ours == theirs
+    svg = tmp_path / "lineage.svg"
+    result = CliRunner().invoke(
+        build_app(),
+        ["audit", "lineage", str(leaf), "--db", str(db.url.removeprefix("sqlite:///")), "--svg", str(svg)],
+    )
+    assert result.exit_code == 0, result.output
+    assert f"#{leaf}" in result.output
+    root = ElementTree.parse(svg).getroot()
+    boxes = root.findall(".//{http://www.w3.org/2000/svg}g")
+    assert len(boxes) == len(ours)
+
+
+def test_export_writes_loadable_csv_and_a_report(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
+) -> None:
+    db, status = replayed
+    result = export(db, tmp_path / "out")
+    assert result.digest == status.digest
+    report = json.loads((tmp_path / "out" / "report.json").read_text("utf-8"))
+    assert report["blocks"] == {"from": status.deployment_block, "to": status.synced_block}
+    assert report["digest"] == status.digest
+    ledger = lifecycle.work.system.ledger
+    for order_id, totals in report["orders"].items():
+        order = ledger.order(int(order_id))
+        assert (int(totals["escrowed"]), int(totals["paid"]), int(totals["refunded"])) == (
+            order.escrowed,
+            order.paid,
+            order.refunded,
+        )
+    import csv
+
+    with (tmp_path / "out" / "certificates.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == ledger.counts()[1]
+    live = sum(int(r["value"]) for r in rows if int(r["status"]) == CertificateStatus.LIVE)
+    assert str(live) == report["totals"]["live"]
+    with (tmp_path / "out" / "payments.csv").open(encoding="utf-8") as f:
+        kinds = {r["kind"] for r in csv.DictReader(f)}
+    assert set(report["payments"]) == kinds
+
+
+def test_cli_replay_state_digest_and_verify(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
+) -> None:
+    runner, app = CliRunner(), build_app()
+    db = str(tmp_path / "cli.sqlite")
+    node = ["--rpc-url", lifecycle.url, "--manifest", str(lifecycle.manifest), "--db", db]
+    replay = runner.invoke(app, ["audit", "replay", *node, "--all-headers"])
+    assert replay.exit_code == 0, replay.output
+    assert f"digest {replayed[1].digest}" in replay.output
+    recorded = IndexDatabase(db).rows(BlockRecord, replayed[1].chain_id)
+    assert all(r["parent_hash"] for r in recorded)
+    assert len(recorded) > len(
+        {r["number"] for r in replayed[0].rows(BlockRecord, replayed[1].chain_id) if r["parent_hash"]}
+    )
+    block = (replayed[1].deployment_block + replayed[1].synced_block) // 2
+    state = runner.invoke(app, ["audit", "state", "--db", db, "--block", str(block), "--json"])
+    assert state.exit_code == 0, state.output
+    shown = json.loads(state.output)
+    _, books = books_at(replayed[0], block)
+    assert len(shown["certificates"]) == len(books.all("certificate"))
+    assert len(shown["orders"]) == len(books.all("order"))
+    digest = runner.invoke(app, ["audit", "digest", "--db", db, "--block", str(block)])
+    assert digest.output.split()[0] == shown["digest"]
+    verify = runner.invoke(app, ["audit", "verify", *node])
+    assert verify.exit_code == 0, verify.output
+    assert "every invariant holds" in verify.output
+    os.environ.pop("CERTLEDGER_INDEX_DB", None)
+
+
+def test_holdings_and_history_queries(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus]
+) -> None:
+    db, status = replayed
+    _, books = books_at(db)
+    ledger = lifecycle.work.system.ledger
+    for account in (*lifecycle.work.holders, *lifecycle.work.factors):
+        ours = [cert_id for cert_id, _ in holdings(books, account.address)]
+        theirs = [c.certificate_id for c in ledger.holdings(account.address)]
+        assert ours == sorted(theirs)
+    cert = _a_moved_certificate(db)
+    changes = history(db, status.chain_id, "certificate", str(cert["certificate_id"]))
+    assert changes[0]["field"] == "@created"
+    last = changes[-1]
+    assert (last["block_number"], last["tx_hash"], last["log_index"], last["event"]) == tuple(cert["touch"])

@@ -1,0 +1,255 @@
+"""The index's parts without a node: lossless uint columns, strict decoding, canonical encodings,
+and that every event of the ABIs has a rule in the books."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_abi import encode as abi_encode
+from eth_utils import event_abi_to_log_topic, to_checksum_address
+
+from chain_client.artifacts import load_artifact
+from chain_client.events import UndecodableLog
+from chain_client.index.books import HANDLED_EVENTS, Books, encode_record
+from chain_client.index.db import IndexDatabase
+from chain_client.index.decode import Event, LogDecoder, RawLog
+from chain_client.index.digest import args_json, canonical, canonical_json, change_texts, event_document
+from chain_client.index.models import UINT256_MAX, CertificateRecord
+
+LEDGER = to_checksum_address("0x" + "11" * 20)
+ORACLE = to_checksum_address("0x" + "22" * 20)
+STRANGER = to_checksum_address("0x" + "33" * 20)
+ISSUER = to_checksum_address("0x" + "44" * 20)
+PAYEE = to_checksum_address("0x" + "55" * 20)
+BIG_VALUES = [0, 1, 2**63 - 1, 2**63, 2**64 + 1, 2**128 - 1, UINT256_MAX]
+
+
+def _abi(contract: str, name: str) -> dict[str, Any]:
+    return next(e for e in load_artifact(contract).abi if e.get("type") == "event" and e["name"] == name)
+
+
+def _log(entry: dict[str, Any], values: dict[str, Any], address: str = LEDGER, log_index: int = 0) -> RawLog:
+    """A log as a node would return it for event `entry` with argument `values`."""
+    topics = ["0x" + event_abi_to_log_topic(entry).hex()]  # type: ignore[arg-type]
+    data_types, data_values = [], []
+    for i in entry["inputs"]:
+        if i["indexed"]:
+            topics.append("0x" + abi_encode([i["type"]], [values[i["name"]]]).hex())
+        else:
+            data_types.append(i["type"])
+            data_values.append(values[i["name"]])
+    return RawLog(
+        address.lower(),
+        tuple(topics),
+        "0x" + abi_encode(data_types, data_values).hex(),
+        7,
+        "0x" + "ab" * 32,
+        "0x" + "cd" * 32,
+        0,
+        log_index,
+    )
+
+
+def _order_opened(**overrides: Any) -> dict[str, Any]:
+    values = {
+        "orderId": 1,
+        "issuer": ISSUER,
+        "payee": PAYEE,
+        "escrowed": 2**100,
+        "maturity": 1_900_000_000,
+        "deadline": 1_800_000_000,
+        "invoiceHash": b"\x01" * 32,
+        "warehouse": b"\x02" * 32,
+        "goodsHash": b"\x03" * 32,
+        "expectedQuantity": 1_000,
+    }
+    values.update(overrides)
+    return values
+
+
+@pytest.fixture
+def decoder() -> LogDecoder:
+    return LogDecoder.for_contracts(((LEDGER, "CertificateLedger"), (ORACLE, "ReceiptOracle")))
+
+
+# ---------------------------------------------------------------------- uint columns
+
+
+def test_uint_columns_keep_values_above_2_pow_63_in_sqlite(tmp_path: Path) -> None:
+    db = IndexDatabase(tmp_path / "index.sqlite")
+    db.create()
+    rows = [
+        (1, i + 1, 1, ISSUER, value, 0, 0, 0, 1, False, 0, "", 0, "")
+        for i, value in enumerate(reversed(BIG_VALUES))
+    ]
+    columns: tuple[str, ...] = (
+        "chain_id",
+        "certificate_id",
+        "order_id",
+        "holder",
+        "value",
+        "parent_id",
+        "depth",
+        "maturity",
+    )
+    columns += ("status", "frozen", "last_block", "last_tx", "last_log_index", "last_event")
+    with db.engine.begin() as conn:
+        db._bulk(conn, CertificateRecord, columns, rows, upsert=True)
+    stored = sorted(r["value"] for r in db.rows(CertificateRecord, 1))
+    assert stored == sorted(BIG_VALUES)
+    # Stored as text, never as SQLite's 64-bit integer, and ordered numerically.
+    raw = sqlite3.connect(tmp_path / "index.sqlite")
+    kinds = {t for (t,) in raw.execute("SELECT typeof(value) FROM certificate")}
+    ordered = [int(v) for (v,) in raw.execute("SELECT value FROM certificate ORDER BY value")]
+    assert kinds == {"text"}
+    assert ordered == sorted(BIG_VALUES)
+
+
+def test_uint_columns_refuse_values_outside_uint256(tmp_path: Path) -> None:
+    db = IndexDatabase(tmp_path / "index.sqlite")
+    db.create()
+    record = CertificateRecord(
+        chain_id=1,
+        certificate_id=1,
+        order_id=1,
+        holder=ISSUER,
+        value=UINT256_MAX + 1,
+        parent_id=0,
+        depth=0,
+        maturity=0,
+        status=1,
+        frozen=False,
+    )
+    from sqlmodel import Session
+
+    with Session(db.engine) as session, pytest.raises(Exception, match="not a uint256"):
+        session.add(record)
+        session.commit()
+
+
+# ---------------------------------------------------------------------- decoding
+
+
+def test_decoder_reads_every_word_of_a_static_event(decoder: LogDecoder) -> None:
+    event = decoder.decode(_log(_abi("CertificateLedger", "OrderOpened"), _order_opened()))
+    assert event is not None
+    assert event.name == "OrderOpened"
+    assert event.args == {
+        "orderId": 1,
+        "issuer": ISSUER,
+        "payee": PAYEE,
+        "escrowed": 2**100,
+        "maturity": 1_900_000_000,
+        "deadline": 1_800_000_000,
+        "invoiceHash": "0x" + "01" * 32,
+        "warehouse": "0x" + "02" * 32,
+        "goodsHash": "0x" + "03" * 32,
+        "expectedQuantity": 1_000,
+    }
+
+
+def test_decoder_reads_dynamic_arrays(decoder: LogDecoder) -> None:
+    values = {
+        "warehouse": b"\x09" * 32,
+        "deviceSetVersion": 3,
+        "devices": [ISSUER, PAYEE],
+        "threshold": 2,
+        "freshness": 3_600,
+    }
+    event = decoder.decode(_log(_abi("ReceiptOracle", "DeviceSetChanged"), values, address=ORACLE))
+    assert event is not None
+    assert event.args["devices"] == (ISSUER, PAYEE)
+    assert event.args["deviceSetVersion"] == 3
+
+
+def test_decoder_ignores_logs_of_other_addresses(decoder: LogDecoder) -> None:
+    log = _log(_abi("CertificateLedger", "OrderOpened"), _order_opened(), address=STRANGER)
+    assert decoder.decode(log) is None
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "unknown topic",
+        "missing topic",
+        "extra topic",
+        "short data",
+        "long data",
+        "address padding",
+        "uint overflow",
+    ],
+)
+def test_decoder_refuses_a_damaged_log_of_a_tracked_address(decoder: LogDecoder, damage: str) -> None:
+    log = _log(_abi("CertificateLedger", "OrderOpened"), _order_opened())
+    topics, data = list(log.topics), log.data
+    if damage == "unknown topic":
+        topics[0] = "0x" + "ee" * 32
+    elif damage == "missing topic":
+        topics.pop()
+    elif damage == "extra topic":
+        topics.append("0x" + "00" * 32)
+    elif damage == "short data":
+        data = data[:-64]
+    elif damage == "long data":
+        data += "00" * 32
+    elif damage == "address padding":
+        topics[2] = "0x" + "01" + topics[2][4:]
+    elif damage == "uint overflow":
+        data = "0x" + "ff" * 32 + data[66:]  # escrowed is a uint128
+    with pytest.raises(UndecodableLog):
+        decoder.decode(log._replace(topics=tuple(topics), data=data))
+
+
+def test_every_event_of_the_abis_has_a_rule_in_the_books(decoder: LogDecoder) -> None:
+    assert decoder.event_names() <= HANDLED_EVENTS
+
+
+def test_stored_arguments_restore_to_the_decoded_form(decoder: LogDecoder) -> None:
+    event = decoder.decode(_log(_abi("CertificateLedger", "OrderOpened"), _order_opened()))
+    assert event is not None
+    stored = json.loads(args_json(event.args))
+    assert stored["escrowed"] == str(2**100)
+    assert decoder.restore(LEDGER, "OrderOpened", stored) == event.args
+
+
+# ---------------------------------------------------------------------- canonical encodings
+
+
+def test_fast_encodings_equal_plain_canonical_json(decoder: LogDecoder) -> None:
+    event = decoder.decode(_log(_abi("CertificateLedger", "OrderOpened"), _order_opened()))
+    assert event is not None
+    assert decoder.args_json(event) == args_json(event.args)
+    books = Books(LEDGER, ORACLE)
+    applied = books.apply(event)
+    texts = change_texts(applied)
+    document = json.loads(event_document(event, args_json(event.args), texts))
+    expected = {
+        "address": event.address,
+        "args": canonical(event.args),
+        "changes": [[e, k, f, json.loads(new) if f == "@created" else new] for e, k, f, _, new in texts],
+        "event": event.name,
+        "log": str(event.log_index),
+        "tx": event.tx_hash,
+    }
+    assert document == expected
+    assert event_document(event, args_json(event.args), texts) == canonical_json(expected)
+    order = books.get("order", 1)
+    assert order is not None
+    assert json.loads(encode_record("order", order))["escrowed"] == str(2**100)
+
+
+def test_books_flag_an_invoice_financed_twice(decoder: LogDecoder) -> None:
+    books = Books(LEDGER, ORACLE)
+    entry = _abi("CertificateLedger", "OrderOpened")
+    for order_id in (1, 2):
+        event = decoder.decode(_log(entry, _order_opened(orderId=order_id), log_index=order_id))
+        assert isinstance(event, Event)
+        books.apply(event)
+    # (I0 too: no ParticipantRegistered created the issuer these made-up orders name.)
+    financed_twice = [v for v in books.violations if v.invariant == "I5"]
+    assert len(financed_twice) == 1
+    assert "financed twice (order 2)" in financed_twice[0].message
