@@ -284,7 +284,8 @@ class Workload:
 
     def cancel(self) -> bool:
         now = self._now()
-        expired = [o for o, (deadline, _, _) in self._orders.items() if deadline < now]
+        # Cancellable once a receipt made by the deadline can no longer be confirmed.
+        expired = [o for o, (deadline, _, _) in self._orders.items() if deadline + FRESHNESS < now]
         if not expired:
             return False
         order_id = self.rng.choice(expired)

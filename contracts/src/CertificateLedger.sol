@@ -12,6 +12,7 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 import {ICertificateLedger} from "./interfaces/ICertificateLedger.sol";
 import {IERC3525} from "./interfaces/IERC3525.sol";
 import {IERC3525Receiver} from "./interfaces/IERC3525Receiver.sol";
+import {IReceiptOracle} from "./interfaces/IReceiptOracle.sol";
 import {ROLE_ADMIN, ROLE_ISSUER, ROLE_FACTOR, ROLE_REGULATOR} from "./interfaces/IParticipantRegistry.sol";
 import {ParticipantRegistry} from "./ParticipantRegistry.sol";
 
@@ -120,7 +121,7 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
         // slither-disable-next-line timestamp
         if (deadline <= block.timestamp) revert DeadlineInPast(deadline, block.timestamp);
         if (!_mayHold(_records[payee])) revert PayeeNotEligible(payee);
-        if (_invoiceUsed[invoiceHash]) revert DuplicateInvoice(invoiceHash);
+        if (invoiceHash == bytes32(0) || _invoiceUsed[invoiceHash]) revert DuplicateInvoice(invoiceHash);
         _addOutstanding(msg.sender, amount);
 
         _invoiceUsed[invoiceHash] = true;
@@ -206,8 +207,11 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
         Order storage o = _openOrder(orderId);
         address issuer = o.issuer;
         if (msg.sender != issuer) revert NotOrderIssuer(orderId, msg.sender);
+        // Without the freshness window an issuer, who sees its own warehouse's receipts first, could
+        // cancel between the deadline and the relayer's confirmation of goods it already received.
+        uint256 cancellableAfter = uint256(o.deadline) + IReceiptOracle(_oracle).warehouse(o.warehouse).freshness;
         // slither-disable-next-line timestamp
-        if (block.timestamp <= o.deadline) revert DeadlineNotPassed(orderId, o.deadline);
+        if (block.timestamp <= cancellableAfter) revert DeadlineNotPassed(orderId, cancellableAfter);
         uint128 refund = o.escrowed;
         o.status = OrderStatus.Cancelled;
         o.refunded = refund;

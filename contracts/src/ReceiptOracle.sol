@@ -46,7 +46,11 @@ contract ReceiptOracle is IReceiptOracle, EIP712 {
     function bindLedger(address ledger_) external {
         if (msg.sender != _deployer) revert NotAdmin(msg.sender);
         if (address(_ledger) != address(0)) revert LedgerAlreadyBound(address(_ledger));
-        if (ledger_ == address(0)) revert LedgerNotBound();
+        // The ledger must name this oracle as its own, or warehouses would be run by another
+        // ledger's admins while the real one could never be confirmed.
+        if (ledger_ == address(0) || ICertificateLedger(ledger_).receiptOracle() != address(this)) {
+            revert LedgerMismatch(ledger_);
+        }
         _ledger = ICertificateLedger(ledger_);
         emit LedgerBound(ledger_);
     }

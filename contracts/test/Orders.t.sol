@@ -181,6 +181,18 @@ contract OrdersTest is Base {
         );
     }
 
+    function test_openOrder_zeroInvoiceHash() public {
+        _expectOpenRevert(
+            abi.encodeWithSelector(ICertificateLedger.DuplicateInvoice.selector, bytes32(0)),
+            issuer,
+            supplierA,
+            AMOUNT,
+            bytes32(0),
+            QTY,
+            DEADLINE
+        );
+    }
+
     function test_openOrder_duplicateInvoice() public {
         bytes32 invoice = keccak256("INV-DUP");
         vm.prank(issuer);
@@ -201,7 +213,7 @@ contract OrdersTest is Base {
         vm.prank(issuer);
         uint256 orderId =
             ledger.openOrder(supplierA, AMOUNT, MATURITY, invoice, WAREHOUSE, GOODS, QTY, DEADLINE);
-        vm.warp(DEADLINE + 1);
+        vm.warp(DEADLINE + FRESHNESS + 1);
         vm.prank(issuer);
         ledger.cancelOrder(orderId);
         _expectOpenRevert(
@@ -305,7 +317,7 @@ contract OrdersTest is Base {
     function test_cancelOrder_afterDeadlineRefunds() public {
         uint256 before = token.balanceOf(issuer);
         uint256 orderId = _openOrder();
-        vm.warp(DEADLINE + 1);
+        vm.warp(DEADLINE + FRESHNESS + 1);
         vm.expectEmit(address(ledger));
         emit ICertificateLedger.OrderCancelled(orderId, issuer, uint128(AMOUNT));
         vm.prank(issuer);
@@ -322,9 +334,9 @@ contract OrdersTest is Base {
 
     function test_cancelOrder_atDeadline() public {
         uint256 orderId = _openOrder();
-        vm.warp(DEADLINE);
+        vm.warp(DEADLINE + FRESHNESS);
         vm.expectRevert(
-            abi.encodeWithSelector(ICertificateLedger.DeadlineNotPassed.selector, orderId, DEADLINE)
+            abi.encodeWithSelector(ICertificateLedger.DeadlineNotPassed.selector, orderId, DEADLINE + FRESHNESS)
         );
         vm.prank(issuer);
         ledger.cancelOrder(orderId);
@@ -334,7 +346,7 @@ contract OrdersTest is Base {
     function test_cancelOrder_beforeDeadline() public {
         uint256 orderId = _openOrder();
         vm.expectRevert(
-            abi.encodeWithSelector(ICertificateLedger.DeadlineNotPassed.selector, orderId, DEADLINE)
+            abi.encodeWithSelector(ICertificateLedger.DeadlineNotPassed.selector, orderId, DEADLINE + FRESHNESS)
         );
         vm.prank(issuer);
         ledger.cancelOrder(orderId);
@@ -343,7 +355,7 @@ contract OrdersTest is Base {
     function test_cancelOrder_confirmedOrder() public {
         uint256 orderId = _openOrder();
         _confirm(orderId, QTY);
-        vm.warp(DEADLINE + 1);
+        vm.warp(DEADLINE + FRESHNESS + 1);
         vm.expectRevert(
             abi.encodeWithSelector(
                 ICertificateLedger.OrderNotOpen.selector, orderId, ICertificateLedger.OrderStatus.Confirmed
@@ -356,7 +368,7 @@ contract OrdersTest is Base {
 
     function test_cancelOrder_twice() public {
         uint256 orderId = _openOrder();
-        vm.warp(DEADLINE + 1);
+        vm.warp(DEADLINE + FRESHNESS + 1);
         vm.prank(issuer);
         ledger.cancelOrder(orderId);
         vm.expectRevert(
@@ -376,7 +388,7 @@ contract OrdersTest is Base {
 
     function test_cancelOrder_notIssuer() public {
         uint256 orderId = _openOrder();
-        vm.warp(DEADLINE + 1);
+        vm.warp(DEADLINE + FRESHNESS + 1);
         vm.expectRevert(
             abi.encodeWithSelector(ICertificateLedger.NotOrderIssuer.selector, orderId, supplierA)
         );
@@ -386,7 +398,7 @@ contract OrdersTest is Base {
 
     function test_cancelOrder_blockedIssuerIsCredited() public {
         uint256 orderId = _openOrder();
-        vm.warp(DEADLINE + 1);
+        vm.warp(DEADLINE + FRESHNESS + 1);
         token.setBlocked(issuer, true);
         vm.expectEmit(address(ledger));
         emit ICertificateLedger.PaymentCredited(issuer, orderId, uint128(AMOUNT));
@@ -405,17 +417,34 @@ contract OrdersTest is Base {
 
     function test_cancelOrder_thenConfirmRefused() public {
         uint256 orderId = _openOrder();
-        vm.warp(DEADLINE + 1);
+        vm.warp(DEADLINE + FRESHNESS + 1);
         vm.prank(issuer);
         ledger.cancelOrder(orderId);
-        IReceiptOracle.ReceiptAttestation memory a = _attestation(orderId, QTY, uint64(DEADLINE));
-        bytes[] memory sigs = _sign(a, _defaultPks());
+        // A receipt at the deadline is stale by the time cancelling is allowed; a fresher one (made
+        // after the deadline) is refused by the ledger as cancelled.
+        IReceiptOracle.ReceiptAttestation memory late = _attestation(orderId, QTY, uint64(block.timestamp));
+        bytes[] memory sigs = _sign(late, _defaultPks());
         vm.expectRevert(
             abi.encodeWithSelector(
                 ICertificateLedger.OrderNotOpen.selector, orderId, ICertificateLedger.OrderStatus.Cancelled
             )
         );
-        oracle.confirmReceipt(a, sigs);
+        oracle.confirmReceipt(late, sigs);
+    }
+
+    /// The race the freshness window closes: goods arrive at the deadline, the relayer is a minute
+    /// late; the issuer, who sees the receipt first, cannot cancel before it is confirmed.
+    function test_cancelOrder_cannotRaceAReceiptMadeByTheDeadline() public {
+        uint256 orderId = _openOrder();
+        IReceiptOracle.ReceiptAttestation memory a = _attestation(orderId, QTY, uint64(DEADLINE));
+        vm.warp(DEADLINE + 60);
+        vm.expectRevert(
+            abi.encodeWithSelector(ICertificateLedger.DeadlineNotPassed.selector, orderId, DEADLINE + FRESHNESS)
+        );
+        vm.prank(issuer);
+        ledger.cancelOrder(orderId);
+        uint256 root = oracle.confirmReceipt(a, _sign(a, _defaultPks()));
+        vm.assertEq(ledger.ownerOf(root), supplierA);
     }
 
     // ------------------------------------------------------------------ confirmation

@@ -3,6 +3,8 @@ pragma solidity ^0.8.24;
 
 import {Base} from "./Base.t.sol";
 import {ReceiptOracle} from "../src/ReceiptOracle.sol";
+import {CertificateLedger} from "../src/CertificateLedger.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IReceiptOracle} from "../src/interfaces/IReceiptOracle.sol";
 import {ICertificateLedger} from "../src/interfaces/ICertificateLedger.sol";
 import {ROLE_ADMIN} from "../src/interfaces/IParticipantRegistry.sol";
@@ -43,10 +45,18 @@ contract ReceiptOracleTest is Base {
 
     function test_bindLedger_emitsAndStores() public {
         ReceiptOracle o = new ReceiptOracle();
+        CertificateLedger l =
+            new CertificateLedger(IERC20(address(token)), address(o), admin, ADMIN_ENTITY, MIN_UNIT, MAX_DEPTH);
         vm.expectEmit(address(o));
-        emit IReceiptOracle.LedgerBound(address(ledger));
+        emit IReceiptOracle.LedgerBound(address(l));
+        o.bindLedger(address(l));
+        vm.assertEq(o.ledger(), address(l));
+    }
+
+    function test_bindLedger_ledgerOfAnotherOracle() public {
+        ReceiptOracle o = new ReceiptOracle();
+        vm.expectRevert(abi.encodeWithSelector(IReceiptOracle.LedgerMismatch.selector, address(ledger)));
         o.bindLedger(address(ledger));
-        vm.assertEq(o.ledger(), address(ledger));
     }
 
     function test_bindLedger_alreadyBound() public {
@@ -63,7 +73,7 @@ contract ReceiptOracleTest is Base {
 
     function test_bindLedger_zeroAddress() public {
         ReceiptOracle o = new ReceiptOracle();
-        vm.expectRevert(_err(IReceiptOracle.LedgerNotBound.selector));
+        vm.expectRevert(abi.encodeWithSelector(IReceiptOracle.LedgerMismatch.selector, address(0)));
         o.bindLedger(address(0));
     }
 

@@ -70,7 +70,7 @@ interface ICertificateLedger is IERC3525, IParticipantRegistry {
     error ZeroAmount();
     /// @dev `amount` does not fit the 128-bit ledger amounts.
     error AmountTooLarge(uint256 amount);
-    /// @dev `invoiceHash` was already used by an order (anti double financing).
+    /// @dev `invoiceHash` was already used by an order (anti double financing), or is zero.
     error DuplicateInvoice(bytes32 invoiceHash);
     /// @dev The confirmation `deadline` is not after the current time `nowTs`.
     error DeadlineInPast(uint256 deadline, uint256 nowTs);
@@ -82,8 +82,9 @@ interface ICertificateLedger is IERC3525, IParticipantRegistry {
     error OrderNotOpen(uint256 orderId, OrderStatus status);
     /// @dev `caller` is not the issuer of order `orderId`.
     error NotOrderIssuer(uint256 orderId, address caller);
-    /// @dev Order `orderId` can be cancelled only after its `deadline`.
-    error DeadlineNotPassed(uint256 orderId, uint256 deadline);
+    /// @dev Order `orderId` can be cancelled only after `cancellableAfter`: its deadline plus the
+    /// warehouse's freshness window, so that goods received by the deadline can still be confirmed.
+    error DeadlineNotPassed(uint256 orderId, uint256 cancellableAfter);
     /// @dev The receipt for order `orderId` names another warehouse or other goods.
     error ReceiptDoesNotMatchOrder(uint256 orderId, bytes32 warehouse, bytes32 goodsHash);
     /// @dev The goods of order `orderId` were received at `receivedAt`, after its `deadline`.
@@ -268,8 +269,10 @@ interface ICertificateLedger is IERC3525, IParticipantRegistry {
         external
         returns (uint256 rootCertificateId);
 
-    /// @notice Cancels an unconfirmed order after its deadline and refunds the escrow.
-    /// @dev Requirements: not paused; caller is the order's issuer; order Open; deadline passed.
+    /// @notice Cancels an unconfirmed order and refunds the escrow, once no receipt made by its
+    /// deadline can still be confirmed.
+    /// @dev Requirements: not paused; caller is the order's issuer; order Open; the deadline plus the
+    /// warehouse's freshness window passed (a receipt signed at the deadline stays valid that long).
     /// Emits {OrderCancelled}.
     function cancelOrder(uint256 orderId) external;
 

@@ -38,6 +38,8 @@ interface IReceiptOracle {
     error NotAdmin(address caller);
     /// @dev The ledger is already bound (`ledger`).
     error LedgerAlreadyBound(address ledger);
+    /// @dev `ledger` is zero or does not name this contract as its receipt oracle.
+    error LedgerMismatch(address ledger);
     /// @dev No ledger is bound yet.
     error LedgerNotBound();
     /// @dev Warehouse `warehouse` is already registered.
@@ -79,7 +81,8 @@ interface IReceiptOracle {
     );
 
     /// @notice Binds the ledger (once): the ledger's address depends on this oracle's.
-    /// @dev Requirements: caller is the deployer; not yet bound. Emits {LedgerBound}.
+    /// @dev Requirements: caller is the deployer; not yet bound; the ledger's `receiptOracle()` is
+    /// this contract. Emits {LedgerBound}.
     function bindLedger(address ledger_) external;
 
     /// @notice Registers a warehouse with its devices, threshold m and freshness window.

@@ -171,8 +171,10 @@ contract Handler is TestBase {
         if (orderCount == 0) return;
         uint256 orderId = orderSeed % orderCount + 1;
         ICertificateLedger.Order memory o = ledger.order(orderId);
-        if (o.status == ICertificateLedger.OrderStatus.Open && block.timestamp <= o.deadline) {
-            vm.warp(uint256(o.deadline) + 1);
+        // Cancellable after the deadline plus the warehouse's freshness window.
+        uint256 cancellableAfter = uint256(o.deadline) + oracle.warehouse(o.warehouse).freshness;
+        if (o.status == ICertificateLedger.OrderStatus.Open && block.timestamp <= cancellableAfter) {
+            vm.warp(cancellableAfter + 1);
         }
         vm.prank(_issuer);
         try ledger.cancelOrder(orderId) {
