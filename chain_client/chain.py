@@ -49,8 +49,12 @@ class Chain:
         if seconds < 0:
             raise ValueError("time only moves forward")
         if self.embedded:
-            target = self.now() + seconds
-            self._tester.time_travel(target)
+            # eth-tester's time_travel(t) mines one block stamped t - 1 (and refuses a time not after
+            # the last block), hence the + 1; zero seconds just mines a block.
+            if seconds > 0:
+                self._tester.time_travel(self.now() + seconds + 1)
+            else:
+                self._tester.mine_blocks(1)
             return self.now()
         self.w3.provider.make_request(cast(Any, "evm_increaseTime"), [seconds])
         self.w3.provider.make_request(cast(Any, "evm_mine"), [])

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_utils import function_signature_to_4byte_selector
+from eth_utils import function_signature_to_4byte_selector, to_checksum_address
 
 from chain_client.artifacts import load_artifact
 
@@ -154,13 +154,20 @@ def decode_revert(data: bytes | str | None, message: str = "") -> ContractRevert
     cls = _BY_SELECTOR.get(selector)
     if cls is not None:
         values = abi_decode([t for _, t in cls.inputs], body)
-        return cls(raw, **{n: v for (n, _), v in zip(cls.inputs, values, strict=True)})
+        return cls(raw, **{n: _typed_value(t, v) for (n, t), v in zip(cls.inputs, values, strict=True)})
     if selector == _PANIC_SELECTOR and len(body) == 32:
         return ContractPanic(int.from_bytes(body, "big"), raw)
     if selector == _ERROR_STRING_SELECTOR:
         (text,) = abi_decode(["string"], body)
         return UnknownRevert(f"reverted: {text}", raw)
     return UnknownRevert(message or f"reverted with unknown data 0x{raw.hex()}", raw)
+
+
+def _typed_value(abi_type: str, value: Any) -> Any:
+    # eth_abi gives addresses in lower case; everything else in the client is checksummed.
+    if abi_type == "address":
+        return to_checksum_address(value)
+    return value
 
 
 def _to_bytes(data: bytes | str | None) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import threading
 import time
 from collections.abc import Callable
@@ -91,15 +92,29 @@ def call_checked(fn: Callable[[], T]) -> T:
 
 
 def _embedded_revert_data(exc: BaseException) -> bytes | None:
+    """Revert data from eth-tester's exceptions: raw bytes on estimates, but only the bytes' repr
+    (b'...') in the message of a call's TransactionFailed."""
     seen: BaseException | None = exc
     while seen is not None:
-        if (
-            type(seen).__name__ in ("TransactionFailed", "Revert")
-            and seen.args
-            and isinstance(seen.args[0], bytes)
-        ):
-            return seen.args[0]
+        if type(seen).__name__ in ("TransactionFailed", "Revert") and seen.args:
+            data = _revert_bytes(seen.args[0])
+            if data is not None:
+                return data
         seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _revert_bytes(arg: object) -> bytes | None:
+    if isinstance(arg, bytes):
+        return arg
+    if isinstance(arg, str):
+        text = arg.removeprefix("execution reverted: ")
+        if text.startswith(("b'", 'b"')):
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                return None
+            return value if isinstance(value, bytes) else None
     return None
 
 
@@ -142,9 +157,13 @@ class Transactor:
         signed = account.sign_transaction(tx)  # type: ignore[arg-type]
         try:
             tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
-        except Exception:
+        except Exception as exc:
             # The nonce may not have been consumed: ask the node again next time.
             self.chain.nonces.forget(account.address)
+            # The embedded chain executes on send and raises a revert there, not in the receipt.
+            data = _embedded_revert_data(exc)
+            if data is not None:
+                raise decode_revert(data) from None
             raise
         receipt = self._wait(tx_hash)
         if receipt["status"] != 1:
