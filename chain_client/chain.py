@@ -49,12 +49,15 @@ class Chain:
         if seconds < 0:
             raise ValueError("time only moves forward")
         if self.embedded:
-            # eth-tester's time_travel(t) mines one block stamped t - 1 (and refuses a time not after
-            # the last block), hence the + 1; zero seconds just mines a block.
-            if seconds > 0:
-                self._tester.time_travel(self.now() + seconds + 1)
-            else:
+            # eth-tester's time_travel(t) mines one block stamped t - 1 and refuses a t before the
+            # pending block's stamp, which follows the wall clock once a chain sat idle. If that
+            # stamp is already late enough, mining one block moves time far enough.
+            target = self.now() + seconds
+            pending = int(self.w3.eth.get_block("pending")["timestamp"])
+            if pending >= target:
                 self._tester.mine_blocks(1)
+            else:
+                self._tester.time_travel(target + 1)
             return self.now()
         self.w3.provider.make_request(cast(Any, "evm_increaseTime"), [seconds])
         self.w3.provider.make_request(cast(Any, "evm_mine"), [])

@@ -1,0 +1,66 @@
+"""The `certledger` command as a user runs it (typer's CliRunner on the assembled app)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from certledger_main import build_app
+from chain_client.pricing import discount_price
+
+# Commands must not pick up a node or manifest from the developer's environment.
+NO_NODE: dict[str, str | None] = {"CERTLEDGER_RPC_URL": None, "CERTLEDGER_MANIFEST": None}
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner(env=NO_NODE)
+
+
+def test_help_lists_the_commands(runner: CliRunner) -> None:
+    result = runner.invoke(build_app(), ["--help"])
+    assert result.exit_code == 0, result.output
+    for command in ("deploy", "demo", "order", "cert", "discount", "participant", "settle", "withdraw"):
+        assert command in result.output
+    for group in ("order", "cert", "discount", "participant"):
+        sub = runner.invoke(build_app(), [group, "--help"])
+        assert sub.exit_code == 0, sub.output
+
+
+def test_no_arguments_shows_help(runner: CliRunner) -> None:
+    result = runner.invoke(build_app(), [])
+    assert "Usage" in result.output
+    assert "deploy" in result.output
+
+
+@pytest.mark.parametrize(
+    ("face", "days", "rate"), [(100_000, 90, 600), (100_000_000, 365, 1_000), (5, 0, 600), (1, 30, 0)]
+)
+def test_discount_quote_prints_the_python_price(runner: CliRunner, face: int, days: int, rate: int) -> None:
+    result = runner.invoke(build_app(), ["discount", "quote", str(face), str(days), str(rate)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(discount_price(face, days, rate))
+
+
+def test_discount_quote_refuses_a_negative_rate(runner: CliRunner) -> None:
+    result = runner.invoke(build_app(), ["discount", "quote", "100000", "90", "-1"])
+    assert result.exit_code == 2
+
+
+def test_a_node_command_without_a_node_says_so(runner: CliRunner) -> None:
+    result = runner.invoke(build_app(), ["order", "show", "1"])
+    assert result.exit_code == 2
+    assert "--rpc-url" in result.output
+
+
+def test_deploy_needs_a_node(runner: CliRunner) -> None:
+    result = runner.invoke(build_app(), ["deploy"], env={"CERTLEDGER_ADMIN_KEY": "0x" + "11" * 32})
+    assert result.exit_code == 2
+    assert "--rpc-url" in result.output
+
+
+def test_demo_runs_the_whole_lifecycle(runner: CliRunner) -> None:
+    result = runner.invoke(build_app(), ["demo"])
+    assert result.exit_code == 0, result.output
+    assert "Every fen is accounted for" in result.output
+    assert "FAILED" not in result.output

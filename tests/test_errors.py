@@ -1,0 +1,1137 @@
+"""Every refused request: the specific typed exception, its fields, and books left exactly as they were."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import pytest
+from eth_abi import encode as abi_encode
+from eth_account.signers.local import LocalAccount
+from world import (
+    DAY,
+    DEFAULT_AMOUNT,
+    DEFAULT_QUANTITY,
+    FRESHNESS,
+    ISSUER_LIMIT,
+    MAX_SPLIT_DEPTH,
+    MIN_SPLIT_UNIT,
+    YUAN,
+    Cast,
+    World,
+)
+
+from chain_client import errors
+from chain_client.ledger import ZERO_ADDRESS, LedgerClient
+from chain_client.models import OrderStatus, Role
+from chain_client.receipts import (
+    ReceiptAttestation,
+    ReceiptOracleClient,
+    label_hash,
+    recover_signer,
+    sign_attestation,
+)
+from chain_client.transactions import Transactor
+
+E = TypeVar("E", bound=BaseException)
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+@contextmanager
+def refused(world: World, kind: type[E]) -> Iterator[pytest.ExceptionInfo[E]]:
+    """Expects exactly `kind` (not a subclass or sibling) and no change to any book."""
+    before = world.balances()
+    with pytest.raises(kind) as info:
+        yield info
+    assert type(info.value) is kind, (
+        f"expected {kind.__name__}, got {type(info.value).__name__}: {info.value}"
+    )
+    assert world.balances() == before
+
+
+def same(a: Any, b: str) -> bool:
+    """Addresses compared case-insensitively: error fields are not checksummed (see
+    test_address_fields_of_errors_are_checksummed, which holds the client to that)."""
+    return isinstance(a, str) and a.lower() == b.lower()
+
+
+def fields(info: pytest.ExceptionInfo[errors.ContractError]) -> dict[str, Any]:
+    return info.value.fields
+
+
+# ====================================================================== the exception classes
+
+
+def test_every_contract_error_is_a_typed_certledger_error() -> None:
+    assert len(errors.ERRORS) > 50
+    for name, cls in errors.ERRORS.items():
+        assert issubclass(cls, errors.ContractError)
+        assert issubclass(cls, errors.ContractReverted)
+        assert issubclass(cls, errors.CertledgerError)
+        assert cls.__name__ == cls.error_name == name
+        assert getattr(errors, name) is cls
+        assert len(cls.selector) == 4
+    for name in (
+        "DuplicateInvoice",
+        "CertificateFrozen",
+        "AttestationAlreadyUsed",
+        "ERC20InsufficientAllowance",
+    ):
+        assert name in errors.ERRORS
+    assert issubclass(errors.ContractPanic, errors.ContractReverted)
+    assert issubclass(errors.UnknownRevert, errors.ContractReverted)
+    assert not issubclass(errors.UnknownRevert, errors.ContractError)
+    for base in (
+        errors.NodeUnavailable,
+        errors.TransactionTimeout,
+        errors.ManifestError,
+        errors.ContractReverted,
+    ):
+        assert issubclass(base, errors.CertledgerError)
+
+
+def test_decode_revert_round_trips_fields() -> None:
+    invoice = label_hash("INV-1")
+    data = errors.DuplicateInvoice.selector + abi_encode(["bytes32"], [invoice])
+    for raw in (data, "0x" + data.hex(), data.hex()):
+        exc = errors.decode_revert(raw)
+        assert type(exc) is errors.DuplicateInvoice
+        assert isinstance(exc, errors.ContractError)
+        assert exc.fields == {"invoiceHash": invoice}
+        assert exc.data == data
+        assert "DuplicateInvoice(invoiceHash=0x" in str(exc)
+
+
+def test_decode_revert_of_unknown_data_is_unknown_revert() -> None:
+    for raw in (bytes.fromhex("deadbeef") + b"\x00" * 32, b"", None, "0x12"):
+        exc = errors.decode_revert(raw)
+        assert type(exc) is errors.UnknownRevert
+    text = bytes.fromhex("08c379a0") + abi_encode(["string"], ["nope"])
+    exc = errors.decode_revert(text)
+    assert type(exc) is errors.UnknownRevert and "nope" in str(exc)
+    panic = errors.decode_revert(bytes.fromhex("4e487b71") + (0x11).to_bytes(32, "big"))
+    assert isinstance(panic, errors.ContractPanic) and panic.code == 0x11
+
+
+def test_address_fields_of_errors_are_checksummed(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    """Everything else in the client (records, events) gives EIP-55 checksummed addresses; the
+    fields of a decoded contract error should too, so `exc.fields["receiver"] == account.address`."""
+    _, root_id = world.certificate_for()
+    with refused(world, errors.ReceiverNotEligible) as info:
+        ledger.transfer(cast.supplier1, root_id, cast.outsider.address)
+    assert fields(info)["receiver"] == cast.outsider.address
+
+
+# ====================================================================== orders
+
+
+def test_zero_amount_and_zero_quantity(world: World) -> None:
+    with refused(world, errors.ZeroAmount) as info:
+        world.open_order(amount=0)
+    assert fields(info) == {}
+    with refused(world, errors.ZeroAmount):
+        world.open_order(expected_quantity=0)
+
+
+def test_amount_too_large(world: World) -> None:
+    with refused(world, errors.AmountTooLarge) as info:
+        world.open_order(amount=2**128)
+    assert fields(info) == {"amount": 2**128}
+
+
+def test_deadline_in_the_past(world: World) -> None:
+    now = world.pending_time()
+    with refused(world, errors.DeadlineInPast) as info:
+        world.open_order(deadline_in=0)
+    assert fields(info) == {"deadline": now, "nowTs": now}
+
+
+def test_payee_that_may_not_hold(world: World, cast: Cast) -> None:
+    for payee in (cast.regulator.address, cast.outsider.address, cast.issuer2.address):
+        with refused(world, errors.PayeeNotEligible) as info:
+            world.open_order(payee=payee)
+        assert same(fields(info)["payee"], payee)
+
+
+def test_duplicate_invoice_is_refused_anywhere(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    invoice = world.fresh_label("INV")
+    world.open_order(invoice=invoice)
+    with refused(world, errors.DuplicateInvoice) as info:
+        world.open_order(invoice=invoice)
+    assert fields(info) == {"invoiceHash": invoice}
+    # Another issuer, another payee: still the same invoice.
+    with refused(world, errors.DuplicateInvoice):
+        world.open_order(invoice=invoice, issuer=cast.issuer2, payee=cast.factor.address)
+    # Even after the first order was cancelled, the invoice stays used.
+    other = world.fresh_label("INV")
+    order_id = world.open_order(invoice=other, deadline_in=DAY)
+    world.chain.advance_time(2 * DAY)
+    ledger.cancel_order(cast.issuer, order_id)
+    with refused(world, errors.DuplicateInvoice) as info:
+        world.open_order(invoice=other)
+    assert fields(info) == {"invoiceHash": other}
+
+
+def test_issuer_limit_exceeded(world: World, cast: Cast) -> None:
+    world.open_order(amount=4_000_000 * YUAN)
+    with refused(world, errors.IssuerLimitExceeded) as info:
+        world.open_order(amount=1_000_000 * YUAN + 1)
+    f = fields(info)
+    assert same(f["issuer"], cast.issuer.address)
+    assert (f["outstanding"], f["requested"], f["limit"]) == (
+        4_000_000 * YUAN,
+        1_000_000 * YUAN + 1,
+        ISSUER_LIMIT,
+    )
+    world.open_order(amount=1_000_000 * YUAN)  # exactly at the limit is fine
+
+
+def test_only_an_active_issuer_opens_orders(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    with refused(world, errors.AccountMissingRole) as info:
+        world.open_order(issuer=cast.supplier1)
+    assert same(fields(info)["account"], cast.supplier1.address)
+    assert fields(info)["role"] == int(Role.ISSUER)
+    with refused(world, errors.ParticipantNotRegistered) as info2:
+        world.open_order(issuer=cast.outsider)
+    assert same(fields(info2)["account"], cast.outsider.address)
+    ledger.suspend(cast.admin, cast.issuer.address)
+    with refused(world, errors.ParticipantNotActive) as info3:
+        world.open_order()
+    assert same(fields(info3)["account"], cast.issuer.address)
+
+
+def test_an_issuer_that_did_not_approve_the_escrow(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    with refused(world, errors.ERC20InsufficientAllowance) as info:
+        world.open_order(issuer=cast.issuer2)
+    f = fields(info)
+    assert same(f["spender"], ledger.address)
+    assert (f["allowance"], f["needed"]) == (0, DEFAULT_AMOUNT)
+
+
+def test_cancelling_a_confirmed_order(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    order_id, _ = world.certificate_for()
+    world.chain.advance_time(15 * DAY)
+    with refused(world, errors.OrderNotOpen) as info:
+        ledger.cancel_order(cast.issuer, order_id)
+    assert fields(info) == {"orderId": order_id, "status": int(OrderStatus.CONFIRMED)}
+
+
+def test_cancelling_twice(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    order_id = world.open_order(deadline_in=DAY)
+    world.chain.advance_time(2 * DAY)
+    ledger.cancel_order(cast.issuer, order_id)
+    with refused(world, errors.OrderNotOpen) as info:
+        ledger.cancel_order(cast.issuer, order_id)
+    assert fields(info) == {"orderId": order_id, "status": int(OrderStatus.CANCELLED)}
+
+
+def test_cancelling_before_the_deadline(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    order_id = world.open_order(deadline_in=DAY)
+    deadline = ledger.order(order_id).deadline
+    world.chain.advance_time(DAY // 2)
+    with refused(world, errors.DeadlineNotPassed) as info:
+        ledger.cancel_order(cast.issuer, order_id)
+    assert fields(info) == {"orderId": order_id, "cancellableAfter": deadline + FRESHNESS}
+
+
+def test_cancelling_within_the_freshness_window_after_the_deadline(
+    world: World, ledger: LedgerClient, cast: Cast
+) -> None:
+    # A receipt signed at the deadline can still arrive: the issuer must wait it out.
+    order_id = world.open_order(deadline_in=DAY)
+    deadline = ledger.order(order_id).deadline
+    world.chain.advance_time(DAY + FRESHNESS // 2)
+    with refused(world, errors.DeadlineNotPassed) as info:
+        ledger.cancel_order(cast.issuer, order_id)
+    assert fields(info) == {"orderId": order_id, "cancellableAfter": deadline + FRESHNESS}
+
+
+def test_cancelling_by_someone_else(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    order_id = world.open_order(deadline_in=DAY)
+    world.chain.advance_time(2 * DAY)
+    for stranger in (cast.issuer2, cast.supplier1, cast.admin, cast.outsider):
+        with refused(world, errors.NotOrderIssuer) as info:
+            ledger.cancel_order(stranger, order_id)
+        assert fields(info)["orderId"] == order_id
+        assert same(fields(info)["caller"], stranger.address)
+
+
+def test_unknown_order(world: World, ledger: LedgerClient, oracle: ReceiptOracleClient, cast: Cast) -> None:
+    with refused(world, errors.UnknownOrder) as info:
+        ledger.cancel_order(cast.issuer, 999)
+    assert fields(info) == {"orderId": 999}
+    attestation = world.attestation(999, 10)
+    with refused(world, errors.UnknownOrder) as info:
+        oracle.confirm_receipt(cast.relayer, attestation, world.sign(attestation))
+    assert fields(info) == {"orderId": 999}
+    assert not oracle.attestation_used(oracle.digest(attestation))
+
+
+# ====================================================================== certificates: split rules
+
+
+def test_split_parts_that_do_not_sum(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    for values in ([50_000 * YUAN, 49_999 * YUAN], [50_000 * YUAN, 50_000 * YUAN + 1]):
+        with refused(world, errors.SplitPartsMismatch) as info:
+            ledger.split(cast.supplier1, root_id, values)
+        assert fields(info) == {"certificateId": root_id, "sum": sum(values), "value": DEFAULT_AMOUNT}
+
+
+def test_split_into_too_few_or_too_many_parts(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    for values in (
+        [DEFAULT_AMOUNT],
+        [],
+        [DEFAULT_AMOUNT // 20] * 20,
+        [DEFAULT_AMOUNT // 17] * 16 + [DEFAULT_AMOUNT // 17 + DEFAULT_AMOUNT % 17],
+    ):
+        with refused(world, errors.SplitPartCount) as info:
+            ledger.split(cast.supplier1, root_id, values)
+        assert fields(info) == {"parts": len(values), "maxParts": 16}
+    # 16 parts is the most, and allowed.
+    parts = [DEFAULT_AMOUNT // 16] * 16
+    new_ids, _ = ledger.split(cast.supplier1, root_id, parts)
+    assert len(new_ids) == 15
+
+
+def test_split_below_the_minimum_unit(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    small = MIN_SPLIT_UNIT - 1
+    # A part below the unit ...
+    with refused(world, errors.SplitBelowMinimumUnit) as info:
+        ledger.split(cast.supplier1, root_id, [DEFAULT_AMOUNT - small, small])
+    assert fields(info) == {"certificateId": root_id, "part": small, "minUnit": MIN_SPLIT_UNIT}
+    # ... or what the certificate would keep (the first part is the remainder).
+    with refused(world, errors.SplitBelowMinimumUnit) as info:
+        ledger.split(cast.supplier1, root_id, [small, DEFAULT_AMOUNT - small])
+    assert fields(info) == {"certificateId": root_id, "part": small, "minUnit": MIN_SPLIT_UNIT}
+    with refused(world, errors.SplitBelowMinimumUnit) as info:
+        ledger.split_to(cast.supplier1, root_id, cast.supplier2.address, small)
+    assert fields(info) == {"certificateId": root_id, "part": small, "minUnit": MIN_SPLIT_UNIT}
+    with refused(world, errors.SplitBelowMinimumUnit) as info:
+        ledger.split_to(cast.supplier1, root_id, cast.supplier2.address, DEFAULT_AMOUNT - small)
+    assert fields(info) == {"certificateId": root_id, "part": small, "minUnit": MIN_SPLIT_UNIT}
+    # Exactly the unit is fine, as part and as remainder.
+    ledger.split(
+        cast.supplier1, root_id, [MIN_SPLIT_UNIT, DEFAULT_AMOUNT - 2 * MIN_SPLIT_UNIT, MIN_SPLIT_UNIT]
+    )
+
+
+def test_split_with_a_zero_first_part(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    """ICertificateLedger.split: "2..MAX_SPLIT_PARTS parts summing to its value, each at least the
+    minimum unit". The remainder check alone skips a zero remainder, so the part the certificate
+    keeps needs its own check, or the split leaves a zero-value live certificate and moves all the
+    value one level deeper."""
+    _, root_id = world.certificate_for()
+    with refused(world, errors.SplitBelowMinimumUnit) as info:
+        ledger.split(cast.supplier1, root_id, [0, DEFAULT_AMOUNT])
+    assert fields(info) == {"certificateId": root_id, "part": 0, "minUnit": MIN_SPLIT_UNIT}
+
+
+def test_split_past_the_maximum_depth(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, cert_id = world.certificate_for()
+    for depth in range(1, MAX_SPLIT_DEPTH + 1):
+        cert_id, _ = ledger.split_to(cast.supplier1, cert_id, cast.supplier1.address, 10_000 * YUAN // depth)
+        assert ledger.certificate(cert_id).depth == depth
+    assert ledger.certificate(cert_id).depth == MAX_SPLIT_DEPTH
+    expected = {"certificateId": cert_id, "depth": MAX_SPLIT_DEPTH, "maxDepth": MAX_SPLIT_DEPTH}
+    with refused(world, errors.SplitDepthExceeded) as info:
+        ledger.split_to(cast.supplier1, cert_id, cast.supplier2.address, 1_000 * YUAN)
+    assert fields(info) == expected
+    with refused(world, errors.SplitDepthExceeded) as info:
+        ledger.split(
+            cast.supplier1, cert_id, [1_000 * YUAN, ledger.certificate(cert_id).value - 1_000 * YUAN]
+        )
+    assert fields(info) == expected
+    with refused(world, errors.SplitDepthExceeded) as info:
+        ledger.offer_discount(
+            cast.supplier1, cert_id, value=1_000 * YUAN, price=900 * YUAN, expiry=world.chain.now() + DAY
+        )
+    assert fields(info) == expected
+    # It can still move whole.
+    ledger.transfer(cast.supplier1, cert_id, cast.supplier2.address)
+
+
+def test_split_more_than_the_certificate_holds(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    with refused(world, errors.InsufficientValue) as info:
+        ledger.split_to(cast.supplier1, root_id, cast.supplier2.address, DEFAULT_AMOUNT + 1)
+    assert fields(info) == {"certificateId": root_id, "value": DEFAULT_AMOUNT, "needed": DEFAULT_AMOUNT + 1}
+    with refused(world, errors.ZeroAmount):
+        ledger.split_to(cast.supplier1, root_id, cast.supplier2.address, 0)
+
+
+# ====================================================================== certificates: receivers
+
+
+def test_transfer_to_an_unregistered_account(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    with refused(world, errors.ReceiverNotEligible) as info:
+        ledger.transfer(cast.supplier1, root_id, cast.outsider.address)
+    assert same(fields(info)["receiver"], cast.outsider.address)
+    with refused(world, errors.ReceiverNotEligible) as info:
+        ledger.split_to(cast.supplier1, root_id, cast.outsider.address, 1_000 * YUAN)
+    assert same(fields(info)["receiver"], cast.outsider.address)
+
+
+def test_transfer_to_a_suspended_participant(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    ledger.suspend(cast.admin, cast.supplier2.address)
+    with refused(world, errors.ReceiverNotEligible) as info:
+        ledger.transfer(cast.supplier1, root_id, cast.supplier2.address)
+    assert same(fields(info)["receiver"], cast.supplier2.address)
+    with refused(world, errors.ReceiverNotEligible):
+        ledger.split_to(cast.supplier1, root_id, cast.supplier2.address, 1_000 * YUAN)
+    ledger.reinstate(cast.admin, cast.supplier2.address)
+    ledger.transfer(cast.supplier1, root_id, cast.supplier2.address)
+
+
+def test_transfer_to_an_account_without_a_holder_role(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    for account in (cast.regulator, cast.issuer, cast.admin):
+        with refused(world, errors.ReceiverNotEligible) as info:
+            ledger.transfer(cast.supplier1, root_id, account.address)
+        assert same(fields(info)["receiver"], account.address)
+
+
+def test_transfer_to_the_zero_address(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    with refused(world, errors.InvalidReceiver) as info:
+        ledger.transfer(cast.supplier1, root_id, ZERO_ADDRESS)
+    assert same(fields(info)["receiver"], ZERO_ADDRESS)
+
+
+def test_a_suspended_holder_cannot_move(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    ledger.suspend(cast.admin, cast.supplier1.address)
+    with refused(world, errors.ParticipantNotActive) as info:
+        ledger.transfer(cast.supplier1, root_id, cast.supplier2.address)
+    assert same(fields(info)["account"], cast.supplier1.address)
+    with refused(world, errors.ParticipantNotActive):
+        ledger.split_to(cast.supplier1, root_id, cast.supplier2.address, 1_000 * YUAN)
+
+
+def test_moving_someone_elses_certificate(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    with refused(world, errors.NotApprovedOrHolder) as info:
+        ledger.transfer(cast.supplier2, root_id, cast.supplier2.address)
+    assert same(fields(info)["operator"], cast.supplier2.address)
+    assert fields(info)["certificateId"] == root_id
+    with refused(world, errors.NotApprovedOrHolder):
+        ledger.split(cast.supplier2, root_id, [50_000 * YUAN, 50_000 * YUAN])
+    with refused(world, errors.NotApprovedOrHolder):
+        ledger.offer_discount(cast.supplier2, root_id, value=1_000, price=900, expiry=world.chain.now() + DAY)
+
+
+def test_value_operator_beyond_its_allowance(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    with refused(world, errors.InsufficientAllowance) as info:
+        ledger.split_to(cast.supplier2, root_id, cast.supplier2.address, 1_000 * YUAN)
+    f = fields(info)
+    assert same(f["operator"], cast.supplier2.address)
+    assert (f["certificateId"], f["allowance"], f["needed"]) == (root_id, 0, 1_000 * YUAN)
+
+    ledger.approve_value(cast.supplier1, root_id, cast.supplier2.address, 1_000 * YUAN)
+    with refused(world, errors.InsufficientAllowance) as info:
+        ledger.split_to(cast.supplier2, root_id, cast.supplier2.address, 2_000 * YUAN)
+    assert (fields(info)["allowance"], fields(info)["needed"]) == (1_000 * YUAN, 2_000 * YUAN)
+    new_id, _ = ledger.split_to(cast.supplier2, root_id, cast.supplier2.address, 600 * YUAN)
+    with refused(world, errors.InsufficientAllowance) as info:
+        ledger.merge(cast.supplier2, root_id, new_id, 401 * YUAN)
+    assert (fields(info)["allowance"], fields(info)["needed"]) == (400 * YUAN, 401 * YUAN)
+    # A value allowance is not a whole-certificate approval.
+    with refused(world, errors.NotApprovedOrHolder):
+        ledger.transfer(cast.supplier2, root_id, cast.supplier2.address)
+
+
+def test_an_allowance_dies_with_the_holding(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    ledger.approve_value(cast.supplier1, root_id, cast.factor.address, 5_000 * YUAN)
+    ledger.transfer(cast.supplier1, root_id, cast.supplier2.address)
+    ledger.transfer(cast.supplier2, root_id, cast.supplier1.address)  # back to the approver
+    with refused(world, errors.InsufficientAllowance) as info:
+        ledger.split_to(cast.factor, root_id, cast.factor.address, 1_000 * YUAN)
+    assert fields(info)["allowance"] == 0
+
+
+def test_merge_across_orders(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, first = world.certificate_for()
+    _, second = world.certificate_for()
+    with refused(world, errors.SlotMismatch) as info:
+        ledger.merge(cast.supplier1, first, second, 1_000)
+    assert fields(info) == {"fromId": first, "toId": second}
+
+
+def test_merge_into_itself_or_nothing(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    (part_id,), _ = ledger.split(cast.supplier1, root_id, [60_000 * YUAN, 40_000 * YUAN])
+    with refused(world, errors.SelfTransfer) as info:
+        ledger.merge(cast.supplier1, root_id, root_id, 1_000)
+    assert fields(info) == {"certificateId": root_id}
+    with refused(world, errors.ZeroAmount):
+        ledger.merge(cast.supplier1, part_id, root_id, 0)
+    with refused(world, errors.InsufficientValue) as info:
+        ledger.merge(cast.supplier1, part_id, root_id, 40_000 * YUAN + 1)
+    assert fields(info) == {"certificateId": part_id, "value": 40_000 * YUAN, "needed": 40_000 * YUAN + 1}
+
+
+def test_unknown_certificate(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    world.certificate_for()
+    actions: list[Callable[[], object]] = [
+        lambda: ledger.transfer(cast.supplier1, 999, cast.supplier2.address),
+        lambda: ledger.split_to(cast.supplier1, 999, cast.supplier2.address, 1_000),
+        lambda: ledger.split(cast.supplier1, 999, [500, 500]),
+        lambda: ledger.merge(cast.supplier1, 999, 1, 500),
+        lambda: ledger.merge(cast.supplier1, 1, 999, 500),
+        lambda: ledger.settle(cast.relayer, [999]),
+        lambda: ledger.freeze(cast.regulator, 999, b"\x01" * 32),
+        lambda: ledger.offer_discount(
+            cast.supplier1, 999, value=1_000, price=900, expiry=world.chain.now() + DAY
+        ),
+    ]
+    for action in actions:
+        with refused(world, errors.UnknownCertificate) as info:
+            action()
+        assert fields(info) == {"certificateId": 999}
+
+
+# ====================================================================== frozen, matured, settled
+
+
+def test_a_frozen_certificate_cannot_move_or_settle(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for(maturity_in=10 * DAY)
+    (part_id,), _ = ledger.split(cast.supplier1, root_id, [60_000 * YUAN, 40_000 * YUAN])
+    offer_id, _ = ledger.offer_discount(
+        cast.supplier1, root_id, value=1_000 * YUAN, price=990 * YUAN, expiry=world.chain.now() + DAY
+    )
+    ledger.freeze(cast.regulator, root_id, label_hash("court order"))
+    actions: list[Callable[[], object]] = [
+        lambda: ledger.transfer(cast.supplier1, root_id, cast.supplier2.address),
+        lambda: ledger.split_to(cast.supplier1, root_id, cast.supplier2.address, 1_000 * YUAN),
+        lambda: ledger.split(cast.supplier1, root_id, [30_000 * YUAN, 30_000 * YUAN]),
+        lambda: ledger.merge(cast.supplier1, root_id, part_id, 1_000 * YUAN),
+        lambda: ledger.merge(cast.supplier1, part_id, root_id, 1_000 * YUAN),  # into a frozen one
+        lambda: ledger.offer_discount(
+            cast.supplier1, root_id, value=1_000 * YUAN, price=990 * YUAN, expiry=world.chain.now() + DAY
+        ),
+        lambda: ledger.buy_discounted(cast.factor, offer_id),
+        lambda: ledger.freeze(cast.regulator, root_id, label_hash("again")),
+    ]
+    for action in actions:
+        with refused(world, errors.CertificateFrozen) as info:
+            action()
+        assert fields(info) == {"certificateId": root_id}
+    world.chain.advance_time(11 * DAY)
+    with refused(world, errors.CertificateFrozen) as info:
+        ledger.settle(cast.relayer, [part_id, root_id])
+    assert fields(info) == {"certificateId": root_id}
+    ledger.unfreeze(cast.regulator, root_id)
+    ledger.settle(cast.relayer, [part_id, root_id])
+
+
+def test_unfreezing_what_is_not_frozen_and_freezing_by_a_non_regulator(
+    world: World, ledger: LedgerClient, cast: Cast
+) -> None:
+    _, root_id = world.certificate_for()
+    with refused(world, errors.CertificateNotFrozen) as info:
+        ledger.unfreeze(cast.regulator, root_id)
+    assert fields(info) == {"certificateId": root_id}
+    for who in (cast.admin, cast.supplier1, cast.factor):
+        with refused(world, errors.AccountMissingRole) as info:
+            ledger.freeze(who, root_id, label_hash("no"))
+        assert same(fields(info)["account"], who.address)
+        assert fields(info)["role"] == int(Role.REGULATOR)
+
+
+def test_moving_a_matured_certificate(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for(maturity_in=5 * DAY)
+    maturity = ledger.certificate(root_id).maturity
+    world.chain.advance_time(5 * DAY + 1)
+    actions: list[Callable[[], object]] = [
+        lambda: ledger.transfer(cast.supplier1, root_id, cast.supplier2.address),
+        lambda: ledger.split_to(cast.supplier1, root_id, cast.supplier2.address, 1_000 * YUAN),
+        lambda: ledger.split(cast.supplier1, root_id, [50_000 * YUAN, 50_000 * YUAN]),
+        lambda: ledger.offer_discount(
+            cast.supplier1, root_id, value=1_000, price=900, expiry=world.chain.now() + DAY
+        ),
+    ]
+    for action in actions:
+        with refused(world, errors.CertificateMatured) as info:
+            action()
+        assert fields(info) == {"certificateId": root_id, "maturity": maturity}
+
+
+def test_moving_a_settled_certificate(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for(maturity_in=5 * DAY)
+    world.chain.advance_time(6 * DAY)
+    ledger.settle(cast.relayer, [root_id])
+    for action in (
+        lambda: ledger.transfer(cast.supplier1, root_id, cast.supplier2.address),
+        lambda: ledger.split_to(cast.supplier1, root_id, cast.supplier2.address, 1_000 * YUAN),
+        lambda: ledger.freeze(cast.regulator, root_id, label_hash("late")),
+    ):
+        with refused(world, errors.CertificateAlreadySettled) as info:
+            action()
+        assert fields(info) == {"certificateId": root_id}
+
+
+def test_settling_before_maturity(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for(maturity_in=5 * DAY)
+    maturity = ledger.certificate(root_id).maturity
+    world.chain.advance_time(4 * DAY)
+    with refused(world, errors.CertificateNotMatured) as info:
+        ledger.settle(cast.relayer, [root_id])
+    assert fields(info) == {"certificateId": root_id, "maturity": maturity}
+
+
+def test_settling_twice(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for(maturity_in=5 * DAY)
+    world.chain.advance_time(6 * DAY)
+    ledger.settle(cast.relayer, [root_id])
+    with refused(world, errors.CertificateAlreadySettled) as info:
+        ledger.settle(cast.relayer, [root_id])
+    assert fields(info) == {"certificateId": root_id}
+    # Twice in one batch: the whole batch is refused.
+    _, third = world.certificate_for(maturity_in=DAY)
+    world.chain.advance_time(2 * DAY)
+    with refused(world, errors.CertificateAlreadySettled) as info:
+        ledger.settle(cast.relayer, [third, third])
+    assert fields(info) == {"certificateId": third}
+
+
+def test_settlement_batch_size(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    with refused(world, errors.BatchTooLarge) as info:
+        ledger.settle(cast.relayer, [])
+    assert fields(info) == {"size": 0, "max": 64}
+    with refused(world, errors.BatchTooLarge) as info:
+        ledger.settle(cast.relayer, list(range(1, 66)))
+    assert fields(info) == {"size": 65, "max": 64}
+
+
+def test_nothing_to_withdraw(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    with refused(world, errors.NothingToWithdraw) as info:
+        ledger.withdraw(cast.supplier1)
+    assert same(fields(info)["account"], cast.supplier1.address)
+
+
+def test_withdrawing_to_a_still_blocked_account(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for(maturity_in=DAY)
+    world.token.set_blocked(cast.admin, cast.supplier1.address, True)
+    world.chain.advance_time(2 * DAY)
+    ledger.settle(cast.relayer, [root_id])
+    assert ledger.credit(cast.supplier1.address) == DEFAULT_AMOUNT
+    with refused(world, errors.AccountBlocked) as info:
+        ledger.withdraw(cast.supplier1)
+    assert same(fields(info)["account"], cast.supplier1.address)
+
+
+# ====================================================================== discount sales
+
+
+def test_price_above_face_and_other_bad_offers(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    expiry = world.chain.now() + DAY
+    with refused(world, errors.PriceAboveFace) as info:
+        ledger.offer_discount(
+            cast.supplier1, root_id, value=1_000 * YUAN, price=1_000 * YUAN + 1, expiry=expiry
+        )
+    assert fields(info) == {"price": 1_000 * YUAN + 1, "face": 1_000 * YUAN}
+    with refused(world, errors.ZeroAmount):
+        ledger.offer_discount(cast.supplier1, root_id, value=1_000 * YUAN, price=0, expiry=expiry)
+    with refused(world, errors.InsufficientValue):
+        ledger.offer_discount(cast.supplier1, root_id, value=DEFAULT_AMOUNT + 1, price=1, expiry=expiry)
+    with refused(world, errors.SplitBelowMinimumUnit):
+        ledger.offer_discount(cast.supplier1, root_id, value=MIN_SPLIT_UNIT - 1, price=1, expiry=expiry)
+    now = world.pending_time()
+    with refused(world, errors.OfferExpiryInPast) as info:
+        ledger.offer_discount(cast.supplier1, root_id, value=1_000 * YUAN, price=900 * YUAN, expiry=now)
+    assert fields(info) == {"expiry": now}
+
+
+def test_offer_reserved_for_another_buyer(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    ledger.register_participant(cast.admin, cast.outsider.address, label_hash("USCC:FACTOR2"), Role.FACTOR)
+    _, root_id = world.certificate_for()
+    offer_id, _ = ledger.offer_discount(
+        cast.supplier1,
+        root_id,
+        value=10_000 * YUAN,
+        price=9_900 * YUAN,
+        expiry=world.chain.now() + DAY,
+        buyer=cast.factor.address,
+    )
+    with refused(world, errors.OfferReservedForAnother) as info:
+        ledger.buy_discounted(cast.outsider, offer_id)
+    f = fields(info)
+    assert f["offerId"] == offer_id
+    assert same(f["buyer"], cast.factor.address) and same(f["caller"], cast.outsider.address)
+    ledger.buy_discounted(cast.factor, offer_id)
+
+
+def test_an_open_offer_needs_a_factor_with_the_money(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    offer_id, _ = ledger.offer_discount(
+        cast.supplier1, root_id, value=10_000 * YUAN, price=9_900 * YUAN, expiry=world.chain.now() + DAY
+    )
+    with refused(world, errors.AccountMissingRole) as info:
+        ledger.buy_discounted(cast.supplier2, offer_id)
+    assert same(fields(info)["account"], cast.supplier2.address)
+    assert fields(info)["role"] == int(Role.FACTOR)
+    ledger.register_participant(cast.admin, cast.outsider.address, label_hash("USCC:FACTOR2"), Role.FACTOR)
+    with refused(world, errors.ERC20InsufficientAllowance) as info2:
+        ledger.buy_discounted(cast.outsider, offer_id)
+    assert (fields(info2)["allowance"], fields(info2)["needed"]) == (0, 9_900 * YUAN)
+
+
+def test_expired_offer(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    expiry = world.pending_time() + 3_600
+    offer_id, _ = ledger.offer_discount(
+        cast.supplier1, root_id, value=10_000 * YUAN, price=9_900 * YUAN, expiry=expiry
+    )
+    world.chain.advance_time(7_200)
+    with refused(world, errors.OfferExpired) as info:
+        ledger.buy_discounted(cast.factor, offer_id)
+    assert fields(info) == {"offerId": offer_id, "expiry": expiry}
+
+
+def test_seller_no_longer_holding(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    offer_id, _ = ledger.offer_discount(
+        cast.supplier1, root_id, value=10_000 * YUAN, price=9_900 * YUAN, expiry=world.chain.now() + DAY
+    )
+    ledger.transfer(cast.supplier1, root_id, cast.supplier2.address)
+    with refused(world, errors.IncorrectHolder) as info:
+        ledger.buy_discounted(cast.factor, offer_id)
+    f = fields(info)
+    assert f["certificateId"] == root_id
+    assert same(f["from"], cast.supplier1.address) and same(f["holder"], cast.supplier2.address)
+
+
+def test_an_offer_does_not_survive_a_round_trip_of_its_certificate(
+    world: World, ledger: LedgerClient, cast: Cast
+) -> None:
+    """The seller passed the certificate on and got it back: the old offer is void."""
+    _, root_id = world.certificate_for()
+    offer_id, _ = ledger.offer_discount(
+        cast.supplier1, root_id, value=10_000 * YUAN, price=9_900 * YUAN, expiry=world.chain.now() + DAY
+    )
+    ledger.transfer(cast.supplier1, root_id, cast.supplier2.address)
+    ledger.transfer(cast.supplier2, root_id, cast.supplier1.address)
+    with refused(world, errors.OfferStale) as info:
+        ledger.buy_discounted(cast.factor, offer_id)
+    assert fields(info) == {"offerId": offer_id}
+
+
+def test_seller_holding_less_than_offered(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    offer_id, _ = ledger.offer_discount(
+        cast.supplier1, root_id, value=60_000 * YUAN, price=59_000 * YUAN, expiry=world.chain.now() + DAY
+    )
+    ledger.split_to(cast.supplier1, root_id, cast.supplier2.address, 50_000 * YUAN)
+    with refused(world, errors.InsufficientValue) as info:
+        ledger.buy_discounted(cast.factor, offer_id)
+    assert fields(info) == {"certificateId": root_id, "value": 50_000 * YUAN, "needed": 60_000 * YUAN}
+
+
+def test_offer_bought_twice_or_cancelled(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    offer_id, _ = ledger.offer_discount(
+        cast.supplier1, root_id, value=10_000 * YUAN, price=9_900 * YUAN, expiry=world.chain.now() + DAY
+    )
+    with refused(world, errors.NotOfferSeller) as info:
+        ledger.cancel_offer(cast.supplier2, offer_id)
+    assert fields(info)["offerId"] == offer_id and same(fields(info)["caller"], cast.supplier2.address)
+    ledger.buy_discounted(cast.factor, offer_id)
+    for action in (
+        lambda: ledger.buy_discounted(cast.factor, offer_id),
+        lambda: ledger.cancel_offer(cast.supplier1, offer_id),
+    ):
+        with refused(world, errors.OfferNotOpen) as info:
+            action()
+        assert fields(info) == {"offerId": offer_id}
+    with refused(world, errors.OfferNotOpen) as info:
+        ledger.buy_discounted(cast.factor, 77)
+    assert fields(info) == {"offerId": 77}
+
+
+# ====================================================================== pause
+
+
+def test_a_paused_system_refuses_every_operation(
+    world: World, ledger: LedgerClient, oracle: ReceiptOracleClient, cast: Cast
+) -> None:
+    order_id = world.open_order(deadline_in=DAY)
+    _, root_id = world.certificate_for(maturity_in=3 * DAY)
+    (part_id,), _ = ledger.split(cast.supplier1, root_id, [60_000 * YUAN, 40_000 * YUAN])
+    offer_id, _ = ledger.offer_discount(
+        cast.supplier1, root_id, value=10_000 * YUAN, price=9_900 * YUAN, expiry=world.chain.now() + 5 * DAY
+    )
+    world.chain.advance_time(2 * DAY)
+    ledger.pause(cast.admin)
+    assert ledger.paused()
+    late_order = order_id  # past its deadline: cancellable but for the pause
+    attestation = world.attestation(order_id, 10)
+    actions: dict[str, Callable[[], object]] = {
+        "open": lambda: world.open_order(),
+        "confirm": lambda: oracle.confirm_receipt(cast.relayer, attestation, world.sign(attestation)),
+        "cancel": lambda: ledger.cancel_order(cast.issuer, late_order),
+        "transfer": lambda: ledger.transfer(cast.supplier1, root_id, cast.supplier2.address),
+        "split_to": lambda: ledger.split_to(cast.supplier1, root_id, cast.supplier2.address, 1_000 * YUAN),
+        "split": lambda: ledger.split(cast.supplier1, root_id, [30_000 * YUAN, 30_000 * YUAN]),
+        "merge": lambda: ledger.merge(cast.supplier1, part_id, root_id, 1_000 * YUAN),
+        "offer": lambda: ledger.offer_discount(
+            cast.supplier1, root_id, value=1_000 * YUAN, price=900 * YUAN, expiry=world.chain.now() + DAY
+        ),
+        "buy": lambda: ledger.buy_discounted(cast.factor, offer_id),
+        "pause": lambda: ledger.pause(cast.admin),
+    }
+    for name, action in actions.items():
+        with refused(world, errors.SystemPaused) as info:
+            action()
+        assert fields(info) == {}, name
+    world.chain.advance_time(2 * DAY)
+    for action in (lambda: ledger.settle(cast.relayer, [root_id]), lambda: ledger.withdraw(cast.supplier1)):
+        with refused(world, errors.SystemPaused):
+            action()
+    ledger.unpause(cast.admin)
+    with refused(world, errors.SystemNotPaused):
+        ledger.unpause(cast.admin)
+    ledger.settle(cast.relayer, [root_id, part_id])
+
+
+def test_only_an_admin_pauses(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    with refused(world, errors.AccountMissingRole) as info:
+        ledger.pause(cast.regulator)
+    assert fields(info)["role"] == int(Role.ADMIN)
+
+
+# ====================================================================== registry and oracle administration
+
+
+def test_registry_refusals(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    with refused(world, errors.ParticipantAlreadyRegistered) as info:
+        ledger.register_participant(cast.admin, cast.supplier1.address, label_hash("X"), Role.SUPPLIER)
+    assert same(fields(info)["account"], cast.supplier1.address)
+    with refused(world, errors.AccountMissingRole):
+        ledger.register_participant(cast.issuer, cast.outsider.address, label_hash("X"), Role.SUPPLIER)
+    with refused(world, errors.InvalidParticipant) as info:
+        ledger.register_participant(cast.admin, cast.outsider.address, label_hash("X"), Role(0))
+    assert fields(info)["roles"] == 0
+    with refused(world, errors.InvalidParticipant):
+        ledger.register_participant(cast.admin, cast.outsider.address, b"\x00" * 32, Role.SUPPLIER)
+    with refused(world, errors.ParticipantAlreadyActive):
+        ledger.reinstate(cast.admin, cast.supplier1.address)
+    with refused(world, errors.ParticipantNotRegistered):
+        ledger.suspend(cast.admin, cast.outsider.address)
+    with refused(world, errors.InvalidSplitRules) as info:
+        ledger.set_split_rules(cast.admin, 0, 3)
+    assert fields(info) == {"minSplitUnit": 0, "maxSplitDepth": 3}
+
+
+def test_oracle_administration_refusals(world: World, oracle: ReceiptOracleClient, cast: Cast) -> None:
+    devices = [d.address for d in cast.devices]
+    with refused(world, errors.WarehouseAlreadyRegistered) as info:
+        oracle.register_warehouse(cast.admin, world.warehouse, devices, 2, FRESHNESS)
+    assert fields(info) == {"warehouse": world.warehouse}
+    other = label_hash("WH-OTHER")
+    with refused(world, errors.NotAdmin) as info:
+        oracle.register_warehouse(cast.regulator, other, devices, 2, FRESHNESS)
+    assert same(fields(info)["caller"], cast.regulator.address)
+    with refused(world, errors.InvalidDeviceSet) as info:
+        oracle.register_warehouse(cast.admin, other, devices, 4, FRESHNESS)
+    assert fields(info) == {"deviceCount": 3, "threshold": 4, "freshness": FRESHNESS}
+    with refused(world, errors.InvalidDeviceSet):
+        oracle.register_warehouse(cast.admin, other, devices, 0, FRESHNESS)
+    with refused(world, errors.InvalidDevice) as info:
+        oracle.register_warehouse(cast.admin, other, [devices[0], devices[0]], 1, FRESHNESS)
+    assert same(fields(info)["device"], devices[0])
+    with refused(world, errors.UnknownWarehouse):
+        oracle.rotate_devices(cast.admin, other, devices, 2, FRESHNESS)
+
+
+# ====================================================================== receipts through the oracle
+
+
+def confirm_refused(
+    world: World, kind: type[E], attestation: ReceiptAttestation, signatures: list[bytes]
+) -> pytest.ExceptionInfo[E]:
+    """Submits through the client (which sorts the signatures) and expects `kind`; the
+    attestation stays unused."""
+    with refused(world, kind) as info:
+        world.oracle.confirm_receipt(world.cast.relayer, attestation, signatures)
+    assert not world.oracle.attestation_used(world.oracle.digest(attestation))
+    return info
+
+
+def send_raw_confirm(world: World, attestation: ReceiptAttestation, signatures: list[bytes]) -> None:
+    """Calls ReceiptOracle.confirmReceipt with the signatures exactly in the order given."""
+    fn = world.oracle.contract.functions.confirmReceipt(attestation.as_tuple(), signatures)
+    Transactor(world.chain, world.system.decoder).send(world.cast.relayer, fn)
+
+
+def test_replayed_attestation(
+    world: World, ledger: LedgerClient, oracle: ReceiptOracleClient, cast: Cast
+) -> None:
+    order_id = world.open_order()
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
+    signatures = world.sign(attestation)
+    oracle.confirm_receipt(cast.relayer, attestation, signatures)
+    # The same attestation again: the oracle stops it before the ledger sees it.
+    with refused(world, errors.AttestationAlreadyUsed) as info:
+        oracle.confirm_receipt(cast.relayer, attestation, signatures)
+    assert fields(info) == {"digest": oracle.digest(attestation)}
+    # The same attestation signed by the other devices has the same digest.
+    with refused(world, errors.AttestationAlreadyUsed):
+        oracle.confirm_receipt(
+            cast.relayer, attestation, [oracle.sign(d, attestation) for d in cast.devices[1:]]
+        )
+    # A fresh attestation for the confirmed order: the ledger refuses a second confirmation.
+    again = world.attestation(order_id, DEFAULT_QUANTITY)
+    info2 = confirm_refused(world, errors.OrderNotOpen, again, world.sign(again))
+    assert info2.value.fields == {"orderId": order_id, "status": int(OrderStatus.CONFIRMED)}
+    assert len(ledger.contract.events.OrderConfirmed.get_logs(from_block=0)) == 1
+
+
+def strangers(signatures: list[bytes], attestation: ReceiptAttestation, world: World) -> list[str]:
+    chain_id, oracle = world.chain.chain_id, world.oracle.address
+    return sorted(
+        (recover_signer(s, attestation, chain_id, oracle) for s in signatures), key=lambda a: int(a, 16)
+    )
+
+
+def test_signatures_for_another_chain(world: World, cast: Cast) -> None:
+    order_id = world.open_order()
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
+    signatures = [
+        sign_attestation(d, attestation, world.chain.chain_id + 1, world.oracle.address)
+        for d in cast.devices[:2]
+    ]
+    recovered = strangers(signatures, attestation, world)
+    assert not {a.lower() for a in recovered} & {d.address.lower() for d in cast.devices}
+    info = confirm_refused(world, errors.UnknownDevice, attestation, signatures)
+    assert info.value.fields["index"] == 0
+    assert same(info.value.fields["signer"], recovered[0])
+
+
+def test_signatures_for_another_oracle(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    order_id = world.open_order()
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
+    signatures = [
+        sign_attestation(d, attestation, world.chain.chain_id, ledger.address) for d in cast.devices[:2]
+    ]
+    recovered = strangers(signatures, attestation, world)
+    info = confirm_refused(world, errors.UnknownDevice, attestation, signatures)
+    assert info.value.fields["index"] == 0
+    assert same(info.value.fields["signer"], recovered[0])
+
+
+def test_a_signer_that_is_not_a_device(world: World, cast: Cast) -> None:
+    order_id = world.open_order()
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
+    signatures = [
+        world.oracle.sign(cast.devices[0], attestation),
+        world.oracle.sign(cast.outsider, attestation),
+    ]
+    ordered = strangers(signatures, attestation, world)
+    info = confirm_refused(world, errors.UnknownDevice, attestation, signatures)
+    assert info.value.fields["index"] == ordered.index(cast.outsider.address)
+    assert same(info.value.fields["signer"], cast.outsider.address)
+
+
+def test_stale_attestation(world: World) -> None:
+    order_id = world.open_order()
+    received_at = world.pending_time() - FRESHNESS - 60
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY, received_at=received_at)
+    info = confirm_refused(world, errors.AttestationStale, attestation, world.sign(attestation))
+    assert info.value.fields == {"receivedAt": received_at, "freshness": FRESHNESS}
+
+
+def test_attestation_from_the_future(world: World) -> None:
+    order_id = world.open_order()
+    now = world.pending_time()
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY, received_at=now + 600)
+    info = confirm_refused(world, errors.AttestationFromFuture, attestation, world.sign(attestation))
+    assert info.value.fields == {"receivedAt": now + 600, "nowTs": now}
+
+
+def test_too_few_or_too_many_signatures(world: World, cast: Cast) -> None:
+    order_id = world.open_order()
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
+    info = confirm_refused(world, errors.SignatureCount, attestation, world.sign(attestation, 1))
+    assert info.value.fields == {"count": 1, "threshold": 2, "max": 3}
+    info = confirm_refused(world, errors.SignatureCount, attestation, [])
+    assert info.value.fields == {"count": 0, "threshold": 2, "max": 3}
+    four = [*world.sign(attestation, 3), world.oracle.sign(cast.outsider, attestation)]
+    info = confirm_refused(world, errors.SignatureCount, attestation, four)
+    assert info.value.fields == {"count": 4, "threshold": 2, "max": 3}
+
+
+def test_one_device_counted_twice(world: World, cast: Cast) -> None:
+    order_id = world.open_order()
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
+    first = world.oracle.sign(cast.devices[0], attestation)
+    with refused(world, errors.SignersNotAscending) as info:
+        send_raw_confirm(world, attestation, [first, first])
+    assert fields(info)["index"] == 1
+    assert same(fields(info)["signer"], cast.devices[0].address)
+    # The client sorts, but cannot make a duplicate distinct.
+    info2 = confirm_refused(world, errors.SignersNotAscending, attestation, [first, first])
+    assert info2.value.fields["index"] == 1
+
+
+def test_signers_out_of_order(world: World, cast: Cast) -> None:
+    order_id = world.open_order()
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
+    by_address = sorted(cast.devices[:2], key=lambda d: int(d.address, 16))
+    descending = [world.oracle.sign(d, attestation) for d in reversed(by_address)]
+    with refused(world, errors.SignersNotAscending) as info:
+        send_raw_confirm(world, attestation, descending)
+    assert fields(info)["index"] == 1
+    assert same(fields(info)["signer"], by_address[0].address)
+    send_raw_confirm(world, attestation, list(reversed(descending)))  # ascending is accepted
+    assert world.oracle.attestation_used(world.oracle.digest(attestation))
+
+
+def test_rotated_devices(world: World, oracle: ReceiptOracleClient, cast: Cast) -> None:
+    order_id = world.open_order()
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
+    old_signatures = world.sign(attestation)
+    new_devices: list[LocalAccount] = [world.chain.new_account(0) for _ in range(3)]
+    oracle.rotate_devices(cast.admin, world.warehouse, [d.address for d in new_devices], 2, FRESHNESS)
+    assert oracle.warehouse(world.warehouse).device_set_version == 2
+    assert not oracle.is_device(world.warehouse, cast.devices[0].address)
+    info = confirm_refused(world, errors.StaleDeviceSet, attestation, old_signatures)
+    assert info.value.fields == {"warehouse": world.warehouse, "given": 1, "current": 2}
+    # Naming the new version does not help the retired keys.
+    current = world.attestation(order_id, DEFAULT_QUANTITY)
+    retired = world.sign(current)
+    info2 = confirm_refused(world, errors.UnknownDevice, current, retired)
+    assert same(info2.value.fields["signer"], strangers(retired, current, world)[0])
+    oracle.confirm_receipt(cast.relayer, current, [oracle.sign(d, current) for d in new_devices[:2]])
+
+
+def high_s(signature: bytes) -> bytes:
+    """The other valid-looking (r, n - s) form of an ECDSA signature, with v flipped."""
+    r, s, v = signature[:32], int.from_bytes(signature[32:64], "big"), signature[64]
+    return r + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - v])
+
+
+def test_malleated_high_s_signature(world: World, cast: Cast) -> None:
+    order_id = world.open_order()
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
+    good, other = world.sign(attestation)
+    bad = high_s(other)
+    # The malleated form still recovers to the same device off chain ...
+    assert strangers([bad], attestation, world) == strangers([other], attestation, world)
+    ordered = strangers([good, bad], attestation, world)
+    # ... but the contract refuses it.
+    info = confirm_refused(world, errors.InvalidSignature, attestation, [good, bad])
+    assert info.value.fields == {"index": ordered.index(strangers([bad], attestation, world)[0])}
+
+
+def test_signature_with_v_0_or_1(world: World) -> None:
+    order_id = world.open_order()
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
+    signatures = [s[:64] + bytes([s[64] - 27]) for s in world.sign(attestation)]
+    info = confirm_refused(world, errors.InvalidSignature, attestation, signatures)
+    assert info.value.fields == {"index": 0}
+    truncated = [s[:64] for s in world.sign(attestation)]
+    with refused(world, errors.InvalidSignature):
+        send_raw_confirm(world, attestation, truncated)
+
+
+def test_receipt_for_another_warehouse_or_other_goods(
+    world: World, oracle: ReceiptOracleClient, cast: Cast
+) -> None:
+    other = label_hash("WH-TEST-02")
+    oracle.register_warehouse(cast.admin, other, [d.address for d in cast.devices], 2, FRESHNESS)
+    order_id = world.open_order()
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY, warehouse=other)
+    info = confirm_refused(world, errors.ReceiptDoesNotMatchOrder, attestation, world.sign(attestation))
+    assert info.value.fields == {"orderId": order_id, "warehouse": other, "goodsHash": world.goods}
+    wrong_goods = label_hash("cast iron, not brake discs")
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY, goods=wrong_goods)
+    info = confirm_refused(world, errors.ReceiptDoesNotMatchOrder, attestation, world.sign(attestation))
+    assert info.value.fields == {"orderId": order_id, "warehouse": world.warehouse, "goodsHash": wrong_goods}
+
+
+def test_unknown_or_deactivated_warehouse(world: World, oracle: ReceiptOracleClient, cast: Cast) -> None:
+    order_id = world.open_order()
+    nowhere = label_hash("WH-NOWHERE")
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY, warehouse=nowhere, device_set_version=1)
+    info = confirm_refused(world, errors.UnknownWarehouse, attestation, world.sign(attestation))
+    assert info.value.fields == {"warehouse": nowhere}
+    oracle.deactivate_warehouse(cast.admin, world.warehouse)
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY, device_set_version=1)
+    info = confirm_refused(world, errors.UnknownWarehouse, attestation, world.sign(attestation))
+    assert info.value.fields == {"warehouse": world.warehouse}
+
+
+def test_receipt_after_the_deadline(world: World, ledger: LedgerClient) -> None:
+    order_id = world.open_order(deadline_in=600)
+    deadline = ledger.order(order_id).deadline
+    world.chain.advance_time(1_200)
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY, received_at=deadline + 1)
+    info = confirm_refused(world, errors.ReceiptAfterDeadline, attestation, world.sign(attestation))
+    assert info.value.fields == {"orderId": order_id, "receivedAt": deadline + 1, "deadline": deadline}
+
+
+def test_zero_quantity_received(world: World) -> None:
+    order_id = world.open_order()
+    attestation = world.attestation(order_id, 0)
+    confirm_refused(world, errors.ZeroAmount, attestation, world.sign(attestation))
+
+
+def test_payee_suspended_before_the_receipt(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    order_id = world.open_order()
+    ledger.suspend(cast.admin, cast.supplier1.address)
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
+    info = confirm_refused(world, errors.ReceiverNotEligible, attestation, world.sign(attestation))
+    assert same(info.value.fields["receiver"], cast.supplier1.address)
+
+
+def test_only_the_oracle_confirms_on_the_ledger(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    order_id = world.open_order()
+    fn = ledger.contract.functions.confirmReceipt(
+        order_id, world.warehouse, world.goods, 10, world.chain.now()
+    )
+    with refused(world, errors.NotReceiptOracle) as info:
+        Transactor(world.chain, world.system.decoder).send(cast.outsider, fn)
+    assert same(fields(info)["caller"], cast.outsider.address)
+
+
+# ====================================================================== what a refusal costs
+
+
+def test_a_refused_request_spends_no_gas(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    w3 = world.chain.w3
+    for sender, action in (
+        (cast.outsider, lambda: ledger.transfer(cast.outsider, root_id, cast.supplier2.address)),
+        (cast.supplier1, lambda: ledger.transfer(cast.supplier1, root_id, cast.outsider.address)),
+        (cast.issuer, lambda: world.open_order(amount=0)),
+    ):
+        ether = w3.eth.get_balance(sender.address)
+        nonce = w3.eth.get_transaction_count(sender.address)
+        block = w3.eth.block_number
+        with pytest.raises(errors.ContractError):
+            action()
+        assert w3.eth.get_balance(sender.address) == ether
+        assert w3.eth.get_transaction_count(sender.address) == nonce
+        assert w3.eth.block_number == block
+    # The nonce sequence is intact: the next request goes through.
+    ledger.transfer(cast.supplier1, root_id, cast.supplier2.address)
+
+
+def test_a_revert_on_chain_is_typed_too(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    """With an explicit gas limit the transaction is sent unsimulated and reverts on chain;
+    Transactor.send documents typed contract errors, so it must not leak the embedded backend's
+    own TransactionFailed."""
+    _, root_id = world.certificate_for()
+    fn = ledger.contract.functions.transferFrom(cast.supplier1.address, cast.supplier2.address, root_id)
+    with pytest.raises(errors.CertledgerError) as info:
+        Transactor(world.chain, world.system.decoder).send(cast.outsider, fn, gas=200_000)
+    assert type(info.value) is errors.NotApprovedOrHolder
+    assert ledger.certificate(root_id).holder == cast.supplier1.address
