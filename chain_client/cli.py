@@ -500,4 +500,3 @@ def withdraw(
 ) -> None:
     """Withdraw payments credited to you when a push failed."""
     _run(lambda: _system(rpc_url, manifest).ledger.withdraw(_signer(key_env)))
-
