@@ -12,6 +12,9 @@ def discount_price(face: int, days_to_maturity: int, annual_rate_bps: int) -> in
     face / (1 + rate * days / 365). Matches CertificateLedger.discountPrice."""
     if face < 0 or days_to_maturity < 0 or annual_rate_bps < 0:
         raise ValueError("face, days and rate must be non-negative")
+    if face >= 2**128:
+        # The ledger's amounts are 128-bit; far above that the contract's arithmetic overflows.
+        raise ValueError("face above the ledger's 128-bit amounts")
     return face * DAYS_PER_YEAR * BPS // (DAYS_PER_YEAR * BPS + annual_rate_bps * days_to_maturity)
 
 

@@ -9,8 +9,9 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
+from eth_keys.exceptions import BadSignature
 from eth_typing import ChecksumAddress
-from eth_utils import keccak
+from eth_utils import ValidationError, keccak
 
 from chain_client.artifacts import load_artifact
 from chain_client.chain import Chain
@@ -119,8 +120,16 @@ def recover_signer(
 def in_signer_order(
     signatures: list[bytes], attestation: ReceiptAttestation, chain_id: int, oracle: ChecksumAddress
 ) -> list[bytes]:
-    """Signatures sorted by signer address, ascending: the order the contract requires."""
-    return sorted(signatures, key=lambda s: int(recover_signer(s, attestation, chain_id, oracle), 16))
+    """Signatures sorted by signer address, ascending: the order the contract requires. One that
+    recovers to no signer goes first, so the contract refuses it with its own InvalidSignature."""
+
+    def signer_key(signature: bytes) -> int:
+        try:
+            return int(recover_signer(signature, attestation, chain_id, oracle), 16)
+        except (ValueError, ValidationError, BadSignature):
+            return -1
+
+    return sorted(signatures, key=signer_key)
 
 
 class ReceiptOracleClient:

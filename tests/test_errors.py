@@ -25,6 +25,7 @@ from world import (
 from chain_client import errors
 from chain_client.ledger import ZERO_ADDRESS, LedgerClient
 from chain_client.models import OrderStatus, Role
+from chain_client.pricing import discount_price
 from chain_client.receipts import (
     ReceiptAttestation,
     ReceiptOracleClient,
@@ -1042,6 +1043,18 @@ def test_signature_with_v_0_or_1(world: World) -> None:
         send_raw_confirm(world, attestation, truncated)
 
 
+def test_a_malformed_signature_through_the_client_is_a_certledger_error(world: World) -> None:
+    """confirm_receipt sorts the signatures by recovering their signers first; a signature that
+    cannot be recovered at all (64 bytes here) must still end as one of the client's typed errors
+    (ideally the contract's own InvalidSignature), not a third-party exception."""
+    order_id = world.open_order()
+    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
+    good, other = world.sign(attestation)
+    with pytest.raises(errors.CertledgerError):
+        world.oracle.confirm_receipt(world.cast.relayer, attestation, [good, other[:64]])
+    assert not world.oracle.attestation_used(world.oracle.digest(attestation))
+
+
 def test_receipt_for_another_warehouse_or_other_goods(
     world: World, oracle: ReceiptOracleClient, cast: Cast
 ) -> None:
@@ -1135,3 +1148,8 @@ def test_a_revert_on_chain_is_typed_too(world: World, ledger: LedgerClient, cast
         Transactor(world.chain, world.system.decoder).send(cast.outsider, fn, gas=200_000)
     assert type(info.value) is errors.NotApprovedOrHolder
     assert ledger.certificate(root_id).holder == cast.supplier1.address
+
+
+def test_pricing_refuses_a_face_above_the_ledgers_amounts() -> None:
+    with pytest.raises(ValueError):
+        discount_price(2**128, 30, 600)
