@@ -1,10 +1,11 @@
-"""Helpers shared by the index and audit tests and scripts/bench_replay.py: a throwaway anvil node,
+"""Helpers shared by the node-backed tests and scripts/bench_replay.py: a throwaway anvil node,
 and the comparison of rebuilt books with the contracts' own views."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -47,17 +48,28 @@ def anvil_node(*extra: str) -> Iterator[str]:
         [binary, "--host", "127.0.0.1", "--port", str(port), "--silent", *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, so anvil goes too if started via the npm launcher
     )
     try:
         _wait_for_port(port, process)
         yield f"http://127.0.0.1:{port}"
     finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM first, then SIGKILL to the whole process group, should anything linger."""
+    if process.poll() is None:
         process.terminate()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=10)
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:

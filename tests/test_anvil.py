@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +17,7 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from index_support import anvil_node
 from rich.console import Console
 from typer.testing import CliRunner
 from world import check_demo_end_state
@@ -38,9 +35,6 @@ from chain_client.transactions import Transactor
 
 pytestmark = pytest.mark.anvil
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# `make test` exports ANVIL (the npm-pinned binary); run directly, pytest finds the same one.
-ANVIL = Path(os.environ.get("ANVIL") or REPO_ROOT / "node_modules" / ".bin" / "anvil")
 ANVIL_CHAIN_ID = 31337
 START_TIMEOUT = 60.0
 
@@ -55,12 +49,6 @@ class Anvil:
         return account
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _chain_id(url: str) -> int | None:
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}).encode()
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
@@ -69,22 +57,6 @@ def _chain_id(url: str) -> int | None:
             return int(json.loads(response.read())["result"], 16)
     except (urllib.error.URLError, ConnectionError, OSError, ValueError, KeyError):
         return None
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the npm wrapper (it forwards the signal to anvil), then SIGKILL to the process
-    group we created for it, should anything linger."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=10)
 
 
 def _dev_keys(config: Path, deadline: float) -> tuple[str, ...]:
@@ -100,30 +72,16 @@ def _dev_keys(config: Path, deadline: float) -> tuple[str, ...]:
 
 @pytest.fixture(scope="module")
 def anvil(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
-    if not ANVIL.exists():
-        pytest.fail(f"{ANVIL} is missing: run `npm ci` (anvil is pinned in package-lock.json)")
-    workdir = tmp_path_factory.mktemp("anvil")
-    config, log = workdir / "anvil.json", workdir / "anvil.log"
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--silent", "--config-out", str(config)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so the finalizer can reap anvil too
-        )
-    try:
+    config = tmp_path_factory.mktemp("anvil") / "anvil.json"
+    with anvil_node("--config-out", str(config)) as url:
         deadline = time.monotonic() + START_TIMEOUT
         while _chain_id(url) != ANVIL_CHAIN_ID:
-            if process.poll() is not None:
-                pytest.fail(f"anvil exited with {process.returncode}: {log.read_text(errors='replace')}")
             if time.monotonic() > deadline:
-                pytest.fail(f"anvil did not answer on {url} within {START_TIMEOUT}s")
+                pytest.fail(
+                    f"anvil did not answer eth_chainId {ANVIL_CHAIN_ID} on {url} within {START_TIMEOUT}s"
+                )
             time.sleep(0.1)
         yield Anvil(url=url, keys=_dev_keys(config, deadline))
-    finally:
-        _stop(process)
 
 
 def test_anvil_dev_key_is_the_well_known_one(anvil: Anvil) -> None:
