@@ -15,6 +15,8 @@ from eth_utils import to_checksum_address
 from chain_client.artifacts import load_artifact
 from chain_client.chain import Chain
 from chain_client.errors import ManifestError
+from chain_client.events import EventDecoder
+from chain_client.transactions import Transactor
 
 MANIFEST_VERSION = 1
 SYSTEM_CONTRACTS = ("SettlementToken", "ReceiptOracle", "CertificateLedger")
@@ -80,17 +82,12 @@ def deploy_contract(
     chain: Chain, deployer: LocalAccount, name: str, *args: Any
 ) -> tuple[ChecksumAddress, int]:
     """Deploys artifact `name` with constructor `args`; returns its address and block."""
-    from chain_client.events import EventDecoder
-    from chain_client.transactions import Transactor
-
     artifact = load_artifact(name)
     factory = chain.w3.eth.contract(abi=list(artifact.abi), bytecode=artifact.bytecode)
     result = Transactor(chain, EventDecoder(chain.w3)).send(deployer, factory.constructor(*args))
-    receipt = chain.w3.eth.get_transaction_receipt(result.tx_hash)  # type: ignore[arg-type]
-    address = receipt["contractAddress"]
-    if address is None:
+    if result.contract_address is None:
         raise ManifestError(f"{name} deployment produced no contract")
-    return to_checksum_address(address), result.block_number
+    return to_checksum_address(result.contract_address), result.block_number
 
 
 def deploy_system(
@@ -108,9 +105,6 @@ def deploy_system(
 
     `admin` becomes the consortium operator (ADMIN) and, for a new token, its issuing bank.
     """
-    from chain_client.events import EventDecoder
-    from chain_client.transactions import Transactor
-
     first_block: int | None = None
     if token is None:
         token, first_block = deploy_contract(chain, admin, "SettlementToken", token_name, token_symbol)

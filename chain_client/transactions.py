@@ -62,6 +62,8 @@ class TxResult:
     block_number: int
     gas_used: int
     events: tuple[DecodedEvent, ...] = field(default_factory=tuple)
+    #: the created contract's address, for a deployment
+    contract_address: ChecksumAddress | None = None
 
     def event(self, name: str) -> DecodedEvent:
         """The only event called `name` (raises if none or several)."""
@@ -173,6 +175,7 @@ class Transactor:
             block_number=int(receipt["blockNumber"]),
             gas_used=int(receipt["gasUsed"]),
             events=tuple(self.decoder.decode_receipt(receipt)),
+            contract_address=receipt.get("contractAddress"),
         )
 
     def _fees(self) -> TxParams:
