@@ -238,12 +238,7 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
         Cert storage c = _movable(certificateId);
         address holder = c.holder;
         if (holder != from) revert IncorrectHolder(from, certificateId, holder);
-        if (msg.sender != holder) {
-            if (!_isApprovedForWhole(msg.sender, holder, c, certificateId)) {
-                revert NotApprovedOrHolder(msg.sender, certificateId);
-            }
-            _checkActive(msg.sender);
-        }
+        _authorizeWhole(c, certificateId, holder);
         _moveWhole(c, certificateId, holder, to);
     }
 
@@ -268,9 +263,7 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
     function approve(address to, uint256 certificateId) external {
         Cert storage c = _existing(certificateId);
         address holder = c.holder;
-        if (msg.sender != holder && !_operatorApprovals[holder][msg.sender]) {
-            revert NotApprovedOrHolder(msg.sender, certificateId);
-        }
+        _authorizeApproval(certificateId, holder);
         if (to == holder) revert InvalidOperator(to);
         _tokenApprovals[certificateId][c.epoch] = to;
         emit Approval(holder, to, certificateId);
@@ -325,9 +318,7 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
     function approve(uint256 certificateId, address operator, uint256 value) external {
         Cert storage c = _existing(certificateId);
         address holder = c.holder;
-        if (msg.sender != holder && !_operatorApprovals[holder][msg.sender]) {
-            revert NotApprovedOrHolder(msg.sender, certificateId);
-        }
+        _authorizeApproval(certificateId, holder);
         if (operator == holder || operator == address(0)) revert InvalidOperator(operator);
         _allowances[certificateId][c.epoch][operator] = value;
         emit ApprovalValue(certificateId, operator, value);
@@ -393,12 +384,7 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
         if (parts < 2 || parts > MAX_SPLIT_PARTS) revert SplitPartCount(parts, MAX_SPLIT_PARTS);
         Cert storage src = _movable(certificateId);
         address holder = src.holder;
-        if (msg.sender != holder) {
-            if (!_isApprovedForWhole(msg.sender, holder, src, certificateId)) {
-                revert NotApprovedOrHolder(msg.sender, certificateId);
-            }
-            _checkActive(msg.sender);
-        }
+        _authorizeWhole(src, certificateId, holder);
         uint256 sum = 0;
         for (uint256 i = 0; i < parts; ++i) {
             sum += values[i];
@@ -654,6 +640,23 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
         returns (bool)
     {
         return _operatorApprovals[holder][operator] || _tokenApprovals[certificateId][c.epoch] == operator;
+    }
+
+    /// @dev Lets `msg.sender` move the whole certificate: its holder, or an active operator the
+    /// holder approved for it or for all its certificates.
+    function _authorizeWhole(Cert storage c, uint256 certificateId, address holder) private view {
+        if (msg.sender == holder) return;
+        if (!_isApprovedForWhole(msg.sender, holder, c, certificateId)) {
+            revert NotApprovedOrHolder(msg.sender, certificateId);
+        }
+        _checkActive(msg.sender);
+    }
+
+    /// @dev Only the holder or its operator for all may grant approvals on a certificate.
+    function _authorizeApproval(uint256 certificateId, address holder) private view {
+        if (msg.sender != holder && !_operatorApprovals[holder][msg.sender]) {
+            revert NotApprovedOrHolder(msg.sender, certificateId);
+        }
     }
 
     /// @dev Lets `msg.sender` move `value` out of `c`: the holder, an approved operator, or an
