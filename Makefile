@@ -42,8 +42,11 @@ export ANVIL
 VENV_STAMP    := $(VENV)/.certledger-installed
 NODE_STAMP    := $(ROOT)/node_modules/.certledger-installed
 SLITHER_STAMP := $(SLITHER_VENV)/.certledger-installed
+# The MQTT broker the oracle's gateway listens on (tests start their own on a free loopback port).
+MOSQUITTO     ?= $(shell command -v mosquitto || echo /usr/sbin/mosquitto)
+export MOSQUITTO
 
-.PHONY: help venv node slither-venv contracts demo test lint bench clean distclean lock lock-slither lock-npm
+.PHONY: help venv node slither-venv mosquitto contracts demo test lint bench clean distclean lock lock-slither lock-npm
 
 help:
 	@echo "make demo | test | lint | contracts | bench | clean | distclean | lock | lock-slither | lock-npm"
@@ -74,11 +77,15 @@ $(SLITHER_STAMP): requirements-slither.lock
 	$(SLITHER_VENV)/bin/python -m pip check
 	touch $@
 
+mosquitto:
+	test -x $(MOSQUITTO) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
+	test -x $(MOSQUITTO)
+
 # ---- build and run --------------------------------------------------------------------------------
 contracts: venv node
 	$(PY) -m chain_client.compiler
 
-demo: venv node
+demo: venv node mosquitto
 	$(CERTLEDGER) demo
 
 bench: venv node
@@ -87,7 +94,7 @@ bench: venv node
 
 # Each step is its own recipe line, so the first failure stops `make test` with its exit code.
 # forge resolves foundry.toml's relative solc path against the working directory: always cd first.
-test: venv node slither-venv
+test: venv node slither-venv mosquitto
 	$(PY) -m chain_client.compiler --check
 	cd $(CONTRACTS_DIR) && $(FORGE) test
 	if [[ -f $(CONTRACTS_DIR)/.gas-snapshot ]]; then cd $(CONTRACTS_DIR) && $(FORGE) snapshot --check $(SNAPSHOT_ARGS); fi
