@@ -34,6 +34,12 @@ def free_port() -> int:
         return port
 
 
+def _user_name() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
 class Mosquitto:
     """`with Mosquitto(dir) as broker:` starts it; `broker.url` is mqtt://127.0.0.1:PORT."""
 
@@ -61,6 +67,9 @@ class Mosquitto:
                     "max_queued_messages 100000",
                     "max_inflight_messages 100",
                     f"log_dest file {self.log}",
+                    # Started as root, mosquitto would switch to the `mosquitto` user and then be
+                    # unable to write its persistence file in our directory: keep the current user.
+                    *([f"user {_user_name()}"] if os.geteuid() == 0 else []),
                     "",
                 ]
             ),

@@ -55,6 +55,7 @@ class MqttIntake:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
 
     def start(self) -> None:
         """Connects (waiting at most settings.mqtt_timeout) and starts the network thread."""
@@ -82,6 +83,15 @@ class MqttIntake:
         # when the broker lost it (a broker run without persistence).
         client.subscribe(f"{self.settings.topic_prefix}/#", qos=1)
         log.info("connected to %s (session present: %s)", self.settings.broker_url, flags.session_present)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        # Ready only once the broker has the subscription: readings published before it would
+        # find no subscriber on a first connection.
+        if any(rc.is_failure for rc in reason_codes):
+            log.error("broker refused the subscription: %s", reason_codes)
+            return
         self.connected.set()
 
     def _on_disconnect(
@@ -114,7 +124,14 @@ class MqttPublisher:
             CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311
         )
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)
-        self.client.on_connect = lambda c, u, f, rc, p: self.connected.set() if not rc.is_failure else None
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda c, u, f, rc, p: self.connected.clear()
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        if not reason_code.is_failure:
+            self.connected.set()
 
     def start(self) -> None:
         self.client.connect_async(self.settings.broker_host, self.settings.broker_port, keepalive=KEEPALIVE)
