@@ -184,7 +184,8 @@ def oracle_status(db: Db = Path("oracle.db"), as_json: Json = False, limit: int 
     console.print(
         "orders: "
         + ", ".join(f"{n} {s}" for s, n in counts.items())
-        + f"; inbox unchecked {store.inbox_count(processed=False)}; settled certificates {store.settled_count()}"
+        + f"; inbox unchecked {store.inbox_count(processed=False)}"
+        + f"; settled certificates {store.settled_count()}"
     )
     table = Table(title="Orders")
     for col in ("order", "state", "detail", "tx / error"):
@@ -272,7 +273,8 @@ def devices_simulate(
         list[str] | None,
         typer.Option(
             "--fault",
-            help="NAME=FAULT for one device: out-of-range, disagree (faulty); wrong-key, replay, high-s (malicious).",
+            help="NAME=FAULT for one device: out-of-range, disagree (faulty); "
+            "wrong-key, replay, high-s (malicious).",
         ),
     ] = None,
     valid_for: Annotated[int, typer.Option(min=1, help="Seconds each signature stays valid.")] = 3_600,
