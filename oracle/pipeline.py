@@ -91,7 +91,9 @@ class MqttReceiptPipeline:
                 record = service.store.order(receipt.order_id)
                 if record is not None and record.state.final:
                     if record.state != OrderState.CONFIRMED or record.root_certificate_id is None:
-                        raise PipelineFailed(f"order {receipt.order_id} {record.state.value}: {record.detail}")
+                        raise PipelineFailed(
+                            f"order {receipt.order_id} {record.state.value}: {record.detail}"
+                        )
                     return int(record.root_certificate_id)
                 time.sleep(settings.poll_interval)
             raise PipelineFailed(f"order {receipt.order_id} not confirmed within {self.timeout}s")

@@ -42,6 +42,8 @@ class OracleService:
     _http_server: object | None = field(default=None, repr=False)
     _http_thread: threading.Thread | None = field(default=None, repr=False)
     _last_keeper: float = field(default=0.0, repr=False)
+    #: Set when a reading arrives, so the pipeline checks it at once instead of at its next poll.
+    wake: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @classmethod
     def build(
@@ -75,7 +77,12 @@ class OracleService:
     # ------------------------------------------------------------------ intakes
 
     def start_mqtt(self) -> None:
-        self.mqtt = MqttIntake(self.settings, self.gateway.receive)
+        def receive(payload: bytes, source: str) -> int:
+            item_id = self.gateway.receive(payload, source)
+            self.wake.set()
+            return item_id
+
+        self.mqtt = MqttIntake(self.settings, receive)
         self.mqtt.start()
 
     def start_http(self) -> None:
@@ -111,11 +118,19 @@ class OracleService:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            # Cleared before the step: a reading arriving during it wakes the next one at once.
+            self.wake.clear()
             try:
                 self.step()
             except Exception:
                 log.exception("pipeline step failed; continuing")
-            stop.wait(self.settings.poll_interval)
+            if stop.is_set():
+                break
+            self.wake.wait(self.settings.poll_interval)
+
+    def stop_and_wake(self, stop: threading.Event) -> None:
+        stop.set()
+        self.wake.set()
 
     def close(self) -> None:
         if self.mqtt is not None:
