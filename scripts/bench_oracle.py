@@ -42,7 +42,6 @@ from chain_client.system import System  # noqa: E402
 from oracle.broker import Mosquitto  # noqa: E402
 from oracle.devices import DeviceSigner, MemorySequence, ReadingContext  # noqa: E402
 from oracle.mqtt import MqttPublisher  # noqa: E402
-from oracle.relayer import Relayer  # noqa: E402
 from oracle.service import OracleService  # noqa: E402
 from oracle.settings import OracleSettings  # noqa: E402
 from oracle.simulator import Delivery, SimulatedDevice, publish_all, readings_for  # noqa: E402
