@@ -236,12 +236,23 @@ def devices_create(
     kind: Annotated[str, typer.Option(help="count (RFID portal) or weight (weighbridge).")],
     directory: DeviceDir = Path("devices"),
     password_env: PasswordEnv = "CERTLEDGER_DEVICE_PASSWORD",
+    weak_kdf_for_tests: Annotated[
+        bool, typer.Option("--weak-kdf-for-tests", hidden=True, help="pbkdf2 with 2 rounds: tests only.")
+    ] = False,
 ) -> None:
-    """Make a device key in an encrypted keystore; prints its address to enrol on chain."""
+    """Make a device key in an encrypted keystore (scrypt); prints its address to enrol on chain."""
     if kind not in KIND_NAMES:
         raise typer.BadParameter("kind is count or weight", param_hint="--kind")
     password = _secret(password_env, "the keystore password", "--password-env")
-    _run(lambda: console.print(create_device(DeviceFiles(directory, name), KIND_NAMES[kind], password)))
+    files = DeviceFiles(directory, name)
+    if weak_kdf_for_tests:
+        _run(
+            lambda: console.print(
+                create_device(files, KIND_NAMES[kind], password, kdf="pbkdf2", iterations=2)
+            )
+        )
+    else:
+        _run(lambda: console.print(create_device(files, KIND_NAMES[kind], password)))
 
 
 @devices_app.command("list")

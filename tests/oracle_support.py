@@ -100,3 +100,52 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+# ---------------------------------------------------------------------- on the embedded chain
+
+CARTON_RANGE = (1, 100_000)
+WEIGHT_RANGE = (1_000, 2_000_000_000)
+
+
+def chain_ranges() -> list[ReadingRange]:
+    return [
+        ReadingRange(int(ReadingKind.CARTON_COUNT), *CARTON_RANGE),
+        ReadingRange(int(ReadingKind.NET_WEIGHT_GRAMS), *WEIGHT_RANGE),
+    ]
+
+
+def enrol_warehouse(world: Any, kinds: list[ReadingKind], threshold: int = 2) -> tuple[bytes, list[Any]]:
+    """A new warehouse in the shared world with one fresh device per kind, and the world's relayer
+    allow-listed; returns the warehouse id and the devices' signers."""
+    from chain_client.receipts import DeviceEnrolment
+    from oracle.devices import DeviceSigner, MemorySequence
+
+    warehouse = world.fresh_label("WH-ORACLE")
+    devices = [
+        DeviceSigner(
+            Account.create(),
+            kind,
+            MemorySequence(1),
+            chain_id=world.chain.chain_id,
+            oracle=world.oracle.address,
+        )
+        for kind in kinds
+    ]
+    admin = world.cast.admin
+    world.oracle.register_warehouse(
+        admin,
+        warehouse,
+        [DeviceEnrolment(d.address, int(d.kind)) for d in devices],
+        threshold,
+        3_600,
+        chain_ranges(),
+    )
+    world.oracle.set_relayer(admin, world.cast.relayer.address, True)
+    return warehouse, devices
+
+
+def confirmations(world: Any, order_id: int) -> int:
+    """OrderConfirmed events of an order on chain."""
+    logs = world.ledger.contract.events.OrderConfirmed.get_logs(from_block=0)
+    return sum(1 for log in logs if int(log["args"]["orderId"]) == order_id)

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from oracle_support import chain_ranges, confirmations, enrol_warehouse
 from world import DAY, World
 
 from chain_client.models import CertificateStatus, OrderStatus
-from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, sign_observation
+from chain_client.receipts import DeviceEnrolment, ReadingKind, sign_observation
 from oracle.chainview import SystemView
 from oracle.devices import DeviceSigner, MemorySequence, ReadingContext
 from oracle.gateway import Gateway, Verdict
@@ -32,7 +33,6 @@ from oracle.wire import SignedReading
 
 CARTON_G = 12_000
 COUNT, WEIGHT = ReadingKind.CARTON_COUNT, ReadingKind.NET_WEIGHT_GRAMS
-RANGES = [ReadingRange(int(COUNT), 1, 100_000), ReadingRange(int(WEIGHT), 1_000, 2_000_000_000)]
 
 
 class Crash(BaseException):
@@ -59,7 +59,7 @@ class Rig:
             [DeviceEnrolment(d.address, int(d.kind)) for d in devices],
             threshold,
             3_600,
-            RANGES,
+            chain_ranges(),
         )
 
     def context(self, **changes: int) -> ReadingContext:
@@ -93,33 +93,18 @@ class Rig:
         return record.state if record else None
 
     def confirmations(self) -> int:
-        """OrderConfirmed events for this order on chain."""
-        ledger = self.world.ledger.contract
-        logs = ledger.events.OrderConfirmed.get_logs(from_block=0)
-        return sum(1 for log in logs if int(log["args"]["orderId"]) == self.order_id)
-
-
-def device(world: World, kind: ReadingKind) -> DeviceSigner:
-    account: LocalAccount = Account.create()
-    return DeviceSigner(
-        account, kind, MemorySequence(1), chain_id=world.chain.chain_id, oracle=world.oracle.address
-    )
+        return confirmations(self.world, self.order_id)
 
 
 @pytest.fixture
 def rig(world: World, tmp_path: Path) -> Rig:
-    admin = world.cast.admin
-    warehouse = world.fresh_label("WH-ORACLE")
-    rfid1, rfid2, scale = device(world, COUNT), device(world, COUNT), device(world, WEIGHT)
-    world.oracle.register_warehouse(
-        admin, warehouse, [DeviceEnrolment(d.address, int(d.kind)) for d in (rfid1, rfid2, scale)], 2, 3_600,
-        RANGES,
-    )  # fmt: skip
-    world.oracle.set_relayer(admin, world.cast.relayer.address, True)
+    warehouse, (rfid1, rfid2, scale) = enrol_warehouse(world, [COUNT, COUNT, WEIGHT])
     order_id = world.open_order(warehouse=warehouse, expected_quantity=1_000)
     store = Store(tmp_path / "oracle.db")
     view = SystemView(world.system)
-    settings = OracleSettings(carton_weight_grams=CARTON_G, retry_base=0.01, retry_max=0.05, db=tmp_path / "o.db")
+    settings = OracleSettings(
+        carton_weight_grams=CARTON_G, retry_base=0.01, retry_max=0.05, db=tmp_path / "o.db"
+    )
     return Rig(world, warehouse, order_id, rfid1, rfid2, scale, store, view,
                Gateway(store, view, clock_skew=30), settings)  # fmt: skip
 
@@ -173,12 +158,15 @@ def test_malleated_and_garbage_signatures(rig: Rig) -> None:
     good = rig.reading(rig.rfid1, 1_000)
     assert rig.send(SignedReading(good.observation, malleate(good.signature))).reason == Reason.HIGH_S
     for v in (0, 1):
-        assert rig.send(SignedReading(good.observation, good.signature[:64] + bytes([v]))).reason == Reason.BAD_V
+        assert (
+            rig.send(SignedReading(good.observation, good.signature[:64] + bytes([v]))).reason == Reason.BAD_V
+        )
     garbage = SignedReading(good.observation, os.urandom(64) + b"\x1b")
     assert rig.send(garbage).reason in (Reason.INVALID_SIGNATURE, Reason.SIGNER_MISMATCH, Reason.HIGH_S)
     impostor: LocalAccount = Account.create()
     forged = SignedReading(
-        good.observation, sign_observation(impostor, good.observation, rig.view.chain_id, rig.view.oracle_address)
+        good.observation,
+        sign_observation(impostor, good.observation, rig.view.chain_id, rig.view.oracle_address),
     )
     assert rig.send(forged).reason == Reason.SIGNER_MISMATCH
     assert rig.send(b'{"orderId": 1}').reason == Reason.MALFORMED

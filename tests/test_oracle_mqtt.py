@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from oracle_support import CHAIN_ID, GOODS, ORACLE, WAREHOUSE, FakeChain, account, wait_until
+from oracle_support import (
+    CHAIN_ID,
+    GOODS,
+    ORACLE,
+    WAREHOUSE,
+    FakeChain,
+    account,
+    confirmations,
+    enrol_warehouse,
+    wait_until,
+)
+from world import World
 
 from chain_client.models import OrderStatus
 from chain_client.receipts import ReadingKind
@@ -14,8 +27,10 @@ from oracle.broker import Mosquitto, mosquitto_binary
 from oracle.devices import DeviceSigner, MemorySequence, ReadingContext
 from oracle.gateway import Gateway
 from oracle.mqtt import MqttIntake, MqttPublisher
+from oracle.service import OracleService
 from oracle.settings import OracleSettings
-from oracle.store import Store
+from oracle.simulator import Delivery, Fault, Publication, SimulatedDevice, publish_all, readings_for
+from oracle.store import OrderState, Store
 from oracle.validation import Reason
 from oracle.wire import SignedReading
 
@@ -117,3 +132,86 @@ def test_a_reading_not_stored_is_not_acknowledged_and_comes_again(broker: Mosqui
     gateway.stop()
     publisher.stop()
     assert payloads(store) == [b"only-once"]
+
+
+# ---------------------------------------------------------------------- devices -> MQTT -> chain
+
+
+def run_until(service: OracleService, done: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Steps the pipeline in this thread (the embedded chain is single-threaded) until `done`."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"pipeline did not get there in {timeout}s")
+        service.step()
+        time.sleep(0.02)
+
+
+def test_simulated_devices_over_mqtt_confirm_once_across_a_gateway_restart(
+    world: World, broker: Mosquitto, tmp_path: Path
+) -> None:
+    count, weight = ReadingKind.CARTON_COUNT, ReadingKind.NET_WEIGHT_GRAMS
+    warehouse, devices = enrol_warehouse(world, [count, count, weight])
+    good_order = world.open_order(warehouse=warehouse, expected_quantity=1_000)
+    bad_order = world.open_order(warehouse=warehouse, expected_quantity=1_000)
+    settings = OracleSettings(
+        broker_url=broker.url,
+        db=tmp_path / "oracle.db",
+        client_id="gateway-e2e",
+        http_port=0,
+        carton_weight_grams=12_000,
+        keeper_interval=10**9,
+    )
+    version = world.oracle.warehouse(warehouse).device_set_version
+    now = max(world.chain.now(), int(time.time()))
+
+    def delivery(order_id: int, faults: list[Fault]) -> list[Publication]:
+        context = ReadingContext(order_id, warehouse, world.goods, version)
+        return readings_for(
+            [SimulatedDevice(d, f) for d, f in zip(devices, faults, strict=True)],
+            context,
+            Delivery(990, 12_000),
+            observed_at=now - 30,
+            valid_for=3_600,
+            topic_prefix=settings.topic_prefix,
+            rng=random.Random(1),
+        )
+
+    # Order 1: one RFID portal malleates its signature, the weighbridge sends its reading twice.
+    good = delivery(good_order, [Fault.NONE, Fault.HIGH_S, Fault.REPLAY])
+    # Order 2: the weighbridge reads 20% heavy.
+    bad = delivery(bad_order, [Fault.NONE, Fault.NONE, Fault.DISAGREE])
+
+    service = OracleService.build(settings, world.system, world.cast.relayer, keeper=False)
+    service.start_mqtt()
+    publisher = MqttPublisher(settings, "devices-e2e")
+    publisher.start()
+    publish_all(publisher, good + bad)
+
+    def final(order_id: int) -> Callable[[], bool]:
+        def check() -> bool:
+            record = service.store.order(order_id)
+            return record is not None and record.state.final
+
+        return check
+
+    run_until(service, lambda: final(good_order)() and final(bad_order)())
+    assert service.store.order(good_order).state == OrderState.CONFIRMED  # type: ignore[union-attr]
+    assert service.store.order(bad_order).state == OrderState.DISPUTED  # type: ignore[union-attr]
+    reasons = service.store.rejection_reasons()
+    assert Reason.HIGH_S in reasons and Reason.REPLAYED in reasons
+    assert world.ledger.order(good_order).delivered_quantity == 990
+    assert world.ledger.order(bad_order).status == OrderStatus.OPEN
+    service.close()
+
+    # The gateway restarts (same database, same session) and the devices send everything again.
+    service = OracleService.build(settings, world.system, world.cast.relayer, keeper=False)
+    service.start_mqtt()
+    publish_all(publisher, good + bad)
+    run_until(
+        service, lambda: service.store.inbox_count(processed=False) == 0 and service.store.inbox_count() >= 14
+    )
+    service.step()
+    publisher.stop()
+    service.close()
+    assert confirmations(world, good_order) == 1 and confirmations(world, bad_order) == 0
