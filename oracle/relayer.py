@@ -185,8 +185,13 @@ class Relayer:
             o = item.reading.observation
             if o.device_set_version != warehouse.device_set_version:
                 continue
-            if check_times(o.observed_at, o.deadline, now, warehouse.freshness, 0) is not None:
-                early = early or (o.observed_at > now and o.deadline >= now)
+            # Judged as at `now + margin` for deadline and staleness: a reading that lapses between
+            # this look and its block would make the whole receipt revert, and a revert is final.
+            margin = self.settings.submit_margin
+            if o.observed_at > now:
+                early = early or o.deadline >= now + margin
+                continue
+            if check_times(o.observed_at, o.deadline, now + margin, warehouse.freshness, margin) is not None:
                 continue
             if self.chain.sequence_used(o.device, o.sequence):
                 continue

@@ -54,6 +54,13 @@ class OracleSettings(BaseSettings):
     )
 
     # Relayer and keeper.
+    submit_margin: int = Field(
+        default=30,
+        ge=0,
+        le=600,
+        description="Seconds of validity a reading must have left to be submitted: the contract checks "
+        "freshness and deadline at inclusion, a little after the relayer looks.",
+    )
     poll_interval: float = Field(default=0.1, gt=0, le=10, description="Seconds between pipeline steps.")
     retry_base: float = Field(default=0.5, gt=0, description="First retry delay after a node error, s.")
     retry_max: float = Field(default=30.0, gt=0, description="Longest retry delay after node errors, s.")
