@@ -8,8 +8,10 @@ block:
    block whose digest differs (an event deleted, added or edited in the database) is compared with
    the node's logs of that block, naming the event that is missing, extra or different;
 2. the index tables against the books rebuilt from the stored events (a record edited in place);
-3. every order, certificate, offer, participant, credit, warehouse, used attestation and invoice,
-   the counters and the system settings against the contracts' view functions at that block;
+3. every order, certificate, offer, participant, credit, warehouse and used invoice, the counters
+   and the system settings against the contracts' view functions at that block (a receipt's
+   effect is the order's confirmation; the oracle keeps no per-receipt record, only spent
+   sequence numbers, see decisions D11);
 4. the invariants of DESIGN.md over the rebuilt books (I1 per-order balance, I2 conservation of
    value, I3 escrow against the ledger's token balance at that block, I4 holders and freezes, I5
    at-most-once), plus I0 for an event that refers to a record no event created.
@@ -324,10 +326,6 @@ def _compare_chain(books: Books, view: ChainView, source: str) -> list[Differenc
         if entity in ("participant", "credit", "warehouse", "system"):
             theirs = {k: v for k, v in theirs.items() if k in ours or entity == "system"}
         found += _compare_records(entity, ours, theirs, _touches(books, entity=entity), source, "chain")
-    for digest, record in view.records.get("attestation", {}).items():
-        if not record["used"]:
-            touch = books.touch_of("attestation", digest)
-            found.append(Difference(source, "chain", "attestation", digest, "used", True, False, touch))
     for invoice, invoice_used in view.invoices_used.items():
         if not invoice_used:
             found.append(Difference(source, "chain", "invoice", invoice, "used", True, False, None))

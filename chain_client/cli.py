@@ -26,7 +26,7 @@ from chain_client.errors import CertledgerError, ContractError
 from chain_client.ledger import LineageNode
 from chain_client.models import Role
 from chain_client.pricing import discount_price
-from chain_client.receipts import label_hash
+from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, label_hash
 from chain_client.settings import Settings
 from chain_client.system import System
 
@@ -205,21 +205,67 @@ def participant_reinstate(
     _run(lambda: _system(rpc_url, manifest).ledger.reinstate(_signer(key_env), _address(account)))
 
 
+_KINDS = {"count": ReadingKind.CARTON_COUNT, "weight": ReadingKind.NET_WEIGHT_GRAMS}
+
+
+def _kind(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    if text not in _KINDS:
+        raise typer.BadParameter(f"reading kind {text!r}: use {', '.join(_KINDS)} or a number 1..7")
+    return int(_KINDS[text])
+
+
+def _enrolment(text: str) -> DeviceEnrolment:
+    address, _, kind = text.rpartition(":")
+    if not address:
+        raise typer.BadParameter(f"device {text!r}: expected ADDRESS:KIND, e.g. 0xabc...:count")
+    return DeviceEnrolment(_address(address), _kind(kind))
+
+
+def _range(text: str) -> ReadingRange:
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        raise typer.BadParameter(f"range {text!r}: expected KIND:MIN:MAX, e.g. count:1:5000")
+    return ReadingRange(_kind(parts[0]), int(parts[1]), int(parts[2]))
+
+
 @warehouse_app.command("register")
 def warehouse_register(
     warehouse: Annotated[str, typer.Argument(help="Warehouse label (hashed) or 0x bytes32.")],
-    devices: Annotated[list[str], typer.Option("--device", help="A device key's address; repeat.")],
-    threshold: Annotated[int, typer.Option(min=1, help="Signatures needed (m of n).")],
+    devices: Annotated[
+        list[str], typer.Option("--device", help="ADDRESS:KIND (kind count, weight or 1..7); repeat.")
+    ],
+    ranges: Annotated[
+        list[str], typer.Option("--range", help="KIND:MIN:MAX of plausible readings; repeat per kind.")
+    ],
+    threshold: Annotated[int, typer.Option(min=1, help="Observations needed (m of n).")],
     freshness: Annotated[int, typer.Option(min=1, help="Oldest acceptable reading, seconds.")] = 3_600,
     rpc_url: RpcUrl = None,
     manifest: Manifest = Path("deployment.json"),
     key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
 ) -> None:
-    """Register a warehouse with its device keys (ADMIN)."""
+    """Register a warehouse with its device keys, their kinds and the reading ranges (ADMIN)."""
+    enrolments = [_enrolment(d) for d in devices]
+    bounds = [_range(r) for r in ranges]
     _run(
         lambda: _system(rpc_url, manifest).oracle.register_warehouse(
-            _signer(key_env), _id32(warehouse), [_address(d) for d in devices], threshold, freshness
+            _signer(key_env), _id32(warehouse), enrolments, threshold, freshness, bounds
         )
+    )
+
+
+@warehouse_app.command("relayer")
+def warehouse_relayer(
+    relayer: Annotated[str, typer.Argument(help="The gateway relayer's address.")],
+    revoke: Annotated[bool, typer.Option("--revoke", help="Take it off the allow-list instead.")] = False,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
+) -> None:
+    """Allow (or revoke) a relayer to submit receipts to the oracle (ADMIN)."""
+    _run(
+        lambda: _system(rpc_url, manifest).oracle.set_relayer(_signer(key_env), _address(relayer), not revoke)
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
@@ -13,7 +15,7 @@ from chain_client import errors
 from chain_client.chain import Chain, connect
 from chain_client.models import CertificateStatus, Role
 from chain_client.pricing import discount_price
-from chain_client.receipts import ReceiptAttestation, label_hash
+from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, label_hash
 from chain_client.settings import Settings
 from chain_client.system import System
 
@@ -49,9 +51,68 @@ class Cast:
         }
 
 
-def run_demo(chain: Chain | None = None, console: Console | None = None) -> System:
+@dataclass(frozen=True)
+class DemoReceipt:
+    """What the demo hands a receipt path: the order, what arrived, and the warehouse's devices."""
+
+    order_id: int
+    warehouse: bytes
+    goods_hash: bytes
+    expected_quantity: int
+    delivered_quantity: int
+    carton_grams: int
+    devices: tuple[LocalAccount, ...]
+    kinds: tuple[int, ...]
+    relayer: LocalAccount
+
+
+class ReceiptPath(Protocol):
+    """How the delivery reaches the chain; returns the root certificate id."""
+
+    description: str
+
+    def __call__(self, system: System, receipt: DemoReceipt) -> int: ...
+
+
+class DirectSigning:
+    """The devices sign in this process and the relayer submits at once: no broker, no gateway."""
+
+    description = "devices signed in-process and the relayer submitted directly (no MQTT pipeline)"
+
+    def __call__(self, system: System, receipt: DemoReceipt) -> int:
+        now = system.chain.now()
+        # One portal and the weighbridge: the smallest quorum with every required kind.
+        observations, signatures = system.oracle.observe_delivery(
+            list(zip(receipt.devices, receipt.kinds, strict=True))[:2],
+            order_id=receipt.order_id,
+            warehouse=receipt.warehouse,
+            goods_hash=receipt.goods_hash,
+            cartons=receipt.delivered_quantity,
+            carton_grams=receipt.carton_grams,
+            observed_at=now - 60,
+            sequences=(1, 1),
+            deadline=now + 3_600,
+        )
+        root_id, _ = system.oracle.confirm_receipt(receipt.relayer, observations, signatures)
+        return root_id
+
+
+CARTON_GRAMS = 12_500  # one boxed brake disc
+DEVICE_KINDS = (ReadingKind.CARTON_COUNT, ReadingKind.NET_WEIGHT_GRAMS, ReadingKind.CARTON_COUNT)
+
+
+def demo_ranges(max_cartons: int = 100_000) -> Sequence[ReadingRange]:
+    return (
+        ReadingRange(ReadingKind.CARTON_COUNT, 1, max_cartons),
+        ReadingRange(ReadingKind.NET_WEIGHT_GRAMS, 1, max_cartons * CARTON_GRAMS),
+    )
+
+
+def run_demo(
+    chain: Chain | None = None, console: Console | None = None, receipt_path: ReceiptPath | None = None
+) -> System:
     """Runs the story; returns the system so tests can check the end state. Raises if the books
-    do not reconcile."""
+    do not reconcile. `receipt_path` carries the delivery to the chain (direct signing if None)."""
     console = console or Console()
     chain = chain or connect(Settings())
     say = console.print
@@ -85,10 +146,19 @@ def run_demo(chain: Chain | None = None, console: Console | None = None) -> Syst
     ledger.register_participant(op, cast.factor.address, label_hash("USCC:913100004444"), Role.FACTOR)
     ledger.register_participant(op, cast.regulator.address, label_hash("GOV:PBOC-SH"), Role.REGULATOR)
     warehouse = label_hash("WH-SH-PUDONG-07")
-    oracle.register_warehouse(op, warehouse, [dev.address for dev in cast.devices], 2, 3_600)
+    oracle.register_warehouse(
+        op,
+        warehouse,
+        [DeviceEnrolment(dev.address, kind) for dev, kind in zip(cast.devices, DEVICE_KINDS, strict=True)],
+        2,
+        3_600,
+        demo_ranges(),
+    )
+    oracle.set_relayer(op, cast.relayer.address, True)
     say(
         "Registered the core enterprise, two suppliers, a factor, a regulator and warehouse "
-        "WH-SH-PUDONG-07 with 3 devices (any 2 must sign)."
+        "WH-SH-PUDONG-07 with two RFID portals and a weighbridge (2 must agree, a count and a weight "
+        "among them), and allow-listed the gateway's relayer."
     )
 
     token.mint(op, cast.core.address, 2_000_000 * YUAN)
@@ -134,23 +204,28 @@ def run_demo(chain: Chain | None = None, console: Console | None = None) -> Syst
     except errors.DuplicateInvoice as exc:
         say(f"   Financing the same invoice twice is refused: {exc}")
 
-    # 2. Two days later 980 discs arrive; two of the three devices sign the receipt.
+    # 2. Two days later 980 discs arrive; the portal counts them, the weighbridge weighs them.
     chain.advance_time(2 * DAY)
     delivered = 980
-    attestation = ReceiptAttestation(
-        order_id=order_id,
-        warehouse=warehouse,
-        goods_hash=goods,
-        quantity=delivered,
-        received_at=chain.now() - 60,
-        device_set_version=oracle.warehouse(warehouse).device_set_version,
-        nonce=1,
+    path = receipt_path or DirectSigning()
+    say(f"2. Receipt path: {path.description}.")
+    root_id = path(
+        system,
+        DemoReceipt(
+            order_id=order_id,
+            warehouse=warehouse,
+            goods_hash=goods,
+            expected_quantity=expected,
+            delivered_quantity=delivered,
+            carton_grams=CARTON_GRAMS,
+            devices=cast.devices,
+            kinds=DEVICE_KINDS,
+            relayer=cast.relayer,
+        ),
     )
-    signatures = [oracle.sign(dev, attestation) for dev in cast.devices[:2]]
-    root_id, _ = oracle.confirm_receipt(cast.relayer, attestation, signatures)
     root = ledger.certificate(root_id)
     say(
-        f"2. Warehouse devices attested {delivered} of {expected} discs. Certificate #{root_id} for "
+        f"   Warehouse devices observed {delivered} of {expected} discs. Certificate #{root_id} for "
         f"{yuan(root.value)} minted to Dongfang; the short delivery's {yuan(amount - root.value)} "
         "went back to Huaxin."
     )

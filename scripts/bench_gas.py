@@ -20,9 +20,11 @@ from rich.table import Table
 
 from chain_client.chain import Chain, connect
 from chain_client.models import Role
-from chain_client.receipts import ReceiptAttestation, label_hash
+from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, label_hash
 from chain_client.settings import Settings
 from chain_client.system import System
+
+CARTON_GRAMS = 10_000
 
 DAY = 86_400
 BUILD_INFO = Path(__file__).resolve().parent.parent / "chain_client" / "artifacts" / "build-info.json"
@@ -48,6 +50,7 @@ class Bench:
         self.factor = self._participant(Role.FACTOR)
         self.devices = [chain.new_account(0, seed=f"bench-device-{i}") for i in range(5)]
         self.invoices = 0
+        self.sequence = 0
         self.system.token.mint(self.admin, self.issuer.address, 10**14)
         self.system.token.mint(self.admin, self.factor.address, 10**14)
         self.system.token.approve(self.issuer, self.system.ledger.address, 2**256 - 1)
@@ -64,9 +67,30 @@ class Bench:
     def warehouse(self, threshold: int) -> bytes:
         wid = label_hash(f"wh-{threshold}")
         if not self.system.oracle.warehouse(wid).active:
-            devices = [d.address for d in self.devices[: max(threshold + 1, 3)]]
-            self.system.oracle.register_warehouse(self.admin, wid, devices, threshold, 3_600)
+            oracle = self.system.oracle
+            oracle.register_warehouse(
+                self.admin, wid, self._enrolment(threshold), threshold, 3_600, self._ranges()
+            )
+            if not oracle.is_relayer(self.admin.address):
+                oracle.set_relayer(self.admin, self.admin.address, True)
         return wid
+
+    @staticmethod
+    def _ranges() -> list[ReadingRange]:
+        return [
+            ReadingRange(ReadingKind.CARTON_COUNT, 1, 10**6),
+            ReadingRange(ReadingKind.NET_WEIGHT_GRAMS, 1, 10**6 * CARTON_GRAMS),
+        ]
+
+    def _kinds(self, count: int) -> list[tuple[LocalAccount, int]]:
+        """The first device weighs, the others count cartons."""
+        return [
+            (d, ReadingKind.NET_WEIGHT_GRAMS if i == 0 else ReadingKind.CARTON_COUNT)
+            for i, d in enumerate(self.devices[:count])
+        ]
+
+    def _enrolment(self, threshold: int) -> list[DeviceEnrolment]:
+        return [DeviceEnrolment(d.address, k) for d, k in self._kinds(max(threshold + 1, 3))]
 
     def open_order(
         self, amount: int = 1_000_000_00, threshold: int = 2, maturity_days: int = 90
@@ -89,17 +113,20 @@ class Bench:
     def confirm(self, order_id: int, threshold: int = 2) -> tuple[int, int]:
         wid = self.warehouse(threshold)
         oracle = self.system.oracle
-        att = ReceiptAttestation(
-            order_id,
-            wid,
-            label_hash("goods"),
-            1_000,
-            self.chain.now() - 1,
-            oracle.warehouse(wid).device_set_version,
-            order_id,
+        now = self.chain.now()
+        self.sequence += 1
+        observations, signatures = oracle.observe_delivery(
+            self._kinds(threshold),
+            order_id=order_id,
+            warehouse=wid,
+            goods_hash=label_hash("goods"),
+            cartons=1_000,
+            carton_grams=CARTON_GRAMS,
+            observed_at=now - 1,
+            sequences=[self.sequence] * threshold,
+            deadline=now + 3_600,
         )
-        sigs = [oracle.sign(d, att) for d in self.devices[:threshold]]
-        root, result = oracle.confirm_receipt(self.admin, att, sigs)
+        root, result = oracle.confirm_receipt(self.admin, observations, signatures)
         return root, result.gas_used
 
 

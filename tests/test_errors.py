@@ -4,22 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import pytest
 from eth_abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
 from world import (
+    CARTON_GRAMS,
     DAY,
     DEFAULT_AMOUNT,
     DEFAULT_QUANTITY,
+    DEVICE_KINDS,
     FRESHNESS,
     ISSUER_LIMIT,
+    MAX_CARTONS,
     MAX_SPLIT_DEPTH,
     MIN_SPLIT_UNIT,
+    RANGES,
     YUAN,
     Cast,
     World,
+    enrolment,
 )
 
 from chain_client import errors
@@ -27,11 +33,14 @@ from chain_client.ledger import ZERO_ADDRESS, LedgerClient
 from chain_client.models import OrderStatus, Role
 from chain_client.pricing import discount_price
 from chain_client.receipts import (
-    ReceiptAttestation,
+    Observation,
+    ReadingKind,
+    ReadingRange,
     ReceiptOracleClient,
     label_hash,
-    recover_signer,
-    sign_attestation,
+    recover_observation_signer,
+    sign_observation,
+    signature_is_canonical,
 )
 from chain_client.transactions import Transactor
 
@@ -76,7 +85,7 @@ def test_every_contract_error_is_a_typed_certledger_error() -> None:
     for name in (
         "DuplicateInvoice",
         "CertificateFrozen",
-        "AttestationAlreadyUsed",
+        "SequenceAlreadyUsed",
         "ERC20InsufficientAllowance",
     ):
         assert name in errors.ERRORS
@@ -262,11 +271,11 @@ def test_unknown_order(world: World, ledger: LedgerClient, oracle: ReceiptOracle
     with refused(world, errors.UnknownOrder) as info:
         ledger.cancel_order(cast.issuer, 999)
     assert fields(info) == {"orderId": 999}
-    attestation = world.attestation(999, 10)
+    observations, signatures = world.receipt(999, 10)
     with refused(world, errors.UnknownOrder) as info:
-        oracle.confirm_receipt(cast.relayer, attestation, world.sign(attestation))
+        oracle.confirm_receipt(cast.relayer, observations, signatures)
     assert fields(info) == {"orderId": 999}
-    assert not oracle.attestation_used(oracle.digest(attestation))
+    assert not oracle.sequence_used(observations[0].device, observations[0].sequence)
 
 
 # ====================================================================== certificates: split rules
@@ -773,10 +782,10 @@ def test_a_paused_system_refuses_every_operation(
     ledger.pause(cast.admin)
     assert ledger.paused()
     late_order = order_id  # past its deadline: cancellable but for the pause
-    attestation = world.attestation(order_id, 10)
+    observations, signatures = world.receipt(order_id, 10)
     actions: dict[str, Callable[[], object]] = {
         "open": lambda: world.open_order(),
-        "confirm": lambda: oracle.confirm_receipt(cast.relayer, attestation, world.sign(attestation)),
+        "confirm": lambda: oracle.confirm_receipt(cast.relayer, observations, signatures),
         "cancel": lambda: ledger.cancel_order(cast.issuer, late_order),
         "transfer": lambda: ledger.transfer(cast.supplier1, root_id, cast.supplier2.address),
         "split_to": lambda: ledger.split_to(cast.supplier1, root_id, cast.supplier2.address, 1_000 * YUAN),
@@ -832,185 +841,263 @@ def test_registry_refusals(world: World, ledger: LedgerClient, cast: Cast) -> No
 
 
 def test_oracle_administration_refusals(world: World, oracle: ReceiptOracleClient, cast: Cast) -> None:
-    devices = [d.address for d in cast.devices]
+    devices = enrolment(cast.devices)
     with refused(world, errors.WarehouseAlreadyRegistered) as info:
-        oracle.register_warehouse(cast.admin, world.warehouse, devices, 2, FRESHNESS)
+        oracle.register_warehouse(cast.admin, world.warehouse, devices, 2, FRESHNESS, RANGES)
     assert fields(info) == {"warehouse": world.warehouse}
     other = label_hash("WH-OTHER")
     with refused(world, errors.NotAdmin) as info:
-        oracle.register_warehouse(cast.regulator, other, devices, 2, FRESHNESS)
+        oracle.register_warehouse(cast.regulator, other, devices, 2, FRESHNESS, RANGES)
     assert same(fields(info)["caller"], cast.regulator.address)
     with refused(world, errors.InvalidDeviceSet) as info:
-        oracle.register_warehouse(cast.admin, other, devices, 4, FRESHNESS)
+        oracle.register_warehouse(cast.admin, other, devices, 4, FRESHNESS, RANGES)
     assert fields(info) == {"deviceCount": 3, "threshold": 4, "freshness": FRESHNESS}
     with refused(world, errors.InvalidDeviceSet):
-        oracle.register_warehouse(cast.admin, other, devices, 0, FRESHNESS)
+        oracle.register_warehouse(cast.admin, other, devices, 0, FRESHNESS, RANGES)
     with refused(world, errors.InvalidDevice) as info:
-        oracle.register_warehouse(cast.admin, other, [devices[0], devices[0]], 1, FRESHNESS)
-    assert same(fields(info)["device"], devices[0])
+        oracle.register_warehouse(
+            cast.admin, other, [devices[0], devices[0], devices[1]], 1, FRESHNESS, RANGES
+        )
+    assert same(fields(info)["device"], devices[0].address)
+    with refused(world, errors.MissingReadingKind) as info:
+        oracle.register_warehouse(cast.admin, other, [devices[0], devices[2]], 1, FRESHNESS, RANGES)
+    assert fields(info) == {"kind": ReadingKind.NET_WEIGHT_GRAMS}
+    with refused(world, errors.InvalidDeviceKind) as info:
+        oracle.register_warehouse(cast.admin, other, devices, 2, FRESHNESS, RANGES[:1])
+    assert fields(info)["kind"] == ReadingKind.NET_WEIGHT_GRAMS
+    with refused(world, errors.InvalidReadingRange) as info:
+        oracle.register_warehouse(
+            cast.admin,
+            other,
+            devices,
+            2,
+            FRESHNESS,
+            [RANGES[0], ReadingRange(ReadingKind.NET_WEIGHT_GRAMS, 9, 8)],
+        )
+    assert fields(info) == {"kind": ReadingKind.NET_WEIGHT_GRAMS, "min": 9, "max": 8}
     with refused(world, errors.UnknownWarehouse):
-        oracle.rotate_devices(cast.admin, other, devices, 2, FRESHNESS)
+        oracle.rotate_devices(cast.admin, other, devices, 2, FRESHNESS, RANGES)
+    with refused(world, errors.NotAdmin):
+        oracle.set_relayer(cast.relayer, cast.outsider.address, True)
 
 
 # ====================================================================== receipts through the oracle
 
 
 def confirm_refused(
-    world: World, kind: type[E], attestation: ReceiptAttestation, signatures: list[bytes]
+    world: World,
+    kind: type[E],
+    observations: list[Observation],
+    signatures: list[bytes],
+    relayer: LocalAccount | None = None,
 ) -> pytest.ExceptionInfo[E]:
-    """Submits through the client (which sorts the signatures) and expects `kind`; the
-    attestation stays unused."""
+    """Submits through the client (which sorts by device) and expects `kind`; every observation's
+    sequence number stays unused, so the devices' readings are not burnt by a refusal."""
     with refused(world, kind) as info:
-        world.oracle.confirm_receipt(world.cast.relayer, attestation, signatures)
-    assert not world.oracle.attestation_used(world.oracle.digest(attestation))
+        world.oracle.confirm_receipt(relayer or world.cast.relayer, observations, signatures)
+    for obs in observations:
+        assert not world.oracle.sequence_used(obs.device, obs.sequence)
     return info
 
 
-def send_raw_confirm(world: World, attestation: ReceiptAttestation, signatures: list[bytes]) -> None:
-    """Calls ReceiptOracle.confirmReceipt with the signatures exactly in the order given."""
-    fn = world.oracle.contract.functions.confirmReceipt(attestation.as_tuple(), signatures)
+def send_raw_confirm(world: World, observations: list[Observation], signatures: list[bytes]) -> None:
+    """Calls ReceiptOracle.confirmReceipt with the observations exactly in the order given."""
+    fn = world.oracle.contract.functions.confirmReceipt([o.as_tuple() for o in observations], signatures)
     Transactor(world.chain, world.system.decoder).send(world.cast.relayer, fn)
 
 
-def test_replayed_attestation(
+def test_the_client_digest_matches_the_contract(world: World) -> None:
+    (obs,), _ = world.receipt(world.open_order(), DEFAULT_QUANTITY, devices=(1,))
+    assert world.oracle.observation_digest(obs) == obs.digest(world.chain.chain_id, world.oracle.address)
+    assert Observation.from_json(obs.to_json()) == obs
+
+
+def test_a_relayer_not_on_the_allow_list(world: World, oracle: ReceiptOracleClient, cast: Cast) -> None:
+    order_id = world.open_order()
+    observations, signatures = world.receipt(order_id, DEFAULT_QUANTITY)
+    info = confirm_refused(world, errors.RelayerNotAllowed, observations, signatures, relayer=cast.outsider)
+    assert same(info.value.fields["relayer"], cast.outsider.address)
+    # Revoked: the gateway's own relayer is refused too, until allowed again.
+    oracle.set_relayer(cast.admin, cast.relayer.address, False)
+    assert not oracle.is_relayer(cast.relayer.address)
+    confirm_refused(world, errors.RelayerNotAllowed, observations, signatures)
+    oracle.set_relayer(cast.admin, cast.relayer.address, True)
+    oracle.confirm_receipt(cast.relayer, observations, signatures)
+
+
+def test_replayed_receipt(
     world: World, ledger: LedgerClient, oracle: ReceiptOracleClient, cast: Cast
 ) -> None:
     order_id = world.open_order()
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
-    signatures = world.sign(attestation)
-    oracle.confirm_receipt(cast.relayer, attestation, signatures)
-    # The same attestation again: the oracle stops it before the ledger sees it.
-    with refused(world, errors.AttestationAlreadyUsed) as info:
-        oracle.confirm_receipt(cast.relayer, attestation, signatures)
-    assert fields(info) == {"digest": oracle.digest(attestation)}
-    # The same attestation signed by the other devices has the same digest.
-    with refused(world, errors.AttestationAlreadyUsed):
-        oracle.confirm_receipt(
-            cast.relayer, attestation, [oracle.sign(d, attestation) for d in cast.devices[1:]]
-        )
-    # A fresh attestation for the confirmed order: the ledger refuses a second confirmation.
-    again = world.attestation(order_id, DEFAULT_QUANTITY)
-    info2 = confirm_refused(world, errors.OrderNotOpen, again, world.sign(again))
+    observations, signatures = world.receipt(order_id, DEFAULT_QUANTITY)
+    oracle.confirm_receipt(cast.relayer, observations, signatures)
+    assert all(oracle.sequence_used(o.device, o.sequence) for o in observations)
+    # The same receipt again: the oracle stops it before the ledger sees it.
+    with refused(world, errors.SequenceAlreadyUsed) as info:
+        oracle.confirm_receipt(cast.relayer, observations, signatures)
+    first = min(observations, key=lambda o: int(o.device, 16))
+    assert fields(info)["sequence"] == first.sequence and same(fields(info)["device"], first.device)
+    # A spent reading re-signed for another order is still spent.
+    second = world.open_order()
+    moved = [replace(o, order_id=second) for o in observations]
+    with refused(world, errors.SequenceAlreadyUsed):
+        oracle.confirm_receipt(cast.relayer, moved, world.sign(moved))
+    # Fresh readings for the confirmed order: the ledger refuses a second confirmation.
+    again, again_signatures = world.receipt(order_id, DEFAULT_QUANTITY)
+    info2 = confirm_refused(world, errors.OrderNotOpen, again, again_signatures)
     assert info2.value.fields == {"orderId": order_id, "status": int(OrderStatus.CONFIRMED)}
     assert len(ledger.contract.events.OrderConfirmed.get_logs(from_block=0)) == 1
 
 
-def strangers(signatures: list[bytes], attestation: ReceiptAttestation, world: World) -> list[str]:
-    chain_id, oracle = world.chain.chain_id, world.oracle.address
-    return sorted(
-        (recover_signer(s, attestation, chain_id, oracle) for s in signatures), key=lambda a: int(a, 16)
-    )
-
-
-def test_signatures_for_another_chain(world: World, cast: Cast) -> None:
+def test_signatures_for_another_chain_or_deployment(world: World, ledger: LedgerClient) -> None:
     order_id = world.open_order()
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
-    signatures = [
-        sign_attestation(d, attestation, world.chain.chain_id + 1, world.oracle.address)
-        for d in cast.devices[:2]
-    ]
-    recovered = strangers(signatures, attestation, world)
-    assert not {a.lower() for a in recovered} & {d.address.lower() for d in cast.devices}
-    info = confirm_refused(world, errors.UnknownDevice, attestation, signatures)
-    assert info.value.fields["index"] == 0
-    assert same(info.value.fields["signer"], recovered[0])
+    observations, _ = world.receipt(order_id, DEFAULT_QUANTITY)
+    chain_id = world.chain.chain_id
+    for domain_chain, domain_contract in ((chain_id + 1, world.oracle.address), (chain_id, ledger.address)):
+        signatures = [
+            sign_observation(world.device(o.device), o, domain_chain, domain_contract) for o in observations
+        ]
+        stranger = recover_observation_signer(signatures[0], observations[0], chain_id, world.oracle.address)
+        assert stranger != observations[0].device
+        info = confirm_refused(world, errors.SignerMismatch, observations, signatures)
+        index = info.value.fields["index"]
+        ordered = sorted(observations, key=lambda o: int(o.device, 16))
+        assert same(info.value.fields["device"], ordered[index].device)
+        assert not same(info.value.fields["signer"], ordered[index].device)
 
 
-def test_signatures_for_another_oracle(world: World, ledger: LedgerClient, cast: Cast) -> None:
+def test_a_device_signing_for_another(world: World, cast: Cast) -> None:
     order_id = world.open_order()
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
-    signatures = [
-        sign_attestation(d, attestation, world.chain.chain_id, ledger.address) for d in cast.devices[:2]
-    ]
-    recovered = strangers(signatures, attestation, world)
-    info = confirm_refused(world, errors.UnknownDevice, attestation, signatures)
-    assert info.value.fields["index"] == 0
-    assert same(info.value.fields["signer"], recovered[0])
-
-
-def test_a_signer_that_is_not_a_device(world: World, cast: Cast) -> None:
-    order_id = world.open_order()
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
-    signatures = [
-        world.oracle.sign(cast.devices[0], attestation),
-        world.oracle.sign(cast.outsider, attestation),
-    ]
-    ordered = strangers(signatures, attestation, world)
-    info = confirm_refused(world, errors.UnknownDevice, attestation, signatures)
-    assert info.value.fields["index"] == ordered.index(cast.outsider.address)
+    observations, signatures = world.receipt(order_id, DEFAULT_QUANTITY)
+    # The weighbridge's observation signed by the outsider's key.
+    weigh = next(i for i, o in enumerate(observations) if o.kind == ReadingKind.NET_WEIGHT_GRAMS)
+    signatures[weigh] = world.oracle.sign(cast.outsider, observations[weigh])
+    info = confirm_refused(world, errors.SignerMismatch, observations, signatures)
     assert same(info.value.fields["signer"], cast.outsider.address)
 
 
-def test_stale_attestation(world: World) -> None:
+def test_a_key_that_is_not_a_device(world: World, cast: Cast) -> None:
     order_id = world.open_order()
-    received_at = world.pending_time() - FRESHNESS - 60
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY, received_at=received_at)
-    info = confirm_refused(world, errors.AttestationStale, attestation, world.sign(attestation))
-    assert info.value.fields == {"receivedAt": received_at, "freshness": FRESHNESS}
+    portal = world.observation(order_id, 0, DEFAULT_QUANTITY, signer=cast.outsider)
+    weigh = world.observation(order_id, 1, DEFAULT_QUANTITY)
+    info = confirm_refused(world, errors.UnknownDevice, [portal, weigh], world.sign([portal, weigh]))
+    assert same(info.value.fields["device"], cast.outsider.address)
 
 
-def test_attestation_from_the_future(world: World) -> None:
+def test_expired_stale_and_future_readings(world: World) -> None:
     order_id = world.open_order()
     now = world.pending_time()
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY, received_at=now + 600)
-    info = confirm_refused(world, errors.AttestationFromFuture, attestation, world.sign(attestation))
-    assert info.value.fields == {"receivedAt": now + 600, "nowTs": now}
+    expired, signatures = world.receipt(order_id, DEFAULT_QUANTITY, deadline=now - 1)
+    info = confirm_refused(world, errors.ObservationExpired, expired, signatures)
+    assert info.value.fields == {"index": 0, "deadline": now - 1, "nowTs": now}
+    stale_at = now - FRESHNESS - 60
+    stale, signatures = world.receipt(order_id, DEFAULT_QUANTITY, observed_at=stale_at)
+    info = confirm_refused(world, errors.ObservationStale, stale, signatures)
+    assert info.value.fields == {"index": 0, "observedAt": stale_at, "freshness": FRESHNESS}
+    future, signatures = world.receipt(order_id, DEFAULT_QUANTITY, observed_at=now + 600)
+    info = confirm_refused(world, errors.ObservationFromFuture, future, signatures)
+    assert info.value.fields == {"index": 0, "observedAt": now + 600, "nowTs": now}
 
 
-def test_too_few_or_too_many_signatures(world: World, cast: Cast) -> None:
+def test_too_few_or_too_many_observations(world: World, cast: Cast) -> None:
     order_id = world.open_order()
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
-    info = confirm_refused(world, errors.SignatureCount, attestation, world.sign(attestation, 1))
+    observations, signatures = world.receipt(order_id, DEFAULT_QUANTITY, devices=(0, 1, 2))
+    info = confirm_refused(world, errors.SignatureCount, observations[:1], signatures[:1])
     assert info.value.fields == {"count": 1, "threshold": 2, "max": 3}
-    info = confirm_refused(world, errors.SignatureCount, attestation, [])
-    assert info.value.fields == {"count": 0, "threshold": 2, "max": 3}
-    four = [*world.sign(attestation, 3), world.oracle.sign(cast.outsider, attestation)]
-    info = confirm_refused(world, errors.SignatureCount, attestation, four)
+    info = confirm_refused(world, errors.SignatureCount, [], [])
+    assert info.value.fields == {"count": 0, "threshold": 0, "max": 0}
+    extra = world.observation(order_id, 0, DEFAULT_QUANTITY, signer=cast.outsider)
+    four = [*observations, extra]
+    info = confirm_refused(world, errors.SignatureCount, four, world.sign(four))
     assert info.value.fields == {"count": 4, "threshold": 2, "max": 3}
+    with refused(world, errors.LengthMismatch):
+        send_raw_confirm(world, observations, signatures[:2])
 
 
-def test_one_device_counted_twice(world: World, cast: Cast) -> None:
+def test_one_device_padding_the_quorum(world: World) -> None:
+    """A portal's reading twice, even under two sequence numbers, is not two devices."""
     order_id = world.open_order()
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
-    first = world.oracle.sign(cast.devices[0], attestation)
-    with refused(world, errors.SignersNotAscending) as info:
-        send_raw_confirm(world, attestation, [first, first])
-    assert fields(info)["index"] == 1
-    assert same(fields(info)["signer"], cast.devices[0].address)
-    # The client sorts, but cannot make a duplicate distinct.
-    info2 = confirm_refused(world, errors.SignersNotAscending, attestation, [first, first])
-    assert info2.value.fields["index"] == 1
+    observations, signatures = world.receipt(order_id, DEFAULT_QUANTITY, devices=(0, 0, 1))
+    info = confirm_refused(world, errors.DevicesNotAscending, observations, signatures)
+    assert same(info.value.fields["device"], world.cast.devices[0].address)
 
 
-def test_signers_out_of_order(world: World, cast: Cast) -> None:
+def test_devices_out_of_order(world: World) -> None:
     order_id = world.open_order()
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
-    by_address = sorted(cast.devices[:2], key=lambda d: int(d.address, 16))
-    descending = [world.oracle.sign(d, attestation) for d in reversed(by_address)]
-    with refused(world, errors.SignersNotAscending) as info:
-        send_raw_confirm(world, attestation, descending)
+    observations, signatures = world.receipt(order_id, DEFAULT_QUANTITY)
+    pairs = sorted(
+        zip(observations, signatures, strict=True), key=lambda p: int(p[0].device, 16), reverse=True
+    )
+    with refused(world, errors.DevicesNotAscending) as info:
+        send_raw_confirm(world, [o for o, _ in pairs], [s for _, s in pairs])
     assert fields(info)["index"] == 1
-    assert same(fields(info)["signer"], by_address[0].address)
-    send_raw_confirm(world, attestation, list(reversed(descending)))  # ascending is accepted
-    assert world.oracle.attestation_used(world.oracle.digest(attestation))
+    send_raw_confirm(world, [o for o, _ in reversed(pairs)], [s for _, s in reversed(pairs)])
+
+
+def test_one_sensor_kind_only(world: World) -> None:
+    """Both portals agree, but nobody weighed the goods: no receipt."""
+    order_id = world.open_order()
+    observations, signatures = world.receipt(order_id, DEFAULT_QUANTITY, devices=(0, 2))
+    info = confirm_refused(world, errors.MissingReadingKind, observations, signatures)
+    assert info.value.fields == {"kind": ReadingKind.NET_WEIGHT_GRAMS}
+
+
+def test_a_device_claiming_another_kind(world: World) -> None:
+    order_id = world.open_order()
+    portal = replace(world.observation(order_id, 0, DEFAULT_QUANTITY), kind=ReadingKind.NET_WEIGHT_GRAMS)
+    weigh = world.observation(order_id, 1, DEFAULT_QUANTITY)
+    info = confirm_refused(world, errors.DeviceKindMismatch, [portal, weigh], world.sign([portal, weigh]))
+    assert info.value.fields["kind"] == ReadingKind.NET_WEIGHT_GRAMS
+
+
+def test_out_of_range_readings(world: World) -> None:
+    order_id = world.open_order()
+    too_many = world.observation(order_id, 0, MAX_CARTONS + 1)
+    weigh = world.observation(order_id, 1, DEFAULT_QUANTITY)
+    info = confirm_refused(world, errors.ReadingOutOfRange, [too_many, weigh], world.sign([too_many, weigh]))
+    assert info.value.fields["value"] == MAX_CARTONS + 1
+    assert (info.value.fields["min"], info.value.fields["max"]) == (1, MAX_CARTONS)
+    nothing = world.observation(order_id, 0, 0)
+    info = confirm_refused(world, errors.ReadingOutOfRange, [nothing, weigh], world.sign([nothing, weigh]))
+    assert info.value.fields["value"] == 0
+
+
+def test_the_lowest_count_is_delivered(world: World, ledger: LedgerClient) -> None:
+    order_id = world.open_order(expected_quantity=DEFAULT_QUANTITY)
+    low = world.observation(order_id, 0, DEFAULT_QUANTITY - 100)
+    weigh = world.observation(order_id, 1, DEFAULT_QUANTITY)
+    high = world.observation(order_id, 2, DEFAULT_QUANTITY)
+    world.oracle.confirm_receipt(world.cast.relayer, [low, weigh, high], world.sign([low, weigh, high]))
+    assert ledger.order(order_id).delivered_quantity == DEFAULT_QUANTITY - 100
 
 
 def test_rotated_devices(world: World, oracle: ReceiptOracleClient, cast: Cast) -> None:
     order_id = world.open_order()
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
-    old_signatures = world.sign(attestation)
+    old, old_signatures = world.receipt(order_id, DEFAULT_QUANTITY)
     new_devices: list[LocalAccount] = [world.chain.new_account(0) for _ in range(3)]
-    oracle.rotate_devices(cast.admin, world.warehouse, [d.address for d in new_devices], 2, FRESHNESS)
+    oracle.rotate_devices(cast.admin, world.warehouse, enrolment(new_devices), 2, FRESHNESS, RANGES)
     assert oracle.warehouse(world.warehouse).device_set_version == 2
     assert not oracle.is_device(world.warehouse, cast.devices[0].address)
-    info = confirm_refused(world, errors.StaleDeviceSet, attestation, old_signatures)
+    assert oracle.device_kind(world.warehouse, new_devices[1].address) == ReadingKind.NET_WEIGHT_GRAMS
+    info = confirm_refused(world, errors.StaleDeviceSet, old, old_signatures)
     assert info.value.fields == {"warehouse": world.warehouse, "given": 1, "current": 2}
     # Naming the new version does not help the retired keys.
-    current = world.attestation(order_id, DEFAULT_QUANTITY)
-    retired = world.sign(current)
-    info2 = confirm_refused(world, errors.UnknownDevice, current, retired)
-    assert same(info2.value.fields["signer"], strangers(retired, current, world)[0])
-    oracle.confirm_receipt(cast.relayer, current, [oracle.sign(d, current) for d in new_devices[:2]])
+    retired, retired_signatures = world.receipt(order_id, DEFAULT_QUANTITY)
+    info2 = confirm_refused(world, errors.UnknownDevice, retired, retired_signatures)
+    assert info2.value.fields["index"] == 0
+    now = world.pending_time()
+    fresh, fresh_signatures = oracle.observe_delivery(
+        [(d, k) for d, k in zip(new_devices, DEVICE_KINDS, strict=True)][:2],
+        order_id=order_id,
+        warehouse=world.warehouse,
+        goods_hash=world.goods,
+        cartons=DEFAULT_QUANTITY,
+        carton_grams=CARTON_GRAMS,
+        observed_at=now - 60,
+        sequences=(1, 1),
+        deadline=now + FRESHNESS,
+    )
+    oracle.confirm_receipt(cast.relayer, fresh, fresh_signatures)
 
 
 def high_s(signature: bytes) -> bytes:
@@ -1019,66 +1106,65 @@ def high_s(signature: bytes) -> bytes:
     return r + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - v])
 
 
-def test_malleated_high_s_signature(world: World, cast: Cast) -> None:
+def test_malleated_high_s_signature(world: World) -> None:
     order_id = world.open_order()
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
-    good, other = world.sign(attestation)
-    bad = high_s(other)
-    # The malleated form still recovers to the same device off chain ...
-    assert strangers([bad], attestation, world) == strangers([other], attestation, world)
-    ordered = strangers([good, bad], attestation, world)
-    # ... but the contract refuses it.
-    info = confirm_refused(world, errors.InvalidSignature, attestation, [good, bad])
-    assert info.value.fields == {"index": ordered.index(strangers([bad], attestation, world)[0])}
+    observations, signatures = world.receipt(order_id, DEFAULT_QUANTITY)
+    bad = high_s(signatures[1])
+    # The malleated form is refused off chain by the canonical check ...
+    assert signature_is_canonical(signatures[1]) and not signature_is_canonical(bad)
+    with pytest.raises(ValueError):
+        recover_observation_signer(bad, observations[1], world.chain.chain_id, world.oracle.address)
+    # ... and on chain.
+    index = sorted(observations, key=lambda o: int(o.device, 16)).index(observations[1])
+    info = confirm_refused(world, errors.InvalidSignature, observations, [signatures[0], bad])
+    assert info.value.fields == {"index": index}
 
 
-def test_signature_with_v_0_or_1(world: World) -> None:
+def test_signature_with_v_0_or_1_and_garbage(world: World) -> None:
     order_id = world.open_order()
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
-    signatures = [s[:64] + bytes([s[64] - 27]) for s in world.sign(attestation)]
-    info = confirm_refused(world, errors.InvalidSignature, attestation, signatures)
+    observations, signatures = world.receipt(order_id, DEFAULT_QUANTITY)
+    low_v = [s[:64] + bytes([s[64] - 27]) for s in signatures]
+    assert not any(signature_is_canonical(s) for s in low_v)
+    info = confirm_refused(world, errors.InvalidSignature, observations, low_v)
     assert info.value.fields == {"index": 0}
-    truncated = [s[:64] for s in world.sign(attestation)]
-    with refused(world, errors.InvalidSignature):
-        send_raw_confirm(world, attestation, truncated)
-
-
-def test_a_malformed_signature_through_the_client_is_a_certledger_error(world: World) -> None:
-    """confirm_receipt sorts the signatures by recovering their signers first; a signature that
-    cannot be recovered at all (64 bytes here) must still end as one of the client's typed errors
-    (ideally the contract's own InvalidSignature), not a third-party exception."""
-    order_id = world.open_order()
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
-    good, other = world.sign(attestation)
-    with pytest.raises(errors.CertledgerError):
-        world.oracle.confirm_receipt(world.cast.relayer, attestation, [good, other[:64]])
-    assert not world.oracle.attestation_used(world.oracle.digest(attestation))
+    for garbage in (b"\x00" * 65, signatures[0][:64], b"\xde\xad\xbe\xef", signatures[0] + b"\x00"):
+        assert not signature_is_canonical(garbage)
+        with refused(world, errors.InvalidSignature):
+            send_raw_confirm(world, sorted(observations, key=lambda o: int(o.device, 16)), [garbage, garbage])
 
 
 def test_receipt_for_another_warehouse_or_other_goods(
     world: World, oracle: ReceiptOracleClient, cast: Cast
 ) -> None:
     other = label_hash("WH-TEST-02")
-    oracle.register_warehouse(cast.admin, other, [d.address for d in cast.devices], 2, FRESHNESS)
+    oracle.register_warehouse(cast.admin, other, enrolment(cast.devices), 2, FRESHNESS, RANGES)
     order_id = world.open_order()
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY, warehouse=other)
-    info = confirm_refused(world, errors.ReceiptDoesNotMatchOrder, attestation, world.sign(attestation))
+    observations, signatures = world.receipt(order_id, DEFAULT_QUANTITY, warehouse=other)
+    info = confirm_refused(world, errors.ReceiptDoesNotMatchOrder, observations, signatures)
     assert info.value.fields == {"orderId": order_id, "warehouse": other, "goodsHash": world.goods}
     wrong_goods = label_hash("cast iron, not brake discs")
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY, goods=wrong_goods)
-    info = confirm_refused(world, errors.ReceiptDoesNotMatchOrder, attestation, world.sign(attestation))
+    observations, signatures = world.receipt(order_id, DEFAULT_QUANTITY, goods=wrong_goods)
+    info = confirm_refused(world, errors.ReceiptDoesNotMatchOrder, observations, signatures)
     assert info.value.fields == {"orderId": order_id, "warehouse": world.warehouse, "goodsHash": wrong_goods}
+    mixed = [
+        world.observation(order_id, 0, DEFAULT_QUANTITY),
+        world.observation(order_id, 1, 10, goods=wrong_goods),
+    ]
+    info = confirm_refused(world, errors.ObservationMismatch, mixed, world.sign(mixed))
+    assert info.value.fields == {"index": 1}
 
 
 def test_unknown_or_deactivated_warehouse(world: World, oracle: ReceiptOracleClient, cast: Cast) -> None:
     order_id = world.open_order()
     nowhere = label_hash("WH-NOWHERE")
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY, warehouse=nowhere, device_set_version=1)
-    info = confirm_refused(world, errors.UnknownWarehouse, attestation, world.sign(attestation))
+    observations, signatures = world.receipt(
+        order_id, DEFAULT_QUANTITY, warehouse=nowhere, device_set_version=1
+    )
+    info = confirm_refused(world, errors.UnknownWarehouse, observations, signatures)
     assert info.value.fields == {"warehouse": nowhere}
     oracle.deactivate_warehouse(cast.admin, world.warehouse)
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY, device_set_version=1)
-    info = confirm_refused(world, errors.UnknownWarehouse, attestation, world.sign(attestation))
+    observations, signatures = world.receipt(order_id, DEFAULT_QUANTITY, device_set_version=1)
+    info = confirm_refused(world, errors.UnknownWarehouse, observations, signatures)
     assert info.value.fields == {"warehouse": world.warehouse}
 
 
@@ -1086,22 +1172,16 @@ def test_receipt_after_the_deadline(world: World, ledger: LedgerClient) -> None:
     order_id = world.open_order(deadline_in=600)
     deadline = ledger.order(order_id).deadline
     world.chain.advance_time(1_200)
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY, received_at=deadline + 1)
-    info = confirm_refused(world, errors.ReceiptAfterDeadline, attestation, world.sign(attestation))
+    observations, signatures = world.receipt(order_id, DEFAULT_QUANTITY, observed_at=deadline + 1)
+    info = confirm_refused(world, errors.ReceiptAfterDeadline, observations, signatures)
     assert info.value.fields == {"orderId": order_id, "receivedAt": deadline + 1, "deadline": deadline}
-
-
-def test_zero_quantity_received(world: World) -> None:
-    order_id = world.open_order()
-    attestation = world.attestation(order_id, 0)
-    confirm_refused(world, errors.ZeroAmount, attestation, world.sign(attestation))
 
 
 def test_payee_suspended_before_the_receipt(world: World, ledger: LedgerClient, cast: Cast) -> None:
     order_id = world.open_order()
     ledger.suspend(cast.admin, cast.supplier1.address)
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
-    info = confirm_refused(world, errors.ReceiverNotEligible, attestation, world.sign(attestation))
+    observations, signatures = world.receipt(order_id, DEFAULT_QUANTITY)
+    info = confirm_refused(world, errors.ReceiverNotEligible, observations, signatures)
     assert same(info.value.fields["receiver"], cast.supplier1.address)
 
 

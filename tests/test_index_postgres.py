@@ -25,7 +25,7 @@ from chain_client.index.models import (
     PaymentRecord,
 )
 from chain_client.index.workload import DAY
-from chain_client.receipts import ReceiptAttestation, label_hash
+from chain_client.receipts import label_hash
 
 pytestmark = pytest.mark.anvil
 
@@ -72,19 +72,7 @@ def work(chain: Chain) -> Any:
         deadline=now + DAY,
     )
     work.send(result)
-    oracle = work.system.oracle
-    attestation = ReceiptAttestation(
-        order_id=order_id,
-        warehouse=work.warehouse,
-        goods_hash=work.goods,
-        quantity=1_000,
-        received_at=chain.now() - 30,
-        device_set_version=oracle.warehouse(work.warehouse).device_set_version,
-        nonce=1,
-    )
-    signatures = [oracle.sign(d, attestation) for d in work.devices[:2]]
-    root, confirmed = oracle.confirm_receipt(work.relayer, attestation, signatures)
-    work.send(confirmed)
+    root = work.confirm_order(order_id, 1_000)
     work.send(ledger.split_to(payee, root, work.holders[1].address, 2**80)[1])
     work.run(40)
     work.huge_order = order_id

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+from eth_utils import keccak
 from rich.console import Console
 from world import (
     DAY,
@@ -31,7 +32,7 @@ from chain_client.demo import run_demo
 from chain_client.ledger import LedgerClient, LineageNode
 from chain_client.models import CertificateStatus, OrderStatus, Role
 from chain_client.pricing import discount_price, implied_annual_rate_bps
-from chain_client.receipts import ReceiptOracleClient, label_hash, recover_signer
+from chain_client.receipts import ReceiptOracleClient, label_hash, recover_observation_signer
 from chain_client.settings import Settings
 from chain_client.token import SettlementTokenClient
 from chain_client.transactions import TxResult
@@ -184,23 +185,30 @@ def test_confirm_full_delivery_mints_the_root_to_the_payee(
     world: World, ledger: LedgerClient, oracle: ReceiptOracleClient, cast: Cast
 ) -> None:
     order_id = world.open_order()
-    attestation = world.attestation(order_id, DEFAULT_QUANTITY)
-    # The client's EIP-712 encoding is the contract's.
-    assert oracle.digest(attestation) == attestation.digest(world.chain.chain_id, oracle.address)
-    signatures = world.sign(attestation)
-    signers = {recover_signer(s, attestation, world.chain.chain_id, oracle.address) for s in signatures}
-    assert signers == {d.address for d in cast.devices[:2]}
+    observations, signatures = world.receipt(order_id, DEFAULT_QUANTITY)
+    # The client's EIP-712 encoding is the contract's, and each device signed its own reading.
+    chain_id = world.chain.chain_id
+    for obs, signature in zip(observations, signatures, strict=True):
+        assert oracle.observation_digest(obs) == obs.digest(chain_id, oracle.address)
+        assert recover_observation_signer(signature, obs, chain_id, oracle.address) == obs.device
+    assert {o.device for o in observations} == {d.address for d in cast.devices[:2]}
 
-    root_id, result = oracle.confirm_receipt(cast.relayer, attestation, signatures)
+    root_id, result = oracle.confirm_receipt(cast.relayer, observations, signatures)
 
     confirmed = result.event("OrderConfirmed")
     assert (confirmed["orderId"], confirmed["rootCertificateId"]) == (order_id, root_id)
     assert (confirmed["face"], confirmed["refunded"]) == (DEFAULT_AMOUNT, 0)
     assert confirmed["deliveredQuantity"] == DEFAULT_QUANTITY
     attested = result.event("ReceiptAttested")
-    assert attested["digest"] == oracle.digest(attestation)
-    assert sorted(attested["signers"], key=lambda a: int(a, 16)) == list(attested["signers"])
-    assert oracle.attestation_used(oracle.digest(attestation))
+    ordered = sorted(observations, key=lambda o: int(o.device, 16))
+    assert attested["digest"] == keccak(b"".join(oracle.observation_digest(o) for o in ordered))
+    assert list(attested["signers"]) == [o.device for o in ordered]
+    assert (attested["quantity"], attested["receivedAt"]) == (DEFAULT_QUANTITY, observations[0].observed_at)
+    accepted = result.all("ObservationAccepted")
+    assert [(a["device"], a["sequence"], a["value"]) for a in accepted] == [
+        (o.device, o.sequence, o.value) for o in ordered
+    ]
+    assert all(oracle.sequence_used(o.device, o.sequence) for o in observations)
 
     root = ledger.certificate(root_id)
     assert root.holder == cast.supplier1.address
@@ -221,8 +229,7 @@ def test_short_delivery_refunds_the_undelivered_share(world: World, ledger: Ledg
     amount, expected, delivered = 99_999 * YUAN + 99, 1_000, 333
     order_id = world.open_order(amount=amount, expected_quantity=expected)
     issuer_before = token.balance_of(cast.issuer.address)
-    attestation = world.attestation(order_id, delivered)
-    root_id, result = world.oracle.confirm_receipt(cast.relayer, attestation, world.sign(attestation))
+    root_id, result = world.oracle.confirm_receipt(cast.relayer, *world.receipt(order_id, delivered))
 
     face = amount * delivered // expected
     refund = amount - face
@@ -248,7 +255,7 @@ def test_over_delivery_is_not_the_issuers_debt(world: World, ledger: LedgerClien
 
 def test_confirm_with_all_three_devices(world: World, ledger: LedgerClient) -> None:
     order_id = world.open_order()
-    root_id = world.confirm(order_id, DEFAULT_QUANTITY, signers=3)
+    root_id = world.confirm(order_id, DEFAULT_QUANTITY, devices=(0, 1, 2))
     assert ledger.certificate(root_id).value == DEFAULT_AMOUNT
 
 
@@ -259,8 +266,7 @@ def test_pay_on_receipt_pays_the_payee_in_the_confirm_transaction(
     order_id = world.open_order(maturity_in=0, expected_quantity=10)
     supplier_before = token.balance_of(cast.supplier1.address)
     issuer_before = token.balance_of(cast.issuer.address)
-    attestation = world.attestation(order_id, 8)
-    root_id, result = world.oracle.confirm_receipt(cast.relayer, attestation, world.sign(attestation))
+    root_id, result = world.oracle.confirm_receipt(cast.relayer, *world.receipt(order_id, 8))
 
     face = DEFAULT_AMOUNT * 8 // 10
     refund = DEFAULT_AMOUNT - face

@@ -246,17 +246,17 @@ class LedgerMachine(RuleBasedStateMachine):
         w = self.world
         order_id = self.pick_order(i)
         o = self.orders[order_id]
-        attestation = w.attestation(order_id, quantity)
+        observations, signatures = w.receipt(order_id, quantity)
         ts = w.pending_time()
         expected: Refusal = None
         if o.status != OrderStatus.OPEN:
             expected = errors.OrderNotOpen
-        elif attestation.received_at > o.deadline:
+        elif observations[0].observed_at > o.deadline:
             expected = errors.ReceiptAfterDeadline
         confirmed = self.attempt(
             "confirm",
             expected,
-            lambda: w.oracle.confirm_receipt(w.cast.relayer, attestation, w.sign(attestation)),
+            lambda: w.oracle.confirm_receipt(w.cast.relayer, observations, signatures),
         )
         if confirmed is None:
             return

@@ -9,7 +9,7 @@ nonces it counted belong to the discarded blocks.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -24,7 +24,14 @@ from chain_client.chain import Chain, connect
 from chain_client.ledger import LedgerClient
 from chain_client.models import CertificateStatus, OrderStatus, Role
 from chain_client.pricing import discount_price, implied_annual_rate_bps
-from chain_client.receipts import ReceiptAttestation, ReceiptOracleClient, label_hash
+from chain_client.receipts import (
+    DeviceEnrolment,
+    Observation,
+    ReadingKind,
+    ReadingRange,
+    ReceiptOracleClient,
+    label_hash,
+)
 from chain_client.settings import Settings
 from chain_client.system import System
 from chain_client.token import SettlementTokenClient
@@ -42,6 +49,15 @@ FRESHNESS = 3_600
 MAX_UINT256 = 2**256 - 1
 DEFAULT_AMOUNT = 100_000 * YUAN
 DEFAULT_QUANTITY = 1_000
+CARTON_GRAMS = 10_000
+MAX_CARTONS = 1_000_000
+# The warehouse's devices: two RFID portals around a weighbridge. A receipt needs a count and a weight.
+DEVICE_KINDS = (ReadingKind.CARTON_COUNT, ReadingKind.NET_WEIGHT_GRAMS, ReadingKind.CARTON_COUNT)
+DEFAULT_DEVICES = (0, 1)
+RANGES = (
+    ReadingRange(ReadingKind.CARTON_COUNT, 1, MAX_CARTONS),
+    ReadingRange(ReadingKind.NET_WEIGHT_GRAMS, 1, MAX_CARTONS * CARTON_GRAMS),
+)
 
 
 @dataclass(frozen=True)
@@ -53,7 +69,7 @@ class Cast:
     supplier2: LocalAccount
     factor: LocalAccount  # approved the ledger for everything it has
     regulator: LocalAccount
-    relayer: LocalAccount  # registered nowhere: anyone may relay a receipt
+    relayer: LocalAccount  # on the oracle's relayer allow-list, registered nowhere in the ledger
     outsider: LocalAccount  # registered nowhere, funded with gas
     devices: tuple[LocalAccount, ...]
 
@@ -218,40 +234,64 @@ class World:
         )
         return order_id
 
-    def attestation(
+    def device(self, address: str) -> LocalAccount:
+        """The account (a device, or the outsider posing as one) behind `address`."""
+        for account in (*self.cast.devices, self.cast.outsider):
+            if account.address.lower() == address.lower():
+                return account
+        raise KeyError(address)
+
+    def observation(
         self,
         order_id: int,
+        device: int,
         quantity: int,
         *,
-        received_at: int | None = None,
-        nonce: int | None = None,
+        observed_at: int | None = None,
+        deadline: int | None = None,
         warehouse: bytes | None = None,
         goods: bytes | None = None,
         device_set_version: int | None = None,
-    ) -> ReceiptAttestation:
+        sequence: int | None = None,
+        signer: LocalAccount | None = None,
+    ) -> Observation:
+        """Device `device` (an index into the cast's devices: 0 and 2 count, 1 weighs) observing
+        `quantity` cartons of an order, an hour to submit, a fresh sequence number."""
         wh = warehouse or self.warehouse
-        return ReceiptAttestation(
+        kind = DEVICE_KINDS[device]
+        now = self.pending_time()
+        return Observation(
             order_id=order_id,
             warehouse=wh,
             goods_hash=goods or self.goods,
-            quantity=quantity,
-            received_at=self.pending_time() - 60 if received_at is None else received_at,
+            device=(signer or self.cast.devices[device]).address,
+            kind=kind,
+            value=quantity * CARTON_GRAMS if kind == ReadingKind.NET_WEIGHT_GRAMS else quantity,
+            observed_at=now - 60 if observed_at is None else observed_at,
+            sequence=next(self._labels) if sequence is None else sequence,
             device_set_version=(
                 self.oracle.warehouse(wh).device_set_version
                 if device_set_version is None
                 else device_set_version
             ),
-            nonce=next(self._labels) if nonce is None else nonce,
+            deadline=now + FRESHNESS if deadline is None else deadline,
         )
 
-    def sign(self, attestation: ReceiptAttestation, signers: int = THRESHOLD) -> list[bytes]:
-        return [self.oracle.sign(device, attestation) for device in self.cast.devices[:signers]]
+    def sign(self, observations: Sequence[Observation]) -> list[bytes]:
+        """Each observation signed by the key of the device it names."""
+        return [self.oracle.sign(self.device(obs.device), obs) for obs in observations]
 
-    def confirm(self, order_id: int, quantity: int, signers: int = THRESHOLD) -> int:
-        """Confirms receipt of `quantity` with `signers` device signatures; returns the root id."""
-        attestation = self.attestation(order_id, quantity)
+    def receipt(
+        self, order_id: int, quantity: int, devices: Sequence[int] = DEFAULT_DEVICES, **overrides: Any
+    ) -> tuple[list[Observation], list[bytes]]:
+        """Signed observations of one delivery by `devices` (by default a portal and the weighbridge)."""
+        observations = [self.observation(order_id, d, quantity, **overrides) for d in devices]
+        return observations, self.sign(observations)
+
+    def confirm(self, order_id: int, quantity: int, devices: Sequence[int] = DEFAULT_DEVICES) -> int:
+        """Confirms receipt of `quantity` through the allow-listed relayer; returns the root id."""
         root_id, _ = self.oracle.confirm_receipt(
-            self.cast.relayer, attestation, self.sign(attestation, signers)
+            self.cast.relayer, *self.receipt(order_id, quantity, devices)
         )
         return root_id
 
@@ -353,6 +393,11 @@ class World:
         return state
 
 
+def enrolment(devices: Sequence[LocalAccount]) -> list[DeviceEnrolment]:
+    """Three keys as the warehouse's portal, weighbridge and portal."""
+    return [DeviceEnrolment(d.address, kind) for d, kind in zip(devices, DEVICE_KINDS, strict=True)]
+
+
 def build_world(settings: Settings | None = None) -> World:
     """A fresh embedded chain with the system deployed and the cast registered and funded."""
     chain = connect(settings or Settings())
@@ -387,9 +432,8 @@ def build_world(settings: Settings | None = None) -> World:
     ledger.register_participant(admin, cast.factor.address, label_hash("USCC:FACTOR"), Role.FACTOR)
     ledger.register_participant(admin, cast.regulator.address, label_hash("GOV:REGULATOR"), Role.REGULATOR)
     warehouse = label_hash("WH-TEST-01")
-    system.oracle.register_warehouse(
-        admin, warehouse, [d.address for d in cast.devices], THRESHOLD, FRESHNESS
-    )
+    system.oracle.register_warehouse(admin, warehouse, enrolment(cast.devices), THRESHOLD, FRESHNESS, RANGES)
+    system.oracle.set_relayer(admin, cast.relayer.address, True)
     token.mint(admin, cast.issuer.address, ISSUER_FUNDS)
     token.mint(admin, cast.issuer2.address, ISSUER_FUNDS)
     token.mint(admin, cast.factor.address, FACTOR_FUNDS)

@@ -243,8 +243,20 @@ class UnhandledEvent(Exception):
     """An event of our ABIs that the books do not know how to apply (a new contract event)."""
 
 
-#: Events that change no record the books keep (approvals live and die with the holder epoch).
-NO_BOOK_EVENTS = frozenset({"Approval", "ApprovalForAll", "ApprovalValue", "EIP712DomainChanged"})
+#: Events that change no record the books keep: approvals live and die with the holder epoch; the
+#: oracle's reading rules, relayer allow-list and single readings are kept in the event table (the
+#: receipt they add up to is the attestation record), since no ledger balance depends on them.
+NO_BOOK_EVENTS = frozenset(
+    {
+        "Approval",
+        "ApprovalForAll",
+        "ApprovalValue",
+        "EIP712DomainChanged",
+        "ReadingRulesChanged",
+        "RelayerChanged",
+        "ObservationAccepted",
+    }
+)
 
 
 class Books:

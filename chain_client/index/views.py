@@ -184,7 +184,6 @@ def read_chain_view(source: NodeSource, deployment: Deployment, books: Books, bl
     read("participant", ledger, "participant", sorted(books.all("participant"), key=str), _participant)
     read("warehouse", oracle, "warehouse", sorted(books.all("warehouse"), key=str), _warehouse)
     read_scalar("credit", ledger, "credit", sorted(books.all("credit"), key=str), "amount")
-    read_scalar("attestation", oracle, "attestationUsed", sorted(books.all("attestation"), key=str), "used")
     invoices = sorted({o["invoice_hash"] for o in books.all("order").values()})
     used = source.call_many([ledger.encode("invoiceUsed", bytes.fromhex(i[2:])) for i in invoices], block)
     view.invoices_used = {

@@ -22,7 +22,7 @@ from chain_client.chain import Chain
 from chain_client.errors import ContractError
 from chain_client.models import Certificate, CertificateStatus, Role
 from chain_client.pricing import discount_price
-from chain_client.receipts import ReceiptAttestation, label_hash
+from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, label_hash
 from chain_client.system import System
 from chain_client.transactions import TxResult
 
@@ -30,6 +30,14 @@ DAY = 86_400
 MIN_SPLIT_UNIT = 100
 MAX_SPLIT_DEPTH = 6
 FRESHNESS = 3_600
+CARTON_GRAMS = 1_000
+MAX_CARTONS = 10**6
+# Two RFID portals and a weighbridge; every receipt needs a count and a weight.
+DEVICE_KINDS = (ReadingKind.CARTON_COUNT, ReadingKind.NET_WEIGHT_GRAMS, ReadingKind.CARTON_COUNT)
+RANGES = (
+    ReadingRange(ReadingKind.CARTON_COUNT, 1, MAX_CARTONS),
+    ReadingRange(ReadingKind.NET_WEIGHT_GRAMS, 1, MAX_CARTONS * CARTON_GRAMS),
+)
 _FUNDS = 10**15
 
 
@@ -60,6 +68,7 @@ class Workload:
         default_factory=dict
     )  # open: deadline, qty, issuer
     _live: dict[int, _CertInfo] = field(default_factory=dict)
+    _sequence: int = 0  # the devices' shared next sequence number (each device's own is enough)
     _frozen: set[int] = field(default_factory=set)
     _offers: dict[int, tuple[ChecksumAddress, ChecksumAddress]] = field(
         default_factory=dict
@@ -118,8 +127,15 @@ class Workload:
             self.send(token.mint(admin, factor.address, _FUNDS))
             self.send(token.approve(factor, ledger.address, 2**256 - 1))
         self.send(ledger.register_participant(admin, self.regulator.address, label_hash("R"), Role.REGULATOR))
-        devices = [d.address for d in self.devices]
-        self.send(self.system.oracle.register_warehouse(admin, self.warehouse, devices, 2, FRESHNESS))
+        self.send(
+            self.system.oracle.register_warehouse(
+                admin, self.warehouse, self._enrolment(), 2, FRESHNESS, RANGES
+            )
+        )
+        self.send(self.system.oracle.set_relayer(admin, self.relayer.address, True))
+
+    def _enrolment(self) -> list[DeviceEnrolment]:
+        return [DeviceEnrolment(d.address, kind) for d, kind in zip(self.devices, DEVICE_KINDS, strict=True)]
 
     # ------------------------------------------------------------------ running
 
@@ -268,19 +284,29 @@ class Workload:
         order_id, expected = self.rng.choice(waiting)
         roll = self.rng.random()
         quantity = expected if roll < 0.7 else self.rng.randint(1, expected) if roll < 0.9 else expected + 5
-        oracle = self.system.oracle
-        attestation = ReceiptAttestation(
+        self.confirm_order(order_id, quantity)
+        return True
+
+    def confirm_order(self, order_id: int, quantity: int) -> int:
+        """The weighbridge and one of the two portals observe `quantity` cartons of the order, read
+        half a minute ago; returns the root certificate id."""
+        oracle, now = self.system.oracle, self._now()
+        portal = self.rng.choice((0, 2))
+        self._sequence += 1
+        observations, signatures = oracle.observe_delivery(
+            [(self.devices[i], DEVICE_KINDS[i]) for i in (portal, 1)],
             order_id=order_id,
             warehouse=self.warehouse,
             goods_hash=self.goods,
-            quantity=quantity,
-            received_at=now - 30,
-            device_set_version=oracle.warehouse(self.warehouse).device_set_version,
-            nonce=self.rng.getrandbits(64),
+            cartons=quantity,
+            carton_grams=CARTON_GRAMS,
+            observed_at=now - 30,
+            sequences=(self._sequence, self._sequence),
+            deadline=now + FRESHNESS,
         )
-        signatures = [oracle.sign(d, attestation) for d in self.rng.sample(self.devices, 2)]
-        self.send(oracle.confirm_receipt(self.relayer, attestation, signatures)[1])
-        return True
+        root_id, result = oracle.confirm_receipt(self.relayer, observations, signatures)
+        self.send(result)
+        return root_id
 
     def cancel(self) -> bool:
         now = self._now()
@@ -479,8 +505,11 @@ class Workload:
         elif roll < 0.5:
             self.send(ledger.set_split_rules(self.admin, MIN_SPLIT_UNIT, MAX_SPLIT_DEPTH))
         elif roll < 0.7:
-            devices = [d.address for d in self.devices]
-            self.send(self.system.oracle.rotate_devices(self.admin, self.warehouse, devices, 2, FRESHNESS))
+            self.send(
+                self.system.oracle.rotate_devices(
+                    self.admin, self.warehouse, self._enrolment(), 2, FRESHNESS, RANGES
+                )
+            )
         elif roll < 0.85:
             issuer = self.rng.choice(self.issuers).address
             self.send(ledger.set_issuer_limit(self.admin, issuer, 2**127 - self.rng.randint(0, 10**6)))

@@ -8,7 +8,7 @@ import {CertificateLedger} from "../src/CertificateLedger.sol";
 import {ReceiptOracle} from "../src/ReceiptOracle.sol";
 import {SettlementToken} from "../src/SettlementToken.sol";
 import {ICertificateLedger} from "../src/interfaces/ICertificateLedger.sol";
-import {IReceiptOracle} from "../src/interfaces/IReceiptOracle.sol";
+import {IReceiptOracle, KIND_CARTON_COUNT, KIND_NET_WEIGHT} from "../src/interfaces/IReceiptOracle.sol";
 import {
     ROLE_ADMIN,
     ROLE_ISSUER,
@@ -21,8 +21,9 @@ import {
 /// @title Base
 /// @notice One deployment shared by every test (in the manner of Uniswap v4's Deployers): token,
 /// oracle, ledger bound together; an issuer with a limit, two suppliers, two factors, a regulator and
-/// an auditor registered; one warehouse with three device keys and threshold 2. Helpers open orders,
-/// sign attestations (sorted by signer) and confirm them through the oracle with real signatures.
+/// an auditor registered; two warehouses each with two RFID portals and a weighbridge, threshold 2,
+/// and an allow-listed relayer. Helpers open orders, sign observations (sorted by device) and
+/// confirm them through the oracle with real signatures.
 abstract contract Base is Test {
     // ------------------------------------------------------------------ parameters
     uint256 internal constant T0 = 1_700_000_000;
@@ -41,6 +42,9 @@ abstract contract Base is Test {
     bytes32 internal constant WAREHOUSE = keccak256("WH-SH-PUDONG-01");
     bytes32 internal constant WAREHOUSE_2 = keccak256("WH-SZ-NANSHAN-02");
     bytes32 internal constant GOODS = keccak256("steel coil Q235B x100");
+
+    uint64 internal constant CARTON_GRAMS = 25_000; // 25 kg a carton
+    uint64 internal constant MAX_CARTONS = 1_000_000;
 
     uint256 internal constant DEVICE_PK_1 = 0xD1;
     uint256 internal constant DEVICE_PK_2 = 0xD2;
@@ -63,11 +67,11 @@ abstract contract Base is Test {
     address internal regulator;
     address internal auditor;
     address internal outsider; // never registered
-    address internal relayer; // anyone: submits attestations
+    address internal relayer; // the allow-listed gateway relayer: submits receipts
     address[] internal devices;
 
     uint256 private _invoiceNonce;
-    uint256 private _attestationNonce;
+    uint64 private _sequence;
 
     function setUp() public virtual {
         vm.warp(T0);
@@ -103,8 +107,9 @@ abstract contract Base is Test {
         ledger.registerParticipant(factor2, keccak256("factor2"), ROLE_FACTOR, 0);
         ledger.registerParticipant(regulator, keccak256("regulator"), ROLE_REGULATOR, 0);
         ledger.registerParticipant(auditor, keccak256("auditor"), ROLE_AUDITOR, 0);
-        oracle.registerWarehouse(WAREHOUSE, devices, THRESHOLD, FRESHNESS);
-        oracle.registerWarehouse(WAREHOUSE_2, devices, THRESHOLD, FRESHNESS);
+        oracle.registerWarehouse(WAREHOUSE, _defaultEnrolment(), THRESHOLD, FRESHNESS, _ranges());
+        oracle.registerWarehouse(WAREHOUSE_2, _defaultEnrolment(), THRESHOLD, FRESHNESS, _ranges());
+        oracle.setRelayer(relayer, true);
         vm.stopPrank();
 
         _fund(issuer);
@@ -143,21 +148,57 @@ abstract contract Base is Test {
         return _openOrder(AMOUNT);
     }
 
-    // ------------------------------------------------------------------ attestations
+    // ------------------------------------------------------------------ observations
 
-    function _attestation(uint256 orderId, uint64 quantity, uint64 receivedAt)
+    /// @dev DEVICE_PK_2 is the weighbridge; every other key an RFID portal.
+    function _kindOf(uint256 pk) internal pure returns (uint8) {
+        return pk == DEVICE_PK_2 ? KIND_NET_WEIGHT : KIND_CARTON_COUNT;
+    }
+
+    function _enrolment(address[] memory keys, uint8[] memory kinds)
         internal
-        returns (IReceiptOracle.ReceiptAttestation memory a)
+        pure
+        returns (IReceiptOracle.DeviceEnrolment[] memory e)
     {
-        ICertificateLedger.Order memory o = ledger.order(orderId);
-        a = IReceiptOracle.ReceiptAttestation({
+        e = new IReceiptOracle.DeviceEnrolment[](keys.length);
+        for (uint256 i; i < keys.length; ++i) {
+            e[i] = IReceiptOracle.DeviceEnrolment({device: keys[i], kind: kinds[i]});
+        }
+    }
+
+    /// @dev The three default devices: portal, weighbridge, portal.
+    function _defaultEnrolment() internal view returns (IReceiptOracle.DeviceEnrolment[] memory) {
+        uint8[] memory kinds = new uint8[](3);
+        kinds[0] = _kindOf(DEVICE_PK_1);
+        kinds[1] = _kindOf(DEVICE_PK_2);
+        kinds[2] = _kindOf(DEVICE_PK_3);
+        return _enrolment(devices, kinds);
+    }
+
+    function _ranges() internal pure returns (IReceiptOracle.ReadingRange[] memory r) {
+        r = new IReceiptOracle.ReadingRange[](2);
+        r[0] = IReceiptOracle.ReadingRange({kind: KIND_CARTON_COUNT, min: 1, max: MAX_CARTONS});
+        r[1] = IReceiptOracle.ReadingRange({kind: KIND_NET_WEIGHT, min: 1, max: MAX_CARTONS * CARTON_GRAMS});
+    }
+
+    /// @dev Device `pk`'s observation of `quantity` cartons (or their weight) for a delivery to
+    /// `warehouseId`, with a fresh sequence number and an hour from the reading to submit.
+    function _observation(uint256 orderId, bytes32 warehouseId, bytes32 goods, uint256 pk, uint64 quantity, uint64 at)
+        internal
+        returns (IReceiptOracle.Observation memory)
+    {
+        uint8 kind = _kindOf(pk);
+        return IReceiptOracle.Observation({
             orderId: orderId,
-            warehouse: o.warehouse,
-            goodsHash: o.goodsHash,
-            quantity: quantity,
-            receivedAt: receivedAt,
-            deviceSetVersion: oracle.warehouse(o.warehouse).deviceSetVersion,
-            nonce: ++_attestationNonce
+            warehouse: warehouseId,
+            goodsHash: goods,
+            device: vm.addr(pk),
+            kind: kind,
+            value: kind == KIND_CARTON_COUNT ? quantity : quantity * CARTON_GRAMS,
+            observedAt: at,
+            sequence: ++_sequence,
+            deviceSetVersion: oracle.warehouse(warehouseId).deviceSetVersion,
+            deadline: at + 1 hours
         });
     }
 
@@ -174,11 +215,12 @@ abstract contract Base is Test {
         pks[2] = c;
     }
 
+    /// @dev A portal and the weighbridge: the smallest receipt with every required kind.
     function _defaultPks() internal pure returns (uint256[] memory) {
         return _pks(DEVICE_PK_1, DEVICE_PK_2);
     }
 
-    /// @dev Sorts keys by their address, ascending, as the oracle requires of signatures.
+    /// @dev Sorts keys by their address, ascending, as the oracle requires of observations.
     function _sortByAddress(uint256[] memory pks) internal pure returns (uint256[] memory) {
         for (uint256 i = 1; i < pks.length; ++i) {
             uint256 key = pks[i];
@@ -197,29 +239,66 @@ abstract contract Base is Test {
         return abi.encodePacked(r, s, v);
     }
 
-    /// @dev Signatures over `digest` by `pks`, in ascending signer order.
-    function _signDigest(bytes32 digest, uint256[] memory pks) internal pure returns (bytes[] memory sigs) {
-        pks = _sortByAddress(pks);
-        sigs = new bytes[](pks.length);
-        for (uint256 i; i < pks.length; ++i) {
-            sigs[i] = _sig(pks[i], digest);
+    /// @dev Each observation signed by the key at the same index.
+    function _signAll(IReceiptOracle.Observation[] memory obs, uint256[] memory pks)
+        internal
+        view
+        returns (bytes[] memory sigs)
+    {
+        sigs = new bytes[](obs.length);
+        for (uint256 i; i < obs.length; ++i) {
+            sigs[i] = _sig(pks[i], oracle.observationDigest(obs[i]));
         }
     }
 
-    function _sign(IReceiptOracle.ReceiptAttestation memory a, uint256[] memory pks)
-        internal
-        view
-        returns (bytes[] memory)
-    {
-        return _signDigest(oracle.attestationDigest(a), pks);
+    function _pkOf(address device) internal pure returns (uint256) {
+        if (device == vm.addr(DEVICE_PK_1)) return DEVICE_PK_1;
+        if (device == vm.addr(DEVICE_PK_2)) return DEVICE_PK_2;
+        if (device == vm.addr(DEVICE_PK_3)) return DEVICE_PK_3;
+        return STRANGER_PK;
     }
 
-    /// @dev Confirms `orderId` with `quantity` received now, signed by two devices, sent by a relayer.
-    function _confirm(uint256 orderId, uint64 quantity) internal returns (uint256 rootId) {
-        IReceiptOracle.ReceiptAttestation memory a = _attestation(orderId, quantity, uint64(block.timestamp));
-        bytes[] memory sigs = _sign(a, _defaultPks());
+    /// @dev Signs each observation again by its own device, after a test changed it.
+    function _resign(IReceiptOracle.Observation[] memory obs) internal view returns (bytes[] memory sigs) {
+        sigs = new bytes[](obs.length);
+        for (uint256 i; i < obs.length; ++i) {
+            sigs[i] = _sig(_pkOf(obs[i].device), oracle.observationDigest(obs[i]));
+        }
+    }
+
+    /// @dev A signed receipt for `orderId`: one observation of `quantity` made at `at` by each of
+    /// `pks`, in ascending device order.
+    function _receipt(uint256 orderId, uint64 quantity, uint64 at, uint256[] memory pks)
+        internal
+        returns (IReceiptOracle.Observation[] memory obs, bytes[] memory sigs)
+    {
+        ICertificateLedger.Order memory o = ledger.order(orderId);
+        pks = _sortByAddress(pks);
+        obs = new IReceiptOracle.Observation[](pks.length);
+        for (uint256 i; i < pks.length; ++i) {
+            obs[i] = _observation(orderId, o.warehouse, o.goodsHash, pks[i], quantity, at);
+        }
+        sigs = _signAll(obs, pks);
+    }
+
+    function _receipt(uint256 orderId, uint64 quantity, uint64 at)
+        internal
+        returns (IReceiptOracle.Observation[] memory, bytes[] memory)
+    {
+        return _receipt(orderId, quantity, at, _defaultPks());
+    }
+
+    function _submit(IReceiptOracle.Observation[] memory obs, bytes[] memory sigs) internal returns (uint256) {
         vm.prank(relayer);
-        rootId = oracle.confirmReceipt(a, sigs);
+        return oracle.confirmReceipt(obs, sigs);
+    }
+
+    /// @dev Confirms `orderId` with `quantity` received now, by a portal and the weighbridge, sent by
+    /// the allow-listed relayer.
+    function _confirm(uint256 orderId, uint64 quantity) internal returns (uint256 rootId) {
+        (IReceiptOracle.Observation[] memory obs, bytes[] memory sigs) =
+            _receipt(orderId, quantity, uint64(block.timestamp));
+        rootId = _submit(obs, sigs);
     }
 
     /// @dev Opens an order of `amount` for supplierA and confirms full delivery: the root certificate.

@@ -12,8 +12,6 @@ contract PauseTest is Base {
     uint256 internal sibling;
     uint256 internal openOrderId;
     uint256 internal offerId;
-    IReceiptOracle.ReceiptAttestation internal att;
-    bytes[] internal sigs;
 
     function setUp() public override {
         super.setUp();
@@ -22,10 +20,6 @@ contract PauseTest is Base {
         openOrderId = _openOrder();
         vm.prank(supplierA);
         offerId = ledger.offerDiscount(id, 1_000_00, 900_00, address(0), uint40(T0 + 1 days));
-        att = _attestation(openOrderId, QTY, uint64(block.timestamp));
-        bytes[] memory s = _sign(att, _defaultPks());
-        sigs.push(s[0]);
-        sigs.push(s[1]);
         vm.prank(admin);
         ledger.pause();
     }
@@ -99,9 +93,11 @@ contract PauseTest is Base {
     }
 
     function test_paused_confirmReceipt() public {
+        (IReceiptOracle.Observation[] memory obs, bytes[] memory sigs) =
+            _receipt(openOrderId, QTY, uint64(block.timestamp));
         _expectPaused();
-        oracle.confirmReceipt(att, sigs);
-        vm.assertFalse(oracle.attestationUsed(oracle.attestationDigest(att)));
+        _submit(obs, sigs);
+        vm.assertFalse(oracle.sequenceUsed(obs[0].device, obs[0].sequence));
     }
 
     function test_paused_cancelOrder() public {

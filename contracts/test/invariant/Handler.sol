@@ -6,7 +6,7 @@ import {CertificateLedger} from "../../src/CertificateLedger.sol";
 import {ReceiptOracle} from "../../src/ReceiptOracle.sol";
 import {SettlementToken} from "../../src/SettlementToken.sol";
 import {ICertificateLedger} from "../../src/interfaces/ICertificateLedger.sol";
-import {IReceiptOracle} from "../../src/interfaces/IReceiptOracle.sol";
+import {IReceiptOracle, KIND_CARTON_COUNT, KIND_NET_WEIGHT} from "../../src/interfaces/IReceiptOracle.sol";
 import {IParticipantRegistry, ROLES_HOLDER} from "../../src/interfaces/IParticipantRegistry.sol";
 
 /// @title Handler
@@ -20,6 +20,7 @@ contract Handler is TestBase {
         address issuer;
         address regulator;
         address bank;
+        address relayer;
         address[] holders; // suppliers and factors
         address[] factors;
         uint256[] devicePks;
@@ -33,12 +34,14 @@ contract Handler is TestBase {
     address internal immutable _issuer;
     address internal immutable _regulator;
     address internal immutable _bank;
+    address internal immutable _relayer;
     address[] internal _holders;
     address[] internal _factors;
     uint256[] internal _devicePks;
 
     bytes32 public constant WAREHOUSE = keccak256("WH-SH-PUDONG-01");
     bytes32 public constant GOODS = keccak256("steel coil Q235B x100");
+    uint64 internal constant CARTON_GRAMS = 25_000; // as Base's, inside the warehouse's ranges
     uint256 internal constant MAX_AMOUNT = 1_000_000_00;
 
     // ------------------------------------------------------------------ ghost state
@@ -58,9 +61,20 @@ contract Handler is TestBase {
     mapping(uint256 certificateId => uint256) public frozenValue;
     mapping(uint256 certificateId => bool) public ghostFrozen;
 
-    IReceiptOracle.ReceiptAttestation[] internal _usedAttestations;
+    /// @dev Enough to rebuild a receipt that took effect, for {replay}.
+    struct UsedReceipt {
+        uint256 orderId;
+        uint64 qty;
+        uint64 at;
+        uint64 firstSequence;
+        uint64 deadline;
+        uint32 version;
+        uint256 portal;
+    }
+
+    UsedReceipt[] internal _usedReceipts;
     uint256 internal _invoiceNonce;
-    uint256 internal _attestationNonce;
+    uint64 internal _sequence;
 
     // How often each action took effect (keeps the runs honest: see the smoke test).
     mapping(bytes32 action => uint256) public calls;
@@ -78,6 +92,7 @@ contract Handler is TestBase {
         _issuer = actors.issuer;
         _regulator = actors.regulator;
         _bank = actors.bank;
+        _relayer = actors.relayer;
         _holders = actors.holders;
         _factors = actors.factors;
         _devicePks = actors.devicePks;
@@ -132,37 +147,40 @@ contract Handler is TestBase {
         }
         ICertificateLedger.Order memory o = ledger.order(orderId);
         uint64 qty = uint64(bound(qtySeed, 1, uint256(o.expectedQuantity) * 2));
-        IReceiptOracle.ReceiptAttestation memory a = IReceiptOracle.ReceiptAttestation({
+        UsedReceipt memory u = UsedReceipt({
             orderId: orderId,
-            warehouse: o.warehouse,
-            goodsHash: o.goodsHash,
-            quantity: qty,
-            receivedAt: uint64(block.timestamp),
-            deviceSetVersion: oracle.warehouse(o.warehouse).deviceSetVersion,
-            nonce: ++_attestationNonce
+            qty: qty,
+            at: uint64(block.timestamp),
+            firstSequence: _sequence + 1,
+            deadline: uint64(block.timestamp + 1 hours),
+            version: oracle.warehouse(o.warehouse).deviceSetVersion,
+            portal: signerSeed
         });
-        bytes[] memory sigs = _sign(a, signerSeed);
+        _sequence += 2;
+        (IReceiptOracle.Observation[] memory obs, bytes[] memory sigs) = _receipt(u, o);
         bool payee = _eligible(o.payee);
 
-        try oracle.confirmReceipt(a, sigs) returns (uint256 rootId) {
+        vm.prank(_relayer);
+        try oracle.confirmReceipt(obs, sigs) returns (uint256 rootId) {
             ++ghostConfirmations[orderId];
             uint256 escrowed = ghostEscrowed[orderId];
             ghostFace[orderId] = qty >= o.expectedQuantity ? escrowed : escrowed * qty / o.expectedQuantity;
             if (!payee) ++ghostIneligibleReceipts;
             if (o.maturity <= block.timestamp) ++ghostSettlements[rootId]; // paid on receipt
-            _usedAttestations.push(a);
+            _usedReceipts.push(u);
             ++calls["confirm"];
         } catch {}
     }
 
-    /// @dev Resubmits an attestation that already took effect, with fresh valid signatures: must fail.
+    /// @dev Resubmits the observations of a receipt that already took effect, freshly signed: must fail.
     function replay(uint256 seed) external {
-        if (_usedAttestations.length == 0) return;
-        IReceiptOracle.ReceiptAttestation memory a = _usedAttestations[seed % _usedAttestations.length];
-        bytes[] memory sigs = _sign(a, seed);
-        try oracle.confirmReceipt(a, sigs) {
+        if (_usedReceipts.length == 0) return;
+        UsedReceipt memory u = _usedReceipts[seed % _usedReceipts.length];
+        (IReceiptOracle.Observation[] memory obs, bytes[] memory sigs) = _receipt(u, ledger.order(u.orderId));
+        vm.prank(_relayer);
+        try oracle.confirmReceipt(obs, sigs) {
             ++ghostReplaySuccesses;
-            ++ghostConfirmations[a.orderId];
+            ++ghostConfirmations[u.orderId];
         } catch {}
     }
 
@@ -398,8 +416,8 @@ contract Handler is TestBase {
         }
     }
 
-    function usedAttestationCount() external view returns (uint256) {
-        return _usedAttestations.length;
+    function usedReceiptCount() external view returns (uint256) {
+        return _usedReceipts.length;
     }
 
     // ================================================================== internal
@@ -439,23 +457,34 @@ contract Handler is TestBase {
         }
     }
 
-    function _sign(IReceiptOracle.ReceiptAttestation memory a, uint256 seed)
+    /// @dev The weighbridge (second key) and one of the two portals, in ascending address order,
+    /// each observing `u.qty` cartons (or their weight).
+    function _receipt(UsedReceipt memory u, ICertificateLedger.Order memory o)
         internal
         view
-        returns (bytes[] memory sigs)
+        returns (IReceiptOracle.Observation[] memory obs, bytes[] memory sigs)
     {
-        bytes32 digest = oracle.attestationDigest(a);
-        // Two distinct devices of three, in ascending address order.
-        uint256 skip = seed % _devicePks.length;
-        uint256[] memory pks = new uint256[](_devicePks.length - 1);
-        uint256 j;
-        for (uint256 i; i < _devicePks.length; ++i) {
-            if (i != skip) pks[j++] = _devicePks[i];
-        }
+        uint256[] memory pks = new uint256[](2);
+        pks[0] = u.portal % 2 == 0 ? _devicePks[0] : _devicePks[2];
+        pks[1] = _devicePks[1];
         if (vm.addr(pks[0]) > vm.addr(pks[1])) (pks[0], pks[1]) = (pks[1], pks[0]);
+        obs = new IReceiptOracle.Observation[](2);
         sigs = new bytes[](2);
         for (uint256 i; i < 2; ++i) {
-            (uint8 v, bytes32 r, bytes32 s) = vm.sign(pks[i], digest);
+            bool weighs = pks[i] == _devicePks[1];
+            obs[i] = IReceiptOracle.Observation({
+                orderId: u.orderId,
+                warehouse: o.warehouse,
+                goodsHash: o.goodsHash,
+                device: vm.addr(pks[i]),
+                kind: weighs ? KIND_NET_WEIGHT : KIND_CARTON_COUNT,
+                value: weighs ? u.qty * CARTON_GRAMS : u.qty,
+                observedAt: u.at,
+                sequence: u.firstSequence + uint64(i),
+                deviceSetVersion: u.version,
+                deadline: u.deadline
+            });
+            (uint8 v, bytes32 r, bytes32 s) = vm.sign(pks[i], oracle.observationDigest(obs[i]));
             sigs[i] = abi.encodePacked(r, s, v);
         }
     }

@@ -35,6 +35,7 @@ contract Invariants is Base {
                 issuer: issuer,
                 regulator: regulator,
                 bank: address(this),
+                relayer: relayer,
                 holders: holders,
                 factors: factors,
                 devicePks: pks
@@ -269,7 +270,7 @@ contract Invariants is Base {
                 ++confirmed;
             }
         }
-        vm.assertEq(confirmed, handler.usedAttestationCount(), "attestations != confirmed orders");
+        vm.assertEq(confirmed, handler.usedReceiptCount(), "receipts != confirmed orders");
         for (uint256 id = 1; id <= certCount; ++id) {
             uint256 n = handler.ghostSettlements(id);
             vm.assertLe(n, 1, "certificate settled twice");
