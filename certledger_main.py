@@ -55,14 +55,14 @@ def demo(
                     f"[yellow]Receipt falls back to direct signing ({why}): the devices' signatures go "
                     "straight to the chain, without the gateway and relayer.[/]"
                 )
-                hook = None
+                path = None
             else:
                 console.print(
-                    f"Receipt goes through the oracle: simulated RFID portal and weighbridge -> MQTT {url} "
-                    "-> gateway checks -> relayer -> chain."
+                    f"Receipt goes through the oracle: simulated RFID portals and weighbridge -> MQTT {url} "
+                    "-> gateway checks and agreement -> relayer -> chain."
                 )
-                hook = MqttReceiptPipeline(url, workdir)
-            run_demo(connect(Settings(rpc_url=rpc_url)), console, confirm_receipt=hook)
+                path = MqttReceiptPipeline(url, workdir)
+            run_demo(connect(Settings(rpc_url=rpc_url)), console, receipt_path=path)
         except (CertledgerError, PipelineFailed) as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(1) from None

@@ -38,6 +38,10 @@ class ChainView(Protocol):
 
     def reading_range(self, warehouse: bytes, kind: int) -> ReadingRange: ...
 
+    def required_kinds(self, warehouse: bytes) -> list[int]:
+        """Kinds a receipt must include (those with a range in the current device set)."""
+        ...
+
     def sequence_used(self, device: ChecksumAddress, sequence: int) -> bool: ...
 
     def order(self, order_id: int) -> Order: ...
@@ -78,6 +82,10 @@ class SystemView:
     def reading_range(self, warehouse: bytes, kind: int) -> ReadingRange:
         with self.lock:
             return self.system.oracle.reading_range(warehouse, kind)
+
+    def required_kinds(self, warehouse: bytes) -> list[int]:
+        with self.lock:
+            return self.system.oracle.required_kinds(warehouse)
 
     def sequence_used(self, device: ChecksumAddress, sequence: int) -> bool:
         with self.lock:

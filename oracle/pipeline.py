@@ -23,7 +23,6 @@ from oracle.settings import OracleSettings
 from oracle.simulator import Delivery, SimulatedDevice, publish_all, readings_for
 from oracle.store import OrderState
 
-DEMO_CARTON_GRAMS = 8_400  # a carton of brake discs
 PIPELINE_TIMEOUT = 60.0
 
 
@@ -33,10 +32,18 @@ class PipelineFailed(Exception):
 
 @dataclass
 class MqttReceiptPipeline:
+    """chain_client.demo's ReceiptPath through the oracle."""
+
     broker_url: str
     workdir: Path
-    carton_weight_grams: int = DEMO_CARTON_GRAMS
     timeout: float = PIPELINE_TIMEOUT
+
+    @property
+    def description(self) -> str:
+        return (
+            f"an RFID portal, the weighbridge and the second portal published signed readings over MQTT "
+            f"({self.broker_url}); the gateway checked them and their agreement, the relayer submitted them"
+        )
 
     def __call__(self, system: System, receipt: DemoReceipt) -> int:
         settings = OracleSettings(
@@ -45,7 +52,7 @@ class MqttReceiptPipeline:
             # A fresh session per run: a demo must not receive an earlier run's queued readings.
             client_id=f"certledger-demo-{uuid.uuid4().hex[:8]}",
             http_port=0,
-            carton_weight_grams=self.carton_weight_grams,
+            carton_weight_grams=receipt.carton_grams,
             poll_interval=0.02,
         )
         service = OracleService.build(settings, system, receipt.relayer, keeper=False)
@@ -53,7 +60,7 @@ class MqttReceiptPipeline:
         try:
             service.store.register_order(
                 receipt.order_id,
-                carton_weight_grams=self.carton_weight_grams,
+                carton_weight_grams=receipt.carton_grams,
                 count_tolerance=0,
                 weight_tolerance_pct=1.0,
             )
@@ -78,7 +85,7 @@ class MqttReceiptPipeline:
             publications = readings_for(
                 devices,
                 context,
-                Delivery(receipt.delivered_quantity, self.carton_weight_grams),
+                Delivery(receipt.delivered_quantity, receipt.carton_grams),
                 observed_at=service.view.now() - 60,
                 valid_for=warehouse.freshness,
                 topic_prefix=settings.topic_prefix,

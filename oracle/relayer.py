@@ -25,7 +25,6 @@ from typing import Protocol
 
 from chain_client.errors import ContractReverted
 from chain_client.models import OrderStatus, Warehouse
-from chain_client.receipts import ReadingKind
 from oracle.agreement import Disputed, Expectations, Ready, decide
 from oracle.chainview import ChainView
 from oracle.retry import backoff_delay, is_transient
@@ -145,9 +144,7 @@ class Relayer:
             warehouse = self.chain.warehouse(order.warehouse)
             now = self.chain.now()
             current, early = self._current(self.store.observations(order_id), warehouse, now)
-            required = frozenset(
-                int(k) for k in ReadingKind if self.chain.reading_range(order.warehouse, int(k)).max > 0
-            )
+            required = frozenset(self.chain.required_kinds(order.warehouse))
         except Exception as exc:
             if is_transient(exc):
                 self._backoff(record, OrderState.COLLECTING, str(exc))

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from chain_client.receipts import Observation, ReadingKind, sign_observation
+from chain_client.receipts import SECP256K1_N, Observation, ReadingKind, sign_observation
 from oracle.devices import DeviceSigner, ReadingContext
 from oracle.mqtt import MqttPublisher, reading_topic
-from oracle.validation import SECP256K1_N
 from oracle.wire import SignedReading
 
 

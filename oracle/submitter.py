@@ -36,10 +36,9 @@ class ChainSubmitter:
         self.lock = lock or threading.RLock()
 
     def _function(self, readings: Sequence[SignedReading]) -> Any:
-        # The contract wants devices strictly ascending (DevicesNotAscending otherwise).
-        ordered = sorted(readings, key=lambda r: int(r.observation.device, 16))
-        return self.system.oracle.contract.functions.confirmReceipt(
-            [r.observation.as_tuple() for r in ordered], [r.signature for r in ordered]
+        # chain_client puts the observations in ascending device order, as the contract requires.
+        return self.system.oracle.confirm_call(
+            [r.observation for r in readings], [r.signature for r in readings]
         )
 
     def prepare(self, readings: Sequence[SignedReading]) -> PreparedTx:

@@ -16,14 +16,14 @@ from eth_typing import ChecksumAddress
 from eth_utils import ValidationError
 
 from chain_client.models import OrderStatus
-from chain_client.receipts import ReadingKind, recover_observation_signer
+from chain_client.receipts import SECP256K1_N, ReadingKind, recover_observation_signer
 from oracle.chainview import ChainView
 from oracle.wire import SignedReading
 
-# secp256k1's group order. Ethereum (EIP-2) and OpenZeppelin's ECDSA accept only s <= n/2: for each
-# signature (r, s) the pair (r, n - s) with the other v is just as valid mathematically, so without
-# this rule anyone could turn one signature into a second, different-looking one.
-SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+# Ethereum (EIP-2) and OpenZeppelin's ECDSA accept only s <= n/2: for each signature (r, s) the pair
+# (r, n - s) with the other v is just as valid mathematically, so without this rule anyone could turn
+# one signature into a second, different-looking one. chain_client's signature_is_canonical says
+# yes or no; here each failure gets its own reason for the operator.
 SECP256K1_HALF_N = SECP256K1_N // 2
 
 
@@ -126,7 +126,7 @@ def check_reading(reading: SignedReading, chain: ChainView, clock_skew: int) -> 
         return refused
 
     bounds = chain.reading_range(o.warehouse, o.kind)
-    if bounds.max == 0 or not bounds.min <= o.value <= bounds.max:
+    if bounds.max == 0 or o.value not in bounds:  # max 0: no range for the kind, so no such reading
         return Refused(
             Reason.OUT_OF_RANGE,
             f"{ReadingKind(o.kind).name} {o.value} outside [{bounds.min}, {bounds.max}]",

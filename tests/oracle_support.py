@@ -77,6 +77,9 @@ class FakeChain:
         lo, hi = self.ranges.get(kind, (0, 0))
         return ReadingRange(kind=kind, min=lo, max=hi)
 
+    def required_kinds(self, warehouse: bytes) -> list[int]:
+        return sorted(self.ranges)
+
     def sequence_used(self, device: ChecksumAddress, sequence: int) -> bool:
         return (device, sequence) in self.used
 
@@ -116,8 +119,8 @@ def chain_ranges() -> list[ReadingRange]:
 
 
 def enrol_warehouse(world: Any, kinds: list[ReadingKind], threshold: int = 2) -> tuple[bytes, list[Any]]:
-    """A new warehouse in the shared world with one fresh device per kind, and the world's relayer
-    allow-listed; returns the warehouse id and the devices' signers."""
+    """A new warehouse in the shared world with one fresh device per kind (the world's relayer is
+    already allow-listed); returns the warehouse id and the devices' signers."""
     from chain_client.receipts import DeviceEnrolment
     from oracle.devices import DeviceSigner, MemorySequence
 
@@ -141,7 +144,6 @@ def enrol_warehouse(world: Any, kinds: list[ReadingKind], threshold: int = 2) ->
         3_600,
         chain_ranges(),
     )
-    world.oracle.set_relayer(admin, world.cast.relayer.address, True)
     return warehouse, devices
 
 
