@@ -98,7 +98,9 @@ class MqttIntake:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
         self.connected.clear()
-        log.warning("disconnected from %s: %s", self.settings.broker_url, reason_code)
+        # Our own disconnect() is routine; anything else (the broker went away) is worth a warning.
+        level = logging.INFO if reason_code == 0 else logging.WARNING
+        log.log(level, "disconnected from %s: %s", self.settings.broker_url, reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:

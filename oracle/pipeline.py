@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from chain_client.demo import DemoReceipt
@@ -37,10 +37,10 @@ class MqttReceiptPipeline:
     broker_url: str
     workdir: Path
     timeout: float = PIPELINE_TIMEOUT
+    description: str = field(init=False)
 
-    @property
-    def description(self) -> str:
-        return (
+    def __post_init__(self) -> None:
+        self.description = (
             f"an RFID portal, the weighbridge and the second portal published signed readings over MQTT "
             f"({self.broker_url}); the gateway checked them and their agreement, the relayer submitted them"
         )

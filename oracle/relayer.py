@@ -128,9 +128,9 @@ class Relayer:
             if record.next_attempt_at <= now:
                 self._resolve(record)
         for order_id in self.store.dirty_collecting():
-            record = self.store.order(order_id)
-            if record is not None and record.next_attempt_at <= now:
-                self._evaluate(record)
+            collecting = self.store.order(order_id)
+            if collecting is not None and collecting.next_attempt_at <= now:
+                self._evaluate(collecting)
 
     # ------------------------------------------------------------------ collecting
 

@@ -56,7 +56,7 @@ class ChainSubmitter:
             )
             params["nonce"] = Nonce(nonce)
             tx = fn.build_transaction(params)
-            signed = self.relayer.sign_transaction(tx)  # type: ignore[arg-type]
+            signed = self.relayer.sign_transaction(tx)
         return PreparedTx("0x" + bytes(signed.hash).hex(), bytes(signed.raw_transaction))
 
     def broadcast(self, prepared: PreparedTx) -> None:

@@ -73,7 +73,7 @@ def fake_chain() -> FakeChain:
 def reading(
     dev: DeviceSigner, value: int, chain: FakeChain, *, age: int = 60, valid_for: int = 3_600, **changes: int
 ) -> SignedReading:
-    context = ReadingContext(**{**CONTEXT.__dict__, **changes})  # type: ignore[arg-type]
+    context = ReadingContext(**{**CONTEXT.__dict__, **changes})
     obs, sig = dev.observe(context, value, observed_at=chain.now_value - age, valid_for=valid_for)
     return SignedReading(obs, sig)
 
