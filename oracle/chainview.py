@@ -48,12 +48,22 @@ class ChainView(Protocol):
 
 
 class SystemView:
-    """ChainView over a deployed System, every call under `lock`."""
+    """ChainView over a deployed System, every call under `lock`.
+
+    A warehouse's device kinds, reading ranges and required kinds belong to its device-set version
+    (the contract stores them per version and a rotation starts a new one), so they are cached by
+    (warehouse, version) and never go stale. The version itself, the active flag, orders, sequence
+    bits and time are read fresh every time. The version a cached answer is filed under is the one
+    the last `warehouse()` call saw, which every caller makes just before."""
 
     def __init__(self, system: System, lock: threading.RLock | None = None) -> None:
         self.system = system
         self.lock = lock or threading.RLock()
         self._chain_id = system.chain.chain_id
+        self._version: dict[bytes, int] = {}
+        self._kinds: dict[tuple[bytes, int, str], int] = {}
+        self._ranges: dict[tuple[bytes, int, int], ReadingRange] = {}
+        self._required: dict[tuple[bytes, int], list[int]] = {}
 
     @property
     def chain_id(self) -> int:
@@ -73,19 +83,34 @@ class SystemView:
 
     def warehouse(self, warehouse: bytes) -> Warehouse:
         with self.lock:
-            return self.system.oracle.warehouse(warehouse)
+            found = self.system.oracle.warehouse(warehouse)
+            self._version[warehouse] = found.device_set_version
+            return found
+
+    def _current_version(self, warehouse: bytes) -> int:
+        version = self._version.get(warehouse)
+        return self.warehouse(warehouse).device_set_version if version is None else version
 
     def device_kind(self, warehouse: bytes, device: ChecksumAddress) -> int:
         with self.lock:
-            return self.system.oracle.device_kind(warehouse, device)
+            key = (warehouse, self._current_version(warehouse), device)
+            if key not in self._kinds:
+                self._kinds[key] = self.system.oracle.device_kind(warehouse, device)
+            return self._kinds[key]
 
     def reading_range(self, warehouse: bytes, kind: int) -> ReadingRange:
         with self.lock:
-            return self.system.oracle.reading_range(warehouse, kind)
+            key = (warehouse, self._current_version(warehouse), kind)
+            if key not in self._ranges:
+                self._ranges[key] = self.system.oracle.reading_range(warehouse, kind)
+            return self._ranges[key]
 
     def required_kinds(self, warehouse: bytes) -> list[int]:
         with self.lock:
-            return self.system.oracle.required_kinds(warehouse)
+            key = (warehouse, self._current_version(warehouse))
+            if key not in self._required:
+                self._required[key] = self.system.oracle.required_kinds(warehouse)
+            return list(self._required[key])
 
     def sequence_used(self, device: ChecksumAddress, sequence: int) -> bool:
         with self.lock:
