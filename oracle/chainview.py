@@ -44,6 +44,10 @@ class ChainView(Protocol):
 
     def sequence_used(self, device: ChecksumAddress, sequence: int) -> bool: ...
 
+    def threshold_hint(self, warehouse: bytes) -> int | None:
+        """The threshold the last warehouse() call saw, without asking the chain (None: unknown)."""
+        ...
+
     def order(self, order_id: int) -> Order: ...
 
 
@@ -61,6 +65,7 @@ class SystemView:
         self.lock = lock or threading.RLock()
         self._chain_id = system.chain.chain_id
         self._version: dict[bytes, int] = {}
+        self._threshold: dict[bytes, int] = {}
         self._kinds: dict[tuple[bytes, int, str], int] = {}
         self._ranges: dict[tuple[bytes, int, int], ReadingRange] = {}
         self._required: dict[tuple[bytes, int], list[int]] = {}
@@ -85,7 +90,11 @@ class SystemView:
         with self.lock:
             found = self.system.oracle.warehouse(warehouse)
             self._version[warehouse] = found.device_set_version
+            self._threshold[warehouse] = found.threshold
             return found
+
+    def threshold_hint(self, warehouse: bytes) -> int | None:
+        return self._threshold.get(warehouse)
 
     def _current_version(self, warehouse: bytes) -> int:
         version = self._version.get(warehouse)

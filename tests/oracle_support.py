@@ -77,6 +77,9 @@ class FakeChain:
         lo, hi = self.ranges.get(kind, (0, 0))
         return ReadingRange(kind=kind, min=lo, max=hi)
 
+    def threshold_hint(self, warehouse: bytes) -> int | None:
+        return None
+
     def required_kinds(self, warehouse: bytes) -> list[int]:
         return sorted(self.ranges)
 
