@@ -47,8 +47,11 @@ class ChainSubmitter:
         fn = self._function(readings)
         with self.lock:
             params: TxParams = {"from": self.relayer.address, "chainId": chain.chain_id}
-            # Simulated first: a receipt the contract would refuse raises its typed error here.
-            estimate = call_checked(lambda: fn.estimate_gas(params))
+            # Simulated first: a receipt the contract would refuse raises its typed error here. At the
+            # pending block, whose time is the one the transaction will see: anvil simulates at the
+            # latest block by default, which on a chain that mines on demand can be minutes old and
+            # would call a fresh reading "from the future" (a final refusal).
+            estimate = call_checked(lambda: fn.estimate_gas(params, block_identifier="pending"))
             params["gas"] = int(estimate * chain.settings.gas_limit_margin)
             params.update(self.system.ledger._tx._fees())
             nonce = chain.nonces.take(

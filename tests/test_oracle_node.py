@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from index_support import anvil_node, connect_node
 from oracle_support import chain_ranges, wait_until
@@ -20,7 +21,7 @@ from certledger_main import build_app
 from chain_client.models import OrderStatus, Role
 from chain_client.receipts import DeviceEnrolment, ReadingKind, label_hash
 from chain_client.system import System
-from oracle.broker import Mosquitto, mosquitto_binary
+from oracle.broker import Mosquitto, free_port, mosquitto_binary
 from oracle.devices import DeviceFiles, device_address
 
 pytestmark = [
@@ -30,6 +31,13 @@ pytestmark = [
 
 DAY = 86_400
 PASSWORD = "warehouse 7 devices"
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def status(runner: CliRunner, db: Path) -> dict[str, object]:
@@ -88,14 +96,26 @@ def test_oracle_run_confirms_simulated_deliveries_and_disputes_a_bad_one(tmp_pat
         db = tmp_path / "oracle.db"
         node = ["--rpc-url", url, "--manifest", str(manifest), "--broker-url", broker.url]
         env = {**os.environ, "CERTLEDGER_RELAYER_KEY": "0x" + relayer.key.hex()}
+        port = free_port()
         process = subprocess.Popen(
             [sys.executable, "-m", "certledger_main", "oracle", "run", *node, "--db", str(db), "--http-port",
-             "0", "--carton-weight", "12000", "--keeper-interval", "3600"],
+             str(port), "--keeper-interval", "3600"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            wait_until(db.exists, timeout=60)
-            time.sleep(1.0)  # its MQTT session is up once it printed; the broker queues for it anyway
+            # Up once its HTTP intake answers; the warehouse system registers what each order expects.
+            base = f"http://127.0.0.1:{port}"
+            try:
+                wait_until(lambda: http_ok(f"{base}/orders"), timeout=60)
+            except AssertionError:
+                process.kill()
+                raise AssertionError(process.communicate(timeout=10)[0].decode()) from None
+            for order_id in orders:
+                put = httpx.put(f"{base}/orders/{order_id}", json={"carton_weight_grams": 12_000}, timeout=10)
+                assert put.status_code == 200, put.text
+            # Let the chain sit idle: anvil mines on demand, so its latest block is now older than the
+            # readings (made at the wall clock): they must still confirm (simulated at the pending block).
+            time.sleep(6)
             sim = ["devices", "simulate", "--dir", str(devices_dir), *node, "--carton-weight", "12000"]
             simulate_env = {"CERTLEDGER_DEVICE_PASSWORD": PASSWORD}
             good = runner.invoke(
@@ -106,10 +126,13 @@ def test_oracle_run_confirms_simulated_deliveries_and_disputes_a_bad_one(tmp_pat
                 build_app(), [*sim, "--order", str(orders[1]), "--fault", "scale=disagree"], env=simulate_env
             )
             assert bad.exit_code == 0, bad.output
-            wait_until(
-                lambda: order_states(runner, db) == {orders[0]: "confirmed", orders[1]: "disputed"},
-                timeout=60,
-            )
+            try:
+                wait_until(
+                    lambda: order_states(runner, db) == {orders[0]: "confirmed", orders[1]: "disputed"},
+                    timeout=60,
+                )
+            except AssertionError:
+                raise AssertionError(json.dumps(status(runner, db), indent=1)) from None
         finally:
             process.send_signal(signal.SIGTERM)
             output, _ = process.communicate(timeout=30)
@@ -119,6 +142,7 @@ def test_oracle_run_confirms_simulated_deliveries_and_disputes_a_bad_one(tmp_pat
         assert ledger.order(orders[1]).status == OrderStatus.OPEN
         alerts = status(runner, db)["alerts"]
         assert isinstance(alerts, list) and alerts[0]["kind"] == "disputed"
+        assert "weight" in alerts[0]["message"]
         text = runner.invoke(build_app(), ["oracle", "status", "--db", str(db)]).output
         assert "1 confirmed" in text and "1 disputed" in text
         listed = json.loads(
