@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -238,7 +239,13 @@ def main() -> None:
     result = {
         "node": "anvil (automine), local",
         "broker": "mosquitto, local, persistence on",
-        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            # Latency is mostly JSON-RPC round trips through web3 (~25 per order): a busy machine shows.
+            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+        },
         "latency_last_publish_to_confirmed": lat,
         "confirm_receipt_gas": gas_used,
         "note": "latency: broker PUBACK of the last reading to the order recorded confirmed "
