@@ -50,8 +50,10 @@ class ChainSubmitter:
             # Simulated first: a receipt the contract would refuse raises its typed error here. At the
             # pending block, whose time is the one the transaction will see: anvil simulates at the
             # latest block by default, which on a chain that mines on demand can be minutes old and
-            # would call a fresh reading "from the future" (a final refusal).
-            estimate = call_checked(lambda: fn.estimate_gas(params, block_identifier="pending"))
+            # would call a fresh reading "from the future" (a final refusal). eth-tester takes no block
+            # argument here and simulates at its pending block anyway.
+            block = None if chain.embedded else "pending"
+            estimate = call_checked(lambda: fn.estimate_gas(params, block_identifier=block))
             params["gas"] = int(estimate * chain.settings.gas_limit_margin)
             params.update(self.system.ledger._tx._fees())
             nonce = chain.nonces.take(
