@@ -38,7 +38,7 @@ from chain_client.index.models import (
     OrderRecord,
     PaymentRecord,
 )
-from chain_client.index.source import NodeSource, RpcRequestError
+from chain_client.index.source import NodeSource, PendingLogs, RpcRequestError
 from chain_client.index.state import books_at, history, holdings, lineage
 from chain_client.index.sync import Indexer, SyncOptions, SyncStatus
 from chain_client.index.workload import DAY, Workload
@@ -220,10 +220,15 @@ class _RangeLimited(NodeSource):
         super().__init__(chain)
         self.limit = limit
 
-    def logs(self, first: int, last: int, addresses: Sequence[str]) -> list[RawLog]:
+    def request_logs(self, first: int, last: int, addresses: Sequence[str]) -> PendingLogs:
         if last - first + 1 > self.limit:
-            raise RpcRequestError(f"eth_getLogs: range {last - first + 1} over the limit of {self.limit}")
-        return super().logs(first, last, addresses)
+            error = RpcRequestError(f"eth_getLogs: range {last - first + 1} over the limit of {self.limit}")
+            return PendingLogs(lambda: _raise(error))
+        return super().request_logs(first, last, addresses)
+
+
+def _raise(error: Exception) -> list[RawLog]:
+    raise error
 
 
 def test_a_killed_sync_resumes_with_no_gap_and_no_duplicate(

@@ -6,7 +6,7 @@ checked, decoded strictly (an undecodable log of ours stops the sync), applied t
 written in one database transaction together with the new cursor. A killed process therefore
 leaves the index at the end of its last whole range, and the next run goes on from there: no gap,
 no duplicate (and events are upserted on their idempotency key besides). Fetching, applying and
-writing overlap in three threads (see `Indexer._pipeline`).
+writing overlap (see `Indexer._pipeline`).
 
 Reorgs are found by parent hash: the first block of a new range must name the last indexed block
 as its parent, and a sync that finds nothing new checks that its last block is still the node's.
@@ -22,15 +22,12 @@ while results stay small.
 from __future__ import annotations
 
 import gc
-import queue
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 from chain_client.chain import Chain
 from chain_client.deploy import Deployment
@@ -49,7 +46,7 @@ from chain_client.index.db import IndexDatabase, IndexDatabaseError, RangeWrite,
 from chain_client.index.decode import Event, LogDecoder, RawLog
 from chain_client.index.digest import block_digest, change_texts, event_document, genesis
 from chain_client.index.models import IndexState
-from chain_client.index.source import Header, NodeSource, RpcRequestError
+from chain_client.index.source import Header, NodeSource, PendingLogs, RpcRequestError
 
 
 class ReorgTooDeep(CertledgerError):
@@ -95,6 +92,16 @@ class _Fetched:
     last: int
     logs: list[RawLog]
     headers: dict[int, Header]
+
+
+@dataclass
+class _Begun:
+    """A range whose getLogs is on its way."""
+
+    first: int
+    last: int
+    before: Header
+    logs: PendingLogs
 
 
 @dataclass
@@ -228,38 +235,40 @@ class Indexer:
         return status
 
     def _pipeline(self, state: IndexState, target: int) -> _Retry | _Reorg | None:
-        """Syncs up to `target` with the stages overlapped: a thread fetches the next ranges while
-        this one applies them to the books in order and commits each. Against PostgreSQL a writer
-        thread commits too, since the server does the work while the thread waits outside the GIL.
-        SQLite works inside this process, where a writer thread only adds GIL hand-offs: measured
-        on 20,000 events it was slower than writing here (bench/replay.json has the stages).
+        """Syncs up to `target` with the stages overlapped. The getLogs of the next range is sent
+        before this range is applied, so the node searches its logs while this process decodes,
+        applies and writes (one thread: see `source`). Against PostgreSQL a writer thread commits
+        each range while the next is applied, since the server does that work while the thread
+        waits outside the GIL. SQLite works inside this process, where a writer thread only adds
+        GIL hand-offs: measured, it was slower than writing here.
 
-        Returns None when `target` is reached, or why the fetcher stopped early."""
-        fetched: queue.Queue[_Fetched | _Retry | _Reorg | BaseException | None] = queue.Queue(maxsize=2)
-        stop = threading.Event()
-        fetcher = threading.Thread(
-            target=self._fetch_ranges, args=(state, target, fetched, stop), name="index-fetch", daemon=True
-        )
-        fetcher.start()
+        Returns None when `target` is reached, or why fetching stopped early."""
+        block, block_hash = state.synced_block, state.synced_hash
         outcome: _Retry | _Reorg | None = None
         try:
+            begun: _Begun | _Reorg | None
+            with self._timed("fetch"):
+                begun = self._begin(block + 1, min(target, block + self._range))
             with _writer(threaded=self.db.dialect != "sqlite") as writer:
                 pending: Future[None] | None = None
-                while True:
-                    item = fetched.get()
-                    if item is None:
-                        break
-                    if isinstance(item, BaseException):
-                        raise item
-                    if isinstance(item, _Retry | _Reorg):
-                        outcome = item
-                        break
-                    with self._timed("apply"):
-                        batch = self._apply_range(item)
-                    if pending is not None:
-                        pending.result()
-                        self._report(target)
-                    pending = writer.submit(self._write, batch)
+                while begun is not None:
+                    with _gc_paused():
+                        with self._timed("fetch"):
+                            fetched = self._finish(begun, target, block, block_hash)
+                            begun = None
+                            if isinstance(fetched, _Fetched):
+                                block, block_hash = fetched.last, fetched.headers[fetched.last].hash
+                                if block < target:
+                                    begun = self._begin(block + 1, min(target, block + self._range))
+                        if not isinstance(fetched, _Fetched):
+                            outcome = fetched
+                            break
+                        with self._timed("apply"):
+                            batch = self._apply_range(fetched)
+                        if pending is not None:
+                            pending.result()
+                            self._report(target)
+                        pending = writer.submit(self._write, batch)
                 if pending is not None:
                     pending.result()
                     self._report(target)
@@ -268,10 +277,6 @@ class Indexer:
             self._books = None
             self._state = None
             raise
-        finally:
-            stop.set()
-            _drain(fetched)
-            fetcher.join()
         return outcome
 
     def _write(self, batch: RangeWrite) -> None:
@@ -290,31 +295,6 @@ class Indexer:
         if self.on_progress is not None:
             self.on_progress(self.status(target))
 
-    def _fetch_ranges(
-        self,
-        state: IndexState,
-        target: int,
-        out: queue.Queue[_Fetched | _Retry | _Reorg | BaseException | None],
-        stop: threading.Event,
-    ) -> None:
-        """The fetch stage: consecutive ranges from the indexed tip, each checked to continue the
-        one before, until `target`, a problem, or `stop`."""
-        block, block_hash = state.synced_block, state.synced_hash
-        try:
-            while block < target and not stop.is_set():
-                with self._timed("fetch"):
-                    outcome = self._fetch(
-                        block + 1, min(target, block + self._range), target, block, block_hash
-                    )
-                _put(out, outcome, stop)
-                if not isinstance(outcome, _Fetched):
-                    return
-                block, block_hash = outcome.last, outcome.headers[outcome.last].hash
-        except BaseException as exc:
-            _put(out, exc, stop)
-        finally:
-            _put(out, None, stop)
-
     def _tip_replaced(self) -> bool:
         state, _ = self.open()
         if state.synced_block < 0:
@@ -322,18 +302,28 @@ class Indexer:
         header = self.source.headers([state.synced_block])[state.synced_block]
         return header is None or header.hash != state.synced_hash
 
-    def _fetch(self, first: int, last: int, head: int, tip: int, tip_hash: str) -> _Fetched | _Retry | _Reorg:
-        """Logs of first..last with the headers that prove them one chain continuing block `tip`.
-
-        The header of `last` is read before and after the logs: if its hash did not change, no
-        block up to it changed in between (each hash commits to all before it), so the logs are of
-        that chain; the header of `first` must name `tip_hash` as parent. Every log must carry its
-        block's hash (from the header where one was fetched, the same across the block otherwise)."""
+    def _begin(self, first: int, last: int) -> _Begun | _Reorg:
+        """Starts fetching first..last: reads the header of `last`, then sends the getLogs."""
         before = self.source.headers([last])[last]
         if before is None:
             return _Reorg(f"block {last} disappeared")
+        return _Begun(first, last, before, self.source.request_logs(first, last, self.addresses))
+
+    def _finish(
+        self, begun: _Begun | _Reorg, head: int, tip: int, tip_hash: str
+    ) -> _Fetched | _Retry | _Reorg:
+        """Logs of first..last with the headers that prove them one chain continuing block `tip`.
+
+        The header of `last` is read before the logs were asked for and after they came: if its hash
+        did not change, no block up to it changed in between (each hash commits to all before it),
+        so the logs are of that chain; the header of `first` must name `tip_hash` as parent. Every
+        log must carry its block's hash (from the header where one was fetched, the same across the
+        block otherwise)."""
+        if isinstance(begun, _Reorg):
+            return begun
+        first, last = begun.first, begun.last
         try:
-            logs = self.source.logs(first, last, self.addresses)
+            logs = begun.logs.result()
         except RpcRequestError as exc:
             if first == last:
                 raise
@@ -349,7 +339,7 @@ class Indexer:
             return _Reorg(f"blocks of {first}..{last} disappeared")
         if headers[first].parent_hash != tip_hash:
             return _Reorg(f"block {first} does not follow indexed block {tip}")
-        if headers[last].hash != before.hash:
+        if headers[last].hash != begun.before.hash:
             return _Retry(f"block {last} changed while its range was fetched")
         hashes: dict[int, str] = {n: h.hash for n, h in headers.items()}
         for log in logs:
@@ -370,9 +360,8 @@ class Indexer:
         """Applies a range to the books and returns what to write. Moves the in-memory cursor; the
         database's moves when the writer commits the batch."""
         state, books = self.open()
-        with _gc_paused():
-            batch = self._apply(fetched, state, books)
-            batch.records, batch.gone = materialise(books, batch.touched, self.chain_id)
+        batch = self._apply(fetched, state, books)
+        batch.records, batch.gone = materialise(books, batch.touched, self.chain_id)
         self._state = IndexState(**{**state.model_dump(), **batch.state})
         return batch
 
@@ -501,27 +490,6 @@ def _by_block(events: list[Event]) -> list[tuple[int, list[Event]]]:
     return grouped
 
 
-_T = TypeVar("_T")
-
-
-def _put(out: queue.Queue[_T], item: _T, stop: threading.Event) -> None:
-    """Puts `item` unless the consumer has stopped (so the fetcher never blocks on a full queue)."""
-    while not stop.is_set():
-        try:
-            out.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            continue
-
-
-def _drain(q: queue.Queue[Any]) -> None:
-    while True:
-        try:
-            q.get_nowait()
-        except queue.Empty:
-            return
-
-
 class _Inline:
     """An executor that runs each job at once, in the caller's thread."""
 
@@ -543,8 +511,9 @@ def _writer(threaded: bool) -> Iterator[ThreadPoolExecutor | _Inline]:
 
 @contextmanager
 def _gc_paused() -> Iterator[None]:
-    """Applying a range allocates many small objects that all live until it is written; the cyclic
-    collector would scan them again and again for nothing (there are no cycles among them)."""
+    """Parsing and applying a range allocates many small objects that all live until it is written;
+    the cyclic collector would scan them (and the books) again and again for nothing: there are no
+    cycles among them."""
     enabled = gc.isenabled()
     gc.disable()
     try:
