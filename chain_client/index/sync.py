@@ -25,7 +25,6 @@ import gc
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -47,6 +46,14 @@ from chain_client.index.decode import Event, LogDecoder, RawLog
 from chain_client.index.digest import block_digest, change_texts, event_document, genesis
 from chain_client.index.models import IndexState
 from chain_client.index.source import Header, NodeSource, PendingLogs, RpcRequestError
+from chain_client.index.writer import (
+    InlineWriter,
+    Pending,
+    ProcessWriter,
+    ThreadWriter,
+    Writer,
+    can_fork,
+)
 
 
 class ReorgTooDeep(CertledgerError):
@@ -133,7 +140,8 @@ class Indexer:
         )
         self.addresses = self.decoder.addresses
         self.reorgs = 0
-        #: seconds spent per pipeline stage (fetch, apply, write) since this indexer was made
+        #: seconds per pipeline stage since this indexer was made: fetch, apply and write, and in
+        #: this thread the handoff of a range to a writer and the wait for one to finish
         self.timings: defaultdict[str, float] = defaultdict(float)
         self._range = self.options.initial_range
         self._ceiling = self.options.max_range
@@ -236,11 +244,9 @@ class Indexer:
 
     def _pipeline(self, state: IndexState, target: int) -> _Retry | _Reorg | None:
         """Syncs up to `target` with the stages overlapped. The getLogs of the next range is sent
-        before this range is applied, so the node searches its logs while this process decodes,
-        applies and writes (one thread: see `source`). Against PostgreSQL a writer thread commits
-        each range while the next is applied, since the server does that work while the thread
-        waits outside the GIL. SQLite works inside this process, where a writer thread only adds
-        GIL hand-offs: measured, it was slower than writing here.
+        before this range is applied, so the node searches its logs while this thread decodes and
+        applies (see `source`); a range is written while the next one is applied, except inline
+        SQLite writes (see `writer`).
 
         Returns None when `target` is reached, or why fetching stopped early."""
         block, block_hash = state.synced_block, state.synced_hash
@@ -249,8 +255,8 @@ class Indexer:
             begun: _Begun | _Reorg | None
             with self._timed("fetch"):
                 begun = self._begin(block + 1, min(target, block + self._range))
-            with _writer(threaded=self.db.dialect != "sqlite") as writer:
-                pending: Future[None] | None = None
+            with self._writer() as writer:
+                pending: Pending | None = None
                 while begun is not None:
                     with _gc_paused():
                         with self._timed("fetch"):
@@ -266,11 +272,14 @@ class Indexer:
                         with self._timed("apply"):
                             batch = self._apply_range(fetched)
                         if pending is not None:
-                            pending.result()
+                            with self._timed("wait"):
+                                pending.result()
                             self._report(target)
-                        pending = writer.submit(self._write, batch)
+                        with self._timed("handoff"):
+                            pending = writer.submit(batch)
                 if pending is not None:
-                    pending.result()
+                    with self._timed("wait"):
+                        pending.result()
                     self._report(target)
         except BaseException:
             # The books may be ahead of what the database got: reload both from it.
@@ -282,6 +291,25 @@ class Indexer:
     def _write(self, batch: RangeWrite) -> None:
         with self._timed("write"):
             self.db.write_range(batch)
+
+    @contextmanager
+    def _writer(self) -> Iterator[Writer]:
+        """Where range writes run (see `writer`): a child process for a replay, a thread for
+        PostgreSQL, else inline."""
+        writer: Writer
+        if self.bulk_load and can_fork():
+            writer = ProcessWriter(self.db.url, self._written)
+        elif self.db.dialect != "sqlite":
+            writer = ThreadWriter(self._write)
+        else:
+            writer = InlineWriter(self._write)
+        try:
+            yield writer
+        finally:
+            writer.close()
+
+    def _written(self, seconds: float) -> None:
+        self.timings["write"] += seconds
 
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:
@@ -488,25 +516,6 @@ def _by_block(events: list[Event]) -> list[tuple[int, list[Event]]]:
         else:
             grouped.append((e.block_number, [e]))
     return grouped
-
-
-class _Inline:
-    """An executor that runs each job at once, in the caller's thread."""
-
-    def submit(self, job: Callable[[RangeWrite], None], batch: RangeWrite) -> Future[None]:
-        job(batch)  # a failure raises here, before the next range is applied
-        done: Future[None] = Future()
-        done.set_result(None)
-        return done
-
-
-@contextmanager
-def _writer(threaded: bool) -> Iterator[ThreadPoolExecutor | _Inline]:
-    if not threaded:
-        yield _Inline()
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-write") as pool:
-        yield pool
 
 
 @contextmanager
