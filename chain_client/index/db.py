@@ -423,8 +423,13 @@ def _insert(dialect: str, model: type[SQLModel]) -> Any:
     raise IndexDatabaseError(f"the index supports SQLite and PostgreSQL, not {dialect}")
 
 
+_ENTITY_COLUMNS = {
+    entity: tuple(c.name for c in table_of(model).columns) for entity, model in ENTITY_TABLES.items()
+}
+
+
 def entity_columns(entity: str) -> tuple[str, ...]:
-    return tuple(c.name for c in table_of(ENTITY_TABLES[entity]).columns)
+    return _ENTITY_COLUMNS[entity]
 
 
 def materialise(
@@ -433,13 +438,17 @@ def materialise(
     """Rows for the touched records as the books hold them now, and the keys of those now gone."""
     records: dict[str, list[tuple[Any, ...]]] = {}
     gone: dict[str, list[Key]] = {}
-    for entity, key in sorted(touched, key=lambda t: (t[0], str(t[1]))):
+    for entity, key in sorted(touched, key=_touched_order):
         if books.get(entity, key) is None:
             gone.setdefault(entity, []).append(key)
             continue
         row = row_for(entity, key, books, chain_id)
-        records.setdefault(entity, []).append(tuple(row[c] for c in entity_columns(entity)))
+        records.setdefault(entity, []).append(tuple([row[c] for c in _ENTITY_COLUMNS[entity]]))
     return records, gone
+
+
+def _touched_order(touched: tuple[str, Key]) -> tuple[str, str]:
+    return touched[0], str(touched[1])
 
 
 def row_for(entity: str, key: Key, books: Books, chain_id: int) -> dict[str, Any]:

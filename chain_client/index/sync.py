@@ -417,42 +417,34 @@ class Indexer:
         return batch
 
     def _apply_event(self, books: Books, batch: RangeWrite, event: Event) -> str:
+        # Runs once per event in a replay: locals instead of repeated attribute lookups.
         applied = books.apply(event)
-        args = self.decoder.args_json(event)
-        chain_id, block, tx_index, log_index, tx = (
-            self.chain_id,
+        args = event.args_json or self.decoder.args_json(event)
+        chain_id = self.chain_id
+        name, block, tx_index, log_index, tx = (
+            event.name,
             event.block_number,
             event.tx_index,
             event.log_index,
             event.tx_hash,
         )
         batch.events.append(
-            (chain_id, tx, log_index, event.block_hash, block, tx_index, event.address, event.name, args)
+            (chain_id, tx, log_index, event.block_hash, block, tx_index, event.address, name, args)
         )
         changes = change_texts(applied)
-        for seq, (entity, key, name, old, new) in enumerate(changes):
-            batch.changes.append(
-                (chain_id, block, tx_index, log_index, seq, tx, event.name, entity, key, name, old, new)
+        rows = batch.changes
+        for seq, (entity, key, field_name, old, new) in enumerate(changes):
+            rows.append(
+                (chain_id, block, tx_index, log_index, seq, tx, name, entity, key, field_name, old, new)
             )
-        batch.touched.update((c.entity, c.key) for c in applied.changes)
-        if len(applied.payments) > 1:
-            raise AssertionError(f"{event.name} booked {len(applied.payments)} payments; the table keys one")
-        for p in applied.payments:
-            batch.payments.append(
-                (
-                    chain_id,
-                    block,
-                    tx_index,
-                    log_index,
-                    tx,
-                    p.kind,
-                    p.order_id,
-                    p.certificate_id,
-                    p.payer,
-                    p.payee,
-                    p.amount,
-                )
-            )
+        touched = batch.touched
+        for change in applied.changes:
+            touched.add((change.entity, change.key))
+        payments = applied.payments
+        if payments:
+            if len(payments) > 1:
+                raise AssertionError(f"{name} booked {len(payments)} payments; the table keys one")
+            batch.payments.append((chain_id, block, tx_index, log_index, tx, *payments[0]))
         return event_document(event, args, changes)
 
     # ------------------------------------------------------------------ reorgs
