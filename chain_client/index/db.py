@@ -60,12 +60,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL with synchronous=NORMAL keeps every committed range across a killed process (only a power
     # cut may lose the last commits, which the next sync re-fetches) and is several times faster.
     # A bigger page cache and fewer WAL checkpoints: a replay writes tens of megabytes, and each
-    # checkpoint copies the log into the database file and syncs it.
+    # checkpoint copies the log into the database file and syncs it. 16 KiB pages (for a new file;
+    # an existing one keeps its own) hold several rows of the wide event and change tables each:
+    # measured, a replay's inserts, index builds and checkpoints take about a third less CPU than
+    # with 4 KiB pages. The checkpoint interval stays at 40 MB of log.
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA page_size=16384")  # before journal_mode, which creates the file
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA cache_size=-65536")
-    cursor.execute("PRAGMA wal_autocheckpoint=10000")
+    cursor.execute("PRAGMA wal_autocheckpoint=2500")
     cursor.close()
 
 
