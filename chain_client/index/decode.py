@@ -46,7 +46,7 @@ class RawLog(NamedTuple):
         """From a raw JSON-RPC log object (hex strings)."""
         return cls(
             log["address"].lower(),
-            tuple(t.lower() for t in log["topics"]),
+            tuple(map(str.lower, log["topics"])),
             log["data"].lower(),
             int(log["blockNumber"], 16),
             log["blockHash"].lower(),

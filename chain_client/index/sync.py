@@ -245,48 +245,46 @@ class Indexer:
     def _pipeline(self, state: IndexState, target: int) -> _Retry | _Reorg | None:
         """Syncs up to `target` with the stages overlapped. The getLogs of the next range is sent
         before this range is applied, so the node searches its logs while this thread decodes and
-        applies (see `source`); a range is written while the next one is applied, except inline
-        SQLite writes (see `writer`).
-
-        Returns None when `target` is reached, or why fetching stopped early."""
-        block, block_hash = state.synced_block, state.synced_hash
-        outcome: _Retry | _Reorg | None = None
+        applies (see `source`); a range is written while the next one is applied, except by the
+        inline SQLite writer (see `writer`). Returns None when `target` is reached, or why
+        fetching stopped early."""
+        tip, tip_hash = state.synced_block, state.synced_hash
         try:
-            begun: _Begun | _Reorg | None
             with self._timed("fetch"):
-                begun = self._begin(block + 1, min(target, block + self._range))
+                begun: _Begun | _Reorg | None = self._begin(tip + 1, min(target, tip + self._range))
             with self._writer() as writer:
                 pending: Pending | None = None
                 while begun is not None:
                     with _gc_paused():
                         with self._timed("fetch"):
-                            fetched = self._finish(begun, target, block, block_hash)
+                            fetched = self._finish(begun, target, tip, tip_hash)
+                            if not isinstance(fetched, _Fetched):
+                                self._settle(pending, target)
+                                return fetched
+                            tip, tip_hash = fetched.last, fetched.headers[fetched.last].hash
                             begun = None
-                            if isinstance(fetched, _Fetched):
-                                block, block_hash = fetched.last, fetched.headers[fetched.last].hash
-                                if block < target:
-                                    begun = self._begin(block + 1, min(target, block + self._range))
-                        if not isinstance(fetched, _Fetched):
-                            outcome = fetched
-                            break
+                            if tip < target:
+                                begun = self._begin(tip + 1, min(target, tip + self._range))
                         with self._timed("apply"):
                             batch = self._apply_range(fetched)
-                        if pending is not None:
-                            with self._timed("wait"):
-                                pending.result()
-                            self._report(target)
+                        with self._timed("wait"):
+                            self._settle(pending, target)
                         with self._timed("handoff"):
                             pending = writer.submit(batch)
-                if pending is not None:
-                    with self._timed("wait"):
-                        pending.result()
-                    self._report(target)
+                with self._timed("wait"):
+                    self._settle(pending, target)
         except BaseException:
             # The books may be ahead of what the database got: reload both from it.
             self._books = None
             self._state = None
             raise
-        return outcome
+        return None
+
+    def _settle(self, pending: Pending | None, target: int) -> None:
+        """Waits for a handed-over range's commit, then reports it."""
+        if pending is not None:
+            pending.result()
+            self._report(target)
 
     def _write(self, batch: RangeWrite) -> None:
         with self._timed("write"):
