@@ -292,13 +292,13 @@ class Indexer:
 
     @contextmanager
     def _writer(self) -> Iterator[Writer]:
-        """Where range writes run (see `writer`): a child process for a replay, a thread for
-        PostgreSQL, else inline."""
+        """Where range writes run (see `writer`): a thread for PostgreSQL, a child process for a
+        SQLite replay, else inline."""
         writer: Writer
-        if self.bulk_load and can_fork():
-            writer = ProcessWriter(self.db.url, self._written)
-        elif self.db.dialect != "sqlite":
+        if self.db.dialect != "sqlite":
             writer = ThreadWriter(self._write)
+        elif self.bulk_load and can_fork():
+            writer = ProcessWriter(self.db.url, self._written)
         else:
             writer = InlineWriter(self._write)
         try:

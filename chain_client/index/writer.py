@@ -6,11 +6,12 @@ killed sync resumes exactly as with inline writes. What differs is what runs whi
 
 - inline (SQLite sync): nothing; SQLite works inside this process and a thread would only add GIL
   hand-offs (the sqlite3 module gives up the GIL around every row it steps);
-- a thread (PostgreSQL sync): the next range is applied while the server does the write;
-- a child process (replay, either database): the next range is applied while another process
-  formats, inserts and commits this one, on another core. A replay writes tens of megabytes and
-  this is where most of its time went. The child is forked, so it starts at once and needs
-  nothing but the batches; it opens its own database connection.
+- a thread (PostgreSQL): the next range is applied while the server does the write. A child
+  process measured no faster: the server is the bottleneck, and pickling costs this thread;
+- a child process (SQLite replay): the next range is applied while another process inserts and
+  commits this one, on another core. A replay writes tens of megabytes and this was a third of
+  its time. The child is forked, so it starts at once and needs nothing but the batches; it
+  opens its own connection to the database file.
 """
 
 from __future__ import annotations
