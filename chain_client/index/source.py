@@ -112,10 +112,6 @@ class NodeSource:
         self._logs_in_flight = False
         self._logs_sent = 0
 
-    def close(self) -> None:
-        if self._logs_http is not None:
-            self._logs_http.close()
-
     # ------------------------------------------------------------------ requests
 
     def _request(self, method: str, params: list[Any]) -> Any:

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
-from types import TracebackType
 from typing import Protocol
 
 from chain_client.index.db import IndexDatabase, IndexDatabaseError, RangeWrite
@@ -135,14 +134,6 @@ class ProcessWriter:
         if self._process.is_alive():
             self._process.kill()
             self._process.join()
-
-    def __enter__(self) -> ProcessWriter:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class _Acknowledgement:
