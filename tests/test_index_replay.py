@@ -38,10 +38,11 @@ from chain_client.index.models import (
     OrderRecord,
     PaymentRecord,
 )
-from chain_client.index.source import NodeSource, RpcRequestError
+from chain_client.index.source import NodeSource, PendingLogs, RpcRequestError
 from chain_client.index.state import books_at, history, holdings, lineage
 from chain_client.index.sync import Indexer, SyncOptions, SyncStatus
 from chain_client.index.workload import DAY, Workload
+from chain_client.index.writer import can_fork
 from chain_client.models import CertificateStatus
 
 pytestmark = pytest.mark.anvil
@@ -215,15 +216,55 @@ def test_small_adaptive_ranges_give_the_same_index(
     assert _dump(db, deployment.chain_id) == _dump(replayed[0], deployment.chain_id)
 
 
+def test_a_replay_whose_writer_process_fails_keeps_whole_ranges_and_resumes(
+    lifecycle: Lifecycle,
+    replayed: tuple[IndexDatabase, SyncStatus],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replay writes from a forked child (which inherits this patch): its failure on the third
+    range reaches the replay as the same exception, the two committed ranges stay, and a sync goes
+    on from them to the same index."""
+    if not can_fork():
+        pytest.skip("replays write inline where fork is unavailable")
+    reference = replayed[1]
+    deployment = lifecycle.work.system.deployment
+    db = IndexDatabase(tmp_path / "writer.sqlite")
+    calls = {"n": 0}
+    real = IndexDatabase._save_records
+
+    def crash_on_third(self: IndexDatabase, *args: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk gone")
+        real(self, *args)
+
+    monkeypatch.setattr(IndexDatabase, "_save_records", crash_on_third)
+    with pytest.raises(OSError, match="disk gone"):
+        audit.replay(lifecycle.chain, deployment, db, SyncOptions(initial_range=16, max_range=16))
+    monkeypatch.undo()
+    crashed = db.require_state()
+    assert crashed.synced_block == deployment.deployment_block - 1 + 2 * 16
+    assert db.count(EventRecord, crashed.chain_id) == crashed.events
+    status = audit.sync(lifecycle.chain, deployment, db, until=reference.synced_block)
+    assert status.digest == reference.digest
+    assert _dump(db, status.chain_id) == _dump(replayed[0], status.chain_id)
+
+
 class _RangeLimited(NodeSource):
     def __init__(self, chain: Chain, limit: int) -> None:
         super().__init__(chain)
         self.limit = limit
 
-    def logs(self, first: int, last: int, addresses: Sequence[str]) -> list[RawLog]:
+    def request_logs(self, first: int, last: int, addresses: Sequence[str]) -> PendingLogs:
         if last - first + 1 > self.limit:
-            raise RpcRequestError(f"eth_getLogs: range {last - first + 1} over the limit of {self.limit}")
-        return super().logs(first, last, addresses)
+            error = RpcRequestError(f"eth_getLogs: range {last - first + 1} over the limit of {self.limit}")
+            return PendingLogs(lambda: _raise(error))
+        return super().request_logs(first, last, addresses)
+
+
+def _raise(error: Exception) -> list[RawLog]:
+    raise error
 
 
 def test_a_killed_sync_resumes_with_no_gap_and_no_duplicate(

@@ -9,6 +9,7 @@ change it applied. `chain_client.audit` replays and verifies it; `chain_client.a
     digest    the canonical encoding and the digest chain
     source    what the index asks of a node (raw, batched JSON-RPC)
     sync      the indexer: adaptive ranges, reorg rollback, crash-safe commits
+    writer    where range writes run: inline, a thread, or a child process for a replay
     db        the database: schema, bulk writes, rollback
     views     the contracts' own view of every record at a block (for verify)
     state     reading the index: books at a block, holdings, history, lineage

@@ -134,11 +134,25 @@ def blank(entity: str) -> Record:
 
 def encode_value(kind: Kind, value: Any) -> str:
     """Canonical text of a field value: decimal integers, true/false, JSON lists."""
-    if kind == "bool":
-        return "true" if value else "false"
-    if kind == "json":
-        return json.dumps(list(value), separators=(",", ":"))
-    return str(value)
+    return ENCODERS[kind](value)
+
+
+def _bool_text(value: Any) -> str:
+    return "true" if value else "false"
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(list(value), separators=(",", ":"))
+
+
+#: `encode_value` by kind, as plain functions (a replay encodes a few values per event).
+ENCODERS: dict[Kind, Callable[[Any], str]] = {
+    "uint": str,
+    "int": str,
+    "str": str,
+    "bool": _bool_text,
+    "json": _json_text,
+}
 
 
 def decode_value(kind: Kind, text: str) -> Any:
@@ -151,7 +165,11 @@ def decode_value(kind: Kind, text: str) -> Any:
     return text
 
 
-_SORTED_FIELDS = {entity: sorted(spec.fields.items()) for entity, spec in ENTITIES.items()}
+#: per entity, its fields in name order as ('"name":', name, encoder)
+_SORTED_FIELDS = {
+    entity: [(f'"{name}":', name, ENCODERS[kind]) for name, kind in sorted(spec.fields.items())]
+    for entity, spec in ENTITIES.items()
+}
 
 
 def encode_record(entity: str, record: Record) -> str:
@@ -159,8 +177,7 @@ def encode_record(entity: str, record: Record) -> str:
     return (
         "{"
         + ",".join(
-            f'"{name}":' + _json_string(encode_value(kind, record[name]))
-            for name, kind in _SORTED_FIELDS[entity]
+            [prefix + _json_string(encode(record[name])) for prefix, name, encode in _SORTED_FIELDS[entity]]
         )
         + "}"
     )
@@ -350,12 +367,18 @@ class Books:
         return record
 
     def _set(self, entity: str, key: Key, name: str, value: Any) -> None:
-        record = self._record(entity, key)
+        # The most frequent step of a replay: `_record` and `_changed` inlined for the common case.
+        record = self.records[entity].get(key)
+        if record is None:
+            record = self._record(entity, key)
         old = record[name]
         if old == value:
             return
         record[name] = value
-        self._changed(Change(entity, key, name, old, value))
+        current = self._current
+        assert current is not None
+        current.changes.append(Change(entity, key, name, old, value))
+        self.touched[(entity, key)] = self._touch
 
     def _add(self, entity: str, key: Key, name: str, delta: int) -> None:
         self._set(entity, key, name, self._record(entity, key)[name] + delta)

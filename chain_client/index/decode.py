@@ -46,7 +46,7 @@ class RawLog(NamedTuple):
         """From a raw JSON-RPC log object (hex strings)."""
         return cls(
             log["address"].lower(),
-            tuple(t.lower() for t in log["topics"]),
+            tuple(map(str.lower, log["topics"])),
             log["data"].lower(),
             int(log["blockNumber"], 16),
             log["blockHash"].lower(),
@@ -325,6 +325,7 @@ class LogDecoder:
     def __init__(self) -> None:
         self._specs: dict[str, dict[str, _EventSpec]] = {}
         self._by_name: dict[str, dict[str, _EventSpec]] = {}
+        self._checksums: dict[str, str] = {}
 
     @classmethod
     def for_contracts(cls, contracts: Iterable[tuple[str, str]]) -> LogDecoder:
@@ -342,6 +343,7 @@ class LogDecoder:
         }
         self._specs[address.lower()] = specs
         self._by_name[address.lower()] = {spec.name: spec for spec in specs.values()}
+        self._checksums[address.lower()] = checksum(address)
 
     @property
     def addresses(self) -> list[str]:
@@ -372,20 +374,19 @@ class LogDecoder:
         specs = self._specs.get(log.address)
         if specs is None:
             return None
-        where = f"log {log.log_index} of tx {log.tx_hash} in block {log.block_number} from {log.address}"
         if not log.topics:
-            raise UndecodableLog(f"{where}: no topics")
+            raise UndecodableLog(f"{_where(log)}: no topics")
         spec = specs.get(log.topics[0])
         if spec is None:
-            raise UndecodableLog(f"{where}: unknown event topic {log.topics[0]}")
+            raise UndecodableLog(f"{_where(log)}: unknown event topic {log.topics[0]}")
         try:
             args, canonical = spec.decode(log.topics, log.data)
         except (ValueError, DecodingError) as exc:
-            raise UndecodableLog(f"{where}: {spec.name} does not decode: {exc}") from exc
+            raise UndecodableLog(f"{_where(log)}: {spec.name} does not decode: {exc}") from exc
         return Event(
             spec.name,
             args,
-            checksum(log.address),
+            self._checksums[log.address],
             log.block_number,
             log.block_hash,
             log.tx_hash,
@@ -393,3 +394,7 @@ class LogDecoder:
             log.log_index,
             canonical,
         )
+
+
+def _where(log: RawLog) -> str:
+    return f"log {log.log_index} of tx {log.tx_hash} in block {log.block_number} from {log.address}"

@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from chain_client.index.books import CREATED, ENTITIES, Applied, encode_record, encode_value
+from chain_client.index.books import CREATED, ENCODERS, ENTITIES, Applied, encode_record
 from chain_client.index.decode import Event
 
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
@@ -71,12 +71,14 @@ def change_texts(applied: Applied) -> list[ChangeText]:
         if name == CREATED:
             texts.append((entity, str(key), name, None, encode_record(entity, new)))
         else:
-            kind = _KINDS[entity, name]
-            texts.append((entity, str(key), name, encode_value(kind, old), encode_value(kind, new)))
+            encode = _ENCODERS[entity, name]
+            texts.append((entity, str(key), name, encode(old), encode(new)))
     return texts
 
 
-_KINDS = {(entity, name): kind for entity, spec in ENTITIES.items() for name, kind in spec.fields.items()}
+_ENCODERS = {
+    (entity, name): ENCODERS[kind] for entity, spec in ENTITIES.items() for name, kind in spec.fields.items()
+}
 
 
 def event_document(event: Event, args: str, changes: list[ChangeText]) -> str:
@@ -87,10 +89,10 @@ def event_document(event: Event, args: str, changes: list[ChangeText]) -> str:
     Built by hand with keys in sorted order, so it equals canonical_json of the same document:
     this runs once per event in a replay.
     """
-    parts = []
-    for entity, key, name, _, new in changes:
-        value = new if name == CREATED else _json_string(new)
-        parts.append(f'["{entity}",{_json_string(key)},"{name}",{value}]')
+    parts = [
+        f'["{entity}",{_json_string(key)},"{name}",{new if name == CREATED else _json_string(new)}]'
+        for entity, key, name, _, new in changes
+    ]
     return (
         '{"address":"'
         + event.address

@@ -6,7 +6,7 @@ checked, decoded strictly (an undecodable log of ours stops the sync), applied t
 written in one database transaction together with the new cursor. A killed process therefore
 leaves the index at the end of its last whole range, and the next run goes on from there: no gap,
 no duplicate (and events are upserted on their idempotency key besides). Fetching, applying and
-writing overlap in three threads (see `Indexer._pipeline`).
+writing overlap (see `Indexer._pipeline`).
 
 Reorgs are found by parent hash: the first block of a new range must name the last indexed block
 as its parent, and a sync that finds nothing new checks that its last block is still the node's.
@@ -22,15 +22,11 @@ while results stay small.
 from __future__ import annotations
 
 import gc
-import queue
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 from chain_client.chain import Chain
 from chain_client.deploy import Deployment
@@ -49,7 +45,15 @@ from chain_client.index.db import IndexDatabase, IndexDatabaseError, RangeWrite,
 from chain_client.index.decode import Event, LogDecoder, RawLog
 from chain_client.index.digest import block_digest, change_texts, event_document, genesis
 from chain_client.index.models import IndexState
-from chain_client.index.source import Header, NodeSource, RpcRequestError
+from chain_client.index.source import Header, NodeSource, PendingLogs, RpcRequestError
+from chain_client.index.writer import (
+    InlineWriter,
+    Pending,
+    ProcessWriter,
+    ThreadWriter,
+    Writer,
+    can_fork,
+)
 
 
 class ReorgTooDeep(CertledgerError):
@@ -98,6 +102,16 @@ class _Fetched:
 
 
 @dataclass
+class _Begun:
+    """A range whose getLogs is on its way."""
+
+    first: int
+    last: int
+    before: Header
+    logs: PendingLogs
+
+
+@dataclass
 class _Retry:
     reason: str
 
@@ -126,7 +140,8 @@ class Indexer:
         )
         self.addresses = self.decoder.addresses
         self.reorgs = 0
-        #: seconds spent per pipeline stage (fetch, apply, write) since this indexer was made
+        #: seconds per pipeline stage since this indexer was made: fetch, apply and write, and in
+        #: this thread the handoff of a range to a writer and the wait for one to finish
         self.timings: defaultdict[str, float] = defaultdict(float)
         self._range = self.options.initial_range
         self._ceiling = self.options.max_range
@@ -228,55 +243,71 @@ class Indexer:
         return status
 
     def _pipeline(self, state: IndexState, target: int) -> _Retry | _Reorg | None:
-        """Syncs up to `target` with the stages overlapped: a thread fetches the next ranges while
-        this one applies them to the books in order and commits each. Against PostgreSQL a writer
-        thread commits too, since the server does the work while the thread waits outside the GIL.
-        SQLite works inside this process, where a writer thread only adds GIL hand-offs: measured
-        on 20,000 events it was slower than writing here (bench/replay.json has the stages).
-
-        Returns None when `target` is reached, or why the fetcher stopped early."""
-        fetched: queue.Queue[_Fetched | _Retry | _Reorg | BaseException | None] = queue.Queue(maxsize=2)
-        stop = threading.Event()
-        fetcher = threading.Thread(
-            target=self._fetch_ranges, args=(state, target, fetched, stop), name="index-fetch", daemon=True
-        )
-        fetcher.start()
-        outcome: _Retry | _Reorg | None = None
+        """Syncs up to `target` with the stages overlapped. The getLogs of the next range is sent
+        before this range is applied, so the node searches its logs while this thread decodes and
+        applies (see `source`); a range is written while the next one is applied, except by the
+        inline SQLite writer (see `writer`). Returns None when `target` is reached, or why
+        fetching stopped early."""
+        tip, tip_hash = state.synced_block, state.synced_hash
         try:
-            with _writer(threaded=self.db.dialect != "sqlite") as writer:
-                pending: Future[None] | None = None
-                while True:
-                    item = fetched.get()
-                    if item is None:
-                        break
-                    if isinstance(item, BaseException):
-                        raise item
-                    if isinstance(item, _Retry | _Reorg):
-                        outcome = item
-                        break
-                    with self._timed("apply"):
-                        batch = self._apply_range(item)
-                    if pending is not None:
-                        pending.result()
-                        self._report(target)
-                    pending = writer.submit(self._write, batch)
-                if pending is not None:
-                    pending.result()
-                    self._report(target)
+            with self._timed("fetch"):
+                begun: _Begun | _Reorg | None = self._begin(tip + 1, min(target, tip + self._range))
+            with self._writer() as writer:
+                pending: Pending | None = None
+                while begun is not None:
+                    with _gc_paused():
+                        with self._timed("fetch"):
+                            fetched = self._finish(begun, target, tip, tip_hash)
+                            if not isinstance(fetched, _Fetched):
+                                self._settle(pending, target)
+                                return fetched
+                            tip, tip_hash = fetched.last, fetched.headers[fetched.last].hash
+                            begun = None
+                            if tip < target:
+                                begun = self._begin(tip + 1, min(target, tip + self._range))
+                        with self._timed("apply"):
+                            batch = self._apply_range(fetched)
+                        with self._timed("wait"):
+                            self._settle(pending, target)
+                        with self._timed("handoff"):
+                            pending = writer.submit(batch)
+                with self._timed("wait"):
+                    self._settle(pending, target)
         except BaseException:
             # The books may be ahead of what the database got: reload both from it.
             self._books = None
             self._state = None
             raise
-        finally:
-            stop.set()
-            _drain(fetched)
-            fetcher.join()
-        return outcome
+        return None
+
+    def _settle(self, pending: Pending | None, target: int) -> None:
+        """Waits for a handed-over range's commit, then reports it."""
+        if pending is not None:
+            pending.result()
+            self._report(target)
 
     def _write(self, batch: RangeWrite) -> None:
         with self._timed("write"):
             self.db.write_range(batch)
+
+    @contextmanager
+    def _writer(self) -> Iterator[Writer]:
+        """Where range writes run (see `writer`): a thread for PostgreSQL, a child process for a
+        SQLite replay, else inline."""
+        writer: Writer
+        if self.db.dialect != "sqlite":
+            writer = ThreadWriter(self._write)
+        elif self.bulk_load and can_fork():
+            writer = ProcessWriter(self.db.url, self._written)
+        else:
+            writer = InlineWriter(self._write)
+        try:
+            yield writer
+        finally:
+            writer.close()
+
+    def _written(self, seconds: float) -> None:
+        self.timings["write"] += seconds
 
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:
@@ -290,31 +321,6 @@ class Indexer:
         if self.on_progress is not None:
             self.on_progress(self.status(target))
 
-    def _fetch_ranges(
-        self,
-        state: IndexState,
-        target: int,
-        out: queue.Queue[_Fetched | _Retry | _Reorg | BaseException | None],
-        stop: threading.Event,
-    ) -> None:
-        """The fetch stage: consecutive ranges from the indexed tip, each checked to continue the
-        one before, until `target`, a problem, or `stop`."""
-        block, block_hash = state.synced_block, state.synced_hash
-        try:
-            while block < target and not stop.is_set():
-                with self._timed("fetch"):
-                    outcome = self._fetch(
-                        block + 1, min(target, block + self._range), target, block, block_hash
-                    )
-                _put(out, outcome, stop)
-                if not isinstance(outcome, _Fetched):
-                    return
-                block, block_hash = outcome.last, outcome.headers[outcome.last].hash
-        except BaseException as exc:
-            _put(out, exc, stop)
-        finally:
-            _put(out, None, stop)
-
     def _tip_replaced(self) -> bool:
         state, _ = self.open()
         if state.synced_block < 0:
@@ -322,18 +328,28 @@ class Indexer:
         header = self.source.headers([state.synced_block])[state.synced_block]
         return header is None or header.hash != state.synced_hash
 
-    def _fetch(self, first: int, last: int, head: int, tip: int, tip_hash: str) -> _Fetched | _Retry | _Reorg:
-        """Logs of first..last with the headers that prove them one chain continuing block `tip`.
-
-        The header of `last` is read before and after the logs: if its hash did not change, no
-        block up to it changed in between (each hash commits to all before it), so the logs are of
-        that chain; the header of `first` must name `tip_hash` as parent. Every log must carry its
-        block's hash (from the header where one was fetched, the same across the block otherwise)."""
+    def _begin(self, first: int, last: int) -> _Begun | _Reorg:
+        """Starts fetching first..last: reads the header of `last`, then sends the getLogs."""
         before = self.source.headers([last])[last]
         if before is None:
             return _Reorg(f"block {last} disappeared")
+        return _Begun(first, last, before, self.source.request_logs(first, last, self.addresses))
+
+    def _finish(
+        self, begun: _Begun | _Reorg, head: int, tip: int, tip_hash: str
+    ) -> _Fetched | _Retry | _Reorg:
+        """Logs of first..last with the headers that prove them one chain continuing block `tip`.
+
+        The header of `last` is read before the logs were asked for and after they came: if its hash
+        did not change, no block up to it changed in between (each hash commits to all before it),
+        so the logs are of that chain; the header of `first` must name `tip_hash` as parent. Every
+        log must carry its block's hash (from the header where one was fetched, the same across the
+        block otherwise)."""
+        if isinstance(begun, _Reorg):
+            return begun
+        first, last = begun.first, begun.last
         try:
-            logs = self.source.logs(first, last, self.addresses)
+            logs = begun.logs.result()
         except RpcRequestError as exc:
             if first == last:
                 raise
@@ -349,7 +365,7 @@ class Indexer:
             return _Reorg(f"blocks of {first}..{last} disappeared")
         if headers[first].parent_hash != tip_hash:
             return _Reorg(f"block {first} does not follow indexed block {tip}")
-        if headers[last].hash != before.hash:
+        if headers[last].hash != begun.before.hash:
             return _Retry(f"block {last} changed while its range was fetched")
         hashes: dict[int, str] = {n: h.hash for n, h in headers.items()}
         for log in logs:
@@ -370,9 +386,8 @@ class Indexer:
         """Applies a range to the books and returns what to write. Moves the in-memory cursor; the
         database's moves when the writer commits the batch."""
         state, books = self.open()
-        with _gc_paused():
-            batch = self._apply(fetched, state, books)
-            batch.records, batch.gone = materialise(books, batch.touched, self.chain_id)
+        batch = self._apply(fetched, state, books)
+        batch.records, batch.gone = materialise(books, batch.touched, self.chain_id)
         self._state = IndexState(**{**state.model_dump(), **batch.state})
         return batch
 
@@ -400,42 +415,34 @@ class Indexer:
         return batch
 
     def _apply_event(self, books: Books, batch: RangeWrite, event: Event) -> str:
+        # Runs once per event in a replay: locals instead of repeated attribute lookups.
         applied = books.apply(event)
-        args = self.decoder.args_json(event)
-        chain_id, block, tx_index, log_index, tx = (
-            self.chain_id,
+        args = event.args_json or self.decoder.args_json(event)
+        chain_id = self.chain_id
+        name, block, tx_index, log_index, tx = (
+            event.name,
             event.block_number,
             event.tx_index,
             event.log_index,
             event.tx_hash,
         )
         batch.events.append(
-            (chain_id, tx, log_index, event.block_hash, block, tx_index, event.address, event.name, args)
+            (chain_id, tx, log_index, event.block_hash, block, tx_index, event.address, name, args)
         )
         changes = change_texts(applied)
-        for seq, (entity, key, name, old, new) in enumerate(changes):
-            batch.changes.append(
-                (chain_id, block, tx_index, log_index, seq, tx, event.name, entity, key, name, old, new)
+        rows = batch.changes
+        for seq, (entity, key, field_name, old, new) in enumerate(changes):
+            rows.append(
+                (chain_id, block, tx_index, log_index, seq, tx, name, entity, key, field_name, old, new)
             )
-        batch.touched.update((c.entity, c.key) for c in applied.changes)
-        if len(applied.payments) > 1:
-            raise AssertionError(f"{event.name} booked {len(applied.payments)} payments; the table keys one")
-        for p in applied.payments:
-            batch.payments.append(
-                (
-                    chain_id,
-                    block,
-                    tx_index,
-                    log_index,
-                    tx,
-                    p.kind,
-                    p.order_id,
-                    p.certificate_id,
-                    p.payer,
-                    p.payee,
-                    p.amount,
-                )
-            )
+        touched = batch.touched
+        for change in applied.changes:
+            touched.add((change.entity, change.key))
+        payments = applied.payments
+        if payments:
+            if len(payments) > 1:
+                raise AssertionError(f"{name} booked {len(payments)} payments; the table keys one")
+            batch.payments.append((chain_id, block, tx_index, log_index, tx, *payments[0]))
         return event_document(event, args, changes)
 
     # ------------------------------------------------------------------ reorgs
@@ -501,50 +508,11 @@ def _by_block(events: list[Event]) -> list[tuple[int, list[Event]]]:
     return grouped
 
 
-_T = TypeVar("_T")
-
-
-def _put(out: queue.Queue[_T], item: _T, stop: threading.Event) -> None:
-    """Puts `item` unless the consumer has stopped (so the fetcher never blocks on a full queue)."""
-    while not stop.is_set():
-        try:
-            out.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            continue
-
-
-def _drain(q: queue.Queue[Any]) -> None:
-    while True:
-        try:
-            q.get_nowait()
-        except queue.Empty:
-            return
-
-
-class _Inline:
-    """An executor that runs each job at once, in the caller's thread."""
-
-    def submit(self, job: Callable[[RangeWrite], None], batch: RangeWrite) -> Future[None]:
-        job(batch)  # a failure raises here, before the next range is applied
-        done: Future[None] = Future()
-        done.set_result(None)
-        return done
-
-
-@contextmanager
-def _writer(threaded: bool) -> Iterator[ThreadPoolExecutor | _Inline]:
-    if not threaded:
-        yield _Inline()
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-write") as pool:
-        yield pool
-
-
 @contextmanager
 def _gc_paused() -> Iterator[None]:
-    """Applying a range allocates many small objects that all live until it is written; the cyclic
-    collector would scan them again and again for nothing (there are no cycles among them)."""
+    """Parsing and applying a range allocates many small objects that all live until it is written;
+    the cyclic collector would scan them (and the books) again and again for nothing: there are no
+    cycles among them."""
     enabled = gc.isenabled()
     gc.disable()
     try:
