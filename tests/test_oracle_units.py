@@ -471,3 +471,18 @@ def test_observation_type_is_the_chain_clients() -> None:
     # The wire format carries exactly chain_client's Observation: one definition for all.
     chain = fake_chain()
     assert isinstance(reading(signer(RFID_A), 1, chain).observation, Observation)
+
+
+def test_readings_about_to_lapse_are_not_submitted(store: Store) -> None:
+    """A reading whose deadline falls within the submit margin is kept but not sent: it could lapse
+    before its block, and the contract's refusal would be final for the whole order."""
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    gw = Gateway(store, chain, clock_skew=30)
+    store.register_order(1, carton_weight_grams=CARTON_G, count_tolerance=None, weight_tolerance_pct=None)
+    assert gw.ingest(reading(signer(RFID_A), 1000, chain, age=60, valid_for=70).encode(), "t").accepted
+    assert gw.ingest(reading(signer(SCALE), 1000 * CARTON_G, chain).encode(), "t").accepted
+    relayer(store, chain, sub).step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.COLLECTING and sub.prepared == 0
+    assert "1 of 2" in record.detail
