@@ -119,8 +119,13 @@ def test_oracle_run_confirms_simulated_deliveries_and_disputes_a_bad_one(tmp_pat
             sim = ["devices", "simulate", "--dir", str(devices_dir), *node, "--carton-weight", "12000"]
             simulate_env = {"CERTLEDGER_DEVICE_PASSWORD": PASSWORD}
             good = runner.invoke(
-                build_app(), [*sim, "--order", str(orders[0]), "--cartons", "480"], env=simulate_env
-            )
+                build_app(),
+                # One portal malleates its signature and the weighbridge sends twice: portal-a and
+                # the weighbridge still make the quorum.
+                [*sim, "--order", str(orders[0]), "--cartons", "480", "--fault", "portal-b=high-s",
+                 "--fault", "scale=replay"],
+                env=simulate_env,
+            )  # fmt: skip
             assert good.exit_code == 0, good.output
             bad = runner.invoke(
                 build_app(), [*sim, "--order", str(orders[1]), "--fault", "scale=disagree"], env=simulate_env
@@ -143,10 +148,14 @@ def test_oracle_run_confirms_simulated_deliveries_and_disputes_a_bad_one(tmp_pat
         alerts = status(runner, db)["alerts"]
         assert isinstance(alerts, list) and alerts[0]["kind"] == "disputed"
         assert "weight" in alerts[0]["message"]
+        refused = status(runner, db)["refused"]
+        assert isinstance(refused, list)
+        assert {"high-s", "replayed"} <= {r["reason"] for r in refused}
         text = runner.invoke(build_app(), ["oracle", "status", "--db", str(db)]).output
         assert "1 confirmed" in text and "1 disputed" in text
         listed = json.loads(
             runner.invoke(build_app(), ["devices", "list", "--dir", str(devices_dir), "--json"]).output
         )
+        # Each device signed one reading per order (a replay is the same reading sent twice).
         assert {d["name"]: d["next_sequence"] for d in listed} == {"portal-a": 3, "portal-b": 3, "scale": 3}
         assert ReadingKind.CARTON_COUNT.name in {d["kind"] for d in listed}
