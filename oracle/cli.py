@@ -182,8 +182,9 @@ def oracle_status(db: Db = Path("oracle.db"), as_json: Json = False, limit: int 
         console.print_json(json.dumps(data))
         return
     console.print(
-        "orders: "
+        f"orders: {counts['collecting'] + counts['submitting']} pending ("
         + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + ")"
         + f"; inbox unchecked {store.inbox_count(processed=False)}"
         + f"; settled certificates {store.settled_count()}"
     )

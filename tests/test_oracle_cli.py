@@ -40,7 +40,7 @@ def test_status_shows_orders_and_alerts(runner: CliRunner, tmp_path: Path) -> No
     store.close()
     result = runner.invoke(build_app(), ["oracle", "status", "--db", str(db)])
     assert result.exit_code == 0, result.output
-    assert "1 collecting" in result.output and "1 disputed" in result.output
+    assert "1 pending" in result.output and "1 collecting" in result.output and "1 disputed" in result.output
     assert "Alerts" in result.output and "does not match" in result.output and "high-s" in result.output
     as_json = runner.invoke(build_app(), ["oracle", "status", "--db", str(db), "--json"])
     data = json.loads(as_json.output)
