@@ -186,7 +186,8 @@ def oracle_status(db: Db = Path("oracle.db"), as_json: Json = False, limit: int 
         + ", ".join(f"{n} {s}" for s, n in counts.items())
         + ")"
         + f"; inbox unchecked {store.inbox_count(processed=False)}"
-        + f"; settled certificates {store.settled_count()}"
+        + f"; settled certificates {store.settled_count()}",
+        soft_wrap=True,  # one line, for grep
     )
     table = Table(title="Orders")
     for col in ("order", "state", "detail", "tx / error"):
