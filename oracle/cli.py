@@ -1,0 +1,345 @@
+"""The oracle's commands: `certledger oracle run|status|expect` and `certledger devices
+create|list|simulate`.
+
+As in chain_client's CLI, keys and passwords come from environment variables named by an option,
+never from the command line (shell history and `ps` would keep them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from rich.console import Console
+from rich.table import Table
+
+from chain_client.errors import CertledgerError
+from chain_client.receipts import ReadingKind
+from chain_client.settings import Settings
+from chain_client.system import System
+from oracle.devices import (
+    DeviceError,
+    DeviceFiles,
+    ReadingContext,
+    create_device,
+    device_address,
+    load_device,
+)
+from oracle.mqtt import BrokerUnavailable, MqttPublisher
+from oracle.settings import OracleSettings
+from oracle.simulator import Delivery, Fault, SimulatedDevice, publish_all, readings_for
+from oracle.store import OrderState, Store
+
+oracle_app = typer.Typer(
+    help="Run the receipt oracle (gateway, relayer, keeper) and see its state.", no_args_is_help=True
+)
+devices_app = typer.Typer(help="Warehouse device keys and a device simulator.", no_args_is_help=True)
+
+console = Console()
+
+RpcUrl = Annotated[str | None, typer.Option(envvar="CERTLEDGER_RPC_URL", help="JSON-RPC URL of the node.")]
+Manifest = Annotated[Path, typer.Option(envvar="CERTLEDGER_MANIFEST", help="Deployment manifest.")]
+BrokerUrl = Annotated[
+    str, typer.Option(envvar="CERTLEDGER_ORACLE_BROKER_URL", help="MQTT broker, mqtt://host:port.")
+]
+Db = Annotated[Path, typer.Option(envvar="CERTLEDGER_ORACLE_DB", help="The oracle's SQLite database.")]
+KeyEnv = Annotated[str, typer.Option(help="Environment variable holding the relayer's hex private key.")]
+PasswordEnv = Annotated[
+    str, typer.Option(help="Environment variable holding the device keystores' password.")
+]
+DeviceDir = Annotated[Path, typer.Option("--dir", help="Directory of device keystores.")]
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+KIND_NAMES = {"count": ReadingKind.CARTON_COUNT, "weight": ReadingKind.NET_WEIGHT_GRAMS}
+
+
+def _system(rpc_url: str | None, manifest: Path) -> System:
+    if rpc_url is None:
+        raise typer.BadParameter(
+            "a node is needed: give --rpc-url or set CERTLEDGER_RPC_URL", param_hint="--rpc-url"
+        )
+    return System.from_manifest(Settings(rpc_url=rpc_url, manifest=manifest))
+
+
+def _secret(env: str, what: str, hint: str) -> str:
+    value = os.environ.get(env)
+    if not value:
+        raise typer.BadParameter(f"environment variable {env} ({what}) is not set", param_hint=hint)
+    return value
+
+
+def _run(job: Any) -> None:
+    try:
+        job()
+    except (CertledgerError, DeviceError, BrokerUnavailable) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+# ---------------------------------------------------------------------- oracle
+
+
+@oracle_app.command("run")
+def oracle_run(
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    broker_url: BrokerUrl = "mqtt://127.0.0.1:1883",
+    db: Db = Path("oracle.db"),
+    http_port: Annotated[int, typer.Option(min=0, max=65_535, help="HTTP intake port (0: none).")] = 8088,
+    key_env: KeyEnv = "CERTLEDGER_RELAYER_KEY",
+    carton_weight: Annotated[
+        int | None, typer.Option(min=1, help="Default expected carton weight, grams.")
+    ] = None,
+    count_tolerance: Annotated[int, typer.Option(min=0, help="Cartons two RFID counts may differ by.")] = 0,
+    weight_tolerance: Annotated[
+        float, typer.Option(min=0.01, max=50, help="Weight vs count, percent.")
+    ] = 2.0,
+    keeper_interval: Annotated[float, typer.Option(min=1, help="Seconds between settlement runs.")] = 60.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the gateway (MQTT + HTTP intake), the relayer and the keeper until interrupted."""
+    from oracle.service import OracleService
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+
+    def job() -> None:
+        settings = OracleSettings(
+            broker_url=broker_url,
+            db=db,
+            http_port=http_port,
+            carton_weight_grams=carton_weight,
+            count_tolerance=count_tolerance,
+            weight_tolerance_pct=weight_tolerance,
+            keeper_interval=keeper_interval,
+            relayer_key_env=key_env,
+        )
+        relayer: LocalAccount = Account.from_key(_secret(key_env, "the relayer's key", "--key-env"))
+        system = _system(rpc_url, manifest)
+        service = OracleService.build(settings, system, relayer)
+        service.start_mqtt()
+        if http_port:
+            service.start_http()
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        console.print(
+            f"oracle running: relayer {relayer.address}, broker {broker_url}, db {db}"
+            + (f", http://{settings.http_host}:{http_port}" if http_port else "")
+        )
+        try:
+            service.run(stop)
+        finally:
+            service.close()
+        console.print("oracle stopped")
+
+    _run(job)
+
+
+@oracle_app.command("status")
+def oracle_status(db: Db = Path("oracle.db"), as_json: Json = False, limit: int = 20) -> None:
+    """Orders (collecting, submitting, confirmed, disputed, failed), alerts and refused readings."""
+    if not db.exists():
+        raise typer.BadParameter(f"no oracle database at {db}", param_hint="--db")
+    store = Store(db)
+    orders, alerts, refused = store.orders(), store.alerts(limit), store.rejections(limit)
+    counts = {s.value: sum(1 for o in orders if o.state == s) for s in OrderState}
+    if as_json:
+        data = {
+            "counts": counts,
+            "orders": [
+                {
+                    "order_id": o.order_id,
+                    "state": o.state.value,
+                    "detail": o.detail,
+                    "tx_hash": o.tx_hash,
+                    "root_certificate_id": o.root_certificate_id,
+                    "error_name": o.error_name,
+                }
+                for o in orders
+            ],
+            "alerts": [
+                {"at": a.at, "order_id": a.order_id, "kind": a.kind, "message": a.message} for a in alerts
+            ],
+            "refused": [
+                {"at": r.at, "device": r.device, "reason": r.reason, "detail": r.detail} for r in refused
+            ],
+            "inbox_unchecked": store.inbox_count(processed=False),
+            "settled_certificates": store.settled_count(),
+        }
+        console.print_json(json.dumps(data))
+        return
+    console.print(
+        f"orders: {counts['collecting'] + counts['submitting']} pending ("
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + ")"
+        + f"; inbox unchecked {store.inbox_count(processed=False)}"
+        + f"; settled certificates {store.settled_count()}",
+        soft_wrap=True,  # one line, for grep
+    )
+    table = Table(title="Orders")
+    for col in ("order", "state", "detail", "tx / error"):
+        table.add_column(col)
+    for o in orders[-limit:]:
+        style = {"disputed": "red", "failed": "red", "confirmed": "green"}.get(o.state.value, "")
+        table.add_row(str(o.order_id), f"[{style}]{o.state.value}[/]" if style else o.state.value, o.detail,
+                      o.error_name or o.tx_hash or "")  # fmt: skip
+    console.print(table)
+    if alerts:
+        console.print("[bold red]Alerts[/]")
+        for a in alerts:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.at))
+            console.print(f"  {stamp} order {a.order_id} [red]{a.kind}[/]: {a.message}")
+    if refused:
+        console.print("[bold]Refused readings[/] (latest first)")
+        for r in refused:
+            console.print(f"  order {r.order_id} device {r.device}: {r.reason} {r.detail}")
+
+
+@oracle_app.command("expect")
+def oracle_expect(
+    order_id: int,
+    carton_weight: Annotated[
+        int | None, typer.Option(min=1, help="Expected carton net weight, grams.")
+    ] = None,
+    count_tolerance: Annotated[int | None, typer.Option(min=0)] = None,
+    weight_tolerance: Annotated[float | None, typer.Option(min=0.01, max=50)] = None,
+    db: Db = Path("oracle.db"),
+) -> None:
+    """Record an order's expectations (what the readings must agree with)."""
+    store = Store(db)
+    record = store.register_order(
+        order_id,
+        carton_weight_grams=carton_weight,
+        count_tolerance=count_tolerance,
+        weight_tolerance_pct=weight_tolerance,
+    )
+    console.print(f"order {order_id}: {record.state.value}, carton weight {record.carton_weight_grams} g")
+
+
+# ---------------------------------------------------------------------- devices
+
+
+@devices_app.command("create")
+def devices_create(
+    name: str,
+    kind: Annotated[str, typer.Option(help="count (RFID portal) or weight (weighbridge).")],
+    directory: DeviceDir = Path("devices"),
+    password_env: PasswordEnv = "CERTLEDGER_DEVICE_PASSWORD",
+    weak_kdf_for_tests: Annotated[
+        bool, typer.Option("--weak-kdf-for-tests", hidden=True, help="pbkdf2 with 2 rounds: tests only.")
+    ] = False,
+) -> None:
+    """Make a device key in an encrypted keystore (scrypt); prints its address to enrol on chain."""
+    if kind not in KIND_NAMES:
+        raise typer.BadParameter("kind is count or weight", param_hint="--kind")
+    password = _secret(password_env, "the keystore password", "--password-env")
+    files = DeviceFiles(directory, name)
+    if weak_kdf_for_tests:
+        _run(
+            lambda: console.print(
+                create_device(files, KIND_NAMES[kind], password, kdf="pbkdf2", iterations=2)
+            )
+        )
+    else:
+        _run(lambda: console.print(create_device(files, KIND_NAMES[kind], password)))
+
+
+@devices_app.command("list")
+def devices_list(directory: DeviceDir = Path("devices"), as_json: Json = False) -> None:
+    """Devices in a directory: name, address, kind, next sequence number."""
+    rows = []
+    for meta in sorted(directory.glob("*.device.json")):
+        files = DeviceFiles(directory, meta.name.removesuffix(".device.json"))
+        address, kind = device_address(files)
+        seq = files.sequence.read_text().strip() if files.sequence.exists() else "1"
+        rows.append({"name": files.name, "address": address, "kind": kind.name, "next_sequence": int(seq)})
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    for r in rows:
+        console.print(f"{r['name']:<16} {r['address']} {r['kind']:<17} next sequence {r['next_sequence']}")
+
+
+@devices_app.command("simulate")
+def devices_simulate(
+    order: Annotated[int, typer.Option("--order", help="The order whose delivery the devices read.")],
+    directory: DeviceDir = Path("devices"),
+    password_env: PasswordEnv = "CERTLEDGER_DEVICE_PASSWORD",
+    cartons: Annotated[
+        int | None, typer.Option(min=0, help="Cartons delivered (default: as ordered).")
+    ] = None,
+    carton_weight: Annotated[int, typer.Option(min=1, help="Net grams per carton.")] = 12_000,
+    faults: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fault",
+            help="NAME=FAULT for one device: out-of-range, disagree (faulty); "
+            "wrong-key, replay, high-s (malicious).",
+        ),
+    ] = None,
+    valid_for: Annotated[int, typer.Option(min=1, help="Seconds each signature stays valid.")] = 3_600,
+    seed: Annotated[int | None, typer.Option(help="Seed for the scale's noise.")] = None,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    broker_url: BrokerUrl = "mqtt://127.0.0.1:1883",
+) -> None:
+    """Every device in --dir reads order ORDER's delivery and publishes its signed reading over MQTT."""
+    fault_of: dict[str, Fault] = {}
+    for item in faults or []:
+        name, _, value = item.partition("=")
+        try:
+            fault_of[name] = Fault(value)
+        except ValueError:
+            raise typer.BadParameter(
+                f"{item}: faults are {[f.value for f in Fault]}", param_hint="--fault"
+            ) from None
+    password = _secret(password_env, "the keystore password", "--password-env")
+
+    def job() -> None:
+        system = _system(rpc_url, manifest)
+        o = system.ledger.order(order)
+        wh = system.oracle.warehouse(o.warehouse)
+        settings = OracleSettings(broker_url=broker_url)
+        names = sorted(m.name.removesuffix(".device.json") for m in directory.glob("*.device.json"))
+        if not names:
+            raise DeviceError(f"no devices in {directory}")
+        loaded = [load_device(DeviceFiles(directory, n), password, chain_id=system.chain.chain_id,
+                              oracle=system.oracle.address) for n in names]  # fmt: skip
+        try:
+            devices = [
+                SimulatedDevice(signer, fault_of.get(n, Fault.NONE))
+                for n, (signer, _) in zip(names, loaded, strict=True)
+            ]
+            context = ReadingContext(o.order_id, o.warehouse, o.goods_hash, wh.device_set_version)
+            delivery = Delivery(cartons if cartons is not None else o.expected_quantity, carton_weight)
+            observed_at = max(system.chain.now(), int(time.time())) - 5
+            publications = readings_for(
+                devices, context, delivery, observed_at=observed_at, valid_for=valid_for,
+                topic_prefix=settings.topic_prefix, rng=random.Random(seed),
+            )  # fmt: skip
+            publisher = MqttPublisher(settings, f"certledger-sim-{os.getpid()}")
+            publisher.start()
+            try:
+                publish_all(publisher, publications)
+            finally:
+                publisher.stop()
+            for p in publications:
+                console.print(f"published {p.device} {p.note}")
+        finally:
+            for _, seq in loaded:
+                seq.close()
+
+    _run(job)

@@ -1,0 +1,118 @@
+"""The gateway: takes raw readings from any intake (MQTT, HTTP), keeps them durably, checks them and
+stores the good ones once.
+
+Receiving and checking are separate steps on purpose. `receive` only writes the raw bytes to the
+inbox (no chain call), so an intake can acknowledge a reading as soon as it is on disk even while
+the node is down; `process_pending` checks what is in the inbox against the chain, and leaves a
+reading there if the node does not answer, to try again on the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from oracle.chainview import ChainView
+from oracle.retry import is_transient
+from oracle.store import InboxItem, Store
+from oracle.validation import Reason, check_reading, check_signed
+from oracle.wire import MalformedReading, SignedReading, decode_reading
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What became of one reading. `accepted` False with reason None: not checked yet (node down)."""
+
+    accepted: bool
+    reason: Reason | None = None
+    detail: str = ""
+    observation_id: int | None = None
+
+    @property
+    def pending(self) -> bool:
+        return not self.accepted and self.reason is None
+
+
+class Gateway:
+    def __init__(self, store: Store, chain: ChainView, *, clock_skew: int) -> None:
+        self.store = store
+        self.chain = chain
+        self.clock_skew = clock_skew
+        # One reading checked at a time: the HTTP thread and the pipeline both process the inbox.
+        self._lock = threading.Lock()
+
+    def receive(self, payload: bytes, source: str) -> int:
+        """Keeps a raw reading on disk; returns its inbox id. Safe to acknowledge after this."""
+        return self.store.receive(source, payload)
+
+    def ingest(self, payload: bytes, source: str) -> Verdict:
+        """Receive and check at once (the HTTP intake answers with the verdict)."""
+        item_id = self.receive(payload, source)
+        with self._lock:
+            item = self.store.inbox_item(item_id)
+            if item is None:  # the pipeline thread checked it first
+                return Verdict(False, None, "checked by the pipeline")
+            return self.process(item)
+
+    def process_pending(self, limit: int = 500) -> list[Verdict]:
+        """Checks readings waiting in the inbox, oldest first; stops at the first node failure."""
+        verdicts: list[Verdict] = []
+        with self._lock:
+            for item in self.store.unprocessed(limit):
+                verdict = self.process(item)
+                verdicts.append(verdict)
+                if verdict.pending:
+                    break
+        return verdicts
+
+    def process(self, item: InboxItem) -> Verdict:
+        try:
+            reading = decode_reading(item.payload)
+        except MalformedReading as exc:
+            self.store.reject(item.id, item.source, Reason.MALFORMED, str(exc))
+            return Verdict(False, Reason.MALFORMED, str(exc))
+        o = reading.observation
+        refused = check_signed(reading, self.chain.chain_id, self.chain.oracle_address)
+        if refused is not None:
+            return self._refuse(item, reading, refused.reason, refused.detail)
+        # (device, sequence) next: a redelivered or replayed reading costs no chain call.
+        stored = self.store.stored_signature(o.device, o.sequence)
+        if stored is not None:
+            if stored == reading.signature:
+                return self._refuse(item, reading, Reason.REPLAYED, "already received")
+            return self._refuse(
+                item,
+                reading,
+                Reason.SEQUENCE_REUSED,
+                f"sequence {o.sequence} already used for another reading",
+            )
+        try:
+            refused = check_reading(reading, self.chain, self.clock_skew)
+        except Exception as exc:
+            if is_transient(exc):
+                log.warning("node unavailable while checking inbox item %d: %s", item.id, exc)
+                return Verdict(False, None, str(exc))
+            raise
+        if refused is not None:
+            return self._refuse(item, reading, refused.reason, refused.detail)
+        observation_id = self.store.accept(item.id, reading, item.source)
+        if observation_id is None:  # the same (device, sequence) won a race with this one
+            return self._refuse(item, reading, Reason.REPLAYED, "already received")
+        log.info(
+            "accepted order %d %s=%d from %s (seq %d)", o.order_id, o.kind, o.value, o.device, o.sequence
+        )
+        return Verdict(True, None, "", observation_id)
+
+    def _refuse(self, item: InboxItem, reading: SignedReading, reason: Reason, detail: str) -> Verdict:
+        log.warning(
+            "refused reading of order %d from %s: %s %s",
+            reading.observation.order_id,
+            reading.observation.device,
+            reason,
+            detail,
+        )
+        self.store.reject(item.id, item.source, reason, detail, reading)
+        return Verdict(False, reason, detail)

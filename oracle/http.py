@@ -1,0 +1,105 @@
+"""HTTP intake and status (FastAPI), for devices that cannot speak MQTT and for the warehouse system
+that registers each order's expectations.
+
+    POST /readings            a signed reading (oracle.wire JSON) -> 202 accepted | 422 refused
+                              (reason, detail) | 503 kept, to be checked when the node answers
+    PUT  /orders/{order_id}   expectations: carton weight, count and weight tolerances
+    GET  /orders[/{order_id}] the oracle's view of orders
+    GET  /alerts              disputes, failures, node trouble
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from oracle.gateway import Gateway
+from oracle.store import OrderRecord, Store
+
+
+class OrderExpectations(BaseModel):
+    carton_weight_grams: int | None = Field(default=None, gt=0)
+    count_tolerance: int | None = Field(default=None, ge=0)
+    weight_tolerance_pct: float | None = Field(default=None, gt=0, le=50)
+
+
+class OrderPublic(BaseModel):
+    order_id: int
+    state: str
+    detail: str
+    carton_weight_grams: int | None
+    count_tolerance: int | None
+    weight_tolerance_pct: float | None
+    tx_hash: str | None
+    root_certificate_id: int | None
+    error_name: str | None
+
+    @classmethod
+    def of(cls, r: OrderRecord) -> OrderPublic:
+        return cls(
+            order_id=r.order_id,
+            state=r.state.value,
+            detail=r.detail,
+            carton_weight_grams=r.carton_weight_grams,
+            count_tolerance=r.count_tolerance,
+            weight_tolerance_pct=r.weight_tolerance_pct,
+            tx_hash=r.tx_hash,
+            root_certificate_id=r.root_certificate_id,
+            error_name=r.error_name,
+        )
+
+
+class AlertPublic(BaseModel):
+    at: float
+    order_id: int | None
+    kind: str
+    message: str
+
+
+def create_app(gateway: Gateway, store: Store) -> FastAPI:
+    app = FastAPI(title="certledger oracle gateway")
+
+    @app.post("/readings", status_code=202)
+    def post_reading(body: Annotated[dict[str, Any], Body()]) -> JSONResponse:
+        verdict = gateway.ingest(json.dumps(body).encode(), "http")
+        if verdict.accepted:
+            return JSONResponse({"status": "accepted", "observation_id": verdict.observation_id}, 202)
+        if verdict.pending:
+            return JSONResponse({"status": "kept", "detail": verdict.detail}, 503)
+        assert verdict.reason is not None
+        return JSONResponse(
+            {"status": "refused", "reason": verdict.reason.value, "detail": verdict.detail}, 422
+        )
+
+    @app.put("/orders/{order_id}")
+    def put_order(order_id: int, body: OrderExpectations) -> OrderPublic:
+        record = store.register_order(
+            order_id,
+            carton_weight_grams=body.carton_weight_grams,
+            count_tolerance=body.count_tolerance,
+            weight_tolerance_pct=body.weight_tolerance_pct,
+        )
+        return OrderPublic.of(record)
+
+    @app.get("/orders")
+    def get_orders() -> list[OrderPublic]:
+        return [OrderPublic.of(r) for r in store.orders()]
+
+    @app.get("/orders/{order_id}")
+    def get_order(order_id: int) -> OrderPublic:
+        record = store.order(order_id)
+        if record is None:
+            raise HTTPException(404, f"order {order_id} unknown to the oracle")
+        return OrderPublic.of(record)
+
+    @app.get("/alerts")
+    def get_alerts() -> list[AlertPublic]:
+        return [
+            AlertPublic(at=a.at, order_id=a.order_id, kind=a.kind, message=a.message) for a in store.alerts()
+        ]
+
+    return app

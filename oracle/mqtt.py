@@ -1,0 +1,156 @@
+"""MQTT intake: devices publish signed readings at QoS 1 to PREFIX/<warehouse>/<device>.
+
+Nothing is lost between broker and gateway:
+- the gateway's session is persistent (fixed client id, clean_session=False), so the broker queues
+  QoS 1 readings for it while it is away, and a broker run with persistence keeps that queue
+  across its own restart;
+- acknowledgements are manual: the PUBACK goes back only after the reading is committed to the
+  inbox, so a reading the gateway crashed on is redelivered;
+- a redelivered reading is stored once (the store is unique by device and sequence).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from oracle.settings import OracleSettings
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE = 15  # seconds; a dead broker is noticed within ~1.5 keepalives
+
+
+class BrokerUnavailable(Exception):
+    """The MQTT broker did not accept a connection in time."""
+
+
+def reading_topic(prefix: str, warehouse: bytes, device: str) -> str:
+    return f"{prefix}/{warehouse.hex()}/{device}"
+
+
+class MqttIntake:
+    """Subscribes to readings and hands each payload to `on_reading` (which must store it durably
+    before returning; an exception there leaves the reading unacknowledged for redelivery)."""
+
+    def __init__(self, settings: OracleSettings, on_reading: Callable[[bytes, str], object]) -> None:
+        self.settings = settings
+        self.on_reading = on_reading
+        self.connected = threading.Event()
+        self.received = 0
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+            manual_ack=True,
+        )
+        # A restarted broker is retried quickly at first, then every few seconds at most.
+        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+
+    def start(self) -> None:
+        """Connects (waiting at most settings.mqtt_timeout) and starts the network thread."""
+        self.client.connect_async(self.settings.broker_host, self.settings.broker_port, keepalive=KEEPALIVE)
+        self.client.loop_start()
+        if not self.connected.wait(self.settings.mqtt_timeout):
+            self.stop()
+            raise BrokerUnavailable(
+                f"no connection to {self.settings.broker_url} in {self.settings.mqtt_timeout}s"
+            )
+
+    def stop(self) -> None:
+        """Disconnects cleanly; the broker keeps the session and queues readings until we return."""
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.connected.clear()
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s", reason_code)
+            return
+        # Subscribing again is harmless when the session already has the subscription, and needed
+        # when the broker lost it (a broker run without persistence).
+        client.subscribe(f"{self.settings.topic_prefix}/#", qos=1)
+        log.info("connected to %s (session present: %s)", self.settings.broker_url, flags.session_present)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        # Ready only once the broker has the subscription: readings published before it would
+        # find no subscriber on a first connection.
+        if any(rc.is_failure for rc in reason_codes):
+            log.error("broker refused the subscription: %s", reason_codes)
+            return
+        self.connected.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        self.connected.clear()
+        # Our own disconnect() is routine; anything else (the broker went away) is worth a warning.
+        level = logging.INFO if reason_code == 0 else logging.WARNING
+        log.log(level, "disconnected from %s: %s", self.settings.broker_url, reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            self.on_reading(bytes(message.payload), f"mqtt:{message.topic}")
+        except Exception:
+            # Not acknowledged: the broker redelivers it on the next connection.
+            log.exception("could not store a reading from %s; leaving it unacknowledged", message.topic)
+            return
+        self.received += 1
+        if message.qos > 0:
+            rc = client.ack(message.mid, message.qos)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                log.warning("PUBACK for %d not sent (%s); the broker will redeliver it", message.mid, rc)
+
+
+class MqttPublisher:
+    """A device-side publisher (the simulator's): QoS 1, waits for each PUBACK with a timeout."""
+
+    def __init__(self, settings: OracleSettings, client_id: str) -> None:
+        self.settings = settings
+        self.connected = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311
+        )
+        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda c, u, f, rc, p: self.connected.clear()
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        if not reason_code.is_failure:
+            self.connected.set()
+
+    def start(self) -> None:
+        self.client.connect_async(self.settings.broker_host, self.settings.broker_port, keepalive=KEEPALIVE)
+        self.client.loop_start()
+        if not self.connected.wait(self.settings.mqtt_timeout):
+            self.stop()
+            raise BrokerUnavailable(
+                f"no connection to {self.settings.broker_url} in {self.settings.mqtt_timeout}s"
+            )
+
+    def publish(self, topic: str, payload: bytes, timeout: float | None = None) -> None:
+        """Publishes at QoS 1 and waits until the broker has it (PUBACK)."""
+        info = self.client.publish(topic, payload, qos=1)
+        info.wait_for_publish(timeout if timeout is not None else self.settings.mqtt_timeout)
+        if not info.is_published():
+            raise BrokerUnavailable(f"broker did not acknowledge a reading on {topic}")
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,350 @@
+"""The relayer: turns an order's agreeing readings into one confirmReceipt transaction, exactly once.
+
+Each order moves through a durable state machine in the store:
+
+    collecting --(readings agree)--> submitting --(mined)--> confirmed | failed
+    collecting --(readings conflict)--> disputed
+
+Exactly once rests on two rules:
+1. The signed transaction (hash and raw bytes) is committed to the store *before* it is broadcast.
+   After a crash, a restarted relayer finds the order `submitting`, looks the hash up on the chain,
+   and if it is not there broadcasts the *same bytes* again. The same signed transaction has one
+   nonce, so it can be included at most once however often it is sent.
+2. A contract revert is an answer, not a failure to retry: the order is `failed` with the error's
+   name (already confirmed, cancelled, expired, a stale reading...) and never submitted again.
+   Only node trouble (no answer, timeouts) is retried, with bounded exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from chain_client.errors import ContractReverted
+from chain_client.models import OrderStatus, Warehouse
+from oracle.agreement import Disputed, Expectations, Ready, decide
+from oracle.chainview import ChainView
+from oracle.retry import backoff_delay, is_transient
+from oracle.settings import OracleSettings
+from oracle.store import OrderRecord, OrderState, Store, StoredObservation
+from oracle.validation import check_times
+from oracle.wire import SignedReading
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedTx:
+    """A signed confirmReceipt transaction, not yet broadcast."""
+
+    tx_hash: str
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class Mined:
+    """A transaction's receipt: succeeded or reverted (with the contract error's name)."""
+
+    tx_hash: str
+    succeeded: bool
+    block_number: int
+    gas_used: int
+    root_certificate_id: int | None = None
+    error_name: str | None = None
+    detail: str = ""
+
+
+class NonceTooLow(Exception):
+    """The node refused a rebroadcast: the sender's nonce has moved past this transaction's."""
+
+
+class Submitter(Protocol):
+    """The relayer's only way to the chain (implemented over chain_client in oracle.submitter)."""
+
+    def prepare(self, readings: Sequence[SignedReading]) -> PreparedTx:
+        """Simulates confirmReceipt (raising the contract's typed error if it would revert), then
+        signs it. Nothing is sent."""
+        ...
+
+    def broadcast(self, prepared: PreparedTx) -> None:
+        """Sends the signed bytes; a transaction the node already has is not an error."""
+        ...
+
+    def wait(self, tx_hash: str, timeout: float) -> Mined | None:
+        """The receipt, waiting up to `timeout` seconds; None if not mined by then."""
+        ...
+
+
+#: Called at the two moments a crash matters most (tests kill the relayer there):
+#: ("recorded", order_id) after the transaction is committed, before it is broadcast;
+#: ("broadcast", order_id) after it is broadcast, before its receipt is recorded.
+CrashHook = Callable[[str, int], None]
+
+
+def observation_expectations(record: OrderRecord, settings: OracleSettings) -> Expectations:
+    return Expectations(
+        carton_weight_grams=(
+            record.carton_weight_grams
+            if record.carton_weight_grams is not None
+            else settings.carton_weight_grams
+        ),
+        count_tolerance=(
+            record.count_tolerance if record.count_tolerance is not None else settings.count_tolerance
+        ),
+        weight_tolerance_pct=(
+            record.weight_tolerance_pct
+            if record.weight_tolerance_pct is not None
+            else settings.weight_tolerance_pct
+        ),
+    )
+
+
+class Relayer:
+    def __init__(
+        self,
+        store: Store,
+        chain: ChainView,
+        submitter: Submitter,
+        settings: OracleSettings,
+        *,
+        receipt_timeout: float = 60.0,
+        crash_hook: CrashHook | None = None,
+    ) -> None:
+        self.store = store
+        self.chain = chain
+        self.submitter = submitter
+        self.settings = settings
+        self.receipt_timeout = receipt_timeout
+        self.crash_hook = crash_hook
+
+    def step(self) -> None:
+        """One pass: finish what was in flight (first, so a restart resolves before sending anything
+        new), then look at every order that got new readings or is due for a retry."""
+        now = time.time()
+        for record in self.store.orders((OrderState.SUBMITTING,)):
+            if record.next_attempt_at <= now:
+                self._resolve(record)
+        for order_id in self.store.dirty_collecting():
+            collecting = self.store.order(order_id)
+            if collecting is not None and collecting.next_attempt_at <= now:
+                self._evaluate(collecting)
+
+    # ------------------------------------------------------------------ collecting
+
+    def _evaluate(self, record: OrderRecord) -> None:
+        order_id = record.order_id
+        stored = self.store.observations(order_id)
+        devices = {o.reading.observation.device for o in stored}
+        if len(devices) == 1:
+            # One device's readings can neither conflict (it has one kind, and only its latest counts)
+            # nor make a quorum of two or more: no need to ask the chain anything yet. The hint is
+            # the threshold the gateway saw while checking this very reading.
+            hint = self.chain.threshold_hint(stored[0].reading.observation.warehouse)
+            if hint is not None and hint >= 2:
+                self.store.mark_evaluated(order_id, f"1 of {hint} devices")
+                return
+        try:
+            order = self.chain.order(order_id)
+            if order.status != OrderStatus.OPEN:
+                self._closed_elsewhere(order_id, order.status, order.root_certificate_id)
+                return
+            warehouse = self.chain.warehouse(order.warehouse)
+            now = self.chain.now()
+            current, early = self._current(stored, warehouse, now)
+            required = frozenset(self.chain.required_kinds(order.warehouse))
+        except Exception as exc:
+            if is_transient(exc):
+                self._backoff(record, OrderState.COLLECTING, str(exc))
+                return
+            raise
+        decision = decide(
+            [o.reading for o in current],
+            threshold=warehouse.threshold,
+            required_kinds=required,
+            expectations=observation_expectations(record, self.settings),
+        )
+        if isinstance(decision, Disputed):
+            self.store.set_state(order_id, OrderState.DISPUTED, decision.reason)
+            self.store.alert(order_id, "disputed", decision.reason)
+            log.error("order %d disputed: %s", order_id, decision.reason)
+            return
+        if not isinstance(decision, Ready):
+            self.store.mark_evaluated(order_id, decision.reason)
+            if early:
+                # A reading slightly ahead of the chain's clock becomes usable in a moment.
+                self.store.mark_dirty(order_id)
+            return
+        by_key = {(o.reading.observation.device, o.reading.observation.sequence): o.id for o in current}
+        ids = [by_key[(r.observation.device, r.observation.sequence)] for r in decision.readings]
+        self._submit(record, decision.readings, ids)
+
+    def _current(
+        self, stored: list[StoredObservation], warehouse: Warehouse, now: int
+    ) -> tuple[list[StoredObservation], bool]:
+        """Readings that would still pass on chain now: current device set, fresh, not expired,
+        sequence unused. Returns them and whether any was left out only for being early."""
+        current: list[StoredObservation] = []
+        early = False
+        for item in stored:
+            o = item.reading.observation
+            if o.device_set_version != warehouse.device_set_version:
+                continue
+            # Judged as at `now + margin` for deadline and staleness: a reading that lapses between
+            # this look and its block would make the whole receipt revert, and a revert is final.
+            margin = self.settings.submit_margin
+            if o.observed_at > now:
+                early = early or o.deadline >= now + margin
+                continue
+            if check_times(o.observed_at, o.deadline, now + margin, warehouse.freshness, margin) is not None:
+                continue
+            if self.chain.sequence_used(o.device, o.sequence):
+                continue
+            current.append(item)
+        return current, early
+
+    def _closed_elsewhere(self, order_id: int, status: OrderStatus, root_id: int) -> None:
+        if status == OrderStatus.CONFIRMED:
+            detail = "confirmed on chain by another submission"
+            self.store.set_state(
+                order_id, OrderState.CONFIRMED, detail, root_certificate_id=root_id, confirmed_at=time.time()
+            )
+        else:
+            detail = f"order is {status.name.lower()} on chain"
+            self.store.set_state(
+                order_id, OrderState.FAILED, detail, error_name=f"Order{status.name.title()}"
+            )
+            self.store.alert(order_id, "failed", detail)
+        log.warning("order %d: %s", order_id, detail)
+
+    def _submit(self, record: OrderRecord, readings: Sequence[SignedReading], ids: list[int]) -> None:
+        order_id = record.order_id
+        try:
+            prepared = self.submitter.prepare(readings)
+        except ContractReverted as exc:
+            self._failed(order_id, exc)
+            return
+        except Exception as exc:
+            if is_transient(exc):
+                self._backoff(record, OrderState.COLLECTING, str(exc))
+                return
+            raise
+        # Committed before the broadcast: see the module's rule 1.
+        self.store.set_state(
+            order_id,
+            OrderState.SUBMITTING,
+            f"{len(readings)} readings in {prepared.tx_hash}",
+            observation_ids=ids,
+            tx_hash=prepared.tx_hash,
+            raw_tx=prepared.raw,
+            attempts=0,
+            next_attempt_at=0.0,
+        )
+        log.info("order %d: submitting %d readings in %s", order_id, len(readings), prepared.tx_hash)
+        if self.crash_hook is not None:
+            self.crash_hook("recorded", order_id)
+        record = self.store.order(order_id) or record
+        self._send(record, prepared)
+
+    # ------------------------------------------------------------------ submitting
+
+    def _resolve(self, record: OrderRecord) -> None:
+        """An order left `submitting` (by a crash or a slow node): look first, send again only if
+        the chain has not got it."""
+        assert record.tx_hash is not None and record.raw_tx is not None
+        prepared = PreparedTx(record.tx_hash, record.raw_tx)
+        try:
+            mined = self.submitter.wait(prepared.tx_hash, 0)
+        except Exception as exc:
+            if is_transient(exc):
+                self._backoff(record, OrderState.SUBMITTING, str(exc))
+                return
+            raise
+        if mined is not None:
+            self._finish(record.order_id, mined)
+            return
+        log.info(
+            "order %d: %s not on chain; broadcasting the same bytes again", record.order_id, record.tx_hash
+        )
+        self._send(record, prepared)
+
+    def _send(self, record: OrderRecord, prepared: PreparedTx) -> None:
+        order_id = record.order_id
+        try:
+            self.submitter.broadcast(prepared)
+            if self.crash_hook is not None:
+                self.crash_hook("broadcast", order_id)
+            mined = self.submitter.wait(prepared.tx_hash, self.receipt_timeout)
+        except ContractReverted as exc:  # the embedded chain executes, and reverts, on send
+            self._failed(order_id, exc)
+            return
+        except NonceTooLow:
+            self._nonce_moved_on(record, prepared)
+            return
+        except Exception as exc:
+            if is_transient(exc):
+                self._backoff(record, OrderState.SUBMITTING, str(exc))
+                return
+            raise
+        if mined is None:
+            self._backoff(record, OrderState.SUBMITTING, f"{prepared.tx_hash} not mined yet")
+            return
+        self._finish(order_id, mined)
+
+    def _nonce_moved_on(self, record: OrderRecord, prepared: PreparedTx) -> None:
+        """Our nonce was used by another transaction of the relayer's (its key also settles), so
+        the recorded one can never be mined, unless it is the one that used it."""
+        mined = self.submitter.wait(prepared.tx_hash, 0)
+        if mined is not None:
+            self._finish(record.order_id, mined)
+            return
+        order = self.chain.order(record.order_id)
+        if order.status != OrderStatus.OPEN:
+            self._closed_elsewhere(record.order_id, order.status, order.root_certificate_id)
+            return
+        log.warning(
+            "order %d: %s was superseded; preparing a new transaction", record.order_id, prepared.tx_hash
+        )
+        self.store.set_state(record.order_id, OrderState.COLLECTING, "transaction superseded; resubmitting")
+        self.store.mark_dirty(record.order_id)
+
+    def _finish(self, order_id: int, mined: Mined) -> None:
+        if mined.succeeded:
+            self.store.set_state(
+                order_id,
+                OrderState.CONFIRMED,
+                f"root certificate {mined.root_certificate_id} in block {mined.block_number}",
+                root_certificate_id=mined.root_certificate_id,
+                confirmed_at=time.time(),
+            )
+            log.info("order %d confirmed: root certificate %s", order_id, mined.root_certificate_id)
+        else:
+            self.store.set_state(
+                order_id, OrderState.FAILED, mined.detail or "reverted", error_name=mined.error_name
+            )
+            self.store.alert(order_id, "failed", f"{mined.error_name}: {mined.detail}")
+            log.error("order %d: transaction reverted with %s", order_id, mined.error_name)
+
+    def _failed(self, order_id: int, exc: ContractReverted) -> None:
+        name = getattr(exc, "error_name", "") or type(exc).__name__
+        self.store.set_state(order_id, OrderState.FAILED, str(exc), error_name=name)
+        self.store.alert(order_id, "failed", str(exc))
+        log.error("order %d: refused by the contract: %s", order_id, exc)
+
+    def _backoff(self, record: OrderRecord, state: OrderState, reason: str) -> None:
+        attempts = record.attempts + 1
+        delay = backoff_delay(attempts, self.settings.retry_base, self.settings.retry_max)
+        self.store.set_state(
+            record.order_id,
+            state,
+            f"node trouble ({reason}); retry {attempts} in {delay:.1f}s",
+            attempts=attempts,
+            next_attempt_at=time.time() + delay,
+        )
+        if state == OrderState.COLLECTING:
+            self.store.mark_dirty(record.order_id)
+        if attempts == self.settings.retry_attempts:
+            self.store.alert(record.order_id, "node", f"{attempts} node errors in a row: {reason}")
+        log.warning("order %d: %s; retrying in %.1fs", record.order_id, reason, delay)

@@ -1,0 +1,30 @@
+"""Which failures are worth retrying, and how long to wait before the next try.
+
+A node that does not answer, times out or drops a connection may answer next time: those are
+transient. A contract revert is an answer and is never retried (the relayer records it as final).
+"""
+
+from __future__ import annotations
+
+from requests.exceptions import RequestException
+
+from chain_client.errors import NodeUnavailable, TransactionTimeout
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    NodeUnavailable,
+    TransactionTimeout,
+    RequestException,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT)
+
+
+def backoff_delay(attempts: int, base: float, cap: float) -> float:
+    """Seconds to wait after `attempts` failures in a row: base, 2 base, 4 base, ... at most cap."""
+    if attempts <= 0:
+        return 0.0
+    return float(min(cap, base * 2 ** min(attempts - 1, 30)))

@@ -1,0 +1,142 @@
+"""`certledger oracle run`: the gateway's intakes, the relayer and the keeper in one process.
+
+Threads: paho's network thread (MQTT intake: only writes the inbox), uvicorn's (HTTP intake:
+checks a reading at once under the chain lock), and the pipeline thread, which repeatedly checks
+the inbox, advances every order's state machine and, now and then, runs the keeper. All chain
+calls go through one lock (see oracle.chainview).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from eth_account.signers.local import LocalAccount
+
+from chain_client.system import System
+from oracle.chainview import SystemView
+from oracle.gateway import Gateway
+from oracle.keeper import Keeper
+from oracle.mqtt import MqttIntake
+from oracle.relayer import CrashHook, Relayer
+from oracle.settings import OracleSettings
+from oracle.store import Store
+from oracle.submitter import ChainSubmitter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OracleService:
+    settings: OracleSettings
+    system: System
+    relayer_account: LocalAccount
+    store: Store
+    view: SystemView
+    gateway: Gateway
+    relayer: Relayer
+    keeper: Keeper
+    mqtt: MqttIntake | None = None
+    _http_server: object | None = field(default=None, repr=False)
+    _http_thread: threading.Thread | None = field(default=None, repr=False)
+    _last_keeper: float = field(default=0.0, repr=False)
+    #: Set when a reading arrives, so the pipeline checks it at once instead of at its next poll.
+    wake: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        settings: OracleSettings,
+        system: System,
+        relayer_account: LocalAccount,
+        *,
+        crash_hook: CrashHook | None = None,
+        keeper: bool = True,
+    ) -> OracleService:
+        store = Store(settings.db)
+        lock = threading.RLock()
+        view = SystemView(system, lock)
+        gateway = Gateway(store, view, clock_skew=settings.clock_skew)
+        submitter = ChainSubmitter(system, relayer_account, lock)
+        relayer = Relayer(
+            store,
+            view,
+            submitter,
+            settings,
+            receipt_timeout=system.chain.settings.receipt_timeout,
+            crash_hook=crash_hook,
+        )
+        keeper_ = Keeper(system, relayer_account, store, batch=settings.keeper_batch, lock=lock)
+        service = cls(settings, system, relayer_account, store, view, gateway, relayer, keeper_)
+        if not keeper:
+            service._last_keeper = float("inf")
+        return service
+
+    # ------------------------------------------------------------------ intakes
+
+    def start_mqtt(self) -> None:
+        def receive(payload: bytes, source: str) -> int:
+            item_id = self.gateway.receive(payload, source)
+            self.wake.set()
+            return item_id
+
+        self.mqtt = MqttIntake(self.settings, receive)
+        self.mqtt.start()
+
+    def start_http(self) -> None:
+        import uvicorn
+
+        from oracle.http import create_app
+
+        config = uvicorn.Config(
+            create_app(self.gateway, self.store),
+            host=self.settings.http_host,
+            port=self.settings.http_port,
+            log_level="warning",
+            timeout_keep_alive=5,
+        )
+        server = uvicorn.Server(config)
+        self._http_server = server
+        self._http_thread = threading.Thread(target=server.run, name="oracle-http", daemon=True)
+        self._http_thread.start()
+
+    # ------------------------------------------------------------------ the pipeline
+
+    def step(self) -> None:
+        """Checks the inbox, advances the orders, and runs the keeper when it is due."""
+        self.gateway.process_pending()
+        self.relayer.step()
+        if time.monotonic() - self._last_keeper >= self.settings.keeper_interval:
+            self._last_keeper = time.monotonic()
+            try:
+                self.keeper.run_once()
+            except Exception:
+                # The keeper is a convenience (anyone may settle); its trouble must not stop receipts.
+                log.exception("keeper run failed; trying again in %ss", self.settings.keeper_interval)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            # Cleared before the step: a reading arriving during it wakes the next one at once.
+            self.wake.clear()
+            try:
+                self.step()
+            except Exception:
+                log.exception("pipeline step failed; continuing")
+            if stop.is_set():
+                break
+            self.wake.wait(self.settings.poll_interval)
+
+    def stop_and_wake(self, stop: threading.Event) -> None:
+        stop.set()
+        self.wake.set()
+
+    def close(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.stop()
+        if self._http_server is not None:
+            self._http_server.should_exit = True  # type: ignore[attr-defined]
+        if self._http_thread is not None:
+            self._http_thread.join(timeout=10)
+        self.store.close()

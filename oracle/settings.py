@@ -1,0 +1,92 @@
+"""The oracle's configuration, read from the environment (CERTLEDGER_ORACLE_*). Bad values are
+refused at start-up, never discovered half-way through a receipt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OracleSettings(BaseSettings):
+    """Where readings come from, where they are kept, and the agreement rules they must meet."""
+
+    model_config = SettingsConfigDict(env_prefix="CERTLEDGER_ORACLE_", extra="forbid")
+
+    broker_url: str = Field(
+        default="mqtt://127.0.0.1:1883", description="MQTT broker the devices publish to (mqtt://host:port)."
+    )
+    topic_prefix: str = Field(default="certledger/readings", description="Readings arrive under PREFIX/#.")
+    client_id: str = Field(
+        default="certledger-gateway",
+        description="MQTT client id. Fixed, so the broker keeps this gateway's session and queued "
+        "QoS 1 readings while it is away.",
+    )
+    mqtt_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect to the broker.")
+    db: Path = Field(default=Path("oracle.db"), description="SQLite file of readings, orders and alerts.")
+    http_host: str = Field(default="127.0.0.1", description="Address of the HTTP intake.")
+    http_port: int = Field(default=8088, ge=0, le=65_535, description="Port of the HTTP intake (0: off).")
+
+    # Agreement rules, defaults for orders registered without their own.
+    count_tolerance: int = Field(
+        default=0, ge=0, description="Cartons by which two RFID counts of one delivery may differ."
+    )
+    weight_tolerance_pct: float = Field(
+        default=2.0,
+        gt=0,
+        le=50,
+        description="How far (percent) net weight may be from counted cartons x carton weight.",
+    )
+    carton_weight_grams: int | None = Field(
+        default=None,
+        gt=0,
+        description="Expected net weight of one carton. Orders without one (here or registered per "
+        "order) wait: weight is never accepted unchecked.",
+    )
+    clock_skew: int = Field(
+        default=30,
+        ge=0,
+        le=600,
+        description="Seconds a reading may be ahead of the chain's clock at intake (device clocks and "
+        "block times are not in step; the contract checks again at inclusion).",
+    )
+
+    # Relayer and keeper.
+    submit_margin: int = Field(
+        default=30,
+        ge=0,
+        le=600,
+        description="Seconds of validity a reading must have left to be submitted: the contract checks "
+        "freshness and deadline at inclusion, a little after the relayer looks.",
+    )
+    poll_interval: float = Field(default=0.1, gt=0, le=10, description="Seconds between pipeline steps.")
+    retry_base: float = Field(default=0.5, gt=0, description="First retry delay after a node error, s.")
+    retry_max: float = Field(default=30.0, gt=0, description="Longest retry delay after node errors, s.")
+    retry_attempts: int = Field(
+        default=8, ge=1, description="Node errors in a row before an order's submission is parked for later."
+    )
+    keeper_interval: float = Field(
+        default=60.0, gt=0, description="Seconds between settlement runs of the keeper."
+    )
+    keeper_batch: int = Field(default=64, ge=1, le=64, description="Certificates per settle transaction.")
+    relayer_key_env: str = Field(
+        default="CERTLEDGER_RELAYER_KEY", description="Environment variable holding the relayer's key."
+    )
+
+    @field_validator("broker_url")
+    @classmethod
+    def _mqtt_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme != "mqtt" or not parsed.hostname:
+            raise ValueError("broker_url must look like mqtt://host:port")
+        return value
+
+    @property
+    def broker_host(self) -> str:
+        return urlparse(self.broker_url).hostname or "127.0.0.1"
+
+    @property
+    def broker_port(self) -> int:
+        return urlparse(self.broker_url).port or 1883

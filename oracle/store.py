@@ -1,0 +1,477 @@
+"""The gateway's durable memory (SQLite): raw readings as they arrive, accepted observations,
+rejections, each order's state machine and alerts.
+
+Durability is the point of this module: a reading is in the inbox (committed, fsynced) before the
+MQTT PUBACK or the HTTP answer goes back, so a crash after that loses nothing; an accepted reading
+is unique by (device, sequence), so a redelivered or replayed one is stored once; and an order's
+transaction hash and signed bytes are committed *before* they are broadcast, so a restarted relayer
+always knows what it may already have sent.
+
+Large integers (sequence, value, deadlines: uint64 on chain) are kept as decimal text or inside
+the reading's JSON: SQLite integers are signed 64-bit.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from oracle.wire import SignedReading, parse_reading
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbox (
+    id INTEGER PRIMARY KEY,
+    received_at REAL NOT NULL,
+    source TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    processed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS inbox_unprocessed ON inbox(processed, id);
+CREATE TABLE IF NOT EXISTS observations (
+    id INTEGER PRIMARY KEY,
+    order_id INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    sequence TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    reading TEXT NOT NULL,
+    source TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    UNIQUE (device, sequence)
+);
+CREATE INDEX IF NOT EXISTS observations_order ON observations(order_id);
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    source TEXT NOT NULL,
+    order_id TEXT,
+    device TEXT,
+    sequence TEXT,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS orders (
+    order_id INTEGER PRIMARY KEY,
+    state TEXT NOT NULL,
+    carton_weight_grams INTEGER,
+    count_tolerance INTEGER,
+    weight_tolerance_pct REAL,
+    detail TEXT NOT NULL DEFAULT '',
+    observation_ids TEXT,
+    tx_hash TEXT,
+    raw_tx BLOB,
+    root_certificate_id INTEGER,
+    error_name TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    dirty INTEGER NOT NULL DEFAULT 1,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    last_reading_at REAL,
+    confirmed_at REAL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    order_id INTEGER,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settlements (
+    certificate_id INTEGER PRIMARY KEY,
+    order_id INTEGER NOT NULL,
+    tx_hash TEXT NOT NULL,
+    at REAL NOT NULL
+);
+"""
+
+
+class OrderState(enum.StrEnum):
+    """An order's receipt, as the oracle sees it.
+
+    collecting -> submitting -> confirmed | failed;  collecting -> disputed.
+    `confirmed`, `failed` and `disputed` are final: nothing is submitted for the order again."""
+
+    COLLECTING = "collecting"
+    SUBMITTING = "submitting"
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+    DISPUTED = "disputed"
+
+    @property
+    def final(self) -> bool:
+        return self in (OrderState.CONFIRMED, OrderState.FAILED, OrderState.DISPUTED)
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    id: int
+    received_at: float
+    source: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class StoredObservation:
+    id: int
+    reading: SignedReading
+    source: str
+    received_at: float
+
+
+@dataclass(frozen=True)
+class OrderRecord:
+    order_id: int
+    state: OrderState
+    carton_weight_grams: int | None
+    count_tolerance: int | None
+    weight_tolerance_pct: float | None
+    detail: str
+    observation_ids: tuple[int, ...]
+    tx_hash: str | None
+    raw_tx: bytes | None
+    root_certificate_id: int | None
+    error_name: str | None
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+    updated_at: float
+    last_reading_at: float | None
+    confirmed_at: float | None
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: int
+    at: float
+    order_id: int | None
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Rejection:
+    id: int
+    at: float
+    source: str
+    order_id: str | None
+    device: str | None
+    sequence: str | None
+    reason: str
+    detail: str
+
+
+class Store:
+    """One SQLite database, shared by the gateway's threads (MQTT, HTTP, pipeline) behind a lock."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        # isolation_level=None: we issue BEGIN ourselves, so every write is an explicit transaction.
+        self._db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is fsynced before it returns, so an acknowledged reading survives a crash
+            # of the machine, not only of the process.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
+
+    # ------------------------------------------------------------------ inbox
+
+    def receive(self, source: str, payload: bytes) -> int:
+        """Keeps a raw reading durably; returns its inbox id. Called before acknowledging it."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO inbox (received_at, source, payload) VALUES (?, ?, ?)",
+                (time.time(), source, payload),
+            )
+            return int(cur.lastrowid or 0)
+
+    def unprocessed(self, limit: int = 500) -> list[InboxItem]:
+        rows = self._query(
+            "SELECT id, received_at, source, payload FROM inbox WHERE processed = 0 ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [InboxItem(r["id"], r["received_at"], r["source"], bytes(r["payload"])) for r in rows]
+
+    def inbox_item(self, item_id: int) -> InboxItem | None:
+        """An inbox row not yet processed."""
+        rows = self._query(
+            "SELECT id, received_at, source, payload FROM inbox WHERE id = ? AND processed = 0", (item_id,)
+        )
+        return InboxItem(rows[0][0], rows[0][1], rows[0][2], bytes(rows[0][3])) if rows else None
+
+    def inbox_count(self, processed: bool | None = None) -> int:
+        if processed is None:
+            return int(self._query("SELECT count(*) FROM inbox")[0][0])
+        return int(self._query("SELECT count(*) FROM inbox WHERE processed = ?", (int(processed),))[0][0])
+
+    # ------------------------------------------------------------------ verdicts
+
+    def accept(self, item_id: int | None, reading: SignedReading, source: str) -> int | None:
+        """Stores an accepted reading and marks its inbox row done, atomically. Returns the new
+        observation id, or None if (device, sequence) is already stored (a redelivery or replay)."""
+        o = reading.observation
+        now = time.time()
+        with self.transaction() as db:
+            if item_id is not None:
+                db.execute("UPDATE inbox SET processed = 1 WHERE id = ?", (item_id,))
+            try:
+                cur = db.execute(
+                    "INSERT INTO observations (order_id, device, sequence, kind, reading, source, "
+                    "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        o.order_id,
+                        o.device,
+                        str(o.sequence),
+                        o.kind,
+                        json.dumps(reading.to_json()),
+                        source,
+                        now,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                return None
+            self._touch_order(db, o.order_id, now)
+            return int(cur.lastrowid or 0)
+
+    def reject(
+        self,
+        item_id: int | None,
+        source: str,
+        reason: str,
+        detail: str,
+        reading: SignedReading | None = None,
+    ) -> None:
+        o = reading.observation if reading is not None else None
+        with self.transaction() as db:
+            if item_id is not None:
+                db.execute("UPDATE inbox SET processed = 1 WHERE id = ?", (item_id,))
+            db.execute(
+                "INSERT INTO rejections (at, source, order_id, device, sequence, reason, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    time.time(),
+                    source,
+                    str(o.order_id) if o else None,
+                    o.device if o else None,
+                    str(o.sequence) if o else None,
+                    reason,
+                    detail,
+                ),
+            )
+
+    def stored_signature(self, device: str, sequence: int) -> bytes | None:
+        """The signature stored for (device, sequence), if any."""
+        rows = self._query(
+            "SELECT reading FROM observations WHERE device = ? AND sequence = ?", (device, str(sequence))
+        )
+        if not rows:
+            return None
+        return parse_reading(json.loads(rows[0]["reading"])).signature
+
+    def observations(self, order_id: int) -> list[StoredObservation]:
+        rows = self._query(
+            "SELECT id, reading, source, received_at FROM observations WHERE order_id = ? ORDER BY id",
+            (order_id,),
+        )
+        return [
+            StoredObservation(r["id"], parse_reading(json.loads(r["reading"])), r["source"], r["received_at"])
+            for r in rows
+        ]
+
+    def rejections(self, limit: int = 100) -> list[Rejection]:
+        rows = self._query("SELECT * FROM rejections ORDER BY id DESC LIMIT ?", (limit,))
+        return [
+            Rejection(
+                r["id"],
+                r["at"],
+                r["source"],
+                r["order_id"],
+                r["device"],
+                r["sequence"],
+                r["reason"],
+                r["detail"],
+            )
+            for r in rows
+        ]
+
+    def rejection_reasons(self) -> list[str]:
+        return [r["reason"] for r in self._query("SELECT reason FROM rejections ORDER BY id")]
+
+    # ------------------------------------------------------------------ orders
+
+    def _touch_order(self, db: sqlite3.Connection, order_id: int, now: float) -> None:
+        db.execute(
+            "INSERT INTO orders (order_id, state, created_at, updated_at, last_reading_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(order_id) DO UPDATE SET dirty = 1, "
+            "last_reading_at = excluded.last_reading_at",
+            (order_id, OrderState.COLLECTING.value, now, now, now),
+        )
+
+    def register_order(
+        self,
+        order_id: int,
+        *,
+        carton_weight_grams: int | None,
+        count_tolerance: int | None,
+        weight_tolerance_pct: float | None,
+    ) -> OrderRecord:
+        """Records an order's expectations (before or after its first reading). Unset values fall
+        back to the gateway's configuration."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO orders (order_id, state, carton_weight_grams, count_tolerance, "
+                "weight_tolerance_pct, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(order_id) DO UPDATE SET carton_weight_grams = excluded.carton_weight_grams, "
+                "count_tolerance = excluded.count_tolerance, "
+                "weight_tolerance_pct = excluded.weight_tolerance_pct, dirty = 1, "
+                "updated_at = excluded.updated_at",
+                (
+                    order_id,
+                    OrderState.COLLECTING.value,
+                    carton_weight_grams,
+                    count_tolerance,
+                    weight_tolerance_pct,
+                    now,
+                    now,
+                ),
+            )
+        record = self.order(order_id)
+        assert record is not None
+        return record
+
+    def order(self, order_id: int) -> OrderRecord | None:
+        rows = self._query("SELECT * FROM orders WHERE order_id = ?", (order_id,))
+        return _order(rows[0]) if rows else None
+
+    def orders(self, states: tuple[OrderState, ...] | None = None) -> list[OrderRecord]:
+        if states is None:
+            rows = self._query("SELECT * FROM orders ORDER BY order_id")
+        else:
+            marks = ",".join("?" for _ in states)
+            rows = self._query(
+                f"SELECT * FROM orders WHERE state IN ({marks}) ORDER BY order_id",
+                tuple(s.value for s in states),
+            )
+        return [_order(r) for r in rows]
+
+    def dirty_collecting(self) -> list[int]:
+        """Orders still collecting that got a reading (or new expectations) since last evaluated."""
+        rows = self._query(
+            "SELECT order_id FROM orders WHERE state = ? AND dirty = 1 ORDER BY order_id",
+            (OrderState.COLLECTING.value,),
+        )
+        return [int(r[0]) for r in rows]
+
+    def mark_evaluated(self, order_id: int, detail: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE orders SET dirty = 0, detail = ?, updated_at = ? WHERE order_id = ?",
+                (detail, time.time(), order_id),
+            )
+
+    def mark_dirty(self, order_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE orders SET dirty = 1 WHERE order_id = ?", (order_id,))
+
+    def set_state(self, order_id: int, state: OrderState, detail: str, **fields: Any) -> None:
+        """Moves an order to `state`, with any of its other columns (tx_hash, raw_tx, ...)."""
+        allowed = {
+            "observation_ids",
+            "tx_hash",
+            "raw_tx",
+            "root_certificate_id",
+            "error_name",
+            "attempts",
+            "next_attempt_at",
+            "confirmed_at",
+        }
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown order fields {unknown}")
+        if "observation_ids" in fields:
+            fields["observation_ids"] = json.dumps(list(fields["observation_ids"]))
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.transaction() as db:
+            db.execute(
+                f"UPDATE orders SET state = ?, detail = ?, dirty = 0, updated_at = ?"
+                f"{', ' + sets if sets else ''} WHERE order_id = ?",
+                (state.value, detail, time.time(), *fields.values(), order_id),
+            )
+
+    def alert(self, order_id: int | None, kind: str, message: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO alerts (at, order_id, kind, message) VALUES (?, ?, ?, ?)",
+                (time.time(), order_id, kind, message),
+            )
+
+    def alerts(self, limit: int = 100) -> list[Alert]:
+        rows = self._query("SELECT * FROM alerts ORDER BY id DESC LIMIT ?", (limit,))
+        return [Alert(r["id"], r["at"], r["order_id"], r["kind"], r["message"]) for r in rows]
+
+    # ------------------------------------------------------------------ keeper
+
+    def record_settlement(self, certificate_ids: list[int], order_ids: list[int], tx_hash: str) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO settlements (certificate_id, order_id, tx_hash, at) "
+                "VALUES (?, ?, ?, ?)",
+                [(c, o, tx_hash, now) for c, o in zip(certificate_ids, order_ids, strict=True)],
+            )
+
+    def settled_count(self) -> int:
+        return int(self._query("SELECT count(*) FROM settlements")[0][0])
+
+
+def _order(row: sqlite3.Row) -> OrderRecord:
+    ids = json.loads(row["observation_ids"]) if row["observation_ids"] else []
+    return OrderRecord(
+        order_id=int(row["order_id"]),
+        state=OrderState(row["state"]),
+        carton_weight_grams=row["carton_weight_grams"],
+        count_tolerance=row["count_tolerance"],
+        weight_tolerance_pct=row["weight_tolerance_pct"],
+        detail=row["detail"],
+        observation_ids=tuple(int(i) for i in ids),
+        tx_hash=row["tx_hash"],
+        raw_tx=bytes(row["raw_tx"]) if row["raw_tx"] is not None else None,
+        root_certificate_id=row["root_certificate_id"],
+        error_name=row["error_name"],
+        attempts=int(row["attempts"]),
+        next_attempt_at=float(row["next_attempt_at"]),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+        last_reading_at=row["last_reading_at"],
+        confirmed_at=row["confirmed_at"],
+    )

@@ -1,0 +1,325 @@
+"""The oracle against the embedded chain: readings go through the gateway's checks and the relayer,
+and every story ends on chain (confirmed once, or nothing paid).
+
+Each test enrols its own warehouse (two RFID portals, one weighbridge, 2 of 3) in the shared world
+and allow-lists the world's relayer: about four transactions per test (py-evm is slow).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from oracle_support import chain_ranges, confirmations, enrol_warehouse
+from world import DAY, World
+
+from chain_client.models import CertificateStatus, OrderStatus
+from chain_client.receipts import DeviceEnrolment, ReadingKind, sign_observation
+from oracle.chainview import SystemView
+from oracle.devices import DeviceSigner, MemorySequence, ReadingContext
+from oracle.gateway import Gateway, Verdict
+from oracle.keeper import Keeper
+from oracle.relayer import Relayer
+from oracle.settings import OracleSettings
+from oracle.simulator import malleate
+from oracle.store import OrderState, Store
+from oracle.submitter import ChainSubmitter
+from oracle.validation import Reason
+from oracle.wire import SignedReading
+
+CARTON_G = 12_000
+COUNT, WEIGHT = ReadingKind.CARTON_COUNT, ReadingKind.NET_WEIGHT_GRAMS
+
+
+class Crash(BaseException):
+    """The relayer process dying at a chosen moment."""
+
+
+@dataclass
+class Rig:
+    world: World
+    warehouse: bytes
+    order_id: int
+    rfid1: DeviceSigner
+    rfid2: DeviceSigner
+    scale: DeviceSigner
+    store: Store
+    view: SystemView
+    gateway: Gateway
+    settings: OracleSettings
+
+    def enrol(self, devices: list[DeviceSigner], threshold: int = 2) -> None:
+        self.world.oracle.rotate_devices(
+            self.world.cast.admin,
+            self.warehouse,
+            [DeviceEnrolment(d.address, int(d.kind)) for d in devices],
+            threshold,
+            3_600,
+            chain_ranges(),
+        )
+
+    def context(self, **changes: int) -> ReadingContext:
+        version = self.world.oracle.warehouse(self.warehouse).device_set_version
+        fields = {
+            "order_id": self.order_id,
+            "warehouse": self.warehouse,
+            "goods_hash": self.world.goods,
+            "device_set_version": version,
+        }
+        return ReadingContext(**{**fields, **changes})  # type: ignore[arg-type]
+
+    def reading(
+        self, device: DeviceSigner, value: int, *, age: int = 60, valid_for: int = 3_600, **changes: int
+    ) -> SignedReading:
+        observation, signature = device.observe(
+            self.context(**changes), value, observed_at=self.view.now() - age, valid_for=valid_for
+        )
+        return SignedReading(observation, signature)
+
+    def send(self, reading: SignedReading | bytes) -> Verdict:
+        payload = reading if isinstance(reading, bytes) else reading.encode()
+        return self.gateway.ingest(payload, "test")
+
+    def relayer(self, **kw: object) -> Relayer:
+        submitter = ChainSubmitter(self.world.system, self.world.cast.relayer, self.view.lock)
+        return Relayer(self.store, self.view, submitter, self.settings, receipt_timeout=10, **kw)  # type: ignore[arg-type]
+
+    def state(self) -> OrderState | None:
+        record = self.store.order(self.order_id)
+        return record.state if record else None
+
+    def confirmations(self) -> int:
+        return confirmations(self.world, self.order_id)
+
+
+@pytest.fixture
+def rig(world: World, tmp_path: Path) -> Rig:
+    warehouse, (rfid1, rfid2, scale) = enrol_warehouse(world, [COUNT, COUNT, WEIGHT])
+    order_id = world.open_order(warehouse=warehouse, expected_quantity=1_000)
+    store = Store(tmp_path / "oracle.db")
+    view = SystemView(world.system)
+    settings = OracleSettings(
+        carton_weight_grams=CARTON_G, retry_base=0.01, retry_max=0.05, db=tmp_path / "o.db"
+    )
+    return Rig(world, warehouse, order_id, rfid1, rfid2, scale, store, view,
+               Gateway(store, view, clock_skew=30), settings)  # fmt: skip
+
+
+# ---------------------------------------------------------------------- the good path
+
+
+def test_agreeing_readings_confirm_on_chain_once(rig: Rig) -> None:
+    assert rig.send(rig.reading(rig.rfid1, 980)).accepted
+    assert rig.send(rig.reading(rig.scale, 980 * CARTON_G + 3_000)).accepted
+    relayer = rig.relayer()
+    relayer.step()
+    record = rig.store.order(rig.order_id)
+    assert record is not None and record.state == OrderState.CONFIRMED, record
+    order = rig.world.ledger.order(rig.order_id)
+    assert order.status == OrderStatus.CONFIRMED and order.delivered_quantity == 980
+    assert record.root_certificate_id == order.root_certificate_id
+    relayer.step()
+    assert rig.confirmations() == 1
+
+
+# ---------------------------------------------------------------------- refused at the gateway
+
+
+def test_replay_of_the_same_observation(rig: Rig, tmp_path: Path) -> None:
+    first, weight = rig.reading(rig.rfid1, 1_000), rig.reading(rig.scale, 1_000 * CARTON_G)
+    assert rig.send(first).accepted and rig.send(weight).accepted
+    assert rig.send(first).reason == Reason.REPLAYED  # the store has it
+    rig.relayer().step()
+    assert rig.state() == OrderState.CONFIRMED
+    # A gateway with an empty database still refuses it: the chain has used the sequence.
+    fresh = Gateway(Store(tmp_path / "other.db"), rig.view, clock_skew=30)
+    assert fresh.ingest(first.encode(), "test").reason in (Reason.REPLAYED, Reason.ORDER_NOT_OPEN)
+    assert rig.confirmations() == 1
+
+
+def test_signatures_for_another_chain_or_deployment(rig: Rig) -> None:
+    w = rig.world
+    for chain_id, oracle in ((w.chain.chain_id + 1, w.oracle.address), (w.chain.chain_id, w.ledger.address)):
+        other = DeviceSigner(rig.rfid1.account, COUNT, MemorySequence(500), chain_id=chain_id, oracle=oracle)
+        assert rig.send(rig.reading(other, 1_000)).reason == Reason.SIGNER_MISMATCH
+
+
+def test_expired_stale_and_future_readings(rig: Rig) -> None:
+    assert rig.send(rig.reading(rig.rfid1, 1_000, age=120, valid_for=60)).reason == Reason.EXPIRED
+    assert rig.send(rig.reading(rig.rfid1, 1_000, age=3_700, valid_for=7_200)).reason == Reason.STALE
+    assert rig.send(rig.reading(rig.rfid1, 1_000, age=-600)).reason == Reason.FROM_FUTURE
+
+
+def test_malleated_and_garbage_signatures(rig: Rig) -> None:
+    good = rig.reading(rig.rfid1, 1_000)
+    assert rig.send(SignedReading(good.observation, malleate(good.signature))).reason == Reason.HIGH_S
+    for v in (0, 1):
+        assert (
+            rig.send(SignedReading(good.observation, good.signature[:64] + bytes([v]))).reason == Reason.BAD_V
+        )
+    garbage = SignedReading(good.observation, os.urandom(64) + b"\x1b")
+    assert rig.send(garbage).reason in (Reason.INVALID_SIGNATURE, Reason.SIGNER_MISMATCH, Reason.HIGH_S)
+    impostor: LocalAccount = Account.create()
+    forged = SignedReading(
+        good.observation,
+        sign_observation(impostor, good.observation, rig.view.chain_id, rig.view.oracle_address),
+    )
+    assert rig.send(forged).reason == Reason.SIGNER_MISMATCH
+    assert rig.send(b'{"orderId": 1}').reason == Reason.MALFORMED
+    assert rig.send(good).accepted  # the honest original is still good
+
+
+def test_out_of_range_values(rig: Rig) -> None:
+    assert rig.send(rig.reading(rig.rfid1, 100_001)).reason == Reason.OUT_OF_RANGE
+    assert rig.send(rig.reading(rig.scale, 999)).reason == Reason.OUT_OF_RANGE
+
+
+def test_revoked_device_and_old_device_set(rig: Rig) -> None:
+    old = rig.reading(rig.rfid2, 1_000)  # signed under version 1
+    rig.enrol([rig.rfid1, rig.scale])  # rfid2 rotated out; version 2
+    assert rig.send(old).reason == Reason.STALE_DEVICE_SET
+    assert rig.send(rig.reading(rig.rfid2, 1_000)).reason == Reason.UNKNOWN_DEVICE
+    assert rig.send(rig.reading(rig.rfid1, 1_000)).accepted
+
+
+def test_readings_accepted_before_a_rotation_are_not_submitted(rig: Rig) -> None:
+    assert rig.send(rig.reading(rig.rfid1, 1_000)).accepted
+    assert rig.send(rig.reading(rig.scale, 1_000 * CARTON_G)).accepted
+    rig.enrol([rig.rfid1, rig.rfid2, rig.scale])  # same devices, new version
+    rig.relayer().step()
+    assert rig.state() == OrderState.COLLECTING
+    assert rig.world.ledger.order(rig.order_id).status == OrderStatus.OPEN
+
+
+# ---------------------------------------------------------------------- agreement
+
+
+def test_duplicate_device_cannot_pad_the_quorum(rig: Rig) -> None:
+    rig.enrol([rig.rfid1, rig.rfid2, rig.scale], threshold=3)
+    for _ in range(3):
+        assert rig.send(rig.reading(rig.rfid1, 1_000)).accepted  # three readings, one device
+    assert rig.send(rig.reading(rig.scale, 1_000 * CARTON_G)).accepted
+    rig.relayer().step()
+    record = rig.store.order(rig.order_id)
+    assert record is not None and record.state == OrderState.COLLECTING and "2 of 3" in record.detail
+    assert rig.world.ledger.order(rig.order_id).status == OrderStatus.OPEN
+
+
+def test_a_quorum_of_one_sensor_kind_only_waits(rig: Rig) -> None:
+    assert rig.send(rig.reading(rig.rfid1, 1_000)).accepted
+    assert rig.send(rig.reading(rig.rfid2, 1_000)).accepted
+    rig.relayer().step()
+    record = rig.store.order(rig.order_id)
+    assert record is not None and record.state == OrderState.COLLECTING
+    assert "NET_WEIGHT_GRAMS" in record.detail
+    assert rig.world.ledger.order(rig.order_id).status == OrderStatus.OPEN
+
+
+def test_rfid_and_weight_disagreeing_is_disputed_and_nothing_is_paid(rig: Rig) -> None:
+    payee = rig.world.cast.supplier1.address
+    before = rig.world.token.balance_of(payee), rig.world.token.balance_of(rig.world.ledger.address)
+    assert rig.send(rig.reading(rig.rfid1, 1_000)).accepted
+    assert rig.send(rig.reading(rig.scale, 700 * CARTON_G)).accepted  # 30% light
+    relayer = rig.relayer()
+    relayer.step()
+    assert rig.state() == OrderState.DISPUTED
+    assert [a.kind for a in rig.store.alerts()] == ["disputed"]
+    assert rig.send(rig.reading(rig.rfid2, 1_000)).accepted  # more readings change nothing
+    relayer.step()
+    assert rig.state() == OrderState.DISPUTED
+    assert rig.world.ledger.order(rig.order_id).status == OrderStatus.OPEN
+    after = rig.world.token.balance_of(payee), rig.world.token.balance_of(rig.world.ledger.address)
+    assert after == before
+
+
+# ---------------------------------------------------------------------- the relayer
+
+
+@pytest.mark.parametrize("moment", ["recorded", "broadcast"])
+def test_relayer_killed_between_signing_and_submitting(rig: Rig, moment: str) -> None:
+    assert rig.send(rig.reading(rig.rfid1, 1_000)).accepted
+    assert rig.send(rig.reading(rig.scale, 1_000 * CARTON_G)).accepted
+
+    def die(at: str, order_id: int) -> None:
+        if at == moment:
+            raise Crash
+
+    with pytest.raises(Crash):
+        rig.relayer(crash_hook=die).step()
+    record = rig.store.order(rig.order_id)
+    assert record is not None and record.state == OrderState.SUBMITTING and record.tx_hash
+    # Restarted (new objects, same database); the nonce counter of the dead process is gone too.
+    from chain_client.transactions import NonceManager
+
+    rig.world.chain.nonces = NonceManager()
+    restarted = rig.relayer()
+    restarted.step()
+    restarted.step()
+    final = rig.store.order(rig.order_id)
+    assert final is not None and final.state == OrderState.CONFIRMED and final.tx_hash == record.tx_hash
+    assert rig.confirmations() == 1
+
+
+def test_a_contract_refusal_is_final(rig: Rig) -> None:
+    rig.world.oracle.set_relayer(rig.world.cast.admin, rig.world.cast.relayer.address, False)
+    assert rig.send(rig.reading(rig.rfid1, 1_000)).accepted
+    assert rig.send(rig.reading(rig.scale, 1_000 * CARTON_G)).accepted
+    relayer = rig.relayer()
+    relayer.step()
+    record = rig.store.order(rig.order_id)
+    assert record is not None and record.state == OrderState.FAILED
+    assert record.error_name == "RelayerNotAllowed"
+    rig.world.oracle.set_relayer(rig.world.cast.admin, rig.world.cast.relayer.address, True)
+    rig.store.mark_dirty(rig.order_id)
+    relayer.step()
+    assert rig.state() == OrderState.FAILED and rig.confirmations() == 0
+
+
+def test_gateway_and_relayer_restart_submit_nothing_twice(rig: Rig, tmp_path: Path) -> None:
+    readings = [rig.reading(rig.rfid1, 1_000), rig.reading(rig.scale, 1_000 * CARTON_G)]
+    for r in readings:
+        assert rig.send(r).accepted
+    rig.relayer().step()
+    assert rig.state() == OrderState.CONFIRMED
+    rig.store.close()
+    # The restarted gateway: same database, devices (or the broker) send everything again.
+    rig.store = Store(rig.store.path)
+    rig.gateway = Gateway(rig.store, rig.view, clock_skew=30)
+    assert [rig.send(r).reason for r in readings] == [Reason.REPLAYED, Reason.REPLAYED]
+    rig.relayer().step()
+    assert rig.state() == OrderState.CONFIRMED and rig.confirmations() == 1
+
+
+# ---------------------------------------------------------------------- the keeper
+
+
+def test_keeper_run_twice_pays_each_certificate_once(world: World, tmp_path: Path) -> None:
+    cast, ledger, token = world.cast, world.ledger, world.token
+    _, root_a = world.certificate_for(maturity_in=10 * DAY)
+    _, root_b = world.certificate_for(maturity_in=10 * DAY)
+    split_id, _ = ledger.split_to(cast.supplier1, root_b, cast.supplier2.address, 10_000_00)
+    _, later = world.certificate_for(maturity_in=100 * DAY)  # not mature: untouched
+    frozen_order, frozen = world.certificate_for(maturity_in=10 * DAY)
+    ledger.freeze(cast.regulator, frozen, b"\x01" * 32)
+    world.chain.advance_time(11 * DAY)
+    before = {a: token.balance_of(a) for a in (cast.supplier1.address, cast.supplier2.address)}
+
+    store = Store(tmp_path / "keeper.db")
+    keeper = Keeper(world.system, cast.relayer, store, batch=2)  # small batches: two transactions
+    first = keeper.run_once()
+    assert sorted(first.settled) == sorted([root_a, root_b, split_id]) and len(first.transactions) == 2
+    second = Keeper(world.system, cast.relayer, store).run_once()  # a second keeper, or a restart
+    assert second.settled == [] and second.transactions == []
+
+    paid = {a: token.balance_of(a) - before[a] for a in before}
+    value = {i: ledger.certificate(i).value for i in (root_a, root_b, split_id)}
+    assert paid[cast.supplier1.address] == value[root_a] + value[root_b]
+    assert paid[cast.supplier2.address] == value[split_id]
+    assert ledger.certificate(later).status == CertificateStatus.LIVE
+    assert ledger.certificate(frozen).status == CertificateStatus.LIVE
+    assert store.settled_count() == 3
+    assert frozen_order

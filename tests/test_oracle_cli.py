@@ -1,0 +1,98 @@
+"""`certledger oracle ...` and `certledger devices ...` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from certledger_main import build_app
+from oracle.broker import mosquitto_binary
+from oracle.store import OrderState, Store
+
+NO_NODE: dict[str, str | None] = {"CERTLEDGER_RPC_URL": None, "CERTLEDGER_MANIFEST": None}
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner(env=NO_NODE)
+
+
+def test_help_lists_the_oracle_groups(runner: CliRunner) -> None:
+    result = runner.invoke(build_app(), ["--help"])
+    assert result.exit_code == 0, result.output
+    for name in ("oracle", "devices", "demo", "order"):
+        assert name in result.output
+    for group in (["oracle", "--help"], ["devices", "--help"]):
+        assert runner.invoke(build_app(), group).exit_code == 0
+
+
+def test_status_shows_orders_and_alerts(runner: CliRunner, tmp_path: Path) -> None:
+    db = tmp_path / "oracle.db"
+    store = Store(db)
+    store.register_order(1, carton_weight_grams=12_000, count_tolerance=None, weight_tolerance_pct=None)
+    store.register_order(2, carton_weight_grams=None, count_tolerance=None, weight_tolerance_pct=None)
+    store.set_state(2, OrderState.DISPUTED, "weight 840000 g does not match 100 cartons")
+    store.alert(2, "disputed", "weight 840000 g does not match 100 cartons")
+    store.reject(None, "mqtt:x", "high-s", "s is in the upper half")
+    store.close()
+    result = runner.invoke(build_app(), ["oracle", "status", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert "1 pending" in result.output and "1 collecting" in result.output and "1 disputed" in result.output
+    assert "Alerts" in result.output and "does not match" in result.output and "high-s" in result.output
+    as_json = runner.invoke(build_app(), ["oracle", "status", "--db", str(db), "--json"])
+    data = json.loads(as_json.output)
+    assert data["counts"]["disputed"] == 1 and data["alerts"][0]["order_id"] == 2
+
+
+def test_status_without_a_database(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(build_app(), ["oracle", "status", "--db", str(tmp_path / "none.db")])
+    assert result.exit_code == 2
+
+
+def test_oracle_run_needs_a_relayer_key(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(build_app(), ["oracle", "run", "--db", str(tmp_path / "o.db")])
+    assert result.exit_code == 2 and "CERTLEDGER_RELAYER_KEY" in result.output
+
+
+def test_devices_create_and_list(runner: CliRunner, tmp_path: Path) -> None:
+    env = {"CERTLEDGER_DEVICE_PASSWORD": "correct horse"}
+    args = [
+        "devices",
+        "create",
+        "dock-rfid",
+        "--kind",
+        "count",
+        "--dir",
+        str(tmp_path),
+        "--weak-kdf-for-tests",
+    ]
+    made = runner.invoke(build_app(), args, env=env)
+    assert made.exit_code == 0, made.output
+    address = made.output.strip()
+    listed = runner.invoke(build_app(), ["devices", "list", "--dir", str(tmp_path), "--json"])
+    [row] = json.loads(listed.output)
+    assert row == {"name": "dock-rfid", "address": address, "kind": "CARTON_COUNT", "next_sequence": 1}
+    again = runner.invoke(build_app(), args, env=env)
+    assert again.exit_code == 1 and "exists" in again.output
+    no_password = runner.invoke(
+        build_app(), ["devices", "create", "x", "--kind", "count", "--dir", str(tmp_path)]
+    )
+    assert no_password.exit_code == 2
+
+
+@pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto not installed (make mosquitto)")
+def test_demo_sends_the_receipt_through_the_oracle(runner: CliRunner) -> None:
+    result = runner.invoke(build_app(), ["demo"])
+    assert result.exit_code == 0, result.output
+    assert "through the oracle" in result.output
+    assert "Every fen is accounted for" in result.output and "FAILED" not in result.output
+
+
+def test_demo_direct_says_it_falls_back(runner: CliRunner) -> None:
+    result = runner.invoke(build_app(), ["demo", "--direct"])
+    assert result.exit_code == 0, result.output
+    assert "falls back to direct signing" in result.output
+    assert "Every fen is accounted for" in result.output

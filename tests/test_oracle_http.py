@@ -1,0 +1,81 @@
+"""The HTTP intake (FastAPI) over a fake chain view: verdicts as status codes, order expectations,
+alerts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from oracle_support import CHAIN_ID, GOODS, ORACLE, WAREHOUSE, FakeChain, account
+
+from chain_client.errors import NodeUnavailable
+from chain_client.models import OrderStatus
+from chain_client.receipts import ReadingKind
+from oracle.devices import DeviceSigner, MemorySequence, ReadingContext
+from oracle.gateway import Gateway
+from oracle.http import create_app
+from oracle.simulator import malleate
+from oracle.store import Store
+from oracle.wire import SignedReading
+
+RFID = account("http-rfid")
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[TestClient, FakeChain, Store, DeviceSigner]:
+    chain = FakeChain()
+    chain.devices[RFID.address] = int(ReadingKind.CARTON_COUNT)
+    chain.orders[1] = OrderStatus.OPEN
+    store = Store(tmp_path / "oracle.db")
+    client = TestClient(create_app(Gateway(store, chain, clock_skew=30), store))
+    signer = DeviceSigner(RFID, ReadingKind.CARTON_COUNT, MemorySequence(1), chain_id=CHAIN_ID, oracle=ORACLE)
+    return client, chain, store, signer
+
+
+def signed(signer: DeviceSigner, chain: FakeChain, value: int = 1_000) -> SignedReading:
+    obs, sig = signer.observe(
+        ReadingContext(1, WAREHOUSE, GOODS, 1), value, observed_at=chain.now_value - 5, valid_for=600
+    )
+    return SignedReading(obs, sig)
+
+
+def test_post_reading_answers_with_the_verdict(
+    setup: tuple[TestClient, FakeChain, Store, DeviceSigner],
+) -> None:
+    client, chain, store, signer = setup
+    r = signed(signer, chain)
+    ok = client.post("/readings", json=r.to_json())
+    assert ok.status_code == 202 and ok.json()["status"] == "accepted"
+    again = client.post("/readings", json=r.to_json())
+    assert again.status_code == 422 and again.json()["reason"] == "replayed"
+    high = SignedReading(r.observation, malleate(r.signature)).to_json()
+    assert client.post("/readings", json=high).json()["reason"] == "high-s"
+    assert client.post("/readings", json={"orderId": "x"}).json()["reason"] == "malformed"
+    assert len(store.observations(1)) == 1
+
+
+def test_a_reading_is_kept_when_the_node_is_down(
+    setup: tuple[TestClient, FakeChain, Store, DeviceSigner],
+) -> None:
+    client, chain, store, signer = setup
+
+    def down() -> None:
+        raise NodeUnavailable("http://node", "refused")
+
+    chain.fail = down
+    kept = client.post("/readings", json=signed(signer, chain).to_json())
+    assert kept.status_code == 503 and kept.json()["status"] == "kept"
+    assert store.inbox_count(processed=False) == 1
+
+
+def test_order_expectations_and_alerts(setup: tuple[TestClient, FakeChain, Store, DeviceSigner]) -> None:
+    client, _, store, _ = setup
+    put = client.put("/orders/7", json={"carton_weight_grams": 12_000, "count_tolerance": 1})
+    assert put.status_code == 200 and put.json()["state"] == "collecting"
+    assert client.get("/orders/7").json()["carton_weight_grams"] == 12_000
+    assert client.put("/orders/7", json={"carton_weight_grams": 0}).status_code == 422
+    assert client.get("/orders/8").status_code == 404
+    store.alert(7, "disputed", "weight does not match")
+    assert client.get("/alerts").json()[0]["kind"] == "disputed"
+    assert [o["order_id"] for o in client.get("/orders").json()] == [7]

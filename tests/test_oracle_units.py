@@ -1,0 +1,488 @@
+"""The oracle's parts without a chain: device keys and sequences, the wire format, signature form,
+the gateway's checks against a fake chain view, the agreement rules, the store and the relayer's
+state machine against a fake submitter."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from oracle_support import CARTON_G, CHAIN_ID, GOODS, ORACLE, WAREHOUSE, FakeChain, account
+
+from chain_client import errors
+from chain_client.errors import NodeUnavailable
+from chain_client.models import OrderStatus
+from chain_client.receipts import Observation, ReadingKind, sign_observation
+from oracle.agreement import Disputed, Expectations, Ready, Waiting, decide
+from oracle.devices import (
+    DeviceError,
+    DeviceFiles,
+    DeviceSigner,
+    FileSequence,
+    MemorySequence,
+    ReadingContext,
+    create_device,
+    load_device,
+)
+from oracle.gateway import Gateway
+from oracle.relayer import Mined, NonceTooLow, PreparedTx, Relayer
+from oracle.retry import backoff_delay
+from oracle.settings import OracleSettings
+from oracle.simulator import malleate
+from oracle.store import OrderState, Store
+from oracle.validation import Reason, check_signature_form
+from oracle.wire import MalformedReading, SignedReading, decode_reading
+
+RFID_A, RFID_B, SCALE = account("rfid-a"), account("rfid-b"), account("scale")
+KINDS = {
+    RFID_A.address: ReadingKind.CARTON_COUNT,
+    RFID_B.address: ReadingKind.CARTON_COUNT,
+    SCALE.address: ReadingKind.NET_WEIGHT_GRAMS,
+}
+FAST_KDF = {"kdf": "pbkdf2", "iterations": 2}  # tests only: a real device keeps the default work
+
+
+def signer(acct: object, seq_start: int = 1, chain_id: int = CHAIN_ID, oracle: str = ORACLE) -> DeviceSigner:
+    from eth_account.signers.local import LocalAccount
+
+    assert isinstance(acct, LocalAccount)
+    return DeviceSigner(
+        acct,
+        KINDS[acct.address],
+        MemorySequence(seq_start),
+        chain_id=chain_id,
+        oracle=oracle,  # type: ignore[arg-type]
+    )
+
+
+CONTEXT = ReadingContext(order_id=1, warehouse=WAREHOUSE, goods_hash=GOODS, device_set_version=1)
+
+
+def fake_chain() -> FakeChain:
+    chain = FakeChain()
+    chain.devices = {a: int(k) for a, k in KINDS.items()}
+    chain.orders[1] = OrderStatus.OPEN
+    return chain
+
+
+def reading(
+    dev: DeviceSigner, value: int, chain: FakeChain, *, age: int = 60, valid_for: int = 3_600, **changes: int
+) -> SignedReading:
+    context = ReadingContext(**{**CONTEXT.__dict__, **changes})
+    obs, sig = dev.observe(context, value, observed_at=chain.now_value - age, valid_for=valid_for)
+    return SignedReading(obs, sig)
+
+
+# ---------------------------------------------------------------------- devices
+
+
+def test_keystore_is_encrypted_and_sequences_survive_a_restart(tmp_path: Path) -> None:
+    files = DeviceFiles(tmp_path, "rfid-1")
+    address = create_device(files, ReadingKind.CARTON_COUNT, "pw", **FAST_KDF)  # type: ignore[arg-type]
+    text = files.keystore.read_text()
+    assert "crypto" in json.loads(text) and RFID_A.key.hex() not in text
+    assert oct(files.keystore.stat().st_mode & 0o777) == "0o600"
+
+    dev, seq = load_device(files, "pw", chain_id=CHAIN_ID, oracle=ORACLE)
+    assert dev.address == address and dev.kind == ReadingKind.CARTON_COUNT
+    first = [dev.observe(CONTEXT, 10, observed_at=1, valid_for=10)[0].sequence for _ in range(3)]
+    seq.close()
+    dev, seq = load_device(files, "pw", chain_id=CHAIN_ID, oracle=ORACLE)
+    again = dev.observe(CONTEXT, 10, observed_at=1, valid_for=10)[0].sequence
+    seq.close()
+    assert first == [1, 2, 3] and again == 4
+
+
+def test_wrong_password_and_overwrite_are_refused(tmp_path: Path) -> None:
+    files = DeviceFiles(tmp_path, "scale")
+    create_device(files, ReadingKind.NET_WEIGHT_GRAMS, "pw", **FAST_KDF)  # type: ignore[arg-type]
+    with pytest.raises(DeviceError, match="decrypt"):
+        load_device(files, "not-pw", chain_id=CHAIN_ID, oracle=ORACLE)
+    with pytest.raises(DeviceError, match="exists"):
+        create_device(files, ReadingKind.NET_WEIGHT_GRAMS, "pw", **FAST_KDF)  # type: ignore[arg-type]
+
+
+def test_two_processes_cannot_share_a_device_sequence(tmp_path: Path) -> None:
+    path = tmp_path / "d.sequence"
+    held = FileSequence(path)
+    code = (
+        "import sys; from pathlib import Path; from oracle.devices import FileSequence, DeviceError\n"
+        "try:\n    FileSequence(Path(sys.argv[1]))\nexcept DeviceError:\n    sys.exit(3)\n"
+    )
+    other = subprocess.run([sys.executable, "-c", code, str(path)], timeout=60, env=os.environ.copy())
+    held.close()
+    assert other.returncode == 3
+
+
+def test_sequence_is_on_disk_before_the_signature_is_returned(tmp_path: Path) -> None:
+    seq = FileSequence(tmp_path / "d.sequence")
+    dev = DeviceSigner(RFID_A, ReadingKind.CARTON_COUNT, seq, chain_id=CHAIN_ID, oracle=ORACLE)
+    obs, _ = dev.observe(CONTEXT, 5, observed_at=1, valid_for=1)
+    assert (tmp_path / "d.sequence").read_text().strip() == str(obs.sequence + 1)
+    seq.close()
+
+
+# ---------------------------------------------------------------------- wire and signature form
+
+
+def test_wire_round_trip_and_malformed_payloads() -> None:
+    chain = fake_chain()
+    r = reading(signer(RFID_A), 1000, chain)
+    assert decode_reading(r.encode()) == r
+    body = r.to_json()
+    bad_fields: list[dict[str, object]] = [
+        {"value": -1},
+        {"value": True},
+        {"warehouse": "0x12"},
+        {"device": "nobody"},
+        {"sequence": 2**64},
+    ]
+    payloads = [b"not json", b"[]", b"{" + b" " * 5000 + b"}"]
+    payloads += [json.dumps({**body, **change}).encode() for change in bad_fields]
+    for bad in payloads:
+        with pytest.raises(MalformedReading):
+            decode_reading(bad)
+
+
+def test_signature_form() -> None:
+    chain = fake_chain()
+    sig = reading(signer(RFID_A), 1000, chain).signature
+    assert check_signature_form(sig) is None
+    high = malleate(sig)
+    assert check_signature_form(high).reason == Reason.HIGH_S  # type: ignore[union-attr]
+    for v in (0, 1):
+        refused = check_signature_form(sig[:64] + bytes([v]))
+        assert refused is not None and refused.reason == Reason.BAD_V
+    assert check_signature_form(sig[:64]).reason == Reason.BAD_SIGNATURE_LENGTH  # type: ignore[union-attr]
+    assert check_signature_form(b"\x00" * 64 + b"\x1b").reason == Reason.INVALID_SIGNATURE  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------- the gateway's checks
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "oracle.db")
+
+
+def ingest(gateway: Gateway, r: SignedReading | bytes) -> Reason | None:
+    payload = r if isinstance(r, bytes) else r.encode()
+    verdict = gateway.ingest(payload, "test")
+    assert not verdict.pending
+    return verdict.reason
+
+
+def test_gateway_refuses_each_bad_reading_with_its_reason(store: Store) -> None:
+    chain = fake_chain()
+    gw = Gateway(store, chain, clock_skew=30)
+    a = signer(RFID_A)
+    good = reading(a, 1000, chain)
+    assert ingest(gw, good) is None
+    assert ingest(gw, good) == Reason.REPLAYED  # the same bytes again
+    twin = reading(signer(RFID_A, seq_start=good.observation.sequence), 999, chain)
+    assert ingest(gw, twin) == Reason.SEQUENCE_REUSED
+    assert ingest(gw, SignedReading(good.observation, malleate(good.signature))) == Reason.HIGH_S
+    assert ingest(gw, SignedReading(good.observation, good.signature[:64] + b"\x00")) == Reason.BAD_V
+    garbage = (1).to_bytes(32, "big") + (12345).to_bytes(32, "big") + b"\x1b"  # well-formed, meaningless
+    assert ingest(gw, SignedReading(good.observation, garbage)) in (
+        Reason.INVALID_SIGNATURE,
+        Reason.SIGNER_MISMATCH,
+    )
+    assert ingest(gw, b"garbage") == Reason.MALFORMED
+
+    other_chain = signer(RFID_A, 100, chain_id=CHAIN_ID + 1)
+    assert ingest(gw, reading(other_chain, 1000, chain)) == Reason.SIGNER_MISMATCH
+    other_oracle = signer(RFID_A, 200, oracle="0x" + "0d" * 20)
+    assert ingest(gw, reading(other_oracle, 1000, chain)) == Reason.SIGNER_MISMATCH
+    impostor = account("impostor")
+    obs = reading(signer(RFID_A, 300), 1000, chain).observation
+    forged = SignedReading(obs, sign_observation(impostor, obs, CHAIN_ID, ORACLE))
+    assert ingest(gw, forged) == Reason.SIGNER_MISMATCH
+
+    b = signer(RFID_B, 10)
+    assert ingest(gw, reading(b, 1000, chain, age=3_601, valid_for=7_200)) == Reason.STALE
+    assert ingest(gw, reading(b, 1000, chain, age=-31)) == Reason.FROM_FUTURE
+    assert ingest(gw, reading(b, 1000, chain, age=-29)) is None  # within the clock skew
+    assert ingest(gw, reading(b, 1000, chain, age=100, valid_for=99)) == Reason.EXPIRED
+    assert ingest(gw, reading(b, 0, chain)) == Reason.OUT_OF_RANGE
+    assert ingest(gw, reading(b, 100_001, chain)) == Reason.OUT_OF_RANGE
+    assert ingest(gw, reading(b, 1000, chain, device_set_version=0)) == Reason.STALE_DEVICE_SET
+    assert ingest(gw, reading(b, 1000, chain, order_id=2)) == Reason.UNKNOWN_ORDER
+    chain.orders[3] = OrderStatus.CONFIRMED
+    assert ingest(gw, reading(b, 1000, chain, order_id=3)) == Reason.ORDER_NOT_OPEN
+    assert ingest(gw, reading(b, 1000, chain, goods_hash=b"\x01" * 32)) == Reason.ORDER_MISMATCH  # type: ignore[arg-type]
+    chain.used.add((RFID_B.address, 50))
+    assert ingest(gw, reading(signer(RFID_B, 50), 1000, chain)) == Reason.REPLAYED
+    chain.devices.pop(RFID_B.address)  # rotated out
+    assert ingest(gw, reading(b, 1000, chain)) == Reason.UNKNOWN_DEVICE
+    wrong_kind = DeviceSigner(
+        SCALE, ReadingKind.CARTON_COUNT, MemorySequence(1), chain_id=CHAIN_ID, oracle=ORACLE
+    )
+    assert ingest(gw, reading(wrong_kind, 1000, chain)) == Reason.DEVICE_KIND_MISMATCH
+
+    assert len(store.observations(1)) == 2
+    assert store.inbox_count(processed=False) == 0
+
+
+def test_a_reading_waits_in_the_inbox_while_the_node_is_down(store: Store) -> None:
+    chain = fake_chain()
+    gw = Gateway(store, chain, clock_skew=30)
+
+    def down() -> None:
+        raise NodeUnavailable("http://node", "connection refused")
+
+    chain.fail = down
+    verdict = gw.ingest(reading(signer(RFID_A), 1000, chain).encode(), "test")
+    assert verdict.pending and store.inbox_count(processed=False) == 1
+    chain.fail = None
+    [verdict] = gw.process_pending()
+    assert verdict.accepted and store.inbox_count(processed=False) == 0
+
+
+# ---------------------------------------------------------------------- agreement
+
+
+EXPECT = Expectations(carton_weight_grams=CARTON_G, count_tolerance=0, weight_tolerance_pct=2.0)
+BOTH = frozenset({1, 2})
+
+
+def readings(values: dict[object, int]) -> list[SignedReading]:
+    chain = fake_chain()
+    return [reading(signer(acct), v, chain) for acct, v in values.items()]
+
+
+def test_agreeing_readings_are_ready_in_device_order() -> None:
+    rs = readings({RFID_A: 1000, SCALE: 1000 * CARTON_G + 1000})
+    decision = decide(rs, threshold=2, required_kinds=BOTH, expectations=EXPECT)
+    assert isinstance(decision, Ready) and decision.delivered == 1000
+    devices = [int(r.observation.device, 16) for r in decision.readings]
+    assert devices == sorted(devices)
+
+
+def test_rfid_and_weight_disagreeing_is_a_dispute() -> None:
+    rs = readings({RFID_A: 1000, SCALE: 1000 * CARTON_G * 110 // 100})
+    decision = decide(rs, threshold=2, required_kinds=BOTH, expectations=EXPECT)
+    assert isinstance(decision, Disputed) and "weight" in decision.reason
+
+
+def test_rfid_counts_disagreeing_is_a_dispute_unless_within_tolerance() -> None:
+    rs = readings({RFID_A: 1000, RFID_B: 998, SCALE: 998 * CARTON_G})
+    assert isinstance(decide(rs, threshold=2, required_kinds=BOTH, expectations=EXPECT), Disputed)
+    lenient = Expectations(CARTON_G, 2, 2.0)
+    decision = decide(rs, threshold=2, required_kinds=BOTH, expectations=lenient)
+    assert isinstance(decision, Ready) and decision.delivered == 998
+
+
+def test_one_kind_only_or_too_few_devices_waits() -> None:
+    rs = readings({RFID_A: 1000, RFID_B: 1000})
+    decision = decide(rs, threshold=2, required_kinds=BOTH, expectations=EXPECT)
+    assert isinstance(decision, Waiting) and "NET_WEIGHT_GRAMS" in decision.reason
+    rs = readings({RFID_A: 1000})
+    assert isinstance(decide(rs, threshold=2, required_kinds=BOTH, expectations=EXPECT), Waiting)
+
+
+def test_one_device_twice_does_not_make_a_quorum() -> None:
+    chain = fake_chain()
+    a = signer(RFID_A)
+    rs = [reading(a, 1000, chain), reading(a, 1000, chain), reading(signer(SCALE), 1000 * CARTON_G, chain)]
+    rs = [rs[0], rs[1]]
+    decision = decide(rs, threshold=2, required_kinds=frozenset({1}), expectations=EXPECT)
+    assert isinstance(decision, Waiting) and "1 of 2" in decision.reason
+
+
+def test_weight_without_an_expected_carton_weight_waits() -> None:
+    rs = readings({RFID_A: 1000, SCALE: 1000 * CARTON_G})
+    unknown = Expectations(None, 0, 2.0)
+    assert isinstance(decide(rs, threshold=2, required_kinds=BOTH, expectations=unknown), Waiting)
+
+
+# ---------------------------------------------------------------------- the relayer's state machine
+
+
+class Crash(BaseException):
+    """Stands for the process dying: no handler in the relayer catches a BaseException."""
+
+
+class FakeSubmitter:
+    def __init__(self, chain: FakeChain) -> None:
+        self.chain = chain
+        self.prepared = 0
+        self.broadcasts: list[str] = []
+        self.mined: dict[str, Mined] = {}
+        self.mempool: set[str] = set()
+        self.revert: Exception | None = None
+        self.transient = 0
+        self.nonce_too_low = False
+
+    def prepare(self, rs: Sequence[SignedReading]) -> PreparedTx:
+        if self.transient:
+            self.transient -= 1
+            raise NodeUnavailable("http://node", "timeout")
+        if self.revert is not None:
+            raise self.revert
+        self.prepared += 1
+        return PreparedTx(f"0x{self.prepared:064x}", b"raw%d" % self.prepared)
+
+    def broadcast(self, prepared: PreparedTx) -> None:
+        if self.nonce_too_low:
+            raise NonceTooLow("nonce too low")
+        self.broadcasts.append(prepared.tx_hash)
+        if prepared.tx_hash not in self.mined:
+            # The contract lets each order confirm once: a second inclusion is impossible for the
+            # same bytes; count what was mined.
+            self.mined[prepared.tx_hash] = Mined(prepared.tx_hash, True, 7, 100_000, root_certificate_id=1)
+            self.chain.orders[1] = OrderStatus.CONFIRMED
+
+    def wait(self, tx_hash: str, timeout: float) -> Mined | None:
+        return self.mined.get(tx_hash)
+
+
+def ready_order(store: Store, chain: FakeChain) -> None:
+    gw = Gateway(store, chain, clock_skew=30)
+    store.register_order(1, carton_weight_grams=CARTON_G, count_tolerance=None, weight_tolerance_pct=None)
+    for r in (reading(signer(RFID_A), 1000, chain), reading(signer(SCALE), 1000 * CARTON_G, chain)):
+        assert gw.ingest(r.encode(), "test").accepted
+
+
+def relayer(store: Store, chain: FakeChain, sub: FakeSubmitter, **kw: object) -> Relayer:
+    settings = OracleSettings(retry_base=0.001, retry_max=0.002)
+    return Relayer(store, chain, sub, settings, receipt_timeout=1, **kw)  # type: ignore[arg-type]
+
+
+def test_relayer_submits_once_and_confirms(store: Store) -> None:
+    chain, sub = fake_chain(), None
+    sub = FakeSubmitter(chain)
+    ready_order(store, chain)
+    r = relayer(store, chain, sub)
+    r.step()
+    r.step()
+    rec = store.order(1)
+    assert rec is not None and rec.state == OrderState.CONFIRMED and rec.root_certificate_id == 1
+    assert sub.prepared == 1 and len(sub.broadcasts) == 1
+
+
+@pytest.mark.parametrize("moment", ["recorded", "broadcast"])
+def test_relayer_killed_mid_submission_submits_once_after_restart(store: Store, moment: str) -> None:
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    ready_order(store, chain)
+
+    def crash(at: str, order_id: int) -> None:
+        if at == moment:
+            raise Crash
+
+    with pytest.raises(Crash):
+        relayer(store, chain, sub, crash_hook=crash).step()
+    rec = store.order(1)
+    assert rec is not None and rec.state == OrderState.SUBMITTING and rec.tx_hash == "0x" + "0" * 63 + "1"
+    relayer(store, chain, sub).step()  # the restarted process
+    rec = store.order(1)
+    assert rec is not None and rec.state == OrderState.CONFIRMED
+    assert sub.prepared == 1  # never signed a second transaction
+    assert len(set(sub.broadcasts)) == 1
+
+
+def test_a_revert_is_final(store: Store) -> None:
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    sub.revert = errors.ERRORS["DuplicateInvoice"](b"", invoiceHash=b"\x00" * 32)
+    ready_order(store, chain)
+    r = relayer(store, chain, sub)
+    r.step()
+    rec = store.order(1)
+    assert rec is not None and rec.state == OrderState.FAILED and rec.error_name == "DuplicateInvoice"
+    sub.revert = None
+    store.mark_dirty(1)
+    r.step()
+    assert sub.prepared == 0 and store.order(1).state == OrderState.FAILED  # type: ignore[union-attr]
+    assert any(a.kind == "failed" for a in store.alerts())
+
+
+def test_node_errors_are_retried_with_backoff(store: Store) -> None:
+    import time
+
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    sub.transient = 2
+    ready_order(store, chain)
+    r = relayer(store, chain, sub)
+    r.step()
+    rec = store.order(1)
+    assert rec is not None and rec.state == OrderState.COLLECTING and rec.attempts == 1
+    for _ in range(20):
+        time.sleep(0.005)
+        r.step()
+    assert store.order(1).state == OrderState.CONFIRMED  # type: ignore[union-attr]
+    assert sub.prepared == 1
+
+
+def test_superseded_transaction_is_replaced_after_checking_the_chain(store: Store) -> None:
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    ready_order(store, chain)
+    with pytest.raises(Crash):
+        relayer(store, chain, sub, crash_hook=lambda at, o: (_ for _ in ()).throw(Crash)).step()
+    sub.nonce_too_low = True  # meanwhile the keeper used that nonce
+    r = relayer(store, chain, sub)
+    r.step()
+    assert store.order(1).state != OrderState.CONFIRMED  # type: ignore[union-attr]
+    sub.nonce_too_low = False
+    r.step()
+    assert store.order(1).state == OrderState.CONFIRMED  # type: ignore[union-attr]
+    # New transactions were signed, but only one was ever accepted by the node.
+    assert sub.prepared >= 2 and len(sub.broadcasts) == len(sub.mined) == 1
+
+
+def test_disputed_orders_alert_and_never_submit(store: Store) -> None:
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    gw = Gateway(store, chain, clock_skew=30)
+    store.register_order(1, carton_weight_grams=CARTON_G, count_tolerance=None, weight_tolerance_pct=None)
+    for rr in (reading(signer(RFID_A), 1000, chain), reading(signer(SCALE), 800 * CARTON_G, chain)):
+        assert gw.ingest(rr.encode(), "test").accepted
+    r = relayer(store, chain, sub)
+    r.step()
+    assert store.order(1).state == OrderState.DISPUTED  # type: ignore[union-attr]
+    assert gw.ingest(reading(signer(RFID_B), 1000, chain).encode(), "test").accepted
+    r.step()
+    assert store.order(1).state == OrderState.DISPUTED and sub.prepared == 0  # type: ignore[union-attr]
+    assert [a.kind for a in store.alerts()] == ["disputed"]
+
+
+def test_backoff_is_bounded() -> None:
+    assert [backoff_delay(n, 0.5, 4) for n in range(6)] == [0, 0.5, 1, 2, 4, 4]
+    assert backoff_delay(10_000, 0.5, 30) == 30
+
+
+def test_store_survives_reopen(tmp_path: Path) -> None:
+    store = Store(tmp_path / "o.db")
+    store.receive("mqtt:x", b"payload")
+    store.close()
+    again = Store(tmp_path / "o.db")
+    assert [i.payload for i in again.unprocessed()] == [b"payload"]
+
+
+def test_observation_type_is_the_chain_clients() -> None:
+    # The wire format carries exactly chain_client's Observation: one definition for all.
+    chain = fake_chain()
+    assert isinstance(reading(signer(RFID_A), 1, chain).observation, Observation)
+
+
+def test_readings_about_to_lapse_are_not_submitted(store: Store) -> None:
+    """A reading whose deadline falls within the submit margin is kept but not sent: it could lapse
+    before its block, and the contract's refusal would be final for the whole order."""
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    gw = Gateway(store, chain, clock_skew=30)
+    store.register_order(1, carton_weight_grams=CARTON_G, count_tolerance=None, weight_tolerance_pct=None)
+    assert gw.ingest(reading(signer(RFID_A), 1000, chain, age=60, valid_for=70).encode(), "t").accepted
+    assert gw.ingest(reading(signer(SCALE), 1000 * CARTON_G, chain).encode(), "t").accepted
+    relayer(store, chain, sub).step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.COLLECTING and sub.prepared == 0
+    assert "1 of 2" in record.detail
