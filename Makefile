@@ -88,9 +88,10 @@ contracts: venv node
 demo: venv node mosquitto
 	$(CERTLEDGER) demo
 
-bench: venv node
+bench: venv node mosquitto
 	$(PY) scripts/bench_gas.py
 	$(PY) scripts/bench_replay.py
+	$(PY) scripts/bench_oracle.py
 
 # Each step is its own recipe line, so the first failure stops `make test` with its exit code.
 # forge resolves foundry.toml's relative solc path against the working directory: always cd first.

@@ -3,6 +3,7 @@
     CertledgerError                 root: catch this to catch everything raised here
     ├── NodeUnavailable             the JSON-RPC endpoint did not answer
     ├── TransactionTimeout          no receipt within the configured time
+    ├── NonceTooLow                 a prepared transaction's nonce went to another one
     ├── ManifestError               a deployment manifest is missing, malformed or for another chain
     ├── ContractReverted            a call or transaction reverted
     │   ├── ContractError           ... with a custom error of our contracts (one subclass per error,
@@ -52,6 +53,16 @@ class TransactionTimeout(CertledgerError):
         super().__init__(f"no receipt for {tx_hash} after {seconds}s")
         self.tx_hash = tx_hash
         self.seconds = seconds
+
+
+class NonceTooLow(CertledgerError):
+    """A signed transaction's nonce was used by another transaction of its sender: it can never be
+    included. Look it up once more (it may be the one that used it), then prepare a new one."""
+
+    def __init__(self, tx_hash: str, nonce: int) -> None:
+        super().__init__(f"nonce {nonce} of {tx_hash} is already used")
+        self.tx_hash = tx_hash
+        self.nonce = nonce
 
 
 class ManifestError(CertledgerError):

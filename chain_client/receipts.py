@@ -18,7 +18,7 @@ from eth_utils import keccak, to_checksum_address
 from chain_client.artifacts import load_artifact
 from chain_client.chain import Chain
 from chain_client.models import Warehouse
-from chain_client.transactions import Transactor, TxResult, call_checked
+from chain_client.transactions import PreparedTx, Transactor, TxResult, call_checked
 
 DOMAIN_NAME = "certledger ReceiptOracle"
 DOMAIN_VERSION = "1"
@@ -377,6 +377,13 @@ class ReceiptOracleClient:
         return self.contract.functions.confirmReceipt(
             [obs.as_tuple() for obs, _ in pairs], [sig for _, sig in pairs]
         )
+
+    def prepare_confirm(
+        self, relayer: LocalAccount, observations: Sequence[Observation], signatures: Sequence[bytes]
+    ) -> PreparedTx:
+        """A receipt simulated and signed, not sent: for a relayer that records each transaction
+        before broadcasting it (Transactor.broadcast, Transactor.receipt)."""
+        return self._tx.prepare(relayer, self.confirm_call(observations, signatures))
 
     def confirm_receipt(
         self, relayer: LocalAccount, observations: Sequence[Observation], signatures: Sequence[bytes]

@@ -26,6 +26,8 @@ class System:
     oracle: ReceiptOracleClient
     token: SettlementTokenClient
     decoder: EventDecoder
+    #: the one transactor (and nonce manager use) every client above shares
+    tx: Transactor
 
     @classmethod
     def attach(cls, chain: Chain, deployment: Deployment) -> System:
@@ -46,6 +48,7 @@ class System:
             oracle=ReceiptOracleClient(chain, deployment.oracle, tx),
             token=SettlementTokenClient(chain, deployment.token, tx),
             decoder=decoder,
+            tx=tx,
         )
 
     @classmethod

@@ -9,18 +9,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+import rlp
+from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from eth_typing import ChecksumAddress
+from eth_utils import keccak, to_checksum_address
 from hexbytes import HexBytes
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import Timeout as RequestsTimeout
 from web3.contract.contract import ContractConstructor, ContractFunction
 from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError
-from web3.types import Nonce, TxParams, TxReceipt, Wei
+from web3.types import BlockIdentifier, Nonce, TxParams, TxReceipt, Wei
 
 from chain_client.errors import (
     ContractReverted,
     NodeUnavailable,
+    NonceTooLow,
     TransactionTimeout,
     UnknownRevert,
     decode_revert,
@@ -129,6 +134,27 @@ def _typed(exc: ContractLogicError) -> ContractReverted:
     return UnknownRevert(str(exc.message or exc))
 
 
+@dataclass(frozen=True)
+class PreparedTx:
+    """A simulated and signed transaction, not yet broadcast: record `tx_hash` and `raw` first,
+    and a crash can never make you send a second, different transaction for the same job."""
+
+    tx_hash: str
+    raw: bytes
+    sender: ChecksumAddress
+    nonce: int
+
+    @classmethod
+    def from_raw(cls, raw: bytes) -> PreparedTx:
+        """The record of signed bytes kept elsewhere (a relayer's store keeps only the bytes)."""
+        sender = to_checksum_address(Account.recover_transaction(raw))
+        if raw[0] <= 0x7F:  # EIP-2718 typed (EIP-1559 here)
+            nonce = int(TypedTransaction.from_bytes(HexBytes(raw)).as_dict()["nonce"])
+        else:  # legacy, as sent to zero-gas-price networks: an RLP list led by the nonce
+            nonce = int.from_bytes(rlp.decode(raw)[0], "big")
+        return cls("0x" + keccak(raw).hex(), raw, sender, nonce)
+
+
 class Transactor:
     """Sends contract transactions signed locally by `account`."""
 
@@ -144,10 +170,25 @@ class Transactor:
         Raises the contract's typed error before anything is sent if the simulation reverts, so a
         failing request spends no gas.
         """
+        prepared = self.prepare(account, fn, gas)
+        self.broadcast(prepared)
+        result = self.receipt(prepared.tx_hash, self.chain.settings.receipt_timeout)
+        if result is None:
+            raise TransactionTimeout(prepared.tx_hash, self.chain.settings.receipt_timeout)
+        return result
+
+    def prepare(
+        self, account: LocalAccount, fn: ContractFunction | ContractConstructor, gas: int | None = None
+    ) -> PreparedTx:
+        """Simulates `fn` (raising the contract's typed error) and signs it; sends nothing."""
         w3 = self.chain.w3
         params: TxParams = {"from": account.address, "chainId": self.chain.chain_id}
         if gas is None:
-            estimate = call_checked(lambda: fn.estimate_gas(params))
+            # At the pending block, whose time the transaction will see: a node that mines on demand
+            # (anvil) simulates at the latest block by default, which can be minutes old. eth-tester
+            # takes no block argument here and simulates at its pending block anyway.
+            block: BlockIdentifier | None = None if self.chain.embedded else "pending"
+            estimate = call_checked(lambda: fn.estimate_gas(params, block_identifier=block))
             gas = int(estimate * self.chain.settings.gas_limit_margin)
         params["gas"] = gas
         params.update(self._fees())
@@ -155,21 +196,55 @@ class Transactor:
             account.address, lambda: w3.eth.get_transaction_count(account.address, "pending")
         )
         params["nonce"] = Nonce(nonce)
-        tx = fn.build_transaction(params)
-        signed = account.sign_transaction(tx)  # type: ignore[arg-type]
+        signed = account.sign_transaction(fn.build_transaction(params))  # type: ignore[arg-type]
+        return PreparedTx(
+            "0x" + bytes(signed.hash).hex(), bytes(signed.raw_transaction), account.address, nonce
+        )
+
+    def broadcast(self, prepared: PreparedTx) -> None:
+        """Sends the signed bytes. Sending the same bytes again is harmless (one nonce, one
+        inclusion): a node that already has them is not an error. Raises NonceTooLow when the
+        sender's nonce has moved past this transaction, which can then never be included."""
         try:
-            tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+            self.chain.w3.eth.send_raw_transaction(prepared.raw)
         except Exception as exc:
-            # The nonce may not have been consumed: ask the node again next time.
-            self.chain.nonces.forget(account.address)
             # The embedded chain executes on send and raises a revert there, not in the receipt.
             data = _embedded_revert_data(exc)
             if data is not None:
+                self.chain.nonces.forget(prepared.sender)
                 raise decode_revert(data) from None
+            text = str(exc).lower()
+            if any(m in text for m in ("already known", "known transaction", "already imported")):
+                return
+            # The nonce may not have been consumed: ask the node again next time.
+            self.chain.nonces.forget(prepared.sender)
+            if any(m in text for m in ("nonce too low", "invalid transaction nonce")):
+                raise NonceTooLow(prepared.tx_hash, prepared.nonce) from None
+            if isinstance(exc, (RequestsConnectionError, RequestsTimeout)):
+                raise NodeUnavailable(self.chain.settings.rpc_url or "embedded", str(exc)) from exc
             raise
-        receipt = self._wait(tx_hash)
+
+    def receipt(self, tx_hash: str, timeout: float = 0.0) -> TxResult | None:
+        """The mined transaction, waiting up to `timeout` seconds; None if not mined by then.
+        Raises the contract's typed error for a transaction that was mined and reverted."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                receipt = self.chain.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+                break
+            except Exception as exc:  # TransactionNotFound until mined
+                if type(exc).__name__ != "TransactionNotFound":
+                    if isinstance(exc, (RequestsConnectionError, RequestsTimeout)):
+                        raise NodeUnavailable(self.chain.settings.rpc_url or "embedded", str(exc)) from exc
+                    raise
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(self.chain.settings.poll_interval)
         if receipt["status"] != 1:
-            raise self._revert_reason(tx, receipt)
+            tx = self.chain.w3.eth.get_transaction(HexBytes(tx_hash))
+            raise self._revert_reason(
+                {"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]}, receipt
+            )
         return TxResult(
             tx_hash="0x" + bytes(receipt["transactionHash"]).hex(),
             block_number=int(receipt["blockNumber"]),
@@ -185,19 +260,6 @@ class Transactor:
             return {"gasPrice": self.chain.w3.eth.gas_price}
         priority = 1_000_000_000 if base > 0 else 0
         return {"maxFeePerGas": Wei(2 * int(base) + priority), "maxPriorityFeePerGas": Wei(priority)}
-
-    def _wait(self, tx_hash: HexBytes) -> TxReceipt:
-        settings = self.chain.settings
-        deadline = time.monotonic() + settings.receipt_timeout
-        while True:
-            try:
-                return self.chain.w3.eth.get_transaction_receipt(tx_hash)
-            except Exception as exc:  # TransactionNotFound until mined
-                if type(exc).__name__ != "TransactionNotFound":
-                    raise
-            if time.monotonic() > deadline:
-                raise TransactionTimeout("0x" + bytes(tx_hash).hex(), settings.receipt_timeout)
-            time.sleep(settings.poll_interval)
 
     def _revert_reason(self, tx: TxParams, receipt: TxReceipt) -> ContractReverted:
         # A transaction that passed simulation but reverted on chain (state moved in between):

@@ -50,8 +50,8 @@ class Mined:
 
     tx_hash: str
     succeeded: bool
-    block_number: int
-    gas_used: int
+    block_number: int | None  # None for a reverted transaction: its error is what matters
+    gas_used: int | None
     root_certificate_id: int | None = None
     error_name: str | None = None
     detail: str = ""
