@@ -1,0 +1,201 @@
+"""The service's reads: the event index, kept fresh, queried through its public tables.
+
+Two ways to keep it synced. With one worker (and always on the embedded chain) the service syncs
+it itself: a read first syncs when the last sync is older than `index_sync_interval`, and a write
+syncs up to its own block before answering, so a client reads its own writes. With several
+workers one follower process syncs (`certledger serve` runs it) and workers only read: two
+indexers writing one database would each hold books the other moved. A write then waits, bounded,
+until the follower has reached its block.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import func, or_
+from sqlmodel import Session, SQLModel, col, select
+
+from chain_client.chain import Chain
+from chain_client.deploy import Deployment
+from chain_client.errors import CertledgerError
+from chain_client.index.db import IndexDatabase
+from chain_client.index.models import (
+    CertificateRecord,
+    ChangeRecord,
+    CreditRecord,
+    IndexState,
+    OfferRecord,
+    OrderRecord,
+    ParticipantRecord,
+    PaymentRecord,
+)
+from chain_client.index.sync import Indexer
+
+M = TypeVar("M", bound=SQLModel)
+
+
+class IndexLagging(CertledgerError):
+    """The index did not reach a block in time."""
+
+
+class IndexReader:
+    def __init__(
+        self,
+        chain: Chain,
+        deployment: Deployment,
+        db: IndexDatabase,
+        *,
+        interval: float,
+        follower: bool,
+        wait: float,
+    ) -> None:
+        self.chain = chain
+        self.chain_id = deployment.chain_id
+        self.db = db
+        self.interval = interval
+        self.follower = follower
+        self.wait = wait
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._indexer: Indexer | None = None if follower else Indexer(chain, deployment, db)
+
+    # ------------------------------------------------------------------ freshness
+
+    def fresh(self) -> None:
+        """Syncs first if this process syncs and the last sync is older than the interval."""
+        if self._indexer is None or time.monotonic() - self._last < self.interval:
+            return
+        with self._lock:
+            if time.monotonic() - self._last < self.interval:
+                return
+            self._indexer.sync()
+            self._last = time.monotonic()
+
+    def reach(self, block: int) -> None:
+        """Returns once the index includes `block` (after a write)."""
+        if self._indexer is not None:
+            with self._lock:
+                self._indexer.sync()
+                self._last = time.monotonic()
+            return
+        deadline = time.monotonic() + self.wait
+        while self.synced_block() < block:
+            if time.monotonic() > deadline:
+                raise IndexLagging(f"the index did not reach block {block} within {self.wait}s")
+            time.sleep(0.02)
+
+    def synced_block(self) -> int:
+        state = self.db.state(self.chain_id)
+        return -1 if state is None else int(state.synced_block)
+
+    def state(self) -> IndexState:
+        return self.db.require_state()
+
+    # ------------------------------------------------------------------ queries
+
+    def session(self) -> Session:
+        return Session(self.db.engine)
+
+    def get(self, model: type[M], **key: Any) -> M | None:
+        with self.session() as s:
+            return s.get(model, {"chain_id": self.chain_id, **key})
+
+    def page(
+        self, model: type[M], where: Sequence[Any], order: Sequence[Any], limit: int, offset: int
+    ) -> tuple[list[M], int]:
+        with self.session() as s:
+            base = select(model).where(col(model.chain_id) == self.chain_id, *where)  # type: ignore[attr-defined]
+            total = s.exec(select(func.count()).select_from(base.subquery())).one()
+            rows = s.exec(base.order_by(*order).limit(limit).offset(offset)).all()
+        return list(rows), int(total)
+
+    def participant(self, address: str) -> ParticipantRecord | None:
+        return self.get(ParticipantRecord, address=address)
+
+    def held_ids(self, address: str) -> set[int]:
+        """Certificates `address` holds now or held before (a holder change away from it)."""
+        with self.session() as s:
+            now = s.exec(
+                select(CertificateRecord.certificate_id).where(
+                    CertificateRecord.chain_id == self.chain_id, CertificateRecord.holder == address
+                )
+            ).all()
+            before = s.exec(
+                select(ChangeRecord.key).where(
+                    ChangeRecord.chain_id == self.chain_id,
+                    ChangeRecord.entity == "certificate",
+                    ChangeRecord.field == "holder",
+                    ChangeRecord.old == address,
+                )
+            ).all()
+        return {int(i) for i in now} | {int(k) for k in before}
+
+    def order_ids_of_issuer(self, address: str) -> set[int]:
+        with self.session() as s:
+            rows = s.exec(
+                select(OrderRecord.order_id).where(
+                    OrderRecord.chain_id == self.chain_id, OrderRecord.issuer == address
+                )
+            ).all()
+        return {int(i) for i in rows}
+
+    def certificates_of_orders(self, order_ids: set[int]) -> list[CertificateRecord]:
+        if not order_ids:
+            return []
+        with self.session() as s:
+            rows = s.exec(
+                select(CertificateRecord).where(
+                    CertificateRecord.chain_id == self.chain_id,
+                    col(CertificateRecord.order_id).in_(order_ids),
+                )
+            ).all()
+        return list(rows)
+
+    def certificates(self, ids: set[int]) -> dict[int, CertificateRecord]:
+        if not ids:
+            return {}
+        with self.session() as s:
+            rows = s.exec(
+                select(CertificateRecord).where(
+                    CertificateRecord.chain_id == self.chain_id,
+                    col(CertificateRecord.certificate_id).in_(ids),
+                )
+            ).all()
+        return {int(r.certificate_id): r for r in rows}
+
+    def history(self, certificate_id: int) -> list[ChangeRecord]:
+        with self.session() as s:
+            rows = s.exec(
+                select(ChangeRecord)
+                .where(
+                    ChangeRecord.chain_id == self.chain_id,
+                    ChangeRecord.entity == "certificate",
+                    ChangeRecord.key == str(certificate_id),
+                )
+                .order_by(
+                    col(ChangeRecord.block_number),
+                    col(ChangeRecord.tx_index),
+                    col(ChangeRecord.log_index),
+                    col(ChangeRecord.seq),
+                )
+            ).all()
+        return list(rows)
+
+    def credit(self, address: str) -> int:
+        record = self.get(CreditRecord, account=address)
+        return 0 if record is None else int(record.amount)
+
+    def payments_to(self, address: str, limit: int, offset: int) -> tuple[list[PaymentRecord], int]:
+        return self.page(
+            PaymentRecord,
+            [or_(col(PaymentRecord.payee) == address, col(PaymentRecord.payer) == address)],
+            [col(PaymentRecord.block_number), col(PaymentRecord.log_index)],
+            limit,
+            offset,
+        )
+
+    def offers(self, where: Sequence[Any], limit: int, offset: int) -> tuple[list[OfferRecord], int]:
+        return self.page(OfferRecord, where, [col(OfferRecord.offer_id)], limit, offset)
