@@ -5,7 +5,7 @@ Amounts are integers in token units (the demo token has 2 decimals: 12345 is 123
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from eth_utils import is_address, to_checksum_address
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -287,6 +287,26 @@ class OpenOrderIn(BaseModel):
     goods: str = Field(min_length=1, max_length=200, description="Goods description; hashed on chain.")
     expectedQuantity: int = Field(ge=1, le=UINT64)
     deadline: int = Field(ge=0, le=2**40 - 1)
+
+
+class RegisterIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"account": _EXAMPLE_ADDRESS, "entity": "USCC:91310000MA1FL0001X", "roles": ["SUPPLIER"]}
+            ]
+        }
+    )
+    account: Address
+    entity: str = Field(min_length=1, max_length=200, description="Legal identifier; hashed on chain.")
+    roles: list[Literal["ADMIN", "ISSUER", "SUPPLIER", "FACTOR", "REGULATOR", "AUDITOR"]] = Field(
+        min_length=1, max_length=6
+    )
+    issuerLimit: int = Field(default=0, ge=0, le=UINT128)
+
+
+class AccountIn(BaseModel):
+    account: Address
 
 
 class OrderIdIn(BaseModel):

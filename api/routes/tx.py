@@ -13,6 +13,7 @@ from web3.contract.contract import ContractFunction
 
 from api.deps import CallerDep, ServiceDep
 from api.schemas import (
+    AccountIn,
     ApproveTokenIn,
     ConfirmReceiptIn,
     EventOut,
@@ -22,6 +23,7 @@ from api.schemas import (
     OfferIn,
     OpenOrderIn,
     OrderIdIn,
+    RegisterIn,
     SettleIn,
     SignedTx,
     SplitIn,
@@ -31,6 +33,7 @@ from api.schemas import (
     UnsignedTx,
 )
 from api.service import Service
+from chain_client.models import Role
 from chain_client.receipts import ReceiptAttestation, in_signer_order
 from chain_client.relay import event_json
 
@@ -87,6 +90,28 @@ def submit(body: SignedTx, service: ServiceDep) -> TxOut:
 
 
 # ---------------------------------------------------------------------- prepare, per job
+
+
+@router.post("/prepare/register-participant", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_register(body: RegisterIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """ADMIN: registers an account with its roles and its entity (the hash of its legal id)."""
+    roles = 0
+    for name in body.roles:
+        roles |= Role[name]
+    fn = _ledger(service).functions.registerParticipant(
+        body.account, keccak(text=body.entity), int(roles), body.issuerLimit
+    )
+    return _prepared(service, caller.address, fn)
+
+
+@router.post("/prepare/suspend-participant", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_suspend(body: AccountIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    return _prepared(service, caller.address, _ledger(service).functions.suspendParticipant(body.account))
+
+
+@router.post("/prepare/reinstate-participant", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_reinstate(body: AccountIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    return _prepared(service, caller.address, _ledger(service).functions.reinstateParticipant(body.account))
 
 
 @router.post("/prepare/open-order", response_model=UnsignedTx, responses=_PROBLEMS)
