@@ -47,9 +47,18 @@ def _hexdata(value: str) -> str:
     return value
 
 
-Address = Annotated[str, Field(examples=[_EXAMPLE_ADDRESS], max_length=42), AfterValidator(_address)]
-Bytes32 = Annotated[str, Field(examples=[_EXAMPLE_HASH], max_length=66), AfterValidator(_bytes32)]
-HexData = Annotated[str, Field(examples=["0x02f8..."], max_length=200_000), AfterValidator(_hexdata)]
+Address = Annotated[
+    str, Field(examples=[_EXAMPLE_ADDRESS], pattern=r"^0x[0-9a-fA-F]{40}$"), AfterValidator(_address)
+]
+Bytes32 = Annotated[
+    str, Field(examples=[_EXAMPLE_HASH], pattern=r"^0x[0-9a-fA-F]{64}$"), AfterValidator(_bytes32)
+]
+HexData = Annotated[
+    str,
+    Field(examples=["0x02f8d5"], pattern=r"^0x([0-9a-fA-F]{2})*$", max_length=200_000),
+    AfterValidator(_hexdata),
+]
+Signature = Annotated[str, Field(description="65 bytes: r, s, v.", pattern=r"^0x[0-9a-fA-F]{130}$")]
 Id = Annotated[int, Field(ge=1, le=UINT64, examples=[1])]
 Amount = Annotated[int, Field(ge=1, le=UINT128, examples=[30_000_000])]
 
@@ -393,4 +402,4 @@ class ConfirmReceiptIn(BaseModel):
 
     sender: Address
     attestation: AttestationIn
-    signatures: list[HexData] = Field(min_length=1, max_length=32)
+    signatures: list[Signature] = Field(min_length=1, max_length=32)

@@ -155,7 +155,19 @@ class Relay:
         chain = self.system.chain
         self.job_for(to_checksum_address(fn.address), bytes(HexBytes(fn._encode_transaction_data()))[:4])
         params: TxParams = {"from": sender, "chainId": chain.chain_id, "value": Wei(0)}
-        estimate = call_checked(lambda: fn.estimate_gas(params))
+        try:
+            estimate = call_checked(lambda: fn.estimate_gas(params))
+        except CertledgerError:
+            raise
+        except Exception as exc:
+            # Nodes refuse to estimate for a sender that cannot pay for the gas, each in its own words
+            # (py-evm: "cannot afford txn gas", geth and anvil: "insufficient funds").
+            text = str(exc).lower()
+            if "afford" in text or "insufficient funds" in text:
+                raise RelayRefused(
+                    "InsufficientGasFunds", "the sender has no ether for the gas", 422, sender=sender
+                ) from None
+            raise
         params["gas"] = int(estimate * chain.settings.gas_limit_margin)
         params.update(self._fees())
         params["nonce"] = call_checked(lambda: chain.w3.eth.get_transaction_count(sender, "pending"))
