@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
@@ -28,7 +29,16 @@ Digital debt certificates over HTTP. **Non-custodial**: the service never holds 
 
 
 def create_app(service: Service) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.reader.start()
+        try:
+            yield
+        finally:
+            service.reader.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="certledger",
         version="1",
         description=DESCRIPTION,

@@ -82,6 +82,7 @@ def serve(
     index_db: Annotated[
         str, typer.Option(envvar="CERTLEDGER_INDEX_DB", help="Event index (SQLite path or URL).")
     ] = "certledger-index.sqlite",
+    access_log: Annotated[bool, typer.Option(help="Log every request (costs ~10% of a read).")] = False,
 ) -> None:
     """Serve the HTTP API (OpenAPI at /docs)."""
     if rpc_url is None:
@@ -96,7 +97,13 @@ def serve(
         for name in ("admin", *DEMO_ROLES, "device0", "device1", "device2"):
             account = demo_key(name)
             typer.echo(f"  {name:10} {account.address} 0x{bytes(account.key).hex()}")
-        uvicorn.run(create_app(Service.build(system, settings)), host=host, port=port, workers=1)
+        uvicorn.run(
+            create_app(Service.build(system, settings)),
+            host=host,
+            port=port,
+            workers=1,
+            access_log=access_log,
+        )
         return
     os.environ["CERTLEDGER_RPC_URL"] = rpc_url
     os.environ["CERTLEDGER_MANIFEST"] = str(manifest)
@@ -104,7 +111,13 @@ def serve(
     if workers == 1:
         settings = ApiSettings()
         system = System.from_manifest(settings)
-        uvicorn.run(create_app(Service.build(system, settings)), host=host, port=port, workers=1)
+        uvicorn.run(
+            create_app(Service.build(system, settings)),
+            host=host,
+            port=port,
+            workers=1,
+            access_log=access_log,
+        )
         return
     # Several workers: they share the token secret and the login nonces, and this process keeps
     # the index synced for all of them (see api.index).
@@ -119,7 +132,9 @@ def serve(
     follower = threading.Thread(target=_follow, args=(settings, stop), name="index-follower", daemon=True)
     follower.start()
     try:
-        uvicorn.run("api.app:from_env", factory=True, host=host, port=port, workers=workers)
+        uvicorn.run(
+            "api.app:from_env", factory=True, host=host, port=port, workers=workers, access_log=access_log
+        )
     finally:
         stop.set()
         follower.join(timeout=10)

@@ -18,10 +18,14 @@ from chain_client.models import Role
 ALL_SEEING = Role.AUDITOR | Role.REGULATOR
 HOLDERS = Role.SUPPLIER | Role.FACTOR
 
+#: Seconds a caller's registry record may be reused: a suspension takes effect within this (plus
+#: the index's lag) instead of costing a database read on every request.
+PARTICIPANT_MAX_AGE = 1.0
+
 _bearer = HTTPBearer(auto_error=False, description="Token from POST /v1/auth/login")
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
@@ -52,7 +56,7 @@ def get_caller(
         raise unauthorized("NotAuthenticated", "sign in: POST /v1/auth/nonce, then /v1/auth/login")
     claims = service.auth.verify_token(credentials.credentials)
     service.reader.fresh()
-    record = service.reader.participant(claims.address)
+    record = service.reader.participant(claims.address, max_age=PARTICIPANT_MAX_AGE)
     if record is None or not record.roles:
         raise ApiError(403, "NotParticipant", "the account is not a registered participant")
     if not record.active:
@@ -69,7 +73,7 @@ class Paging:
     offset: int
 
 
-def get_paging(
+async def get_paging(
     limit: Annotated[int, Query(ge=1, le=500, description="Items per page.")] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9, description="Items to skip.")] = 0,
 ) -> Paging:

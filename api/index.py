@@ -1,11 +1,15 @@
 """The service's reads: the event index, kept fresh, queried through its public tables.
 
-Two ways to keep it synced. With one worker (and always on the embedded chain) the service syncs
-it itself: a read first syncs when the last sync is older than `index_sync_interval`, and a write
-syncs up to its own block before answering, so a client reads its own writes. With several
-workers one follower process syncs (`certledger serve` runs it) and workers only read: two
-indexers writing one database would each hold books the other moved. A write then waits, bounded,
-until the follower has reached its block.
+Who syncs the index, by how the service runs:
+
+- embedded chain (tests, the demo): a read first syncs when the last sync is older than
+  `index_sync_interval` (py-evm is not thread-safe, so nothing may sync behind the requests' back);
+- a node, one worker: a background thread syncs every `index_sync_interval`; reads never wait for it;
+- a node, several workers: one follower process syncs (`certledger serve` runs it) and the workers
+  only read. Two indexers writing one database would each hold books the other moved.
+
+A write makes the index reach its own block before answering (syncing itself, or waiting, bounded,
+for the follower), so a client reads its own writes.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import func, or_
+from sqlalchemy import select as core_select
 from sqlmodel import Session, SQLModel, col, select
 
 from chain_client.chain import Chain
 from chain_client.deploy import Deployment
 from chain_client.errors import CertledgerError
-from chain_client.index.db import IndexDatabase
+from chain_client.index.db import IndexDatabase, table_of
 from chain_client.index.models import (
     CertificateRecord,
     ChangeRecord,
@@ -51,6 +56,7 @@ class IndexReader:
         interval: float,
         follower: bool,
         wait: float,
+        background: bool = False,
     ) -> None:
         self.chain = chain
         self.chain_id = deployment.chain_id
@@ -61,12 +67,45 @@ class IndexReader:
         self._lock = threading.Lock()
         self._last = 0.0
         self._indexer: Indexer | None = None if follower else Indexer(chain, deployment, db)
+        self.background = background and self._indexer is not None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._participants: dict[str, tuple[float, ParticipantRecord | None]] = {}
+
+    # ------------------------------------------------------------------ background sync
+
+    def start(self) -> None:
+        if self.background and self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._follow, name="index-sync", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._sync()
+            except CertledgerError:
+                # The node is down or moved under us: reads serve what is indexed, and the next
+                # round tries again; a write's `reach` reports the failure to its client.
+                continue
+
+    def _sync(self) -> None:
+        assert self._indexer is not None
+        with self._lock:
+            self._indexer.sync()
+            self._last = time.monotonic()
 
     # ------------------------------------------------------------------ freshness
 
     def fresh(self) -> None:
-        """Syncs first if this process syncs and the last sync is older than the interval."""
-        if self._indexer is None or time.monotonic() - self._last < self.interval:
+        """Syncs first if reads sync here and the last sync is older than the interval."""
+        if self._indexer is None or self.background or time.monotonic() - self._last < self.interval:
             return
         with self._lock:
             if time.monotonic() - self._last < self.interval:
@@ -77,9 +116,7 @@ class IndexReader:
     def reach(self, block: int) -> None:
         """Returns once the index includes `block` (after a write)."""
         if self._indexer is not None:
-            with self._lock:
-                self._indexer.sync()
-                self._last = time.monotonic()
+            self._sync()
             return
         deadline = time.monotonic() + self.wait
         while self.synced_block() < block:
@@ -100,20 +137,38 @@ class IndexReader:
         return Session(self.db.engine)
 
     def get(self, model: type[M], **key: Any) -> M | None:
-        with self.session() as s:
-            return s.get(model, {"chain_id": self.chain_id, **key})
+        # Core, not the ORM: a read-only row needs no identity map, and this is the hot path.
+        table = table_of(model)
+        query = core_select(table).where(table.c.chain_id == self.chain_id)
+        for name, value in key.items():
+            query = query.where(table.c[name] == value)
+        with self.db.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else model.model_construct(**row._mapping)
 
     def page(
         self, model: type[M], where: Sequence[Any], order: Sequence[Any], limit: int, offset: int
     ) -> tuple[list[M], int]:
-        with self.session() as s:
-            base = select(model).where(col(model.chain_id) == self.chain_id, *where)  # type: ignore[attr-defined]
-            total = s.exec(select(func.count()).select_from(base.subquery())).one()
-            rows = s.exec(base.order_by(*order).limit(limit).offset(offset)).all()
-        return list(rows), int(total)
+        table = table_of(model)
+        base = core_select(table).where(table.c.chain_id == self.chain_id, *where)
+        with self.db.connect() as conn:
+            rows = conn.execute(base.order_by(*order).limit(limit).offset(offset)).all()
+            if len(rows) < limit and (rows or offset == 0):
+                total = offset + len(rows)  # the last page: no count query needed
+            else:
+                total = int(conn.execute(core_select(func.count()).select_from(base.subquery())).scalar_one())
+        return [model.model_construct(**r._mapping) for r in rows], total
 
-    def participant(self, address: str) -> ParticipantRecord | None:
-        return self.get(ParticipantRecord, address=address)
+    def participant(self, address: str, max_age: float = 0.0) -> ParticipantRecord | None:
+        """The participant's record; with `max_age`, one read at most that many seconds ago (every
+        authenticated request checks its caller, and roles change rarely)."""
+        now = time.monotonic()
+        cached = self._participants.get(address)
+        if cached is not None and now - cached[0] <= max_age:
+            return cached[1]
+        record = self.get(ParticipantRecord, address=address)
+        self._participants[address] = (now, record)
+        return record
 
     def held_ids(self, address: str) -> set[int]:
         """Certificates `address` holds now or held before (a holder change away from it)."""

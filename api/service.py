@@ -36,6 +36,7 @@ class Service:
             interval=settings.index_sync_interval,
             follower=settings.index_follower,
             wait=settings.index_wait,
+            background=not system.chain.embedded,
         )
         if not settings.index_follower:
             reader.fresh()
