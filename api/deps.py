@@ -46,12 +46,14 @@ class Caller:
         return bool(self.roles & roles)
 
 
-def get_caller(
+async def get_caller(
     service: ServiceDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
     """The signed-in participant, with its roles as the index has them now: a participant suspended
-    or stripped of a role since it signed in loses that access at once (within the index's lag)."""
+    or stripped of a role since it signed in loses that access (within PARTICIPANT_MAX_AGE and the
+    index's lag). A coroutine: it runs on every request, and its work (an HMAC, at most one local
+    database read a second) is shorter than a hop to the thread pool."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise unauthorized("NotAuthenticated", "sign in: POST /v1/auth/nonce, then /v1/auth/login")
     claims = service.auth.verify_token(credentials.credentials)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import func, or_
+from sqlalchemy import Row, func, or_
 from sqlalchemy import select as core_select
 from sqlmodel import Session, SQLModel, col, select
 
@@ -40,6 +40,12 @@ from chain_client.index.models import (
 from chain_client.index.sync import Indexer
 
 M = TypeVar("M", bound=SQLModel)
+
+
+def _as(model: type[M], row: Row[Any]) -> M:
+    """A Core row read as the table's model: the same attribute names and converted values, without
+    building an ORM instance (the reads only read attributes)."""
+    return cast(M, row)
 
 
 class IndexLagging(CertledgerError):
@@ -66,6 +72,7 @@ class IndexReader:
         self.wait = wait
         self._lock = threading.Lock()
         self._last = 0.0
+        self._synced = -1
         self._indexer: Indexer | None = None if follower else Indexer(chain, deployment, db)
         self.background = background and self._indexer is not None
         self._stop = threading.Event()
@@ -95,10 +102,14 @@ class IndexReader:
                 # round tries again; a write's `reach` reports the failure to its client.
                 continue
 
-    def _sync(self) -> None:
+    def _sync(self, block: int | None = None) -> None:
+        """Syncs, unless (for a write's `block`) a sync that finished meanwhile already covers it:
+        concurrent writes then share one sync instead of queueing one each."""
         assert self._indexer is not None
         with self._lock:
-            self._indexer.sync()
+            if block is not None and self._synced >= block:
+                return
+            self._synced = self._indexer.sync().synced_block
             self._last = time.monotonic()
 
     # ------------------------------------------------------------------ freshness
@@ -110,13 +121,13 @@ class IndexReader:
         with self._lock:
             if time.monotonic() - self._last < self.interval:
                 return
-            self._indexer.sync()
+            self._synced = self._indexer.sync().synced_block
             self._last = time.monotonic()
 
     def reach(self, block: int) -> None:
         """Returns once the index includes `block` (after a write)."""
         if self._indexer is not None:
-            self._sync()
+            self._sync(block)
             return
         deadline = time.monotonic() + self.wait
         while self.synced_block() < block:
@@ -144,7 +155,7 @@ class IndexReader:
             query = query.where(table.c[name] == value)
         with self.db.connect() as conn:
             row = conn.execute(query).first()
-        return None if row is None else model.model_construct(**row._mapping)
+        return None if row is None else _as(model, row)
 
     def page(
         self, model: type[M], where: Sequence[Any], order: Sequence[Any], limit: int, offset: int
@@ -157,7 +168,7 @@ class IndexReader:
                 total = offset + len(rows)  # the last page: no count query needed
             else:
                 total = int(conn.execute(core_select(func.count()).select_from(base.subquery())).scalar_one())
-        return [model.model_construct(**r._mapping) for r in rows], total
+        return [_as(model, r) for r in rows], total
 
     def participant(self, address: str, max_age: float = 0.0) -> ParticipantRecord | None:
         """The participant's record; with `max_age`, one read at most that many seconds ago (every

@@ -71,60 +71,110 @@ def summary(latencies: list[float], seconds: float, errors: int) -> dict[str, An
     }
 
 
-async def _open_loop(url: str, headers: dict[str, str], rate: float, seconds: float) -> dict[str, Any]:
-    """Requests start on a fixed schedule whatever the answers do (no coordinated omission)."""
-    latencies: list[float] = []
-    errors = 0
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=limits) as client:
+class _Connection:
+    """One keep-alive HTTP/1.1 connection speaking just enough of the protocol for these GETs:
+    httpx costs the load process more CPU per request than the server spends, on a 2-core machine."""
 
-        async def one(at: float) -> None:
-            nonlocal errors
-            delay = at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+    def __init__(self, host: str, port: int, request: bytes) -> None:
+        self.host, self.port, self.request = host, port, request
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(self.request)
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 30)
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        await self.reader.readexactly(length)
+        return status
+
+
+def _get_request(url: str, headers: dict[str, str]) -> tuple[str, int, bytes]:
+    parsed = httpx.URL(url)
+    lines = [f"GET {parsed.raw_path.decode()} HTTP/1.1", f"Host: {parsed.host}:{parsed.port}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return parsed.host, int(parsed.port or 80), ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def _open_loop(url: str, headers: dict[str, str], rate: float, seconds: float) -> dict[str, Any]:
+    """Requests are due on a fixed schedule whatever the answers do, and latency counts from when
+    each was due (no coordinated omission); `connections` keep-alive connections carry them."""
+    host, port, request = _get_request(url, headers)
+    latencies: list[float] = []
+    seen: list[str] = []
+    errors = 0
+    due: asyncio.Queue[float | None] = asyncio.Queue()
+    connections = 32
+
+    async def worker() -> None:
+        nonlocal errors
+        conn = _Connection(host, port, request)
+        while (at := await due.get()) is not None:
             try:
-                r = await client.get(url, headers=headers)
-                ok = r.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            # Latency from the scheduled start, so a late start counts against the server.
+                status = await conn.get()
+                ok = status == 200
+                if not ok:
+                    seen.append(str(status))
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                ok, conn = False, _Connection(host, port, request)
+                seen.append(type(exc).__name__)
             if ok:
                 latencies.append(time.perf_counter() - at)
             else:
                 errors += 1
 
-        start = time.perf_counter() + 0.2
-        n = int(rate * seconds)
-        await asyncio.gather(*(one(start + i / rate) for i in range(n)))
-        elapsed = time.perf_counter() - start
-    return summary(latencies, elapsed, errors)
+    workers = [asyncio.create_task(worker()) for _ in range(connections)]
+    start = time.perf_counter() + 0.2
+    n = int(rate * seconds)
+    for i in range(n):
+        at = start + i / rate
+        delay = at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        due.put_nowait(at)
+    for _ in workers:
+        due.put_nowait(None)
+    await asyncio.gather(*workers)
+    return {**summary(latencies, time.perf_counter() - start, errors), "first_errors": sorted(set(seen))[:5]}
 
 
 async def _closed_loop(url: str, headers: dict[str, str], concurrency: int, seconds: float) -> dict[str, Any]:
+    host, port, request = _get_request(url, headers)
     latencies: list[float] = []
+    seen: list[str] = []
     errors = 0
-    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as client:
-        stop = time.perf_counter() + seconds
+    stop = time.perf_counter() + seconds
 
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < stop:
-                began = time.perf_counter()
-                try:
-                    r = await client.get(url, headers=headers)
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - began)
-                else:
-                    errors += 1
+    async def worker() -> None:
+        nonlocal errors
+        conn = _Connection(host, port, request)
+        while time.perf_counter() < stop:
+            began = time.perf_counter()
+            try:
+                status = await conn.get()
+                ok = status == 200
+                if not ok:
+                    seen.append(str(status))
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                ok, conn = False, _Connection(host, port, request)
+                seen.append(type(exc).__name__)
+            if ok:
+                latencies.append(time.perf_counter() - began)
+            else:
+                errors += 1
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return summary(latencies, elapsed, errors)
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {
+        **summary(latencies, time.perf_counter() - started, errors),
+        "first_errors": sorted(set(seen))[:5],
+    }
 
 
 async def _lanes(url: str, lanes: list[list[str]]) -> dict[str, Any]:
@@ -282,7 +332,9 @@ def presign(system: System, lanes: list[Lane], per_lane: int) -> list[list[str]]
 # ---------------------------------------------------------------------- the server
 
 
-def serve(rpc_url: str, manifest: Path, index_db: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+def serve(
+    rpc_url: str, manifest: Path, index_db: Path, workers: int, log: Path
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {
         **os.environ,
@@ -306,8 +358,8 @@ def serve(rpc_url: str, manifest: Path, index_db: Path, workers: int) -> tuple[s
             str(port),
         ],  # fmt: skip
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -381,7 +433,8 @@ def main() -> None:
         reader = lanes[0].holder
         for workers in args.workers:
             console.print(f"{workers} worker(s) ...")
-            process, base = serve(url, manifest, Path(tmp) / f"index-{workers}.sqlite", workers)
+            log = Path(tempfile.gettempdir()) / f"bench-api-serve-{workers}.log"
+            process, base = serve(url, manifest, Path(tmp) / f"index-{workers}.sqlite", workers, log)
             try:
                 headers = login(base, reader)
                 holdings = f"{base}/v1/certificates"
