@@ -264,15 +264,14 @@ class Relay:
         return job
 
     def simulate(self, tx: DecodedTx) -> None:
-        """Runs the transaction as a call from its sender against the pending state; a revert
-        raises the contract's typed error and nothing is sent."""
+        """Runs the transaction as a call from its sender on the latest block; a revert raises the
+        contract's typed error and nothing is sent. Latest, not pending: `check` has already made
+        sure the sender has nothing pending before it, and anvil answers a call on its pending block
+        several times slower. Another sender's pending transaction can still change the outcome;
+        then the receipt's revert is decoded and reported (see `_reverted`)."""
         w3 = self.system.chain.w3
         call: TxParams = {"from": tx.sender, "to": tx.to, "data": HexBytes(tx.data), "gas": tx.gas}  # type: ignore[typeddict-item]
-        # The embedded chain has no pending block to call against; a node's includes its pool.
-        if self.system.chain.embedded:
-            call_checked(lambda: w3.eth.call(call, "latest"))
-        else:
-            call_checked(lambda: w3.eth.call(call, "pending"))
+        call_checked(lambda: w3.eth.call(call, "latest"))
 
     # ------------------------------------------------------------------ sending
 
