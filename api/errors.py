@@ -18,7 +18,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import Timeout as RequestsTimeout
+from sqlalchemy.exc import OperationalError
 
+from api.index import IndexLagging
 from chain_client.errors import (
     ContractError,
     ContractReverted,
@@ -113,8 +115,11 @@ def install(app: FastAPI, retry_after: int) -> None:
         return respond(504, "ReceiptTimeout", str(exc), {"txHash": exc.tx_hash, "seconds": exc.seconds})
 
     @app.exception_handler(IndexDatabaseError)
-    async def _index(_: Request, exc: IndexDatabaseError) -> JSONResponse:
-        response = respond(503, "IndexUnavailable", str(exc), {})
+    @app.exception_handler(IndexLagging)
+    @app.exception_handler(OperationalError)
+    async def _index(_: Request, exc: Exception) -> JSONResponse:
+        # The index is not there yet (a follower's first sync), locked, or behind: try again.
+        response = respond(503, "IndexUnavailable", "the event index is not available; try again", {})
         response.headers["Retry-After"] = str(retry_after)
         return response
 

@@ -114,6 +114,11 @@ class IndexReader:
 
     # ------------------------------------------------------------------ freshness
 
+    def prime(self) -> None:
+        """The first sync, before serving, where this process syncs at all."""
+        if self._indexer is not None:
+            self._sync()
+
     def fresh(self) -> None:
         """Syncs first if reads sync here and the last sync is older than the interval."""
         if self._indexer is None or self.background or time.monotonic() - self._last < self.interval:

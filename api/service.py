@@ -38,8 +38,7 @@ class Service:
             wait=settings.index_wait,
             background=not system.chain.embedded,
         )
-        if not settings.index_follower:
-            reader.fresh()
+        reader.prime()
         auth = Authenticator(
             settings.auth_secret.get_secret_value().encode(),
             settings.auth_domain,
