@@ -37,7 +37,9 @@ def _tree_ids(node: dict[str, Any]) -> set[int]:
     return {node["certificate"]["certificateId"]} | {i for c in node["children"] for i in _tree_ids(c)}
 
 
-def test_a_supplier_cannot_read_another_suppliers_certificates(api: Api, world: World, tree: dict[str, int]) -> None:
+def test_a_supplier_cannot_read_another_suppliers_certificates(
+    api: Api, world: World, tree: dict[str, int]
+) -> None:
     s1 = world.cast.supplier1
     assert _ids(api.get("/v1/certificates", s1).json()) == [tree["root"]]
     r = api.get(f"/v1/certificates/{tree['other']}", s1)
@@ -91,8 +93,9 @@ def test_regulator_sees_everything_and_pages(api: Api, world: World, tree: dict[
     regulator = world.cast.regulator
     holdings = api.get("/v1/certificates", regulator, holder=world.cast.supplier2.address).json()
     assert _ids(holdings) == [tree["a"], tree["other"]]
-    first = api.get("/v1/certificates", regulator, holder=world.cast.supplier2.address, limit=1).json()
-    second = api.get("/v1/certificates", regulator, holder=world.cast.supplier2.address, limit=1, offset=1).json()
+    supplier2 = world.cast.supplier2.address
+    first = api.get("/v1/certificates", regulator, holder=supplier2, limit=1).json()
+    second = api.get("/v1/certificates", regulator, holder=supplier2, limit=1, offset=1).json()
     assert (first["total"], _ids(first), _ids(second)) == (2, [tree["a"]], [tree["other"]])
     assert api.get("/v1/orders", regulator).json()["total"] == 2
     assert api.get(f"/v1/certificates/{tree['b']}", regulator).status_code == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -63,8 +64,6 @@ def export_report(
     service.reader.fresh()
     with tempfile.TemporaryDirectory() as tmp:
         _export_to(service, block, Path(tmp))
-        import json
-
         report: dict[str, Any] = json.loads((Path(tmp) / "report.json").read_text(encoding="utf-8"))
     return report
 
