@@ -338,7 +338,7 @@ def serve(
     port = free_port()
     env = {
         **os.environ,
-        "CERTLEDGER_INDEX_SYNC_INTERVAL": "0.05",
+        "CERTLEDGER_INDEX_SYNC_INTERVAL": "0.1",
         "CERTLEDGER_POLL_INTERVAL": "0.01",
         "CERTLEDGER_AUTH_SECRET": "bench-" + "k" * 40,
     }
