@@ -62,7 +62,8 @@ def deploy_demo(chain: Chain) -> System:
     return system
 
 
-def _follow(settings: ApiSettings, stop: threading.Event) -> None:
+def follow_index(settings: ApiSettings, stop: threading.Event) -> None:
+    """Keeps the index synced for worker processes that only read it, until `stop` is set."""
     system = System.from_manifest(settings)
     indexer = Indexer(system.chain, system.deployment, IndexDatabase(settings.index_db))
     indexer.follow(poll_seconds=max(settings.index_sync_interval, 0.05), stop=stop.is_set)
@@ -129,7 +130,9 @@ def serve(
     system = System.from_manifest(settings)
     Indexer(system.chain, system.deployment, IndexDatabase(settings.index_db)).sync()
     stop = threading.Event()
-    follower = threading.Thread(target=_follow, args=(settings, stop), name="index-follower", daemon=True)
+    follower = threading.Thread(
+        target=follow_index, args=(settings, stop), name="index-follower", daemon=True
+    )
     follower.start()
     try:
         uvicorn.run(

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from api.app import create_app, from_env
-from api.cli import _follow
+from api.cli import follow_index
 from api.service import Service
 from api.settings import ApiSettings
 from certledger_main import build_app
@@ -128,7 +128,7 @@ def test_workers_read_an_index_a_follower_syncs(
     }.items():
         monkeypatch.setenv(name, value)
     stop = threading.Event()
-    follower = threading.Thread(target=_follow, args=(ApiSettings(), stop), daemon=True)
+    follower = threading.Thread(target=follow_index, args=(ApiSettings(), stop), daemon=True)
     follower.start()
     try:
         # Two workers: a nonce issued by one is accepted by the other, and so is its token.

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 from sqlalchemy import or_
 from sqlmodel import col
 
-from api.deps import HOLDERS, CallerDep, PagingDep, ServiceDep
+from api.deps import CallerDep, PagingDep, ServiceDep
 from api.errors import forbidden, not_found
 from api.schemas import (
     UINT64,
@@ -250,6 +250,3 @@ def order_settlement(order_id: IdPath, service: ServiceDep, caller: CallerDep) -
             int(c.certificate_id) for c in certs if c.status == CertificateStatus.SETTLED
         ),
     )
-
-
-__all__ = ["router", "HOLDERS"]
