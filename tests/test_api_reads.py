@@ -146,3 +146,23 @@ def test_audit_verify_and_export_for_auditors_only(api: Api, world: World, tree:
     assert api.get("/v1/audit/export/secrets.csv", regulator).status_code == 404
     for path in ("/v1/audit/verify", "/v1/audit/export"):
         assert api.get(path, world.cast.supplier1).status_code == 403
+
+
+def test_offers_are_seen_by_their_seller_and_eligible_factors(
+    api: Api, world: World, tree: dict[str, int]
+) -> None:
+    expiry = world.pending_time() + 86_400
+    offer_id, _ = world.ledger.offer_discount(
+        world.cast.supplier2, tree["a"], value=100_00, price=90_00, expiry=expiry
+    )
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    assert api.get(f"/v1/offers/{offer_id}", world.cast.supplier2).status_code == 200
+    assert api.get(f"/v1/offers/{offer_id}", world.cast.factor).status_code == 200
+    r = api.get(f"/v1/offers/{offer_id}", world.cast.supplier1)
+    assert (r.status_code, r.json()["code"]) == (403, "Forbidden")
+    assert api.get("/v1/offers", world.cast.supplier1).json()["total"] == 0
+
+
+def test_health_names_the_head_and_the_indexed_block(api: Api, world: World) -> None:
+    health = api.client.get("/health").json()
+    assert health["head"] == world.chain.w3.eth.block_number and health["indexed"] <= health["head"]

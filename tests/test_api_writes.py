@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from api_support import Api, serve_world
+from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from world import DAY, FRESHNESS, World
@@ -295,3 +296,19 @@ def test_node_down_is_503_with_retry_after(api: Api, world: World, monkeypatch: 
     monkeypatch.undo()
     assert world.ledger.certificate(root).holder == world.cast.supplier1.address
     assert world.ledger.certificate(root).status == CertificateStatus.LIVE
+
+
+def test_operator_suspends_and_reinstates_over_http(api: Api, world: World) -> None:
+    admin, s2 = world.cast.admin, world.cast.supplier2
+    refused = api.prepare("suspend-participant", world.cast.supplier1, {"account": s2.address})
+    assert refused.status_code == 403 and refused.json()["code"] == "AccountMissingRole"
+    api.do("suspend-participant", admin, {"account": s2.address})
+    assert not world.ledger.participant(s2.address).active
+    nonce = api.client.post("/v1/auth/nonce", json={"address": s2.address}).json()["message"]
+    signature = "0x" + bytes(s2.sign_message(encode_defunct(text=nonce)).signature).hex()
+    r = api.client.post("/v1/auth/login", json={"message": nonce, "signature": signature})
+    assert (r.status_code, r.json()["code"]) == (403, "ParticipantNotActive")
+    again = api.prepare("suspend-participant", admin, {"account": s2.address})
+    assert (again.status_code, again.json()["code"]) == (403, "ParticipantNotActive")
+    api.do("reinstate-participant", admin, {"account": s2.address})
+    assert api.get("/v1/auth/me", s2).json()["active"] is True
