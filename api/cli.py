@@ -22,7 +22,7 @@ from chain_client.chain import Chain, connect
 from chain_client.index.db import IndexDatabase
 from chain_client.index.sync import Indexer
 from chain_client.models import Role
-from chain_client.receipts import label_hash
+from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, label_hash
 from chain_client.system import System
 
 app = typer.Typer(no_args_is_help=True)
@@ -45,8 +45,8 @@ def demo_key(name: str) -> LocalAccount:
 
 
 def deploy_demo(chain: Chain) -> System:
-    """A fresh system with the demo cast registered and funded, and one warehouse with 3 devices
-    (2 needed): what `serve` offers on the embedded chain."""
+    """A fresh system with the demo cast registered and funded, one warehouse with 3 devices (2
+    needed) and an allow-listed gateway: what `serve` offers on the embedded chain."""
     admin = demo_key("admin")
     chain.fund(admin.address, 10**21)
     system = System.deploy(chain, admin, admin_entity_id=label_hash("USCC:OPERATOR"))
@@ -55,8 +55,17 @@ def deploy_demo(chain: Chain) -> System:
         chain.fund(account.address, 10**20)
         limit = 10_000_000_00 if role == Role.ISSUER else 0
         system.ledger.register_participant(admin, account.address, label_hash(f"USCC:{name}"), role, limit)
-    devices = [demo_key(f"device{i}").address for i in range(3)]
-    system.oracle.register_warehouse(admin, label_hash(DEMO_WAREHOUSE), devices, 2, 3_600)
+    # Two RFID portals around a weighbridge; a receipt needs a count and a weight (2 of 3 devices).
+    kinds = (ReadingKind.CARTON_COUNT, ReadingKind.NET_WEIGHT_GRAMS, ReadingKind.CARTON_COUNT)
+    devices = [DeviceEnrolment(demo_key(f"device{i}").address, kind) for i, kind in enumerate(kinds)]
+    ranges = [
+        ReadingRange(ReadingKind.CARTON_COUNT, 1, 10**6),
+        ReadingRange(ReadingKind.NET_WEIGHT_GRAMS, 1, 10**10),
+    ]
+    system.oracle.register_warehouse(admin, label_hash(DEMO_WAREHOUSE), devices, 2, 3_600, ranges)
+    gateway = demo_key("gateway")
+    chain.fund(gateway.address, 10**20)
+    system.oracle.set_relayer(admin, gateway.address, True)
     system.token.mint(admin, demo_key("issuer").address, 20_000_000_00)
     system.token.mint(admin, demo_key("factor").address, 10_000_000_00)
     return system
@@ -95,7 +104,7 @@ def serve(
         chain = connect(settings)
         system = deploy_demo(chain)
         typer.echo("embedded demo chain; throwaway keys (never use them elsewhere):")
-        for name in ("admin", *DEMO_ROLES, "device0", "device1", "device2"):
+        for name in ("admin", *DEMO_ROLES, "gateway", "device0", "device1", "device2"):
             account = demo_key(name)
             typer.echo(f"  {name:10} {account.address} 0x{bytes(account.key).hex()}")
         uvicorn.run(

@@ -52,7 +52,7 @@ def forbidden(message: str, **fields: Any) -> ApiError:
 _FORBIDDEN = {
     "AccountMissingRole", "NotApprovedOrHolder", "NotOfferSeller", "NotOrderIssuer", "NotReceiptOracle",
     "NotAdmin", "NotIssuingBank", "ParticipantNotActive", "ParticipantNotRegistered", "InvalidOperator",
-    "IncorrectHolder", "OfferReservedForAnother", "AdminSelfLockout", "AccountBlocked",
+    "IncorrectHolder", "OfferReservedForAnother", "AdminSelfLockout", "AccountBlocked", "RelayerNotAllowed",
 }  # fmt: skip
 # The request names something that does not exist.
 _NOT_FOUND = {"UnknownCertificate", "UnknownOrder", "UnknownWarehouse"}
@@ -61,9 +61,11 @@ _INVALID = {
     "AmountTooLarge", "BatchTooLarge", "DeadlineInPast", "InvalidParticipant", "InvalidReceiver",
     "InvalidSplitRules", "OfferExpiryInPast", "PriceAboveFace", "SelfTransfer", "SlotMismatch",
     "SplitBelowMinimumUnit", "SplitPartCount", "SplitPartsMismatch", "ZeroAmount", "InvalidSignature",
-    "InvalidDeviceSet", "SignatureCount", "SignersNotAscending", "ReceiptDoesNotMatchOrder",
+    "InvalidDeviceSet", "SignatureCount", "ReceiptDoesNotMatchOrder",
     "InvalidDevice", "UnknownDevice", "StringTooLong", "InvalidShortString", "SplitDepthExceeded",
-    "ReceiverNotEligible", "PayeeNotEligible", "UnsafeReceiver", "AttestationFromFuture",
+    "ReceiverNotEligible", "PayeeNotEligible", "UnsafeReceiver", "DeviceKindMismatch",
+    "DevicesNotAscending", "InvalidDeviceKind", "InvalidReadingRange", "LengthMismatch", "MissingReadingKind",
+    "ObservationFromFuture", "ObservationMismatch", "ReadingOutOfRange", "SignerMismatch",
     "ERC20InvalidApprover", "ERC20InvalidReceiver", "ERC20InvalidSender", "ERC20InvalidSpender",
 }  # fmt: skip
 

@@ -387,19 +387,35 @@ class FreezeIn(BaseModel):
     reason: str = Field(default="", max_length=200, description="Reason; hashed on chain.")
 
 
-class AttestationIn(BaseModel):
-    orderId: Id
-    warehouse: Bytes32
-    goodsHash: Bytes32
-    quantity: int = Field(ge=0, le=UINT64)
-    receivedAt: int = Field(ge=0, le=UINT64)
-    deviceSetVersion: int = Field(ge=0, le=2**32 - 1)
-    nonce: int = Field(ge=0, le=UINT256)
-
-
 class ConfirmReceiptIn(BaseModel):
-    """A gateway's submission: it signs and sends the transaction itself (no participant role)."""
+    """A gateway's submission: it signs and sends the transaction itself (no participant role; the
+    oracle's relayer allow-list decides). Each observation is in chain_client's JSON form
+    (`Observation.to_json`), so a change to the observation's fields needs no change here."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "sender": _EXAMPLE_ADDRESS,
+                    "observations": [
+                        {
+                            "order_id": 1,
+                            "warehouse": _EXAMPLE_HASH,
+                            "goods_hash": _EXAMPLE_HASH,
+                            "device": _EXAMPLE_ADDRESS,
+                            "kind": 1,
+                            "value": 1000,
+                            "observed_at": 1_790_000_000,
+                            "sequence": 7,
+                            "device_set_version": 1,
+                            "deadline": 1_790_003_600,
+                        }
+                    ],
+                    "signatures": ["0x" + "ab" * 65],
+                }
+            ]
+        }
+    )
     sender: Address
-    attestation: AttestationIn
+    observations: list[dict[str, Any]] = Field(min_length=1, max_length=32)
     signatures: list[Signature] = Field(min_length=1, max_length=32)

@@ -70,6 +70,7 @@ JOB_ROLES: dict[str, dict[str, Role | None]] = {
         "registerWarehouse": Role.ADMIN,
         "rotateDevices": Role.ADMIN,
         "deactivateWarehouse": Role.ADMIN,
+        "setRelayer": Role.ADMIN,
     },
     "SettlementToken": {"approve": None},
 }

@@ -38,11 +38,12 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the anvil launcher the tests use
 
+from api_support import delivery, enrol_warehouse  # noqa: E402
 from index_support import anvil_node, connect_node, free_port  # noqa: E402
 
 from chain_client.chain import Chain  # noqa: E402
 from chain_client.models import Role  # noqa: E402
-from chain_client.receipts import ReceiptAttestation, label_hash  # noqa: E402
+from chain_client.receipts import label_hash  # noqa: E402
 from chain_client.system import System  # noqa: E402
 
 DAY = 86_400
@@ -248,7 +249,7 @@ def build(chain: Chain, lanes: int) -> tuple[System, list[Lane]]:
     ledger.register_participant(admin, issuer.address, label_hash("USCC:ISSUER"), Role.ISSUER, 10**15)
     devices = [chain.new_account(0, seed=f"bench-api-device-{i}") for i in range(2)]
     warehouse, goods = label_hash("WH-BENCH"), label_hash("goods")
-    oracle.register_warehouse(admin, warehouse, [d.address for d in devices], 2, 3_600)
+    enrol_warehouse(system, admin, warehouse, devices)
     token.mint(admin, issuer.address, 10**15)
     token.approve(issuer, ledger.address, 2**256 - 1)
     out: list[Lane] = []
@@ -269,8 +270,8 @@ def build(chain: Chain, lanes: int) -> tuple[System, list[Lane]]:
             expected_quantity=1,
             deadline=now + 30 * DAY,
         )
-        attestation = ReceiptAttestation(order_id, warehouse, goods, 1, chain.now() - 1, 1, i)
-        root, _ = oracle.confirm_receipt(admin, attestation, [oracle.sign(d, attestation) for d in devices])
+        observations, signatures = delivery(system, devices, order_id, warehouse, goods, sequence=i)
+        root, _ = oracle.confirm_receipt(admin, observations, signatures)
         out.append(Lane(a, b, root, a))
     return system, out
 

@@ -3,7 +3,7 @@ prepare a job, sign it with the participant's own key, submit it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,12 @@ from world import World
 from api.app import create_app
 from api.service import Service
 from api.settings import ApiSettings
+from chain_client.receipts import DeviceEnrolment, Observation, ReadingKind, ReadingRange
 from chain_client.relay import sign_prepared
+from chain_client.system import System
 
 SECRET = "x" * 64
+_KINDS = (ReadingKind.CARTON_COUNT, ReadingKind.NET_WEIGHT_GRAMS)
 
 
 @dataclass
@@ -79,3 +82,37 @@ def serve_world(world: World, tmp_path: Path) -> Iterator[Api]:
     built = build_api(world, tmp_path)
     yield built
     built.service.reader.db.close()
+
+
+def enrol_warehouse(
+    system: System, admin: LocalAccount, warehouse: bytes, devices: Sequence[LocalAccount]
+) -> None:
+    """A warehouse of a portal and a weighbridge, both needed, with `admin` allowed to relay: for
+    the node-backed tests and the benchmark, which build their own small systems."""
+    enrolment = [DeviceEnrolment(d.address, kind) for d, kind in zip(devices, _KINDS, strict=True)]
+    ranges = [ReadingRange(kind, 1, 10**12) for kind in _KINDS]
+    system.oracle.register_warehouse(admin, warehouse, enrolment, len(_KINDS), 3_600, ranges)
+    system.oracle.set_relayer(admin, admin.address, True)
+
+
+def delivery(
+    system: System,
+    devices: Sequence[LocalAccount],
+    order_id: int,
+    warehouse: bytes,
+    goods: bytes,
+    sequence: int,
+) -> tuple[list[Observation], list[bytes]]:
+    """One carton delivered to an `enrol_warehouse` warehouse, observed and signed by its devices."""
+    now = system.chain.now()
+    return system.oracle.observe_delivery(
+        list(zip(devices, _KINDS, strict=True)),
+        order_id=order_id,
+        warehouse=warehouse,
+        goods_hash=goods,
+        cartons=1,
+        carton_grams=1_000,
+        observed_at=now - 1,
+        sequences=[sequence] * len(devices),
+        deadline=now + 3_000,
+    )

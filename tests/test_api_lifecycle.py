@@ -59,22 +59,15 @@ def test_the_whole_lifecycle_over_http(api: Api, world: World) -> None:
     )
     order_id = int(_event(opened, "OrderOpened")["orderId"])
 
-    # The warehouse's devices sign the receipt; the gateway submits it over HTTP.
-    attestation = world.attestation(order_id, 1_000)
+    # The warehouse's devices (a portal and the weighbridge) sign their readings; the gateway,
+    # on the oracle's relayer allow-list, submits them over HTTP.
+    observations, signatures = world.receipt(order_id, 1_000)
     prepared = api.client.post(
         "/v1/tx/prepare/confirm-receipt",
         json={
             "sender": gateway.address,
-            "attestation": {
-                "orderId": order_id,
-                "warehouse": "0x" + attestation.warehouse.hex(),
-                "goodsHash": "0x" + attestation.goods_hash.hex(),
-                "quantity": attestation.quantity,
-                "receivedAt": attestation.received_at,
-                "deviceSetVersion": attestation.device_set_version,
-                "nonce": attestation.nonce,
-            },
-            "signatures": ["0x" + s.hex() for s in world.sign(attestation)],
+            "observations": [o.to_json() for o in observations],
+            "signatures": ["0x" + s.hex() for s in signatures],
         },
     )
     assert prepared.status_code == 200, prepared.text

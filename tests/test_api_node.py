@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from api_support import delivery, enrol_warehouse
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from fastapi.testclient import TestClient
@@ -22,7 +23,7 @@ from api.service import Service
 from api.settings import ApiSettings
 from certledger_main import build_app
 from chain_client.models import Role
-from chain_client.receipts import ReceiptAttestation, label_hash
+from chain_client.receipts import label_hash
 from chain_client.relay import sign_prepared
 from chain_client.system import System
 
@@ -52,7 +53,7 @@ def node() -> Iterator[Node]:
         ledger.register_participant(admin, a.address, label_hash("A"), Role.SUPPLIER)
         ledger.register_participant(admin, b.address, label_hash("B"), Role.SUPPLIER)
         warehouse, goods = label_hash("WH"), label_hash("goods")
-        system.oracle.register_warehouse(admin, warehouse, [d.address for d in devices], 2, 3_600)
+        enrol_warehouse(system, admin, warehouse, devices)
         system.token.mint(admin, issuer.address, 10**9)
         system.token.approve(issuer, ledger.address, 10**9)
         now = chain.now()
@@ -67,10 +68,8 @@ def node() -> Iterator[Node]:
             expected_quantity=1,
             deadline=now + DAY,
         )
-        attestation = ReceiptAttestation(order_id, warehouse, goods, 1, chain.now() - 1, 1, 1)
-        root, _ = system.oracle.confirm_receipt(
-            admin, attestation, [system.oracle.sign(d, attestation) for d in devices]
-        )
+        observations, signatures = delivery(system, devices, order_id, warehouse, goods, sequence=1)
+        root, _ = system.oracle.confirm_receipt(admin, observations, signatures)
         yield Node(url, system, a, b, root)
 
 

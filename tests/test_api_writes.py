@@ -129,26 +129,23 @@ def test_issuer_opens_and_cancels_an_order(api: Api, world: World) -> None:
 
 def test_gateway_confirms_receipt_with_a_signed_transaction(api: Api, world: World) -> None:
     order_id = world.open_order()
-    attestation = world.attestation(order_id, 1_000)
+    observations, signatures = world.receipt(order_id, 1_000)
     body: dict[str, Any] = {
         "sender": world.cast.relayer.address,
-        "attestation": {
-            "orderId": order_id,
-            "warehouse": "0x" + attestation.warehouse.hex(),
-            "goodsHash": "0x" + attestation.goods_hash.hex(),
-            "quantity": attestation.quantity,
-            "receivedAt": attestation.received_at,
-            "deviceSetVersion": attestation.device_set_version,
-            "nonce": attestation.nonce,
-        },
         # In the wrong order on purpose: the service sorts them as the oracle requires.
-        "signatures": ["0x" + s.hex() for s in reversed(world.sign(attestation))],
+        "observations": [o.to_json() for o in reversed(observations)],
+        "signatures": ["0x" + s.hex() for s in reversed(signatures)],
     }
+    prepare = "/v1/tx/prepare/confirm-receipt"
     too_few = api.client.post(
-        "/v1/tx/prepare/confirm-receipt", json={**body, "signatures": body["signatures"][:1]}
+        prepare, json={**body, "observations": body["observations"][:1], "signatures": body["signatures"][:1]}
     )
     assert (too_few.status_code, too_few.json()["code"]) == (422, "SignatureCount")
-    prepared = api.client.post("/v1/tx/prepare/confirm-receipt", json=body)
+    malformed = api.client.post(prepare, json={**body, "observations": [{"order_id": "one"}, {}]})
+    assert (malformed.status_code, malformed.json()["code"]) == (422, "InvalidObservation")
+    unlisted = api.client.post(prepare, json={**body, "sender": world.cast.outsider.address})
+    assert (unlisted.status_code, unlisted.json()["code"]) == (403, "RelayerNotAllowed")
+    prepared = api.client.post(prepare, json=body)
     assert prepared.status_code == 200, prepared.text
     r = api.submit_raw(api.sign(world.cast.relayer, prepared.json()))
     assert r.status_code == 200, r.text

@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from web3.contract.contract import ContractFunction
 
 from api.deps import CallerDep, ServiceDep
+from api.errors import ApiError
 from api.schemas import (
     AccountIn,
     ApproveTokenIn,
@@ -34,7 +35,7 @@ from api.schemas import (
 )
 from api.service import Service
 from chain_client.models import Role
-from chain_client.receipts import ReceiptAttestation, in_signer_order
+from chain_client.receipts import Observation
 from chain_client.relay import event_json
 
 router = APIRouter(prefix="/v1/tx", tags=["transactions"])
@@ -221,21 +222,17 @@ def prepare_unfreeze(body: FreezeIn, service: ServiceDep, caller: CallerDep) -> 
 
 @router.post("/prepare/confirm-receipt", response_model=UnsignedTx, responses=_PROBLEMS, tags=["oracle"])
 def prepare_confirm_receipt(body: ConfirmReceiptIn, service: ServiceDep) -> UnsignedTx:
-    """For a warehouse gateway (no sign-in): the confirmReceipt transaction for device signatures,
-    put in the signer order the oracle requires. The gateway signs it and posts it to /v1/tx."""
-    a = body.attestation
-    attestation = ReceiptAttestation(
-        order_id=a.orderId,
-        warehouse=bytes.fromhex(a.warehouse[2:]),
-        goods_hash=bytes.fromhex(a.goodsHash[2:]),
-        quantity=a.quantity,
-        received_at=a.receivedAt,
-        device_set_version=a.deviceSetVersion,
-        nonce=a.nonce,
-    )
-    oracle = service.system.oracle
-    signatures = in_signer_order(
-        [bytes.fromhex(s[2:]) for s in body.signatures], attestation, service.chain.chain_id, oracle.address
-    )
-    fn = oracle.contract.functions.confirmReceipt(attestation.as_tuple(), signatures)
+    """For a warehouse gateway (no sign-in): the confirmReceipt transaction for its devices' signed
+    observations, in the order the oracle requires. The gateway signs it and posts it to /v1/tx."""
+    try:
+        observations = [Observation.from_json(o) for o in body.observations]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ApiError(422, "InvalidObservation", f"an observation is malformed: {exc}") from None
+    if len(observations) != len(body.signatures):
+        raise ApiError(
+            422, "SignatureCountMismatch", "one signature per observation",
+            observations=len(observations), signatures=len(body.signatures),
+        )  # fmt: skip
+    signatures = [bytes.fromhex(s[2:]) for s in body.signatures]
+    fn = service.system.oracle.confirm_call(observations, signatures)
     return _prepared(service, to_checksum_address(body.sender), fn)
