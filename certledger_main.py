@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from api.cli import app as api_app
 from chain_client.cli import app as chain_app
 from oracle.cli import devices_app, oracle_app
 
@@ -86,6 +87,8 @@ def build_app() -> typer.Typer:
     app.command("demo")(demo)
     app.add_typer(oracle_app, name="oracle")
     app.add_typer(devices_app, name="devices")
+    # api's `serve` sits at the top level: `certledger serve`.
+    app.add_typer(api_app)
     return app
 
 

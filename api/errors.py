@@ -1,0 +1,138 @@
+"""Every failure as one JSON shape, `{"code", "message", "fields"}`, with a stable code.
+
+ApiError (ours)                     its own status and code
+ContractError (a contract's)        403 / 404 / 409 / 422 by the error's meaning, code = its name
+RelayRefused (checks before send)   its own status and code
+ContractPanic, UnknownRevert        422 Reverted
+NodeUnavailable, connection errors  503 NodeUnavailable with Retry-After
+TransactionTimeout                  504 ReceiptTimeout (the transaction may still be mined)
+RequestValidationError              422 ValidationError
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from requests.exceptions import ConnectionError as RequestsConnectionError
+from requests.exceptions import Timeout as RequestsTimeout
+from sqlalchemy.exc import OperationalError
+
+from api.index import IndexLagging
+from chain_client.errors import (
+    ContractError,
+    ContractReverted,
+    NodeUnavailable,
+    TransactionTimeout,
+)
+from chain_client.index.db import IndexDatabaseError
+from chain_client.relay import RelayRefused, jsonable
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = fields
+
+
+def not_found(what: str, key: object) -> ApiError:
+    return ApiError(404, "NotFound", f"no {what} {key}", kind=what, id=str(key))
+
+
+def forbidden(message: str, **fields: Any) -> ApiError:
+    return ApiError(403, "Forbidden", message, **fields)
+
+
+# The caller may not do this (whoever asks again, it stays refused).
+_FORBIDDEN = {
+    "AccountMissingRole", "NotApprovedOrHolder", "NotOfferSeller", "NotOrderIssuer", "NotReceiptOracle",
+    "NotAdmin", "NotIssuingBank", "ParticipantNotActive", "ParticipantNotRegistered", "InvalidOperator",
+    "IncorrectHolder", "OfferReservedForAnother", "AdminSelfLockout", "AccountBlocked", "RelayerNotAllowed",
+}  # fmt: skip
+# The request names something that does not exist.
+_NOT_FOUND = {"UnknownCertificate", "UnknownOrder", "UnknownWarehouse"}
+# The request itself is wrong, whatever the state.
+_INVALID = {
+    "AmountTooLarge", "BatchTooLarge", "DeadlineInPast", "InvalidParticipant", "InvalidReceiver",
+    "InvalidSplitRules", "OfferExpiryInPast", "PriceAboveFace", "SelfTransfer", "SlotMismatch",
+    "SplitBelowMinimumUnit", "SplitPartCount", "SplitPartsMismatch", "ZeroAmount", "InvalidSignature",
+    "InvalidDeviceSet", "SignatureCount", "ReceiptDoesNotMatchOrder",
+    "InvalidDevice", "UnknownDevice", "StringTooLong", "InvalidShortString", "SplitDepthExceeded",
+    "ReceiverNotEligible", "PayeeNotEligible", "UnsafeReceiver", "DeviceKindMismatch",
+    "DevicesNotAscending", "InvalidDeviceKind", "InvalidReadingRange", "LengthMismatch", "MissingReadingKind",
+    "ObservationFromFuture", "ObservationMismatch", "ReadingOutOfRange", "SignerMismatch",
+    "ERC20InvalidApprover", "ERC20InvalidReceiver", "ERC20InvalidSender", "ERC20InvalidSpender",
+}  # fmt: skip
+
+
+def contract_status(name: str) -> int:
+    """The HTTP status of a contract error; anything not listed is a conflict with current state
+    (already settled, frozen, expired, paused, insufficient balance, ...)."""
+    if name in _FORBIDDEN:
+        return 403
+    if name in _NOT_FOUND:
+        return 404
+    if name in _INVALID:
+        return 422
+    return 409
+
+
+def body(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "fields": jsonable(fields or {})}
+
+
+def install(app: FastAPI, retry_after: int) -> None:
+    def respond(status: int, code: str, message: str, fields: dict[str, Any] | None = None) -> JSONResponse:
+        return JSONResponse(body(code, message, fields), status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        return respond(exc.status, exc.code, exc.message, exc.fields)
+
+    @app.exception_handler(RelayRefused)
+    async def _relay(_: Request, exc: RelayRefused) -> JSONResponse:
+        return respond(exc.status, exc.code, str(exc), exc.fields)
+
+    @app.exception_handler(ContractReverted)
+    async def _reverted(_: Request, exc: ContractReverted) -> JSONResponse:
+        if isinstance(exc, ContractError):
+            return respond(contract_status(exc.error_name), exc.error_name, str(exc), exc.fields)
+        return respond(422, "Reverted", str(exc), {"data": "0x" + exc.data.hex()})
+
+    async def _node(_: Request, exc: Exception) -> JSONResponse:
+        response = respond(503, "NodeUnavailable", "the chain node did not answer; try again", {})
+        response.headers["Retry-After"] = str(retry_after)
+        return response
+
+    for kind in (NodeUnavailable, RequestsConnectionError, RequestsTimeout, ConnectionError):
+        app.add_exception_handler(kind, _node)
+
+    @app.exception_handler(TransactionTimeout)
+    async def _timeout(_: Request, exc: TransactionTimeout) -> JSONResponse:
+        return respond(504, "ReceiptTimeout", str(exc), {"txHash": exc.tx_hash, "seconds": exc.seconds})
+
+    @app.exception_handler(IndexDatabaseError)
+    @app.exception_handler(IndexLagging)
+    @app.exception_handler(OperationalError)
+    async def _index(_: Request, exc: Exception) -> JSONResponse:
+        # The index is not there yet (a follower's first sync), locked, or behind: try again.
+        response = respond(503, "IndexUnavailable", "the event index is not available; try again", {})
+        response.headers["Retry-After"] = str(retry_after)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {
+                "loc": [str(p) for p in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+            for e in exc.errors()
+        ]
+        return respond(422, "ValidationError", "the request is not valid", {"errors": errors})

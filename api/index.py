@@ -1,0 +1,272 @@
+"""The service's reads: the event index, kept fresh, queried through its public tables.
+
+Who syncs the index, by how the service runs:
+
+- embedded chain (tests, the demo): a read first syncs when the last sync is older than
+  `index_sync_interval` (py-evm is not thread-safe, so nothing may sync behind the requests' back);
+- a node, one worker: a background thread syncs every `index_sync_interval`; reads never wait for it;
+- a node, several workers: one follower process syncs (`certledger serve` runs it) and the workers
+  only read. Two indexers writing one database would each hold books the other moved.
+
+A write makes the index reach its own block before answering (syncing itself, or waiting, bounded,
+for the follower), so a client reads its own writes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import Row, func, or_
+from sqlalchemy import select as core_select
+from sqlmodel import Session, SQLModel, col, select
+
+from chain_client.chain import Chain
+from chain_client.deploy import Deployment
+from chain_client.errors import CertledgerError
+from chain_client.index.db import IndexDatabase, table_of
+from chain_client.index.models import (
+    CertificateRecord,
+    ChangeRecord,
+    CreditRecord,
+    IndexState,
+    OfferRecord,
+    OrderRecord,
+    ParticipantRecord,
+    PaymentRecord,
+)
+from chain_client.index.sync import Indexer
+
+M = TypeVar("M", bound=SQLModel)
+
+
+def _as(model: type[M], row: Row[Any]) -> M:
+    """A Core row read as the table's model: the same attribute names and converted values, without
+    building an ORM instance (the reads only read attributes)."""
+    return cast(M, row)
+
+
+class IndexLagging(CertledgerError):
+    """The index did not reach a block in time."""
+
+
+class IndexReader:
+    def __init__(
+        self,
+        chain: Chain,
+        deployment: Deployment,
+        db: IndexDatabase,
+        *,
+        interval: float,
+        follower: bool,
+        wait: float,
+        background: bool = False,
+    ) -> None:
+        self.chain = chain
+        self.chain_id = deployment.chain_id
+        self.db = db
+        self.interval = interval
+        self.follower = follower
+        self.wait = wait
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._synced = -1
+        self._indexer: Indexer | None = None if follower else Indexer(chain, deployment, db)
+        self.background = background and self._indexer is not None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._participants: dict[str, tuple[float, ParticipantRecord | None]] = {}
+
+    # ------------------------------------------------------------------ background sync
+
+    def start(self) -> None:
+        if self.background and self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._follow, name="index-sync", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._sync()
+            except CertledgerError:
+                # The node is down or moved under us: reads serve what is indexed, and the next
+                # round tries again; a write's `reach` reports the failure to its client.
+                continue
+
+    def _sync(self, block: int | None = None) -> None:
+        """Syncs, unless (for a write's `block`) a sync that finished meanwhile already covers it:
+        concurrent writes then share one sync instead of queueing one each."""
+        assert self._indexer is not None
+        with self._lock:
+            if block is not None and self._synced >= block:
+                return
+            self._synced = self._indexer.sync().synced_block
+            self._last = time.monotonic()
+
+    # ------------------------------------------------------------------ freshness
+
+    def prime(self) -> None:
+        """The first sync, before serving, where this process syncs at all."""
+        if self._indexer is not None:
+            self._sync()
+
+    def fresh(self) -> None:
+        """Syncs first if reads sync here and the last sync is older than the interval."""
+        if self._indexer is None or self.background or time.monotonic() - self._last < self.interval:
+            return
+        with self._lock:
+            if time.monotonic() - self._last < self.interval:
+                return
+            self._synced = self._indexer.sync().synced_block
+            self._last = time.monotonic()
+
+    def reach(self, block: int) -> None:
+        """Returns once the index includes `block` (after a write)."""
+        if self._indexer is not None:
+            self._sync(block)
+            return
+        deadline = time.monotonic() + self.wait
+        while self.synced_block() < block:
+            if time.monotonic() > deadline:
+                raise IndexLagging(f"the index did not reach block {block} within {self.wait}s")
+            time.sleep(0.02)
+
+    def synced_block(self) -> int:
+        state = self.db.state(self.chain_id)
+        return -1 if state is None else int(state.synced_block)
+
+    def state(self) -> IndexState:
+        return self.db.require_state()
+
+    # ------------------------------------------------------------------ queries
+
+    def session(self) -> Session:
+        return Session(self.db.engine)
+
+    def get(self, model: type[M], **key: Any) -> M | None:
+        # Core, not the ORM: a read-only row needs no identity map, and this is the hot path.
+        table = table_of(model)
+        query = core_select(table).where(table.c.chain_id == self.chain_id)
+        for name, value in key.items():
+            query = query.where(table.c[name] == value)
+        with self.db.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _as(model, row)
+
+    def page(
+        self, model: type[M], where: Sequence[Any], order: Sequence[Any], limit: int, offset: int
+    ) -> tuple[list[M], int]:
+        table = table_of(model)
+        base = core_select(table).where(table.c.chain_id == self.chain_id, *where)
+        with self.db.connect() as conn:
+            rows = conn.execute(base.order_by(*order).limit(limit).offset(offset)).all()
+            if len(rows) < limit and (rows or offset == 0):
+                total = offset + len(rows)  # the last page: no count query needed
+            else:
+                total = int(conn.execute(core_select(func.count()).select_from(base.subquery())).scalar_one())
+        return [_as(model, r) for r in rows], total
+
+    def participant(self, address: str, max_age: float = 0.0) -> ParticipantRecord | None:
+        """The participant's record; with `max_age`, one read at most that many seconds ago (every
+        authenticated request checks its caller, and roles change rarely)."""
+        now = time.monotonic()
+        cached = self._participants.get(address)
+        if cached is not None and now - cached[0] <= max_age:
+            return cached[1]
+        record = self.get(ParticipantRecord, address=address)
+        self._participants[address] = (now, record)
+        return record
+
+    def held_ids(self, address: str) -> set[int]:
+        """Certificates `address` holds now or held before (a holder change away from it)."""
+        with self.session() as s:
+            now = s.exec(
+                select(CertificateRecord.certificate_id).where(
+                    CertificateRecord.chain_id == self.chain_id, CertificateRecord.holder == address
+                )
+            ).all()
+            before = s.exec(
+                select(ChangeRecord.key).where(
+                    ChangeRecord.chain_id == self.chain_id,
+                    ChangeRecord.entity == "certificate",
+                    ChangeRecord.field == "holder",
+                    ChangeRecord.old == address,
+                )
+            ).all()
+        return {int(i) for i in now} | {int(k) for k in before}
+
+    def order_ids_of_issuer(self, address: str) -> set[int]:
+        with self.session() as s:
+            rows = s.exec(
+                select(OrderRecord.order_id).where(
+                    OrderRecord.chain_id == self.chain_id, OrderRecord.issuer == address
+                )
+            ).all()
+        return {int(i) for i in rows}
+
+    def certificates_of_orders(self, order_ids: set[int]) -> list[CertificateRecord]:
+        if not order_ids:
+            return []
+        with self.session() as s:
+            rows = s.exec(
+                select(CertificateRecord).where(
+                    CertificateRecord.chain_id == self.chain_id,
+                    col(CertificateRecord.order_id).in_(order_ids),
+                )
+            ).all()
+        return list(rows)
+
+    def certificates(self, ids: set[int]) -> dict[int, CertificateRecord]:
+        if not ids:
+            return {}
+        with self.session() as s:
+            rows = s.exec(
+                select(CertificateRecord).where(
+                    CertificateRecord.chain_id == self.chain_id,
+                    col(CertificateRecord.certificate_id).in_(ids),
+                )
+            ).all()
+        return {int(r.certificate_id): r for r in rows}
+
+    def history(self, certificate_id: int) -> list[ChangeRecord]:
+        with self.session() as s:
+            rows = s.exec(
+                select(ChangeRecord)
+                .where(
+                    ChangeRecord.chain_id == self.chain_id,
+                    ChangeRecord.entity == "certificate",
+                    ChangeRecord.key == str(certificate_id),
+                )
+                .order_by(
+                    col(ChangeRecord.block_number),
+                    col(ChangeRecord.tx_index),
+                    col(ChangeRecord.log_index),
+                    col(ChangeRecord.seq),
+                )
+            ).all()
+        return list(rows)
+
+    def credit(self, address: str) -> int:
+        record = self.get(CreditRecord, account=address)
+        return 0 if record is None else int(record.amount)
+
+    def payments_to(self, address: str, limit: int, offset: int) -> tuple[list[PaymentRecord], int]:
+        return self.page(
+            PaymentRecord,
+            [or_(col(PaymentRecord.payee) == address, col(PaymentRecord.payer) == address)],
+            [col(PaymentRecord.block_number), col(PaymentRecord.log_index)],
+            limit,
+            offset,
+        )
+
+    def offers(self, where: Sequence[Any], limit: int, offset: int) -> tuple[list[OfferRecord], int]:
+        return self.page(OfferRecord, where, [col(OfferRecord.offer_id)], limit, offset)

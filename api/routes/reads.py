@@ -1,0 +1,252 @@
+"""Reads from the event index, scoped to the caller: participants, orders, certificates, offers,
+settlement."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from sqlalchemy import or_
+from sqlmodel import col
+
+from api.deps import CallerDep, PagingDep, ServiceDep
+from api.errors import forbidden, not_found
+from api.schemas import (
+    UINT64,
+    UINT128,
+    AccountSettlementOut,
+    Address,
+    CertificateOut,
+    ChangeOut,
+    LineageOut,
+    OfferOut,
+    OrderOut,
+    OrderSettlementOut,
+    Page,
+    ParticipantOut,
+    PaymentOut,
+    QuoteOut,
+)
+from api.views import (
+    ZERO_ADDRESS,
+    certificate_for,
+    certificate_out,
+    change_out,
+    lineage_out,
+    offer_out,
+    order_for,
+    order_out,
+    participant_out,
+    payment_out,
+    require_reader,
+    visible_certificates,
+)
+from chain_client import pricing
+from chain_client.index.models import CertificateRecord, OfferRecord, OrderRecord, ParticipantRecord
+from chain_client.models import CertificateStatus, Role
+
+router = APIRouter(prefix="/v1")
+
+IdPath = Annotated[int, Path(ge=1, le=UINT64)]
+
+
+# ---------------------------------------------------------------------- participants
+
+
+@router.get("/participants", response_model=Page[ParticipantOut], tags=["participants"])
+def participants(service: ServiceDep, caller: CallerDep, paging: PagingDep) -> Page[ParticipantOut]:
+    """The consortium's directory (every signed-in participant may read it: it names who may hold)."""
+    rows, total = service.reader.page(
+        ParticipantRecord, [], [col(ParticipantRecord.address)], paging.limit, paging.offset
+    )
+    return Page(
+        items=[participant_out(r) for r in rows], total=total, limit=paging.limit, offset=paging.offset
+    )
+
+
+@router.get("/participants/{address}", response_model=ParticipantOut, tags=["participants"])
+def participant(address: Address, service: ServiceDep, caller: CallerDep) -> ParticipantOut:
+    record = service.reader.participant(address)
+    if record is None:
+        raise not_found("participant", address)
+    return participant_out(record)
+
+
+# ---------------------------------------------------------------------- orders
+
+
+@router.get("/orders", response_model=Page[OrderOut], tags=["orders"])
+def orders(service: ServiceDep, caller: CallerDep, paging: PagingDep) -> Page[OrderOut]:
+    """Orders the caller issued or is payee of (all of them for auditors and regulators)."""
+    require_reader(caller)
+    where = (
+        []
+        if caller.sees_all
+        else [or_(col(OrderRecord.issuer) == caller.address, col(OrderRecord.payee) == caller.address)]
+    )
+    rows, total = service.reader.page(
+        OrderRecord, where, [col(OrderRecord.order_id)], paging.limit, paging.offset
+    )
+    return Page(items=[order_out(r) for r in rows], total=total, limit=paging.limit, offset=paging.offset)
+
+
+@router.get("/orders/{order_id}", response_model=OrderOut, tags=["orders"])
+def order(order_id: IdPath, service: ServiceDep, caller: CallerDep) -> OrderOut:
+    return order_out(order_for(service.reader, caller, order_id))
+
+
+# ---------------------------------------------------------------------- certificates
+
+
+@router.get("/certificates", response_model=Page[CertificateOut], tags=["certificates"])
+async def certificates(
+    service: ServiceDep,
+    caller: CallerDep,
+    paging: PagingDep,
+    holder: Annotated[Address | None, Query(description="Default: the caller (its holdings).")] = None,
+    order_id: Annotated[int | None, Query(alias="orderId", ge=1, le=UINT64)] = None,
+    live_only: Annotated[bool, Query(alias="liveOnly")] = True,
+    held: Annotated[bool, Query(description="Also certificates the holder held before.")] = False,
+) -> Page[CertificateOut]:
+    """Holdings: the certificates a holder holds (live ones by default), or all of an order's
+    certificates the caller may see (`orderId`)."""
+    # A coroutine although it queries the index: the busiest read, and a local SQLite query is
+    # shorter than the hop to the thread pool it would otherwise take. It never calls the node.
+    reader = service.reader
+    require_reader(caller)
+    where: list[object] = []
+    if order_id is not None and holder is None:
+        order_for(reader, caller, order_id)
+        where.append(CertificateRecord.order_id == order_id)
+        visible = visible_certificates(reader, caller)
+        if visible is not None:
+            where.append(col(CertificateRecord.certificate_id).in_(visible))
+    else:
+        who = holder or caller.address
+        if who != caller.address and not caller.sees_all:
+            raise forbidden("only auditors and regulators read another participant's holdings", holder=who)
+        if held:
+            where.append(col(CertificateRecord.certificate_id).in_(reader.held_ids(who)))
+        else:
+            where.append(CertificateRecord.holder == who)
+        if order_id is not None:
+            where.append(CertificateRecord.order_id == order_id)
+    if live_only:
+        where.append(CertificateRecord.status == int(CertificateStatus.LIVE))
+    rows, total = reader.page(
+        CertificateRecord, where, [col(CertificateRecord.certificate_id)], paging.limit, paging.offset
+    )
+    return Page(
+        items=[certificate_out(r) for r in rows], total=total, limit=paging.limit, offset=paging.offset
+    )
+
+
+@router.get("/certificates/{certificate_id}", response_model=CertificateOut, tags=["certificates"])
+def certificate(certificate_id: IdPath, service: ServiceDep, caller: CallerDep) -> CertificateOut:
+    return certificate_out(certificate_for(service.reader, caller, certificate_id))
+
+
+@router.get("/certificates/{certificate_id}/lineage", response_model=LineageOut, tags=["certificates"])
+def lineage(certificate_id: IdPath, service: ServiceDep, caller: CallerDep) -> LineageOut:
+    """The tree the certificate belongs to, from its furthest visible ancestor; branches the caller
+    has no part in are left out."""
+    record = certificate_for(service.reader, caller, certificate_id)
+    return lineage_out(service.reader, record, visible_certificates(service.reader, caller))
+
+
+@router.get("/certificates/{certificate_id}/history", response_model=Page[ChangeOut], tags=["certificates"])
+def history(
+    certificate_id: IdPath, service: ServiceDep, caller: CallerDep, paging: PagingDep
+) -> Page[ChangeOut]:
+    """Every change the chain made to the certificate, oldest first."""
+    certificate_for(service.reader, caller, certificate_id)
+    changes = service.reader.history(certificate_id)
+    items = [change_out(c) for c in changes[paging.offset : paging.offset + paging.limit]]
+    return Page(items=items, total=len(changes), limit=paging.limit, offset=paging.offset)
+
+
+# ---------------------------------------------------------------------- discount
+
+
+@router.get("/offers", response_model=Page[OfferOut], tags=["discount"])
+def offers(
+    service: ServiceDep,
+    caller: CallerDep,
+    paging: PagingDep,
+    open_only: Annotated[bool, Query(alias="openOnly")] = True,
+) -> Page[OfferOut]:
+    """Discount offers: a seller sees its own, a factor those open to any buyer or reserved for it."""
+    require_reader(caller)
+    where: list[object] = []
+    if not caller.sees_all:
+        mine = [col(OfferRecord.seller) == caller.address]
+        if caller.has(Role.FACTOR):
+            mine.append(or_(col(OfferRecord.buyer) == ZERO_ADDRESS, col(OfferRecord.buyer) == caller.address))
+        where.append(or_(*mine))
+    if open_only:
+        where.append(col(OfferRecord.open).is_(True))
+    rows, total = service.reader.offers(where, paging.limit, paging.offset)
+    return Page(items=[offer_out(r) for r in rows], total=total, limit=paging.limit, offset=paging.offset)
+
+
+@router.get("/offers/{offer_id}", response_model=OfferOut, tags=["discount"])
+def offer(offer_id: IdPath, service: ServiceDep, caller: CallerDep) -> OfferOut:
+    record = service.reader.get(OfferRecord, offer_id=offer_id)
+    if record is None:
+        raise not_found("offer", offer_id)
+    if not (
+        caller.sees_all
+        or record.seller == caller.address
+        or (caller.has(Role.FACTOR) and record.buyer in (ZERO_ADDRESS, caller.address))
+    ):
+        raise forbidden("not an offer to or from you", offerId=offer_id)
+    return offer_out(record)
+
+
+@router.get("/quote", response_model=QuoteOut, tags=["discount"])
+def quote(
+    face: Annotated[int, Query(ge=0, le=UINT128, description="Face value in token units.")],
+    days: Annotated[int, Query(ge=0, le=36_500, description="Whole days to maturity.")],
+    annual_rate_bps: Annotated[
+        int, Query(alias="annualRateBps", ge=0, le=100_000, description="Simple annual rate.")
+    ],
+) -> QuoteOut:
+    """The discount price, in the contract's own arithmetic (simple interest, 365-day year)."""
+    price = pricing.discount_price(face, days, annual_rate_bps)
+    return QuoteOut(face=face, days=days, annualRateBps=annual_rate_bps, price=price, discount=face - price)
+
+
+# ---------------------------------------------------------------------- settlement
+
+
+@router.get("/settlement/account", response_model=AccountSettlementOut, tags=["settlement"])
+def account_settlement(service: ServiceDep, caller: CallerDep, paging: PagingDep) -> AccountSettlementOut:
+    """What the caller may withdraw (payments the token refused to push) and its payments."""
+    rows, total = service.reader.payments_to(caller.address, paging.limit, paging.offset)
+    page = Page[PaymentOut](
+        items=[payment_out(r) for r in rows], total=total, limit=paging.limit, offset=paging.offset
+    )
+    return AccountSettlementOut(
+        address=caller.address, credit=service.reader.credit(caller.address), payments=page
+    )
+
+
+@router.get("/settlement/orders/{order_id}", response_model=OrderSettlementOut, tags=["settlement"])
+def order_settlement(order_id: IdPath, service: ServiceDep, caller: CallerDep) -> OrderSettlementOut:
+    record = order_for(service.reader, caller, order_id)
+    certs = service.reader.certificates_of_orders({order_id})
+    out = order_out(record)
+    return OrderSettlementOut(
+        orderId=order_id,
+        status=out.status,
+        maturity=record.maturity,
+        matured=service.chain.now() >= record.maturity,
+        escrowed=out.escrowed,
+        paid=out.paid,
+        refunded=out.refunded,
+        inEscrow=out.inEscrow,
+        liveCertificates=sorted(int(c.certificate_id) for c in certs if c.status == CertificateStatus.LIVE),
+        settledCertificates=sorted(
+            int(c.certificate_id) for c in certs if c.status == CertificateStatus.SETTLED
+        ),
+    )

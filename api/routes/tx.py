@@ -1,0 +1,238 @@
+"""Writes. The service holds no keys: per job a `prepare` endpoint returns the unsigned transaction
+(simulated first, so one that would fail answers with the contract's error and costs nothing), the
+participant signs it, and `POST /v1/tx` checks and relays the signed bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eth_typing import ChecksumAddress
+from eth_utils import keccak, to_checksum_address
+from fastapi import APIRouter
+from web3.contract.contract import ContractFunction
+
+from api.deps import CallerDep, ServiceDep
+from api.errors import ApiError
+from api.schemas import (
+    AccountIn,
+    ApproveTokenIn,
+    ConfirmReceiptIn,
+    EventOut,
+    FreezeIn,
+    MergeIn,
+    OfferIdIn,
+    OfferIn,
+    OpenOrderIn,
+    OrderIdIn,
+    RegisterIn,
+    SettleIn,
+    SignedTx,
+    SplitIn,
+    SplitToIn,
+    TransferIn,
+    TxOut,
+    UnsignedTx,
+)
+from api.service import Service
+from chain_client.models import Role
+from chain_client.receipts import Observation
+from chain_client.relay import event_json
+
+router = APIRouter(prefix="/v1/tx", tags=["transactions"])
+
+_ZERO = to_checksum_address("0x" + "00" * 20)
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    403: {"description": "the sender lacks the job's role, or a contract access error"},
+    404: {"description": "an unknown certificate, order or warehouse"},
+    409: {"description": "a contract error from the current state; a nonce already used"},
+    422: {"description": "invalid input or a contract's input error"},
+    503: {"description": "the node is down (Retry-After)"},
+}
+
+
+def _prepared(service: Service, sender: ChecksumAddress, fn: ContractFunction) -> UnsignedTx:
+    tx = service.relay.prepare(sender, fn)
+    return UnsignedTx(
+        chainId=int(tx["chainId"]),
+        to=str(tx["to"]),
+        data=str(tx["data"]),
+        nonce=int(tx["nonce"]),
+        gas=int(tx["gas"]),
+        value=int(tx.get("value", 0)),
+        maxFeePerGas=tx.get("maxFeePerGas"),
+        maxPriorityFeePerGas=tx.get("maxPriorityFeePerGas"),
+        gasPrice=tx.get("gasPrice"),
+    )
+
+
+def _ledger(service: Service) -> Any:
+    return service.system.ledger.contract
+
+
+@router.post("", response_model=TxOut, responses=_PROBLEMS)
+def submit(body: SignedTx, service: ServiceDep) -> TxOut:
+    """Relays a transaction the sender signed. Refused without sending (nothing changes) when it is
+    not for a certledger job, its nonce is used, the sender lacks the role, or the simulation
+    reverts; otherwise sent and answered once mined, with its decoded events. The signature is the
+    authentication: a warehouse gateway with no participant role submits confirmReceipt this way."""
+    relayed = service.relay.submit(bytes.fromhex(body.raw[2:]))
+    result = relayed.result
+    service.reader.reach(result.block_number)
+    return TxOut(
+        txHash=result.tx_hash,
+        status="success",
+        blockNumber=result.block_number,
+        gasUsed=result.gas_used,
+        contract=relayed.job.contract,
+        function=relayed.job.function,
+        sender=relayed.sender,
+        events=[EventOut(**event_json(e)) for e in result.events],
+    )
+
+
+# ---------------------------------------------------------------------- prepare, per job
+
+
+@router.post("/prepare/register-participant", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_register(body: RegisterIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """ADMIN: registers an account with its roles and its entity (the hash of its legal id)."""
+    roles = 0
+    for name in body.roles:
+        roles |= Role[name]
+    fn = _ledger(service).functions.registerParticipant(
+        body.account, keccak(text=body.entity), int(roles), body.issuerLimit
+    )
+    return _prepared(service, caller.address, fn)
+
+
+@router.post("/prepare/suspend-participant", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_suspend(body: AccountIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    return _prepared(service, caller.address, _ledger(service).functions.suspendParticipant(body.account))
+
+
+@router.post("/prepare/reinstate-participant", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_reinstate(body: AccountIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    return _prepared(service, caller.address, _ledger(service).functions.reinstateParticipant(body.account))
+
+
+@router.post("/prepare/open-order", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_open_order(body: OpenOrderIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """ISSUER: escrow `amount` for goods; the ledger must be approved for it (prepare/approve-token)."""
+    fn = _ledger(service).functions.openOrder(
+        body.payee,
+        body.amount,
+        body.maturity,
+        keccak(text=body.invoice),
+        keccak(text=body.warehouse),
+        keccak(text=body.goods),
+        body.expectedQuantity,
+        body.deadline,
+    )
+    return _prepared(service, caller.address, fn)
+
+
+@router.post("/prepare/cancel-order", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_cancel_order(body: OrderIdIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    return _prepared(service, caller.address, _ledger(service).functions.cancelOrder(body.orderId))
+
+
+@router.post("/prepare/approve-token", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_approve_token(body: ApproveTokenIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """Lets the ledger take escrow (issuer) or a discount price (factor) from the caller's tokens."""
+    fn = service.system.token.contract.functions.approve(service.system.ledger.address, body.amount)
+    return _prepared(service, caller.address, fn)
+
+
+@router.post("/prepare/transfer", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_transfer(body: TransferIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """Moves a whole certificate from the caller to `to`."""
+    fn = _ledger(service).get_function_by_signature("transferFrom(address,address,uint256)")(
+        caller.address, body.to, body.certificateId
+    )
+    return _prepared(service, caller.address, fn)
+
+
+@router.post("/prepare/split", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_split(body: SplitIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """Splits in place: the certificate keeps values[0], new ones hold the rest (same holder)."""
+    return _prepared(
+        service, caller.address, _ledger(service).functions.split(body.certificateId, body.values)
+    )
+
+
+@router.post("/prepare/split-to", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_split_to(body: SplitToIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """Moves `value` out of the certificate into a new one held by `to` (passing part down the chain)."""
+    fn = _ledger(service).get_function_by_signature("transferFrom(uint256,address,uint256)")(
+        body.certificateId, body.to, body.value
+    )
+    return _prepared(service, caller.address, fn)
+
+
+@router.post("/prepare/merge", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_merge(body: MergeIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """Moves `value` from one certificate into another of the same order."""
+    fn = _ledger(service).get_function_by_signature("transferFrom(uint256,uint256,uint256)")(
+        body.fromId, body.toId, body.value
+    )
+    return _prepared(service, caller.address, fn)
+
+
+@router.post("/prepare/offer-discount", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_offer(body: OfferIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    fn = _ledger(service).functions.offerDiscount(
+        body.certificateId, body.value, body.price, body.buyer or _ZERO, body.expiry
+    )
+    return _prepared(service, caller.address, fn)
+
+
+@router.post("/prepare/cancel-offer", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_cancel_offer(body: OfferIdIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    return _prepared(service, caller.address, _ledger(service).functions.cancelDiscountOffer(body.offerId))
+
+
+@router.post("/prepare/buy", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_buy(body: OfferIdIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """FACTOR: buys an offer, price against value in one transaction."""
+    return _prepared(service, caller.address, _ledger(service).functions.buyDiscounted(body.offerId))
+
+
+@router.post("/prepare/settle", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_settle(body: SettleIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """Pays each matured certificate's holder; anyone may send it."""
+    return _prepared(service, caller.address, _ledger(service).functions.settle(body.certificateIds))
+
+
+@router.post("/prepare/withdraw", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_withdraw(service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """Pulls the caller's credit (payments its token account refused)."""
+    return _prepared(service, caller.address, _ledger(service).functions.withdraw())
+
+
+@router.post("/prepare/freeze", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_freeze(body: FreezeIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    fn = _ledger(service).functions.freeze(body.certificateId, keccak(text=body.reason))
+    return _prepared(service, caller.address, fn)
+
+
+@router.post("/prepare/unfreeze", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_unfreeze(body: FreezeIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    return _prepared(service, caller.address, _ledger(service).functions.unfreeze(body.certificateId))
+
+
+@router.post("/prepare/confirm-receipt", response_model=UnsignedTx, responses=_PROBLEMS, tags=["oracle"])
+def prepare_confirm_receipt(body: ConfirmReceiptIn, service: ServiceDep) -> UnsignedTx:
+    """For a warehouse gateway (no sign-in): the confirmReceipt transaction for its devices' signed
+    observations, in the order the oracle requires. The gateway signs it and posts it to /v1/tx."""
+    try:
+        observations = [Observation.from_json(o) for o in body.observations]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ApiError(422, "InvalidObservation", f"an observation is malformed: {exc}") from None
+    if len(observations) != len(body.signatures):
+        raise ApiError(
+            422, "SignatureCountMismatch", "one signature per observation",
+            observations=len(observations), signatures=len(body.signatures),
+        )  # fmt: skip
+    signatures = [bytes.fromhex(s[2:]) for s in body.signatures]
+    fn = service.system.oracle.confirm_call(observations, signatures)
+    return _prepared(service, to_checksum_address(body.sender), fn)

@@ -1,0 +1,47 @@
+"""The service's configuration: the chain client's Settings plus what only the API needs."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+
+from chain_client.settings import Settings
+
+
+class ApiSettings(Settings):
+    """Read from CERTLEDGER_* like the chain client's; bad values are refused at start-up."""
+
+    auth_secret: SecretStr = Field(
+        default_factory=lambda: SecretStr(secrets.token_hex(32)),
+        description="HMAC key of bearer tokens. Every worker of one service must share it.",
+    )
+    auth_domain: str = Field(default="certledger.local", min_length=1, description="EIP-4361 domain.")
+    token_ttl: int = Field(default=900, gt=0, le=86_400, description="Seconds a bearer token is valid.")
+    login_ttl: int = Field(default=300, gt=0, le=3_600, description="Seconds a login message is valid.")
+    index_db: str = Field(
+        default="certledger-index.sqlite", description="Event index database (SQLite path or URL)."
+    )
+    auth_db: Path | None = Field(
+        default=None,
+        description="SQLite file of issued login nonces, shared by workers; None keeps them in memory.",
+    )
+    index_sync_interval: float = Field(
+        default=0.5, ge=0, le=60, description="Reads sync the index first when it is older than this."
+    )
+    index_follower: bool = Field(
+        default=False,
+        description="Another process keeps the index synced (several workers); reads never sync.",
+    )
+    index_wait: float = Field(
+        default=10.0, gt=0, description="Seconds a write waits for the index to reach its block."
+    )
+    node_retry_after: int = Field(default=5, gt=0, description="Retry-After seconds when the node is down.")
+
+    @field_validator("auth_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 32:
+            raise ValueError("auth_secret needs at least 32 characters")
+        return value

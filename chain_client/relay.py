@@ -1,0 +1,405 @@
+"""Relaying transactions that participants signed themselves (the HTTP service is non-custodial).
+
+    prepare      the unsigned transaction for a job (to, data, nonce, gas, fees, chain id), simulated
+                 first, so a client without the ABI can sign it; `sign_prepared` signs it locally
+    decode_raw   a raw signed transaction: its sender, target, selector and fields
+    check        everything the service refuses before spending gas: another chain, a contract or a
+                 function that is not a certledger job, ether attached, a nonce already used, a
+                 sender without the job's role, and the simulation's contract error
+    broadcast    sends the raw bytes and waits for the receipt (bounded by the receipt timeout)
+
+Jobs are allow-listed by function name from the compiled ABIs, not by hard-coded selectors, so a
+contract whose ABI changes (a new confirmReceipt shape) keeps working once its artifact is rebuilt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account import Account
+from eth_account._utils.legacy_transactions import Transaction as LegacyTransaction
+from eth_account.signers.local import LocalAccount
+from eth_account.typed_transactions.typed_transaction import TypedTransaction
+from eth_typing import ChecksumAddress
+from eth_utils import function_abi_to_4byte_selector, keccak, to_checksum_address
+from hexbytes import HexBytes
+from web3.contract.contract import ContractFunction
+from web3.types import TxParams, Wei
+
+from chain_client.artifacts import load_artifact
+from chain_client.errors import CertledgerError, TransactionTimeout, decode_revert
+from chain_client.events import DecodedEvent
+from chain_client.models import Role
+from chain_client.system import System
+from chain_client.transactions import TxResult, _embedded_revert_data, call_checked
+
+#: Roles that may start each job, by contract and function name. None: anyone (settlement after
+#: maturity, withdrawing one's own credit, a gateway relaying device signatures, token approvals).
+#: The contracts enforce their rules anyway; this check answers early with a clear 403.
+_HOLDERS = Role.SUPPLIER | Role.FACTOR
+JOB_ROLES: dict[str, dict[str, Role | None]] = {
+    "CertificateLedger": {
+        "openOrder": Role.ISSUER,
+        "cancelOrder": Role.ISSUER,
+        "transferFrom": _HOLDERS,
+        "safeTransferFrom": _HOLDERS,
+        "split": _HOLDERS,
+        "approve": _HOLDERS,
+        "setApprovalForAll": _HOLDERS,
+        "offerDiscount": _HOLDERS,
+        "cancelDiscountOffer": _HOLDERS,
+        "buyDiscounted": Role.FACTOR,
+        "settle": None,
+        "withdraw": None,
+        "freeze": Role.REGULATOR,
+        "unfreeze": Role.REGULATOR,
+        "registerParticipant": Role.ADMIN,
+        "setRoles": Role.ADMIN,
+        "setIssuerLimit": Role.ADMIN,
+        "suspendParticipant": Role.ADMIN,
+        "reinstateParticipant": Role.ADMIN,
+        "setSplitRules": Role.ADMIN,
+        "pause": Role.ADMIN,
+        "unpause": Role.ADMIN,
+    },
+    "ReceiptOracle": {
+        "confirmReceipt": None,
+        "registerWarehouse": Role.ADMIN,
+        "rotateDevices": Role.ADMIN,
+        "deactivateWarehouse": Role.ADMIN,
+        "setRelayer": Role.ADMIN,
+    },
+    "SettlementToken": {"approve": None},
+}
+
+
+class RelayRefused(CertledgerError):
+    """The service refuses a signed transaction before sending it; `code` is stable for clients."""
+
+    def __init__(self, code: str, message: str, status: int, **fields: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.fields: dict[str, Any] = fields
+
+
+@dataclass(frozen=True)
+class Job:
+    contract: str
+    function: str
+    address: ChecksumAddress
+    roles: Role | None
+
+
+@dataclass(frozen=True)
+class DecodedTx:
+    """A raw signed transaction, decoded and attributed to its signer."""
+
+    raw: bytes
+    tx_hash: str
+    sender: ChecksumAddress
+    to: ChecksumAddress | None
+    nonce: int
+    gas: int
+    value: int
+    data: bytes
+    chain_id: int | None
+    max_fee_per_gas: int | None
+    gas_price: int | None
+
+    @property
+    def selector(self) -> bytes:
+        return self.data[:4]
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """A relayed transaction that was mined successfully."""
+
+    job: Job
+    sender: ChecksumAddress
+    result: TxResult
+
+
+class Relay:
+    """Builds, checks and sends participant-signed transactions for one deployed system."""
+
+    def __init__(self, system: System) -> None:
+        self.system = system
+        deployment = system.deployment
+        addresses = {
+            "CertificateLedger": deployment.ledger,
+            "ReceiptOracle": deployment.oracle,
+            "SettlementToken": deployment.token,
+        }
+        self._jobs: dict[tuple[ChecksumAddress, bytes], Job] = {}
+        for contract, allowed in JOB_ROLES.items():
+            address = addresses[contract]
+            for entry in load_artifact(contract).abi:
+                if entry.get("type") == "function" and entry["name"] in allowed:
+                    selector = function_abi_to_4byte_selector(entry)  # type: ignore[arg-type]
+                    job = Job(contract, entry["name"], address, allowed[entry["name"]])
+                    self._jobs[(address, selector)] = job
+
+    @property
+    def contracts(self) -> set[ChecksumAddress]:
+        return {address for address, _ in self._jobs}
+
+    # ------------------------------------------------------------------ building
+
+    def prepare(self, sender: ChecksumAddress, fn: ContractFunction) -> dict[str, Any]:
+        """The unsigned EIP-1559 (or, on a zero-fee network, legacy) transaction for `fn` sent by
+        `sender`, after a simulation: a call that would fail raises its typed error instead."""
+        chain = self.system.chain
+        self.job_for(to_checksum_address(fn.address), bytes(HexBytes(fn._encode_transaction_data()))[:4])
+        params: TxParams = {"from": sender, "chainId": chain.chain_id, "value": Wei(0)}
+        try:
+            estimate = call_checked(lambda: fn.estimate_gas(params))
+        except CertledgerError:
+            raise
+        except Exception as exc:
+            # Nodes refuse to estimate for a sender that cannot pay for the gas, each in its own words
+            # (py-evm: "cannot afford txn gas", geth and anvil: "insufficient funds").
+            text = str(exc).lower()
+            if "afford" in text or "insufficient funds" in text:
+                raise RelayRefused(
+                    "InsufficientGasFunds", "the sender has no ether for the gas", 422, sender=sender
+                ) from None
+            raise
+        params["gas"] = int(estimate * chain.settings.gas_limit_margin)
+        params.update(self._fees())
+        params["nonce"] = call_checked(lambda: chain.w3.eth.get_transaction_count(sender, "pending"))
+        tx: dict[str, Any] = dict(fn.build_transaction(params))
+        tx.pop("from", None)
+        return tx
+
+    def _fees(self) -> TxParams:
+        w3 = self.system.chain.w3
+        base = call_checked(lambda: w3.eth.get_block("latest")).get("baseFeePerGas")
+        if base is None:  # a zero-fee permissioned network (Besu QBFT) takes legacy gasPrice
+            return {"gasPrice": w3.eth.gas_price}
+        priority = 1_000_000_000 if base > 0 else 0
+        return {"maxFeePerGas": Wei(2 * int(base) + priority), "maxPriorityFeePerGas": Wei(priority)}
+
+    # ------------------------------------------------------------------ checking
+
+    def job_for(self, to: ChecksumAddress | None, selector: bytes) -> Job:
+        if to is None or to not in self.contracts:
+            raise RelayRefused(
+                "UnknownContract", "the transaction is not addressed to a certledger contract", 422, to=to
+            )
+        job = self._jobs.get((to, selector))
+        if job is None:
+            raise RelayRefused(
+                "JobNotAllowed",
+                "the transaction calls no function this service relays",
+                422,
+                to=to,
+                selector="0x" + selector.hex(),
+            )
+        return job
+
+    def check(self, tx: DecodedTx) -> Job:
+        """Everything short of sending; raises RelayRefused or the simulation's ContractReverted."""
+        chain = self.system.chain
+        if tx.chain_id is not None and tx.chain_id != chain.chain_id:
+            raise RelayRefused(
+                "WrongChain", "signed for another chain", 422, chainId=tx.chain_id, expected=chain.chain_id
+            )
+        job = self.job_for(tx.to, tx.selector)
+        if tx.value:
+            raise RelayRefused("EtherNotAccepted", "certledger takes no ether", 422, value=tx.value)
+        w3 = chain.w3
+        mined = call_checked(lambda: w3.eth.get_transaction_count(tx.sender, "latest"))
+        if tx.nonce < mined:
+            # A replay of a transaction already mined, or one it was meant to replace.
+            raise RelayRefused(
+                "NonceAlreadyUsed",
+                "this transaction's nonce was already used by its sender",
+                409,
+                sender=tx.sender,
+                nonce=tx.nonce,
+                next=mined,
+            )
+        pending = call_checked(lambda: w3.eth.get_transaction_count(tx.sender, "pending"))
+        if tx.nonce > pending:
+            # It would wait in the pool for the gap to fill, and this service waits for receipts.
+            raise RelayRefused(
+                "NonceGap", "an earlier nonce of this sender is missing", 409, nonce=tx.nonce, next=pending
+            )
+        if tx.nonce < pending:
+            raise RelayRefused(
+                "NonceAlreadyUsed",
+                "a pending transaction of this sender already has this nonce",
+                409,
+                sender=tx.sender,
+                nonce=tx.nonce,
+                next=pending,
+            )
+        if job.roles is not None:
+            participant = self.system.ledger.participant(tx.sender)
+            if not participant.active or not participant.roles & job.roles:
+                raise RelayRefused(
+                    "RoleRequired",
+                    f"{job.function} needs an active participant with one of {_role_names(job.roles)}",
+                    403,
+                    account=tx.sender,
+                    required=_role_names(job.roles),
+                    roles=_role_names(participant.roles),
+                    active=participant.active,
+                )
+        fee = tx.max_fee_per_gas if tx.max_fee_per_gas is not None else (tx.gas_price or 0)
+        balance = call_checked(lambda: w3.eth.get_balance(tx.sender))
+        if balance < tx.gas * fee:
+            raise RelayRefused(
+                "InsufficientGasFunds",
+                "the sender cannot pay for the gas it offers",
+                422,
+                balance=balance,
+                needed=tx.gas * fee,
+            )
+        self.simulate(tx)
+        return job
+
+    def simulate(self, tx: DecodedTx) -> None:
+        """Runs the transaction as a call from its sender on the latest block; a revert raises the
+        contract's typed error and nothing is sent. Latest, not pending: `check` has already made
+        sure the sender has nothing pending before it, and anvil answers a call on its pending block
+        several times slower. Another sender's pending transaction can still change the outcome;
+        then the receipt's revert is decoded and reported (see `_reverted`)."""
+        w3 = self.system.chain.w3
+        call: TxParams = {"from": tx.sender, "to": tx.to, "data": HexBytes(tx.data), "gas": tx.gas}  # type: ignore[typeddict-item]
+        call_checked(lambda: w3.eth.call(call, "latest"))
+
+    # ------------------------------------------------------------------ sending
+
+    def submit(self, raw: bytes) -> Relayed:
+        """check, then broadcast: the whole path of a signed request."""
+        tx = decode_raw(raw)
+        job = self.check(tx)
+        return Relayed(job, tx.sender, self.broadcast(tx))
+
+    def broadcast(self, tx: DecodedTx) -> TxResult:
+        chain = self.system.chain
+        w3 = chain.w3
+        try:
+            tx_hash = w3.eth.send_raw_transaction(tx.raw)
+        except Exception as exc:
+            data = _embedded_revert_data(exc)
+            if data is not None:
+                raise decode_revert(data) from None
+            text = str(exc).lower()
+            if "nonce" in text and ("low" in text or "already" in text):
+                raise RelayRefused(
+                    "NonceAlreadyUsed", "the node refused a nonce already used", 409, nonce=tx.nonce
+                ) from None
+            if "already known" in text:
+                raise RelayRefused("TransactionKnown", "the node already has this transaction", 409) from None
+            raise
+        receipt = self._wait(HexBytes(tx_hash), chain.settings.receipt_timeout)
+        if receipt["status"] != 1:
+            raise self._reverted(tx, receipt)
+        return TxResult(
+            tx_hash="0x" + bytes(receipt["transactionHash"]).hex(),
+            block_number=int(receipt["blockNumber"]),
+            gas_used=int(receipt["gasUsed"]),
+            events=tuple(self.system.decoder.decode_receipt(receipt)),
+        )
+
+    def _wait(self, tx_hash: HexBytes, timeout: float) -> Any:
+        chain = self.system.chain
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return chain.w3.eth.get_transaction_receipt(tx_hash)
+            except Exception as exc:
+                if type(exc).__name__ != "TransactionNotFound":
+                    raise
+            if time.monotonic() > deadline:
+                raise TransactionTimeout("0x" + bytes(tx_hash).hex(), timeout)
+            time.sleep(chain.settings.poll_interval)
+
+    def _reverted(self, tx: DecodedTx, receipt: Any) -> CertledgerError:
+        # Passed simulation, reverted on chain (state moved in between): replay it at its block.
+        w3 = self.system.chain.w3
+        call: TxParams = {"from": tx.sender, "to": tx.to, "data": HexBytes(tx.data), "gas": tx.gas}  # type: ignore[typeddict-item]
+        try:
+            call_checked(lambda: w3.eth.call(call, receipt["blockNumber"]))
+        except CertledgerError as exc:
+            return exc
+        return RelayRefused("Reverted", "the transaction reverted on chain", 409, txHash=tx.tx_hash)
+
+
+def _role_names(roles: Role) -> list[str]:
+    return [r.name for r in Role if r & roles and r.name is not None]
+
+
+def decode_raw(raw: bytes | str) -> DecodedTx:
+    """Decodes a signed transaction (EIP-1559, EIP-2930 or legacy) and recovers its signer."""
+    data = bytes(HexBytes(raw))
+    try:
+        sender = to_checksum_address(Account.recover_transaction(data))
+        if data and data[0] <= 0x7F:
+            fields: Mapping[str, Any] = TypedTransaction.from_bytes(HexBytes(data)).as_dict()
+            chain_id: int | None = int(fields["chainId"])
+        else:
+            legacy = LegacyTransaction.from_bytes(data)
+            fields = legacy.as_dict()
+            v = int(fields["v"])
+            chain_id = (v - 35) // 2 if v >= 35 else None
+    except Exception as exc:  # rlp, signature and field errors come in many types
+        raise RelayRefused("MalformedTransaction", f"not a signed transaction: {exc}", 422) from None
+    to = fields.get("to")
+    to_bytes = bytes(HexBytes(to)) if to else b""
+    return DecodedTx(
+        raw=data,
+        tx_hash="0x" + keccak(data).hex(),
+        sender=sender,
+        to=to_checksum_address(to_bytes) if len(to_bytes) == 20 else None,
+        nonce=int(fields["nonce"]),
+        gas=int(fields["gas"]),
+        value=int(fields["value"]),
+        data=bytes(HexBytes(fields.get("data", b""))),
+        chain_id=chain_id,
+        max_fee_per_gas=int(fields["maxFeePerGas"]) if "maxFeePerGas" in fields else None,
+        gas_price=int(fields["gasPrice"]) if "gasPrice" in fields else None,
+    )
+
+
+def sign_prepared(account: LocalAccount, unsigned: Mapping[str, Any]) -> bytes:
+    """Signs a transaction as `prepare` (or POST /v1/tx/prepare/...) returned it. JSON gives
+    numbers as they were sent and data as hex; both sign as they are."""
+    tx = {k: v for k, v in unsigned.items() if v is not None}
+    for key in ("nonce", "gas", "maxFeePerGas", "maxPriorityFeePerGas", "gasPrice", "value", "chainId"):
+        if key in tx:
+            tx[key] = int(tx[key])
+    if "type" in tx and isinstance(tx["type"], str):
+        tx["type"] = int(tx["type"], 16)
+    return bytes(account.sign_transaction(tx).raw_transaction)
+
+
+def event_json(event: DecodedEvent) -> dict[str, Any]:
+    """An event as JSON-safe data: integers above 2**53 as decimal strings, bytes as hex."""
+    return {
+        "name": event.name,
+        "address": event.address,
+        "logIndex": event.log_index,
+        "args": jsonable(event.args),
+    }
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) <= 2**53 else str(value)
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value

@@ -1,0 +1,168 @@
+"""Reads from the index, scoped by role: holders see what they hold or held and its lineage, an
+issuer its orders and all their descendants, auditors and regulators everything."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from api_support import Api, serve_world
+from world import World
+
+
+@pytest.fixture
+def api(world: World, tmp_path: Path) -> Iterator[Api]:
+    yield from serve_world(world, tmp_path)
+
+
+@pytest.fixture
+def tree(world: World) -> dict[str, int]:
+    """Order 1 -> root held by supplier1; part `a` split to supplier2; part `b` split to the factor;
+    a second order's root held by supplier2 (nothing to do with supplier1)."""
+    s1 = world.cast.supplier1
+    order, root = world.certificate_for()
+    a, _ = world.ledger.split_to(s1, root, world.cast.supplier2.address, 30_000_00)
+    b, _ = world.ledger.split_to(s1, root, world.cast.factor.address, 20_000_00)
+    other_order, other = world.certificate_for(payee=world.cast.supplier2.address)
+    return {"order": order, "root": root, "a": a, "b": b, "other_order": other_order, "other": other}
+
+
+def _ids(page: dict[str, Any]) -> list[int]:
+    return [item["certificateId"] for item in page["items"]]
+
+
+def _tree_ids(node: dict[str, Any]) -> set[int]:
+    return {node["certificate"]["certificateId"]} | {i for c in node["children"] for i in _tree_ids(c)}
+
+
+def test_a_supplier_cannot_read_another_suppliers_certificates(
+    api: Api, world: World, tree: dict[str, int]
+) -> None:
+    s1 = world.cast.supplier1
+    assert _ids(api.get("/v1/certificates", s1).json()) == [tree["root"]]
+    r = api.get(f"/v1/certificates/{tree['other']}", s1)
+    assert (r.status_code, r.json()["code"]) == (403, "Forbidden")
+    r = api.get("/v1/certificates", s1, holder=world.cast.supplier2.address)
+    assert r.status_code == 403
+    for path in ("", "/lineage", "/history"):
+        assert api.get(f"/v1/certificates/{tree['other']}{path}", s1).status_code == 403
+    assert api.get(f"/v1/orders/{tree['other_order']}", s1).status_code == 403
+
+
+def test_lineage_shows_the_callers_branch_only(api: Api, world: World, tree: dict[str, int]) -> None:
+    s2 = world.cast.supplier2
+    # supplier2 sees part a and where it came from, not the factor's sibling part b.
+    lineage = api.get(f"/v1/certificates/{tree['a']}/lineage", s2).json()
+    assert lineage["certificate"]["certificateId"] == tree["root"]
+    assert _tree_ids(lineage) == {tree["root"], tree["a"]}
+    assert api.get(f"/v1/certificates/{tree['b']}", s2).status_code == 403
+    assert api.get(f"/v1/certificates/{tree['root']}", s2).status_code == 200
+    # supplier1 made both parts: it sees the whole tree.
+    whole = api.get(f"/v1/certificates/{tree['root']}/lineage", world.cast.supplier1).json()
+    assert _tree_ids(whole) == {tree["root"], tree["a"], tree["b"]}
+
+
+def test_held_certificates_stay_readable(api: Api, world: World, tree: dict[str, int]) -> None:
+    s1 = world.cast.supplier1
+    world.ledger.transfer(s1, tree["root"], world.cast.supplier2.address)
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    assert _ids(api.get("/v1/certificates", s1).json()) == []
+    assert tree["root"] in _ids(api.get("/v1/certificates", s1, held="true").json())
+    assert api.get(f"/v1/certificates/{tree['root']}", s1).json()["holder"] == world.cast.supplier2.address
+    history = api.get(f"/v1/certificates/{tree['root']}/history", s1).json()
+    holders = [c for c in history["items"] if c["field"] == "holder"]
+    assert holders[-1]["old"] == s1.address and holders[-1]["new"] == world.cast.supplier2.address
+
+
+def test_issuer_sees_its_orders_and_all_descendants(api: Api, world: World, tree: dict[str, int]) -> None:
+    issuer = world.cast.issuer
+    orders = api.get("/v1/orders", issuer).json()
+    assert {o["orderId"] for o in orders["items"]} == {tree["order"], tree["other_order"]}
+    certs = api.get("/v1/certificates", issuer, orderId=tree["order"]).json()
+    assert _ids(certs) == [tree["root"], tree["a"], tree["b"]]
+    # issuer2 issued none of them.
+    issuer2 = world.cast.issuer2
+    assert api.get("/v1/orders", issuer2).json()["total"] == 0
+    assert api.get(f"/v1/orders/{tree['order']}", issuer2).status_code == 403
+    assert api.get(f"/v1/certificates/{tree['a']}", issuer2).status_code == 403
+
+
+def test_regulator_sees_everything_and_pages(api: Api, world: World, tree: dict[str, int]) -> None:
+    regulator = world.cast.regulator
+    holdings = api.get("/v1/certificates", regulator, holder=world.cast.supplier2.address).json()
+    assert _ids(holdings) == [tree["a"], tree["other"]]
+    supplier2 = world.cast.supplier2.address
+    first = api.get("/v1/certificates", regulator, holder=supplier2, limit=1).json()
+    second = api.get("/v1/certificates", regulator, holder=supplier2, limit=1, offset=1).json()
+    assert (first["total"], _ids(first), _ids(second)) == (2, [tree["a"]], [tree["other"]])
+    assert api.get("/v1/orders", regulator).json()["total"] == 2
+    assert api.get(f"/v1/certificates/{tree['b']}", regulator).status_code == 200
+
+
+def test_unknown_ids_are_404_and_bad_ones_422(api: Api, world: World, tree: dict[str, int]) -> None:
+    s1 = world.cast.supplier1
+    for path in ("/v1/certificates/999", "/v1/orders/999", "/v1/offers/999", "/v1/settlement/orders/999"):
+        r = api.get(path, world.cast.regulator)
+        assert (r.status_code, r.json()["code"]) == (404, "NotFound"), path
+    for path in ("/v1/certificates/0", "/v1/certificates/abc", "/v1/orders/-1"):
+        assert api.get(path, s1).json()["code"] == "ValidationError"
+    assert api.get("/v1/certificates", s1, limit=0).status_code == 422
+    assert api.get(f"/v1/participants/{world.cast.outsider.address}", s1).status_code == 404
+
+
+def test_participants_directory(api: Api, world: World) -> None:
+    s1 = world.cast.supplier1
+    directory = api.get("/v1/participants", s1, limit=100).json()
+    assert directory["total"] == 7  # admin, two issuers, two suppliers, factor, regulator
+    factor = api.get(f"/v1/participants/{world.cast.factor.address}", s1).json()
+    assert factor["roles"] == ["FACTOR"] and factor["active"]
+
+
+def test_a_role_without_certificates_reads_none(api: Api, world: World, tree: dict[str, int]) -> None:
+    admin = world.cast.admin
+    r = api.get("/v1/certificates", admin)
+    assert (r.status_code, r.json()["code"]) == (403, "Forbidden")
+    assert api.get("/v1/participants", admin).status_code == 200
+
+
+def test_quote_matches_the_contract(api: Api, world: World) -> None:
+    q = api.client.get("/v1/quote", params={"face": 1_000_000_00, "days": 90, "annualRateBps": 600}).json()
+    assert q["price"] == world.ledger.quote(1_000_000_00, 90, 600)
+    assert q["discount"] == 1_000_000_00 - q["price"]
+    assert api.client.get("/v1/quote", params={"face": -1, "days": 1, "annualRateBps": 1}).status_code == 422
+
+
+def test_audit_verify_and_export_for_auditors_only(api: Api, world: World, tree: dict[str, int]) -> None:
+    regulator = world.cast.regulator
+    report = api.get("/v1/audit/verify", regulator).json()
+    assert report["ok"] is True and report["findings"] == []
+    exported = api.get("/v1/audit/export", regulator).json()
+    assert exported["counts"]["certificate"] == 4 and exported["digest"] == report["digest"]
+    csv = api.get("/v1/audit/export/certificates.csv", regulator)
+    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+    assert len(csv.text.strip().splitlines()) == 5
+    assert api.get("/v1/audit/export/secrets.csv", regulator).status_code == 404
+    for path in ("/v1/audit/verify", "/v1/audit/export"):
+        assert api.get(path, world.cast.supplier1).status_code == 403
+
+
+def test_offers_are_seen_by_their_seller_and_eligible_factors(
+    api: Api, world: World, tree: dict[str, int]
+) -> None:
+    expiry = world.pending_time() + 86_400
+    offer_id, _ = world.ledger.offer_discount(
+        world.cast.supplier2, tree["a"], value=100_00, price=90_00, expiry=expiry
+    )
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    assert api.get(f"/v1/offers/{offer_id}", world.cast.supplier2).status_code == 200
+    assert api.get(f"/v1/offers/{offer_id}", world.cast.factor).status_code == 200
+    r = api.get(f"/v1/offers/{offer_id}", world.cast.supplier1)
+    assert (r.status_code, r.json()["code"]) == (403, "Forbidden")
+    assert api.get("/v1/offers", world.cast.supplier1).json()["total"] == 0
+
+
+def test_health_names_the_head_and_the_indexed_block(api: Api, world: World) -> None:
+    health = api.client.get("/health").json()
+    assert health["head"] == world.chain.w3.eth.block_number and health["indexed"] <= health["head"]

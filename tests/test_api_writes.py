@@ -1,0 +1,311 @@
+"""Writes over HTTP: per-job prepare, the participant signs, POST /v1/tx checks and relays.
+Every refusal leaves the chain as it was."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from api_support import Api, serve_world
+from eth_account.messages import encode_defunct
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+from world import DAY, FRESHNESS, World
+
+from chain_client.errors import NodeUnavailable
+from chain_client.models import CertificateStatus
+
+
+@pytest.fixture
+def api(world: World, tmp_path: Path) -> Iterator[Api]:
+    yield from serve_world(world, tmp_path)
+
+
+def raw_tx(world: World, account: LocalAccount, to: str, data: str, **overrides: Any) -> bytes:
+    """A transaction signed by hand, with no simulation (what a careless or hostile client sends)."""
+    w3 = world.chain.w3
+    base = int(w3.eth.get_block("latest")["baseFeePerGas"])
+    tx: dict[str, Any] = {
+        "to": to,
+        "data": data,
+        "nonce": w3.eth.get_transaction_count(account.address),
+        "gas": 300_000,
+        "maxFeePerGas": 2 * base + 10**9,
+        "maxPriorityFeePerGas": 10**9,
+        "chainId": world.chain.chain_id,
+        "value": 0,
+    }
+    tx.update(overrides)
+    return bytes(account.sign_transaction(tx).raw_transaction)
+
+
+def transfer_data(world: World, sender: str, to: str, certificate_id: int) -> str:
+    fn = world.ledger.contract.get_function_by_signature("transferFrom(address,address,uint256)")
+    return str(fn(sender, to, certificate_id)._encode_transaction_data())
+
+
+def test_transfer_split_merge_over_http(api: Api, world: World) -> None:
+    s1, s2 = world.cast.supplier1, world.cast.supplier2
+    _, root = world.certificate_for()
+    done = api.do("split", s1, {"certificateId": root, "values": [60_000_00, 40_000_00]})
+    assert done["function"] == "split" and done["sender"] == s1.address
+    part = next(int(e["args"]["certificateId"]) for e in done["events"] if e["name"] == "CertificateIssued")
+    done = api.do("merge", s1, {"fromId": part, "toId": root, "value": 10_000_00})
+    assert world.ledger.certificate(root).value == 70_000_00
+    done = api.do("split-to", s1, {"certificateId": root, "to": s2.address, "value": 20_000_00})
+    tier2 = next(int(e["args"]["certificateId"]) for e in done["events"] if e["name"] == "CertificateIssued")
+    assert world.ledger.certificate(tier2).holder == s2.address
+    done = api.do("transfer", s1, {"certificateId": part, "to": s2.address})
+    assert done["events"][0]["name"] == "Transfer" and world.ledger.certificate(part).holder == s2.address
+    # The index followed every write: the new holder reads them at once.
+    held = api.get("/v1/certificates", s2).json()
+    assert {c["certificateId"] for c in held["items"]} == {part, tier2}
+
+
+def test_discount_offer_buy_and_cancel(api: Api, world: World) -> None:
+    s1, factor = world.cast.supplier1, world.cast.factor
+    _, root = world.certificate_for()
+    expiry = world.pending_time() + DAY
+    quote = api.client.get("/v1/quote", params={"face": 50_000_00, "days": 90, "annualRateBps": 600}).json()
+    done = api.do(
+        "offer-discount",
+        s1,
+        {
+            "certificateId": root,
+            "value": 50_000_00,
+            "price": quote["price"],
+            "expiry": expiry,
+            "buyer": factor.address,
+        },
+    )
+    offer_id = int(done["events"][-1]["args"]["offerId"])
+    listed = api.get("/v1/offers", factor).json()
+    assert [o["offerId"] for o in listed["items"]] == [offer_id]
+    assert api.get(f"/v1/offers/{offer_id}", factor).json()["price"] == quote["price"]
+    done = api.do("buy", factor, {"offerId": offer_id})
+    sold = next(e for e in done["events"] if e["name"] == "DiscountSold")
+    bought = int(sold["args"]["boughtCertificateId"])
+    assert world.ledger.certificate(bought).holder == factor.address
+    assert api.get("/v1/offers", factor).json()["total"] == 0
+    # A second offer, cancelled by its seller.
+    done = api.do(
+        "offer-discount", s1, {"certificateId": root, "value": 100_00, "price": 90_00, "expiry": expiry}
+    )
+    second = int(done["events"][-1]["args"]["offerId"])
+    api.do("cancel-offer", s1, {"offerId": second})
+    assert not world.ledger.offer(second).open
+    r = api.prepare("buy", factor, {"offerId": second})
+    assert (r.status_code, r.json()["code"]) == (409, "OfferNotOpen")
+
+
+def test_issuer_opens_and_cancels_an_order(api: Api, world: World) -> None:
+    issuer = world.cast.issuer
+    api.do("approve-token", issuer, {"amount": 10**12})
+    now = world.pending_time()
+    body = {
+        "payee": world.cast.supplier1.address,
+        "amount": 1_000_00,
+        "maturity": now + 30 * DAY,
+        "invoice": "INV-HTTP-1",
+        "warehouse": "WH-TEST-01",
+        "goods": "brake disc BD-330",
+        "expectedQuantity": 10,
+        "deadline": now + DAY,
+    }
+    done = api.do("open-order", issuer, body)
+    order_id = int(next(e for e in done["events"] if e["name"] == "OrderOpened")["args"]["orderId"])
+    assert api.get(f"/v1/orders/{order_id}", issuer).json()["status"] == "OPEN"
+    again = api.prepare("open-order", issuer, body)
+    assert (again.status_code, again.json()["code"]) == (409, "DuplicateInvoice")
+    early = api.prepare("cancel-order", issuer, {"orderId": order_id})
+    assert (early.status_code, early.json()["code"]) == (409, "DeadlineNotPassed")
+    assert "cancellableAfter" in early.json()["fields"]
+    world.chain.advance_time(DAY + FRESHNESS + 60)
+    api.do("cancel-order", issuer, {"orderId": order_id})
+    assert api.get(f"/v1/orders/{order_id}", issuer).json()["status"] == "CANCELLED"
+
+
+def test_gateway_confirms_receipt_with_a_signed_transaction(api: Api, world: World) -> None:
+    order_id = world.open_order()
+    observations, signatures = world.receipt(order_id, 1_000)
+    body: dict[str, Any] = {
+        "sender": world.cast.relayer.address,
+        # In the wrong order on purpose: the service sorts them as the oracle requires.
+        "observations": [o.to_json() for o in reversed(observations)],
+        "signatures": ["0x" + s.hex() for s in reversed(signatures)],
+    }
+    prepare = "/v1/tx/prepare/confirm-receipt"
+    too_few = api.client.post(
+        prepare, json={**body, "observations": body["observations"][:1], "signatures": body["signatures"][:1]}
+    )
+    assert (too_few.status_code, too_few.json()["code"]) == (422, "SignatureCount")
+    malformed = api.client.post(prepare, json={**body, "observations": [{"order_id": "one"}, {}]})
+    assert (malformed.status_code, malformed.json()["code"]) == (422, "InvalidObservation")
+    unlisted = api.client.post(prepare, json={**body, "sender": world.cast.outsider.address})
+    assert (unlisted.status_code, unlisted.json()["code"]) == (403, "RelayerNotAllowed")
+    prepared = api.client.post(prepare, json=body)
+    assert prepared.status_code == 200, prepared.text
+    r = api.submit_raw(api.sign(world.cast.relayer, prepared.json()))
+    assert r.status_code == 200, r.text
+    assert r.json()["contract"] == "ReceiptOracle" and r.json()["function"] == "confirmReceipt"
+    assert world.ledger.order(order_id).status.name == "CONFIRMED"
+
+
+def test_freeze_settle_and_withdraw(api: Api, world: World) -> None:
+    s1, regulator = world.cast.supplier1, world.cast.regulator
+    order_id, root = world.certificate_for(maturity_in=10 * DAY)
+    api.do("freeze", regulator, {"certificateId": root, "reason": "court order 17"})
+    frozen = api.prepare("transfer", s1, {"certificateId": root, "to": world.cast.supplier2.address})
+    assert (frozen.status_code, frozen.json()["code"]) == (409, "CertificateFrozen")
+    api.do("unfreeze", regulator, {"certificateId": root})
+    early = api.prepare("settle", s1, {"certificateIds": [root]})
+    assert (early.status_code, early.json()["code"]) == (409, "CertificateNotMatured")
+    world.chain.advance_time(11 * DAY)
+    world.token.set_blocked(world.cast.admin, s1.address, True)  # the push fails: credited instead
+    api.do("settle", s1, {"certificateIds": [root]})
+    status = api.get(f"/v1/settlement/orders/{order_id}", s1).json()
+    assert status["matured"] and status["settledCertificates"] == [root] and status["inEscrow"] == 0
+    account = api.get("/v1/settlement/account", s1).json()
+    assert account["credit"] == 100_000_00
+    world.token.set_blocked(world.cast.admin, s1.address, False)
+    api.do("withdraw", s1)
+    assert api.get("/v1/settlement/account", s1).json()["credit"] == 0
+    assert world.token.balance_of(s1.address) == 100_000_00
+    nothing = api.prepare("withdraw", s1)
+    assert (nothing.status_code, nothing.json()["code"]) == (409, "NothingToWithdraw")
+
+
+# ---------------------------------------------------------------------- refusals
+
+
+def test_refusals_change_nothing(api: Api, world: World) -> None:
+    s1, s2 = world.cast.supplier1, world.cast.supplier2
+    _, root = world.certificate_for()
+    ledger = world.ledger.address
+    head, books = world.chain.w3.eth.block_number, world.balances()
+    cases: list[tuple[bytes, int, str]] = [
+        # Reverts in simulation: supplier2 does not hold the certificate.
+        (
+            raw_tx(world, s2, ledger, transfer_data(world, s2.address, s1.address, root)),
+            403,
+            "IncorrectHolder",
+        ),
+        # An unknown certificate.
+        (
+            raw_tx(world, s1, ledger, transfer_data(world, s1.address, s2.address, 999)),
+            404,
+            "UnknownCertificate",
+        ),
+        # A contract this service does not relay to, and a function it does not relay.
+        (raw_tx(world, s1, s2.address, "0x"), 422, "UnknownContract"),
+        (
+            raw_tx(
+                world,
+                s1,
+                world.oracle.address,
+                str(world.oracle.contract.functions.bindLedger(ledger)._encode_transaction_data()),
+            ),
+            422,
+            "JobNotAllowed",
+        ),
+        # A supplier cannot freeze.
+        (
+            raw_tx(
+                world,
+                s1,
+                ledger,
+                str(
+                    world.ledger.contract.functions.freeze(root, keccak(text="x"))._encode_transaction_data()
+                ),
+            ),
+            403,
+            "RoleRequired",
+        ),
+        (
+            raw_tx(world, s1, ledger, transfer_data(world, s1.address, s2.address, root), chainId=1),
+            422,
+            "WrongChain",
+        ),
+        (
+            raw_tx(world, s1, ledger, transfer_data(world, s1.address, s2.address, root), value=1),
+            422,
+            "EtherNotAccepted",
+        ),
+        (
+            raw_tx(world, s1, ledger, transfer_data(world, s1.address, s2.address, root), nonce=7),
+            409,
+            "NonceGap",
+        ),
+        (b"\x12\x34", 422, "MalformedTransaction"),
+    ]
+    for raw, status, code in cases:
+        r = api.submit_raw(raw)
+        assert (r.status_code, r.json()["code"]) == (status, code), r.text
+        assert set(r.json()) == {"code", "message", "fields"}
+    assert world.chain.w3.eth.block_number == head
+    assert world.balances() == books
+
+
+def test_replayed_signed_transaction_is_refused(api: Api, world: World) -> None:
+    s1, s2 = world.cast.supplier1, world.cast.supplier2
+    _, root = world.certificate_for()
+    prepared = api.prepare("transfer", s1, {"certificateId": root, "to": s2.address}).json()
+    raw = api.sign(s1, prepared)
+    assert api.submit_raw(raw).status_code == 200
+    head = world.chain.w3.eth.block_number
+    r = api.submit_raw(raw)
+    assert (r.status_code, r.json()["code"]) == (409, "NonceAlreadyUsed")
+    assert r.json()["fields"]["nonce"] == prepared["nonce"]
+    assert world.chain.w3.eth.block_number == head
+
+
+def test_contract_error_at_prepare_carries_its_fields(api: Api, world: World) -> None:
+    _, root = world.certificate_for()
+    r = api.prepare("split", world.cast.supplier1, {"certificateId": root, "values": [100_000_00 - 50, 50]})
+    assert r.status_code == 422
+    assert r.json()["code"] == "SplitBelowMinimumUnit"
+    assert r.json()["fields"] == {"certificateId": root, "part": 50, "minUnit": 100}
+    bad = api.prepare("split", world.cast.supplier1, {"certificateId": 0, "values": [1]})
+    assert (bad.status_code, bad.json()["code"]) == (422, "ValidationError")
+
+
+def test_node_down_is_503_with_retry_after(api: Api, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, root = world.certificate_for()
+    raw = raw_tx(
+        world,
+        world.cast.supplier1,
+        world.ledger.address,
+        transfer_data(world, world.cast.supplier1.address, world.cast.supplier2.address, root),
+    )
+    headers = api.login(world.cast.supplier1)
+
+    def down(*_: object, **__: object) -> int:
+        raise NodeUnavailable("http://node", "connection refused")
+
+    monkeypatch.setattr(type(world.chain.w3.eth), "get_transaction_count", down)
+    monkeypatch.setattr(api.service.reader, "_last", 0.0)
+    monkeypatch.setattr(api.service.reader._indexer, "sync", down)
+    for r in (api.submit_raw(raw), api.client.get("/v1/certificates", headers=headers)):
+        assert (r.status_code, r.json()["code"]) == (503, "NodeUnavailable")
+        assert r.headers["Retry-After"] == "5"
+    monkeypatch.undo()
+    assert world.ledger.certificate(root).holder == world.cast.supplier1.address
+    assert world.ledger.certificate(root).status == CertificateStatus.LIVE
+
+
+def test_operator_suspends_and_reinstates_over_http(api: Api, world: World) -> None:
+    admin, s2 = world.cast.admin, world.cast.supplier2
+    refused = api.prepare("suspend-participant", world.cast.supplier1, {"account": s2.address})
+    assert refused.status_code == 403 and refused.json()["code"] == "AccountMissingRole"
+    api.do("suspend-participant", admin, {"account": s2.address})
+    assert not world.ledger.participant(s2.address).active
+    nonce = api.client.post("/v1/auth/nonce", json={"address": s2.address}).json()["message"]
+    signature = "0x" + bytes(s2.sign_message(encode_defunct(text=nonce)).signature).hex()
+    r = api.client.post("/v1/auth/login", json={"message": nonce, "signature": signature})
+    assert (r.status_code, r.json()["code"]) == (403, "ParticipantNotActive")
+    again = api.prepare("suspend-participant", admin, {"account": s2.address})
+    assert (again.status_code, again.json()["code"]) == (403, "ParticipantNotActive")
+    api.do("reinstate-participant", admin, {"account": s2.address})
+    assert api.get("/v1/auth/me", s2).json()["active"] is True
