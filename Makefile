@@ -92,6 +92,7 @@ bench: venv node mosquitto
 	$(PY) scripts/bench_gas.py
 	$(PY) scripts/bench_replay.py
 	$(PY) scripts/bench_oracle.py
+	$(PY) scripts/bench_api.py
 
 # Each step is its own recipe line, so the first failure stops `make test` with its exit code.
 # forge resolves foundry.toml's relative solc path against the working directory: always cd first.

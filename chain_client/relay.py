@@ -14,7 +14,6 @@ contract whose ABI changes (a new confirmReceipt shape) keeps working once its a
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +29,11 @@ from web3.contract.contract import ContractFunction
 from web3.types import TxParams, Wei
 
 from chain_client.artifacts import load_artifact
-from chain_client.errors import CertledgerError, TransactionTimeout, decode_revert
+from chain_client.errors import CertledgerError, NonceTooLow, TransactionTimeout
 from chain_client.events import DecodedEvent
 from chain_client.models import Role
 from chain_client.system import System
-from chain_client.transactions import TxResult, _embedded_revert_data, call_checked
+from chain_client.transactions import PreparedTx, TxResult, call_checked
 
 #: Roles that may start each job, by contract and function name. None: anyone (settlement after
 #: maturity, withdrawing one's own credit, a gateway relaying device signatures, token approvals).
@@ -170,19 +169,11 @@ class Relay:
                 ) from None
             raise
         params["gas"] = int(estimate * chain.settings.gas_limit_margin)
-        params.update(self._fees())
+        params.update(self.system.tx.fees())
         params["nonce"] = call_checked(lambda: chain.w3.eth.get_transaction_count(sender, "pending"))
         tx: dict[str, Any] = dict(fn.build_transaction(params))
         tx.pop("from", None)
         return tx
-
-    def _fees(self) -> TxParams:
-        w3 = self.system.chain.w3
-        base = call_checked(lambda: w3.eth.get_block("latest")).get("baseFeePerGas")
-        if base is None:  # a zero-fee permissioned network (Besu QBFT) takes legacy gasPrice
-            return {"gasPrice": w3.eth.gas_price}
-        priority = 1_000_000_000 if base > 0 else 0
-        return {"maxFeePerGas": Wei(2 * int(base) + priority), "maxPriorityFeePerGas": Wei(priority)}
 
     # ------------------------------------------------------------------ checking
 
@@ -283,54 +274,20 @@ class Relay:
         return Relayed(job, tx.sender, self.broadcast(tx))
 
     def broadcast(self, tx: DecodedTx) -> TxResult:
-        chain = self.system.chain
-        w3 = chain.w3
+        """Sends the signed bytes through chain_client and waits for the receipt; a transaction that
+        passed simulation but reverted on chain (the state moved in between) raises its typed error,
+        recovered by replaying it at its block."""
+        transactor, timeout = self.system.tx, self.system.chain.settings.receipt_timeout
         try:
-            tx_hash = w3.eth.send_raw_transaction(tx.raw)
-        except Exception as exc:
-            data = _embedded_revert_data(exc)
-            if data is not None:
-                raise decode_revert(data) from None
-            text = str(exc).lower()
-            if "nonce" in text and ("low" in text or "already" in text):
-                raise RelayRefused(
-                    "NonceAlreadyUsed", "the node refused a nonce already used", 409, nonce=tx.nonce
-                ) from None
-            if "already known" in text:
-                raise RelayRefused("TransactionKnown", "the node already has this transaction", 409) from None
-            raise
-        receipt = self._wait(HexBytes(tx_hash), chain.settings.receipt_timeout)
-        if receipt["status"] != 1:
-            raise self._reverted(tx, receipt)
-        return TxResult(
-            tx_hash="0x" + bytes(receipt["transactionHash"]).hex(),
-            block_number=int(receipt["blockNumber"]),
-            gas_used=int(receipt["gasUsed"]),
-            events=tuple(self.system.decoder.decode_receipt(receipt)),
-        )
-
-    def _wait(self, tx_hash: HexBytes, timeout: float) -> Any:
-        chain = self.system.chain
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return chain.w3.eth.get_transaction_receipt(tx_hash)
-            except Exception as exc:
-                if type(exc).__name__ != "TransactionNotFound":
-                    raise
-            if time.monotonic() > deadline:
-                raise TransactionTimeout("0x" + bytes(tx_hash).hex(), timeout)
-            time.sleep(chain.settings.poll_interval)
-
-    def _reverted(self, tx: DecodedTx, receipt: Any) -> CertledgerError:
-        # Passed simulation, reverted on chain (state moved in between): replay it at its block.
-        w3 = self.system.chain.w3
-        call: TxParams = {"from": tx.sender, "to": tx.to, "data": HexBytes(tx.data), "gas": tx.gas}  # type: ignore[typeddict-item]
-        try:
-            call_checked(lambda: w3.eth.call(call, receipt["blockNumber"]))
-        except CertledgerError as exc:
-            return exc
-        return RelayRefused("Reverted", "the transaction reverted on chain", 409, txHash=tx.tx_hash)
+            transactor.broadcast(PreparedTx(tx.tx_hash, tx.raw, tx.sender, tx.nonce))
+        except NonceTooLow:
+            raise RelayRefused(
+                "NonceAlreadyUsed", "the node refused a nonce already used", 409, nonce=tx.nonce
+            ) from None
+        result = transactor.receipt(tx.tx_hash, timeout)
+        if result is None:
+            raise TransactionTimeout(tx.tx_hash, timeout)
+        return result
 
 
 def _role_names(roles: Role) -> list[str]:

@@ -92,13 +92,13 @@ def call_checked(fn: Callable[[], T]) -> T:
     except Exception as exc:
         # The embedded chain's provider raises eth-tester's TransactionFailed, whose cause holds
         # the raw revert data as bytes, instead of web3's ContractCustomError.
-        data = _embedded_revert_data(exc)
+        data = embedded_revert_data(exc)
         if data is None:
             raise
         raise decode_revert(data) from None
 
 
-def _embedded_revert_data(exc: BaseException) -> bytes | None:
+def embedded_revert_data(exc: BaseException) -> bytes | None:
     """Revert data from eth-tester's exceptions: raw bytes on estimates, but only the bytes' repr
     (b'...') in the message of a call's TransactionFailed."""
     seen: BaseException | None = exc
@@ -191,7 +191,7 @@ class Transactor:
             estimate = call_checked(lambda: fn.estimate_gas(params, block_identifier=block))
             gas = int(estimate * self.chain.settings.gas_limit_margin)
         params["gas"] = gas
-        params.update(self._fees())
+        params.update(self.fees())
         nonce = self.chain.nonces.take(
             account.address, lambda: w3.eth.get_transaction_count(account.address, "pending")
         )
@@ -209,7 +209,7 @@ class Transactor:
             self.chain.w3.eth.send_raw_transaction(prepared.raw)
         except Exception as exc:
             # The embedded chain executes on send and raises a revert there, not in the receipt.
-            data = _embedded_revert_data(exc)
+            data = embedded_revert_data(exc)
             if data is not None:
                 self.chain.nonces.forget(prepared.sender)
                 raise decode_revert(data) from None
@@ -253,8 +253,9 @@ class Transactor:
             contract_address=receipt.get("contractAddress"),
         )
 
-    def _fees(self) -> TxParams:
-        block = self.chain.w3.eth.get_block("latest")
+    def fees(self) -> TxParams:
+        """Fee fields for a transaction now: EIP-1559 from the latest base fee, or legacy gasPrice."""
+        block = call_checked(lambda: self.chain.w3.eth.get_block("latest"))
         base = block.get("baseFeePerGas")
         if base is None:  # pre-London or a zero-fee permissioned network (Besu QBFT)
             return {"gasPrice": self.chain.w3.eth.gas_price}
