@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth import unauthorized
 from api.errors import ApiError
+from api.index import IndexLagging
 from api.service import Service
 from chain_client.models import Role
 
@@ -59,7 +60,11 @@ async def get_caller(
     claims = service.auth.verify_token(credentials.credentials)
     service.reader.fresh()
     record = service.reader.participant(claims.address, max_age=PARTICIPANT_MAX_AGE)
-    if record is None or not record.roles:
+    if record is None:
+        # Sign-in found the account registered on chain and participants are never removed, so
+        # an index without it has not caught up yet (a 503 with Retry-After, not a refusal).
+        raise IndexLagging(f"the index has not reached {claims.address}'s registration yet")
+    if not record.roles:
         raise ApiError(403, "NotParticipant", "the account is not a registered participant")
     if not record.active:
         raise ApiError(403, "ParticipantNotActive", "the participant is suspended")

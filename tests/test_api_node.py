@@ -4,6 +4,7 @@ mode of several workers (`from_env`, as uvicorn's factory builds each worker), a
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,10 +137,16 @@ def test_workers_read_an_index_a_follower_syncs(
         message = first.post("/v1/auth/nonce", json={"address": node.b.address}).json()["message"]
         signature = "0x" + bytes(node.b.sign_message(encode_defunct(text=message)).signature).hex()
         token = second.post("/v1/auth/login", json={"message": message, "signature": signature}).json()
-        assert (
-            first.get("/v1/auth/me", headers={"Authorization": f"Bearer {token['accessToken']}"}).status_code
-            == 200
-        )
+        auth = {"Authorization": f"Bearer {token['accessToken']}"}
+        # Sign-in reads the chain; the worker reads the follower's index, which may not have caught
+        # up yet: until it has, the answer is 503 with Retry-After, never a refusal.
+        deadline = time.monotonic() + 30
+        me = first.get("/v1/auth/me", headers=auth)
+        while me.status_code == 503 and time.monotonic() < deadline:
+            assert me.headers["Retry-After"]
+            time.sleep(0.1)
+            me = first.get("/v1/auth/me", headers=auth)
+        assert me.status_code == 200
         holder = node.system.ledger.certificate(node.certificate).holder
         sender, to = (node.a, node.b) if holder == node.a.address else (node.b, node.a)
         _pass_on(first, node, sender, to)
