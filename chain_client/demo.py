@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -15,7 +14,7 @@ from chain_client import errors
 from chain_client.chain import Chain, connect
 from chain_client.models import CertificateStatus, Role
 from chain_client.pricing import discount_price
-from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, label_hash
+from chain_client.receipts import DeviceEnrolment, ReadingKind, delivery_ranges, label_hash
 from chain_client.settings import Settings
 from chain_client.system import System
 
@@ -101,13 +100,6 @@ CARTON_GRAMS = 12_500  # one boxed brake disc
 DEVICE_KINDS = (ReadingKind.CARTON_COUNT, ReadingKind.NET_WEIGHT_GRAMS, ReadingKind.CARTON_COUNT)
 
 
-def demo_ranges(max_cartons: int = 100_000) -> Sequence[ReadingRange]:
-    return (
-        ReadingRange(ReadingKind.CARTON_COUNT, 1, max_cartons),
-        ReadingRange(ReadingKind.NET_WEIGHT_GRAMS, 1, max_cartons * CARTON_GRAMS),
-    )
-
-
 def run_demo(
     chain: Chain | None = None, console: Console | None = None, receipt_path: ReceiptPath | None = None
 ) -> System:
@@ -152,7 +144,7 @@ def run_demo(
         [DeviceEnrolment(dev.address, kind) for dev, kind in zip(cast.devices, DEVICE_KINDS, strict=True)],
         2,
         3_600,
-        demo_ranges(),
+        delivery_ranges(100_000, CARTON_GRAMS),
     )
     oracle.set_relayer(op, cast.relayer.address, True)
     say(

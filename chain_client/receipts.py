@@ -49,6 +49,15 @@ class ReadingKind(IntEnum):
     NET_WEIGHT_GRAMS = 2  # a weighbridge's net weight: the cross-check
 
 
+def delivery_ranges(max_cartons: int, carton_grams: int) -> tuple[ReadingRange, ReadingRange]:
+    """The ranges of a warehouse of RFID portals and a weighbridge: 1 to `max_cartons` cartons, and
+    up to their weight in grams."""
+    return (
+        ReadingRange(ReadingKind.CARTON_COUNT, 1, max_cartons),
+        ReadingRange(ReadingKind.NET_WEIGHT_GRAMS, 1, max_cartons * carton_grams),
+    )
+
+
 def label_hash(label: str) -> bytes:
     """bytes32 id for a human label (warehouse name, goods description, invoice number)."""
     return keccak(text=label)
@@ -322,8 +331,12 @@ class ReceiptOracleClient:
         observed_at: int,
         sequence: int,
         deadline: int,
+        device_set_version: int | None = None,
     ) -> tuple[Observation, bytes]:
-        """A device's observation under the warehouse's current device set, and its signature."""
+        """A device's observation under the warehouse's current device set (read from the chain
+        unless given), and its signature."""
+        if device_set_version is None:
+            device_set_version = self.warehouse(warehouse).device_set_version
         obs = Observation(
             order_id=order_id,
             warehouse=warehouse,
@@ -333,7 +346,7 @@ class ReceiptOracleClient:
             value=value,
             observed_at=observed_at,
             sequence=sequence,
-            device_set_version=self.warehouse(warehouse).device_set_version,
+            device_set_version=device_set_version,
             deadline=deadline,
         )
         return obs, self.sign(device, obs)
@@ -354,6 +367,7 @@ class ReceiptOracleClient:
         """Honest devices (key, kind) observing one delivery of `cartons`: a portal counts them, a
         weighbridge weighs `cartons * carton_grams`. Each device uses its own next sequence."""
         observations, signatures = [], []
+        version = self.warehouse(warehouse).device_set_version  # one read for the whole delivery
         for (device, kind), sequence in zip(devices, sequences, strict=True):
             value = cartons * carton_grams if kind == ReadingKind.NET_WEIGHT_GRAMS else cartons
             obs, sig = self.observe(
@@ -366,6 +380,7 @@ class ReceiptOracleClient:
                 observed_at=observed_at,
                 sequence=sequence,
                 deadline=deadline,
+                device_set_version=version,
             )
             observations.append(obs)
             signatures.append(sig)

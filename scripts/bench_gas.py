@@ -20,7 +20,7 @@ from rich.table import Table
 
 from chain_client.chain import Chain, connect
 from chain_client.models import Role
-from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, label_hash
+from chain_client.receipts import DeviceEnrolment, ReadingKind, delivery_ranges, label_hash
 from chain_client.settings import Settings
 from chain_client.system import System
 
@@ -69,18 +69,16 @@ class Bench:
         if not self.system.oracle.warehouse(wid).active:
             oracle = self.system.oracle
             oracle.register_warehouse(
-                self.admin, wid, self._enrolment(threshold), threshold, 3_600, self._ranges()
+                self.admin,
+                wid,
+                self._enrolment(threshold),
+                threshold,
+                3_600,
+                delivery_ranges(10**6, CARTON_GRAMS),
             )
             if not oracle.is_relayer(self.admin.address):
                 oracle.set_relayer(self.admin, self.admin.address, True)
         return wid
-
-    @staticmethod
-    def _ranges() -> list[ReadingRange]:
-        return [
-            ReadingRange(ReadingKind.CARTON_COUNT, 1, 10**6),
-            ReadingRange(ReadingKind.NET_WEIGHT_GRAMS, 1, 10**6 * CARTON_GRAMS),
-        ]
 
     def _kinds(self, count: int) -> list[tuple[LocalAccount, int]]:
         """The first device weighs, the others count cartons."""

@@ -28,8 +28,8 @@ from chain_client.receipts import (
     DeviceEnrolment,
     Observation,
     ReadingKind,
-    ReadingRange,
     ReceiptOracleClient,
+    delivery_ranges,
     label_hash,
 )
 from chain_client.settings import Settings
@@ -54,10 +54,7 @@ MAX_CARTONS = 1_000_000
 # The warehouse's devices: two RFID portals around a weighbridge. A receipt needs a count and a weight.
 DEVICE_KINDS = (ReadingKind.CARTON_COUNT, ReadingKind.NET_WEIGHT_GRAMS, ReadingKind.CARTON_COUNT)
 DEFAULT_DEVICES = (0, 1)
-RANGES = (
-    ReadingRange(ReadingKind.CARTON_COUNT, 1, MAX_CARTONS),
-    ReadingRange(ReadingKind.NET_WEIGHT_GRAMS, 1, MAX_CARTONS * CARTON_GRAMS),
-)
+RANGES = delivery_ranges(MAX_CARTONS, CARTON_GRAMS)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from chain_client.chain import Chain
 from chain_client.errors import ContractError
 from chain_client.models import Certificate, CertificateStatus, Role
 from chain_client.pricing import discount_price
-from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, label_hash
+from chain_client.receipts import DeviceEnrolment, ReadingKind, delivery_ranges, label_hash
 from chain_client.system import System
 from chain_client.transactions import TxResult
 
@@ -34,10 +34,7 @@ CARTON_GRAMS = 1_000
 MAX_CARTONS = 10**6
 # Two RFID portals and a weighbridge; every receipt needs a count and a weight.
 DEVICE_KINDS = (ReadingKind.CARTON_COUNT, ReadingKind.NET_WEIGHT_GRAMS, ReadingKind.CARTON_COUNT)
-RANGES = (
-    ReadingRange(ReadingKind.CARTON_COUNT, 1, MAX_CARTONS),
-    ReadingRange(ReadingKind.NET_WEIGHT_GRAMS, 1, MAX_CARTONS * CARTON_GRAMS),
-)
+RANGES = delivery_ranges(MAX_CARTONS, CARTON_GRAMS)
 _FUNDS = 10**15
 
 
