@@ -1,8 +1,8 @@
 """Audit replay and verify: rebuild every order and certificate from the chain's logs alone, prove the
 rebuilt books equal the contracts' own state, and say exactly where they do not.
 
-`replay` indexes from the deployment block into an emptied database. `verify` then checks, at one
-block:
+`replay` indexes from the deployment block into a new database that replaces the old one when it is
+complete. `verify` then checks, at one block:
 
 1. the digest chain: the stored events are folded again and each block's digest recomputed; a
    block whose digest differs (an event deleted, added or edited in the database) is compared with
@@ -38,7 +38,7 @@ from chain_client.index.books import (
     check_invariants,
     escrow_expected,
 )
-from chain_client.index.db import IndexDatabase, IndexDatabaseError
+from chain_client.index.db import IndexDatabase, IndexDatabaseError, rebuilding
 from chain_client.index.decode import Event
 from chain_client.index.digest import args_json, block_digest, change_texts, event_document, genesis
 from chain_client.index.models import IndexState
@@ -58,7 +58,7 @@ def replay(
     on_progress: Callable[[SyncStatus], None] | None = None,
     until: int | None = None,
 ) -> SyncStatus:
-    """Empties the index and rebuilds it from the deployment block."""
+    """Rebuilds the index from the deployment block, all or nothing (see `db.rebuilding`)."""
     return replay_with(chain, deployment, db, options, on_progress, until)[0]
 
 
@@ -72,11 +72,11 @@ def replay_with(
 ) -> tuple[SyncStatus, Indexer]:
     """`replay`, also returning the indexer (for its stage timings)."""
     deployment.check(chain)
-    db.reset(bulk_load=True)
-    indexer = Indexer(chain, deployment, db, options or SyncOptions(), on_progress, bulk_load=True)
-    status = indexer.sync(until)
-    with indexer._timed("indexes"):
-        db.create_indexes()
+    with rebuilding(db) as fresh:
+        indexer = Indexer(chain, deployment, fresh, options or SyncOptions(), on_progress, bulk_load=True)
+        status = indexer.sync(until)
+        with indexer._timed("indexes"):
+            fresh.create_indexes()
     return status, indexer
 
 

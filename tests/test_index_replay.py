@@ -216,20 +216,24 @@ def test_small_adaptive_ranges_give_the_same_index(
     assert _dump(db, deployment.chain_id) == _dump(replayed[0], deployment.chain_id)
 
 
-def test_a_replay_whose_writer_process_fails_keeps_whole_ranges_and_resumes(
+def test_a_failed_replay_leaves_the_previous_index_as_it_was(
     lifecycle: Lifecycle,
     replayed: tuple[IndexDatabase, SyncStatus],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A replay writes from a forked child (which inherits this patch): its failure on the third
-    range reaches the replay as the same exception, the two committed ranges stay, and a sync goes
-    on from them to the same index."""
+    """A replay builds a new file and swaps it in only when complete. Its writer is a forked child
+    (which inherits this patch): a failure on the third range reaches the replay as the same
+    exception, the index it was replacing is untouched, and no half-built file is left behind.
+    A replay after that succeeds and equals the reference."""
     if not can_fork():
         pytest.skip("replays write inline where fork is unavailable")
-    reference = replayed[1]
+    reference_db, reference = replayed
     deployment = lifecycle.work.system.deployment
-    db = IndexDatabase(tmp_path / "writer.sqlite")
+    path = tmp_path / "previous.sqlite"
+    db = IndexDatabase(path)
+    audit.replay(lifecycle.chain, deployment, db, until=deployment.deployment_block + 40)
+    before = _dump(db, deployment.chain_id)
     calls = {"n": 0}
     real = IndexDatabase._save_records
 
@@ -243,12 +247,18 @@ def test_a_replay_whose_writer_process_fails_keeps_whole_ranges_and_resumes(
     with pytest.raises(OSError, match="disk gone"):
         audit.replay(lifecycle.chain, deployment, db, SyncOptions(initial_range=16, max_range=16))
     monkeypatch.undo()
-    crashed = db.require_state()
-    assert crashed.synced_block == deployment.deployment_block - 1 + 2 * 16
-    assert db.count(EventRecord, crashed.chain_id) == crashed.events
-    status = audit.sync(lifecycle.chain, deployment, db, until=reference.synced_block)
+    assert db.require_state().synced_block == deployment.deployment_block + 40
+    assert _dump(db, deployment.chain_id) == before
+    assert sorted(f.name for f in tmp_path.iterdir() if "rebuilding" in f.name) == []
+    status = audit.replay(lifecycle.chain, deployment, db, until=reference.synced_block)
     assert status.digest == reference.digest
-    assert _dump(db, status.chain_id) == _dump(replayed[0], status.chain_id)
+    assert _dump(db, status.chain_id) == _dump(reference_db, status.chain_id)
+    # The swapped-in file is an ordinary WAL database that a sync goes on with.
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert (
+        audit.sync(lifecycle.chain, deployment, db, until=reference.synced_block).digest == reference.digest
+    )
 
 
 class _RangeLimited(NodeSource):

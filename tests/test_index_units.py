@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
+from eth_abi.exceptions import DecodingError
 from eth_utils import event_abi_to_log_topic, to_checksum_address
 
 from chain_client.artifacts import load_artifact
@@ -202,6 +204,65 @@ def test_decoder_refuses_a_damaged_log_of_a_tracked_address(decoder: LogDecoder,
         data = "0x" + "ff" * 32 + data[66:]  # escrowed is a uint128
     with pytest.raises(UndecodableLog):
         decoder.decode(log._replace(topics=tuple(topics), data=data))
+
+
+def _device_set_log() -> RawLog:
+    values = {
+        "warehouse": b"\x09" * 32,
+        "deviceSetVersion": 3,
+        "devices": [ISSUER, PAYEE],
+        "threshold": 2,
+        "freshness": 3_600,
+    }
+    return _log(_abi("ReceiptOracle", "DeviceSetChanged"), values, address=ORACLE)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "array offset moved",
+        "array longer than the data",
+        "array shorter than the data",
+        "trailing word",
+        "array item padding",
+        "uint8 overflow in the head",
+        "cut inside the head",
+    ],
+)
+def test_decoder_refuses_a_damaged_dynamic_array(decoder: LogDecoder, damage: str) -> None:
+    """The compiled array decoding is at least as strict as eth_abi's strict mode."""
+    log = _device_set_log()
+    words = [log.data[i : i + 64] for i in range(2, len(log.data), 64)]
+    # head: devices offset, threshold, freshness; then devices: length, two addresses
+    if damage == "array offset moved":
+        words[0] = f"{0x80:064x}"
+    elif damage == "array longer than the data":
+        words[3] = f"{3:064x}"
+    elif damage == "array shorter than the data":
+        words[3] = f"{1:064x}"
+    elif damage == "trailing word":
+        words.append("00" * 32)
+    elif damage == "array item padding":
+        words[4] = "01" + words[4][2:]
+    elif damage == "uint8 overflow in the head":
+        words[1] = f"{256:064x}"
+    elif damage == "cut inside the head":
+        words = words[:2]
+    data = "0x" + "".join(words)
+    if damage not in ("array shorter than the data", "trailing word"):
+        # eth_abi, even strict, ignores bytes after the last array; this decoder wants the one
+        # canonical encoding the contracts emit
+        with pytest.raises(DecodingError):
+            abi_decode(["address[]", "uint8", "uint32"], bytes.fromhex(data[2:]), strict=True)
+    with pytest.raises(UndecodableLog):
+        decoder.decode(log._replace(data=data))
+
+
+def test_compiled_and_generic_decoding_agree(decoder: LogDecoder) -> None:
+    for log in (_log(_abi("CertificateLedger", "OrderOpened"), _order_opened()), _device_set_log()):
+        spec = decoder._specs[log.address][log.topics[0]]
+        assert spec.fast is not None
+        assert spec.fast(log.topics, log.data) == spec.decode_generic(log.topics, log.data)
 
 
 def test_every_event_of_the_abis_has_a_rule_in_the_books(decoder: LogDecoder) -> None:

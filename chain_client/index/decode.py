@@ -10,8 +10,9 @@ tests/test_index_decode.py checks that both decoders agree on every event of a r
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -214,11 +215,17 @@ class _EventSpec:
     #: per input in ABI order: (name, in a topic?, topic index or data hex offset, kind, size, json slot)
     steps: tuple[tuple[str, bool, int, int, int, int], ...]
 
-    def decode(self, topics: tuple[str, ...], data: str) -> tuple[dict[str, Any], str]:
-        """The arguments and their canonical JSON, in one pass over the words.
+    #: `decode` compiled for this event (see `_compile`)
+    fast: Callable[[tuple[str, ...], str], tuple[dict[str, Any], str]] | None = None
 
-        The common one-word kinds are read inline (this runs once per log in a replay); the
-        padding checks are those of `_read_word`."""
+    def decode(self, topics: tuple[str, ...], data: str) -> tuple[dict[str, Any], str]:
+        """The arguments and their canonical JSON, in one pass over the words."""
+        if self.fast is not None:
+            return self.fast(topics, data)
+        return self.decode_generic(topics, data)
+
+    def decode_generic(self, topics: tuple[str, ...], data: str) -> tuple[dict[str, Any], str]:
+        """`decode` for any event, dynamic data included, by walking the plan."""
         if len(topics) != self.topic_count or len("".join(topics)) != _TOPIC_HEX * len(topics):
             raise ValueError(f"{len(topics)} topics, expected {self.topic_count} of 32 bytes")
         dynamic: dict[str, Any] | None = None
@@ -242,23 +249,8 @@ class _EventSpec:
                 continue
             else:
                 word = data[start : start + _WORD_HEX]
-            if kind == _UINT:
-                number = int(word, 16)
-                if number >> size:
-                    raise ValueError(f"uint{size} out of range")
-                args[name] = number
-                pieces[slot] += f'"{number}"'
-            elif kind == _ADDRESS:
-                if word[:24] != _ADDRESS_PAD:
-                    raise ValueError("address padding")
-                text = args[name] = checksum(word[24:])
-                pieces[slot] += f'"{text}"'
-            elif kind == _BYTES and size == 32:
-                text = args[name] = "0x" + word
-                pieces[slot] += f'"{text}"'
-            else:
-                value = args[name] = _read_word(word, kind, size)
-                pieces[slot] += _json_value(kind, value)
+            value = args[name] = _read_word(word, kind, size)
+            pieces[slot] += _json_value(kind, value)
         return args, "{" + ",".join(pieces) + "}"
 
     def args_json(self, args: Mapping[str, Any]) -> str:
@@ -293,7 +285,7 @@ def _spec(entry: Mapping[str, Any]) -> _EventSpec:
     stored = tuple(
         "bytes32" if k == _HASHED else i["type"] for i, (_, _, _, k, _) in zip(inputs, plan, strict=True)
     )
-    return _EventSpec(
+    spec = _EventSpec(
         name=entry["name"],
         names=tuple(i["name"] for i in inputs),
         types=stored,
@@ -317,6 +309,89 @@ def _spec(entry: Mapping[str, Any]) -> _EventSpec:
             for name, in_topic, position, kind, size in plan
         ),
     )
+    if not all(_word_array(t) for t, (_, _, _, k, _) in zip(spec.types, plan, strict=True) if k == _DYNAMIC):
+        return spec
+    return dataclasses.replace(spec, fast=_compile(spec))
+
+
+def _word_array(abi_type: str) -> bool:
+    """A dynamic array of one-word values (`address[]`, `uint8[]`): decoded without eth_abi."""
+    return abi_type.endswith("[]") and _kind(abi_type[:-2], False)[0] not in (_DYNAMIC, _HASHED)
+
+
+def _compile(spec: _EventSpec) -> Callable[[tuple[str, ...], str], tuple[dict[str, Any], str]]:
+    """`decode` for an event whose data is all one-word values, as straight-line Python.
+
+    A replay decodes every log: the generic walk over the plan spends most of its time deciding
+    what each word is. The compiled function reads each word at its fixed place with the same
+    checks as `_read_word` and writes the canonical JSON with one f-string."""
+    head_hex = 2 + _WORD_HEX * len(spec.data_types)
+    lines = [
+        "def decode(topics, data):",
+        f"    if len(topics) != {spec.topic_count} or "
+        + " or ".join(f"len(topics[{i}]) != {_TOPIC_HEX}" for i in range(spec.topic_count))
+        + ":",
+        f"        raise ValueError(f'{{len(topics)}} topics, expected {spec.topic_count} of 32 bytes')",
+        f"    if len(data) < {head_hex}:",
+        "        raise ValueError(f'{(len(data) - 2) // 2} data bytes, expected '"
+        f"'{head_hex // 2 - 1} or more')",
+        # hex position of the next array's content: the canonical encoding puts the arrays after
+        # the head, in argument order, with nothing between or after them
+        f"    at = {head_hex}",
+    ]
+    values: list[str] = []
+    texts: dict[int, str] = {}
+    for i, (_, in_topic, start, kind, size, slot) in enumerate(spec.steps):
+        word = f"topics[{start}][2:]" if in_topic else f"data[{start}:{start + _WORD_HEX}]"
+        v = f"v{i}"
+        if kind == _DYNAMIC:
+            item_kind, item_size = _kind(spec.types[i][:-2], False)
+            lines += [
+                f"    if int({word}, 16) * 2 + 2 != at:",
+                f"        raise ValueError('array {i} is not where it belongs')",
+                "    n = int(data[at:at + 64], 16)",
+                "    at += 64",
+                "    if n > (len(data) - at) // 64: raise ValueError('array longer than the data')",
+                f"    {v} = tuple([read_word(data[j:j + 64], {item_kind}, {item_size}) "
+                "for j in range(at, at + 64 * n, 64)])",
+                "    at += 64 * n",
+            ]
+            texts[slot] = f"{{json_value({_DYNAMIC}, {v})}}"
+        elif kind == _UINT:
+            lines.append(f"    {v} = int({word}, 16)")
+            if size < 256:
+                lines.append(f"    if {v} >> {size}: raise ValueError('uint{size} out of range')")
+            texts[slot] = f'"{{{v}}}"'
+        elif kind == _ADDRESS:
+            lines.append(f"    w = {word}")
+            lines.append("    if w[:24] != PAD: raise ValueError('address padding')")
+            lines.append(f"    {v} = CHECKSUMS.get(w[24:]) or checksum(w[24:])")
+            texts[slot] = f'"{{{v}}}"'
+        elif (kind == _BYTES and size == 32) or kind == _HASHED:
+            source = f"topics[{start}]" if in_topic else f"'0x' + {word}"
+            lines.append(f"    {v} = {source}")
+            texts[slot] = f'"{{{v}}}"'
+        else:
+            lines.append(f"    {v} = read_word({word}, {kind}, {size})")
+            texts[slot] = f"{{json_value({kind}, {v})}}"
+        values.append(v)
+    lines += [
+        "    if at != len(data):",
+        "        raise ValueError(f'{(len(data) - 2) // 2} data bytes, expected {(at - 2) // 2}')",
+    ]
+    args = ", ".join(f"{name!r}: {v}" for (name, *_), v in zip(spec.steps, values, strict=True))
+    body = ",".join(key + texts[slot] for slot, key in enumerate(spec.json_keys))
+    lines.append(f"    return {{{args}}}, f'{{{{{body.replace(chr(39), chr(92) + chr(39))}}}}}'")
+    namespace: dict[str, Any] = {
+        "PAD": _ADDRESS_PAD,
+        "CHECKSUMS": _CHECKSUMS,
+        "checksum": checksum,
+        "read_word": _read_word,
+        "json_value": _json_value,
+    }
+    exec(compile("\n".join(lines) + "\n", f"<decode {spec.name}>", "exec"), namespace)  # noqa: S102
+    decode: Callable[[tuple[str, ...], str], tuple[dict[str, Any], str]] = namespace["decode"]
+    return decode
 
 
 class LogDecoder:
@@ -383,17 +458,24 @@ class LogDecoder:
             args, canonical = spec.decode(log.topics, log.data)
         except (ValueError, DecodingError) as exc:
             raise UndecodableLog(f"{_where(log)}: {spec.name} does not decode: {exc}") from exc
-        return Event(
-            spec.name,
-            args,
-            self._checksums[log.address],
-            log.block_number,
-            log.block_hash,
-            log.tx_hash,
-            log.tx_index,
-            log.log_index,
-            canonical,
+        # tuple.__new__: a NamedTuple's own constructor is a Python function, twice as slow
+        return _new_event(
+            Event,
+            (
+                spec.name,
+                args,
+                self._checksums[log.address],
+                log.block_number,
+                log.block_hash,
+                log.tx_hash,
+                log.tx_index,
+                log.log_index,
+                canonical,
+            ),
         )
+
+
+_new_event = tuple.__new__
 
 
 def _where(log: RawLog) -> str:

@@ -71,12 +71,13 @@ def change_texts(applied: Applied) -> list[ChangeText]:
         if name == CREATED:
             texts.append((entity, str(key), name, None, encode_record(entity, new)))
         else:
-            encode = _ENCODERS[entity, name]
+            encode = FIELD_ENCODERS[entity, name]
             texts.append((entity, str(key), name, encode(old), encode(new)))
     return texts
 
 
-_ENCODERS = {
+#: the canonical text encoder of each (entity, field)
+FIELD_ENCODERS = {
     (entity, name): ENCODERS[kind] for entity, spec in ENTITIES.items() for name, kind in spec.fields.items()
 }
 
@@ -93,19 +94,24 @@ def event_document(event: Event, args: str, changes: list[ChangeText]) -> str:
         f'["{entity}",{_json_string(key)},"{name}",{new if name == CREATED else _json_string(new)}]'
         for entity, key, name, _, new in changes
     ]
+    return document(event.address, args, parts, event.name, event.log_index, event.tx_hash)
+
+
+def document(address: str, args: str, changes: list[str], name: str, log_index: int, tx: str) -> str:
+    """`event_document` from the event's fields and its changes already written as JSON arrays."""
     return (
         '{"address":"'
-        + event.address
+        + address
         + '","args":'
         + args
         + ',"changes":['
-        + ",".join(parts)
+        + ",".join(changes)
         + '],"event":"'
-        + event.name
+        + name
         + '","log":"'
-        + str(event.log_index)
+        + str(log_index)
         + '","tx":"'
-        + event.tx_hash
+        + tx
         + '"}'
     )
 
