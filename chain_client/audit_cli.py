@@ -138,7 +138,8 @@ def replay(
     confirmations: Confirmations = 0,
     all_headers: AllHeaders = False,
 ) -> None:
-    """Empty the index and rebuild it from the deployment block; print the digest."""
+    """Rebuild the index from the deployment block (a SQLite file is replaced only when the rebuild
+    is complete); print the digest."""
     with _errors():
         chain, deployment = _node(rpc_url, manifest)
         database = IndexDatabase(db)

@@ -17,7 +17,6 @@ import base64
 import http.client
 import json
 import operator
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -226,7 +225,7 @@ class NodeSource:
                 raise RpcRequestError(f"eth_getLogs: {response['error']}")
             if status != 200 or "result" not in response:
                 raise NodeUnavailable(self._url, f"eth_getLogs: HTTP {status}, no result")
-            return _rpc_logs(response["result"], lower_case=_UPPER_HEX.search(answer) is None)
+            return _rpc_logs(response["result"], lower_case=_all_lower_case(answer))
 
         return PendingLogs(read)
 
@@ -326,9 +325,14 @@ def _rpc_logs(raw: list[dict[str, Any]], lower_case: bool = False) -> list[RawLo
 
 #: Any of these bytes in a getLogs answer may be an upper-case hex digit (no key of a log object
 #: has one: address, topics, data, blockHash, blockNumber, blockTimestamp, transactionHash,
-#: transactionIndex, logIndex, removed). Most nodes answer in lower case, and one scan of the
-#: body costs less than lowering every string of every log.
-_UPPER_HEX = re.compile(rb"[A-F]")
+#: transactionIndex, logIndex, removed). Most nodes answer in lower case, and scanning the body
+#: for them costs less than lowering every string of every log (six substring searches: a regular
+#: expression's character class scans twenty times slower).
+_UPPER_HEX = (b"A", b"B", b"C", b"D", b"E", b"F")
+
+
+def _all_lower_case(body: bytes) -> bool:
+    return not any(letter in body for letter in _UPPER_HEX)
 
 
 #: (block number, transaction index, log index) of a RawLog, as a C-level key function
