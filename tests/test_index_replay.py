@@ -261,6 +261,30 @@ def test_a_failed_replay_leaves_the_previous_index_as_it_was(
     )
 
 
+def test_a_killed_replays_half_built_file_is_removed_by_the_next(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
+) -> None:
+    """A replay killed outright cannot delete its half-built file; the next replay of the same index
+    does, when the process that made it is gone, and leaves one of a live process alone."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead = int(done.stdout)
+    path = tmp_path / "index.sqlite"
+    abandoned = tmp_path / f"index.sqlite.rebuilding-{dead}"
+    abandoned.write_bytes(b"half a database")
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as alive:
+        running = tmp_path / f"index.sqlite.rebuilding-{alive.pid}"
+        running.write_bytes(b"being built")
+        try:
+            status = audit.replay(lifecycle.chain, lifecycle.work.system.deployment, IndexDatabase(path))
+        finally:
+            alive.kill()
+    assert status.digest == replayed[1].digest
+    assert not abandoned.exists()
+    assert running.exists()
+
+
 class _RangeLimited(NodeSource):
     def __init__(self, chain: Chain, limit: int) -> None:
         super().__init__(chain)

@@ -635,7 +635,8 @@ def rebuilding(db: IndexDatabase) -> Iterator[IndexDatabase]:
         db.reset(bulk_load=True)
         yield db
         return
-    building = target.with_name(f"{target.name}.rebuilding-{os.getpid()}")
+    _remove_abandoned_rebuilds(target)
+    building = target.with_name(f"{target.name}{_REBUILDING}{os.getpid()}")
     _remove_sqlite_file(building)
     scratch = IndexDatabase(building, scratch=True)
     try:
@@ -656,6 +657,29 @@ def rebuilding(db: IndexDatabase) -> Iterator[IndexDatabase]:
         scratch.close()
         _remove_sqlite_file(building)
         raise
+
+
+_REBUILDING = ".rebuilding-"
+
+
+def _remove_abandoned_rebuilds(target: Path) -> None:
+    """Deletes the half-built files of rebuilds of `target` whose process is gone (a killed
+    replay cannot clean up after itself); a rebuild still running is left alone."""
+    prefix = f"{target.name}{_REBUILDING}"
+    for path in target.parent.glob(f"{prefix}*"):
+        pid = path.name.removeprefix(prefix)
+        if pid.isdigit() and not _process_alive(int(pid)):
+            _remove_sqlite_file(path)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _remove_sqlite_file(path: Path, main: bool = True) -> None:
