@@ -42,12 +42,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the anvil launcher the tests use
 
 from api_support import delivery, enrol_warehouse  # noqa: E402
-from index_support import anvil_node, connect_node, free_port  # noqa: E402
+from index_support import anvil_node, connect_node  # noqa: E402
 
 from chain_client.chain import Chain  # noqa: E402
 from chain_client.models import Role  # noqa: E402
 from chain_client.receipts import label_hash  # noqa: E402
 from chain_client.system import System  # noqa: E402
+from oracle.broker import free_port  # noqa: E402
 
 DAY = 86_400
 HTTP_TIMEOUT = httpx.Timeout(30.0, connect=5.0)

@@ -16,6 +16,7 @@ from typing import Any
 
 from chain_client.chain import Chain, connect
 from chain_client.settings import Settings
+from oracle.broker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,13 +29,6 @@ def anvil_binary() -> str | None:
         shutil.which("anvil"),
     ]
     return next((c for c in candidates if c and Path(c).exists()), None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextmanager
