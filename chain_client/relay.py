@@ -156,7 +156,7 @@ class Relay:
         self.job_for(to_checksum_address(fn.address), bytes(HexBytes(fn._encode_transaction_data()))[:4])
         params: TxParams = {"from": sender, "chainId": chain.chain_id, "value": Wei(0)}
         try:
-            estimate = call_checked(lambda: fn.estimate_gas(params))
+            params["gas"] = self.system.tx.estimate(sender, fn)
         except CertledgerError:
             raise
         except Exception as exc:
@@ -168,7 +168,6 @@ class Relay:
                     "InsufficientGasFunds", "the sender has no ether for the gas", 422, sender=sender
                 ) from None
             raise
-        params["gas"] = int(estimate * chain.settings.gas_limit_margin)
         params.update(self.system.tx.fees())
         params["nonce"] = call_checked(lambda: chain.w3.eth.get_transaction_count(sender, "pending"))
         tx: dict[str, Any] = dict(fn.build_transaction(params))

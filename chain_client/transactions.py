@@ -183,14 +183,7 @@ class Transactor:
         """Simulates `fn` (raising the contract's typed error) and signs it; sends nothing."""
         w3 = self.chain.w3
         params: TxParams = {"from": account.address, "chainId": self.chain.chain_id}
-        if gas is None:
-            # At the pending block, whose time the transaction will see: a node that mines on demand
-            # (anvil) simulates at the latest block by default, which can be minutes old. eth-tester
-            # takes no block argument here and simulates at its pending block anyway.
-            block: BlockIdentifier | None = None if self.chain.embedded else "pending"
-            estimate = call_checked(lambda: fn.estimate_gas(params, block_identifier=block))
-            gas = int(estimate * self.chain.settings.gas_limit_margin)
-        params["gas"] = gas
+        params["gas"] = self.estimate(account.address, fn) if gas is None else gas
         params.update(self.fees())
         nonce = self.chain.nonces.take(
             account.address, lambda: w3.eth.get_transaction_count(account.address, "pending")
@@ -200,6 +193,16 @@ class Transactor:
         return PreparedTx(
             "0x" + bytes(signed.hash).hex(), bytes(signed.raw_transaction), account.address, nonce
         )
+
+    def estimate(self, sender: ChecksumAddress, fn: ContractFunction | ContractConstructor) -> int:
+        """Gas for `fn` sent by `sender`, with the settings' margin; a call that would fail raises
+        the contract's typed error. Simulated at the pending block, whose time the transaction will
+        see: a node that mines on demand (anvil) simulates at the latest block by default, which can
+        be minutes old. eth-tester takes no block argument here and uses its pending block anyway."""
+        params: TxParams = {"from": sender, "chainId": self.chain.chain_id}
+        block: BlockIdentifier | None = None if self.chain.embedded else "pending"
+        estimate = call_checked(lambda: fn.estimate_gas(params, block_identifier=block))
+        return int(estimate * self.chain.settings.gas_limit_margin)
 
     def broadcast(self, prepared: PreparedTx) -> None:
         """Sends the signed bytes. Sending the same bytes again is harmless (one nonce, one
