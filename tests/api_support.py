@@ -70,16 +70,18 @@ class Api:
         return r
 
 
-def build_api(world: World, tmp_path: Path, **settings: Any) -> Api:
-    config = ApiSettings(index_db=str(tmp_path / "index.sqlite"), auth_secret=SECRET, **settings)  # type: ignore[arg-type]
+def build_api(world: World, tmp_path: Path, index_db: str | None = None, **settings: Any) -> Api:
+    """The API on `world`, its index in `index_db` (a URL; default a SQLite file in `tmp_path`)."""
+    database = index_db or str(tmp_path / "index.sqlite")
+    config = ApiSettings(index_db=database, auth_secret=SECRET, **settings)  # type: ignore[arg-type]
     service = Service.build(world.system, config)
     return Api(TestClient(create_app(service)), service, world)
 
 
-def serve_world(world: World, tmp_path: Path) -> Iterator[Api]:
+def serve_world(world: World, tmp_path: Path, index_db: str | None = None) -> Iterator[Api]:
     """Body of each API test module's `api` fixture (a fixture imported by name would shadow the
     test parameters that use it)."""
-    built = build_api(world, tmp_path)
+    built = build_api(world, tmp_path, index_db)
     yield built
     built.service.reader.db.close()
 

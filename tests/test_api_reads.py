@@ -1,20 +1,40 @@
 """Reads from the index, scoped by role: holders see what they hold or held and its lineage, an
-issuer its orders and all their descendants, auditors and regulators everything."""
+issuer its orders and all their descendants, auditors and regulators everything. Each test runs
+with the index in SQLite and in PostgreSQL."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import count
 from pathlib import Path
 from typing import Any
 
 import pytest
 from api_support import Api, serve_world
+from pg import PgCluster, pg_cluster
 from world import World
 
+_databases = count()
 
-@pytest.fixture
-def api(world: World, tmp_path: Path) -> Iterator[Api]:
-    yield from serve_world(world, tmp_path)
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PgCluster]:
+    with pg_cluster() as running:
+        yield running
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def api(request: pytest.FixtureRequest, world: World, tmp_path: Path) -> Iterator[Api]:
+    """Every read on an index in SQLite and in a real PostgreSQL server."""
+    index_db = None
+    if request.param == "postgresql":
+        cluster: PgCluster = request.getfixturevalue("cluster")
+        index_db = cluster.create_database(f"api_{next(_databases)}")
+    served = serve_world(world, tmp_path, index_db)
+    api = next(served)
+    assert api.service.reader.db.dialect == request.param
+    yield api
+    next(served, None)
 
 
 @pytest.fixture
