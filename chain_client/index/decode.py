@@ -2,10 +2,12 @@
 
 `chain_client.events.EventDecoder` decodes through web3's `get_event_data`, which costs more per
 log than downloading it; a replay decodes tens of thousands. This decoder is built from the same
-ABIs and is exactly as strict: an unknown topic, a wrong topic count, a data length that does not
-match, or a word with non-zero padding from a tracked address raises the same `UndecodableLog`.
-Static words are sliced straight from the hex; events with dynamic data go through eth_abi.
-tests/test_index_decode.py checks that both decoders agree on every event of a random lifecycle.
+ABIs and as strict: an unknown topic, a wrong topic count, a data length that does not match, or
+a word with non-zero padding from a tracked address raises the same `UndecodableLog` (arrays are
+held to their one canonical encoding, which eth_abi does not check). Each event's decoder is
+compiled from the ABI into straight-line Python (`_compile`); the generic walk over the words,
+with eth_abi for other dynamic data, is the fallback and the reference. tests/test_index_replay.py
+checks that this decoder and the client's agree on every event of a random lifecycle.
 """
 
 from __future__ import annotations
@@ -320,11 +322,13 @@ def _word_array(abi_type: str) -> bool:
 
 
 def _compile(spec: _EventSpec) -> Callable[[tuple[str, ...], str], tuple[dict[str, Any], str]]:
-    """`decode` for an event whose data is all one-word values, as straight-line Python.
+    """`decode` for an event of one-word values and arrays of them, as straight-line Python.
 
     A replay decodes every log: the generic walk over the plan spends most of its time deciding
     what each word is. The compiled function reads each word at its fixed place with the same
-    checks as `_read_word` and writes the canonical JSON with one f-string."""
+    checks as `_read_word`, each array where the canonical encoding puts it, and writes the
+    canonical JSON with one f-string. The code is made from our own ABIs only; names enter it
+    through repr()."""
     head_hex = 2 + _WORD_HEX * len(spec.data_types)
     lines = [
         "def decode(topics, data):",
