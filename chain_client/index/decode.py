@@ -398,6 +398,20 @@ def _compile(spec: _EventSpec) -> Callable[[tuple[str, ...], str], tuple[dict[st
     return decode
 
 
+def _specs(abi: list[dict[str, Any]]) -> dict[str, _EventSpec]:
+    """topic0 -> event spec, for every named event of an ABI."""
+    return {
+        "0x" + event_abi_to_log_topic(entry).hex(): _spec(entry)  # type: ignore[arg-type]
+        for entry in abi
+        if entry.get("type") == "event" and not entry.get("anonymous")
+    }
+
+
+#: compiled specs per artifact: every sync and verify builds a decoder, and compiling one is
+#: a noticeable part of a short sync
+_ARTIFACT_SPECS: dict[str, dict[str, _EventSpec]] = {}
+
+
 class LogDecoder:
     """Decodes logs of registered addresses strictly; logs of other addresses are dropped."""
 
@@ -411,15 +425,16 @@ class LogDecoder:
         """A decoder for (address, artifact name) pairs."""
         decoder = cls()
         for address, name in contracts:
-            decoder.register(address, list(load_artifact(name).abi))
+            specs = _ARTIFACT_SPECS.get(name)
+            if specs is None:
+                specs = _ARTIFACT_SPECS[name] = _specs(list(load_artifact(name).abi))
+            decoder._add(address, specs)
         return decoder
 
     def register(self, address: str, abi: list[dict[str, Any]]) -> None:
-        specs = {
-            "0x" + event_abi_to_log_topic(entry).hex(): _spec(entry)  # type: ignore[arg-type]
-            for entry in abi
-            if entry.get("type") == "event" and not entry.get("anonymous")
-        }
+        self._add(address, _specs(abi))
+
+    def _add(self, address: str, specs: dict[str, _EventSpec]) -> None:
         self._specs[address.lower()] = specs
         self._by_name[address.lower()] = {spec.name: spec for spec in specs.values()}
         self._checksums[address.lower()] = checksum(address)

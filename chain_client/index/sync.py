@@ -104,6 +104,8 @@ class _Fetched:
     last: int
     logs: list[RawLog]
     headers: dict[int, Header]
+    #: the header of the next range's last block, read with this range's headers (see `_begin`)
+    following: Header | None = None
 
 
 @dataclass
@@ -269,7 +271,7 @@ class Indexer:
                         tip, tip_hash = fetched.last, fetched.headers[fetched.last].hash
                         begun = None
                         if tip < target:
-                            begun = self._begin(tip + 1, min(target, tip + self._range))
+                            begun = self._begin(tip + 1, min(target, tip + self._range), fetched.following)
                     with self._timed("apply"):
                         batch = self._apply_range(fetched)
                     with self._timed("wait"):
@@ -337,9 +339,12 @@ class Indexer:
         header = self.source.headers([state.synced_block])[state.synced_block]
         return header is None or header.hash != state.synced_hash
 
-    def _begin(self, first: int, last: int) -> _Begun | _Reorg:
-        """Starts fetching first..last: reads the header of `last`, then sends the getLogs."""
-        before = self.source.headers([last])[last]
+    def _begin(self, first: int, last: int, before: Header | None = None) -> _Begun | _Reorg:
+        """Starts fetching first..last: reads the header of `last` (unless `before` is it, read
+        with the previous range's headers, which saves a request per range), then sends the
+        getLogs. Either way the header is read before the logs are asked for."""
+        if before is None or before.number != last:
+            before = self.source.headers([last])[last]
         if before is None:
             return _Reorg(f"block {last} disappeared")
         return _Begun(first, last, before, self.source.request_logs(first, last, self.addresses))
@@ -368,7 +373,10 @@ class Indexer:
             return _Retry(f"getLogs {first}..{last} refused: {exc}")
         window = self.options.header_window
         recent = {log.block_number for log in logs if window is None or log.block_number > head - window}
-        found = self.source.headers(sorted({first, last, *recent}))
+        following = min(head, last + self._adapted(len(logs))) if last < head else None
+        wanted = {first, last, *recent}
+        found = self.source.headers(sorted(wanted if following is None else wanted | {following}))
+        after = found.pop(following) if following is not None else None
         headers = {n: h for n, h in found.items() if h is not None}
         if len(headers) != len(found):
             return _Reorg(f"blocks of {first}..{last} disappeared")
@@ -380,14 +388,16 @@ class Indexer:
         for log in logs:
             if hashes.setdefault(log.block_number, log.block_hash) != log.block_hash:
                 return _Retry(f"logs of block {log.block_number} came from a replaced block")
-        self._adapt(len(logs))
-        return _Fetched(first, last, logs, headers)
+        self._range = self._adapted(len(logs))
+        return _Fetched(first, last, logs, headers, after)
 
-    def _adapt(self, count: int) -> None:
+    def _adapted(self, count: int) -> int:
+        """The next range's size after one that returned `count` logs."""
         if count > self.options.target_logs:
-            self._range = max(1, self._range // 2)
-        elif count < self.options.target_logs // 4:
-            self._range = min(self.options.max_range, self._ceiling, self._range * 2)
+            return max(1, self._range // 2)
+        if count < self.options.target_logs // 4:
+            return min(self.options.max_range, self._ceiling, self._range * 2)
+        return self._range
 
     # ------------------------------------------------------------------ applying a range
 
