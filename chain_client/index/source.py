@@ -155,15 +155,9 @@ class NodeSource:
         body = json.dumps(
             [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in enumerate(chunk)]
         )
-        try:
-            conn.send(body.encode("ascii"))
-            status, raw = conn.receive()
-        except (OSError, http.client.HTTPException) as exc:
-            raise NodeUnavailable(self._url, str(exc)) from exc
-        try:
-            decoded = json.loads(raw)
-        except ValueError:
-            raise NodeUnavailable(self._url, f"batch: HTTP {status}, not JSON-RPC") from None
+        self._send(conn, body)
+        status, raw = self._receive(conn)
+        decoded = self._json(status, raw, "batch")
         if isinstance(decoded, dict):
             raise RpcRequestError(f"batch refused: {decoded.get('error')}")
         if not isinstance(decoded, list) or len(decoded) != len(chunk):
@@ -198,11 +192,7 @@ class NodeSource:
             return PendingLogs(lambda: self._web3_logs(first, last, addresses))
         if self._logs_in_flight:
             conn.close()  # the unread answer would come first on this connection
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_getLogs", "params": [params]})
-        try:
-            conn.send(body.encode("ascii"))
-        except (OSError, http.client.HTTPException) as exc:
-            raise NodeUnavailable(self._url, str(exc)) from exc
+        self._send(conn, json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_getLogs", "params": [params]}))
         self._logs_in_flight = True
         self._logs_sent += 1
         ticket = self._logs_sent
@@ -211,14 +201,8 @@ class NodeSource:
             if not self._logs_in_flight or ticket != self._logs_sent:
                 raise RuntimeError(f"getLogs {first}..{last} was read already or abandoned")
             self._logs_in_flight = False
-            try:
-                status, answer = conn.receive()
-            except (OSError, http.client.HTTPException) as exc:
-                raise NodeUnavailable(self._url, str(exc)) from exc
-            try:
-                response = json.loads(answer)
-            except ValueError:
-                raise NodeUnavailable(self._url, f"eth_getLogs: HTTP {status}, not JSON-RPC") from None
+            status, answer = self._receive(conn)
+            response = self._json(status, answer, "eth_getLogs")
             if not isinstance(response, dict):
                 raise NodeUnavailable(self._url, f"eth_getLogs: HTTP {status}, not JSON-RPC")
             if "error" in response:
@@ -228,6 +212,24 @@ class NodeSource:
             return _rpc_logs(response["result"], lower_case=_all_lower_case(answer))
 
         return PendingLogs(read)
+
+    def _send(self, conn: _HttpConnection, body: str) -> None:
+        try:
+            conn.send(body.encode("ascii"))
+        except (OSError, http.client.HTTPException) as exc:
+            raise NodeUnavailable(self._url, str(exc)) from exc
+
+    def _receive(self, conn: _HttpConnection) -> tuple[int, bytes]:
+        try:
+            return conn.receive()
+        except (OSError, http.client.HTTPException) as exc:
+            raise NodeUnavailable(self._url, str(exc)) from exc
+
+    def _json(self, status: int, body: bytes, what: str) -> Any:
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise NodeUnavailable(self._url, f"{what}: HTTP {status}, not JSON-RPC") from None
 
     def _web3_logs(self, first: int, last: int, addresses: Sequence[str]) -> list[RawLog]:
         flt: FilterParams = {
