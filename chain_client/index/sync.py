@@ -75,8 +75,8 @@ class SyncOptions:
     #: A range returning more logs than this is halved next time. About a thousand keeps the
     #: fetch, apply and write stages busy at once, the pipeline's start and end (when one stage
     #: works alone) short, and a range's transaction small; measured on a 20,000-event replay,
-    #: 3,000 was a fifth slower and 250 slower still (each range costs two header requests and
-    #: a commit).
+    #: 3,000 was a fifth slower and 250 slower still (each range costs a header request and a
+    #: commit).
     target_logs: int = 1_000
     #: Consecutive inconsistent fetches before giving up.
     max_retries: int = 20
