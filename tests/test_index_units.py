@@ -154,7 +154,7 @@ def test_decoder_reads_every_word_of_a_static_event(decoder: LogDecoder) -> None
     }
 
 
-def test_decoder_reads_dynamic_arrays(decoder: LogDecoder) -> None:
+def _device_set_log() -> RawLog:
     values = {
         "warehouse": b"\x09" * 32,
         "deviceSetVersion": 3,
@@ -162,7 +162,11 @@ def test_decoder_reads_dynamic_arrays(decoder: LogDecoder) -> None:
         "threshold": 2,
         "freshness": 3_600,
     }
-    event = decoder.decode(_log(_abi("ReceiptOracle", "DeviceSetChanged"), values, address=ORACLE))
+    return _log(_abi("ReceiptOracle", "DeviceSetChanged"), values, address=ORACLE)
+
+
+def test_decoder_reads_dynamic_arrays(decoder: LogDecoder) -> None:
+    event = decoder.decode(_device_set_log())
     assert event is not None
     assert event.args["devices"] == (ISSUER, PAYEE)
     assert event.args["deviceSetVersion"] == 3
@@ -204,17 +208,6 @@ def test_decoder_refuses_a_damaged_log_of_a_tracked_address(decoder: LogDecoder,
         data = "0x" + "ff" * 32 + data[66:]  # escrowed is a uint128
     with pytest.raises(UndecodableLog):
         decoder.decode(log._replace(topics=tuple(topics), data=data))
-
-
-def _device_set_log() -> RawLog:
-    values = {
-        "warehouse": b"\x09" * 32,
-        "deviceSetVersion": 3,
-        "devices": [ISSUER, PAYEE],
-        "threshold": 2,
-        "freshness": 3_600,
-    }
-    return _log(_abi("ReceiptOracle", "DeviceSetChanged"), values, address=ORACLE)
 
 
 @pytest.mark.parametrize(
