@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +17,8 @@ from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
 from chain_client.errors import CertledgerError
-from chain_client.index.books import CREATED, ENTITIES, Books, Key, Record, Touch, encode_record
-from chain_client.index.digest import FIELD_ENCODERS, block_digest, document
+from chain_client.index.books import ENTITIES, Books, Key, Record, Touch
+from chain_client.index.digest import block_digest, change_json, change_text, document
 from chain_client.index.models import (
     ALL_TABLES,
     BLOCK_TABLES,
@@ -33,7 +33,6 @@ from chain_client.index.models import (
 )
 
 DEFAULT_URL = "sqlite:///certledger-index.sqlite"
-_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
 #: Rows per INSERT statement batch; keeps PostgreSQL's bind-parameter count well under its limit.
 _CHUNK = 2_000
 
@@ -150,15 +149,19 @@ class RangeWrite:
     def seal(self) -> str:
         """Makes the change and block rows and moves the digest over the range; returns it.
 
-        The texts are those of `digest.change_texts` and the documents those of
-        `digest.event_document` (verify recomputes every block's digest through them), made here in
-        one loop per event: this runs once per event in a replay."""
+        The texts and documents are made by the same functions as verify's (`digest.change_text`,
+        `change_json`, `document`), in one loop over the range."""
         if self.sealed:
             return self.digest
         if not self.digest:
             raise ValueError("a range is sealed onto the digest before it; none was given")
-        chain_id, digest, events, effects = self.chain_id, self.digest, self.events, self.effects
-        rows, quote, encoders = self.changes, _json_string, FIELD_ENCODERS
+        chain_id, digest, events, effects, rows = (
+            self.chain_id,
+            self.digest,
+            self.events,
+            self.effects,
+            self.changes,
+        )
         at = 0
         for number, block_hash, parent, count in self.blocks:
             if count:
@@ -166,31 +169,10 @@ class RangeWrite:
                 for i in range(at, at + count):
                     _, tx, log_index, _, block, tx_index, address, name, args = events[i]
                     parts = []
-                    for seq, (entity, key, field_name, old, new) in enumerate(effects[i]):
-                        key_text = str(key)
-                        if field_name == CREATED:
-                            old_text, new_text = None, encode_record(entity, new)
-                            parts.append(f'["{entity}",{quote(key_text)},"{CREATED}",{new_text}]')
-                        else:
-                            encode = encoders[entity, field_name]
-                            old_text, new_text = encode(old), encode(new)
-                            parts.append(f'["{entity}",{quote(key_text)},"{field_name}",{quote(new_text)}]')
-                        rows.append(
-                            (
-                                chain_id,
-                                block,
-                                tx_index,
-                                log_index,
-                                seq,
-                                tx,
-                                name,
-                                entity,
-                                key_text,
-                                field_name,
-                                old_text,
-                                new_text,
-                            )  # noqa: E501
-                        )
+                    for seq, change in enumerate(effects[i]):
+                        texts = change_text(*change)
+                        parts.append(change_json(texts[0], texts[1], texts[2], texts[4]))
+                        rows.append((chain_id, block, tx_index, log_index, seq, tx, name, *texts))
                     documents.append(document(address, args, parts, name, log_index, tx))
                 at += count
                 digest = block_digest(digest, number, block_hash, documents)
@@ -550,48 +532,43 @@ def materialise(
         if record is None:
             gone.setdefault(entity, []).append(key)
             continue
-        fields = _PLAIN_ROWS.get(entity)
-        if fields is None:
-            row = row_for(entity, key, books, chain_id)
-            values = tuple([row[c] for c in _ENTITY_COLUMNS[entity]])
-        else:
-            # the common layout, built straight from the record (a replay materialises thousands)
-            touch = books.touched.get((entity, key))
-            where = (touch.block, touch.tx, touch.log_index, touch.event) if touch else (0, "", 0, "")
-            values = (*where, chain_id, key, *[record[name] for name in fields])
-        records.setdefault(entity, []).append(values)
+        row = _record_row(entity, key, record, books.touched.get((entity, key)), chain_id)
+        records.setdefault(entity, []).append(row)
     return records, gone
 
 
-#: entity -> its fields, for the entities whose table columns are last_block, last_tx,
-#: last_log_index, last_event, chain_id, the key and then the fields in spec order, none of them JSON
-_PLAIN_ROWS: dict[str, tuple[str, ...]] = {
-    entity: tuple(spec.fields)
-    for entity, spec in ENTITIES.items()
-    if _ENTITY_COLUMNS[entity]
-    == ("last_block", "last_tx", "last_log_index", "last_event", "chain_id", spec.key, *spec.fields)
-    and "json" not in spec.fields.values()
-}
+_TOUCH_COLUMNS = ("last_block", "last_tx", "last_log_index", "last_event")
+
+
+def _row_layout(entity: str) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...] | None]:
+    """How a record becomes its table row: its fields, the places of those stored as JSON text, and
+    where each table column is in (last_block, last_tx, last_log_index, last_event, chain_id, key,
+    *fields), or None when the table's columns are in that order already."""
+    spec = ENTITIES[entity]
+    fields = tuple(spec.fields)
+    json_at = tuple(i for i, name in enumerate(fields) if spec.fields[name] == "json")
+    made = (*_TOUCH_COLUMNS, "chain_id", spec.key, *fields)
+    columns = _ENTITY_COLUMNS[entity]
+    order = None if columns == made else tuple(made.index(c) for c in columns)
+    return fields, json_at, order
+
+
+_ROW_LAYOUTS = {entity: _row_layout(entity) for entity in ENTITIES}
+
+
+def _record_row(entity: str, key: Key, record: Record, touch: Touch | None, chain_id: int) -> tuple[Any, ...]:
+    """The table row of a record (a replay makes thousands: no dict on the way)."""
+    fields, json_at, order = _ROW_LAYOUTS[entity]
+    values = [record[name] for name in fields]
+    for i in json_at:
+        values[i] = json.dumps(list(values[i]))
+    where = (touch.block, touch.tx, touch.log_index, touch.event) if touch else (0, "", 0, "")
+    row = (*where, chain_id, key, *values)
+    return row if order is None else tuple([row[i] for i in order])
 
 
 def _touched_order(touched: tuple[str, Key]) -> tuple[str, str]:
     return touched[0], str(touched[1])
-
-
-def row_for(entity: str, key: Key, books: Books, chain_id: int) -> dict[str, Any]:
-    """The table row of a record in the books."""
-    spec = ENTITIES[entity]
-    record = books.records[entity][key]
-    row: dict[str, Any] = {"chain_id": chain_id, spec.key: key}
-    for name, kind in spec.fields.items():
-        value = record[name]
-        row[name] = json.dumps(list(value)) if kind == "json" else value
-    touch = books.touch_of(entity, key)
-    row["last_block"] = touch.block if touch else 0
-    row["last_tx"] = touch.tx if touch else ""
-    row["last_log_index"] = touch.log_index if touch else 0
-    row["last_event"] = touch.event if touch else ""
-    return row
 
 
 def record_from_row(entity: str, row: Any) -> Record:
@@ -683,8 +660,11 @@ def _process_alive(pid: int) -> bool:
 
 
 def _remove_sqlite_file(path: Path, main: bool = True) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal") if main else ("-wal", "-shm", "-journal"):
+    """Deletes a SQLite file's journals, and with `main` the file itself."""
+    for suffix in ("-wal", "-shm", "-journal"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
+    if main:
+        path.unlink(missing_ok=True)
 
 
 def _sync_directory(directory: Path) -> None:

@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from chain_client.index.books import CREATED, ENCODERS, ENTITIES, Applied, encode_record
+from chain_client.index.books import CREATED, ENCODERS, ENTITIES, Applied, Key, encode_record
 from chain_client.index.decode import Event
 
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
@@ -66,14 +66,21 @@ ChangeText = tuple[str, str, str, str | None, str]  # entity, key, field, old, n
 
 def change_texts(applied: Applied) -> list[ChangeText]:
     """The canonical texts of an event's changes, as stored in the change log and hashed."""
-    texts: list[ChangeText] = []
-    for entity, key, name, old, new in applied.changes:
-        if name == CREATED:
-            texts.append((entity, str(key), name, None, encode_record(entity, new)))
-        else:
-            encode = FIELD_ENCODERS[entity, name]
-            texts.append((entity, str(key), name, encode(old), encode(new)))
-    return texts
+    return [change_text(entity, key, name, old, new) for entity, key, name, old, new in applied.changes]
+
+
+def change_text(entity: str, key: Key, name: str, old: Any, new: Any) -> ChangeText:
+    """The canonical texts of one change (a record's creation has no old text)."""
+    if name == CREATED:
+        return (entity, str(key), name, None, encode_record(entity, new))
+    encode = FIELD_ENCODERS[entity, name]
+    return (entity, str(key), name, encode(old), encode(new))
+
+
+def change_json(entity: str, key: str, name: str, new: str) -> str:
+    """One change in an event document: [entity, key, field, new], `new` as a JSON string, or for a
+    record's creation the record's canonical JSON object."""
+    return f'["{entity}",{_json_string(key)},"{name}",{new if name == CREATED else _json_string(new)}]'
 
 
 #: the canonical text encoder of each (entity, field)
@@ -90,10 +97,7 @@ def event_document(event: Event, args: str, changes: list[ChangeText]) -> str:
     Built by hand with keys in sorted order, so it equals canonical_json of the same document:
     this runs once per event in a replay.
     """
-    parts = [
-        f'["{entity}",{_json_string(key)},"{name}",{new if name == CREATED else _json_string(new)}]'
-        for entity, key, name, _, new in changes
-    ]
+    parts = [change_json(entity, key, name, new) for entity, key, name, _, new in changes]
     return document(event.address, args, parts, event.name, event.log_index, event.tx_hash)
 
 

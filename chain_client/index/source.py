@@ -279,48 +279,8 @@ def _position(log: RawLog) -> tuple[int, int, int]:
 
 
 def _rpc_logs(raw: list[dict[str, Any]], lower_case: bool = False) -> list[RawLog]:
-    """Raw JSON-RPC logs in chain order, removed ones left out. (`RawLog.from_rpc` inlined, and the
-    tuples made without the NamedTuple's Python-level constructor: this runs once per log.)
-
-    `lower_case`: the answer is known to hold no upper-case hex digit, so nothing needs lowering."""
-    new = tuple.__new__
-    if lower_case:
-        logs = [
-            new(
-                RawLog,
-                (
-                    e["address"],
-                    tuple(e["topics"]),
-                    e["data"],
-                    int(e["blockNumber"], 16),
-                    e["blockHash"],
-                    e["transactionHash"],
-                    int(e["transactionIndex"], 16),
-                    int(e["logIndex"], 16),
-                ),
-            )
-            for e in raw
-            if not e.get("removed")
-        ]
-    else:
-        lower = str.lower
-        logs = [
-            new(
-                RawLog,
-                (
-                    lower(e["address"]),
-                    tuple([lower(t) for t in e["topics"]]),
-                    lower(e["data"]),
-                    int(e["blockNumber"], 16),
-                    lower(e["blockHash"]),
-                    lower(e["transactionHash"]),
-                    int(e["transactionIndex"], 16),
-                    int(e["logIndex"], 16),
-                ),
-            )
-            for e in raw
-            if not e.get("removed")
-        ]
+    """Raw JSON-RPC logs in chain order, removed ones left out (`lower_case`: see RawLog.from_rpc)."""
+    logs = [RawLog.from_rpc(e, lower_case) for e in raw if not e.get("removed")]
     logs.sort(key=_POSITION)
     return logs
 
