@@ -220,15 +220,12 @@ class _EventSpec:
     name: str
     names: tuple[str, ...]  # every input, in ABI order
     types: tuple[str, ...]  # their ABI types as stored (an indexed dynamic value is its bytes32 hash)
-    #: per input, in ABI order: (name, in a topic?, topic or data word position, kind, size)
-    plan: tuple[tuple[str, bool, int, int, int], ...]
     topic_count: int
     data_types: tuple[str, ...]  # non-indexed inputs, for eth_abi when one is dynamic
     data_names: tuple[str, ...]
     static_hex_length: int | None  # exact data length in hex digits when every data input is a word
     json_plan: tuple[tuple[str, int], ...]  # (name, kind) sorted by name, for canonical JSON
     json_keys: tuple[str, ...]  # '"name":' in that sorted order
-    json_slots: tuple[int, ...]  # per input in ABI order, its place in the sorted order
     #: per input in ABI order: (name, in a topic?, topic index or data hex offset, kind, size, json slot)
     steps: tuple[tuple[str, bool, int, int, int, int], ...]
 
@@ -306,14 +303,12 @@ def _spec(entry: Mapping[str, Any]) -> _EventSpec:
         name=entry["name"],
         names=tuple(i["name"] for i in inputs),
         types=stored,
-        plan=tuple(plan),
         topic_count=topic,
         data_types=tuple(i["type"] for i in data),
         data_names=tuple(i["name"] for i in data),
         static_hex_length=2 + _WORD_HEX * len(data) if static else None,
         json_plan=json_plan,
         json_keys=tuple(f'"{name}":' for name, _ in json_plan),
-        json_slots=tuple(json_plan.index((name, kind)) for name, _, _, kind, _ in plan),
         steps=tuple(
             (
                 name,
@@ -493,7 +488,7 @@ class LogDecoder:
         except (ValueError, DecodingError) as exc:
             raise UndecodableLog(f"{_where(log)}: {spec.name} does not decode: {exc}") from exc
         # tuple.__new__: a NamedTuple's own constructor is a Python function, twice as slow
-        return _new_event(
+        return tuple.__new__(
             Event,
             (
                 spec.name,
@@ -507,9 +502,6 @@ class LogDecoder:
                 canonical,
             ),
         )
-
-
-_new_event = tuple.__new__
 
 
 def _where(log: RawLog) -> str:
