@@ -34,7 +34,34 @@ def reading_topic(prefix: str, warehouse: bytes, device: str) -> str:
     return f"{prefix}/{warehouse.hex()}/{device}"
 
 
-class MqttIntake:
+class _Connection:
+    """What the gateway's intake and a device's publisher share: a paho client started with a
+    bounded wait for the broker, and stopped cleanly. `connected` is set by the subclass's
+    callbacks once the connection is usable."""
+
+    settings: OracleSettings
+    client: mqtt.Client
+    connected: threading.Event
+
+    def start(self) -> None:
+        """Connects (waiting at most settings.mqtt_timeout) and starts the network thread."""
+        self.client.connect_async(self.settings.broker_host, self.settings.broker_port, keepalive=KEEPALIVE)
+        self.client.loop_start()
+        if not self.connected.wait(self.settings.mqtt_timeout):
+            self.stop()
+            raise BrokerUnavailable(
+                f"no connection to {self.settings.broker_url} in {self.settings.mqtt_timeout}s"
+            )
+
+    def stop(self) -> None:
+        """Disconnects cleanly. The intake's session is persistent: the broker keeps queueing its
+        readings until it returns."""
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.connected.clear()
+
+
+class MqttIntake(_Connection):
     """Subscribes to readings and hands each payload to `on_reading` (which must store it durably
     before returning; an exception there leaves the reading unacknowledged for redelivery)."""
 
@@ -56,22 +83,6 @@ class MqttIntake:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
-
-    def start(self) -> None:
-        """Connects (waiting at most settings.mqtt_timeout) and starts the network thread."""
-        self.client.connect_async(self.settings.broker_host, self.settings.broker_port, keepalive=KEEPALIVE)
-        self.client.loop_start()
-        if not self.connected.wait(self.settings.mqtt_timeout):
-            self.stop()
-            raise BrokerUnavailable(
-                f"no connection to {self.settings.broker_url} in {self.settings.mqtt_timeout}s"
-            )
-
-    def stop(self) -> None:
-        """Disconnects cleanly; the broker keeps the session and queues readings until we return."""
-        self.client.disconnect()
-        self.client.loop_stop()
-        self.connected.clear()
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
@@ -116,7 +127,7 @@ class MqttIntake:
                 log.warning("PUBACK for %d not sent (%s); the broker will redeliver it", message.mid, rc)
 
 
-class MqttPublisher:
+class MqttPublisher(_Connection):
     """A device-side publisher (the simulator's): QoS 1, waits for each PUBACK with a timeout."""
 
     def __init__(self, settings: OracleSettings, client_id: str) -> None:
@@ -135,22 +146,9 @@ class MqttPublisher:
         if not reason_code.is_failure:
             self.connected.set()
 
-    def start(self) -> None:
-        self.client.connect_async(self.settings.broker_host, self.settings.broker_port, keepalive=KEEPALIVE)
-        self.client.loop_start()
-        if not self.connected.wait(self.settings.mqtt_timeout):
-            self.stop()
-            raise BrokerUnavailable(
-                f"no connection to {self.settings.broker_url} in {self.settings.mqtt_timeout}s"
-            )
-
     def publish(self, topic: str, payload: bytes, timeout: float | None = None) -> None:
         """Publishes at QoS 1 and waits until the broker has it (PUBACK)."""
         info = self.client.publish(topic, payload, qos=1)
         info.wait_for_publish(timeout if timeout is not None else self.settings.mqtt_timeout)
         if not info.is_published():
             raise BrokerUnavailable(f"broker did not acknowledge a reading on {topic}")
-
-    def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
