@@ -99,6 +99,10 @@ class _Connection:
         await self.reader.readexactly(length)
         return status
 
+    def fresh(self) -> _Connection:
+        """A new connection to the same place (after this one failed)."""
+        return _Connection(self.host, self.port, self.request)
+
 
 def _get_request(url: str, headers: dict[str, str]) -> tuple[str, int, bytes]:
     parsed = httpx.URL(url)
@@ -121,14 +125,7 @@ async def _open_loop(url: str, headers: dict[str, str], rate: float, seconds: fl
         nonlocal errors
         conn = _Connection(host, port, request)
         while (at := await due.get()) is not None:
-            try:
-                status = await conn.get()
-                ok = status == 200
-                if not ok:
-                    seen.append(str(status))
-            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
-                ok, conn = False, _Connection(host, port, request)
-                seen.append(type(exc).__name__)
+            ok, conn = await _attempt(conn, seen)
             if ok:
                 latencies.append(time.perf_counter() - at)
             else:
@@ -149,6 +146,19 @@ async def _open_loop(url: str, headers: dict[str, str], rate: float, seconds: fl
     return {**summary(latencies, time.perf_counter() - start, errors), "first_errors": sorted(set(seen))[:5]}
 
 
+async def _attempt(conn: _Connection, seen: list[str]) -> tuple[bool, _Connection]:
+    """One GET: whether it answered 200, and the connection to use next (a new one after a
+    failure). What went wrong is added to `seen`."""
+    try:
+        status = await conn.get()
+    except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        seen.append(type(exc).__name__)
+        return False, conn.fresh()
+    if status != 200:
+        seen.append(str(status))
+    return status == 200, conn
+
+
 async def _closed_loop(url: str, headers: dict[str, str], concurrency: int, seconds: float) -> dict[str, Any]:
     host, port, request = _get_request(url, headers)
     latencies: list[float] = []
@@ -161,14 +171,7 @@ async def _closed_loop(url: str, headers: dict[str, str], concurrency: int, seco
         conn = _Connection(host, port, request)
         while time.perf_counter() < stop:
             began = time.perf_counter()
-            try:
-                status = await conn.get()
-                ok = status == 200
-                if not ok:
-                    seen.append(str(status))
-            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
-                ok, conn = False, _Connection(host, port, request)
-                seen.append(type(exc).__name__)
+            ok, conn = await _attempt(conn, seen)
             if ok:
                 latencies.append(time.perf_counter() - began)
             else:
