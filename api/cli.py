@@ -78,6 +78,12 @@ def follow_index(settings: ApiSettings, stop: threading.Event) -> None:
     indexer.follow(poll_seconds=max(settings.index_sync_interval, 0.05), stop=stop.is_set)
 
 
+def _serve_one(system: System, settings: ApiSettings, host: str, port: int, access_log: bool) -> None:
+    """The API in this process, one worker."""
+    app = create_app(Service.build(system, settings))
+    uvicorn.run(app, host=host, port=port, workers=1, access_log=access_log)
+
+
 @app.command()
 def serve(
     rpc_url: Annotated[
@@ -107,13 +113,7 @@ def serve(
         for name in ("admin", *DEMO_ROLES, "gateway", "device0", "device1", "device2"):
             account = demo_key(name)
             typer.echo(f"  {name:10} {account.address} 0x{bytes(account.key).hex()}")
-        uvicorn.run(
-            create_app(Service.build(system, settings)),
-            host=host,
-            port=port,
-            workers=1,
-            access_log=access_log,
-        )
+        _serve_one(system, settings, host, port, access_log)
         return
     os.environ["CERTLEDGER_RPC_URL"] = rpc_url
     os.environ["CERTLEDGER_MANIFEST"] = str(manifest)
@@ -121,13 +121,7 @@ def serve(
     if workers == 1:
         settings = ApiSettings()
         system = System.from_manifest(settings)
-        uvicorn.run(
-            create_app(Service.build(system, settings)),
-            host=host,
-            port=port,
-            workers=1,
-            access_log=access_log,
-        )
+        _serve_one(system, settings, host, port, access_log)
         return
     # Several workers: they share the token secret and the login nonces, and this process keeps
     # the index synced for all of them (see api.index).
