@@ -216,19 +216,19 @@ def test_small_adaptive_ranges_give_the_same_index(
     assert _dump(db, deployment.chain_id) == _dump(replayed[0], deployment.chain_id)
 
 
-def _crash_on_third_save(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The third range's write fails after its events and changes went in, before its records and
-    cursor (a forked writer inherits the patch)."""
+def _crash_on_third_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The third range's write fails after its rows went in (a forked writer inherits the patch)."""
     calls = {"n": 0}
-    real = IndexDatabase._save_records
+    real = IndexDatabase.add_range
 
-    def crash_on_third(self: IndexDatabase, *args: Any) -> None:
+    def crash_on_third(self: IndexDatabase, *args: Any) -> str:
+        digest = real(self, *args)
         calls["n"] += 1
         if calls["n"] == 3:
             raise OSError("disk gone")
-        real(self, *args)
+        return digest
 
-    monkeypatch.setattr(IndexDatabase, "_save_records", crash_on_third)
+    monkeypatch.setattr(IndexDatabase, "add_range", crash_on_third)
 
 
 def test_a_failed_replay_leaves_the_previous_index_as_it_was(
@@ -249,7 +249,7 @@ def test_a_failed_replay_leaves_the_previous_index_as_it_was(
     db = IndexDatabase(path)
     audit.replay(lifecycle.chain, deployment, db, until=deployment.deployment_block + 40)
     before = _dump(db, deployment.chain_id)
-    _crash_on_third_save(monkeypatch)
+    _crash_on_third_range(monkeypatch)
     with pytest.raises(OSError, match="disk gone"):
         audit.replay(lifecycle.chain, deployment, db, SyncOptions(initial_range=16, max_range=16))
     monkeypatch.undo()
@@ -349,7 +349,7 @@ def test_a_range_that_fails_half_written_leaves_nothing_behind(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The crash lands after a range's events and changes went in, before its records and cursor:
+    """The crash lands after all of a range's rows, records and cursor went in, before the commit:
     the transaction takes all of it back, and the next sync redoes the whole range."""
     reference = replayed[1]
     deployment = lifecycle.work.system.deployment
@@ -357,7 +357,7 @@ def test_a_range_that_fails_half_written_leaves_nothing_behind(
     indexer = Indexer(lifecycle.chain, deployment, db, SyncOptions(initial_range=16, max_range=16))
     indexer.sync((reference.deployment_block + reference.synced_block) // 3)
     before = db.require_state()
-    _crash_on_third_save(monkeypatch)
+    _crash_on_third_range(monkeypatch)
     with pytest.raises(OSError, match="disk gone"):
         indexer.sync()
     monkeypatch.undo()

@@ -141,6 +141,10 @@ class RangeWrite:
     bulk: bool = False
     #: the digest chain before the range; after `seal`, after it
     digest: str = ""
+    #: whether the range ends its transaction, with the touched records and the new cursor. A
+    #: replay leaves it False on every range and sends a last, empty range that closes (see
+    #: `RangeLoader`), so the records are written once, as they end up, not once per range.
+    closes: bool = True
     #: made by `seal`: change rows (CHANGE_COLUMNS) and block rows (BLOCK_COLUMNS)
     changes: list[tuple[Any, ...]] = field(default_factory=list)
     block_rows: list[tuple[Any, ...]] = field(default_factory=list)
@@ -364,15 +368,28 @@ class IndexDatabase:
     def write_range(self, batch: RangeWrite) -> str:
         """Seals a synced range, adds it and moves the cursor, in one transaction; returns the digest
         after it."""
-        digest = batch.seal()
+        if not batch.closes:
+            raise ValueError("a range that leaves its transaction open is written by a RangeLoader")
         with self.engine.begin() as conn:
-            # Idempotent: a row already stored (same chain, tx, log index, block hash) stays as it is.
-            self._bulk(conn, EventRecord, EVENT_COLUMNS, batch.events, upsert=False, direct=batch.bulk)
-            self._bulk(conn, ChangeRecord, CHANGE_COLUMNS, batch.changes, upsert=False, direct=batch.bulk)
-            self._bulk(conn, PaymentRecord, PAYMENT_COLUMNS, batch.payments, upsert=False, direct=batch.bulk)
-            self._bulk(conn, BlockRecord, BLOCK_COLUMNS, batch.block_rows, upsert=True)
+            return self.add_range(conn, batch)
+
+    def add_range(self, conn: Connection, batch: RangeWrite) -> str:
+        """Seals a range and adds its rows in `conn`'s transaction; a range that closes also stores
+        its records and moves the cursor. Returns the digest after the range."""
+        digest = batch.seal()
+        # Idempotent: a row already stored (same chain, tx, log index, block hash) stays as it is.
+        # In a bulk load (a replay into an emptied database) no stored row can conflict: the rows
+        # go straight in (COPY on PostgreSQL), and a conflict would fail loudly.
+        bulk = batch.bulk
+        self._bulk(conn, EventRecord, EVENT_COLUMNS, batch.events, upsert=False, direct=bulk)
+        self._bulk(conn, ChangeRecord, CHANGE_COLUMNS, batch.changes, upsert=False, direct=bulk)
+        self._bulk(conn, PaymentRecord, PAYMENT_COLUMNS, batch.payments, upsert=False, direct=bulk)
+        self._bulk(conn, BlockRecord, BLOCK_COLUMNS, batch.block_rows, upsert=not bulk, direct=bulk)
+        if batch.closes:
             self._save_records(conn, batch.chain_id, batch.records, batch.gone)
             self._move_cursor(conn, batch.chain_id, batch.state)
+        elif batch.records or batch.gone:
+            raise ValueError("a range that leaves its transaction open carries no records")
         return digest
 
     def write_rollback(
@@ -448,6 +465,45 @@ class IndexDatabase:
         marks = ", ".join("?" for _ in columns)
         sql = f"INSERT INTO {_quote(table.name)} ({names}) VALUES ({marks}) {conflict}"
         conn.exec_driver_sql(sql, list(rows))
+
+
+class RangeLoader:
+    """Writes ranges into one database, each in the transaction its predecessor left open, if any;
+    a range that `closes` commits. The sync writes ranges that all close (one transaction each); a
+    replay writes all its ranges in one transaction, closed by one carrying the records and the
+    cursor. Used from one thread at a time."""
+
+    def __init__(self, db: IndexDatabase) -> None:
+        self._db = db
+        self._conn: Connection | None = None
+
+    def write(self, batch: RangeWrite) -> str:
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._db.engine.connect()
+            conn.begin()
+        try:
+            digest = self._db.add_range(conn, batch)
+            if batch.closes:
+                conn.commit()
+                self._release()
+        except BaseException:
+            self.abandon()
+            raise
+        return digest
+
+    def abandon(self) -> None:
+        """Rolls back a transaction left open (what it added is lost, as if never sent)."""
+        if self._conn is not None:
+            try:
+                self._conn.rollback()
+            finally:
+                self._release()
+
+    def _release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def _quote(name: str) -> str:

@@ -50,16 +50,7 @@ class RawLog(NamedTuple):
         holds no upper-case hex digit, so nothing needs lowering (a replay builds tens of thousands
         of these; lowering every string was a tenth of its fetching). Made with tuple.__new__: the
         NamedTuple's own constructor is a Python function, twice as slow."""
-        if not lower_case:
-            log = {
-                **log,
-                "address": log["address"].lower(),
-                "topics": [t.lower() for t in log["topics"]],
-                "data": log["data"].lower(),
-                "blockHash": log["blockHash"].lower(),
-                "transactionHash": log["transactionHash"].lower(),
-            }
-        return tuple.__new__(
+        made = tuple.__new__(
             cls,
             (
                 log["address"],
@@ -71,6 +62,17 @@ class RawLog(NamedTuple):
                 int(log["transactionIndex"], 16),
                 int(log["logIndex"], 16),
             ),
+        )
+        return made if lower_case else made.lowered()
+
+    def lowered(self) -> RawLog:
+        """This log with its hex strings in lower case."""
+        return self._replace(
+            address=self.address.lower(),
+            topics=tuple(t.lower() for t in self.topics),
+            data=self.data.lower(),
+            block_hash=self.block_hash.lower(),
+            tx_hash=self.tx_hash.lower(),
         )
 
     @classmethod

@@ -41,7 +41,7 @@ from chain_client.index.books import (
     decode_value,
     encode_key,
 )
-from chain_client.index.db import IndexDatabase, IndexDatabaseError, RangeWrite, materialise
+from chain_client.index.db import IndexDatabase, IndexDatabaseError, RangeLoader, RangeWrite, materialise
 from chain_client.index.decode import Event, LogDecoder, RawLog
 from chain_client.index.digest import genesis
 from chain_client.index.models import IndexState
@@ -155,6 +155,9 @@ class Indexer:
         self._ceiling = self.options.max_range
         self._state: IndexState | None = None
         self._books: Books | None = None
+        #: records a replay touched in the ranges of its open transaction, None if none is open
+        #: (see `_close`)
+        self._unsaved: set[tuple[str, Key]] | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -267,6 +270,7 @@ class Indexer:
                         fetched = self._finish(begun, target, tip, tip_hash)
                         if not isinstance(fetched, _Fetched):
                             self._settle(pending, target)
+                            self._close(writer)
                             return fetched
                         tip, tip_hash = fetched.last, fetched.headers[fetched.last].hash
                         begun = None
@@ -282,12 +286,34 @@ class Indexer:
                         pending = writer.submit(batch)
                 with self._timed("wait"):
                     self._settle(pending, target)
+                self._close(writer)
         except BaseException:
             # The books may be ahead of what the database got: reload both from it.
             self._books = None
             self._state = None
+            self._unsaved = None
             raise
         return None
+
+    def _close(self, writer: Writer) -> None:
+        """A replay's ranges leave their transaction open (see `_apply_range`); this closes it with
+        the records they touched, as the books hold them now, and the cursor after the last."""
+        if self._unsaved is None or self._state is None or self._books is None:
+            return
+        state = self._state
+        batch = RangeWrite(self._chain_id, bulk=True, digest=state.digest)
+        with self._timed("apply"):
+            batch.records, batch.gone = materialise(self._books, self._unsaved, self.chain_id)
+        batch.state = {
+            "synced_block": state.synced_block,
+            "synced_hash": state.synced_hash,
+            "events": state.events,
+        }
+        with self._timed("handoff"):
+            pending = writer.submit(batch)
+        with self._timed("wait"):
+            pending.result()
+        self._unsaved = None
 
     def _settle(self, pending: Pending | None, target: int) -> None:
         """Waits for a handed-over range's commit, takes the digest it was sealed with, reports."""
@@ -297,25 +323,29 @@ class Indexer:
                 self._state.digest = digest
             self._report(target)
 
-    def _write(self, batch: RangeWrite) -> str:
-        with self._timed("write"):
-            return self.db.write_range(batch)
-
     @contextmanager
     def _writer(self) -> Iterator[Writer]:
         """Where range writes run (see `writer`): a child process for a replay, a thread for a
-        PostgreSQL sync, else inline."""
+        PostgreSQL sync, else inline. A transaction left open when the pipeline stops is rolled
+        back."""
         writer: Writer
+        loader = RangeLoader(self.db)
+
+        def write(batch: RangeWrite) -> str:
+            with self._timed("write"):
+                return loader.write(batch)
+
         if self.bulk_load and can_fork():
             writer = ProcessWriter(self.db, self._written)
         elif self.db.dialect != "sqlite":
-            writer = ThreadWriter(self._write)
+            writer = ThreadWriter(write)
         else:
-            writer = InlineWriter(self._write)
+            writer = InlineWriter(write)
         try:
             yield writer
         finally:
             writer.close()
+            loader.abandon()
 
     def _written(self, seconds: float) -> None:
         self.timings["write"] += seconds
@@ -403,10 +433,19 @@ class Indexer:
 
     def _apply_range(self, fetched: _Fetched) -> RangeWrite:
         """Applies a range to the books and returns what to write. Moves the in-memory cursor (its
-        digest follows when the range is sealed); the database's moves when the writer commits."""
+        digest follows when the range is sealed); the database's moves when the writer commits.
+
+        A replay leaves the range's transaction open and its records unwritten (`_close` writes
+        them once, when the pipeline stops): a record is touched in many ranges, and an emptied
+        database has no reader to keep current meanwhile. A replay is thereby one transaction per
+        pipeline run: all or nothing, as for its SQLite file (see `db.rebuilding`)."""
         state, books = self.open()
         batch = self._apply(fetched, state, books)
-        batch.records, batch.gone = materialise(books, batch.touched, self.chain_id)
+        if self.bulk_load:
+            batch.closes = False
+            self._unsaved = batch.touched if self._unsaved is None else self._unsaved | batch.touched
+        else:
+            batch.records, batch.gone = materialise(books, batch.touched, self.chain_id)
         self._state = IndexState(**{**state.model_dump(), **batch.state})
         return batch
 

@@ -1,10 +1,10 @@
 """Where the indexer's range writes run: in the syncing thread, in a thread, or in a child process.
 
-Each range is still one transaction with its cursor, committed in order, and the indexer waits for
-a range's commit before it reports it (and before it hands over the range after the next), so a
-killed sync resumes exactly as with inline writes. The writer also seals each range (change texts,
-digest chain, see `db.RangeWrite.seal`) and answers with the digest after it. What differs is what
-runs while a range is sealed and committed:
+Ranges are written in order, each in one transaction with its cursor (a replay's all in one, see
+`db.RangeLoader`), and the indexer waits for a range's write before it reports it (and before it
+hands over the range after the next), so a killed sync resumes exactly as with inline writes. The
+writer also seals each range (change texts, digest chain, see `db.RangeWrite.seal`) and answers
+with the digest after it. What differs is what runs while a range is sealed and written:
 
 - inline (SQLite sync): nothing; SQLite works inside this process and a thread would only add GIL
   hand-offs (the sqlite3 module gives up the GIL around every row it steps);
@@ -29,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Protocol
 
-from chain_client.index.db import IndexDatabase, IndexDatabaseError, RangeWrite
+from chain_client.index.db import IndexDatabase, IndexDatabaseError, RangeLoader, RangeWrite
 
 Job = Callable[[RangeWrite], str]
 
@@ -163,6 +163,7 @@ def _serve(url: str, scratch: bool, conn: Connection, parent_end: Connection) ->
     # collector would only rescan the rows of a range while they are unpickled and written.
     gc.disable()
     db = IndexDatabase(url, scratch=scratch)
+    loader = RangeLoader(db)
     try:
         while True:
             try:
@@ -173,12 +174,14 @@ def _serve(url: str, scratch: bool, conn: Connection, parent_end: Connection) ->
                 return
             started = time.perf_counter()
             try:
-                digest = db.write_range(pickle.loads(message))
+                digest = loader.write(pickle.loads(message))
             except BaseException as exc:
                 conn.send(("error", _portable(exc)))
                 return
             conn.send(("ok", (time.perf_counter() - started, digest)))
     finally:
+        # A transaction still open was not closed by the indexer (it stopped early): roll it back.
+        loader.abandon()
         db.close()
 
 
