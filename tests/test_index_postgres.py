@@ -24,6 +24,7 @@ from chain_client.index.models import (
     ParticipantRecord,
     PaymentRecord,
 )
+from chain_client.index.sync import SyncOptions
 from chain_client.index.workload import DAY
 from chain_client.receipts import label_hash
 
@@ -137,6 +138,34 @@ def test_sqlite_and_postgres_give_the_same_digest_and_rows(
         assert any(r["amount"] == HUGE for r in db.rows(PaymentRecord, deployment.chain_id))
     report = audit.verify(chain, deployment, pg)
     assert report.ok, list(report.findings())
+
+
+def test_a_failed_replay_into_postgres_leaves_an_empty_index_that_sync_fills(
+    chain: Chain, work: Any, pg: IndexDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay's ranges share one transaction: a write failing on the third range (in the forked
+    writer, which inherits the patch) takes back the two before it as well. The index is left at
+    the deployment block with no rows, and a sync from there gives the replay's digest."""
+    deployment = work.system.deployment
+    reference = audit.replay(chain, deployment, pg)
+    calls = {"n": 0}
+    real = IndexDatabase.add_range
+
+    def crash_on_third(self: IndexDatabase, *args: Any) -> str:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk gone")
+        return real(self, *args)
+
+    monkeypatch.setattr(IndexDatabase, "add_range", crash_on_third)
+    with pytest.raises(OSError, match="disk gone"):
+        audit.replay(chain, deployment, pg, SyncOptions(initial_range=8, max_range=8))
+    monkeypatch.undo()
+    state = pg.require_state()
+    assert (state.synced_block, state.events) == (deployment.deployment_block - 1, 0)
+    for model in (EventRecord, ChangeRecord, PaymentRecord, CertificateRecord, OrderRecord):
+        assert pg.count(model, deployment.chain_id) == 0
+    assert audit.sync(chain, deployment, pg, until=reference.synced_block).digest == reference.digest
 
 
 def test_a_tampered_row_in_postgres_fails_verify_at_that_row(

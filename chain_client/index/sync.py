@@ -269,8 +269,7 @@ class Indexer:
                     with self._timed("fetch"):
                         fetched = self._finish(begun, target, tip, tip_hash)
                         if not isinstance(fetched, _Fetched):
-                            self._settle(pending, target)
-                            self._close(writer)
+                            self._close(writer, pending, target)
                             return fetched
                         tip, tip_hash = fetched.last, fetched.headers[fetched.last].hash
                         begun = None
@@ -284,9 +283,7 @@ class Indexer:
                         # the digest after the range before, which is now sealed and written
                         batch.digest = self._state.digest if self._state is not None else ""
                         pending = writer.submit(batch)
-                with self._timed("wait"):
-                    self._settle(pending, target)
-                self._close(writer)
+                self._close(writer, pending, target)
         except BaseException:
             # The books may be ahead of what the database got: reload both from it.
             self._books = None
@@ -295,15 +292,20 @@ class Indexer:
             raise
         return None
 
-    def _close(self, writer: Writer) -> None:
-        """A replay's ranges leave their transaction open (see `_apply_range`); this closes it with
-        the records they touched, as the books hold them now, and the cursor after the last."""
+    def _close(self, writer: Writer, pending: Pending | None, target: int) -> None:
+        """Waits for the last range handed over. A replay's ranges leave their transaction open
+        (see `_apply_range`): this then closes it with the records they touched, as the books hold
+        them now (made while the last range is written), and the cursor after the last range."""
         if self._unsaved is None or self._state is None or self._books is None:
+            with self._timed("wait"):
+                self._settle(pending, target)
             return
-        state = self._state
-        batch = RangeWrite(self._chain_id, bulk=True, digest=state.digest)
         with self._timed("apply"):
-            batch.records, batch.gone = materialise(self._books, self._unsaved, self.chain_id)
+            records, gone = materialise(self._books, self._unsaved, self.chain_id)
+        with self._timed("wait"):
+            self._settle(pending, target)
+        state = self._state
+        batch = RangeWrite(self._chain_id, records=records, gone=gone, bulk=True, digest=state.digest)
         batch.state = {
             "synced_block": state.synced_block,
             "synced_hash": state.synced_hash,
