@@ -76,7 +76,7 @@ def replay_with(
         indexer = Indexer(chain, deployment, fresh, options or SyncOptions(), on_progress, bulk_load=True)
         status = indexer.sync(until)
         with indexer._timed("indexes"):
-            fresh.create_indexes()
+            fresh.create_indexes(missing_only=False)
     return status, indexer
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, and_, create_engine, delete, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import SQLModel
 
 from chain_client.errors import CertledgerError
@@ -232,23 +233,27 @@ class IndexDatabase:
         SQLModel.metadata.drop_all(self.engine, tables=[table_of(t) for t in ALL_TABLES])
 
     def reset(self, bulk_load: bool = False) -> None:
-        """An empty index (replay starts from nothing). With `bulk_load` the secondary indexes are
-        left out until `create_indexes`: building them once at the end is cheaper than keeping
-        them up to date row by row."""
-        self.drop()
-        self.create()
-        if bulk_load:
-            with self.engine.begin() as conn:
-                for model in ALL_TABLES:
-                    for index in table_of(model).indexes:
-                        index.drop(conn)
+        """An empty index (replay starts from nothing), in one transaction. With `bulk_load` the
+        secondary indexes are left out until `create_indexes`: building them once at the end is
+        cheaper than keeping them up to date row by row."""
+        tables = [table_of(t) for t in ALL_TABLES]
+        with self.engine.begin() as conn:
+            SQLModel.metadata.drop_all(conn, tables=tables)
+            if not bulk_load:
+                SQLModel.metadata.create_all(conn, tables=tables)
+                return
+            for table in tables:
+                conn.execute(CreateTable(table))
 
-    def create_indexes(self) -> None:
-        """The secondary indexes, where missing."""
+    def create_indexes(self, missing_only: bool = True) -> None:
+        """The secondary indexes, where missing (all of them, without asking, for a bulk load)."""
         with self.engine.begin() as conn:
             for model in ALL_TABLES:
                 for index in table_of(model).indexes:
-                    index.create(conn, checkfirst=True)
+                    if missing_only:
+                        index.create(conn, checkfirst=True)
+                    else:
+                        conn.execute(CreateIndex(index))
 
     # ------------------------------------------------------------------ the cursor
 
