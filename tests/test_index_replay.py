@@ -27,7 +27,7 @@ from certledger_main import build_app
 from chain_client import audit
 from chain_client.chain import Chain
 from chain_client.events import EventDecoder
-from chain_client.index.db import IndexDatabase
+from chain_client.index.db import IndexDatabase, rebuilding
 from chain_client.index.decode import LogDecoder, RawLog
 from chain_client.index.export import export
 from chain_client.index.models import (
@@ -213,6 +213,37 @@ def test_small_adaptive_ranges_give_the_same_index(
     status = indexer.sync(reference.synced_block)
     assert status.digest == reference.digest
     assert indexer._range <= 5
+    assert _dump(db, deployment.chain_id) == _dump(replayed[0], deployment.chain_id)
+
+
+def test_a_replay_that_must_retry_commits_what_it_has_and_goes_on(
+    lifecycle: Lifecycle,
+    replayed: tuple[IndexDatabase, SyncStatus],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replay writes its ranges in one transaction per pipeline run. A getLogs refused after
+    ranges were handed over ends the run: those ranges are committed with their records and the
+    cursor, and the next run goes on from there. Several runs give the same index as one."""
+    deployment = lifecycle.work.system.deployment
+    reference = replayed[1]
+    closed: list[bool] = []
+    real_close = Indexer._close
+
+    def close(self: Indexer, *args: Any) -> None:
+        closed.append(self._unsaved is not None)
+        real_close(self, *args)
+
+    monkeypatch.setattr(Indexer, "_close", close)
+    db = IndexDatabase(tmp_path / "retried.sqlite")
+    with rebuilding(db) as fresh:
+        indexer = Indexer(lifecycle.chain, deployment, fresh, SyncOptions(initial_range=4), bulk_load=True)
+        indexer.source = _RangeLimited(lifecycle.chain, limit=6)
+        status = indexer.sync(reference.synced_block)
+        fresh.create_indexes(missing_only=False)
+    assert closed.count(True) >= 3  # runs that committed ranges
+    assert status.digest == reference.digest
+    assert db.require_state().digest == reference.digest
     assert _dump(db, deployment.chain_id) == _dump(replayed[0], deployment.chain_id)
 
 
