@@ -6,9 +6,10 @@ Starts anvil, generates at least `--events` ledger and oracle events with the se
 workload (the chain is kept in bench/tmp/ and reused on the next run unless --fresh), then times,
 each as the best of `--runs`:
 
-- the bare download: the same eth_getLogs requests a replay makes (same address filter, same
-  block range, ranges of 2,000 blocks), raw JSON-RPC parsed into dicts and nothing else: the
-  ceiling. Also web3's own `w3.eth.get_logs` over the range, for reference;
+- the bare download: the logs a replay downloads (same address filter, same block range) in
+  ranges of 2,000 blocks, raw JSON-RPC parsed into dicts and nothing else; and the same through
+  the index's own fetch path (its HTTP connection and typed parse, no decoding). The faster of the
+  two is the ceiling. Also web3's own `w3.eth.get_logs` over the range, for reference;
 - a full replay into a new SQLite file;
 - a full replay into a new database of a throwaway PostgreSQL cluster (tests/pg.py).
 
@@ -90,6 +91,15 @@ def bare_download(chain: Chain, deployment: Deployment, head: int) -> int:
     return count
 
 
+def source_download(chain: Chain, deployment: Deployment, head: int) -> int:
+    source = NodeSource(chain)
+    addresses = [deployment.ledger, deployment.oracle]
+    count = 0
+    for first in range(deployment.deployment_block, head + 1, BARE_RANGE):
+        count += len(source.logs(first, min(head, first + BARE_RANGE - 1), addresses))
+    return count
+
+
 def web3_download(chain: Chain, deployment: Deployment, head: int) -> int:
     count = 0
     for first in range(deployment.deployment_block, head + 1, BARE_RANGE):
@@ -154,6 +164,9 @@ def main() -> None:
 def measure(chain: Chain, deployment: Deployment, head: int, runs: int, console: Console) -> dict[str, Any]:
     console.print(f"timing over blocks {deployment.deployment_block}..{head}, best of {runs}")
     bare, events = timed(runs, lambda: bare_download(chain, deployment, head))
+    fetched, same = timed(runs, lambda: source_download(chain, deployment, head))
+    if same != events:
+        raise SystemExit(f"the index's fetch path found {same} logs, the bare download {events}")
     web3, _ = timed(runs, lambda: web3_download(chain, deployment, head))
 
     scratch = Path(tempfile.mkdtemp(prefix="certledger-bench-"))
@@ -194,13 +207,14 @@ def measure(chain: Chain, deployment: Deployment, head: int, runs: int, console:
             "events_per_second": round(events / best),
         }
 
-    ceiling = events / min(bare)
+    ceiling = events / min(*bare, *fetched)
     return {
         "events": events,
         "blocks": head - deployment.deployment_block + 1,
         "runs": runs,
         "digest": on_sqlite.digest,
         "bare_getlogs_raw": rate(bare),
+        "bare_getlogs_index_fetch": rate(fetched),
         "bare_getlogs_web3": rate(web3),
         "replay_sqlite": {
             **rate(sqlite),
@@ -230,6 +244,7 @@ def show(results: dict[str, Any], console: Console) -> None:
         table.add_column(column, justify="left" if not column else "right")
     for key, label in (
         ("bare_getlogs_raw", "bare eth_getLogs (raw JSON-RPC)"),
+        ("bare_getlogs_index_fetch", "bare eth_getLogs (index's fetch path)"),
         ("bare_getlogs_web3", "w3.eth.get_logs (formatted)"),
         ("replay_sqlite", "replay into SQLite"),
         ("replay_postgres", "replay into PostgreSQL"),
