@@ -212,7 +212,7 @@ def verify(
             )
         )
     else:
-        checked = ", ".join(f"{n} {k}s" for k, n in report.checked.items())
+        checked = ", ".join(_counted(n, k) for k, n in report.checked.items())
         console.print(f"verified at block {report.block}: {checked}", soft_wrap=True)
         console.print(f"digest {report.digest}")
         for finding in findings:
@@ -360,3 +360,9 @@ def digest(db: Db = DEFAULT_DB, block: Block = None) -> None:
         if at > index.synced_block:
             raise LookupError(f"the index reaches block {index.synced_block}, not {at}")
         console.print(f"{digest_at(database, index, at)} block {at}", highlight=False)
+
+
+def _counted(count: int, noun: str) -> str:
+    """ "1 warehouse", "3 warehouses" (a noun given in the plural stays as it is)."""
+    singular = noun.removesuffix("s")
+    return f"{count} {singular if count == 1 else singular + 's'}"

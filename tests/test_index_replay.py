@@ -621,6 +621,8 @@ def test_cli_replay_state_digest_and_verify(
     verify = runner.invoke(app, ["audit", "verify", *node])
     assert verify.exit_code == 0, verify.output
     assert "every invariant holds" in verify.output
+    assert f"{replayed[1].events} events" in verify.output and "1 system" in verify.output
+    assert "1 systems" not in verify.output
     os.environ.pop("CERTLEDGER_INDEX_DB", None)
 
 
