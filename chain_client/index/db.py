@@ -1,5 +1,6 @@
 """The index database: SQLite by default, PostgreSQL by URL. Creation, loading the books back, and
-the two writes the indexer makes, each one transaction: a synced range, and a rollback."""
+the two writes the indexer makes: synced ranges (one transaction each, or a replay's in one, see
+`RangeLoader`), and a rollback (one transaction)."""
 
 from __future__ import annotations
 
@@ -370,17 +371,10 @@ class IndexDatabase:
 
     # ------------------------------------------------------------------ writing
 
-    def write_range(self, batch: RangeWrite) -> str:
-        """Seals a synced range, adds it and moves the cursor, in one transaction; returns the digest
-        after it."""
-        if not batch.closes:
-            raise ValueError("a range that leaves its transaction open is written by a RangeLoader")
-        with self.engine.begin() as conn:
-            return self.add_range(conn, batch)
-
     def add_range(self, conn: Connection, batch: RangeWrite) -> str:
         """Seals a range and adds its rows in `conn`'s transaction; a range that closes also stores
-        its records and moves the cursor. Returns the digest after the range."""
+        its records and moves the cursor. Returns the digest after the range. (`RangeLoader`
+        manages the transactions.)"""
         digest = batch.seal()
         # Idempotent: a row already stored (same chain, tx, log index, block hash) stays as it is.
         # In a bulk load (a replay into an emptied database) no stored row can conflict: the rows

@@ -445,7 +445,9 @@ class Indexer:
         batch = self._apply(fetched, state, books)
         if self.bulk_load:
             batch.closes = False
-            self._unsaved = batch.touched if self._unsaved is None else self._unsaved | batch.touched
+            if self._unsaved is None:
+                self._unsaved = set()
+            self._unsaved |= batch.touched
         else:
             batch.records, batch.gone = materialise(books, batch.touched, self.chain_id)
         self._state = IndexState(**{**state.model_dump(), **batch.state})
