@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -461,9 +462,8 @@ class IndexDatabase:
             else:
                 _copy_insert(conn, table.name, names, rows, conflict)
             return
-        marks = ", ".join("?" for _ in columns)
-        sql = f"INSERT INTO {_quote(table.name)} ({names}) VALUES ({marks}) {conflict}"
-        conn.exec_driver_sql(sql, list(rows))
+        head = f"INSERT INTO {_quote(table.name)} ({names}) VALUES"
+        _sqlite_insert(conn, head, conflict, len(columns), rows)
 
 
 class RangeLoader:
@@ -503,6 +503,36 @@ class RangeLoader:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+#: Rows per SQLite INSERT statement: several rows per statement spare SQLite a statement reset and
+#: Python a call per row. Measured on a replay's 38,000 change rows: 0.108 s one row at a time,
+#: 0.075 s a hundred at a time (twenty: 0.080; three hundred: no better).
+_SQLITE_ROWS_PER_INSERT = 100
+#: SQLite's limit on the parameters of one statement (SQLITE_MAX_VARIABLE_NUMBER, since 3.32.0)
+_SQLITE_MAX_PARAMETERS = 32_766
+
+
+def _sqlite_insert(
+    conn: Connection, head: str, conflict: str, width: int, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """`head` (INSERT INTO t (columns) VALUES) for every row, many rows per statement, through the
+    driver's own cursor; the rows left over after the last full statement go one at a time."""
+    one = "(" + ", ".join("?" * width) + ")"
+    per = max(1, min(_SQLITE_ROWS_PER_INSERT, _SQLITE_MAX_PARAMETERS // width))
+    full = len(rows) - len(rows) % per
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if full:
+            sql = f"{head} {', '.join([one] * per)} {conflict}"
+            values = list(chain.from_iterable(rows[:full]))
+            step = per * width
+            for start in range(0, len(values), step):
+                cursor.execute(sql, values[start : start + step])
+        if full < len(rows):
+            cursor.executemany(f"{head} {one} {conflict}", rows[full:])
+    finally:
+        cursor.close()
 
 
 def _quote(name: str) -> str:
