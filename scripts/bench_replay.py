@@ -14,7 +14,9 @@ each as the best of `--runs`:
 - a full replay into a new database of a throwaway PostgreSQL cluster (tests/pg.py).
 
 Reports events per second and the ratio of each replay to the bare download (target >= 0.5), and
-writes everything to bench/replay.json. Needs anvil (make node) and PostgreSQL server binaries.
+the time of a full `audit verify` of the replayed SQLite index (for reference; it also reads every
+record from the contracts). Writes everything to bench/replay.json. Needs anvil (make node) and
+PostgreSQL server binaries.
 """
 
 from __future__ import annotations
@@ -182,6 +184,15 @@ def measure(chain: Chain, deployment: Deployment, head: int, runs: int, console:
             return status
 
         sqlite, on_sqlite = timed(runs, sqlite_replay)
+        last = IndexDatabase(scratch / f"replay-{next(counter) - 1}.sqlite")
+
+        def verify() -> bool:
+            return audit.verify(chain, deployment, last).ok
+
+        checks, verified = timed(min(runs, 3), verify)
+        last.close()
+        if not verified:
+            raise SystemExit("verify found differences in the replayed index")
         with pg_cluster(PG_SETTINGS) as cluster:
 
             def pg_replay() -> SyncStatus:
@@ -229,6 +240,7 @@ def measure(chain: Chain, deployment: Deployment, head: int, runs: int, console:
             "stage_seconds_last_run": stages["postgres"],
             "settings": PG_SETTINGS,
         },
+        "verify_sqlite": rate(checks),
         "target_ratio": TARGET_RATIO,
         "machine": {
             "python": platform.python_version(),
@@ -248,6 +260,7 @@ def show(results: dict[str, Any], console: Console) -> None:
         ("bare_getlogs_web3", "w3.eth.get_logs (formatted)"),
         ("replay_sqlite", "replay into SQLite"),
         ("replay_postgres", "replay into PostgreSQL"),
+        ("verify_sqlite", "verify of the SQLite index"),
     ):
         r = results[key]
         table.add_row(

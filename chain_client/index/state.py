@@ -4,7 +4,7 @@ the history of a record, and certificate lineage. None of this needs a node."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +13,7 @@ from sqlalchemy import and_, select
 from chain_client.index.books import Books, Record, Touch
 from chain_client.index.db import IndexDatabase, IndexDatabaseError, table_of
 from chain_client.index.decode import Event, LogDecoder
-from chain_client.index.models import ChangeRecord, EventRecord, IndexState
+from chain_client.index.models import ChangeRecord, IndexState
 from chain_client.models import CertificateStatus
 
 
@@ -21,16 +21,18 @@ def decoder_for(state: IndexState) -> LogDecoder:
     return LogDecoder.for_contracts(((state.ledger, "CertificateLedger"), (state.oracle, "ReceiptOracle")))
 
 
-def event_from_record(decoder: LogDecoder, row: EventRecord) -> Event:
+def event_from_record(decoder: LogDecoder, row: Mapping[Any, Any]) -> Event:
+    """The event of a stored row (EventRecord's columns)."""
+    address, name = row["address"], row["name"]
     return Event(
-        name=row.name,
-        args=decoder.restore(row.address, row.name, json.loads(row.args)),
-        address=row.address,
-        block_number=row.block_number,
-        block_hash=row.block_hash,
-        tx_hash=row.tx_hash,
-        tx_index=row.tx_index,
-        log_index=row.log_index,
+        name=name,
+        args=decoder.restore(address, name, json.loads(row["args"])),
+        address=address,
+        block_number=row["block_number"],
+        block_hash=row["block_hash"],
+        tx_hash=row["tx_hash"],
+        tx_index=row["tx_index"],
+        log_index=row["log_index"],
     )
 
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_utils.abi import get_abi_output_types
-from web3 import Web3
+from eth_abi import encode as abi_encode
+from eth_utils.abi import function_abi_to_4byte_selector, get_abi_input_types, get_abi_output_types
 
 from chain_client.artifacts import load_artifact
 from chain_client.deploy import Deployment
@@ -34,13 +34,24 @@ class ChainView:
 
 
 class _Caller:
-    """Encodes calls to one contract and decodes their results."""
+    """Encodes calls to one contract and decodes their results.
+
+    Calls are encoded from the selector and input types worked out once per function: web3's
+    `encode_abi` validates the whole ABI and hashes every function's signature on each call, which
+    made verify of 20,000 events spend 5 of its 8 seconds encoding 4,700 calls."""
 
     def __init__(self, address: str, artifact: str) -> None:
         abi = list(load_artifact(artifact).abi)
         self.address = address
-        self._contract = Web3().eth.contract(abi=abi)
         functions = [e for e in abi if e.get("type") == "function"]
+        names = [e["name"] for e in functions]
+        overloaded = {n for n in names if names.count(n) > 1}
+        # Overloads would need choosing by argument; the views read here have none.
+        self._inputs = {
+            e["name"]: (function_abi_to_4byte_selector(e), get_abi_input_types(e))  # type: ignore[arg-type]
+            for e in functions
+            if e["name"] not in overloaded
+        }
         self._outputs = {e["name"]: get_abi_output_types(e) for e in functions}  # type: ignore[arg-type]
         # Struct results are read by field name, so a field added to a struct moves nothing here.
         self._fields = {
@@ -50,8 +61,8 @@ class _Caller:
         }
 
     def encode(self, name: str, *args: Any) -> tuple[str, bytes]:
-        data = self._contract.encode_abi(name, list(args))
-        return self.address, bytes.fromhex(data[2:])
+        selector, types = self._inputs[name]
+        return self.address, selector + abi_encode(types, args)
 
     def decode(self, name: str, data: bytes) -> tuple[Any, ...]:
         return tuple(abi_decode(self._outputs[name], data))
