@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
@@ -16,6 +17,7 @@ from eth_utils import event_abi_to_log_topic, to_checksum_address
 
 from chain_client.artifacts import load_artifact
 from chain_client.events import UndecodableLog
+from chain_client.index import source
 from chain_client.index.books import HANDLED_EVENTS, Books, encode_record
 from chain_client.index.db import IndexDatabase
 from chain_client.index.decode import Event, LogDecoder, RawLog
@@ -307,3 +309,62 @@ def test_books_flag_an_invoice_financed_twice(decoder: LogDecoder) -> None:
     financed_twice = [v for v in books.violations if v.invariant == "I5"]
     assert len(financed_twice) == 1
     assert "financed twice (order 2)" in financed_twice[0].message
+
+
+def test_getlogs_answers_parse_the_same_typed_or_as_dicts_lowered_and_without_removed_logs() -> None:
+    """The fetch path parses getLogs answers into typed structs; the dict path (nodes reached
+    through web3's provider) must give the same logs: hex in lower case (a node may answer in mixed
+    case, as checksum addresses), numbers as ints, chain order, removed logs left out."""
+    log = {
+        "address": "0xAbCdEf0000000000000000000000000000000001",
+        "topics": ["0x" + "DE" * 32, "0x" + "0a" * 32],
+        "data": "0x" + "fF" * 32,
+        "blockNumber": "0x1a",
+        "blockHash": "0x" + "Bb" * 32,
+        "transactionHash": "0x" + "cC" * 32,
+        "transactionIndex": "0x2",
+        "logIndex": "0x3",
+        "removed": False,
+        "blockTimestamp": "0x5",  # a key some nodes add: skipped
+    }
+    earlier = {**log, "logIndex": "0x1"}
+    removed = {**log, "logIndex": "0x4", "removed": True}
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "result": [log, removed, earlier]}).encode()
+    assert not source._all_lower_case(body)
+    answer = source._LOGS_ANSWER.decode(body)
+    assert answer.result is not None
+    typed = source._typed_logs(answer.result, lower_case=False)
+    as_dicts = source._rpc_logs(json.loads(body)["result"])
+    expected = [
+        RawLog(
+            "0xabcdef0000000000000000000000000000000001",
+            ("0x" + "de" * 32, "0x" + "0a" * 32),
+            "0x" + "ff" * 32,
+            26,
+            "0x" + "bb" * 32,
+            "0x" + "cc" * 32,
+            2,
+            index,
+        )
+        for index in (1, 3)
+    ]
+    assert typed == as_dicts == expected
+    lower = json.dumps({"jsonrpc": "2.0", "id": 1, "result": [_lowered(e) for e in (log, earlier)]}).encode()
+    assert source._all_lower_case(lower)
+    lowered = source._LOGS_ANSWER.decode(lower).result
+    assert lowered is not None and source._typed_logs(lowered, lower_case=True) == expected
+
+
+def _lowered(log: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v.lower() if isinstance(v, str) else [t.lower() for t in v] if isinstance(v, list) else v
+        for k, v in log.items()
+    }
+
+
+def test_a_getlogs_answer_that_is_an_error_or_misshapen_does_not_parse_as_logs() -> None:
+    error = b'{"jsonrpc":"2.0","id":1,"error":{"code":-32005,"message":"more than 10000 results"}}'
+    parsed = source._LOGS_ANSWER.decode(error)
+    assert parsed.result is None and parsed.error["code"] == -32005
+    with pytest.raises(msgspec.ValidationError):
+        source._LOGS_ANSWER.decode(b'{"jsonrpc":"2.0","id":1,"result":[{"address":"0x01"}]}')
