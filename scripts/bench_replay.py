@@ -177,20 +177,23 @@ def measure(chain: Chain, deployment: Deployment, head: int, runs: int, console:
 
         stages: dict[str, dict[str, float]] = {}
 
+        replayed: list[IndexDatabase] = []
+
         def sqlite_replay() -> SyncStatus:
             db = IndexDatabase(scratch / f"replay-{next(counter)}.sqlite")
+            replayed.append(db)
             status, indexer = audit.replay_with(chain, deployment, db)
             stages["sqlite"] = {k: round(v, 3) for k, v in indexer.timings.items()}
             return status
 
         sqlite, on_sqlite = timed(runs, sqlite_replay)
-        last = IndexDatabase(scratch / f"replay-{next(counter) - 1}.sqlite")
 
         def verify() -> bool:
-            return audit.verify(chain, deployment, last).ok
+            return audit.verify(chain, deployment, replayed[-1]).ok
 
         checks, verified = timed(min(runs, 3), verify)
-        last.close()
+        for db in replayed:
+            db.close()
         if not verified:
             raise SystemExit("verify found differences in the replayed index")
         with pg_cluster(PG_SETTINGS) as cluster:
