@@ -44,27 +44,6 @@ class RawLog(NamedTuple):
     tx_index: int
     log_index: int
 
-    @classmethod
-    def from_rpc(cls, log: Mapping[str, Any], lower_case: bool = False) -> RawLog:
-        """From a raw JSON-RPC log object (hex strings). `lower_case`: the caller knows the answer
-        holds no upper-case hex digit, so nothing needs lowering (a replay builds tens of thousands
-        of these; lowering every string was a tenth of its fetching). Made with tuple.__new__: the
-        NamedTuple's own constructor is a Python function, twice as slow."""
-        made = tuple.__new__(
-            cls,
-            (
-                log["address"],
-                tuple(log["topics"]),
-                log["data"],
-                int(log["blockNumber"], 16),
-                log["blockHash"],
-                log["transactionHash"],
-                int(log["transactionIndex"], 16),
-                int(log["logIndex"], 16),
-            ),
-        )
-        return made if lower_case else made.lowered()
-
     def lowered(self) -> RawLog:
         """This log with its hex strings in lower case."""
         return self._replace(
