@@ -284,12 +284,16 @@ class LedgerClient:
     def invoice_used(self, invoice_hash: bytes) -> bool:
         return bool(call_checked(self._fn.invoiceUsed(invoice_hash).call))
 
-    def certificates_of_order(self, order_id: int, from_block: int = 0) -> list[Certificate]:
-        """Every certificate of an order, found from its CertificateIssued events (the orderId topic)."""
+    def certificate_ids_of_order(self, order_id: int, from_block: int = 0) -> list[int]:
+        """Ids of every certificate of an order, from its CertificateIssued events (the orderId topic)."""
         logs = self.contract.events.CertificateIssued.get_logs(
             from_block=from_block, argument_filters={"orderId": order_id}
         )
-        return [self.certificate(int(log["args"]["certificateId"])) for log in logs]
+        return [int(log["args"]["certificateId"]) for log in logs]
+
+    def certificates_of_order(self, order_id: int, from_block: int = 0) -> list[Certificate]:
+        """Every certificate of an order (see `certificate_ids_of_order`)."""
+        return [self.certificate(i) for i in self.certificate_ids_of_order(order_id, from_block)]
 
     def holdings(
         self, holder: ChecksumAddress, from_block: int = 0, live_only: bool = True

@@ -1,16 +1,24 @@
 """The keeper: settles matured certificates so holders are paid without having to ask.
 
-Candidates come from chain_client's views: confirmed orders whose maturity has passed, and each
-order's certificates (found from its CertificateIssued events). Only live, matured, unfrozen
-certificates go into a batch, at most 64 (the ledger's MAX_SETTLE_BATCH), and each batch is
-re-read from the views right before it is sent. Settlement is strict on chain (settling twice is
-`CertificateNotLive`, D8), so a second run, or a second keeper, pays nothing twice: it finds nothing
-left, and a certificate settled by someone else between the read and the send makes the batch
-revert with a named error, which is logged and retried with fresh views next run.
+Candidates come from chain_client's views. An order's maturity is fixed when it is opened and its
+certificates share it, so the keeper keeps a schedule: each order is read once when it appears,
+again on each run only while it is open (awaiting receipt), and not at all between its
+confirmation and its maturity. At maturity its certificates are listed once (from their
+CertificateIssued events: after maturity none can be split off, D35), and from then on only those
+not yet settled are read, until none is left. A run therefore reads the new orders, the open ones
+and the certificates falling due, not every order ever opened.
+
+Only live, matured, unfrozen certificates go into a batch, at most 64 (the ledger's
+MAX_SETTLE_BATCH), and each batch is re-read from the views right before it is sent. Settlement is
+strict on chain (settling twice is `CertificateNotLive`, D8), so a second run, or a second keeper,
+pays nothing twice: it finds nothing left, and a certificate settled by someone else between the
+read and the send makes the batch revert with a named error, which is logged and retried with
+fresh views next run.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -18,7 +26,7 @@ from dataclasses import dataclass, field
 from eth_account.signers.local import LocalAccount
 
 from chain_client.errors import ContractReverted
-from chain_client.models import CertificateStatus, OrderStatus
+from chain_client.models import CertificateStatus, Order, OrderStatus
 from chain_client.system import System
 from oracle.store import Store
 
@@ -33,6 +41,15 @@ class KeeperRun:
     transactions: list[str] = field(default_factory=list)
     skipped_frozen: list[int] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+
+
+@dataclass
+class KeeperReads:
+    """View calls and log queries made since the keeper was built (what its schedule saves)."""
+
+    orders: int = 0
+    certificates: int = 0
+    listings: int = 0
 
 
 class Keeper:
@@ -52,33 +69,62 @@ class Keeper:
         self.store = store
         self.batch = batch
         self.lock = lock or threading.RLock()
-        # Orders with nothing left to settle (all settled): not read again by this process.
-        self._done: set[int] = set()
+        self.reads = KeeperReads()
+        # The schedule, in memory: a restart reads every order once again to rebuild it.
+        self._seen = 0  # orders 1.._seen have been read at least once
+        self._open: set[int] = set()  # awaiting receipt: read again each run
+        self._maturing: list[tuple[int, int]] = []  # (maturity, order id) heap of confirmed orders
+        self._due: dict[int, list[int]] = {}  # matured order -> its certificates not seen settled
 
     def candidates(self) -> list[tuple[int, int]]:
         """(certificate id, order id) of every live, matured, unfrozen certificate."""
-        ledger = self.system.ledger
         with self.lock:
             now = self.system.chain.now()
-            orders, _, _ = ledger.counts()
-            found: list[tuple[int, int]] = []
-            for order_id in range(1, orders + 1):
-                if order_id in self._done:
+            orders, _, _ = self.system.ledger.counts()
+            for order_id in [*sorted(self._open), *range(self._seen + 1, orders + 1)]:
+                self._schedule(self._read_order(order_id))
+            self._seen = max(self._seen, orders)
+            while self._maturing and self._maturing[0][0] <= now:
+                _, order_id = heapq.heappop(self._maturing)
+                self._due[order_id] = self._list_certificates(order_id)
+            return self._live_due(now)
+
+    def _read_order(self, order_id: int) -> Order:
+        self.reads.orders += 1
+        return self.system.ledger.order(order_id)
+
+    def _schedule(self, order: Order) -> None:
+        self._open.discard(order.order_id)
+        if order.status == OrderStatus.OPEN:
+            self._open.add(order.order_id)
+        elif order.status == OrderStatus.CONFIRMED:
+            heapq.heappush(self._maturing, (order.maturity, order.order_id))
+        # CANCELLED: nothing will ever be due
+
+    def _list_certificates(self, order_id: int) -> list[int]:
+        self.reads.listings += 1
+        found = self.system.ledger.certificate_ids_of_order(
+            order_id, from_block=self.system.deployment.deployment_block
+        )
+        return sorted(found)
+
+    def _live_due(self, now: int) -> list[tuple[int, int]]:
+        found: list[tuple[int, int]] = []
+        for order_id in sorted(self._due):
+            still: list[int] = []
+            for certificate_id in self._due[order_id]:
+                self.reads.certificates += 1
+                c = self.system.ledger.certificate(certificate_id)
+                if c.status != CertificateStatus.LIVE:
                     continue
-                order = ledger.order(order_id)
-                if order.status == OrderStatus.CANCELLED:
-                    self._done.add(order_id)
-                    continue
-                if order.status != OrderStatus.CONFIRMED or order.maturity > now:
-                    continue
-                certificates = ledger.certificates_of_order(
-                    order_id, from_block=self.system.deployment.deployment_block
-                )
-                live = [c for c in certificates if c.status == CertificateStatus.LIVE]
-                if not live:
-                    self._done.add(order_id)
-                found.extend((c.certificate_id, order_id) for c in live if not c.frozen and c.maturity <= now)
-            return found
+                still.append(certificate_id)
+                if not c.frozen and c.maturity <= now:
+                    found.append((certificate_id, order_id))
+            if still:
+                self._due[order_id] = still
+            else:
+                del self._due[order_id]
+        return found
 
     def run_once(self) -> KeeperRun:
         """Settles everything due now, in batches; returns what was paid."""

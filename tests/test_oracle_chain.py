@@ -15,7 +15,7 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from oracle_support import chain_ranges, confirmations, enrol_warehouse
-from world import DAY, World
+from world import DAY, DEFAULT_QUANTITY, World
 
 from chain_client.models import CertificateStatus, OrderStatus
 from chain_client.receipts import DeviceEnrolment, ReadingKind, sign_observation
@@ -323,3 +323,34 @@ def test_keeper_run_twice_pays_each_certificate_once(world: World, tmp_path: Pat
     assert ledger.certificate(frozen).status == CertificateStatus.LIVE
     assert store.settled_count() == 3
     assert frozen_order
+
+
+def test_keeper_reads_an_order_once_until_it_is_due(world: World) -> None:
+    """The keeper's schedule: a confirmed order is not read again before its maturity, an open one
+    is read each run until it is confirmed, and a certificate split off before maturity, after the
+    keeper first saw the order, is still paid."""
+    cast, ledger = world.cast, world.ledger
+    _, root = world.certificate_for(maturity_in=10 * DAY)
+    waiting = world.open_order(maturity_in=10 * DAY)
+    keeper = Keeper(world.system, cast.relayer)
+
+    assert keeper.run_once().settled == []
+    assert (keeper.reads.orders, keeper.reads.listings, keeper.reads.certificates) == (2, 0, 0)
+    for _ in range(3):
+        assert keeper.run_once().settled == []
+    # Only the open order was read again, once per run; nothing was listed before maturity.
+    assert (keeper.reads.orders, keeper.reads.listings, keeper.reads.certificates) == (5, 0, 0)
+
+    split_id, _ = ledger.split_to(cast.supplier1, root, cast.supplier2.address, 10_000_00)
+    waiting_root = world.confirm(waiting, DEFAULT_QUANTITY)
+    world.chain.advance_time(11 * DAY)
+    first = keeper.run_once()
+    assert sorted(first.settled) == sorted([root, split_id, waiting_root])
+    assert keeper.reads.listings == 2  # each order's certificates listed once, at maturity
+    reads = (keeper.reads.orders, keeper.reads.listings, keeper.reads.certificates)
+    assert keeper.run_once().settled == []  # reads the three once more, finds them settled
+    assert keeper.reads.certificates == reads[2] + 3
+    quiet = (keeper.reads.orders, keeper.reads.listings, keeper.reads.certificates)
+    assert quiet == (reads[0], 2, reads[2] + 3)
+    assert keeper.run_once().settled == []
+    assert (keeper.reads.orders, keeper.reads.listings, keeper.reads.certificates) == quiet
