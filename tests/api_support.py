@@ -11,7 +11,7 @@ from typing import Any
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from fastapi.testclient import TestClient
-from httpx import Response
+from httpx2 import Response
 from world import World
 
 from api.app import create_app
