@@ -38,7 +38,7 @@ from oracle.devices import (
 from oracle.mqtt import BrokerUnavailable, MqttPublisher
 from oracle.settings import OracleSettings
 from oracle.simulator import Delivery, Fault, SimulatedDevice, publish_all, readings_for
-from oracle.store import OrderState, Store
+from oracle.store import NotDisputed, OrderState, Store
 
 oracle_app = typer.Typer(
     help="Run the receipt oracle (gateway, relayer, keeper) and see its state.", no_args_is_help=True
@@ -230,6 +230,38 @@ def oracle_expect(
 
 
 # ---------------------------------------------------------------------- devices
+
+
+@oracle_app.command("resolve")
+def oracle_resolve(
+    order_id: int,
+    reason: Annotated[str, typer.Option(help="Why, in words: kept with the order and in the alerts.")],
+    keep_readings: Annotated[
+        bool,
+        typer.Option(
+            "--keep-readings",
+            help="Judge the same readings again (after correcting the order's expectations with "
+            "`oracle expect`) instead of setting them aside for a recount.",
+        ),
+    ] = False,
+    db: Db = Path("oracle.db"),
+) -> None:
+    """Resolve a disputed order: it collects readings again (a recount, by default)."""
+    if not db.exists():
+        raise typer.BadParameter(f"no oracle database at {db}", param_hint="--db")
+    store = Store(db)
+    try:
+        aside = store.resolve_dispute(order_id, reason, recount=not keep_readings)
+    except NotDisputed as exc:
+        raise typer.BadParameter(str(exc), param_hint="ORDER_ID") from exc
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--reason") from exc
+    finally:
+        store.close()
+    if keep_readings:
+        console.print(f"order {order_id}: collecting; its readings will be judged again")
+    else:
+        console.print(f"order {order_id}: collecting; {aside} readings set aside, devices must read again")
 
 
 @devices_app.command("create")

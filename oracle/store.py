@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS observations (
     reading TEXT NOT NULL,
     source TEXT NOT NULL,
     received_at REAL NOT NULL,
+    -- set aside when a person resolved the order's dispute by a recount: kept, no longer counted
+    set_aside INTEGER NOT NULL DEFAULT 0,
     UNIQUE (device, sequence)
 );
 CREATE INDEX IF NOT EXISTS observations_order ON observations(order_id);
@@ -96,8 +98,9 @@ CREATE TABLE IF NOT EXISTS settlements (
 class OrderState(enum.StrEnum):
     """An order's receipt, as the oracle sees it.
 
-    collecting -> submitting -> confirmed | failed;  collecting -> disputed.
-    `confirmed`, `failed` and `disputed` are final: nothing is submitted for the order again."""
+    collecting -> submitting -> confirmed | failed;  collecting -> disputed (-> collecting).
+    `confirmed`, `failed` and `disputed` are final: nothing is submitted for the order again,
+    unless a person resolves a dispute (`Store.resolve_dispute`), which starts it collecting anew."""
 
     COLLECTING = "collecting"
     SUBMITTING = "submitting"
@@ -108,6 +111,15 @@ class OrderState(enum.StrEnum):
     @property
     def final(self) -> bool:
         return self in (OrderState.CONFIRMED, OrderState.FAILED, OrderState.DISPUTED)
+
+
+class NotDisputed(ValueError):
+    """Only a disputed order's dispute can be resolved."""
+
+    def __init__(self, order_id: int, state: OrderState | None) -> None:
+        self.order_id, self.state = order_id, state
+        seen = "unknown to this oracle" if state is None else state.value
+        super().__init__(f"order {order_id} is not disputed ({seen})")
 
 
 @dataclass(frozen=True)
@@ -183,6 +195,13 @@ class Store:
             # of the machine, not only of the process.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Brings a database made by an older release up to `_SCHEMA` (columns added since)."""
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(observations)")}
+        if "set_aside" not in columns:
+            self._db.execute("ALTER TABLE observations ADD COLUMN set_aside INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:
@@ -298,8 +317,10 @@ class Store:
         return parse_reading(json.loads(rows[0]["reading"])).signature
 
     def observations(self, order_id: int) -> list[StoredObservation]:
+        """The order's readings that count (not set aside by a recount), in arrival order."""
         rows = self._query(
-            "SELECT id, reading, source, received_at FROM observations WHERE order_id = ? ORDER BY id",
+            "SELECT id, reading, source, received_at FROM observations "
+            "WHERE order_id = ? AND set_aside = 0 ORDER BY id",
             (order_id,),
         )
         return [
@@ -427,6 +448,38 @@ class Store:
                 f"{', ' + sets if sets else ''} WHERE order_id = ?",
                 (state.value, detail, time.time(), *fields.values(), order_id),
             )
+
+    def resolve_dispute(self, order_id: int, reason: str, *, recount: bool = True) -> int:
+        """A person's answer to a dispute: the order collects again. With `recount` its readings so
+        far are set aside (kept for the record, no longer counted) and the devices must read the
+        goods again; without, the same readings are judged again, as after correcting the order's
+        expectations (`register_order`). Recorded as an alert. Returns how many readings were set
+        aside. Raises NotDisputed for an order in any other state."""
+        if not reason.strip():
+            raise ValueError("say why the dispute is resolved: the reason is kept with the order")
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute("SELECT state FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+            state = OrderState(row["state"]) if row is not None else None
+            if state != OrderState.DISPUTED:
+                raise NotDisputed(order_id, state)
+            aside = 0
+            if recount:
+                aside = db.execute(
+                    "UPDATE observations SET set_aside = 1 WHERE order_id = ? AND set_aside = 0", (order_id,)
+                ).rowcount
+            how = f"recount, {aside} readings set aside" if recount else "readings judged again"
+            detail = f"dispute resolved ({how}): {reason}"
+            db.execute(
+                "UPDATE orders SET state = ?, detail = ?, dirty = 1, attempts = 0, next_attempt_at = 0, "
+                "observation_ids = NULL, updated_at = ? WHERE order_id = ?",
+                (OrderState.COLLECTING.value, detail, now, order_id),
+            )
+            db.execute(
+                "INSERT INTO alerts (at, order_id, kind, message) VALUES (?, ?, ?, ?)",
+                (now, order_id, "resolved", detail),
+            )
+        return aside
 
     def alert(self, order_id: int | None, kind: str, message: str) -> None:
         with self.transaction() as db:

@@ -26,7 +26,7 @@ from oracle.keeper import Keeper
 from oracle.relayer import Relayer
 from oracle.settings import OracleSettings
 from oracle.simulator import malleate
-from oracle.store import OrderState, Store
+from oracle.store import NotDisputed, OrderState, Store
 from oracle.submitter import ChainSubmitter
 from oracle.validation import Reason
 from oracle.wire import SignedReading
@@ -234,6 +234,60 @@ def test_rfid_and_weight_disagreeing_is_disputed_and_nothing_is_paid(rig: Rig) -
     assert rig.world.ledger.order(rig.order_id).status == OrderStatus.OPEN
     after = rig.world.token.balance_of(payee), rig.world.token.balance_of(rig.world.ledger.address)
     assert after == before
+
+
+def test_a_recount_resolves_a_dispute_with_new_readings_only(rig: Rig) -> None:
+    count, light = rig.reading(rig.rfid1, 1_000), rig.reading(rig.scale, 700 * CARTON_G)
+    assert rig.send(count).accepted and rig.send(light).accepted
+    relayer = rig.relayer()
+    relayer.step()
+    assert rig.state() == OrderState.DISPUTED
+    with pytest.raises(ValueError, match="say why"):
+        rig.store.resolve_dispute(rig.order_id, "  ")
+
+    assert rig.store.resolve_dispute(rig.order_id, "scale recalibrated, goods weighed again") == 2
+    record = rig.store.order(rig.order_id)
+    assert record is not None and record.state == OrderState.COLLECTING
+    assert "recount, 2 readings set aside" in record.detail
+    assert [a.kind for a in rig.store.alerts()] == ["resolved", "disputed"]
+    assert rig.store.observations(rig.order_id) == []
+    # The disputed readings stay refused: sent again they are replays, and set aside they don't count.
+    assert [rig.send(r).reason for r in (count, light)] == [Reason.REPLAYED, Reason.REPLAYED]
+    relayer.step()
+    assert rig.state() == OrderState.COLLECTING and rig.confirmations() == 0
+    assert rig.send(rig.reading(rig.scale, 1_000 * CARTON_G)).accepted  # the new weighing
+    relayer.step()
+    assert rig.state() == OrderState.COLLECTING  # one device is no quorum: the old count is gone
+    assert rig.send(rig.reading(rig.rfid2, 1_000)).accepted
+    relayer.step()
+    assert rig.state() == OrderState.CONFIRMED and rig.confirmations() == 1
+    assert rig.world.ledger.order(rig.order_id).delivered_quantity == 1_000
+
+
+def test_a_dispute_from_wrong_expectations_is_judged_again_with_the_same_readings(rig: Rig) -> None:
+    # The order's cartons are heavier than configured: the truthful scale looks 25% heavy.
+    assert rig.send(rig.reading(rig.rfid1, 1_000)).accepted
+    assert rig.send(rig.reading(rig.scale, 1_000 * 15_000)).accepted
+    relayer = rig.relayer()
+    relayer.step()
+    assert rig.state() == OrderState.DISPUTED
+    rig.store.register_order(
+        rig.order_id, carton_weight_grams=15_000, count_tolerance=None, weight_tolerance_pct=None
+    )
+    relayer.step()
+    assert rig.state() == OrderState.DISPUTED  # corrected expectations alone reopen nothing
+    assert rig.store.resolve_dispute(rig.order_id, "cartons are 15 kg", recount=False) == 0
+    relayer.step()
+    assert rig.state() == OrderState.CONFIRMED and rig.confirmations() == 1
+
+
+def test_only_a_disputed_order_can_be_resolved(rig: Rig) -> None:
+    with pytest.raises(NotDisputed, match="unknown to this oracle"):
+        rig.store.resolve_dispute(rig.order_id, "no readings yet")
+    assert rig.send(rig.reading(rig.rfid1, 1_000)).accepted
+    with pytest.raises(NotDisputed, match="collecting"):
+        rig.store.resolve_dispute(rig.order_id, "not disputed")
+    assert rig.store.alerts() == [] and len(rig.store.observations(rig.order_id)) == 1
 
 
 # ---------------------------------------------------------------------- the relayer

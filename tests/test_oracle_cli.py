@@ -47,6 +47,33 @@ def test_status_shows_orders_and_alerts(runner: CliRunner, tmp_path: Path) -> No
     assert data["counts"]["disputed"] == 1 and data["alerts"][0]["order_id"] == 2
 
 
+def test_resolve_reopens_a_disputed_order_and_refuses_any_other(runner: CliRunner, tmp_path: Path) -> None:
+    db = tmp_path / "oracle.db"
+    store = Store(db)
+    for order_id in (1, 2):
+        store.register_order(
+            order_id, carton_weight_grams=None, count_tolerance=None, weight_tolerance_pct=None
+        )
+    store.set_state(2, OrderState.DISPUTED, "weight 840000 g does not match 100 cartons")
+    store.close()
+    resolve = ["oracle", "resolve", "--db", str(db)]
+
+    no_reason = runner.invoke(build_app(), [*resolve, "2"])
+    assert no_reason.exit_code == 2 and "--reason" in no_reason.output
+    not_disputed = runner.invoke(build_app(), [*resolve, "1", "--reason", "recount"])
+    assert not_disputed.exit_code == 2 and "not disputed (collecting)" in not_disputed.output
+    done = runner.invoke(build_app(), [*resolve, "2", "--reason", "pallet 7 recounted by hand"])
+    assert done.exit_code == 0, done.output
+    assert "order 2: collecting; 0 readings set aside" in done.output
+    again = runner.invoke(build_app(), [*resolve, "2", "--reason", "twice"])
+    assert again.exit_code == 2 and "not disputed (collecting)" in again.output
+
+    status = json.loads(runner.invoke(build_app(), ["oracle", "status", "--db", str(db), "--json"]).output)
+    assert status["counts"]["disputed"] == 0 and status["counts"]["collecting"] == 2
+    [alert] = status["alerts"]
+    assert alert["kind"] == "resolved" and "pallet 7 recounted by hand" in alert["message"]
+
+
 def test_status_without_a_database(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(build_app(), ["oracle", "status", "--db", str(tmp_path / "none.db")])
     assert result.exit_code == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -465,6 +466,28 @@ def test_store_survives_reopen(tmp_path: Path) -> None:
     store.close()
     again = Store(tmp_path / "o.db")
     assert [i.payload for i in again.unprocessed()] == [b"payload"]
+
+
+def test_store_made_before_recounts_gains_the_set_aside_column(tmp_path: Path) -> None:
+    """A database from before dispute resolution existed opens with its readings counted."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE observations (id INTEGER PRIMARY KEY, order_id INTEGER NOT NULL, device TEXT NOT NULL, "
+        "sequence TEXT NOT NULL, kind INTEGER NOT NULL, reading TEXT NOT NULL, source TEXT NOT NULL, "
+        "received_at REAL NOT NULL, UNIQUE (device, sequence))"
+    )
+    r = reading(signer(RFID_A), 1_000, fake_chain())
+    old.execute(
+        "INSERT INTO observations (order_id, device, sequence, kind, reading, source, received_at) "
+        "VALUES (?, ?, ?, ?, ?, 'test', 0)",
+        (r.observation.order_id, r.observation.device, str(r.observation.sequence), r.observation.kind,
+         json.dumps(r.to_json())),
+    )  # fmt: skip
+    old.commit()
+    old.close()
+    store = Store(path)
+    assert [o.reading for o in store.observations(r.observation.order_id)] == [r]
 
 
 def test_observation_type_is_the_chain_clients() -> None:
