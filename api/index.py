@@ -14,6 +14,7 @@ for the follower), so a client reads its own writes.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -26,7 +27,8 @@ from sqlmodel import Session, SQLModel, col, select
 from chain_client.chain import Chain
 from chain_client.deploy import Deployment
 from chain_client.errors import CertledgerError
-from chain_client.index.db import IndexDatabase, table_of
+from chain_client.index.books import CREATED
+from chain_client.index.db import DATABASE_ERRORS, IndexDatabase, table_of
 from chain_client.index.models import (
     CertificateRecord,
     ChangeRecord,
@@ -40,6 +42,8 @@ from chain_client.index.models import (
 from chain_client.index.sync import Indexer
 
 M = TypeVar("M", bound=SQLModel)
+log = logging.getLogger(__name__)
+_SYNC_FAILURES: tuple[type[Exception], ...] = (CertledgerError, *DATABASE_ERRORS, OSError)
 
 
 def _as(model: type[M], row: Row[Any]) -> M:
@@ -97,10 +101,10 @@ class IndexReader:
         while not self._stop.wait(self.interval):
             try:
                 self._sync()
-            except CertledgerError:
-                # The node is down or moved under us: reads serve what is indexed, and the next
-                # round tries again; a write's `reach` reports the failure to its client.
-                continue
+            except _SYNC_FAILURES as exc:
+                # The node or the database is down, or the chain moved under us: reads serve what
+                # is indexed, and the next round tries again (the thread must outlive the trouble).
+                log.warning("index sync failed, trying again in %.1f s: %s", self.interval, exc)
 
     def _sync(self, block: int | None = None) -> None:
         """Syncs, unless (for a write's `block`) a sync that finished meanwhile already covers it:
@@ -203,6 +207,34 @@ class IndexReader:
                 )
             ).all()
         return {int(i) for i in now} | {int(k) for k in before}
+
+    def holdings_and_births(
+        self, ids: set[int]
+    ) -> list[tuple[int, str, tuple[int, int, int, int], object, object]]:
+        """For each certificate in `ids`, its creation and each change of holder, in chain order, as
+        (certificate id, field, position, old, new); field is books.CREATED or "holder"."""
+        if not ids:
+            return []
+        table = table_of(ChangeRecord)
+        query = (
+            core_select(
+                table.c.key, table.c.field, table.c.block_number, table.c.tx_index, table.c.log_index,
+                table.c.seq, table.c.old, table.c.new,
+            )
+            .where(
+                table.c.chain_id == self.chain_id,
+                table.c.entity == "certificate",
+                table.c.key.in_([str(i) for i in ids]),
+                table.c.field.in_([CREATED, "holder"]),
+            )
+            .order_by(table.c.block_number, table.c.tx_index, table.c.log_index, table.c.seq)
+        )  # fmt: skip
+        with self.db.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            (int(key), str(field), (int(block), int(tx), int(log), int(seq)), old, new)
+            for key, field, block, tx, log, seq, old, new in rows
+        ]
 
     def order_ids_of_issuer(self, address: str) -> set[int]:
         with self.session() as s:

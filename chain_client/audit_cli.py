@@ -14,7 +14,6 @@ The index is a SQLite file by default (--db or CERTLEDGER_INDEX_DB) or any Postg
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -171,15 +170,19 @@ def sync(
             return
         console.print(f"following chain {deployment.chain_id} ({confirmations} confirmations); Ctrl-C stops")
         seen = -1
+
+        def show(status: SyncStatus) -> None:
+            nonlocal seen
+            if status.synced_block != seen:
+                seen = status.synced_block
+                line = f"block {seen}: {status.events} events, digest {status.digest}"
+                console.print(line, highlight=False)
+
+        def trouble(exc: Exception) -> None:
+            console.print(f"[yellow]sync failed, trying again in {poll:g} s:[/] {exc}", highlight=False)
+
         try:
-            while True:
-                status = indexer.sync()
-                if status.synced_block != seen:
-                    seen = status.synced_block
-                    console.print(
-                        f"block {seen}: {status.events} events, digest {status.digest}", highlight=False
-                    )
-                time.sleep(poll)
+            indexer.follow(poll, on_status=show, on_error=trouble)
         except KeyboardInterrupt:
             _summary(indexer.status())
 

@@ -3,6 +3,7 @@ mode of several workers (`from_env`, as uvicorn's factory builds each worker), a
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -98,7 +99,9 @@ def _pass_on(client: TestClient, node: Node, sender: LocalAccount, to: LocalAcco
     assert (again.status_code, again.json()["code"]) == (409, "NonceAlreadyUsed")
 
 
-def test_one_worker_syncs_the_index_in_the_background(node: Node, tmp_path: Path) -> None:
+def test_one_worker_syncs_the_index_in_the_background(
+    node: Node, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = ApiSettings(
         rpc_url=node.url,
         index_db=str(tmp_path / "index.sqlite"),
@@ -109,6 +112,25 @@ def test_one_worker_syncs_the_index_in_the_background(node: Node, tmp_path: Path
     assert service.reader.background
     with TestClient(create_app(service)) as client:  # the lifespan starts and stops the sync thread
         _pass_on(client, node, node.a, node.b)
+        # Another process holds the index's write lock for a while: the thread's rounds fail (after
+        # SQLite's busy timeout), and it goes on once the lock is gone.
+        locker = sqlite3.connect(tmp_path / "index.sqlite")
+        locker.execute("BEGIN EXCLUSIVE")
+        node.system.ledger.transfer(node.b, node.certificate, node.a.address)
+        deadline = time.monotonic() + 30
+        while not any("index sync failed" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "no sync round failed while the index was locked"
+            time.sleep(0.1)
+        locker.rollback()
+        locker.close()
+        thread = service.reader._thread
+        assert thread is not None and thread.is_alive()
+        deadline = time.monotonic() + 30
+        while service.reader.synced_block() < node.system.chain.w3.eth.block_number:
+            assert time.monotonic() < deadline, "the background sync did not recover"
+            time.sleep(0.05)
+        held = client.get("/v1/certificates", headers=_login(client, node.a)).json()
+        assert [c["certificateId"] for c in held["items"]] == [node.certificate]
     assert service.reader._thread is None
 
 

@@ -129,6 +129,6 @@ def test_sync_keeps_its_confirmation_depth_while_following(chain: Chain, tmp_pat
         return True
 
     status = indexer.follow(poll_seconds=0.01, stop=stop)
-    assert status.synced_block == chain.w3.eth.block_number - 3
+    assert status is not None and status.synced_block == chain.w3.eth.block_number - 3
     assert polls == sorted(polls) and polls[-1] > polls[0]
     _assert_equals_fresh_replay(chain, work, db, status.digest, tmp_path, until=status.synced_block)

@@ -374,6 +374,32 @@ def test_a_killed_sync_resumes_with_no_gap_and_no_duplicate(
     assert audit.verify(lifecycle.chain, lifecycle.work.system.deployment, db).ok
 
 
+def test_a_follower_outlives_a_locked_database_and_catches_up(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
+) -> None:
+    """Another process holds the index's write lock: the follower's round fails (SQLite's busy
+    timeout), is reported, and the next round, once the lock is gone, indexes everything."""
+    path = tmp_path / "follow.sqlite"
+    reference = replayed[1]
+    indexer = Indexer(lifecycle.chain, lifecycle.work.system.deployment, IndexDatabase(path))
+    indexer.sync(until=(reference.deployment_block + reference.synced_block) // 2)
+    locker = sqlite3.connect(path)
+    locker.execute("BEGIN EXCLUSIVE")
+    errors: list[Exception] = []
+    statuses: list[SyncStatus] = []
+
+    def stop() -> bool:
+        if errors and locker.in_transaction:
+            locker.rollback()
+        return bool(errors and statuses)
+
+    last = indexer.follow(poll_seconds=0.01, stop=stop, on_status=statuses.append, on_error=errors.append)
+    locker.close()
+    assert len(errors) == 1 and "locked" in str(errors[0]), errors
+    assert last is not None and last == statuses[-1]
+    assert (last.synced_block, last.digest) == (reference.synced_block, reference.digest)
+
+
 def test_a_range_that_fails_half_written_leaves_nothing_behind(
     lifecycle: Lifecycle,
     replayed: tuple[IndexDatabase, SyncStatus],

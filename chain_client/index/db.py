@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import (
     Connection,
     Engine,
@@ -28,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import SQLModel
 
@@ -48,6 +51,10 @@ from chain_client.index.models import (
 )
 
 DEFAULT_URL = "sqlite:///certledger-index.sqlite"
+
+#: What a database in trouble raises (locked, gone, restarted): SQLAlchemy's errors, and the
+#: drivers' own from the bulk paths that use the driver's cursor directly (see `_bulk`).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, sqlite3.Error, psycopg.Error)
 #: Rows per INSERT statement batch; keeps PostgreSQL's bind-parameter count well under its limit.
 _CHUNK = 2_000
 

@@ -22,6 +22,7 @@ while results stay small.
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -41,7 +42,14 @@ from chain_client.index.books import (
     decode_value,
     encode_key,
 )
-from chain_client.index.db import IndexDatabase, IndexDatabaseError, RangeLoader, RangeWrite, materialise
+from chain_client.index.db import (
+    DATABASE_ERRORS,
+    IndexDatabase,
+    IndexDatabaseError,
+    RangeLoader,
+    RangeWrite,
+    materialise,
+)
 from chain_client.index.decode import Event, LogDecoder, RawLog
 from chain_client.index.digest import genesis
 from chain_client.index.models import IndexState
@@ -54,6 +62,11 @@ from chain_client.index.writer import (
     Writer,
     can_fork,
 )
+
+log = logging.getLogger(__name__)
+
+#: What a follower's round may fail with and live: the node's or the database's trouble.
+_ROUND_FAILURES: tuple[type[Exception], ...] = (CertledgerError, *DATABASE_ERRORS, OSError)
 
 
 class ReorgTooDeep(CertledgerError):
@@ -245,13 +258,35 @@ class Indexer:
             if isinstance(outcome, _Reorg):
                 self._rollback()
 
-    def follow(self, poll_seconds: float = 1.0, stop: Callable[[], bool] = lambda: False) -> SyncStatus:
-        """Keeps syncing as the head moves until `stop()` says so."""
-        status = self.sync()
-        while not stop():
+    def follow(
+        self,
+        poll_seconds: float = 1.0,
+        stop: Callable[[], bool] = lambda: False,
+        on_status: Callable[[SyncStatus], None] | None = None,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> SyncStatus | None:
+        """Keeps syncing as the head moves until `stop()` says so; returns the last good status.
+        `on_status` hears each round's status, `on_error` each failed round (default: a log line).
+
+        A follower outlives the node's and the database's troubles: a failed round is reported and
+        the next poll tries again (a sync resumes from its committed cursor, so nothing is lost or
+        doubled). Stopping on the first error would leave whoever reads the index on a frozen copy
+        with nobody told but a log line."""
+        status: SyncStatus | None = None
+        while True:
+            try:
+                status = self.sync()
+            except _ROUND_FAILURES as exc:
+                if on_error is None:
+                    log.warning("index sync failed, trying again in %.1f s: %s", poll_seconds, exc)
+                else:
+                    on_error(exc)
+            else:
+                if on_status is not None:
+                    on_status(status)
+            if stop():
+                return status
             time.sleep(poll_seconds)
-            status = self.sync()
-        return status
 
     def _pipeline(self, state: IndexState, target: int) -> _Retry | _Reorg | None:
         """Syncs up to `target` with the stages overlapped. The getLogs of the next range is sent
