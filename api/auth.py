@@ -166,7 +166,9 @@ class Authenticator:
 
     def verify_token(self, token: str) -> TokenClaims:
         body, _, tag = token.partition(".")
-        if not body or not tag or not hmac.compare_digest(_b64(self._sign(body)), tag):
+        # Tokens are base64url text: anything else is refused before compare_digest, which takes
+        # ASCII strings only (a header decodes as latin-1, so a client can send any byte).
+        if not token.isascii() or not body or not tag or not hmac.compare_digest(_b64(self._sign(body)), tag):
             raise unauthorized("InvalidToken", "the bearer token is not valid")
         try:
             payload = json.loads(_unb64(body))

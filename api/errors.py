@@ -6,13 +6,16 @@ RelayRefused (checks before send)   its own status and code
 ContractPanic, UnknownRevert        422 Reverted
 NodeUnavailable, connection errors  503 NodeUnavailable with Retry-After
 TransactionTimeout                  504 ReceiptTimeout (the transaction may still be mined)
+OutcomeUnknown                      504 OutcomeUnknown (sent, then the node failed: may be mined)
 RequestValidationError              422 ValidationError
 """
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -28,7 +31,7 @@ from chain_client.errors import (
     TransactionTimeout,
 )
 from chain_client.index.db import IndexDatabaseError
-from chain_client.relay import RelayRefused, jsonable
+from chain_client.relay import OutcomeUnknown, RelayRefused, jsonable
 
 
 class ApiError(Exception):
@@ -116,9 +119,15 @@ def install(app: FastAPI, retry_after: int) -> None:
     async def _timeout(_: Request, exc: TransactionTimeout) -> JSONResponse:
         return respond(504, "ReceiptTimeout", str(exc), {"txHash": exc.tx_hash, "seconds": exc.seconds})
 
+    @app.exception_handler(OutcomeUnknown)
+    async def _unknown(_: Request, exc: OutcomeUnknown) -> JSONResponse:
+        return respond(504, "OutcomeUnknown", str(exc), {"txHash": exc.tx_hash, "reason": exc.reason})
+
     @app.exception_handler(IndexDatabaseError)
     @app.exception_handler(IndexLagging)
     @app.exception_handler(OperationalError)
+    @app.exception_handler(sqlite3.OperationalError)  # the index's bulk writes use the drivers
+    @app.exception_handler(psycopg.OperationalError)
     async def _index(_: Request, exc: Exception) -> JSONResponse:
         # The index is not there yet (a follower's first sync), locked, or behind: try again.
         response = respond(503, "IndexUnavailable", "the event index is not available; try again", {})

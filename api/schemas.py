@@ -267,6 +267,9 @@ class TxOut(BaseModel):
     function: str
     sender: str
     events: list[EventOut]
+    #: whether the index already includes the block (reads show the write); false when the index
+    #: could not catch up in time: the transaction is mined all the same, do not send it again
+    indexed: bool = True
 
 
 class OpenOrderIn(BaseModel):

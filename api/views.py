@@ -15,6 +15,7 @@ from api.schemas import (
     PaymentOut,
 )
 from api.service import role_names
+from chain_client.index.books import CREATED
 from chain_client.index.models import (
     CertificateRecord,
     ChangeRecord,
@@ -119,7 +120,8 @@ def require_reader(caller: Caller) -> None:
 
 def visible_certificates(reader: IndexReader, caller: Caller) -> set[int] | None:
     """Ids the caller may read; None means all. A holder sees what it holds or held, the
-    certificates they came from and those split from them (its lineage, not its siblings'); an
+    certificates they came from, and those split from them while it held them: what it split off
+    or sold a part of, not what a later holder did with the certificate once it was passed on. An
     issuer sees every certificate of its orders."""
     require_reader(caller)
     if caller.sees_all:
@@ -134,24 +136,65 @@ def visible_certificates(reader: IndexReader, caller: Caller) -> set[int] | None
         held = reader.held_ids(caller.address)
         if held:
             orders = {int(c.order_id) for c in reader.certificates(held).values()}
-            family = reader.certificates_of_orders(orders)
-            parent = {int(c.certificate_id): int(c.parent_id) for c in family}
-            children: dict[int, list[int]] = {}
-            for child, par in parent.items():
-                children.setdefault(par, []).append(child)
+            family = {int(c.certificate_id): c for c in reader.certificates_of_orders(orders)}
+            ids |= held
             for cid in held:
-                ids.add(cid)
-                up = parent.get(cid, 0)
+                up = int(family[cid].parent_id) if cid in family else 0
                 while up and up not in ids:
                     ids.add(up)
-                    up = parent.get(up, 0)
-                stack = list(children.get(cid, []))
-                while stack:
-                    down = stack.pop()
-                    if down not in ids:
-                        ids.add(down)
-                        stack.extend(children.get(down, []))
+                    up = int(family[up].parent_id) if up in family else 0
+            ids |= _split_off_while_held(reader, caller.address, held, family)
     return ids
+
+
+Position = tuple[int, int, int, int]  # block, transaction index, log index, change seq
+_END: Position = (2**63, 0, 0, 0)
+
+
+def _split_off_while_held(
+    reader: IndexReader, address: str, held: set[int], family: dict[int, CertificateRecord]
+) -> set[int]:
+    """Children of the certificates `address` held, created while it held their parent."""
+    children = {cid for cid, c in family.items() if int(c.parent_id) in held}
+    if not children:
+        return set()
+    born: dict[int, Position] = {}
+    moves: dict[int, list[tuple[Position, object, object]]] = {}
+    for cid, field, at, old, new in reader.holdings_and_births(held | children):
+        if field == CREATED:
+            born[cid] = at
+        else:
+            moves.setdefault(cid, []).append((at, old, new))
+    spans = {
+        cid: _holding_spans(address, born.get(cid), moves.get(cid, []), family[cid].holder)
+        for cid in held
+        if cid in family
+    }
+    return {
+        child
+        for child in children
+        if child in born
+        and any(begin <= born[child] < end for begin, end in spans.get(int(family[child].parent_id), []))
+    }
+
+
+def _holding_spans(
+    address: str, born: Position | None, moves: list[tuple[Position, object, object]], holder_now: str
+) -> list[tuple[Position, Position]]:
+    """When `address` held a certificate, as [from, until) positions in chain order. Its first
+    holder is the one the first change of holder moved it from (or, never moved, its holder now)."""
+    first = moves[0][1] if moves else holder_now
+    start = born if born is not None and first == address else None
+    spans: list[tuple[Position, Position]] = []
+    for at, old, new in moves:
+        if old == address and start is not None:
+            spans.append((start, at))
+            start = None
+        if new == address:
+            start = at
+    if start is not None:
+        spans.append((start, _END))
+    return spans
 
 
 def certificate_for(reader: IndexReader, caller: Caller, certificate_id: int) -> CertificateRecord:

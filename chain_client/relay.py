@@ -29,7 +29,7 @@ from web3.contract.contract import ContractFunction
 from web3.types import TxParams, Wei
 
 from chain_client.artifacts import load_artifact
-from chain_client.errors import CertledgerError, NonceTooLow, TransactionTimeout
+from chain_client.errors import CertledgerError, NodeUnavailable, NonceTooLow, TransactionTimeout
 from chain_client.events import DecodedEvent
 from chain_client.models import Role
 from chain_client.system import System
@@ -75,6 +75,10 @@ JOB_ROLES: dict[str, dict[str, Role | None]] = {
 }
 
 
+#: Transaction types relayed (see `decode_raw`).
+RELAYED_TYPES = (0, 1, 2)
+
+
 class RelayRefused(CertledgerError):
     """The service refuses a signed transaction before sending it; `code` is stable for clients."""
 
@@ -83,6 +87,20 @@ class RelayRefused(CertledgerError):
         self.code = code
         self.status = status
         self.fields: dict[str, Any] = fields
+
+
+class OutcomeUnknown(CertledgerError):
+    """A transaction was sent, or may have been, and its outcome could not be read: the node went
+    away, or it was not mined in time. Sending the same signed bytes again is safe (one nonce: at
+    most one inclusion) and tells; signing a new transaction for the same job may do it twice."""
+
+    def __init__(self, tx_hash: str, reason: str) -> None:
+        super().__init__(
+            f"{tx_hash} was sent but its outcome is unknown ({reason}); send the same signed "
+            "transaction again to learn it, do not sign a new one"
+        )
+        self.tx_hash = tx_hash
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -108,6 +126,8 @@ class DecodedTx:
     chain_id: int | None
     max_fee_per_gas: int | None
     gas_price: int | None
+    #: EIP-2718 type: 0 legacy, 1 EIP-2930, 2 EIP-1559
+    tx_type: int = 0
 
     @property
     def selector(self) -> bytes:
@@ -195,7 +215,16 @@ class Relay:
     def check(self, tx: DecodedTx) -> Job:
         """Everything short of sending; raises RelayRefused or the simulation's ContractReverted."""
         chain = self.system.chain
-        if tx.chain_id is not None and tx.chain_id != chain.chain_id:
+        if tx.chain_id is None:
+            # A pre-EIP-155 signature is valid on every chain: one made for a test network would
+            # replay here (same deployer, same contract addresses).
+            raise RelayRefused(
+                "UnprotectedTransaction",
+                "signed without a chain id (pre-EIP-155), which any chain would accept",
+                422,
+                expected=chain.chain_id,
+            )
+        if tx.chain_id != chain.chain_id:
             raise RelayRefused(
                 "WrongChain", "signed for another chain", 422, chainId=tx.chain_id, expected=chain.chain_id
             )
@@ -205,7 +234,8 @@ class Relay:
         w3 = chain.w3
         mined = call_checked(lambda: w3.eth.get_transaction_count(tx.sender, "latest"))
         if tx.nonce < mined:
-            # A replay of a transaction already mined, or one it was meant to replace.
+            # A replay of a transaction already mined, or one it was meant to replace. Whether this
+            # very transaction is on chain tells a client that lost the first answer what happened.
             raise RelayRefused(
                 "NonceAlreadyUsed",
                 "this transaction's nonce was already used by its sender",
@@ -213,6 +243,8 @@ class Relay:
                 sender=tx.sender,
                 nonce=tx.nonce,
                 next=mined,
+                txHash=tx.tx_hash,
+                included=self._included(tx.tx_hash),
             )
         pending = call_checked(lambda: w3.eth.get_transaction_count(tx.sender, "pending"))
         if tx.nonce > pending:
@@ -242,6 +274,7 @@ class Relay:
                     active=participant.active,
                 )
         fee = tx.max_fee_per_gas if tx.max_fee_per_gas is not None else (tx.gas_price or 0)
+        self._check_gas(tx, fee)
         balance = call_checked(lambda: w3.eth.get_balance(tx.sender))
         if balance < tx.gas * fee:
             raise RelayRefused(
@@ -254,15 +287,53 @@ class Relay:
         self.simulate(tx)
         return job
 
+    def _check_gas(self, tx: DecodedTx, fee: int) -> None:
+        """Refuses what no block would include: more gas than a block holds, or a fee below the
+        latest base fee (the node would keep it waiting, or refuse it, in its own words)."""
+        block = call_checked(lambda: self.system.chain.w3.eth.get_block("latest"))
+        limit = int(block["gasLimit"])
+        if tx.gas > limit:
+            raise RelayRefused(
+                "GasAboveBlockLimit", "the transaction asks for more gas than a block holds", 422,
+                gas=tx.gas, blockGasLimit=limit,
+            )  # fmt: skip
+        base = block.get("baseFeePerGas")
+        if base is not None and fee < int(base):
+            raise RelayRefused(
+                "FeeBelowBaseFee", "the fee offered is below the chain's base fee", 422,
+                maxFeePerGas=fee, baseFeePerGas=int(base),
+            )  # fmt: skip
+
     def simulate(self, tx: DecodedTx) -> None:
-        """Runs the transaction as a call from its sender on the latest block; a revert raises the
-        contract's typed error and nothing is sent. Latest, not pending: `check` has already made
-        sure the sender has nothing pending before it, and anvil answers a call on its pending block
-        several times slower. Another sender's pending transaction can still change the outcome;
-        then the receipt's revert is decoded and reported (see `_reverted`)."""
+        """Runs the transaction as a call from its sender on the latest block, with the gas it
+        offers; a revert raises the contract's typed error and nothing is sent. Latest, not
+        pending: `check` has already made sure the sender has nothing pending before it, and anvil
+        answers a call on its pending block several times slower. Another sender's pending
+        transaction can still change the outcome; then the receipt's revert is decoded and
+        reported (see `Transactor.receipt`). A failure that is not a revert (out of gas, below the
+        intrinsic gas) is the signed transaction's own fault: `SimulationFailed`."""
         w3 = self.system.chain.w3
         call: TxParams = {"from": tx.sender, "to": tx.to, "data": HexBytes(tx.data), "gas": tx.gas}  # type: ignore[typeddict-item]
-        call_checked(lambda: w3.eth.call(call, "latest"))
+        try:
+            call_checked(lambda: w3.eth.call(call, "latest"))
+        except CertledgerError:
+            raise
+        except Exception as exc:
+            raise RelayRefused(
+                "SimulationFailed",
+                f"the transaction fails as signed: {exc}",
+                422,
+                gas=tx.gas,
+                reason=str(exc),
+            ) from None
+
+    def _included(self, tx_hash: str) -> bool:
+        """Whether the node has mined this very transaction."""
+        try:
+            receipt = self.system.chain.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+        except Exception:  # TransactionNotFound, in each provider's own type
+            return False
+        return receipt is not None
 
     # ------------------------------------------------------------------ sending
 
@@ -281,9 +352,25 @@ class Relay:
             transactor.broadcast(PreparedTx(tx.tx_hash, tx.raw, tx.sender, tx.nonce))
         except NonceTooLow:
             raise RelayRefused(
-                "NonceAlreadyUsed", "the node refused a nonce already used", 409, nonce=tx.nonce
-            ) from None
-        result = transactor.receipt(tx.tx_hash, timeout)
+                "NonceAlreadyUsed", "the node refused a nonce already used", 409, nonce=tx.nonce,
+                txHash=tx.tx_hash, included=self._included(tx.tx_hash),
+            ) from None  # fmt: skip
+        except NodeUnavailable as exc:
+            # The bytes may have reached the node before the connection failed.
+            raise OutcomeUnknown(tx.tx_hash, f"the node failed while it was sent: {exc}") from exc
+        except CertledgerError:
+            raise  # a typed revert (the embedded chain executes on send)
+        except Exception as exc:
+            # The node refused the bytes in its own words (fee too low for a replacement, gas,
+            # funds): nothing is pending, and the signed transaction itself must change.
+            raise RelayRefused(
+                "TransactionRejected", f"the node refused the transaction: {exc}", 422,
+                txHash=tx.tx_hash, reason=str(exc),
+            ) from None  # fmt: skip
+        try:
+            result = transactor.receipt(tx.tx_hash, timeout)
+        except NodeUnavailable as exc:
+            raise OutcomeUnknown(tx.tx_hash, f"the node failed while its receipt was awaited: {exc}") from exc
         if result is None:
             raise TransactionTimeout(tx.tx_hash, timeout)
         return result
@@ -296,6 +383,7 @@ def _role_names(roles: Role) -> list[str]:
 def decode_raw(raw: bytes | str) -> DecodedTx:
     """Decodes a signed transaction (EIP-1559, EIP-2930 or legacy) and recovers its signer."""
     data = bytes(HexBytes(raw))
+    tx_type = data[0] if data and data[0] <= 0x7F else 0
     try:
         sender = to_checksum_address(Account.recover_transaction(data))
         if data and data[0] <= 0x7F:
@@ -308,6 +396,15 @@ def decode_raw(raw: bytes | str) -> DecodedTx:
             chain_id = (v - 35) // 2 if v >= 35 else None
     except Exception as exc:  # rlp, signature and field errors come in many types
         raise RelayRefused("MalformedTransaction", f"not a signed transaction: {exc}", 422) from None
+    if tx_type not in RELAYED_TYPES:
+        # Blob (3) and set-code (4) transactions carry parts a certledger job never needs and this
+        # service would not check (blobs, authorisations): refused rather than relayed unread.
+        raise RelayRefused(
+            "UnsupportedTransactionType",
+            "only legacy, EIP-2930 and EIP-1559 transactions are relayed",
+            422,
+            type=tx_type,
+        )
     to = fields.get("to")
     to_bytes = bytes(HexBytes(to)) if to else b""
     return DecodedTx(
@@ -322,6 +419,7 @@ def decode_raw(raw: bytes | str) -> DecodedTx:
         chain_id=chain_id,
         max_fee_per_gas=int(fields["maxFeePerGas"]) if "maxFeePerGas" in fields else None,
         gas_price=int(fields["gasPrice"]) if "gasPrice" in fields else None,
+        tx_type=tx_type,
     )
 
 

@@ -90,6 +90,10 @@ def test_tampered_or_missing_token_is_refused(api: Api, world: World) -> None:
         r = api.client.get("/v1/certificates", headers=headers)
         assert r.status_code == 401, r.text
         assert r.json()["code"] in ("InvalidToken", "NotAuthenticated")
+    # A header is read as latin-1: a token with bytes outside ASCII is refused like any bad one.
+    odd = f"Bearer {body}.{tag[:-1]}\xe9".encode("latin-1")
+    r = api.client.get("/v1/certificates", headers={b"Authorization": odd})
+    assert (r.status_code, r.json()["code"]) == (401, "InvalidToken"), r.text
 
 
 def test_unregistered_account_gets_no_token(api: Api, world: World) -> None:

@@ -186,3 +186,59 @@ def test_offers_are_seen_by_their_seller_and_eligible_factors(
 def test_health_names_the_head_and_the_indexed_block(api: Api, world: World) -> None:
     health = api.client.get("/health").json()
     assert health["head"] == world.chain.w3.eth.block_number and health["indexed"] <= health["head"]
+
+
+def test_closed_offers_are_hidden_from_factors_not_party_to_them(
+    api: Api, world: World, tree: dict[str, int]
+) -> None:
+    s2, factor = world.cast.supplier2, world.cast.factor
+    expiry = world.pending_time() + 86_400
+    to_anyone, _ = world.ledger.offer_discount(s2, tree["a"], value=100_00, price=90_00, expiry=expiry)
+    for_factor, _ = world.ledger.offer_discount(
+        s2, tree["a"], value=100_00, price=95_00, expiry=expiry, buyer=factor.address
+    )
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    assert api.get(f"/v1/offers/{to_anyone}", factor).status_code == 200
+    world.ledger.cancel_offer(s2, to_anyone)
+    world.ledger.cancel_offer(s2, for_factor)
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    # Closed, an offer to anyone is the seller's business (and, once sold, its buyer's).
+    assert api.get(f"/v1/offers/{to_anyone}", factor).status_code == 403
+    assert api.get(f"/v1/offers/{to_anyone}", s2).status_code == 200
+    listed = api.get("/v1/offers", factor, openOnly="false").json()
+    assert [o["offerId"] for o in listed["items"]] == [for_factor]  # reserved for it: still its own
+    assert api.get("/v1/offers", s2, openOnly="false").json()["total"] == 2
+
+
+def test_a_previous_holder_does_not_follow_the_value_downstream(
+    api: Api, world: World, tree: dict[str, int]
+) -> None:
+    s1, s2, factor = world.cast.supplier1, world.cast.supplier2, world.cast.factor
+    world.ledger.transfer(s1, tree["root"], s2.address)
+    later, _ = world.ledger.split_to(s2, tree["root"], factor.address, 10_000_00)
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    # supplier1 sees the parts it split off while it held the root, not what supplier2 did after.
+    assert api.get(f"/v1/certificates/{later}", s1).status_code == 403
+    assert _tree_ids(api.get(f"/v1/certificates/{tree['root']}/lineage", s1).json()) == {
+        tree["root"], tree["a"], tree["b"],
+    }  # fmt: skip
+    # supplier2 sees what it split off the root, and its own part a, not supplier1's part b.
+    assert _tree_ids(api.get(f"/v1/certificates/{tree['root']}/lineage", s2).json()) == {
+        tree["root"], tree["a"], later,
+    }  # fmt: skip
+    assert api.get(f"/v1/certificates/{tree['b']}", s2).status_code == 403
+    settlement = api.get(f"/v1/settlement/orders/{tree['order']}", s2).json()
+    assert settlement["liveCertificates"] == sorted([tree["root"], tree["a"], later])
+
+
+def test_history_is_for_those_who_held_the_certificate(api: Api, world: World, tree: dict[str, int]) -> None:
+    s2, factor = world.cast.supplier2, world.cast.factor
+    # supplier2 sees the root its part came from, as it stands, but not its history (the splits to
+    # others and the holders it had).
+    assert api.get(f"/v1/certificates/{tree['root']}", s2).status_code == 200
+    r = api.get(f"/v1/certificates/{tree['root']}/history", s2)
+    assert (r.status_code, r.json()["code"]) == (403, "Forbidden")
+    assert api.get(f"/v1/certificates/{tree['a']}/history", s2).status_code == 200
+    assert api.get(f"/v1/certificates/{tree['b']}/history", factor).status_code == 200
+    assert api.get(f"/v1/certificates/{tree['root']}/history", world.cast.issuer).status_code == 200
+    assert api.get(f"/v1/certificates/{tree['root']}/history", world.cast.regulator).status_code == 200

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_support import Api, serve_world
+from api_support import Api, build_api, serve_world
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
@@ -38,6 +38,20 @@ def raw_tx(world: World, account: LocalAccount, to: str, data: str, **overrides:
         "value": 0,
     }
     tx.update(overrides)
+    return bytes(account.sign_transaction(tx).raw_transaction)
+
+
+def unprotected(world: World, account: LocalAccount, to: str, data: str) -> bytes:
+    """A legacy transaction signed with no chain id (v = 27/28), as before EIP-155."""
+    w3 = world.chain.w3
+    tx: dict[str, Any] = {
+        "to": to,
+        "data": data,
+        "nonce": w3.eth.get_transaction_count(account.address),
+        "gas": 300_000,
+        "gasPrice": 2 * int(w3.eth.get_block("latest")["baseFeePerGas"]) + 10**9,
+        "value": 0,
+    }
     return bytes(account.sign_transaction(tx).raw_transaction)
 
 
@@ -185,6 +199,7 @@ def test_refusals_change_nothing(api: Api, world: World) -> None:
     _, root = world.certificate_for()
     ledger = world.ledger.address
     head, books = world.chain.w3.eth.block_number, world.balances()
+    block_gas = int(world.chain.w3.eth.get_block("latest")["gasLimit"])
     cases: list[tuple[bytes, int, str]] = [
         # Reverts in simulation: supplier2 does not hold the certificate.
         (
@@ -239,7 +254,19 @@ def test_refusals_change_nothing(api: Api, world: World) -> None:
             "NonceGap",
         ),
         (b"\x12\x34", 422, "MalformedTransaction"),
-    ]
+        # Signed without a chain id (pre-EIP-155): it would be valid on any chain.
+        (unprotected(world, s1, ledger, transfer_data(world, s1.address, s2.address, root)), 422,
+         "UnprotectedTransaction"),
+        # Gas and fees no block would take, or that the job cannot run on.
+        (raw_tx(world, s1, ledger, transfer_data(world, s1.address, s2.address, root), gas=block_gas + 1),
+         422, "GasAboveBlockLimit"),
+        (raw_tx(world, s1, ledger, transfer_data(world, s1.address, s2.address, root),
+                maxFeePerGas=1, maxPriorityFeePerGas=1), 422, "FeeBelowBaseFee"),
+        (raw_tx(world, s1, ledger, transfer_data(world, s1.address, s2.address, root), gas=30_000), 422,
+         "SimulationFailed"),
+        (raw_tx(world, s1, ledger, transfer_data(world, s1.address, s2.address, root), gas=21_000), 422,
+         "SimulationFailed"),
+    ]  # fmt: skip
     for raw, status, code in cases:
         r = api.submit_raw(raw)
         assert (r.status_code, r.json()["code"]) == (status, code), r.text
@@ -253,12 +280,62 @@ def test_replayed_signed_transaction_is_refused(api: Api, world: World) -> None:
     _, root = world.certificate_for()
     prepared = api.prepare("transfer", s1, {"certificateId": root, "to": s2.address}).json()
     raw = api.sign(s1, prepared)
-    assert api.submit_raw(raw).status_code == 200
+    first = api.submit_raw(raw)
+    assert first.status_code == 200
     head = world.chain.w3.eth.block_number
     r = api.submit_raw(raw)
     assert (r.status_code, r.json()["code"]) == (409, "NonceAlreadyUsed")
-    assert r.json()["fields"]["nonce"] == prepared["nonce"]
+    fields = r.json()["fields"]
+    # A client that lost the first answer learns from the refusal that this very transaction is in.
+    assert fields["nonce"] == prepared["nonce"]
+    assert (fields["txHash"], fields["included"]) == (first.json()["txHash"], True)
     assert world.chain.w3.eth.block_number == head
+    # Another transaction on a used nonce is refused the same way, but was not included.
+    other = api.sign(s1, {**prepared, "gas": prepared["gas"] + 1})
+    r = api.submit_raw(other)
+    assert (r.status_code, r.json()["fields"]["included"]) == (409, False)
+
+
+def test_a_mined_write_the_index_cannot_reach_in_time_is_still_a_success(
+    world: World, tmp_path: Path
+) -> None:
+    """A lagging index must not turn a done write into an error that a client would retry (and so
+    do twice): the answer says the write is mined and not yet indexed."""
+    s1, s2 = world.cast.supplier1, world.cast.supplier2
+    _, root = world.certificate_for()
+    index = str(tmp_path / "index.sqlite")
+    syncing = build_api(world, tmp_path, index)  # made the index once, then stopped: a follower behind
+    raw = syncing.sign(s1, syncing.prepare("transfer", s1, {"certificateId": root, "to": s2.address}).json())
+    syncing.service.reader.db.close()
+    # A worker that only reads the index its follower keeps (`serve --workers N`).
+    api = build_api(world, tmp_path, index, index_follower=True, index_wait=0.2)
+    r = api.submit_raw(raw)
+    assert r.status_code == 200, r.text
+    assert r.json()["indexed"] is False and r.json()["blockNumber"] == world.chain.w3.eth.block_number
+    assert world.ledger.certificate(root).holder == s2.address
+
+
+def test_a_node_failing_after_the_send_answers_outcome_unknown_with_the_hash(
+    api: Api, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s1, s2 = world.cast.supplier1, world.cast.supplier2
+    _, root = world.certificate_for()
+    raw = api.sign(s1, api.prepare("transfer", s1, {"certificateId": root, "to": s2.address}).json())
+    real = api.service.system.tx.receipt
+
+    def node_gone(tx_hash: str, timeout: float = 0.0) -> None:
+        raise NodeUnavailable("http://node", "connection reset while waiting")
+
+    monkeypatch.setattr(api.service.system.tx, "receipt", node_gone)
+    r = api.submit_raw(raw)
+    assert (r.status_code, r.json()["code"]) == (504, "OutcomeUnknown"), r.text
+    tx_hash = r.json()["fields"]["txHash"]
+    monkeypatch.setattr(api.service.system.tx, "receipt", real)
+    # Sent: the same bytes again tell the client it is in; a newly signed one would move it twice.
+    again = api.submit_raw(raw)
+    assert (again.status_code, again.json()["fields"]["included"]) == (409, True)
+    assert again.json()["fields"]["txHash"] == tx_hash
+    assert world.ledger.certificate(root).holder == s2.address
 
 
 def test_contract_error_at_prepare_carries_its_fields(api: Api, world: World) -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
-from sqlalchemy import or_
+from sqlalchemy import and_, or_
 from sqlmodel import col
 
-from api.deps import CallerDep, PagingDep, ServiceDep
+from api.deps import Caller, CallerDep, PagingDep, ServiceDep
 from api.errors import forbidden, not_found
 from api.schemas import (
     UINT64,
@@ -158,8 +158,15 @@ def lineage(certificate_id: IdPath, service: ServiceDep, caller: CallerDep) -> L
 def history(
     certificate_id: IdPath, service: ServiceDep, caller: CallerDep, paging: PagingDep
 ) -> Page[ChangeOut]:
-    """Every change the chain made to the certificate, oldest first."""
-    certificate_for(service.reader, caller, certificate_id)
+    """Every change the chain made to the certificate, oldest first: for those who hold or held it
+    (and its order's issuer, auditors, regulators). The certificates a holder's came from, or that
+    were split off from it, are visible as they stand, but their history would show what their
+    other holders did."""
+    record = certificate_for(service.reader, caller, certificate_id)
+    reader = service.reader
+    issuer = caller.has(Role.ISSUER) and int(record.order_id) in reader.order_ids_of_issuer(caller.address)
+    if not (caller.sees_all or issuer or certificate_id in reader.held_ids(caller.address)):
+        raise forbidden("the history of a certificate is for those who held it", certificateId=certificate_id)
     changes = service.reader.history(certificate_id)
     items = [change_out(c) for c in changes[paging.offset : paging.offset + paging.limit]]
     return Page(items=items, total=len(changes), limit=paging.limit, offset=paging.offset)
@@ -181,7 +188,8 @@ def offers(
     if not caller.sees_all:
         mine = [col(OfferRecord.seller) == caller.address]
         if caller.has(Role.FACTOR):
-            mine.append(or_(col(OfferRecord.buyer) == ZERO_ADDRESS, col(OfferRecord.buyer) == caller.address))
+            mine.append(col(OfferRecord.buyer) == caller.address)
+            mine.append(and_(col(OfferRecord.buyer) == ZERO_ADDRESS, col(OfferRecord.open).is_(True)))
         where.append(or_(*mine))
     if open_only:
         where.append(col(OfferRecord.open).is_(True))
@@ -194,13 +202,18 @@ def offer(offer_id: IdPath, service: ServiceDep, caller: CallerDep) -> OfferOut:
     record = service.reader.get(OfferRecord, offer_id=offer_id)
     if record is None:
         raise not_found("offer", offer_id)
-    if not (
-        caller.sees_all
-        or record.seller == caller.address
-        or (caller.has(Role.FACTOR) and record.buyer in (ZERO_ADDRESS, caller.address))
-    ):
+    if not (caller.sees_all or record.seller == caller.address or _offered_to(caller, record)):
         raise forbidden("not an offer to or from you", offerId=offer_id)
     return offer_out(record)
+
+
+def _offered_to(caller: Caller, record: OfferRecord) -> bool:
+    """A factor sees the offers reserved for it, and those open to any buyer while they are open: a
+    closed one was bought (by whom, the offer does not say) or withdrawn, and is the seller's and
+    its buyer's business (the buyer has the certificate and the payment)."""
+    if not caller.has(Role.FACTOR):
+        return False
+    return record.buyer == caller.address or (record.buyer == ZERO_ADDRESS and bool(record.open))
 
 
 @router.get("/quote", response_model=QuoteOut, tags=["discount"])
@@ -234,7 +247,12 @@ def account_settlement(service: ServiceDep, caller: CallerDep, paging: PagingDep
 @router.get("/settlement/orders/{order_id}", response_model=OrderSettlementOut, tags=["settlement"])
 def order_settlement(order_id: IdPath, service: ServiceDep, caller: CallerDep) -> OrderSettlementOut:
     record = order_for(service.reader, caller, order_id)
-    certs = service.reader.certificates_of_orders({order_id})
+    visible = visible_certificates(service.reader, caller)
+    certs = [
+        c
+        for c in service.reader.certificates_of_orders({order_id})
+        if visible is None or int(c.certificate_id) in visible
+    ]
     out = order_out(record)
     return OrderSettlementOut(
         orderId=order_id,

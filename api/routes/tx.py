@@ -4,11 +4,13 @@ participant signs it, and `POST /v1/tx` checks and relays the signed bytes."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from eth_typing import ChecksumAddress
 from eth_utils import keccak, to_checksum_address
 from fastapi import APIRouter
+from requests.exceptions import RequestException
 from web3.contract.contract import ContractFunction
 
 from api.deps import CallerDep, ServiceDep
@@ -34,9 +36,14 @@ from api.schemas import (
     UnsignedTx,
 )
 from api.service import Service
+from chain_client.errors import CertledgerError
+from chain_client.index.db import DATABASE_ERRORS
 from chain_client.models import Role
 from chain_client.receipts import Observation
 from chain_client.relay import event_json
+
+log = logging.getLogger(__name__)
+_INDEX_TROUBLE: tuple[type[Exception], ...] = (CertledgerError, *DATABASE_ERRORS, RequestException)
 
 router = APIRouter(prefix="/v1/tx", tags=["transactions"])
 
@@ -47,6 +54,7 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
     409: {"description": "a contract error from the current state; a nonce already used"},
     422: {"description": "invalid input or a contract's input error"},
     503: {"description": "the node is down (Retry-After)"},
+    504: {"description": "sent, outcome unknown: send the same signed bytes again to learn it"},
 }
 
 
@@ -77,7 +85,6 @@ def submit(body: SignedTx, service: ServiceDep) -> TxOut:
     authentication: a warehouse gateway with no participant role submits confirmReceipt this way."""
     relayed = service.relay.submit(bytes.fromhex(body.raw[2:]))
     result = relayed.result
-    service.reader.reach(result.block_number)
     return TxOut(
         txHash=result.tx_hash,
         status="success",
@@ -87,7 +94,20 @@ def submit(body: SignedTx, service: ServiceDep) -> TxOut:
         function=relayed.job.function,
         sender=relayed.sender,
         events=[EventOut(**event_json(e)) for e in result.events],
+        indexed=_indexed(service, result.block_number),
     )
+
+
+def _indexed(service: Service, block: int) -> bool:
+    """Lets the index reach a mined write's block, so the client reads its own write. The write is
+    done whatever happens here: an index that cannot catch up (a lagging follower, the node or the
+    database gone meanwhile) must not turn it into an error a client would retry."""
+    try:
+        service.reader.reach(block)
+    except _INDEX_TROUBLE as exc:
+        log.warning("mined in block %d, not yet indexed: %s", block, exc)
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------- prepare, per job
