@@ -423,6 +423,51 @@ def test_a_suspended_holder_cannot_move(world: World, ledger: LedgerClient, cast
         ledger.split_to(cast.supplier1, root_id, cast.supplier2.address, 1_000 * YUAN)
 
 
+def test_a_holder_without_a_holder_role_cannot_move(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    part_ids, _ = ledger.split(cast.supplier1, root_id, [60_000 * YUAN, 40_000 * YUAN])
+    ledger.set_roles(cast.admin, cast.supplier1.address, Role.AUDITOR)
+    with refused(world, errors.AccountMissingRole) as info:
+        ledger.transfer(cast.supplier1, root_id, cast.supplier2.address)
+    assert same(fields(info)["account"], cast.supplier1.address)
+    assert fields(info)["role"] == int(Role.SUPPLIER | Role.FACTOR)
+    for move in (
+        lambda: ledger.split_to(cast.supplier1, root_id, cast.supplier2.address, 1_000 * YUAN),
+        lambda: ledger.split(cast.supplier1, root_id, [30_000 * YUAN, 30_000 * YUAN]),
+        lambda: ledger.merge(cast.supplier1, part_ids[0], root_id, 1_000 * YUAN),
+        lambda: ledger.offer_discount(
+            cast.supplier1, root_id, value=1_000 * YUAN, price=900 * YUAN, expiry=world.chain.now() + DAY
+        ),
+    ):
+        with refused(world, errors.AccountMissingRole) as info:
+            move()
+        assert same(fields(info)["account"], cast.supplier1.address)
+    # An operator it approved earlier is refused for the same reason.
+    ledger.set_roles(cast.admin, cast.supplier1.address, Role.SUPPLIER)
+    ledger.approve(cast.supplier1, cast.factor.address, root_id)
+    ledger.set_roles(cast.admin, cast.supplier1.address, Role.ISSUER)
+    with refused(world, errors.AccountMissingRole):
+        ledger.transfer(cast.factor, root_id, cast.factor.address)
+    # With a holder role back, the certificates move again.
+    ledger.set_roles(cast.admin, cast.supplier1.address, Role.FACTOR)
+    ledger.transfer(cast.supplier1, root_id, cast.supplier2.address)
+    ledger.merge(cast.supplier1, part_ids[0], root_id, 1_000 * YUAN)
+
+
+def test_a_suspended_operator_cannot_grant_approvals(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    _, root_id = world.certificate_for()
+    ledger.set_approval_for_all(cast.supplier1, cast.supplier2.address, True)
+    ledger.suspend(cast.admin, cast.supplier2.address)
+    with refused(world, errors.ParticipantNotActive) as info:
+        ledger.approve(cast.supplier2, cast.factor.address, root_id)
+    assert same(fields(info)["account"], cast.supplier2.address)
+    with refused(world, errors.ParticipantNotActive):
+        ledger.approve_value(cast.supplier2, root_id, cast.factor.address, 1_000 * YUAN)
+    ledger.reinstate(cast.admin, cast.supplier2.address)
+    ledger.approve_value(cast.supplier2, root_id, cast.factor.address, 1_000 * YUAN)
+    ledger.split_to(cast.factor, root_id, cast.factor.address, 1_000 * YUAN)
+
+
 def test_moving_someone_elses_certificate(world: World, ledger: LedgerClient, cast: Cast) -> None:
     _, root_id = world.certificate_for()
     with refused(world, errors.NotApprovedOrHolder) as info:

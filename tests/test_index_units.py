@@ -18,11 +18,12 @@ from eth_utils import event_abi_to_log_topic, to_checksum_address
 from chain_client.artifacts import load_artifact
 from chain_client.events import UndecodableLog
 from chain_client.index import source
-from chain_client.index.books import HANDLED_EVENTS, Books, encode_record
+from chain_client.index.books import HANDLED_EVENTS, ZERO_ADDRESS, Books, encode_record
 from chain_client.index.db import IndexDatabase
 from chain_client.index.decode import Event, LogDecoder, RawLog
 from chain_client.index.digest import args_json, canonical, canonical_json, change_texts, event_document
 from chain_client.index.models import UINT256_MAX, CertificateRecord
+from chain_client.models import Role
 
 LEDGER = to_checksum_address("0x" + "11" * 20)
 ORACLE = to_checksum_address("0x" + "22" * 20)
@@ -309,6 +310,102 @@ def test_books_flag_an_invoice_financed_twice(decoder: LogDecoder) -> None:
     financed_twice = [v for v in books.violations if v.invariant == "I5"]
     assert len(financed_twice) == 1
     assert "financed twice (order 2)" in financed_twice[0].message
+
+
+HOLDER_A = to_checksum_address("0x" + "66" * 20)
+HOLDER_B = to_checksum_address("0x" + "77" * 20)
+
+
+def _fold(books: Books, decoder: LogDecoder, steps: list[tuple[str, str, dict[str, Any]]]) -> None:
+    for log_index, (contract, name, values) in enumerate(steps):
+        event = decoder.decode(_log(_abi(contract, name), values, log_index=log_index))
+        assert isinstance(event, Event)
+        books.apply(event)
+
+
+def _two_holders_and_a_certificate() -> list[tuple[str, str, dict[str, Any]]]:
+    supplier = int(Role.SUPPLIER)
+    return [
+        (
+            "CertificateLedger",
+            "ParticipantRegistered",
+            {"account": a, "entityId": a_id, "roles": supplier, "issuerLimit": 0},
+        )
+        for a, a_id in ((HOLDER_A, b"\x0a" * 32), (HOLDER_B, b"\x0b" * 32))
+    ] + [("CertificateLedger", "Transfer", {"from": ZERO_ADDRESS, "to": HOLDER_A, "tokenId": 1})]
+
+
+@pytest.mark.parametrize(
+    ("change", "values"),
+    [
+        ("ParticipantRolesChanged", {"account": HOLDER_A, "roles": int(Role.AUDITOR)}),
+        ("ParticipantSuspended", {"account": HOLDER_A, "by": STRANGER}),
+    ],
+)
+def test_books_flag_a_certificate_moved_out_by_a_holder_that_may_not_hold(
+    decoder: LogDecoder, change: str, values: dict[str, Any]
+) -> None:
+    """The ledger refuses a whole move out of a holder without a holder role or suspended (D16);
+    the books, rebuilding from events alone, flag one if the chain ever shows it."""
+    books = Books(LEDGER, ORACLE)
+    _fold(books, decoder, _two_holders_and_a_certificate())
+    assert not books.violations
+    _fold(
+        books,
+        decoder,
+        [
+            ("CertificateLedger", change, values),
+            ("CertificateLedger", "Transfer", {"from": HOLDER_A, "to": HOLDER_B, "tokenId": 1}),
+        ],
+    )
+    moved = [v for v in books.violations if v.invariant == "I4"]
+    assert len(moved) == 1
+    assert f"certificate 1 moved while {HOLDER_A} was not an active holder" in moved[0].message
+
+
+def test_books_flag_value_given_by_a_holder_that_may_not_hold(decoder: LogDecoder) -> None:
+    books = Books(LEDGER, ORACLE)
+    _fold(books, decoder, _two_holders_and_a_certificate())
+    _fold(
+        books,
+        decoder,
+        [
+            ("CertificateLedger", "TransferValue", {"_fromTokenId": 0, "_toTokenId": 1, "_value": 1_000}),
+            (
+                "CertificateLedger",
+                "ParticipantRolesChanged",
+                {"account": HOLDER_A, "roles": int(Role.ISSUER)},
+            ),
+            ("CertificateLedger", "Transfer", {"from": ZERO_ADDRESS, "to": HOLDER_B, "tokenId": 2}),
+            ("CertificateLedger", "TransferValue", {"_fromTokenId": 1, "_toTokenId": 2, "_value": 400}),
+        ],
+    )
+    gave = [v for v in books.violations if v.invariant == "I4"]
+    assert len(gave) == 1
+    assert f"certificate 1 gave 400 while {HOLDER_A} was not an active holder" in gave[0].message
+
+
+def test_books_accept_moves_once_the_holder_role_is_back(decoder: LogDecoder) -> None:
+    books = Books(LEDGER, ORACLE)
+    _fold(books, decoder, _two_holders_and_a_certificate())
+    _fold(
+        books,
+        decoder,
+        [
+            (
+                "CertificateLedger",
+                "ParticipantRolesChanged",
+                {"account": HOLDER_A, "roles": int(Role.AUDITOR)},
+            ),
+            (
+                "CertificateLedger",
+                "ParticipantRolesChanged",
+                {"account": HOLDER_A, "roles": int(Role.FACTOR)},
+            ),
+            ("CertificateLedger", "Transfer", {"from": HOLDER_A, "to": HOLDER_B, "tokenId": 1}),
+        ],
+    )
+    assert not books.violations
 
 
 def test_getlogs_answers_parse_the_same_typed_or_as_dicts_lowered_and_without_removed_logs() -> None:

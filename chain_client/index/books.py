@@ -516,11 +516,25 @@ class Books:
 
     # ------------------------------------------------------------------ certificates
 
+    def _may_hold(self, account: str) -> bool:
+        p = self.records["participant"].get(account)
+        return p is not None and bool(p["roles"] & _HOLDER_ROLES) and bool(p["active"])
+
     def _check_receiver(self, cert_id: int, to: str) -> None:
-        p = self.records["participant"].get(to)
-        if p is None or not p["roles"] & _HOLDER_ROLES or not p["active"]:
+        if not self._may_hold(to):
             self._violate(
                 "I4", f"certificate {cert_id} went to {to}, not an active holder", "certificate", cert_id
+            )
+
+    def _check_sender(self, cert_id: int, holder: str, what: str) -> None:
+        """The ledger moves a certificate or its value out only while its holder may hold: a
+        suspended holder (D16) or one without a holder role keeps it where it is."""
+        if not self._may_hold(holder):
+            self._violate(
+                "I4",
+                f"certificate {cert_id} {what} while {holder} was not an active holder",
+                "certificate",
+                cert_id,
             )
 
     def _check_movable(self, cert_id: int, cert: Record, what: str) -> None:
@@ -540,6 +554,7 @@ class Books:
             self._check_movable(cert_id, cert, "moved")
             if cert["holder"] != sender:
                 self._violate("I4", f"certificate {cert_id} moved from {sender}, held by {cert['holder']}")
+            self._check_sender(cert_id, sender, "moved")
             self._set("certificate", cert_id, "holder", to)
             self._add("participant", sender, "certificate_count", -1)
         self._check_receiver(cert_id, to)
@@ -559,6 +574,7 @@ class Books:
         else:
             cert = self._record("certificate", source)
             self._check_movable(source, cert, f"gave {value}")
+            self._check_sender(source, cert["holder"], f"gave {value}")
             if cert["value"] < value:
                 self._violate(
                     "I2",

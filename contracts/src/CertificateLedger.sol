@@ -5,6 +5,7 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IERC20Metadata} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Metadata.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {IERC165} from "@openzeppelin/contracts/utils/introspection/IERC165.sol";
+import {ERC165Checker} from "@openzeppelin/contracts/utils/introspection/ERC165Checker.sol";
 import {IERC721} from "@openzeppelin/contracts/token/ERC721/IERC721.sol";
 import {IERC721Receiver} from "@openzeppelin/contracts/token/ERC721/IERC721Receiver.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
@@ -251,11 +252,11 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
     function safeTransferFrom(address from, address to, uint256 certificateId, bytes memory data) public {
         transferFrom(from, to, certificateId);
         if (to.code.length != 0) {
-            try IERC721Receiver(to).onERC721Received(msg.sender, from, certificateId, data) returns (bytes4 ret) {
-                if (ret != IERC721Receiver.onERC721Received.selector) revert UnsafeReceiver(to);
-            } catch {
-                revert UnsafeReceiver(to);
-            }
+            _checkReceiverAnswer(
+                to,
+                abi.encodeCall(IERC721Receiver.onERC721Received, (msg.sender, from, certificateId, data)),
+                IERC721Receiver.onERC721Received.selector
+            );
         }
     }
 
@@ -332,7 +333,8 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
 
     /// @inheritdoc IERC3525
     /// @dev Merge: value moves between two live certificates of one order. Requirements: not paused;
-    /// both movable; caller the holder, approved, or within its allowance; both holders active.
+    /// both movable; caller the holder, approved, or within its allowance (an operator active); the
+    /// source's holder active with a holder role; the destination's holder may hold.
     function transferFrom(uint256 fromId, uint256 toId, uint256 value) external whenNotPaused {
         if (fromId == toId) revert SelfTransfer(fromId);
         if (value == 0) revert ZeroAmount();
@@ -341,7 +343,7 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
         if (src.orderId != dst.orderId) revert SlotMismatch(fromId, toId);
         address holder = src.holder;
         _spendValue(src, fromId, holder, value);
-        _checkActive(holder);
+        _checkHolder(_records[holder], holder);
         address receiver = dst.holder;
         if (receiver != holder && !_mayHold(_records[receiver])) revert ReceiverNotEligible(receiver);
 
@@ -357,7 +359,8 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
 
     /// @inheritdoc IERC3525
     /// @dev Split to a new holder. Requirements: not paused; movable; caller the holder, approved,
-    /// or within its allowance; holder active; `to` may hold; split rules.
+    /// or within its allowance (an operator active); holder active with a holder role; `to` may hold;
+    /// split rules.
     function transferFrom(uint256 fromId, address to, uint256 value)
         external
         whenNotPaused
@@ -367,7 +370,7 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
         Cert storage src = _movable(fromId);
         address holder = src.holder;
         _spendValue(src, fromId, holder, value);
-        _checkActive(holder);
+        _checkHolder(_records[holder], holder);
         newId = _splitOff(src, fromId, to, value);
         _checkOnERC3525Received(to, fromId, newId, value);
     }
@@ -385,6 +388,7 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
         Cert storage src = _movable(certificateId);
         address holder = src.holder;
         _authorizeWhole(src, certificateId, holder);
+        _checkHolder(_records[holder], holder);
         uint256 sum = 0;
         for (uint256 i = 0; i < parts; ++i) {
             sum += values[i];
@@ -409,7 +413,7 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
     {
         Cert storage c = _movable(certificateId);
         if (msg.sender != c.holder) revert NotApprovedOrHolder(msg.sender, certificateId);
-        _checkActive(msg.sender);
+        _checkHolder(_records[msg.sender], msg.sender);
         if (value == 0 || price == 0) revert ZeroAmount();
         if (c.value < value) revert InsufficientValue(certificateId, c.value, value);
         if (price > value) revert PriceAboveFace(price, value);
@@ -457,7 +461,7 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
         Cert storage c = _movable(certificateId);
         if (c.holder != seller) revert IncorrectHolder(seller, certificateId, c.holder);
         if (c.epoch != f.holderEpoch) revert OfferStale(offerId);
-        _checkActive(seller);
+        _checkHolder(_records[seller], seller);
         if (c.value < value) revert InsufficientValue(certificateId, c.value, value);
 
         f.open = false;
@@ -652,11 +656,18 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
         _checkActive(msg.sender);
     }
 
-    /// @dev Only the holder or its operator for all may grant approvals on a certificate.
+    /// @dev Only the holder or its operator for all may grant approvals on a certificate, and an
+    /// operator only while it is an active participant: the rule {_authorizeWhole} and {_spendValue}
+    /// apply to an operator that moves. Without it a suspended or never registered operator could
+    /// hand an active accomplice the approval it may no longer use itself.
+    /// The holder itself need not be active: an approval moves nothing, and every move it allows
+    /// checks the holder again ({_checkHolder}), so a suspended or role-less holder's approval is
+    /// inert until it may hold again. It may still revoke or lower approvals, which it should be able
+    /// to do while suspended (say, after its operator's key was compromised).
     function _authorizeApproval(uint256 certificateId, address holder) private view {
-        if (msg.sender != holder && !_operatorApprovals[holder][msg.sender]) {
-            revert NotApprovedOrHolder(msg.sender, certificateId);
-        }
+        if (msg.sender == holder) return;
+        if (!_operatorApprovals[holder][msg.sender]) revert NotApprovedOrHolder(msg.sender, certificateId);
+        _checkActive(msg.sender);
     }
 
     /// @dev Lets `msg.sender` move `value` out of `c`: the holder, an approved operator, or an
@@ -678,11 +689,11 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
     }
 
     /// @dev Moves the whole certificate from `holder` to `to` after the caller's authority was
-    /// checked: holder active, `to` eligible; bumps the epoch, voiding approvals.
+    /// checked: holder active with a holder role, `to` eligible; bumps the epoch, voiding approvals.
     function _moveWhole(Cert storage c, uint256 certificateId, address holder, address to) private {
         if (to == address(0)) revert InvalidReceiver(to);
         Record storage from = _records[holder];
-        if (!from.active) revert ParticipantNotActive(holder);
+        _checkHolder(from, holder);
         Record storage dest = _records[to];
         if (!_mayHold(dest)) revert ReceiverNotEligible(to);
         from.certificateCount -= 1;
@@ -783,15 +794,29 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
     }
 
     /// @dev ERC-3525: a contract receiving value that declares IERC3525Receiver must accept it.
+    /// The declaration is read with ERC-165's own detection ({ERC165Checker}: bounded static calls
+    /// whose answers are length-checked), so a contract that answers no data or no bool (a wallet
+    /// whose fallback accepts every call) does not declare it and receives value like an account.
     function _checkOnERC3525Received(address to, uint256 fromId, uint256 toId, uint256 value) private {
         if (to.code.length == 0) return;
-        bool declares = false;
-        try IERC165(to).supportsInterface(_IERC3525_RECEIVER_ID) returns (bool yes) {
-            declares = yes;
-        } catch {}
-        if (!declares) return;
-        bytes4 ret = IERC3525Receiver(to).onERC3525Received(msg.sender, fromId, toId, value, "");
-        if (ret != IERC3525Receiver.onERC3525Received.selector) revert UnsafeReceiver(to);
+        if (!ERC165Checker.supportsInterface(to, _IERC3525_RECEIVER_ID)) return;
+        _checkReceiverAnswer(
+            to,
+            abi.encodeCall(IERC3525Receiver.onERC3525Received, (msg.sender, fromId, toId, value, "")),
+            IERC3525Receiver.onERC3525Received.selector
+        );
+    }
+
+    /// @dev Calls receiver hook `callData` on `to`; reverts with {UnsafeReceiver} unless the call
+    /// succeeds and its answer's first word is `selector`. A low-level call rather than a typed one:
+    /// Solidity decodes a typed call's answer outside try/catch, so an answer of no or short data
+    /// would revert the move with no reason at all instead of naming the receiver.
+    function _checkReceiverAnswer(address to, bytes memory callData, bytes4 selector) private {
+        // slither-disable-next-line low-level-calls
+        (bool ok, bytes memory answer) = to.call(callData);
+        if (!ok || answer.length < 32 || abi.decode(answer, (bytes32)) != bytes32(selector)) {
+            revert UnsafeReceiver(to);
+        }
     }
 
     /// @dev Simple annual rate in basis points implied by buying `value` due in `timeLeft` seconds

@@ -142,6 +142,19 @@ abstract contract ParticipantRegistry is IParticipantRegistry {
         return r.active && r.roles & ROLES_HOLDER != 0;
     }
 
+    /// @dev Reverts unless `account`, whose record is `r`, may hold certificates and so move one (or
+    /// its value) out: the {_mayHold} rule, with the broken half named. A suspended holder
+    /// (docs/decisions.md D16) and one whose holder roles were removed keep their certificates, which
+    /// cannot move until the account is reinstated or its roles come back. A holder is always
+    /// registered (roles never return to 0), so no registration check. Both fields are read before
+    /// either branch: they share one slot, which the optimizer then loads once.
+    function _checkHolder(Record storage r, address account) internal view {
+        bool active = r.active;
+        uint8 roles = r.roles;
+        if (!active) revert ParticipantNotActive(account);
+        if (roles & ROLES_HOLDER == 0) revert AccountMissingRole(account, ROLES_HOLDER);
+    }
+
     /// @dev Books `amount` more outstanding against `issuer`'s limit.
     function _addOutstanding(address issuer, uint256 amount) internal {
         IssuerBook storage b = _issuerBooks[issuer];

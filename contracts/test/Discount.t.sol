@@ -5,7 +5,13 @@ import {IERC20Errors} from "@openzeppelin/contracts/interfaces/draft-IERC6093.so
 
 import {Base} from "./Base.t.sol";
 import {ICertificateLedger} from "../src/interfaces/ICertificateLedger.sol";
-import {IParticipantRegistry, ROLE_FACTOR} from "../src/interfaces/IParticipantRegistry.sol";
+import {
+    IParticipantRegistry,
+    ROLE_AUDITOR,
+    ROLE_FACTOR,
+    ROLE_SUPPLIER,
+    ROLES_HOLDER
+} from "../src/interfaces/IParticipantRegistry.sol";
 import {SettlementToken} from "../src/SettlementToken.sol";
 
 /// @notice Discount sale to a factor: offer, cancel, buy (delivery versus payment), the implied rate.
@@ -71,6 +77,16 @@ contract DiscountTest is Base {
         vm.prank(admin);
         ledger.suspendParticipant(supplierA);
         vm.expectRevert(abi.encodeWithSelector(IParticipantRegistry.ParticipantNotActive.selector, supplierA));
+        vm.prank(supplierA);
+        ledger.offerDiscount(id, AMOUNT, PRICE, address(0), EXPIRY);
+    }
+
+    function test_offerDiscount_holderLostHolderRoles() public {
+        vm.prank(admin);
+        ledger.setRoles(supplierA, ROLE_AUDITOR);
+        vm.expectRevert(
+            abi.encodeWithSelector(IParticipantRegistry.AccountMissingRole.selector, supplierA, ROLES_HOLDER)
+        );
         vm.prank(supplierA);
         ledger.offerDiscount(id, AMOUNT, PRICE, address(0), EXPIRY);
     }
@@ -282,6 +298,45 @@ contract DiscountTest is Base {
         vm.expectRevert(abi.encodeWithSelector(IParticipantRegistry.ParticipantNotActive.selector, supplierA));
         vm.prank(factor);
         ledger.buyDiscounted(offerId);
+    }
+
+    function test_buyDiscounted_sellerLostHolderRoles() public {
+        uint256 offerId = _offer(AMOUNT, PRICE, address(0));
+        vm.prank(admin);
+        ledger.setRoles(supplierA, ROLE_AUDITOR);
+        uint256 factorFunds = token.balanceOf(factor);
+        vm.expectRevert(
+            abi.encodeWithSelector(IParticipantRegistry.AccountMissingRole.selector, supplierA, ROLES_HOLDER)
+        );
+        vm.prank(factor);
+        ledger.buyDiscounted(offerId);
+        vm.assertEq(_holder(id), supplierA);
+        vm.assertEq(token.balanceOf(factor), factorFunds);
+    }
+
+    function test_buyDiscounted_partialSellerLostHolderRoles() public {
+        uint256 offerId = _offer(4_000_00, 3_900_00, address(0));
+        vm.prank(admin);
+        ledger.setRoles(supplierA, ROLE_AUDITOR);
+        vm.expectRevert(
+            abi.encodeWithSelector(IParticipantRegistry.AccountMissingRole.selector, supplierA, ROLES_HOLDER)
+        );
+        vm.prank(factor);
+        ledger.buyDiscounted(offerId);
+        vm.assertEq(_value(id), AMOUNT);
+    }
+
+    function test_buyDiscounted_sellerHolderRolesRestored() public {
+        uint256 offerId = _offer(AMOUNT, PRICE, address(0));
+        vm.startPrank(admin);
+        ledger.setRoles(supplierA, ROLE_AUDITOR);
+        ledger.setRoles(supplierA, ROLE_SUPPLIER | ROLE_AUDITOR);
+        vm.stopPrank();
+        // A role change is no holder change: the offer stays valid once the roles are back.
+        vm.prank(factor);
+        uint256 boughtId = ledger.buyDiscounted(offerId);
+        vm.assertEq(boughtId, id);
+        vm.assertEq(_holder(id), factor);
     }
 
     function test_buyDiscounted_sellerMovedCertificate() public {

@@ -4,10 +4,22 @@ pragma solidity ^0.8.24;
 import {IERC721} from "@openzeppelin/contracts/token/ERC721/IERC721.sol";
 
 import {Base} from "./Base.t.sol";
-import {ERC3525ReceiverMock} from "./mocks/Receivers.sol";
+import {
+    AnswersTrueToEverything,
+    ERC3525ReceiverMock,
+    ShortAnswerReceiver,
+    SilentFallback
+} from "./mocks/Receivers.sol";
 import {ICertificateLedger} from "../src/interfaces/ICertificateLedger.sol";
 import {IERC3525} from "../src/interfaces/IERC3525.sol";
-import {IParticipantRegistry, ROLE_SUPPLIER} from "../src/interfaces/IParticipantRegistry.sol";
+import {
+    IParticipantRegistry,
+    ROLE_AUDITOR,
+    ROLE_FACTOR,
+    ROLE_REGULATOR,
+    ROLE_SUPPLIER,
+    ROLES_HOLDER
+} from "../src/interfaces/IParticipantRegistry.sol";
 
 /// @notice Value moves (ERC-3525): split to a new holder, merge within an order, value allowances.
 contract ERC3525Test is Base {
@@ -163,6 +175,39 @@ contract ERC3525Test is Base {
         ledger.transferFrom(id, supplierB, 1_000_00);
     }
 
+    function test_transferFromToAddress_holderLostHolderRoles() public {
+        vm.prank(admin);
+        ledger.setRoles(supplierA, ROLE_AUDITOR);
+        vm.expectRevert(
+            abi.encodeWithSelector(IParticipantRegistry.AccountMissingRole.selector, supplierA, ROLES_HOLDER)
+        );
+        vm.prank(supplierA);
+        ledger.transferFrom(id, supplierB, 1_000_00);
+        vm.assertEq(_value(id), AMOUNT);
+    }
+
+    function test_transferFromToAddress_spenderOfHolderWithoutHolderRoles() public {
+        vm.prank(supplierA);
+        ledger.approve(id, factor, 5_000_00);
+        vm.prank(admin);
+        ledger.setRoles(supplierA, ROLE_REGULATOR);
+        vm.expectRevert(
+            abi.encodeWithSelector(IParticipantRegistry.AccountMissingRole.selector, supplierA, ROLES_HOLDER)
+        );
+        vm.prank(factor);
+        ledger.transferFrom(id, factor, 1_000_00);
+    }
+
+    function test_transferFromToAddress_holderRolesRestored() public {
+        vm.startPrank(admin);
+        ledger.setRoles(supplierA, ROLE_AUDITOR);
+        ledger.setRoles(supplierA, ROLE_SUPPLIER);
+        vm.stopPrank();
+        uint256 newId = _splitTo(id, supplierB, 1_000_00);
+        vm.assertEq(_holder(newId), supplierB);
+        vm.assertEq(_value(id), AMOUNT - 1_000_00);
+    }
+
     function test_transferFromToAddress_depthExceeded() public {
         uint256 d1 = _splitTo(id, supplierB, 5_000_00);
         uint256 d2 = _splitTo(d1, supplierA, 2_000_00);
@@ -188,6 +233,36 @@ contract ERC3525Test is Base {
 
     function test_transferFromToAddress_toRejectingReceiver() public {
         ERC3525ReceiverMock receiver = new ERC3525ReceiverMock(false);
+        vm.prank(admin);
+        ledger.registerParticipant(address(receiver), keccak256("receiver"), ROLE_SUPPLIER, 0);
+        vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.UnsafeReceiver.selector, address(receiver)));
+        vm.prank(supplierA);
+        ledger.transferFrom(id, address(receiver), 1_000_00);
+        vm.assertEq(_value(id), AMOUNT);
+    }
+
+    function test_transferFromToAddress_toSilentFallback() public {
+        // A registered contract that answers every call with no data (a Safe without a fallback
+        // handler) declares nothing through ERC-165: it receives value as an account does.
+        SilentFallback safe = new SilentFallback();
+        vm.prank(admin);
+        ledger.registerParticipant(address(safe), keccak256("safe"), ROLE_SUPPLIER, 0);
+        uint256 newId = _splitTo(id, address(safe), 1_000_00);
+        vm.assertEq(_holder(newId), address(safe));
+        vm.assertEq(_value(newId), 1_000_00);
+    }
+
+    function test_transferFromToAddress_toAnswersTrueToEverything() public {
+        // It answers true for 0xffffffff too, so ERC-165 detection finds no ERC-165 support.
+        AnswersTrueToEverything receiver = new AnswersTrueToEverything();
+        vm.prank(admin);
+        ledger.registerParticipant(address(receiver), keccak256("receiver"), ROLE_FACTOR, 0);
+        uint256 newId = _splitTo(id, address(receiver), 1_000_00);
+        vm.assertEq(_holder(newId), address(receiver));
+    }
+
+    function test_transferFromToAddress_toShortAnswerReceiver() public {
+        ShortAnswerReceiver receiver = new ShortAnswerReceiver();
         vm.prank(admin);
         ledger.registerParticipant(address(receiver), keccak256("receiver"), ROLE_SUPPLIER, 0);
         vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.UnsafeReceiver.selector, address(receiver)));
@@ -224,6 +299,48 @@ contract ERC3525Test is Base {
         vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.ReceiverNotEligible.selector, supplierB));
         vm.prank(supplierA);
         ledger.transferFrom(id, theirs, 2_000_00);
+    }
+
+    function test_transferFromToId_holderSuspended() public {
+        uint256 part = _splitTo(id, supplierA, 1_000_00);
+        vm.prank(admin);
+        ledger.suspendParticipant(supplierA);
+        vm.expectRevert(abi.encodeWithSelector(IParticipantRegistry.ParticipantNotActive.selector, supplierA));
+        vm.prank(supplierA);
+        ledger.transferFrom(part, id, 500_00);
+    }
+
+    function test_transferFromToId_holderLostHolderRoles() public {
+        uint256 theirs = _splitTo(id, supplierB, 1_000_00);
+        vm.prank(admin);
+        ledger.setRoles(supplierA, ROLE_AUDITOR);
+        vm.expectRevert(
+            abi.encodeWithSelector(IParticipantRegistry.AccountMissingRole.selector, supplierA, ROLES_HOLDER)
+        );
+        vm.prank(supplierA);
+        ledger.transferFrom(id, theirs, 500_00);
+        vm.assertEq(_value(theirs), 1_000_00);
+    }
+
+    function test_transferFromToId_holderRolesRestored() public {
+        uint256 theirs = _splitTo(id, supplierB, 1_000_00);
+        vm.startPrank(admin);
+        ledger.setRoles(supplierA, ROLE_AUDITOR);
+        ledger.setRoles(supplierA, ROLE_SUPPLIER);
+        vm.stopPrank();
+        vm.prank(supplierA);
+        ledger.transferFrom(id, theirs, 500_00);
+        vm.assertEq(_value(theirs), 1_500_00);
+    }
+
+    function test_transferFromToId_toSilentFallback() public {
+        SilentFallback safe = new SilentFallback();
+        vm.prank(admin);
+        ledger.registerParticipant(address(safe), keccak256("safe"), ROLE_SUPPLIER, 0);
+        uint256 theirs = _splitTo(id, address(safe), 1_000_00);
+        vm.prank(supplierA);
+        ledger.transferFrom(id, theirs, 500_00);
+        vm.assertEq(_value(theirs), 1_500_00);
     }
 
     function test_transferFromToId_slotMismatch() public {
@@ -362,6 +479,46 @@ contract ERC3525Test is Base {
         vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.InvalidOperator.selector, address(0)));
         vm.prank(supplierA);
         ledger.approve(id, address(0), 1);
+    }
+
+    function test_approveValue_byActiveOperatorForAll() public {
+        vm.prank(supplierA);
+        ledger.setApprovalForAll(supplierB, true);
+        vm.prank(supplierB);
+        ledger.approve(id, factor, 2_000_00);
+        vm.assertEq(ledger.allowance(id, factor), 2_000_00);
+        vm.prank(factor);
+        uint256 newId = ledger.transferFrom(id, factor, 2_000_00);
+        vm.assertEq(_holder(newId), factor);
+    }
+
+    function test_approveValue_bySuspendedOperatorForAll() public {
+        vm.prank(supplierA);
+        ledger.setApprovalForAll(supplierB, true);
+        vm.prank(admin);
+        ledger.suspendParticipant(supplierB);
+        vm.expectRevert(abi.encodeWithSelector(IParticipantRegistry.ParticipantNotActive.selector, supplierB));
+        vm.prank(supplierB);
+        ledger.approve(id, factor, 5_000_00);
+        vm.assertEq(ledger.allowance(id, factor), 0);
+    }
+
+    function test_approveValue_byUnregisteredOperatorForAll() public {
+        vm.prank(supplierA);
+        ledger.setApprovalForAll(outsider, true);
+        vm.expectRevert(
+            abi.encodeWithSelector(IParticipantRegistry.ParticipantNotRegistered.selector, outsider)
+        );
+        vm.prank(outsider);
+        ledger.approve(id, supplierB, 5_000_00);
+        // So the accomplice it named has nothing to spend.
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                ICertificateLedger.InsufficientAllowance.selector, supplierB, id, 0, 5_000_00
+            )
+        );
+        vm.prank(supplierB);
+        ledger.transferFrom(id, supplierB, 5_000_00);
     }
 
     function test_approveValue_suspendedSpender() public {

@@ -5,9 +5,22 @@ import {IERC721} from "@openzeppelin/contracts/token/ERC721/IERC721.sol";
 import {IERC721Receiver} from "@openzeppelin/contracts/token/ERC721/IERC721Receiver.sol";
 
 import {Base} from "./Base.t.sol";
-import {ERC721ReceiverMock, PlainContract} from "./mocks/Receivers.sol";
+import {
+    AnswersTrueToEverything,
+    ERC721ReceiverMock,
+    PlainContract,
+    ShortAnswerReceiver,
+    SilentFallback
+} from "./mocks/Receivers.sol";
 import {ICertificateLedger} from "../src/interfaces/ICertificateLedger.sol";
-import {IParticipantRegistry, ROLE_SUPPLIER, ROLE_ISSUER} from "../src/interfaces/IParticipantRegistry.sol";
+import {
+    IParticipantRegistry,
+    ROLE_SUPPLIER,
+    ROLE_ISSUER,
+    ROLE_FACTOR,
+    ROLE_AUDITOR,
+    ROLES_HOLDER
+} from "../src/interfaces/IParticipantRegistry.sol";
 
 /// @notice Whole-certificate moves (ERC-721 surface) and the permission check on every receiver.
 contract ERC721Test is Base {
@@ -115,6 +128,50 @@ contract ERC721Test is Base {
         ledger.transferFrom(supplierA, supplierB, id);
     }
 
+    function test_transferFrom_holderLostHolderRoles() public {
+        vm.prank(admin);
+        ledger.setRoles(supplierA, ROLE_AUDITOR);
+        vm.expectRevert(
+            abi.encodeWithSelector(IParticipantRegistry.AccountMissingRole.selector, supplierA, ROLES_HOLDER)
+        );
+        vm.prank(supplierA);
+        ledger.transferFrom(supplierA, supplierB, id);
+        vm.assertEq(ledger.ownerOf(id), supplierA);
+    }
+
+    function test_transferFrom_operatorOfHolderWithoutHolderRoles() public {
+        vm.prank(supplierA);
+        ledger.approve(factor, id);
+        vm.prank(admin);
+        ledger.setRoles(supplierA, ROLE_ISSUER);
+        // The approved operator is active, but the certificate's holder may not hold.
+        vm.expectRevert(
+            abi.encodeWithSelector(IParticipantRegistry.AccountMissingRole.selector, supplierA, ROLES_HOLDER)
+        );
+        vm.prank(factor);
+        ledger.transferFrom(supplierA, factor, id);
+    }
+
+    function test_transferFrom_holderRolesRestored() public {
+        vm.startPrank(admin);
+        ledger.setRoles(supplierA, ROLE_AUDITOR);
+        ledger.setRoles(supplierA, ROLE_FACTOR);
+        vm.stopPrank();
+        vm.prank(supplierA);
+        ledger.transferFrom(supplierA, supplierB, id);
+        vm.assertEq(ledger.ownerOf(id), supplierB);
+    }
+
+    function test_transferFrom_holderReinstated() public {
+        vm.startPrank(admin);
+        ledger.suspendParticipant(supplierA);
+        ledger.reinstateParticipant(supplierA);
+        vm.stopPrank();
+        vm.prank(supplierA);
+        ledger.transferFrom(supplierA, supplierB, id);
+        vm.assertEq(ledger.ownerOf(id), supplierB);
+    }
+
     // ------------------------------------------------------------------ approvals
 
     function test_approve_setsAndEmits() public {
@@ -159,6 +216,64 @@ contract ERC721Test is Base {
         vm.prank(supplierB);
         ledger.approve(factor, id);
         vm.assertEq(ledger.getApproved(id), factor);
+    }
+
+    function test_approve_bySuspendedOperatorForAll() public {
+        address accomplice = makeAddr("accomplice");
+        _register(accomplice);
+        vm.prank(supplierA);
+        ledger.setApprovalForAll(supplierB, true);
+        vm.prank(admin);
+        ledger.suspendParticipant(supplierB);
+        // The suspended operator may not move the certificate, so it may not hand that power on.
+        vm.expectRevert(abi.encodeWithSelector(IParticipantRegistry.ParticipantNotActive.selector, supplierB));
+        vm.prank(supplierB);
+        ledger.approve(accomplice, id);
+        vm.assertEq(ledger.getApproved(id), address(0));
+        vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.NotApprovedOrHolder.selector, accomplice, id));
+        vm.prank(accomplice);
+        ledger.transferFrom(supplierA, accomplice, id);
+    }
+
+    function test_approve_byUnregisteredOperatorForAll() public {
+        vm.prank(supplierA);
+        ledger.setApprovalForAll(outsider, true);
+        vm.expectRevert(
+            abi.encodeWithSelector(IParticipantRegistry.ParticipantNotRegistered.selector, outsider)
+        );
+        vm.prank(outsider);
+        ledger.approve(supplierB, id);
+        vm.assertEq(ledger.getApproved(id), address(0));
+    }
+
+    function test_approve_byReinstatedOperatorForAll() public {
+        vm.prank(supplierA);
+        ledger.setApprovalForAll(supplierB, true);
+        vm.startPrank(admin);
+        ledger.suspendParticipant(supplierB);
+        ledger.reinstateParticipant(supplierB);
+        vm.stopPrank();
+        vm.prank(supplierB);
+        ledger.approve(factor, id);
+        vm.prank(factor);
+        ledger.transferFrom(supplierA, factor, id);
+        vm.assertEq(ledger.ownerOf(id), factor);
+    }
+
+    function test_approve_bySuspendedHolderIsInert() public {
+        vm.prank(admin);
+        ledger.suspendParticipant(supplierA);
+        // A suspended holder may still set or clear approvals (to revoke, say) ...
+        vm.prank(supplierA);
+        ledger.approve(factor, id);
+        vm.assertEq(ledger.getApproved(id), factor);
+        // ... but nothing moves while it is suspended, whoever asks.
+        vm.expectRevert(abi.encodeWithSelector(IParticipantRegistry.ParticipantNotActive.selector, supplierA));
+        vm.prank(factor);
+        ledger.transferFrom(supplierA, factor, id);
+        vm.prank(supplierA);
+        ledger.approve(address(0), id);
+        vm.assertEq(ledger.getApproved(id), address(0));
     }
 
     function test_approve_voidedByTransferAndNotRevived() public {
@@ -281,6 +396,44 @@ contract ERC721Test is Base {
         vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.UnsafeReceiver.selector, address(plain)));
         vm.prank(supplierA);
         ledger.safeTransferFrom(supplierA, address(plain), id);
+    }
+
+    function test_safeTransferFrom_toSilentFallback() public {
+        SilentFallback safe = new SilentFallback();
+        _register(address(safe));
+        vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.UnsafeReceiver.selector, address(safe)));
+        vm.prank(supplierA);
+        ledger.safeTransferFrom(supplierA, address(safe), id);
+        // A plain transfer does not ask the receiver.
+        vm.prank(supplierA);
+        ledger.transferFrom(supplierA, address(safe), id);
+        vm.assertEq(ledger.ownerOf(id), address(safe));
+    }
+
+    function test_safeTransferFrom_toShortAnswer() public {
+        ShortAnswerReceiver receiver = new ShortAnswerReceiver();
+        _register(address(receiver));
+        vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.UnsafeReceiver.selector, address(receiver)));
+        vm.prank(supplierA);
+        ledger.safeTransferFrom(supplierA, address(receiver), id);
+    }
+
+    function test_safeTransferFrom_toAnswersTrueToEverything() public {
+        AnswersTrueToEverything receiver = new AnswersTrueToEverything();
+        _register(address(receiver));
+        vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.UnsafeReceiver.selector, address(receiver)));
+        vm.prank(supplierA);
+        ledger.safeTransferFrom(supplierA, address(receiver), id);
+    }
+
+    function test_safeTransferFrom_holderLostHolderRoles() public {
+        vm.prank(admin);
+        ledger.setRoles(supplierA, ROLE_AUDITOR);
+        vm.expectRevert(
+            abi.encodeWithSelector(IParticipantRegistry.AccountMissingRole.selector, supplierA, ROLES_HOLDER)
+        );
+        vm.prank(supplierA);
+        ledger.safeTransferFrom(supplierA, supplierB, id);
     }
 
     function test_safeTransferFrom_toUnregisteredContract() public {

@@ -4,7 +4,13 @@ pragma solidity ^0.8.24;
 import {Base} from "./Base.t.sol";
 import {ICertificateLedger} from "../src/interfaces/ICertificateLedger.sol";
 import {IERC3525} from "../src/interfaces/IERC3525.sol";
-import {IParticipantRegistry, ROLE_ADMIN} from "../src/interfaces/IParticipantRegistry.sol";
+import {
+    IParticipantRegistry,
+    ROLE_ADMIN,
+    ROLE_AUDITOR,
+    ROLE_FACTOR,
+    ROLES_HOLDER
+} from "../src/interfaces/IParticipantRegistry.sol";
 
 /// @notice split() into parts kept by the holder, and the split rules.
 contract SplitTest is Base {
@@ -179,10 +185,46 @@ contract SplitTest is Base {
     function test_split_holderSuspended() public {
         vm.prank(admin);
         ledger.suspendParticipant(supplierA);
-        // The new parts would go to a holder that may not hold.
-        vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.ReceiverNotEligible.selector, supplierA));
+        // Refused as the holder's broken rule (D16), before the parts' receiver check.
+        vm.expectRevert(abi.encodeWithSelector(IParticipantRegistry.ParticipantNotActive.selector, supplierA));
         vm.prank(supplierA);
         ledger.split(id, _two(5_000_00, 5_000_00));
+    }
+
+    function test_split_holderLostHolderRoles() public {
+        vm.prank(admin);
+        ledger.setRoles(supplierA, ROLE_AUDITOR);
+        vm.expectRevert(
+            abi.encodeWithSelector(IParticipantRegistry.AccountMissingRole.selector, supplierA, ROLES_HOLDER)
+        );
+        vm.prank(supplierA);
+        ledger.split(id, _two(5_000_00, 5_000_00));
+        vm.assertEq(_value(id), AMOUNT);
+    }
+
+    function test_split_operatorOfRolelessHolder() public {
+        vm.prank(supplierA);
+        ledger.setApprovalForAll(supplierB, true);
+        vm.prank(admin);
+        ledger.setRoles(supplierA, ROLE_AUDITOR);
+        // An active operator cannot split for a holder that may not hold either.
+        vm.expectRevert(
+            abi.encodeWithSelector(IParticipantRegistry.AccountMissingRole.selector, supplierA, ROLES_HOLDER)
+        );
+        vm.prank(supplierB);
+        ledger.split(id, _two(5_000_00, 5_000_00));
+    }
+
+    function test_split_holderRolesRestored() public {
+        vm.startPrank(admin);
+        ledger.setRoles(supplierA, ROLE_AUDITOR);
+        ledger.setRoles(supplierA, ROLE_FACTOR);
+        vm.stopPrank();
+        vm.prank(supplierA);
+        uint256[] memory newIds = ledger.split(id, _two(5_000_00, 5_000_00));
+        vm.assertEq(_value(id), 5_000_00);
+        vm.assertEq(_value(newIds[0]), 5_000_00);
+        vm.assertEq(_holder(newIds[0]), supplierA);
     }
 
     function test_split_unknown() public {

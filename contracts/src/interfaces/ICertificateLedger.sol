@@ -131,7 +131,9 @@ interface ICertificateLedger is IERC3525, IParticipantRegistry {
     error SplitBelowMinimumUnit(uint256 certificateId, uint256 part, uint256 minUnit);
     /// @dev Splitting `certificateId` (at `depth`) would pass the maximum split depth `maxDepth`.
     error SplitDepthExceeded(uint256 certificateId, uint256 depth, uint256 maxDepth);
-    /// @dev The receiver `to` refused an ERC-721 safe transfer.
+    /// @dev The contract `to` did not accept a certificate or value: its `onERC721Received` (safe
+    /// transfer) or, when it declares IERC3525Receiver, its `onERC3525Received` reverted or did not
+    /// answer the hook's selector.
     error UnsafeReceiver(address to);
     /// @dev The approval target `operator` is the holder itself.
     error InvalidOperator(address operator);
@@ -279,17 +281,17 @@ interface ICertificateLedger is IERC3525, IParticipantRegistry {
     // ---------------------------------------------------------------- certificates
     /// @notice Splits certificate `certificateId` into parts kept by its holder: the certificate
     /// keeps `values[0]`, new certificates are minted for the rest.
-    /// @dev Requirements: caller may move the whole certificate; 2..MAX_SPLIT_PARTS parts summing to
-    /// its value, each at least the minimum unit; depth within the maximum. Emits {CertificateIssued}
-    /// and {TransferValue} per new part.
+    /// @dev Requirements: caller may move the whole certificate; its holder active with a holder
+    /// role; 2..MAX_SPLIT_PARTS parts summing to its value, each at least the minimum unit; depth
+    /// within the maximum. Emits {CertificateIssued} and {TransferValue} per new part.
     /// @return newIds ids of the new certificates, in the order of `values[1:]`
     function split(uint256 certificateId, uint256[] calldata values) external returns (uint256[] memory newIds);
 
     // ---------------------------------------------------------------- discount
     /// @notice Offers `value` of certificate `certificateId` for `price` to `buyer` (zero: any
     /// active factor) until `expiry`.
-    /// @dev Requirements: not paused; caller the holder; certificate movable; 0 < price <= value <=
-    /// its value; expiry in the future. Emits {DiscountOffered}.
+    /// @dev Requirements: not paused; caller the holder, active with a holder role; certificate
+    /// movable; 0 < price <= value <= its value; expiry in the future. Emits {DiscountOffered}.
     function offerDiscount(uint256 certificateId, uint256 value, uint256 price, address buyer, uint40 expiry)
         external
         returns (uint256 offerId);
@@ -300,8 +302,9 @@ interface ICertificateLedger is IERC3525, IParticipantRegistry {
     /// @notice Buys discount offer `offerId`: pays its price to the seller and receives its value,
     /// in one transaction (delivery versus payment).
     /// @dev Requirements: not paused; caller an active FACTOR (the reserved buyer if any); offer open
-    /// and unexpired; seller still holds the certificate with enough value; the certificate movable.
-    /// The caller must have approved the ledger for the price. Emits {DiscountSold}.
+    /// and unexpired; seller still holds the certificate with enough value and is active with a
+    /// holder role; the certificate movable. The caller must have approved the ledger for the
+    /// price. Emits {DiscountSold}.
     /// @return boughtCertificateId the certificate now held by the caller
     function buyDiscounted(uint256 offerId) external returns (uint256 boughtCertificateId);
 

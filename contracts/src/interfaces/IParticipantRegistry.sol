@@ -68,7 +68,8 @@ interface IParticipantRegistry {
     /// `entityId` and `roles` non-zero and `roles` only known bits. Emits {ParticipantRegistered}.
     function registerParticipant(address account, bytes32 entityId, uint8 roles, uint128 issuerLimit) external;
 
-    /// @notice Replaces `account`'s roles.
+    /// @notice Replaces `account`'s roles. Without SUPPLIER or FACTOR it keeps the certificates it
+    /// holds (and is paid for them at settlement), but they cannot move until a holder role is back.
     /// @dev Requirements: caller is an active ADMIN; `account` registered; `roles` valid; an admin
     /// keeps its own ADMIN role. Emits {ParticipantRolesChanged}.
     function setRoles(address account, uint8 roles) external;
@@ -78,7 +79,8 @@ interface IParticipantRegistry {
     /// already outstanding only blocks new orders. Emits {IssuerLimitChanged}.
     function setIssuerLimit(address account, uint128 limit) external;
 
-    /// @notice Suspends `account`: it can no longer act, hold newly moved certificates or receive.
+    /// @notice Suspends `account`: it can no longer act, hold newly moved certificates or receive;
+    /// the certificates it holds cannot move until it is reinstated.
     /// @dev Requirements: caller is an active ADMIN; `account` registered, active, not the caller.
     /// Emits {ParticipantSuspended}.
     function suspendParticipant(address account) external;

@@ -72,3 +72,36 @@ contract ERC3525ReceiverMock is IERC3525Receiver {
         return _accept ? IERC3525Receiver.onERC3525Received.selector : bytes4(0xdeadbeef);
     }
 }
+
+/// @notice A contract whose fallback accepts every call and answers no data, as a Safe without a
+/// fallback handler does. It declares nothing through ERC-165.
+contract SilentFallback {
+    fallback() external payable {}
+}
+
+/// @notice A contract whose fallback answers `true` (one ABI word) to every call, so a naive ERC-165
+/// probe would think it supports every interface, 0xffffffff included.
+contract AnswersTrueToEverything {
+    fallback() external {
+        assembly {
+            mstore(0, 1)
+            return(0, 32)
+        }
+    }
+}
+
+/// @notice Declares IERC3525Receiver, and answers every hook with the right selector but in 4 bytes,
+/// not the 32 of an ABI-encoded bytes4.
+contract ShortAnswerReceiver {
+    function supportsInterface(bytes4 interfaceId) external pure returns (bool) {
+        return interfaceId == 0x01ffc9a7 || interfaceId == type(IERC3525Receiver).interfaceId;
+    }
+
+    fallback() external {
+        bytes4 selector = msg.sig;
+        assembly {
+            mstore(0, selector)
+            return(0, 4)
+        }
+    }
+}
