@@ -3,22 +3,27 @@ that registers each order's expectations.
 
     POST /readings            a signed reading (oracle.wire JSON) -> 202 accepted | 422 refused
                               (reason, detail) | 503 kept, to be checked when the node answers
-    PUT  /orders/{order_id}   expectations: carton weight, count and weight tolerances
+    PUT  /orders/{order_id}   expectations: carton weight, count and weight tolerances (with an
+                              operator token configured, only with `Authorization: Bearer TOKEN`)
     GET  /orders[/{order_id}] the oracle's view of orders
     GET  /alerts              disputes, failures, node trouble
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, HTTPException
+from fastapi import Body, FastAPI, Header, HTTPException, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from oracle.gateway import Gateway
 from oracle.store import OrderRecord, Store
+
+#: An order id as the store keeps it (a SQLite integer): a larger one is no order of ours.
+OrderId = Annotated[int, Path(ge=1, lt=2**63)]
 
 
 class OrderExpectations(BaseModel):
@@ -60,8 +65,18 @@ class AlertPublic(BaseModel):
     message: str
 
 
-def create_app(gateway: Gateway, store: Store) -> FastAPI:
+def create_app(gateway: Gateway, store: Store, operator_token: str | None = None) -> FastAPI:
+    """`operator_token`: if set, changing an order's expectations needs it (they decide what the
+    readings must agree with: loosened, they would let a short delivery through; tightened, they
+    would force a dispute). Readings need none: each is signed by an enrolled device."""
     app = FastAPI(title="certledger oracle gateway")
+
+    def operator(authorization: str | None) -> None:
+        if operator_token is None:
+            return
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not given.isascii() or not hmac.compare_digest(given, operator_token):
+            raise HTTPException(401, "changing an order's expectations needs the operator token")
 
     @app.post("/readings", status_code=202)
     def post_reading(body: Annotated[dict[str, Any], Body()]) -> JSONResponse:
@@ -76,7 +91,10 @@ def create_app(gateway: Gateway, store: Store) -> FastAPI:
         )
 
     @app.put("/orders/{order_id}")
-    def put_order(order_id: int, body: OrderExpectations) -> OrderPublic:
+    def put_order(
+        order_id: OrderId, body: OrderExpectations, authorization: Annotated[str | None, Header()] = None
+    ) -> OrderPublic:
+        operator(authorization)
         record = store.register_order(
             order_id,
             carton_weight_grams=body.carton_weight_grams,
@@ -90,7 +108,7 @@ def create_app(gateway: Gateway, store: Store) -> FastAPI:
         return [OrderPublic.of(r) for r in store.orders()]
 
     @app.get("/orders/{order_id}")
-    def get_order(order_id: int) -> OrderPublic:
+    def get_order(order_id: OrderId) -> OrderPublic:
         record = store.order(order_id)
         if record is None:
             raise HTTPException(404, f"order {order_id} unknown to the oracle")

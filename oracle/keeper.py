@@ -85,8 +85,11 @@ class Keeper:
                 self._schedule(self._read_order(order_id))
             self._seen = max(self._seen, orders)
             while self._maturing and self._maturing[0][0] <= now:
-                _, order_id = heapq.heappop(self._maturing)
+                # Listed before it leaves the schedule: a failed listing leaves it there for the
+                # next run instead of dropping a due order until the keeper restarts.
+                order_id = self._maturing[0][1]
                 self._due[order_id] = self._list_certificates(order_id)
+                heapq.heappop(self._maturing)
             return self._live_due(now)
 
     def _read_order(self, order_id: int) -> Order:

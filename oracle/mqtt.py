@@ -5,7 +5,9 @@ Nothing is lost between broker and gateway:
   QoS 1 readings for it while it is away, and a broker run with persistence keeps that queue
   across its own restart;
 - acknowledgements are manual: the PUBACK goes back only after the reading is committed to the
-  inbox, so a reading the gateway crashed on is redelivered;
+  inbox, so a reading the gateway crashed on is redelivered; one it failed to store (a locked or
+  full disk) is kept and stored again on the service's next step (`retry_unstored`), not left
+  for a reconnect that may never come;
 - a redelivered reading is stored once (the store is unique by device and sequence).
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -32,6 +35,16 @@ class BrokerUnavailable(Exception):
 
 def reading_topic(prefix: str, warehouse: bytes, device: str) -> str:
     return f"{prefix}/{warehouse.hex()}/{device}"
+
+
+@dataclass(frozen=True)
+class _Unstored:
+    """A delivered reading not yet stored, so not yet acknowledged."""
+
+    payload: bytes
+    topic: str
+    mid: int
+    qos: int
 
 
 class _Connection:
@@ -70,6 +83,8 @@ class MqttIntake(_Connection):
         self.on_reading = on_reading
         self.connected = threading.Event()
         self.received = 0
+        self._lock = threading.Lock()
+        self._unstored: list[_Unstored] = []
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
@@ -114,17 +129,39 @@ class MqttIntake(_Connection):
         log.log(level, "disconnected from %s: %s", self.settings.broker_url, reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._take(_Unstored(bytes(message.payload), message.topic, message.mid, message.qos))
+
+    def _take(self, item: _Unstored) -> bool:
+        """Stores a reading, then acknowledges it; on failure keeps it for `retry_unstored`."""
         try:
-            self.on_reading(bytes(message.payload), f"mqtt:{message.topic}")
+            self.on_reading(item.payload, f"mqtt:{item.topic}")
         except Exception:
-            # Not acknowledged: the broker redelivers it on the next connection.
-            log.exception("could not store a reading from %s; leaving it unacknowledged", message.topic)
-            return
+            # Not acknowledged, and kept here: the broker would redeliver it only on the next
+            # connection, which on a healthy link may be days away, past the reading's deadline.
+            log.exception("could not store a reading from %s; will try again", item.topic)
+            with self._lock:
+                if item not in self._unstored:
+                    self._unstored.append(item)
+            return False
         self.received += 1
-        if message.qos > 0:
-            rc = client.ack(message.mid, message.qos)
+        if item.qos > 0:
+            rc = self.client.ack(item.mid, item.qos)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                log.warning("PUBACK for %d not sent (%s); the broker will redeliver it", message.mid, rc)
+                log.warning("PUBACK for %d not sent (%s); the broker will redeliver it", item.mid, rc)
+        return True
+
+    def retry_unstored(self) -> int:
+        """Tries again to store the readings a failure left unacknowledged (the service calls it on
+        every step); returns how many are still waiting."""
+        with self._lock:
+            waiting, self._unstored = self._unstored, []
+        for item in waiting:
+            if self._take(item):
+                with self._lock:
+                    if item in self._unstored:
+                        self._unstored.remove(item)
+        with self._lock:
+            return len(self._unstored)
 
 
 class MqttPublisher(_Connection):

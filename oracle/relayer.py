@@ -126,11 +126,23 @@ class Relayer:
         now = time.time()
         for record in self.store.orders((OrderState.SUBMITTING,)):
             if record.next_attempt_at <= now:
-                self._resolve(record)
+                self._isolated(record, OrderState.SUBMITTING, self._resolve)
         for order_id in self.store.dirty_collecting():
             collecting = self.store.order(order_id)
             if collecting is not None and collecting.next_attempt_at <= now:
-                self._evaluate(collecting)
+                self._isolated(collecting, OrderState.COLLECTING, self._evaluate)
+
+    def _isolated(self, record: OrderRecord, state: OrderState, job: Callable[[OrderRecord], None]) -> None:
+        """One order's step. An error nobody classified (a node's answer in words of its own) backs
+        this order off and alerts like node trouble, instead of ending the step for every order
+        after it, each time, for as long as it lasts."""
+        try:
+            job(record)
+        except Exception as exc:
+            log.exception("order %d: unexpected error", record.order_id)
+            current = self.store.order(record.order_id) or record
+            if current.state == state:
+                self._backoff(current, state, f"unexpected error: {exc}")
 
     # ------------------------------------------------------------------ collecting
 
@@ -144,7 +156,7 @@ class Relayer:
             # the threshold the gateway saw while checking this very reading.
             hint = self.chain.threshold_hint(stored[0].reading.observation.warehouse)
             if hint is not None and hint >= 2:
-                self.store.mark_evaluated(order_id, f"1 of {hint} devices")
+                self.store.mark_evaluated(order_id, f"1 of {hint} devices", record.revision)
                 return
         try:
             order = self.chain.order(order_id)
@@ -172,10 +184,8 @@ class Relayer:
             log.error("order %d disputed: %s", order_id, decision.reason)
             return
         if not isinstance(decision, Ready):
-            self.store.mark_evaluated(order_id, decision.reason)
-            if early:
-                # A reading slightly ahead of the chain's clock becomes usable in a moment.
-                self.store.mark_dirty(order_id)
+            # A reading slightly ahead of the chain's clock becomes usable in a moment.
+            self.store.mark_evaluated(order_id, decision.reason, record.revision, again=early)
             return
         by_key = {(o.reading.observation.device, o.reading.observation.sequence): o.id for o in current}
         ids = [by_key[(r.observation.device, r.observation.sequence)] for r in decision.readings]
@@ -184,14 +194,23 @@ class Relayer:
     def _current(
         self, stored: list[StoredObservation], warehouse: Warehouse, now: int
     ) -> tuple[list[StoredObservation], bool]:
-        """Readings that would still pass on chain now: current device set, fresh, not expired,
-        sequence unused. Returns them and whether any was left out only for being early."""
+        """Each current device's latest reading (highest sequence), if it would still pass on chain
+        now: fresh, not expired, sequence unused. Returns them and whether one was left out only for
+        being early. The latest is chosen first: a device whose latest reading is early, stale or
+        used is left out, never judged by an older reading it has since replaced (a corrected count
+        must not be bypassed, nor an old one raise a dispute)."""
         current: list[StoredObservation] = []
         early = False
+        latest: dict[str, StoredObservation] = {}
         for item in stored:
             o = item.reading.observation
             if o.device_set_version != warehouse.device_set_version:
                 continue
+            seen = latest.get(o.device)
+            if seen is None or o.sequence > seen.reading.observation.sequence:
+                latest[o.device] = item
+        for item in latest.values():
+            o = item.reading.observation
             # Judged as at `now + margin` for deadline and staleness: a reading that lapses between
             # this look and its block would make the whole receipt revert, and a revert is final.
             margin = self.settings.submit_margin
@@ -307,8 +326,9 @@ class Relayer:
         log.warning(
             "order %d: %s was superseded; preparing a new transaction", record.order_id, prepared.tx_hash
         )
-        self.store.set_state(record.order_id, OrderState.COLLECTING, "transaction superseded; resubmitting")
-        self.store.mark_dirty(record.order_id)
+        self.store.set_state(
+            record.order_id, OrderState.COLLECTING, "transaction superseded; resubmitting", dirty=True
+        )
 
     def _finish(self, order_id: int, mined: Mined) -> None:
         if mined.succeeded:
@@ -342,9 +362,8 @@ class Relayer:
             f"node trouble ({reason}); retry {attempts} in {delay:.1f}s",
             attempts=attempts,
             next_attempt_at=time.time() + delay,
+            dirty=state == OrderState.COLLECTING,
         )
-        if state == OrderState.COLLECTING:
-            self.store.mark_dirty(record.order_id)
         if attempts == self.settings.retry_attempts:
             self.store.alert(record.order_id, "node", f"{attempts} node errors in a row: {reason}")
         log.warning("order %d: %s; retrying in %.1fs", record.order_id, reason, delay)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from eth_account.signers.local import LocalAccount
+from pydantic import SecretStr
 
 from chain_client.system import System
 from oracle.chainview import SystemView
@@ -91,12 +92,19 @@ class OracleService:
         from oracle.http import create_app
 
         config = uvicorn.Config(
-            create_app(self.gateway, self.store),
+            create_app(self.gateway, self.store, _secret(self.settings.operator_token)),
             host=self.settings.http_host,
             port=self.settings.http_port,
             log_level="warning",
             timeout_keep_alive=5,
         )
+        loopback = self.settings.http_host in ("127.0.0.1", "::1", "localhost")
+        if self.settings.operator_token is None and not loopback:
+            log.warning(
+                "HTTP intake on %s without an operator token: anyone who reaches it can change an "
+                "order's expectations (set CERTLEDGER_ORACLE_OPERATOR_TOKEN)",
+                self.settings.http_host,
+            )
         server = uvicorn.Server(config)
         self._http_server = server
         self._http_thread = threading.Thread(target=server.run, name="oracle-http", daemon=True)
@@ -106,8 +114,12 @@ class OracleService:
 
     def step(self) -> None:
         """Checks the inbox, advances the orders, and runs the keeper when it is due."""
-        self.gateway.process_pending()
-        self.relayer.step()
+        # Each stage on its own: one's trouble (logged) must not hold back the others.
+        for stage in (self._retry_unstored, self.gateway.process_pending, self.relayer.step):
+            try:
+                stage()
+            except Exception:
+                log.exception("pipeline stage %s failed; continuing", getattr(stage, "__name__", stage))
         if time.monotonic() - self._last_keeper >= self.settings.keeper_interval:
             self._last_keeper = time.monotonic()
             try:
@@ -115,6 +127,10 @@ class OracleService:
             except Exception:
                 # The keeper is a convenience (anyone may settle); its trouble must not stop receipts.
                 log.exception("keeper run failed; trying again in %ss", self.settings.keeper_interval)
+
+    def _retry_unstored(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.retry_unstored()
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -140,3 +156,7 @@ class OracleService:
         if self._http_thread is not None:
             self._http_thread.join(timeout=10)
         self.store.close()
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()

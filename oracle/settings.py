@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +28,11 @@ class OracleSettings(BaseSettings):
     db: Path = Field(default=Path("oracle.db"), description="SQLite file of readings, orders and alerts.")
     http_host: str = Field(default="127.0.0.1", description="Address of the HTTP intake.")
     http_port: int = Field(default=8088, ge=0, le=65_535, description="Port of the HTTP intake (0: off).")
+    operator_token: SecretStr | None = Field(
+        default=None,
+        description="If set, PUT /orders/{id} (an order's expectations) needs it as a bearer token. "
+        "Set it whenever the HTTP intake is reachable beyond this machine.",
+    )
 
     # Agreement rules, defaults for orders registered without their own.
     count_tolerance: int = Field(

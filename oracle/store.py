@@ -74,6 +74,9 @@ CREATE TABLE IF NOT EXISTS orders (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
     dirty INTEGER NOT NULL DEFAULT 1,
+    -- bumped by whatever dirties the order (a reading, expectations, a resolution): an evaluation
+    -- clears `dirty` only if nothing came in while it ran
+    revision INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     last_reading_at REAL,
@@ -153,6 +156,7 @@ class OrderRecord:
     error_name: str | None
     attempts: int
     next_attempt_at: float
+    revision: int
     created_at: float
     updated_at: float
     last_reading_at: float | None
@@ -199,9 +203,13 @@ class Store:
 
     def _migrate(self) -> None:
         """Brings a database made by an older release up to `_SCHEMA` (columns added since)."""
-        columns = {r[1] for r in self._db.execute("PRAGMA table_info(observations)")}
-        if "set_aside" not in columns:
-            self._db.execute("ALTER TABLE observations ADD COLUMN set_aside INTEGER NOT NULL DEFAULT 0")
+        added = {
+            "observations": ("set_aside", "INTEGER NOT NULL DEFAULT 0"),
+            "orders": ("revision", "INTEGER NOT NULL DEFAULT 0"),
+        }
+        for table, (column, kind) in added.items():
+            if column not in {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -353,7 +361,7 @@ class Store:
         db.execute(
             "INSERT INTO orders (order_id, state, created_at, updated_at, last_reading_at) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT(order_id) DO UPDATE SET dirty = 1, "
-            "last_reading_at = excluded.last_reading_at",
+            "revision = revision + 1, last_reading_at = excluded.last_reading_at",
             (order_id, OrderState.COLLECTING.value, now, now, now),
         )
 
@@ -375,7 +383,7 @@ class Store:
                 "ON CONFLICT(order_id) DO UPDATE SET carton_weight_grams = excluded.carton_weight_grams, "
                 "count_tolerance = excluded.count_tolerance, "
                 "weight_tolerance_pct = excluded.weight_tolerance_pct, dirty = 1, "
-                "updated_at = excluded.updated_at",
+                "revision = revision + 1, updated_at = excluded.updated_at",
                 (
                     order_id,
                     OrderState.COLLECTING.value,
@@ -413,19 +421,27 @@ class Store:
         )
         return [int(r[0]) for r in rows]
 
-    def mark_evaluated(self, order_id: int, detail: str) -> None:
+    def mark_evaluated(self, order_id: int, detail: str, revision: int, *, again: bool = False) -> None:
+        """Records an evaluation of the order as it was at `revision`: it stays dirty if a reading
+        (or new expectations) came in while the evaluation ran, so that one is looked at too, or if
+        it must be looked at `again` anyway (a reading about to become usable)."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE orders SET dirty = 0, detail = ?, updated_at = ? WHERE order_id = ?",
-                (detail, time.time(), order_id),
+                "UPDATE orders SET dirty = CASE WHEN ? OR revision != ? THEN 1 ELSE 0 END, detail = ?, "
+                "updated_at = ? WHERE order_id = ?",
+                (int(again), revision, detail, time.time(), order_id),
             )
 
     def mark_dirty(self, order_id: int) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE orders SET dirty = 1 WHERE order_id = ?", (order_id,))
+            db.execute("UPDATE orders SET dirty = 1, revision = revision + 1 WHERE order_id = ?", (order_id,))
 
-    def set_state(self, order_id: int, state: OrderState, detail: str, **fields: Any) -> None:
-        """Moves an order to `state`, with any of its other columns (tx_hash, raw_tx, ...)."""
+    def set_state(
+        self, order_id: int, state: OrderState, detail: str, *, dirty: bool = False, **fields: Any
+    ) -> None:
+        """Moves an order to `state`, with any of its other columns (tx_hash, raw_tx, ...); `dirty`
+        (back to collecting, to be evaluated again) in the same update, so no crash can leave a
+        collecting order that nothing looks at."""
         allowed = {
             "observation_ids",
             "tx_hash",
@@ -444,9 +460,9 @@ class Store:
         sets = ", ".join(f"{k} = ?" for k in fields)
         with self.transaction() as db:
             db.execute(
-                f"UPDATE orders SET state = ?, detail = ?, dirty = 0, updated_at = ?"
+                f"UPDATE orders SET state = ?, detail = ?, dirty = ?, revision = revision + ?, updated_at = ?"
                 f"{', ' + sets if sets else ''} WHERE order_id = ?",
-                (state.value, detail, time.time(), *fields.values(), order_id),
+                (state.value, detail, int(dirty), int(dirty), time.time(), *fields.values(), order_id),
             )
 
     def resolve_dispute(self, order_id: int, reason: str, *, recount: bool = True) -> int:
@@ -471,8 +487,8 @@ class Store:
             how = f"recount, {aside} readings set aside" if recount else "readings judged again"
             detail = f"dispute resolved ({how}): {reason}"
             db.execute(
-                "UPDATE orders SET state = ?, detail = ?, dirty = 1, attempts = 0, next_attempt_at = 0, "
-                "observation_ids = NULL, updated_at = ? WHERE order_id = ?",
+                "UPDATE orders SET state = ?, detail = ?, dirty = 1, revision = revision + 1, attempts = 0, "
+                "next_attempt_at = 0, observation_ids = NULL, updated_at = ? WHERE order_id = ?",
                 (OrderState.COLLECTING.value, detail, now, order_id),
             )
             db.execute(
@@ -523,6 +539,7 @@ def _order(row: sqlite3.Row) -> OrderRecord:
         error_name=row["error_name"],
         attempts=int(row["attempts"]),
         next_attempt_at=float(row["next_attempt_at"]),
+        revision=int(row["revision"]),
         created_at=float(row["created_at"]),
         updated_at=float(row["updated_at"]),
         last_reading_at=row["last_reading_at"],

@@ -17,6 +17,7 @@ from eth_account.signers.local import LocalAccount
 from oracle_support import chain_ranges, confirmations, enrol_warehouse
 from world import DAY, DEFAULT_QUANTITY, World
 
+from chain_client.errors import NodeUnavailable
 from chain_client.models import CertificateStatus, OrderStatus
 from chain_client.receipts import DeviceEnrolment, ReadingKind, sign_observation
 from oracle.chainview import SystemView
@@ -377,6 +378,30 @@ def test_keeper_run_twice_pays_each_certificate_once(world: World, tmp_path: Pat
     assert ledger.certificate(frozen).status == CertificateStatus.LIVE
     assert store.settled_count() == 3
     assert frozen_order
+
+
+def test_a_keeper_whose_listing_fails_once_pays_on_its_next_run(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, root = world.certificate_for(maturity_in=10 * DAY)
+    keeper = Keeper(world.system, world.cast.relayer)
+    assert keeper.run_once().settled == []
+    world.chain.advance_time(11 * DAY)
+    ledger = world.ledger
+    real = ledger.certificate_ids_of_order
+    calls: list[int] = []
+
+    def flaky(order_id: int, from_block: int = 0) -> list[int]:
+        calls.append(order_id)
+        if len(calls) == 1:
+            raise NodeUnavailable("http://node", "getLogs timed out")
+        return real(order_id, from_block=from_block)
+
+    monkeypatch.setattr(ledger, "certificate_ids_of_order", flaky)
+    with pytest.raises(NodeUnavailable):
+        keeper.run_once()  # the service logs it and runs the keeper again later
+    assert keeper.run_once().settled == [root]
+    assert ledger.certificate(root).status == CertificateStatus.SETTLED
 
 
 def test_keeper_reads_an_order_once_until_it_is_due(world: World) -> None:

@@ -79,3 +79,26 @@ def test_order_expectations_and_alerts(setup: tuple[TestClient, FakeChain, Store
     store.alert(7, "disputed", "weight does not match")
     assert client.get("/alerts").json()[0]["kind"] == "disputed"
     assert [o["order_id"] for o in client.get("/orders").json()] == [7]
+
+
+@pytest.mark.parametrize("order_id", ["0", "-5", str(2**63), "99999999999999999999"])
+def test_order_ids_out_of_range_are_validation_errors(
+    setup: tuple[TestClient, FakeChain, Store, DeviceSigner], order_id: str
+) -> None:
+    client, _, store, _ = setup
+    put = client.put(f"/orders/{order_id}", json={"carton_weight_grams": 12_000})
+    get = client.get(f"/orders/{order_id}")
+    assert (put.status_code, get.status_code) == (422, 422), (put.text, get.text)
+    assert store.orders() == []
+
+
+def test_with_an_operator_token_only_the_operator_changes_expectations(tmp_path: Path) -> None:
+    store = Store(tmp_path / "oracle.db")
+    client = TestClient(create_app(Gateway(store, FakeChain(), clock_skew=30), store, "operator-secret"))
+    body = {"carton_weight_grams": 12_000}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {b"Authorization": b"Bearer op\xe9rator"}):
+        assert client.put("/orders/1", json=body, headers=headers).status_code == 401
+    assert store.orders() == []
+    ok = client.put("/orders/1", json=body, headers={"Authorization": "Bearer operator-secret"})
+    assert ok.status_code == 200 and ok.json()["carton_weight_grams"] == 12_000
+    assert client.get("/orders/1").status_code == 200  # reading needs no token

@@ -134,6 +134,41 @@ def test_a_reading_not_stored_is_not_acknowledged_and_comes_again(broker: Mosqui
     assert payloads(store) == [b"only-once"]
 
 
+def test_a_reading_not_stored_is_stored_on_the_next_step_without_a_reconnect(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """On a healthy link the broker resends an unacknowledged reading only at the next connection,
+    which may come after its deadline: the intake keeps it and stores it again itself, then
+    acknowledges it, so a later reconnect brings nothing twice."""
+    settings = OracleSettings(broker_url=broker.url, client_id="retrying-gateway", mqtt_timeout=10)
+    store = Store(tmp_path / "oracle.db")
+    failures = {"left": 1}
+
+    def flaky(payload: bytes, source: str) -> int:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError("database is locked")
+        return store.receive(source, payload)
+
+    gateway = MqttIntake(settings, flaky)
+    gateway.start()
+    publisher = MqttPublisher(settings, "device")
+    publisher.start()
+    publisher.publish(f"{settings.topic_prefix}/wh/dev", b"first", timeout=10)
+    publisher.publish(f"{settings.topic_prefix}/wh/dev", b"second", timeout=10)
+    wait_until(lambda: store.inbox_count() == 1)
+    assert payloads(store) == [b"second"]
+    assert gateway.retry_unstored() == 0  # what the service does on each step
+    assert sorted(payloads(store)) == [b"first", b"second"]
+    gateway.stop()
+    gateway = MqttIntake(settings, flaky)  # acknowledged: nothing comes again
+    gateway.start()
+    time.sleep(1)
+    gateway.stop()
+    publisher.stop()
+    assert sorted(payloads(store)) == [b"first", b"second"]
+
+
 # ---------------------------------------------------------------------- devices -> MQTT -> chain
 
 

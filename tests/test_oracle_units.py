@@ -509,3 +509,77 @@ def test_readings_about_to_lapse_are_not_submitted(store: Store) -> None:
     record = store.order(1)
     assert record is not None and record.state == OrderState.COLLECTING and sub.prepared == 0
     assert "1 of 2" in record.detail
+
+
+def test_a_devices_early_correction_is_waited_for_not_bypassed(tmp_path: Path) -> None:
+    """Portal A reads 1000, then corrects itself to 900 with its clock 10 s ahead of the chain (the
+    gateway takes readings up to 30 s early). Its latest reading is the one that counts: until it
+    is usable the order waits; it is never judged by the 1000 it replaced."""
+    store = Store(tmp_path / "o.db")
+    chain = fake_chain()
+    chain.threshold = 3
+    gateway = Gateway(store, chain, clock_skew=30)
+    store.register_order(1, carton_weight_grams=CARTON_G, count_tolerance=None, weight_tolerance_pct=None)
+    a, sub = signer(RFID_A), FakeSubmitter(chain)
+    r = relayer(store, chain, sub)
+    assert gateway.ingest(reading(a, 1_000, chain).encode(), "t").accepted
+    r.step()
+    assert gateway.ingest(reading(a, 900, chain, age=-10).encode(), "t").accepted
+    assert gateway.ingest(reading(signer(RFID_B), 1_000, chain).encode(), "t").accepted
+    assert gateway.ingest(reading(signer(SCALE), 1_000 * CARTON_G, chain).encode(), "t").accepted
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.COLLECTING and sub.prepared == 0
+    chain.now_value += 11  # A's correction becomes usable: 900 against B's 1000
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.DISPUTED and sub.prepared == 0
+
+
+def test_a_corrected_reading_that_agrees_is_not_disputed_by_the_one_it_replaced(tmp_path: Path) -> None:
+    store = Store(tmp_path / "o.db")
+    chain = fake_chain()
+    gateway = Gateway(store, chain, clock_skew=30)
+    store.register_order(1, carton_weight_grams=CARTON_G, count_tolerance=None, weight_tolerance_pct=None)
+    a, sub = signer(RFID_A), FakeSubmitter(chain)
+    r = relayer(store, chain, sub)
+    assert gateway.ingest(reading(a, 1_000, chain).encode(), "t").accepted
+    r.step()
+    assert gateway.ingest(reading(a, 900, chain, age=-10).encode(), "t").accepted
+    assert gateway.ingest(reading(signer(SCALE), 900 * CARTON_G, chain).encode(), "t").accepted
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.COLLECTING, record
+    chain.now_value += 11
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.CONFIRMED and sub.prepared == 1, record
+
+
+def test_a_reading_stored_while_its_order_is_evaluated_is_evaluated_too(tmp_path: Path) -> None:
+    """The HTTP intake stores readings on its own thread; one that lands while the relayer is
+    judging the order (between reading the observations and recording the verdict) must not be
+    forgotten when the verdict clears the order's `dirty` mark."""
+    store = Store(tmp_path / "o.db")
+    chain = fake_chain()  # threshold 2: portal A and the scale
+    gateway = Gateway(store, chain, clock_skew=30)
+    store.register_order(1, carton_weight_grams=CARTON_G, count_tolerance=None, weight_tolerance_pct=None)
+    sub = FakeSubmitter(chain)
+    r = relayer(store, chain, sub)
+    assert gateway.ingest(reading(signer(RFID_A), 1_000, chain).encode(), "t").accepted
+    scale = reading(signer(SCALE), 1_000 * CARTON_G, chain).encode()
+    landed: list[bool] = []
+    busy: list[bool] = []
+
+    def meanwhile() -> None:  # runs inside the relayer's first chain call of the evaluation
+        if not landed and not busy:  # (and not again inside the gateway's own chain calls)
+            busy.append(True)
+            landed.append(gateway.ingest(scale, "http").accepted)
+
+    chain.fail = meanwhile
+    r.step()
+    chain.fail = None
+    assert landed == [True]
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.CONFIRMED and sub.prepared == 1, record
