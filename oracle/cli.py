@@ -38,7 +38,7 @@ from oracle.devices import (
 from oracle.mqtt import BrokerUnavailable, MqttPublisher
 from oracle.settings import OracleSettings
 from oracle.simulator import Delivery, Fault, SimulatedDevice, publish_all, readings_for
-from oracle.store import NotDisputed, OrderState, Store
+from oracle.store import NotResolvable, OrderState, Store
 
 oracle_app = typer.Typer(
     help="Run the receipt oracle (gateway, relayer, keeper) and see its state.", no_args_is_help=True
@@ -241,18 +241,18 @@ def oracle_resolve(
         typer.Option(
             "--keep-readings",
             help="Judge the same readings again (after correcting the order's expectations with "
-            "`oracle expect`) instead of setting them aside for a recount.",
+            "`oracle expect`, or the cause of a failure) instead of setting them aside for a recount.",
         ),
     ] = False,
     db: Db = Path("oracle.db"),
 ) -> None:
-    """Resolve a disputed order: it collects readings again (a recount, by default)."""
+    """Resolve a disputed or failed order: it collects readings again (a recount, by default)."""
     if not db.exists():
         raise typer.BadParameter(f"no oracle database at {db}", param_hint="--db")
     store = Store(db)
     try:
-        aside = store.resolve_dispute(order_id, reason, recount=not keep_readings)
-    except NotDisputed as exc:
+        aside = store.resolve(order_id, reason, recount=not keep_readings)
+    except NotResolvable as exc:
         raise typer.BadParameter(str(exc), param_hint="ORDER_ID") from exc
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--reason") from exc

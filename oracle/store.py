@@ -103,7 +103,7 @@ class OrderState(enum.StrEnum):
 
     collecting -> submitting -> confirmed | failed;  collecting -> disputed (-> collecting).
     `confirmed`, `failed` and `disputed` are final: nothing is submitted for the order again,
-    unless a person resolves a dispute (`Store.resolve_dispute`), which starts it collecting anew."""
+    unless a person resolves a dispute or a failure (`Store.resolve`): it then collects anew."""
 
     COLLECTING = "collecting"
     SUBMITTING = "submitting"
@@ -116,13 +116,13 @@ class OrderState(enum.StrEnum):
         return self in (OrderState.CONFIRMED, OrderState.FAILED, OrderState.DISPUTED)
 
 
-class NotDisputed(ValueError):
-    """Only a disputed order's dispute can be resolved."""
+class NotResolvable(ValueError):
+    """Only a disputed or failed order can be resolved."""
 
     def __init__(self, order_id: int, state: OrderState | None) -> None:
         self.order_id, self.state = order_id, state
         seen = "unknown to this oracle" if state is None else state.value
-        super().__init__(f"order {order_id} is not disputed ({seen})")
+        super().__init__(f"order {order_id} is neither disputed nor failed ({seen})")
 
 
 @dataclass(frozen=True)
@@ -465,30 +465,32 @@ class Store:
                 (state.value, detail, int(dirty), int(dirty), time.time(), *fields.values(), order_id),
             )
 
-    def resolve_dispute(self, order_id: int, reason: str, *, recount: bool = True) -> int:
-        """A person's answer to a dispute: the order collects again. With `recount` its readings so
-        far are set aside (kept for the record, no longer counted) and the devices must read the
-        goods again; without, the same readings are judged again, as after correcting the order's
-        expectations (`register_order`). Recorded as an alert. Returns how many readings were set
-        aside. Raises NotDisputed for an order in any other state."""
+    def resolve(self, order_id: int, reason: str, *, recount: bool = True) -> int:
+        """A person's answer to a dispute or a failure: the order collects again. With `recount` its
+        readings so far are set aside (kept for the record, no longer counted) and the devices must
+        read the goods again; without, the same readings are judged again, as after correcting the
+        order's expectations (`register_order`) or the cause of a failure (a pause, a relayer left
+        off the allow-list). Recorded as an alert. Returns how many readings were set aside. Raises
+        NotResolvable for an order in any other state."""
         if not reason.strip():
             raise ValueError("say why the dispute is resolved: the reason is kept with the order")
         now = time.time()
         with self.transaction() as db:
             row = db.execute("SELECT state FROM orders WHERE order_id = ?", (order_id,)).fetchone()
             state = OrderState(row["state"]) if row is not None else None
-            if state != OrderState.DISPUTED:
-                raise NotDisputed(order_id, state)
+            if state not in (OrderState.DISPUTED, OrderState.FAILED):
+                raise NotResolvable(order_id, state)
             aside = 0
             if recount:
                 aside = db.execute(
                     "UPDATE observations SET set_aside = 1 WHERE order_id = ? AND set_aside = 0", (order_id,)
                 ).rowcount
             how = f"recount, {aside} readings set aside" if recount else "readings judged again"
-            detail = f"dispute resolved ({how}): {reason}"
+            detail = f"{state.value} order resolved ({how}): {reason}"
             db.execute(
-                "UPDATE orders SET state = ?, detail = ?, dirty = 1, revision = revision + 1, attempts = 0, "
-                "next_attempt_at = 0, observation_ids = NULL, updated_at = ? WHERE order_id = ?",
+                "UPDATE orders SET state = ?, detail = ?, dirty = 1, revision = revision + 1, "
+                "attempts = 0, next_attempt_at = 0, observation_ids = NULL, tx_hash = NULL, "
+                "raw_tx = NULL, error_name = NULL, updated_at = ? WHERE order_id = ?",
                 (OrderState.COLLECTING.value, detail, now, order_id),
             )
             db.execute(

@@ -27,7 +27,7 @@ from oracle.keeper import Keeper
 from oracle.relayer import Relayer
 from oracle.settings import OracleSettings
 from oracle.simulator import malleate
-from oracle.store import NotDisputed, OrderState, Store
+from oracle.store import NotResolvable, OrderState, Store
 from oracle.submitter import ChainSubmitter
 from oracle.validation import Reason
 from oracle.wire import SignedReading
@@ -244,9 +244,9 @@ def test_a_recount_resolves_a_dispute_with_new_readings_only(rig: Rig) -> None:
     relayer.step()
     assert rig.state() == OrderState.DISPUTED
     with pytest.raises(ValueError, match="say why"):
-        rig.store.resolve_dispute(rig.order_id, "  ")
+        rig.store.resolve(rig.order_id, "  ")
 
-    assert rig.store.resolve_dispute(rig.order_id, "scale recalibrated, goods weighed again") == 2
+    assert rig.store.resolve(rig.order_id, "scale recalibrated, goods weighed again") == 2
     record = rig.store.order(rig.order_id)
     assert record is not None and record.state == OrderState.COLLECTING
     assert "recount, 2 readings set aside" in record.detail
@@ -277,17 +277,17 @@ def test_a_dispute_from_wrong_expectations_is_judged_again_with_the_same_reading
     )
     relayer.step()
     assert rig.state() == OrderState.DISPUTED  # corrected expectations alone reopen nothing
-    assert rig.store.resolve_dispute(rig.order_id, "cartons are 15 kg", recount=False) == 0
+    assert rig.store.resolve(rig.order_id, "cartons are 15 kg", recount=False) == 0
     relayer.step()
     assert rig.state() == OrderState.CONFIRMED and rig.confirmations() == 1
 
 
 def test_only_a_disputed_order_can_be_resolved(rig: Rig) -> None:
-    with pytest.raises(NotDisputed, match="unknown to this oracle"):
-        rig.store.resolve_dispute(rig.order_id, "no readings yet")
+    with pytest.raises(NotResolvable, match="unknown to this oracle"):
+        rig.store.resolve(rig.order_id, "no readings yet")
     assert rig.send(rig.reading(rig.rfid1, 1_000)).accepted
-    with pytest.raises(NotDisputed, match="collecting"):
-        rig.store.resolve_dispute(rig.order_id, "not disputed")
+    with pytest.raises(NotResolvable, match=r"neither disputed nor failed \(collecting\)"):
+        rig.store.resolve(rig.order_id, "not disputed")
     assert rig.store.alerts() == [] and len(rig.store.observations(rig.order_id)) == 1
 
 
@@ -332,6 +332,12 @@ def test_a_contract_refusal_is_final(rig: Rig) -> None:
     rig.store.mark_dirty(rig.order_id)
     relayer.step()
     assert rig.state() == OrderState.FAILED and rig.confirmations() == 0
+    # Once the cause is put right, a person reopens the order; the same readings then confirm it.
+    assert rig.store.resolve(rig.order_id, "relayer back on the allow-list", recount=False) == 0
+    reopened = rig.store.order(rig.order_id)
+    assert reopened is not None and reopened.error_name is None and "failed order resolved" in reopened.detail
+    relayer.step()
+    assert rig.state() == OrderState.CONFIRMED and rig.confirmations() == 1
 
 
 def test_gateway_and_relayer_restart_submit_nothing_twice(rig: Rig, tmp_path: Path) -> None:

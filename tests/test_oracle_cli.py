@@ -61,12 +61,12 @@ def test_resolve_reopens_a_disputed_order_and_refuses_any_other(runner: CliRunne
     no_reason = runner.invoke(build_app(), [*resolve, "2"])
     assert no_reason.exit_code == 2 and "--reason" in no_reason.output
     not_disputed = runner.invoke(build_app(), [*resolve, "1", "--reason", "recount"])
-    assert not_disputed.exit_code == 2 and "not disputed (collecting)" in not_disputed.output
+    assert not_disputed.exit_code == 2 and "neither disputed" in not_disputed.output
     done = runner.invoke(build_app(), [*resolve, "2", "--reason", "pallet 7 recounted by hand"])
     assert done.exit_code == 0, done.output
     assert "order 2: collecting; 0 readings set aside" in done.output
     again = runner.invoke(build_app(), [*resolve, "2", "--reason", "twice"])
-    assert again.exit_code == 2 and "not disputed (collecting)" in again.output
+    assert again.exit_code == 2 and "neither disputed" in again.output
 
     status = json.loads(runner.invoke(build_app(), ["oracle", "status", "--db", str(db), "--json"]).output)
     assert status["counts"]["disputed"] == 0 and status["counts"]["collecting"] == 2
