@@ -28,7 +28,7 @@ from chain_client.chain import Chain
 from chain_client.deploy import Deployment
 from chain_client.errors import CertledgerError
 from chain_client.index.books import CREATED
-from chain_client.index.db import DATABASE_ERRORS, IndexDatabase, table_of
+from chain_client.index.db import IndexDatabase, table_of
 from chain_client.index.models import (
     CertificateRecord,
     ChangeRecord,
@@ -39,11 +39,10 @@ from chain_client.index.models import (
     ParticipantRecord,
     PaymentRecord,
 )
-from chain_client.index.sync import Indexer
+from chain_client.index.sync import ROUND_FAILURES, Indexer
 
 M = TypeVar("M", bound=SQLModel)
 log = logging.getLogger(__name__)
-_SYNC_FAILURES: tuple[type[Exception], ...] = (CertledgerError, *DATABASE_ERRORS, OSError)
 
 
 def _as(model: type[M], row: Row[Any]) -> M:
@@ -101,7 +100,7 @@ class IndexReader:
         while not self._stop.wait(self.interval):
             try:
                 self._sync()
-            except _SYNC_FAILURES as exc:
+            except ROUND_FAILURES as exc:
                 # The node or the database is down, or the chain moved under us: reads serve what
                 # is indexed, and the next round tries again (the thread must outlive the trouble).
                 log.warning("index sync failed, trying again in %.1f s: %s", self.interval, exc)

@@ -41,7 +41,7 @@ from chain_client.index.books import (
 from chain_client.index.db import IndexDatabase, IndexDatabaseError, rebuilding
 from chain_client.index.decode import Event
 from chain_client.index.digest import args_json, block_digest, change_texts, event_document, genesis
-from chain_client.index.models import IndexState
+from chain_client.index.models import ChangeRecord, IndexState, PaymentRecord
 from chain_client.index.source import NodeSource
 from chain_client.index.state import decoder_for, stored_events
 from chain_client.index.sync import Indexer, SyncOptions, SyncStatus
@@ -148,6 +148,24 @@ class EventMismatch:
         )
 
 
+@dataclass(frozen=True)
+class RowMismatch:
+    """A change-log or payment row that differs from what the stored events make, or an event whose
+    block hash differs from its block's."""
+
+    table: str
+    position: str
+    problem: str
+    index: str | None
+    expected: str | None
+
+    def __str__(self) -> str:
+        return (
+            f"{self.table} row at {self.position}: {self.problem} "
+            f"(index: {self.index}; the events give: {self.expected})"
+        )
+
+
 @dataclass
 class VerifyReport:
     block: int
@@ -156,25 +174,41 @@ class VerifyReport:
     checked: dict[str, int] = field(default_factory=dict)
     digest_mismatches: list[DigestMismatch] = field(default_factory=list)
     event_mismatches: list[EventMismatch] = field(default_factory=list)
+    row_mismatches: list[RowMismatch] = field(default_factory=list)
     differences: list[Difference] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.digest_mismatches or self.event_mismatches or self.differences or self.violations)
+        return not any(self._kinds())
 
     def findings(self) -> Iterator[str]:
-        for items in (self.digest_mismatches, self.event_mismatches, self.differences, self.violations):
+        for items in self._kinds():
             for item in items:
                 yield str(item)
+
+    def _kinds(self) -> tuple[list[Any], ...]:
+        return (
+            self.digest_mismatches,
+            self.event_mismatches,
+            self.row_mismatches,
+            self.differences,
+            self.violations,
+        )
 
 
 # ---------------------------------------------------------------------- verify
 
 
 def verify(chain: Chain, deployment: Deployment, db: IndexDatabase, block: int | None = None) -> VerifyReport:
-    """Checks the index against itself, the chain and the invariants at `block` (default: its last)."""
+    """Checks the index against itself, the chain and the invariants at `block` (default: its last).
+    Reads the index in one snapshot: a sync committing meanwhile (a follower) is not seen."""
     deployment.check(chain)
+    with db.snapshot():
+        return _verify(chain, deployment, db, block)
+
+
+def _verify(chain: Chain, deployment: Deployment, db: IndexDatabase, block: int | None) -> VerifyReport:
     state = db.require_state()
     if (state.chain_id, state.ledger) != (deployment.chain_id, deployment.ledger):
         raise IndexDatabaseError(f"{db.url} indexes ledger {state.ledger} of chain {state.chain_id}")
@@ -188,6 +222,7 @@ def verify(chain: Chain, deployment: Deployment, db: IndexDatabase, block: int |
     report = VerifyReport(block=at, digest=state.digest, recomputed_digest=refold.digest)
     report.digest_mismatches = _digest_mismatches(db, state, refold)
     report.event_mismatches = _event_mismatches(db, state, source, report.digest_mismatches)
+    report.row_mismatches = refold.hash_mismatches + _row_mismatches(db, state, refold)
     tables = db.load_books(state)
     report.differences = _compare_books(tables, refold.final, "index table", "replayed events")
     view = read_chain_view(source, deployment, refold.at_block, at)
@@ -197,6 +232,8 @@ def verify(chain: Chain, deployment: Deployment, db: IndexDatabase, block: int |
     report.violations = _violations(refold.at_block, view)
     report.checked = {entity: len(view.records.get(entity, {})) for entity in ENTITIES}
     report.checked["events"] = refold.events
+    report.checked["change rows"] = len(refold.changes)
+    report.checked["payments"] = len(refold.payments)
     return report
 
 
@@ -208,22 +245,89 @@ class _Refold:
     events: int
     #: block -> (digest after it, events in it), for blocks with stored events
     blocks: dict[int, tuple[str, int]]
+    #: the change-log and payment rows the stored events make, by position
+    changes: dict[tuple[int, int, int, int], tuple[Any, ...]]
+    payments: dict[tuple[int, int, int], tuple[Any, ...]]
+    #: events whose block hash differs from their block's first event's (the one the digest takes)
+    hash_mismatches: list[RowMismatch]
 
 
 def _refold(db: IndexDatabase, state: IndexState, at: int) -> _Refold:
     books = Books(state.ledger, state.oracle)
     digest = genesis(state.chain_id, state.ledger, state.oracle, state.deployment_block)
     blocks: dict[int, tuple[str, int]] = {}
+    changes: dict[tuple[int, int, int, int], tuple[Any, ...]] = {}
+    payments: dict[tuple[int, int, int], tuple[Any, ...]] = {}
+    hashes: list[RowMismatch] = []
     at_block: Books | None = None
     events = 0
     for number, block_events in _grouped(stored_events(db, state)):
         if number > at and at_block is None:
             at_block = books.copy()
-        documents = [event_document(e, args_json(e.args), change_texts(books.apply(e))) for e in block_events]
-        digest = block_digest(digest, number, block_events[0].block_hash, documents)
+        documents = []
+        block_hash = block_events[0].block_hash
+        for e in block_events:
+            applied = books.apply(e)
+            texts = change_texts(applied)
+            documents.append(event_document(e, args_json(e.args), texts))
+            for seq, text in enumerate(texts):
+                changes[(number, e.tx_index, e.log_index, seq)] = (e.tx_hash, e.name, *text)
+            for payment in applied.payments:
+                payments[(number, e.tx_index, e.log_index)] = (e.tx_hash, *payment)
+            if e.block_hash != block_hash:
+                hashes.append(
+                    RowMismatch("event", _position(e.block_number, e.tx_index, e.log_index),
+                                "block hash differs from its block's", e.block_hash, block_hash)
+                )  # fmt: skip
+        digest = block_digest(digest, number, block_hash, documents)
         blocks[number] = (digest, len(block_events))
         events += len(block_events)
-    return _Refold(books, at_block or books, digest, events, blocks)
+    return _Refold(books, at_block or books, digest, events, blocks, changes, payments, hashes)
+
+
+def _position(block: int, tx_index: int, log_index: int, seq: int | None = None) -> str:
+    where = f"block {block} tx {tx_index} log {log_index}"
+    return where if seq is None else f"{where} change {seq}"
+
+
+def _row_mismatches(db: IndexDatabase, state: IndexState, refold: _Refold) -> list[RowMismatch]:
+    """The stored change log and payments against what the stored events make: the digest covers
+    the events and the changes they imply, not the rows kept beside them, which the API's read
+    scopes, a reorg's undo and the export's totals rely on."""
+    change_columns = ("tx_hash", "event", "entity", "key", "field", "old", "new")
+    stored_changes = {
+        (r["block_number"], r["tx_index"], r["log_index"], r["seq"]): tuple(r[c] for c in change_columns)
+        for r in db.rows(ChangeRecord, state.chain_id)
+    }
+    payment_columns = ("tx_hash", "kind", "order_id", "certificate_id", "payer", "payee", "amount")
+    stored_payments = {
+        (r["block_number"], r["tx_index"], r["log_index"]): tuple(r[c] for c in payment_columns)
+        for r in db.rows(PaymentRecord, state.chain_id)
+    }
+    return _compare_rows("state_change", stored_changes, refold.changes) + _compare_rows(
+        "payment", stored_payments, refold.payments
+    )
+
+
+def _compare_rows(
+    table: str, stored: dict[Any, tuple[Any, ...]], expected: dict[Any, tuple[Any, ...]]
+) -> list[RowMismatch]:
+    found: list[RowMismatch] = []
+    for key in sorted(set(stored) | set(expected)):
+        ours, theirs = stored.get(key), expected.get(key)
+        if ours == theirs:
+            continue
+        if ours is None:
+            problem = "missing from the index"
+        elif theirs is None:
+            problem = "in the index, but no stored event makes it"
+        else:
+            problem = "differs"
+        found.append(
+            RowMismatch(table, _position(*key), problem, None if ours is None else str(ours),
+                        None if theirs is None else str(theirs))
+        )  # fmt: skip
+    return found
 
 
 def _grouped(events: Iterable[Event]) -> Iterator[tuple[int, list[Event]]]:

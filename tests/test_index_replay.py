@@ -499,6 +499,93 @@ def test_a_tampered_holder_fails_verify_at_that_certificate(lifecycle: Lifecycle
     assert not report.digest_mismatches and not report.event_mismatches
 
 
+def test_a_tampered_payment_fails_verify_at_that_row(lifecycle: Lifecycle, tmp_path: Path) -> None:
+    db = _fresh_replay(lifecycle, tmp_path / "payment.sqlite")
+    state = db.require_state()
+    paid = next(p for p in db.rows(PaymentRecord, state.chain_id) if p["kind"] == "settlement")
+    where = (paid["block_number"], paid["tx_index"], paid["log_index"])
+    _sql(
+        db,
+        "UPDATE payment SET amount = ?, payee = ? WHERE block_number = ? AND tx_index = ? AND log_index = ?",
+        f"{paid['amount'] + 10**24:078d}", "0x" + "5A" * 20, *where,
+    )  # fmt: skip
+    report = audit.verify(lifecycle.chain, lifecycle.work.system.deployment, db)
+    assert [(m.table, m.position, m.problem) for m in report.row_mismatches] == [
+        ("payment", "block {} tx {} log {}".format(*where), "differs")
+    ]
+    assert str(paid["amount"] + 10**24) in (report.row_mismatches[0].index or "")
+    assert not report.digest_mismatches and not report.differences
+
+
+def test_a_tampered_or_deleted_change_row_fails_verify_at_that_row(
+    lifecycle: Lifecycle, tmp_path: Path
+) -> None:
+    """The change log decides who may read a certificate (the API's scopes) and what a reorg undoes:
+    a rewritten `old` holder, or a deleted row, is found at its position."""
+    db = _fresh_replay(lifecycle, tmp_path / "changes.sqlite")
+    state = db.require_state()
+    changes = db.rows(ChangeRecord, state.chain_id)
+    moved = next(c for c in changes if c["field"] == "holder")
+    key = (moved["block_number"], moved["tx_index"], moved["log_index"], moved["seq"])
+    _sql(
+        db,
+        "UPDATE state_change SET old = ? "
+        "WHERE block_number = ? AND tx_index = ? AND log_index = ? AND seq = ?",
+        "0x" + "5A" * 20, *key,
+    )  # fmt: skip
+    gone = changes[-1]
+    gone_key = (gone["block_number"], gone["tx_index"], gone["log_index"], gone["seq"])
+    _sql(
+        db,
+        "DELETE FROM state_change WHERE block_number = ? AND tx_index = ? AND log_index = ? AND seq = ?",
+        *gone_key,
+    )
+    report = audit.verify(lifecycle.chain, lifecycle.work.system.deployment, db)
+    assert [(m.table, m.position, m.problem) for m in report.row_mismatches] == [
+        ("state_change", "block {} tx {} log {} change {}".format(*key), "differs"),
+        ("state_change", "block {} tx {} log {} change {}".format(*gone_key), "missing from the index"),
+    ]
+
+
+def test_an_event_with_another_blocks_hash_fails_verify(lifecycle: Lifecycle, tmp_path: Path) -> None:
+    db = _fresh_replay(lifecycle, tmp_path / "hash.sqlite")
+    state = db.require_state()
+    events = db.rows(EventRecord, state.chain_id)
+    by_block: dict[int, list[dict[str, Any]]] = {}
+    for e in events:
+        by_block.setdefault(e["block_number"], []).append(e)
+    later = next(sorted(es, key=lambda e: e["log_index"])[-1] for es in by_block.values() if len(es) > 1)
+    _sql(db, "UPDATE event SET block_hash = ? WHERE tx_hash = ? AND log_index = ?",
+         "0x" + "ab" * 32, later["tx_hash"], later["log_index"])  # fmt: skip
+    report = audit.verify(lifecycle.chain, lifecycle.work.system.deployment, db)
+    found = [(m.table, m.problem) for m in report.row_mismatches]
+    assert found == [("event", "block hash differs from its block's")]
+
+
+def test_verify_reads_one_snapshot_while_a_follower_commits(
+    lifecycle: Lifecycle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync commits more blocks after verify has read the cursor: verify still sees the index as it
+    was when it began, and finds it correct."""
+    reference = lifecycle.work.system.deployment
+    path = tmp_path / "snapshot.sqlite"
+    head = lifecycle.chain.w3.eth.block_number
+    middle = (reference.deployment_block + head) // 2
+    audit.replay(lifecycle.chain, reference, IndexDatabase(path), until=middle)
+    original = audit._refold
+
+    def a_follower_commits_first(db: IndexDatabase, state: Any, at: int) -> Any:
+        audit.sync(lifecycle.chain, reference, IndexDatabase(path))  # another process, in effect
+        return original(db, state, at)
+
+    monkeypatch.setattr(audit, "_refold", a_follower_commits_first)
+    db = IndexDatabase(path)
+    report = audit.verify(lifecycle.chain, reference, db)
+    assert report.ok, list(report.findings())[:5]
+    assert report.block == middle
+    assert db.require_state().synced_block == head  # the follower's commit is there all the same
+
+
 def test_a_tampered_value_fails_verify_at_that_certificate(lifecycle: Lifecycle, tmp_path: Path) -> None:
     db = _fresh_replay(lifecycle, tmp_path / "value.sqlite")
     cert = _a_moved_certificate(db)

@@ -465,3 +465,33 @@ def test_a_getlogs_answer_that_is_an_error_or_misshapen_does_not_parse_as_logs()
     assert parsed.result is None and parsed.error["code"] == -32005
     with pytest.raises(msgspec.ValidationError):
         source._LOGS_ANSWER.decode(b'{"jsonrpc":"2.0","id":1,"result":[{"address":"0x01"}]}')
+
+
+def test_a_follower_outlives_an_error_answer_from_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider answers one request with a JSON-RPC error (rate limited): the round fails, is
+    reported, and the next one indexes as if nothing happened."""
+    from chain_client.chain import connect
+    from chain_client.index.sync import Indexer
+    from chain_client.index.workload import Workload
+
+    chain = connect()
+    work = Workload.deploy(chain, seed=3)
+    indexer = Indexer(chain, work.system.deployment, IndexDatabase(tmp_path / "follow.sqlite"))
+    real_head = indexer.source.head
+    answers: list[str] = []
+
+    def rate_limited_once() -> int:
+        if not answers:
+            answers.append("error")
+            raise source.RpcRequestError("eth_blockNumber: {'code': -32005, 'message': 'limit exceeded'}")
+        return real_head()
+
+    monkeypatch.setattr(indexer.source, "head", rate_limited_once)
+    errors: list[Exception] = []
+    rounds: list[object] = []
+    last = indexer.follow(poll_seconds=0.01, stop=lambda: bool(errors and rounds),
+                          on_status=rounds.append, on_error=errors.append)  # fmt: skip
+    assert [type(e) for e in errors] == [source.RpcRequestError]
+    assert last is not None and last.synced_block == chain.w3.eth.block_number

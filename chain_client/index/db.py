@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -220,6 +221,7 @@ class IndexDatabase:
         # made in another thread without this.
         connect_args = {"check_same_thread": False} if self.url.startswith("sqlite") else {}
         self.engine: Engine = create_engine(self.url, echo=echo, connect_args=connect_args)
+        self._pinned = threading.local()  # a thread's snapshot connection (see `snapshot`)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _scratch_pragmas if scratch else _sqlite_pragmas)
 
@@ -242,6 +244,38 @@ class IndexDatabase:
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Within it, this thread's reads all see one state of the database, whatever a sync commits
+        meanwhile (an audit reading the index a follower keeps): one connection in one read
+        transaction (SQLite WAL keeps its snapshot; PostgreSQL with REPEATABLE READ)."""
+        if getattr(self._pinned, "conn", None) is not None:
+            yield
+            return
+        with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            else:
+                # pysqlite starts no transaction for reads on its own: without it each SELECT would
+                # see the latest commit.
+                conn.exec_driver_sql("BEGIN")
+            self._pinned.conn = conn
+            try:
+                yield
+            finally:
+                self._pinned.conn = None
+                conn.rollback()
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """The connection reads go through: this thread's snapshot if it has one, else a new one."""
+        pinned: Connection | None = getattr(self._pinned, "conn", None)
+        if pinned is not None:
+            yield pinned
+            return
         with self.engine.connect() as conn:
             yield conn
 
@@ -280,7 +314,7 @@ class IndexDatabase:
 
     def state(self, chain_id: int | None = None) -> IndexState | None:
         """The index's cursor (of `chain_id`, or the only one)."""
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             if not self.engine.dialect.has_table(conn, IndexState.__tablename__):
                 return None
             query = select(table_of(IndexState))
@@ -313,7 +347,7 @@ class IndexDatabase:
 
     def load_books(self, state: IndexState) -> Books:
         books = Books(state.ledger, state.oracle)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             for entity, model in ENTITY_TABLES.items():
                 spec = ENTITIES[entity]
                 table = table_of(model)
@@ -330,25 +364,25 @@ class IndexDatabase:
         if up_to is not None:
             query = query.where(table.c.block_number <= up_to)
         query = query.order_by(table.c.block_number, table.c.tx_index, table.c.log_index)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             yield from conn.execute(query).mappings()
 
     def blocks(self, chain_id: int, descending: bool = False) -> list[BlockRecord]:
         table = table_of(BlockRecord)
         order = table.c.number.desc() if descending else table.c.number
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             rows = conn.execute(select(table).where(table.c.chain_id == chain_id).order_by(order)).mappings()
             return [BlockRecord(**dict(r)) for r in rows]
 
     def rows(self, model: type[SQLModel], chain_id: int) -> list[dict[str, Any]]:
         table = table_of(model)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             query = select(table).where(table.c.chain_id == chain_id).order_by(*table.primary_key.columns)
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def count(self, model: type[SQLModel], chain_id: int) -> int:
         table = table_of(model)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return int(
                 conn.execute(
                     select(func.count()).select_from(table).where(table.c.chain_id == chain_id)
@@ -359,7 +393,7 @@ class IndexDatabase:
         table = table_of(EventRecord)
         query = select(func.count()).select_from(table)
         query = query.where(and_(table.c.chain_id == chain_id, table.c.block_number > block))
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return int(conn.execute(query).scalar_one())
 
     def changes_after(self, chain_id: int, block: int) -> list[dict[str, Any]]:
@@ -370,7 +404,7 @@ class IndexDatabase:
             .where(and_(t.c.chain_id == chain_id, t.c.block_number > block))
             .order_by(t.c.block_number.desc(), t.c.tx_index.desc(), t.c.log_index.desc(), t.c.seq.desc())
         )
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def last_touch(self, chain_id: int, entity: str, key: str, up_to: int) -> Touch | None:
@@ -385,7 +419,7 @@ class IndexDatabase:
             .order_by(t.c.block_number.desc(), t.c.tx_index.desc(), t.c.log_index.desc(), t.c.seq.desc())
             .limit(1)
         )
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(query).first()
         return None if row is None else Touch(int(row[0]), str(row[1]), int(row[2]), str(row[3]))
 

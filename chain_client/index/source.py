@@ -29,14 +29,14 @@ from requests.exceptions import Timeout as RequestsTimeout
 from web3.types import BlockIdentifier, FilterParams, TxParams
 
 from chain_client.chain import Chain
-from chain_client.errors import NodeUnavailable
+from chain_client.errors import CertledgerError, NodeUnavailable
 from chain_client.index.decode import RawLog
 
 #: Requests per JSON-RPC batch: large enough to amortise a round trip, small enough for any node.
 BATCH_SIZE = 250
 
 
-class RpcRequestError(Exception):
+class RpcRequestError(CertledgerError):
     """The node answered a request with an error (for getLogs: often a range or result limit)."""
 
 

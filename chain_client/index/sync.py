@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import msgspec
+
 from chain_client.chain import Chain
 from chain_client.deploy import Deployment
 from chain_client.errors import CertledgerError
@@ -65,8 +67,14 @@ from chain_client.index.writer import (
 
 log = logging.getLogger(__name__)
 
-#: What a follower's round may fail with and live: the node's or the database's trouble.
-_ROUND_FAILURES: tuple[type[Exception], ...] = (CertledgerError, *DATABASE_ERRORS, OSError)
+#: What a follower's round may fail with and live: the node's trouble (down, an error answer, a
+#: misshapen one) or the database's (locked, gone, restarted).
+ROUND_FAILURES: tuple[type[Exception], ...] = (
+    CertledgerError,
+    *DATABASE_ERRORS,
+    OSError,
+    msgspec.ValidationError,
+)
 
 
 class ReorgTooDeep(CertledgerError):
@@ -276,7 +284,7 @@ class Indexer:
         while True:
             try:
                 status = self.sync()
-            except _ROUND_FAILURES as exc:
+            except ROUND_FAILURES as exc:
                 if on_error is None:
                     log.warning("index sync failed, trying again in %.1f s: %s", poll_seconds, exc)
                 else:
