@@ -41,6 +41,7 @@ from chain_client.index.books import (
 from chain_client.index.db import IndexDatabase, IndexDatabaseError, rebuilding
 from chain_client.index.decode import Event
 from chain_client.index.digest import args_json, block_digest, change_texts, event_document, genesis
+from chain_client.index.export import digest_at
 from chain_client.index.models import ChangeRecord, IndexState, PaymentRecord
 from chain_client.index.source import NodeSource
 from chain_client.index.state import decoder_for, stored_events
@@ -219,7 +220,9 @@ def _verify(chain: Chain, deployment: Deployment, db: IndexDatabase, block: int 
         )
     source = NodeSource(chain)
     refold = _refold(db, state, at)
-    report = VerifyReport(block=at, digest=state.digest, recomputed_digest=refold.digest)
+    # The digest as of `at` (the index's own, and the one its stored events give), for comparing
+    # with another auditor's export or verify at that block.
+    report = VerifyReport(block=at, digest=digest_at(db, state, at), recomputed_digest=refold.digest_at(at))
     report.digest_mismatches = _digest_mismatches(db, state, refold)
     report.event_mismatches = _event_mismatches(db, state, source, report.digest_mismatches)
     report.row_mismatches = refold.hash_mismatches + _row_mismatches(db, state, refold)
@@ -250,6 +253,16 @@ class _Refold:
     payments: dict[tuple[int, int, int], tuple[Any, ...]]
     #: events whose block hash differs from their block's first event's (the one the digest takes)
     hash_mismatches: list[RowMismatch]
+    genesis: str
+
+    def digest_at(self, block: int) -> str:
+        """The recomputed digest after `block` (unchanged through blocks without events)."""
+        found = self.genesis
+        for number, (digest, _) in self.blocks.items():  # in chain order
+            if number > block:
+                break
+            found = digest
+        return found
 
 
 def _refold(db: IndexDatabase, state: IndexState, at: int) -> _Refold:
@@ -282,7 +295,8 @@ def _refold(db: IndexDatabase, state: IndexState, at: int) -> _Refold:
         digest = block_digest(digest, number, block_hash, documents)
         blocks[number] = (digest, len(block_events))
         events += len(block_events)
-    return _Refold(books, at_block or books, digest, events, blocks, changes, payments, hashes)
+    start = genesis(state.chain_id, state.ledger, state.oracle, state.deployment_block)
+    return _Refold(books, at_block or books, digest, events, blocks, changes, payments, hashes, start)
 
 
 def _position(block: int, tx_index: int, log_index: int, seq: int | None = None) -> str:

@@ -143,7 +143,7 @@ def test_replay_equals_the_live_state(
 
 
 def test_state_at_past_blocks_equals_the_contracts_then(
-    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus]
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
 ) -> None:
     db, status = replayed
     first, last = status.deployment_block, status.synced_block
@@ -152,6 +152,9 @@ def test_state_at_past_blocks_equals_the_contracts_then(
         assert report.ok, (block, list(report.findings()))
         _, books = books_at(db, block)
         assert report.checked["certificate"] == len(books.all("certificate"))
+        # The digest as of that block, stored and recomputed, as an export at that block names it.
+        expected = export(db, tmp_path / str(block), block).digest
+        assert report.digest == report.recomputed_digest == expected != status.digest
 
 
 def test_index_decoder_agrees_with_the_clients_event_decoder(lifecycle: Lifecycle) -> None:
@@ -706,6 +709,11 @@ def test_export_writes_loadable_csv_and_a_report(
     with (tmp_path / "out" / "payments.csv").open(encoding="utf-8") as f:
         kinds = {r["kind"] for r in csv.DictReader(f)}
     assert set(report["payments"]) == kinds
+    # Events in the order the chain made them: folding the file from the top rebuilds the books.
+    with (tmp_path / "out" / "events.csv").open(encoding="utf-8") as f:
+        events = list(csv.DictReader(f))
+    positions = [(int(r["block_number"]), int(r["tx_index"]), int(r["log_index"])) for r in events]
+    assert positions == sorted(positions) and len(positions) == status.events
 
 
 def test_cli_replay_state_digest_and_verify(

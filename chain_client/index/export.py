@@ -40,6 +40,13 @@ def digest_at(db: IndexDatabase, state: IndexState, block: int) -> str:
 
 
 def export(db: IndexDatabase, directory: Path, block: int | None = None) -> ExportResult:
+    """Writes the CSV files and report.json of the index as of `block` (default: its last), all read
+    in one snapshot of the index (a sync committing meanwhile is not half seen)."""
+    with db.snapshot():
+        return _export(db, directory, block)
+
+
+def _export(db: IndexDatabase, directory: Path, block: int | None) -> ExportResult:
     state, books = books_at(db, block)
     at = state.synced_block if block is None else block
     directory.mkdir(parents=True, exist_ok=True)
@@ -65,8 +72,13 @@ def export(db: IndexDatabase, directory: Path, block: int | None = None) -> Expo
 
 
 def _rows_up_to(db: IndexDatabase, model: Any, chain_id: int, block: int) -> list[dict[str, Any]]:
+    """The table's rows up to `block`, in chain order (events are keyed by transaction hash: a tool
+    folding events.csv in file order must meet them as the chain made them)."""
     column = "number" if model is BlockRecord else "block_number"
-    return [r for r in db.rows(model, chain_id) if r[column] <= block]
+    rows = [r for r in db.rows(model, chain_id) if r[column] <= block]
+    if model is EventRecord:
+        rows.sort(key=lambda r: (r["block_number"], r["tx_index"], r["log_index"]))
+    return rows
 
 
 def _write_records(path: Path, entity: str, books: Books) -> None:
