@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_utils import to_checksum_address
 from index_support import ROOT, anvil_node, connect_node
 from typer.testing import CliRunner
 
@@ -587,6 +588,28 @@ def test_verify_reads_one_snapshot_while_a_follower_commits(
     assert report.ok, list(report.findings())[:5]
     assert report.block == middle
     assert db.require_state().synced_block == head  # the follower's commit is there all the same
+
+
+def test_books_that_list_a_wrong_device_fail_verify_against_the_chain(
+    lifecycle: Lifecycle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the books (one device of a set recorded as another) is consistent with the digest
+    and the tables it made, so only the chain can tell: each listed device must be current there."""
+    from chain_client.index import books
+
+    stranger = to_checksum_address("0x" + "5a" * 20)
+    real = books.Books._device_set
+
+    def misread(self: books.Books, a: dict[str, Any]) -> None:
+        real(self, {**a, "devices": (*a["devices"][:-1], stranger)})
+
+    monkeypatch.setitem(books._HANDLERS, "DeviceSetChanged", misread)
+    db = _fresh_replay(lifecycle, tmp_path / "devices.sqlite")
+    report = audit.verify(lifecycle.chain, lifecycle.work.system.deployment, db)
+    wrong = [d for d in report.differences if d.field == "devices"]
+    assert wrong and all(d.entity == "warehouse" and d.against == "chain" for d in wrong)
+    assert all(stranger in d.index_value and stranger not in d.other_value for d in wrong)
+    assert not report.digest_mismatches and not report.row_mismatches
 
 
 def test_a_tampered_value_fails_verify_at_that_certificate(lifecycle: Lifecycle, tmp_path: Path) -> None:

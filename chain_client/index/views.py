@@ -193,7 +193,9 @@ def read_chain_view(source: NodeSource, deployment: Deployment, books: Books, bl
     read("certificate", ledger, "certificate", ids("certificate", view.counts[1]), _certificate)
     read("offer", ledger, "discountOffer", ids("offer", view.counts[2]), _offer)
     read("participant", ledger, "participant", sorted(books.all("participant"), key=str), _participant)
-    read("warehouse", oracle, "warehouse", sorted(books.all("warehouse"), key=str), _warehouse)
+    warehouses = sorted(books.all("warehouse"), key=str)
+    read("warehouse", oracle, "warehouse", warehouses, _warehouse)
+    _read_devices(source, oracle, books, view, warehouses, block)
     read_scalar("credit", ledger, "credit", sorted(books.all("credit"), key=str), "amount")
     invoices = sorted({o["invoice_hash"] for o in books.all("order").values()})
     used = source.call_many([ledger.encode("invoiceUsed", bytes.fromhex(i[2:])) for i in invoices], block)
@@ -201,3 +203,19 @@ def read_chain_view(source: NodeSource, deployment: Deployment, books: Books, bl
         i: bool(ledger.decode("invoiceUsed", r)[0]) for i, r in zip(invoices, used, strict=True)
     }
     return view
+
+
+def _read_devices(
+    source: NodeSource, oracle: _Caller, books: Books, view: ChainView, warehouses: list[Key], block: int
+) -> None:
+    """An active warehouse's devices as the chain has them: those of the books' list that the
+    oracle counts as current devices (with the device count, also compared, the two sets are then
+    equal). The oracle has no view listing them; an inactive warehouse has none current."""
+    listed = [(w, d) for w in warehouses for d in books.all("warehouse")[w]["devices"]]
+    calls = [oracle.encode("isDevice", bytes.fromhex(str(w)[2:]), d) for w, d in listed]
+    found = source.call_many(calls, block)
+    current = {pair for pair, r in zip(listed, found, strict=True) if oracle.decode("isDevice", r)[0]}
+    for w in warehouses:
+        record = view.records["warehouse"][w]
+        if record["active"]:
+            record["devices"] = tuple(d for d in books.all("warehouse")[w]["devices"] if (w, d) in current)
