@@ -53,9 +53,25 @@ class Gateway:
         item_id = self.receive(payload, source)
         with self._lock:
             item = self.store.inbox_item(item_id)
-            if item is None:  # the pipeline thread checked it first
-                return Verdict(False, None, "checked by the pipeline")
+            if item is None:  # the pipeline thread checked it first: answer with what it decided
+                return self._decided(payload)
             return self.process(item)
+
+    def _decided(self, payload: bytes) -> Verdict:
+        """The verdict already given on a reading: accepted (it is stored) or refused (and why). A
+        device told "kept" instead would send it again and be refused as a replay."""
+        try:
+            reading = decode_reading(payload)
+        except MalformedReading as exc:
+            return Verdict(False, Reason.MALFORMED, str(exc))
+        o = reading.observation
+        found = self.store.observation_id(o.device, o.sequence, reading.signature)
+        if found is not None:
+            return Verdict(True, observation_id=found)
+        refused = self.store.last_rejection(o.device, o.sequence)
+        if refused is not None:
+            return Verdict(False, Reason(refused.reason), refused.detail)
+        return Verdict(False, None, "checked by the pipeline")
 
     def process_pending(self, limit: int = 500) -> list[Verdict]:
         """Checks readings waiting in the inbox, oldest first; stops at the first node failure."""

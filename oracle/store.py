@@ -324,6 +324,28 @@ class Store:
             return None
         return parse_reading(json.loads(rows[0]["reading"])).signature
 
+    def observation_id(self, device: str, sequence: int, signature: bytes) -> int | None:
+        """The id of the stored observation that is this very reading (same signature), if any."""
+        rows = self._query(
+            "SELECT id, reading FROM observations WHERE device = ? AND sequence = ?", (device, str(sequence))
+        )
+        for row in rows:
+            if parse_reading(json.loads(row["reading"])).signature == signature:
+                return int(row["id"])
+        return None
+
+    def last_rejection(self, device: str, sequence: int) -> Rejection | None:
+        """The latest refusal of a reading of `device` with `sequence`."""
+        rows = self._query(
+            "SELECT * FROM rejections WHERE device = ? AND sequence = ? ORDER BY id DESC LIMIT 1",
+            (device, str(sequence)),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return Rejection(r["id"], r["at"], r["source"], r["order_id"], r["device"], r["sequence"],
+                         r["reason"], r["detail"])  # fmt: skip
+
     def observations(self, order_id: int) -> list[StoredObservation]:
         """The order's readings that count (not set aside by a recount), in arrival order."""
         rows = self._query(

@@ -583,3 +583,28 @@ def test_a_reading_stored_while_its_order_is_evaluated_is_evaluated_too(tmp_path
     r.step()
     record = store.order(1)
     assert record is not None and record.state == OrderState.CONFIRMED and sub.prepared == 1, record
+
+
+def test_a_reading_the_pipeline_checked_first_gets_that_verdict_over_http(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTTP intake keeps a reading, then checks it; the pipeline thread may check it in between.
+    The device must hear that verdict, not "kept" (it would send the reading again and be told
+    `replayed`)."""
+    store = Store(tmp_path / "o.db")
+    chain = fake_chain()
+    gateway = Gateway(store, chain, clock_skew=30)
+    real = gateway.receive
+
+    def pipeline_first(payload: bytes, source: str) -> int:
+        item = real(payload, source)
+        gateway.process_pending()  # the pipeline thread, between the keeping and the checking
+        return item
+
+    monkeypatch.setattr(gateway, "receive", pipeline_first)
+    good = reading(signer(RFID_A), 1_000, chain)
+    verdict = gateway.ingest(good.encode(), "http")
+    assert verdict.accepted and verdict.observation_id == store.observations(1)[0].id
+    high_s = reading(signer(RFID_B), 1_000, chain)
+    verdict = gateway.ingest(SignedReading(high_s.observation, malleate(high_s.signature)).encode(), "http")
+    assert (verdict.accepted, verdict.reason) == (False, Reason.HIGH_S)
