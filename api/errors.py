@@ -7,6 +7,7 @@ ContractPanic, UnknownRevert        422 Reverted
 NodeUnavailable, connection errors  503 NodeUnavailable with Retry-After
 TransactionTimeout                  504 ReceiptTimeout (the transaction may still be mined)
 OutcomeUnknown                      504 OutcomeUnknown (sent, then the node failed: may be mined)
+TransactionRejected                 422 TransactionRejected (the node refused it: nothing pending)
 RequestValidationError              422 ValidationError
 """
 
@@ -28,10 +29,12 @@ from chain_client.errors import (
     ContractError,
     ContractReverted,
     NodeUnavailable,
+    OutcomeUnknown,
+    TransactionRejected,
     TransactionTimeout,
 )
 from chain_client.index.db import IndexDatabaseError
-from chain_client.relay import OutcomeUnknown, RelayRefused, jsonable
+from chain_client.relay import RelayRefused, jsonable
 
 
 class ApiError(Exception):
@@ -118,6 +121,10 @@ def install(app: FastAPI, retry_after: int) -> None:
     @app.exception_handler(TransactionTimeout)
     async def _timeout(_: Request, exc: TransactionTimeout) -> JSONResponse:
         return respond(504, "ReceiptTimeout", str(exc), {"txHash": exc.tx_hash, "seconds": exc.seconds})
+
+    @app.exception_handler(TransactionRejected)
+    async def _rejected(_: Request, exc: TransactionRejected) -> JSONResponse:
+        return respond(422, "TransactionRejected", str(exc), {"txHash": exc.tx_hash, "reason": exc.reason})
 
     @app.exception_handler(OutcomeUnknown)
     async def _unknown(_: Request, exc: OutcomeUnknown) -> JSONResponse:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import string
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +19,9 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from eth_utils import to_checksum_address
+from pydantic import ValidationError
 from rich.console import Console
+from web3.exceptions import MismatchedABI, Web3ValidationError
 
 from chain_client.audit_cli import app as audit_app
 from chain_client.chain import connect
@@ -52,7 +55,11 @@ Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.
 
 
 def _settings(rpc_url: str | None, manifest: Path) -> Settings:
-    return Settings(rpc_url=rpc_url, manifest=manifest)
+    try:
+        return Settings(rpc_url=rpc_url, manifest=manifest)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise typer.BadParameter(problems) from None
 
 
 def _system(rpc_url: str | None, manifest: Path) -> System:
@@ -67,7 +74,12 @@ def _signer(key_env: str) -> LocalAccount:
     key = os.environ.get(key_env)
     if not key:
         raise typer.BadParameter(f"environment variable {key_env} is not set", param_hint="--key-env")
-    account: LocalAccount = Account.from_key(key)
+    try:
+        account: LocalAccount = Account.from_key(key)
+    except (ValueError, TypeError):
+        # Never echo the value: it is (meant to be) a private key.
+        problem = f"{key_env} does not hold a hex private key"
+        raise typer.BadParameter(problem, param_hint="--key-env") from None
     return account
 
 
@@ -79,10 +91,19 @@ def _address(value: str) -> ChecksumAddress:
 
 
 def _id32(value: str) -> bytes:
-    """A bytes32 given as 0x-hex, or a label hashed with keccak256."""
-    if value.startswith("0x") and len(value) == 66:
-        return bytes.fromhex(value[2:])
-    return label_hash(value)
+    """A bytes32 given as 0x-hex, or a label hashed with keccak256. A value that looks like hex but
+    is not exactly 32 bytes of it is refused, not hashed as a label: an invoice hash pasted without
+    its 0x, or with a digit missing, would otherwise be recorded as another value, and the
+    duplicate-invoice check would never meet the real one."""
+    body = value[2:] if value.startswith("0x") else value
+    looks_hex = value.startswith("0x") or (len(body) >= 40 and all(c in string.hexdigits for c in body))
+    if not looks_hex:
+        return label_hash(value)
+    if len(body) != 64 or not all(c in string.hexdigits for c in body):
+        raise typer.BadParameter(f"not a 0x-prefixed 32-byte hex value: {value}")
+    if not value.startswith("0x"):
+        raise typer.BadParameter(f"a 32-byte hex value needs its 0x prefix (else it is a label): {value}")
+    return bytes.fromhex(body)
 
 
 def _emit(data: Any, as_json: bool) -> None:
@@ -110,6 +131,11 @@ def _run(job: Any) -> None:
     except CertledgerError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
+    except (Web3ValidationError, MismatchedABI, ValueError, LookupError) as exc:
+        # Input the chain's types refuse (a uint256 out of range, a negative amount), a value out
+        # of a calculator's range, or an id nothing has: the user's to fix, said in one line.
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
 
 
 # ---------------------------------------------------------------------- deploy, demo
@@ -125,8 +151,17 @@ def deploy(
     ] = "operator",
     min_split_unit: Annotated[int, typer.Option(min=1)] = 100,
     max_split_depth: Annotated[int, typer.Option(min=1, max=255)] = 8,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing manifest file.")] = False,
 ) -> None:
     """Deploy token, oracle and ledger to a node and write the deployment manifest."""
+
+    if manifest.exists() and not force:
+        raise typer.BadParameter(
+            f"{manifest} exists (a deployed system's?): give another path, or --force to replace it",
+            param_hint="--manifest",
+        )
+    if not manifest.parent.is_dir():
+        raise typer.BadParameter(f"no directory {manifest.parent} for the manifest", param_hint="--manifest")
 
     def job() -> None:
         chain = connect(_settings(rpc_url, manifest))
@@ -139,9 +174,10 @@ def deploy(
             min_split_unit=min_split_unit,
             max_split_depth=max_split_depth,
         )
+        # Printed before it is saved: should the write fail, the addresses are not lost.
+        console.print_json(json.dumps(asdict(system.deployment)))
         system.deployment.save(manifest)
         console.print(f"deployed; manifest written to {manifest}")
-        console.print_json(manifest.read_text(encoding="utf-8"))
 
     _run(job)
 
@@ -479,7 +515,7 @@ def discount_quote(
     rate_bps: Annotated[int, typer.Argument(min=0, help="Annual rate in basis points (600 = 6%).")],
 ) -> None:
     """Price of FACE due in DAYS at an annual RATE_BPS (simple interest, 365-day year)."""
-    console.print(discount_price(face, days, rate_bps))
+    _run(lambda: console.print(discount_price(face, days, rate_bps)))
 
 
 @discount_app.command("offer")

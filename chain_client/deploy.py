@@ -65,13 +65,38 @@ class Deployment:
             raise ManifestError(f"{path}: malformed manifest ({exc})") from exc
 
     def check(self, chain: Chain) -> None:
-        """Refuses a manifest for another chain, or addresses with no contract code."""
+        """Refuses a manifest for another chain, for contracts compiled from other sources than this
+        client's, or whose addresses are not one system: no code, or a ledger, oracle and token
+        that do not name each other."""
         if chain.chain_id != self.chain_id:
             raise ManifestError(f"manifest is for chain {self.chain_id}, node is chain {chain.chain_id}")
-        for name, address in (("CertificateLedger", self.ledger), ("ReceiptOracle", self.oracle)):
-            code = bytes(chain.w3.eth.get_code(address))
-            if not code:
+        for name in ("CertificateLedger", "ReceiptOracle"):
+            recorded, ours = self.artifact_hashes.get(name), artifact_hash(name)
+            if recorded != ours:
+                raise ManifestError(
+                    f"the manifest's {name} was compiled from other sources ({recorded}) than this "
+                    f"client's ({ours}): use the certledger release that deployed it"
+                )
+        for name, address in (
+            ("CertificateLedger", self.ledger),
+            ("ReceiptOracle", self.oracle),
+            ("SettlementToken", self.token),
+        ):
+            if not bytes(chain.w3.eth.get_code(address)):
                 raise ManifestError(f"no contract code at {name} address {address}")
+        links = (
+            ("CertificateLedger", self.ledger, "settlementToken", self.token),
+            ("CertificateLedger", self.ledger, "receiptOracle", self.oracle),
+            ("ReceiptOracle", self.oracle, "ledger", self.ledger),
+        )
+        for name, address, view, expected in links:
+            contract = chain.w3.eth.contract(address=address, abi=list(load_artifact(name).abi))
+            try:
+                named = to_checksum_address(getattr(contract.functions, view)().call())
+            except Exception as exc:  # not our contract at that address: any call can fail
+                raise ManifestError(f"{name} address {address} does not answer {view}(): {exc}") from None
+            if named != expected:
+                raise ManifestError(f"{name} at {address} names {view} {named}; the manifest says {expected}")
 
 
 def artifact_hash(name: str) -> str:

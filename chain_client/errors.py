@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from eth_abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
 from eth_utils import function_signature_to_4byte_selector, to_checksum_address
 
 from chain_client.artifacts import load_artifact
@@ -63,6 +64,31 @@ class NonceTooLow(CertledgerError):
         super().__init__(f"nonce {nonce} of {tx_hash} is already used")
         self.tx_hash = tx_hash
         self.nonce = nonce
+
+
+class OutcomeUnknown(CertledgerError):
+    """A transaction was sent, or may have been, and its outcome could not be read: the node went
+    away, or did not answer in time. Sending the same signed bytes again is safe (one nonce: at
+    most one inclusion) and tells; signing a new transaction for the same job may do it twice."""
+
+    def __init__(self, tx_hash: str, reason: str) -> None:
+        super().__init__(
+            f"{tx_hash} was sent but its outcome is unknown ({reason}); look it up, or send the same "
+            "signed transaction again, before signing a new one"
+        )
+        self.tx_hash = tx_hash
+        self.reason = reason
+
+
+class TransactionRejected(CertledgerError):
+    """The node refused a transaction in its own words (funds for gas, fees, gas limit): nothing is
+    pending. `tx_hash` is empty when it refused to estimate it, before anything was signed."""
+
+    def __init__(self, tx_hash: str, reason: str) -> None:
+        what = tx_hash or "the transaction"
+        super().__init__(f"the node refused {what}: {reason}")
+        self.tx_hash = tx_hash
+        self.reason = reason
 
 
 class ManifestError(CertledgerError):
@@ -163,14 +189,19 @@ def decode_revert(data: bytes | str | None, message: str = "") -> ContractRevert
     raw = _to_bytes(data)
     selector, body = raw[:4], raw[4:]
     cls = _BY_SELECTOR.get(selector)
-    if cls is not None:
-        values = abi_decode([t for _, t in cls.inputs], body)
-        return cls(raw, **{n: _typed_value(t, v) for (n, t), v in zip(cls.inputs, values, strict=True)})
-    if selector == _PANIC_SELECTOR and len(body) == 32:
-        return ContractPanic(int.from_bytes(body, "big"), raw)
-    if selector == _ERROR_STRING_SELECTOR:
-        (text,) = abi_decode(["string"], body)
-        return UnknownRevert(f"reverted: {text}", raw)
+    try:
+        if cls is not None:
+            values = abi_decode([t for _, t in cls.inputs], body)
+            return cls(raw, **{n: _typed_value(t, v) for (n, t), v in zip(cls.inputs, values, strict=True)})
+        if selector == _PANIC_SELECTOR and len(body) == 32:
+            return ContractPanic(int.from_bytes(body, "big"), raw)
+        if selector == _ERROR_STRING_SELECTOR:
+            (text,) = abi_decode(["string"], body)
+            return UnknownRevert(f"reverted: {text}", raw)
+    except DecodingError:
+        # A known selector with a body that does not decode: no contract of ours reverts so, but
+        # whoever reads the error must still get one of ours, with the raw data.
+        return UnknownRevert(f"reverted with malformed data 0x{raw.hex()}", raw)
     return UnknownRevert(message or f"reverted with unknown data 0x{raw.hex()}", raw)
 
 

@@ -29,7 +29,14 @@ from web3.contract.contract import ContractFunction
 from web3.types import TxParams, Wei
 
 from chain_client.artifacts import load_artifact
-from chain_client.errors import CertledgerError, NodeUnavailable, NonceTooLow, TransactionTimeout
+from chain_client.errors import (
+    CertledgerError,
+    NodeUnavailable,
+    NonceTooLow,
+    OutcomeUnknown,
+    TransactionRejected,
+    TransactionTimeout,
+)
 from chain_client.events import DecodedEvent
 from chain_client.models import Role
 from chain_client.system import System
@@ -87,20 +94,6 @@ class RelayRefused(CertledgerError):
         self.code = code
         self.status = status
         self.fields: dict[str, Any] = fields
-
-
-class OutcomeUnknown(CertledgerError):
-    """A transaction was sent, or may have been, and its outcome could not be read: the node went
-    away, or it was not mined in time. Sending the same signed bytes again is safe (one nonce: at
-    most one inclusion) and tells; signing a new transaction for the same job may do it twice."""
-
-    def __init__(self, tx_hash: str, reason: str) -> None:
-        super().__init__(
-            f"{tx_hash} was sent but its outcome is unknown ({reason}); send the same signed "
-            "transaction again to learn it, do not sign a new one"
-        )
-        self.tx_hash = tx_hash
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -177,17 +170,17 @@ class Relay:
         params: TxParams = {"from": sender, "chainId": chain.chain_id, "value": Wei(0)}
         try:
             params["gas"] = self.system.tx.estimate(sender, fn)
-        except CertledgerError:
-            raise
-        except Exception as exc:
+        except TransactionRejected as exc:
             # Nodes refuse to estimate for a sender that cannot pay for the gas, each in its own words
             # (py-evm: "cannot afford txn gas", geth and anvil: "insufficient funds").
-            text = str(exc).lower()
+            text = exc.reason.lower()
             if "afford" in text or "insufficient funds" in text:
                 raise RelayRefused(
                     "InsufficientGasFunds", "the sender has no ether for the gas", 422, sender=sender
                 ) from None
-            raise
+            raise RelayRefused(
+                "TransactionRejected", f"the node will not run it: {exc.reason}", 422, reason=exc.reason
+            ) from None
         params.update(self.system.tx.fees())
         params["nonce"] = call_checked(lambda: chain.w3.eth.get_transaction_count(sender, "pending"))
         tx: dict[str, Any] = dict(fn.build_transaction(params))
@@ -358,14 +351,12 @@ class Relay:
         except NodeUnavailable as exc:
             # The bytes may have reached the node before the connection failed.
             raise OutcomeUnknown(tx.tx_hash, f"the node failed while it was sent: {exc}") from exc
-        except CertledgerError:
-            raise  # a typed revert (the embedded chain executes on send)
-        except Exception as exc:
-            # The node refused the bytes in its own words (fee too low for a replacement, gas,
-            # funds): nothing is pending, and the signed transaction itself must change.
+        except TransactionRejected as exc:
+            # Refused in the node's own words (fee too low for a replacement, gas, funds): nothing
+            # is pending, and the signed transaction itself must change.
             raise RelayRefused(
-                "TransactionRejected", f"the node refused the transaction: {exc}", 422,
-                txHash=tx.tx_hash, reason=str(exc),
+                "TransactionRejected", f"the node refused the transaction: {exc.reason}", 422,
+                txHash=tx.tx_hash, reason=exc.reason,
             ) from None  # fmt: skip
         try:
             result = transactor.receipt(tx.tx_hash, timeout)

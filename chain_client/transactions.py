@@ -23,9 +23,12 @@ from web3.exceptions import ContractCustomError, ContractLogicError, ContractPan
 from web3.types import BlockIdentifier, Nonce, TxParams, TxReceipt, Wei
 
 from chain_client.errors import (
+    CertledgerError,
     ContractReverted,
     NodeUnavailable,
     NonceTooLow,
+    OutcomeUnknown,
+    TransactionRejected,
     TransactionTimeout,
     UnknownRevert,
     decode_revert,
@@ -171,10 +174,20 @@ class Transactor:
         failing request spends no gas.
         """
         prepared = self.prepare(account, fn, gas)
-        self.broadcast(prepared)
-        result = self.receipt(prepared.tx_hash, self.chain.settings.receipt_timeout)
+        timeout = self.chain.settings.receipt_timeout
+        try:
+            self.broadcast(prepared)
+            result = self.receipt(prepared.tx_hash, timeout)
+        except NodeUnavailable as exc:
+            # The bytes may have gone out: the caller gets the hash to look up, not a failure it
+            # would retry with a new transaction (doing the job twice).
+            self.chain.nonces.forget(account.address)
+            raise OutcomeUnknown(prepared.tx_hash, str(exc)) from exc
         if result is None:
-            raise TransactionTimeout(prepared.tx_hash, self.chain.settings.receipt_timeout)
+            # Ask the node for the next nonce from now on: had this transaction been dropped (a node
+            # restarting loses its pool), every later one would wait behind the gap for ever.
+            self.chain.nonces.forget(account.address)
+            raise TransactionTimeout(prepared.tx_hash, timeout)
         return result
 
     def prepare(
@@ -201,7 +214,14 @@ class Transactor:
         be minutes old. eth-tester takes no block argument here and uses its pending block anyway."""
         params: TxParams = {"from": sender, "chainId": self.chain.chain_id}
         block: BlockIdentifier | None = None if self.chain.embedded else "pending"
-        estimate = call_checked(lambda: fn.estimate_gas(params, block_identifier=block))
+        try:
+            estimate = call_checked(lambda: fn.estimate_gas(params, block_identifier=block))
+        except CertledgerError:
+            raise
+        except Exception as exc:
+            # Not a revert: the node will not run it for this sender (py-evm "cannot afford txn
+            # gas", geth and anvil "insufficient funds"), in its own words.
+            raise TransactionRejected("", str(exc)) from exc
         return int(estimate * self.chain.settings.gas_limit_margin)
 
     def broadcast(self, prepared: PreparedTx) -> None:
@@ -225,7 +245,8 @@ class Transactor:
                 raise NonceTooLow(prepared.tx_hash, prepared.nonce) from None
             if isinstance(exc, (RequestsConnectionError, RequestsTimeout)):
                 raise NodeUnavailable(self.chain.settings.rpc_url or "embedded", str(exc)) from exc
-            raise
+            # Refused in the node's own words (no funds for the gas, fee or gas limit): not pending.
+            raise TransactionRejected(prepared.tx_hash, str(exc)) from exc
 
     def receipt(self, tx_hash: str, timeout: float = 0.0) -> TxResult | None:
         """The mined transaction, waiting up to `timeout` seconds; None if not mined by then.
@@ -269,8 +290,13 @@ class Transactor:
         # A transaction that passed simulation but reverted on chain (state moved in between):
         # replay it as a call at its block to recover the error.
         call: TxParams = {k: v for k, v in tx.items() if k in ("from", "to", "data", "value", "gas")}  # type: ignore[assignment]
+        tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
         try:
             call_checked(lambda: self.chain.w3.eth.call(call, receipt["blockNumber"]))
         except ContractReverted as exc:
             return exc
-        return UnknownRevert(f"transaction 0x{bytes(receipt['transactionHash']).hex()} reverted")
+        except CertledgerError:
+            raise
+        except Exception as exc:  # out of gas, in the node's own words: no contract error to name
+            return UnknownRevert(f"transaction {tx_hash} was mined and reverted: {exc}")
+        return UnknownRevert(f"transaction {tx_hash} reverted")

@@ -77,6 +77,10 @@ class Submitter(Protocol):
         """The receipt, waiting up to `timeout` seconds; None if not mined by then."""
         ...
 
+    def discard(self, prepared: PreparedTx) -> None:
+        """Forgets a prepared transaction that will never be sent, so its nonce is used again."""
+        ...
+
 
 #: Called at the two moments a crash matters most (tests kill the relayer there):
 #: ("recorded", order_id) after the transaction is committed, before it is broadcast;
@@ -251,16 +255,22 @@ class Relayer:
                 return
             raise
         # Committed before the broadcast: see the module's rule 1.
-        self.store.set_state(
-            order_id,
-            OrderState.SUBMITTING,
-            f"{len(readings)} readings in {prepared.tx_hash}",
-            observation_ids=ids,
-            tx_hash=prepared.tx_hash,
-            raw_tx=prepared.raw,
-            attempts=0,
-            next_attempt_at=0.0,
-        )
+        try:
+            self.store.set_state(
+                order_id,
+                OrderState.SUBMITTING,
+                f"{len(readings)} readings in {prepared.tx_hash}",
+                observation_ids=ids,
+                tx_hash=prepared.tx_hash,
+                raw_tx=prepared.raw,
+                attempts=0,
+                next_attempt_at=0.0,
+            )
+        except Exception:
+            # Not recorded, so never to be sent: its nonce must be handed out again, or every
+            # later transaction of the key would wait behind the gap.
+            self.submitter.discard(prepared)
+            raise
         log.info("order %d: submitting %d readings in %s", order_id, len(readings), prepared.tx_hash)
         if self.crash_hook is not None:
             self.crash_hook("recorded", order_id)

@@ -40,6 +40,10 @@ class ChainSubmitter:
             except errors.NonceTooLow as exc:
                 raise NonceTooLow(str(exc)) from None
 
+    def discard(self, prepared: PreparedTx) -> None:
+        with self.lock:
+            self.system.chain.nonces.forget(self.relayer.address)
+
     def wait(self, tx_hash: str, timeout: float) -> Mined | None:
         deadline = time.monotonic() + timeout
         while True:

@@ -46,7 +46,7 @@ from pg import pg_cluster  # noqa: E402
 
 from chain_client import audit  # noqa: E402
 from chain_client.chain import Chain  # noqa: E402
-from chain_client.deploy import Deployment  # noqa: E402
+from chain_client.deploy import Deployment, artifact_hash  # noqa: E402
 from chain_client.index.db import IndexDatabase  # noqa: E402
 from chain_client.index.source import NodeSource  # noqa: E402
 from chain_client.index.sync import SyncStatus  # noqa: E402
@@ -136,7 +136,7 @@ def main() -> None:
     console = Console()
     args.work.mkdir(parents=True, exist_ok=True)
     state, manifest = args.work / "replay-chain.json", args.work / "replay-deployment.json"
-    reuse = state.exists() and manifest.exists() and not args.fresh
+    reuse = state.exists() and manifest.exists() and not args.fresh and _same_contracts(manifest, console)
 
     with anvil_node(*(("--load-state", str(state)) if reuse else ())) as url:
         chain = connect_node(url)
@@ -161,6 +161,15 @@ def main() -> None:
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     show(results, console)
     console.print(f"written to {args.out}")
+
+
+def _same_contracts(manifest: Path, console: Console) -> bool:
+    """Whether the kept chain's contracts are this checkout's (a replay refuses others, D52)."""
+    recorded = Deployment.load(manifest).artifact_hashes
+    if all(recorded.get(name) == artifact_hash(name) for name in ("CertificateLedger", "ReceiptOracle")):
+        return True
+    console.print("the kept chain was deployed from other contract sources: generating a new one")
+    return False
 
 
 def measure(chain: Chain, deployment: Deployment, head: int, runs: int, console: Console) -> dict[str, Any]:

@@ -126,6 +126,42 @@ def test_a_revert_mined_on_a_node_is_typed(anvil: Anvil) -> None:
     assert not system.ledger.paused()
 
 
+def test_a_transaction_the_node_dropped_leaves_no_gap_behind(anvil: Anvil) -> None:
+    """A node that loses a pending transaction (a restart empties its pool) must not wedge the
+    key: after the timeout the next nonce comes from the node again."""
+    chain = connect(Settings(rpc_url=anvil.url, receipt_timeout=2))
+    admin = chain.new_account()
+    system = System.deploy(
+        chain, admin, admin_entity_id=label_hash("OP"), min_split_unit=100, max_split_depth=3
+    )
+    rpc = chain.w3.provider.make_request
+    rpc("evm_setAutomine", [False])  # type: ignore[arg-type]
+    try:
+        with pytest.raises(errors.TransactionTimeout) as info:
+            system.token.mint(admin, admin.address, 5)
+        rpc("anvil_dropTransaction", [info.value.tx_hash])  # type: ignore[arg-type]
+    finally:
+        rpc("evm_setAutomine", [True])  # type: ignore[arg-type]
+    system.token.mint(admin, admin.address, 7)
+    system.token.mint(admin, admin.address, 7)
+    assert system.token.balance_of(admin.address) == 14
+    # A key with no ether for gas: the node's refusal, by name (nothing signed, nothing pending).
+    with pytest.raises(errors.TransactionRejected, match="refused"):
+        system.token.approve(Account.create(), system.ledger.address, 1)
+
+
+def test_a_transaction_mined_out_of_gas_is_a_named_revert(anvil: Anvil) -> None:
+    chain = connect(Settings(rpc_url=anvil.url))
+    admin = chain.new_account()
+    system = System.deploy(
+        chain, admin, admin_entity_id=label_hash("OP"), min_split_unit=100, max_split_depth=3
+    )
+    fn = system.token.contract.functions.mint(admin.address, 5)
+    with pytest.raises(errors.UnknownRevert, match="was mined and reverted"):
+        Transactor(chain, system.decoder).send(admin, fn, gas=30_000)
+    assert system.token.balance_of(admin.address) == 0
+
+
 def test_cli_round_trip_on_anvil(anvil: Anvil, tmp_path: Path) -> None:
     app = build_app()
     manifest = tmp_path / "deployment.json"
@@ -198,3 +234,22 @@ def test_cli_round_trip_on_anvil(anvil: Anvil, tmp_path: Path) -> None:
     cancel = runner.invoke(app, ["order", "cancel", "999"])
     assert cancel.exit_code == 1
     assert "UnknownOrder" in cancel.output
+
+    # Bad input is one line and exit 2, never a traceback; a key is never echoed.
+    bad_key = runner.invoke(app, ["order", "cancel", "1"], env={**env, "CERTLEDGER_KEY": "0xnot-a-key"})
+    assert bad_key.exit_code == 2 and isinstance(bad_key.exception, SystemExit), bad_key.output
+    assert "does not hold a hex private key" in bad_key.output and "not-a-key" not in bad_key.output
+    bad_hex = runner.invoke(app, ["cert", "freeze", "1", "0x" + "zz" * 32])
+    assert bad_hex.exit_code == 2 and "32-byte hex" in bad_hex.output
+    no_prefix = runner.invoke(app, ["cert", "freeze", "1", "ab" * 32])
+    assert no_prefix.exit_code == 2 and "0x prefix" in no_prefix.output
+    too_big = runner.invoke(app, ["cert", "show", str(2**256)])
+    assert too_big.exit_code == 2 and isinstance(too_big.exception, SystemExit), too_big.output
+    bad_url = runner.invoke(app, ["order", "show", "1", "--rpc-url", "localhost:8545"])
+    assert bad_url.exit_code == 2 and isinstance(bad_url.exception, SystemExit), bad_url.output
+
+    # deploy refuses to overwrite a manifest, and checks the path before it sends anything.
+    again_deploy = runner.invoke(app, ["deploy"])
+    assert again_deploy.exit_code == 2 and "--force" in again_deploy.output
+    nowhere = runner.invoke(app, ["deploy", "--manifest", str(tmp_path / "missing" / "d.json")])
+    assert nowhere.exit_code == 2 and "no directory" in nowhere.output

@@ -9,7 +9,10 @@ from typing import Any, TypeVar
 
 import pytest
 from eth_abi import encode as abi_encode
+from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+from requests.exceptions import ReadTimeout
 from world import (
     CARTON_GRAMS,
     DAY,
@@ -97,6 +100,8 @@ def test_every_contract_error_is_a_typed_certledger_error() -> None:
         errors.TransactionTimeout,
         errors.ManifestError,
         errors.ContractReverted,
+        errors.OutcomeUnknown,
+        errors.TransactionRejected,
     ):
         assert issubclass(base, errors.CertledgerError)
 
@@ -122,6 +127,38 @@ def test_decode_revert_of_unknown_data_is_unknown_revert() -> None:
     assert type(exc) is errors.UnknownRevert and "nope" in str(exc)
     panic = errors.decode_revert(bytes.fromhex("4e487b71") + (0x11).to_bytes(32, "big"))
     assert isinstance(panic, errors.ContractPanic) and panic.code == 0x11
+    # A known selector whose body does not decode is still one of ours, with the raw data.
+    malformed = errors.DuplicateInvoice.selector + b"\x01"
+    exc = errors.decode_revert(malformed)
+    assert type(exc) is errors.UnknownRevert and exc.data == malformed and "malformed" in str(exc)
+
+
+def test_a_send_whose_answer_is_lost_reports_its_hash_not_a_failure(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node took the transaction, then the connection failed: the caller must learn the hash
+    (to look it up), not a plain failure it would retry, doing the job twice."""
+    eth = world.chain.w3.eth
+    real = eth.send_raw_transaction
+    sent: list[bytes] = []
+
+    def taken_then_lost(raw: Any) -> Any:
+        real(raw)
+        sent.append(bytes(raw))
+        raise ReadTimeout("read timed out")
+
+    monkeypatch.setattr(eth, "send_raw_transaction", taken_then_lost)
+    with pytest.raises(errors.OutcomeUnknown) as info:
+        world.token.transfer(world.cast.issuer, world.cast.supplier1.address, 1)
+    assert info.value.tx_hash == "0x" + keccak(sent[0]).hex()
+    assert world.token.balance_of(world.cast.supplier1.address) == 1  # it happened, once
+
+
+def test_a_sender_without_ether_for_gas_is_refused_by_name(world: World) -> None:
+    poor = Account.create()
+    with pytest.raises(errors.TransactionRejected) as info:
+        world.token.approve(poor, world.ledger.address, 1)
+    assert info.value.tx_hash == "" and info.value.reason
 
 
 def test_address_fields_of_errors_are_checksummed(world: World, ledger: LedgerClient, cast: Cast) -> None:
@@ -1278,3 +1315,23 @@ def test_a_revert_on_chain_is_typed_too(world: World, ledger: LedgerClient, cast
 def test_pricing_refuses_a_face_above_the_ledgers_amounts() -> None:
     with pytest.raises(ValueError):
         discount_price(2**128, 30, 600)
+
+
+def test_a_manifest_whose_contracts_are_not_one_system_is_refused(world: World) -> None:
+    """Every address must hold the contract the manifest says and name the others; and the ledger
+    and oracle must be compiled from this client's sources (its ABI reads their events)."""
+    from chain_client.deploy import Deployment
+
+    d = world.system.deployment
+    d.check(world.chain)
+    cases: list[tuple[Deployment, str]] = [
+        (replace(d, token=world.cast.outsider.address), "no contract code at SettlementToken"),
+        (replace(d, token=d.oracle), "names settlementToken"),
+        (replace(d, ledger=d.token), "does not answer settlementToken"),
+        (replace(d, oracle=d.token), "names receiptOracle"),
+        (replace(d, artifact_hashes={**d.artifact_hashes, "CertificateLedger": "00" * 32}), "other sources"),
+        (replace(d, chain_id=d.chain_id + 1), "node is chain"),
+    ]
+    for manifest, why in cases:
+        with pytest.raises(errors.ManifestError, match=why):
+            manifest.check(world.chain)

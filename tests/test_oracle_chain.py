@@ -8,8 +8,10 @@ and allow-lists the world's relayer: about four transactions per test (py-evm is
 from __future__ import annotations
 
 import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eth_account import Account
@@ -317,6 +319,32 @@ def test_relayer_killed_between_signing_and_submitting(rig: Rig, moment: str) ->
     final = rig.store.order(rig.order_id)
     assert final is not None and final.state == OrderState.CONFIRMED and final.tx_hash == record.tx_hash
     assert rig.confirmations() == 1
+
+
+def test_a_signed_receipt_the_store_could_not_record_gives_its_nonce_back(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relayer records each transaction before sending it; when that record fails, the signed
+    transaction is never sent, and the next one must reuse its nonce, not wait behind a gap."""
+    assert rig.send(rig.reading(rig.rfid1, 1_000)).accepted
+    assert rig.send(rig.reading(rig.scale, 1_000 * CARTON_G)).accepted
+    real = rig.store.set_state
+    failures: list[str] = []
+
+    def disk_full_once(order_id: int, state: OrderState, detail: str, **fields: Any) -> None:
+        if state == OrderState.SUBMITTING and not failures:
+            failures.append(detail)
+            raise sqlite3.OperationalError("database or disk is full")
+        real(order_id, state, detail, **fields)
+
+    monkeypatch.setattr(rig.store, "set_state", disk_full_once)
+    relayer = rig.relayer()
+    relayer.step()  # the order's failure is logged and backed off; nothing was sent
+    assert failures and rig.confirmations() == 0
+    monkeypatch.setattr(rig.store, "set_state", real)
+    rig.store.set_state(rig.order_id, OrderState.COLLECTING, "disk freed", dirty=True)
+    relayer.step()
+    assert rig.state() == OrderState.CONFIRMED and rig.confirmations() == 1
 
 
 def test_a_contract_refusal_is_final(rig: Rig) -> None:

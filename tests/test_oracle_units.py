@@ -319,6 +319,7 @@ class FakeSubmitter:
         self.revert: Exception | None = None
         self.transient = 0
         self.nonce_too_low = False
+        self.discarded: list[str] = []
 
     def prepare(self, rs: Sequence[SignedReading]) -> PreparedTx:
         if self.transient:
@@ -341,6 +342,9 @@ class FakeSubmitter:
 
     def wait(self, tx_hash: str, timeout: float) -> Mined | None:
         return self.mined.get(tx_hash)
+
+    def discard(self, prepared: PreparedTx) -> None:
+        self.discarded.append(prepared.tx_hash)
 
 
 def ready_order(store: Store, chain: FakeChain) -> None:
