@@ -164,7 +164,7 @@ def main() -> None:
 
 
 def _same_contracts(manifest: Path, console: Console) -> bool:
-    """Whether the kept chain's contracts are this checkout's (a replay refuses others, D52)."""
+    """Whether the kept chain's contracts are this checkout's (a replay refuses others, D53)."""
     recorded = Deployment.load(manifest).artifact_hashes
     if all(recorded.get(name) == artifact_hash(name) for name in ("CertificateLedger", "ReceiptOracle")):
         return True
