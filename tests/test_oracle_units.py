@@ -515,17 +515,26 @@ def test_readings_about_to_lapse_are_not_submitted(store: Store) -> None:
     assert "1 of 2" in record.detail
 
 
+def _collecting(
+    tmp_path: Path, threshold: int | None = None
+) -> tuple[Store, FakeChain, Gateway, FakeSubmitter, Relayer]:
+    """Order 1 registered with the carton weight, a gateway and a relayer over a fake chain."""
+    store = Store(tmp_path / "o.db")
+    chain = fake_chain()
+    if threshold is not None:
+        chain.threshold = threshold
+    gateway = Gateway(store, chain, clock_skew=30)
+    store.register_order(1, carton_weight_grams=CARTON_G, count_tolerance=None, weight_tolerance_pct=None)
+    sub = FakeSubmitter(chain)
+    return store, chain, gateway, sub, relayer(store, chain, sub)
+
+
 def test_a_devices_early_correction_is_waited_for_not_bypassed(tmp_path: Path) -> None:
     """Portal A reads 1000, then corrects itself to 900 with its clock 10 s ahead of the chain (the
     gateway takes readings up to 30 s early). Its latest reading is the one that counts: until it
     is usable the order waits; it is never judged by the 1000 it replaced."""
-    store = Store(tmp_path / "o.db")
-    chain = fake_chain()
-    chain.threshold = 3
-    gateway = Gateway(store, chain, clock_skew=30)
-    store.register_order(1, carton_weight_grams=CARTON_G, count_tolerance=None, weight_tolerance_pct=None)
-    a, sub = signer(RFID_A), FakeSubmitter(chain)
-    r = relayer(store, chain, sub)
+    store, chain, gateway, sub, r = _collecting(tmp_path, threshold=3)
+    a = signer(RFID_A)
     assert gateway.ingest(reading(a, 1_000, chain).encode(), "t").accepted
     r.step()
     assert gateway.ingest(reading(a, 900, chain, age=-10).encode(), "t").accepted
@@ -541,12 +550,8 @@ def test_a_devices_early_correction_is_waited_for_not_bypassed(tmp_path: Path) -
 
 
 def test_a_corrected_reading_that_agrees_is_not_disputed_by_the_one_it_replaced(tmp_path: Path) -> None:
-    store = Store(tmp_path / "o.db")
-    chain = fake_chain()
-    gateway = Gateway(store, chain, clock_skew=30)
-    store.register_order(1, carton_weight_grams=CARTON_G, count_tolerance=None, weight_tolerance_pct=None)
-    a, sub = signer(RFID_A), FakeSubmitter(chain)
-    r = relayer(store, chain, sub)
+    store, chain, gateway, sub, r = _collecting(tmp_path)
+    a = signer(RFID_A)
     assert gateway.ingest(reading(a, 1_000, chain).encode(), "t").accepted
     r.step()
     assert gateway.ingest(reading(a, 900, chain, age=-10).encode(), "t").accepted
@@ -564,12 +569,7 @@ def test_a_reading_stored_while_its_order_is_evaluated_is_evaluated_too(tmp_path
     """The HTTP intake stores readings on its own thread; one that lands while the relayer is
     judging the order (between reading the observations and recording the verdict) must not be
     forgotten when the verdict clears the order's `dirty` mark."""
-    store = Store(tmp_path / "o.db")
-    chain = fake_chain()  # threshold 2: portal A and the scale
-    gateway = Gateway(store, chain, clock_skew=30)
-    store.register_order(1, carton_weight_grams=CARTON_G, count_tolerance=None, weight_tolerance_pct=None)
-    sub = FakeSubmitter(chain)
-    r = relayer(store, chain, sub)
+    store, chain, gateway, sub, r = _collecting(tmp_path)  # threshold 2: portal A and the scale
     assert gateway.ingest(reading(signer(RFID_A), 1_000, chain).encode(), "t").accepted
     scale = reading(signer(SCALE), 1_000 * CARTON_G, chain).encode()
     landed: list[bool] = []
