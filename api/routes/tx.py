@@ -36,14 +36,14 @@ from api.schemas import (
     UnsignedTx,
 )
 from api.service import Service
-from chain_client.errors import CertledgerError
-from chain_client.index.db import DATABASE_ERRORS
+from chain_client.index.sync import ROUND_FAILURES
 from chain_client.models import Role
 from chain_client.receipts import Observation
 from chain_client.relay import event_json
 
 log = logging.getLogger(__name__)
-_INDEX_TROUBLE: tuple[type[Exception], ...] = (CertledgerError, *DATABASE_ERRORS, RequestException)
+#: What keeps the index from reaching a write's block: a sync round's failures, or the HTTP layer's.
+_INDEX_TROUBLE: tuple[type[Exception], ...] = (*ROUND_FAILURES, RequestException)
 
 router = APIRouter(prefix="/v1/tx", tags=["transactions"])
 
