@@ -47,6 +47,7 @@ from chain_client.index.source import NodeSource
 from chain_client.index.state import decoder_for, stored_events
 from chain_client.index.sync import Indexer, SyncOptions, SyncStatus
 from chain_client.index.views import ChainView, read_chain_view
+from chain_client.models import OrderStatus
 
 # ---------------------------------------------------------------------- replay and sync
 
@@ -444,9 +445,13 @@ def _compare_chain(books: Books, view: ChainView, source: str) -> list[Differenc
         if entity in ("participant", "credit", "warehouse", "system"):
             theirs = {k: v for k, v in theirs.items() if k in ours or entity == "system"}
         found += _compare_records(entity, ours, theirs, _touches(books, entity=entity), source, "chain")
+    # An invoice is held by its open or confirmed order; a cancelled one gave it back (D54).
+    held = {o["invoice_hash"] for o in books.all("order").values() if o["status"] != OrderStatus.CANCELLED}
     for invoice, invoice_used in view.invoices_used.items():
-        if not invoice_used:
-            found.append(Difference(source, "chain", "invoice", invoice, "used", True, False, None))
+        if invoice_used != (invoice in held):
+            found.append(
+                Difference(source, "chain", "invoice", invoice, "used", invoice in held, invoice_used, None)
+            )
     counts = (len(books.all("order")), len(books.all("certificate")), len(books.all("offer")))
     for name, mine, theirs_count in zip(
         ("orders", "certificates", "offers"), counts, view.counts, strict=True

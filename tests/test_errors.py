@@ -210,14 +210,33 @@ def test_duplicate_invoice_is_refused_anywhere(world: World, ledger: LedgerClien
     # Another issuer, another payee: still the same invoice.
     with refused(world, errors.DuplicateInvoice):
         world.open_order(invoice=invoice, issuer=cast.issuer2, payee=cast.factor.address)
-    # Even after the first order was cancelled, the invoice stays used.
-    other = world.fresh_label("INV")
-    order_id = world.open_order(invoice=other, deadline_in=DAY)
+
+
+def test_a_cancelled_order_gives_its_invoice_back(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    # Nothing was financed on a cancelled order: the real order for the invoice may follow (D54).
+    invoice = world.fresh_label("INV")
+    order_id = world.open_order(invoice=invoice, deadline_in=DAY)
     world.chain.advance_time(2 * DAY)
     ledger.cancel_order(cast.issuer, order_id)
+    assert not ledger.invoice_used(invoice)
+    again = world.open_order(invoice=invoice)
+    assert ledger.order(again).invoice_hash == invoice
     with refused(world, errors.DuplicateInvoice) as info:
-        world.open_order(invoice=other)
-    assert fields(info) == {"invoiceHash": other}
+        world.open_order(invoice=invoice, issuer=cast.issuer2, payee=cast.factor.address)
+    assert fields(info) == {"invoiceHash": invoice}
+
+
+def test_an_order_for_a_warehouse_no_receipt_can_come_from(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    nowhere = world.fresh_label("WH")
+    with refused(world, errors.UnknownWarehouse) as info:
+        world.open_order(warehouse=nowhere)
+    assert fields(info) == {"warehouse": nowhere}
+    closed = world.fresh_label("WH")
+    world.oracle.register_warehouse(cast.admin, closed, enrolment(cast.devices), 2, FRESHNESS, RANGES)
+    world.oracle.deactivate_warehouse(cast.admin, closed)
+    with refused(world, errors.UnknownWarehouse) as info2:
+        world.open_order(warehouse=closed)
+    assert fields(info2) == {"warehouse": closed}
 
 
 def test_issuer_limit_exceeded(world: World, cast: Cast) -> None:

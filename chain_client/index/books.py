@@ -316,7 +316,7 @@ class Books:
         self.records[entity][key] = record
         if touch is not None:
             self.touched[(entity, key)] = touch
-        if entity == "order":
+        if entity == "order" and record["status"] != OrderStatus.CANCELLED:
             self._invoices.add(record["invoice_hash"])
 
     def undo(self, change: Change) -> None:
@@ -329,6 +329,9 @@ class Books:
                 self._invoices.discard(record["invoice_hash"])
             return
         records[change.key][change.field] = change.old
+        if change.entity == "order" and change.field == "status" and change.old != OrderStatus.CANCELLED:
+            # an undone cancellation: the order holds its invoice again
+            self._invoices.add(records[change.key]["invoice_hash"])
 
     def set_touch(self, entity: str, key: Key, touch: Touch | None) -> None:
         if touch is None:
@@ -511,6 +514,8 @@ class Books:
             )
         self._set("order", order_id, "status", int(OrderStatus.CANCELLED))
         self._set("order", order_id, "refunded", a["refunded"])
+        # a cancelled order financed nothing: its invoice may be used again (D54)
+        self._invoices.discard(order["invoice_hash"])
         self._add("participant", a["issuer"], "outstanding", -a["refunded"])
         self._pay("refund", self.ledger, a["issuer"], a["refunded"], order_id, None)
 

@@ -123,6 +123,8 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
         if (deadline <= block.timestamp) revert DeadlineInPast(deadline, block.timestamp);
         if (!_mayHold(_records[payee])) revert PayeeNotEligible(payee);
         if (invoiceHash == bytes32(0) || _invoiceUsed[invoiceHash]) revert DuplicateInvoice(invoiceHash);
+        // An order no receipt can confirm would only lock the payee's goods until the issuer cancels.
+        if (!IReceiptOracle(_oracle).warehouse(warehouse).active) revert UnknownWarehouse(warehouse);
         _addOutstanding(msg.sender, amount);
 
         _invoiceUsed[invoiceHash] = true;
@@ -216,6 +218,8 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
         uint128 refund = o.escrowed;
         o.status = OrderStatus.Cancelled;
         o.refunded = refund;
+        // Nothing was financed on it: the issuer may open the real order for this invoice again.
+        _invoiceUsed[o.invoiceHash] = false;
         _releaseOutstanding(issuer, refund);
         emit OrderCancelled(orderId, issuer, refund);
         _pay(issuer, orderId, refund);
@@ -319,7 +323,12 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
     function approve(uint256 certificateId, address operator, uint256 value) external {
         Cert storage c = _existing(certificateId);
         address holder = c.holder;
-        _authorizeApproval(certificateId, holder);
+        // ERC-3525: the token's approved address may also grant value allowances (it could move
+        // all of the value itself); ERC-721 approvals stay the holder's and its operators'.
+        if (msg.sender != holder) {
+            if (_tokenApprovals[certificateId][c.epoch] == msg.sender) _checkActive(msg.sender);
+            else _authorizeApproval(certificateId, holder);
+        }
         if (operator == holder || operator == address(0)) revert InvalidOperator(operator);
         _allowances[certificateId][c.epoch][operator] = value;
         emit ApprovalValue(certificateId, operator, value);

@@ -461,6 +461,39 @@ contract ERC3525Test is Base {
         vm.assertEq(ledger.allowance(id, factor), 0);
     }
 
+    function test_approveValue_byApprovedAddress() public {
+        vm.prank(supplierA);
+        ledger.approve(factor, id);
+        vm.expectEmit(address(ledger));
+        emit IERC3525.ApprovalValue(id, supplierB, 1_000_00);
+        vm.prank(factor);
+        ledger.approve(id, supplierB, 1_000_00);
+        vm.assertEq(ledger.allowance(id, supplierB), 1_000_00);
+        vm.prank(supplierB);
+        uint256 newId = ledger.transferFrom(id, supplierB, 1_000_00);
+        vm.assertEq(_holder(newId), supplierB);
+        vm.assertEq(ledger.allowance(id, supplierB), 0);
+    }
+
+    function test_approveValue_byApprovedAddressSuspended() public {
+        vm.prank(supplierA);
+        ledger.approve(factor, id);
+        vm.prank(admin);
+        ledger.suspendParticipant(factor);
+        vm.expectRevert(abi.encodeWithSelector(IParticipantRegistry.ParticipantNotActive.selector, factor));
+        vm.prank(factor);
+        ledger.approve(id, supplierB, 1_000_00);
+    }
+
+    function test_approve_byApprovedAddress() public {
+        // ERC-721 approvals stay the holder's and its operators' even when ERC-3525 value ones do not
+        vm.prank(supplierA);
+        ledger.approve(factor, id);
+        vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.NotApprovedOrHolder.selector, factor, id));
+        vm.prank(factor);
+        ledger.approve(supplierB, id);
+    }
+
     function test_approveValue_notHolder() public {
         vm.expectRevert(
             abi.encodeWithSelector(ICertificateLedger.NotApprovedOrHolder.selector, supplierB, id)

@@ -208,7 +208,7 @@ contract OrdersTest is Base {
         );
     }
 
-    function test_openOrder_duplicateInvoiceAfterCancel() public {
+    function test_openOrder_invoiceReusedAfterCancel() public {
         bytes32 invoice = keccak256("INV-CANCELLED");
         vm.prank(issuer);
         uint256 orderId =
@@ -216,6 +216,28 @@ contract OrdersTest is Base {
         vm.warp(DEADLINE + FRESHNESS + 1);
         vm.prank(issuer);
         ledger.cancelOrder(orderId);
+        vm.assertFalse(ledger.invoiceUsed(invoice));
+        vm.prank(issuer);
+        uint256 again = ledger.openOrder(
+            supplierA, AMOUNT, uint40(DEADLINE + 30 days), invoice, WAREHOUSE, GOODS, QTY, uint40(DEADLINE + 7 days)
+        );
+        vm.assertEq(again, orderId + 1);
+        vm.assertTrue(ledger.invoiceUsed(invoice));
+        _expectOpenRevert(
+            abi.encodeWithSelector(ICertificateLedger.DuplicateInvoice.selector, invoice),
+            issuer,
+            supplierB,
+            AMOUNT,
+            invoice,
+            QTY,
+            uint40(DEADLINE + 7 days)
+        );
+    }
+
+    function test_openOrder_invoiceOfConfirmedOrder() public {
+        uint256 orderId = _openOrder();
+        _confirm(orderId, QTY);
+        bytes32 invoice = ledger.order(orderId).invoiceHash;
         _expectOpenRevert(
             abi.encodeWithSelector(ICertificateLedger.DuplicateInvoice.selector, invoice),
             issuer,
@@ -225,6 +247,24 @@ contract OrdersTest is Base {
             QTY,
             uint40(DEADLINE + 7 days)
         );
+    }
+
+    function test_openOrder_unknownWarehouse() public {
+        bytes32 nowhere = keccak256("WH-DOES-NOT-EXIST");
+        uint256 balance = token.balanceOf(issuer);
+        vm.prank(issuer);
+        vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.UnknownWarehouse.selector, nowhere));
+        ledger.openOrder(supplierA, AMOUNT, MATURITY, keccak256("INV-NOWHERE"), nowhere, GOODS, QTY, DEADLINE);
+        vm.assertEq(token.balanceOf(issuer), balance);
+        vm.assertFalse(ledger.invoiceUsed(keccak256("INV-NOWHERE")));
+    }
+
+    function test_openOrder_inactiveWarehouse() public {
+        vm.prank(admin);
+        oracle.deactivateWarehouse(WAREHOUSE_2);
+        vm.prank(issuer);
+        vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.UnknownWarehouse.selector, WAREHOUSE_2));
+        ledger.openOrder(supplierA, AMOUNT, MATURITY, keccak256("INV-CLOSED"), WAREHOUSE_2, GOODS, QTY, DEADLINE);
     }
 
     function test_openOrder_issuerLimitExceeded() public {

@@ -70,8 +70,12 @@ interface ICertificateLedger is IERC3525, IParticipantRegistry {
     error ZeroAmount();
     /// @dev `amount` does not fit the 128-bit ledger amounts.
     error AmountTooLarge(uint256 amount);
-    /// @dev `invoiceHash` was already used by an order (anti double financing), or is zero.
+    /// @dev `invoiceHash` is held by an order that is open or confirmed (anti double financing), or
+    /// is zero. A cancelled order gives its invoice back.
     error DuplicateInvoice(bytes32 invoiceHash);
+    /// @dev `warehouse` is not a registered, active warehouse of the receipt oracle: no receipt
+    /// could ever confirm the order.
+    error UnknownWarehouse(bytes32 warehouse);
     /// @dev The confirmation `deadline` is not after the current time `nowTs`.
     error DeadlineInPast(uint256 deadline, uint256 nowTs);
     /// @dev `payee` may not hold certificates (not an active supplier or factor).
@@ -248,7 +252,8 @@ interface ICertificateLedger is IERC3525, IParticipantRegistry {
     // ---------------------------------------------------------------- orders
     /// @notice Opens an order and escrows `amount` of the settlement token from the caller.
     /// @dev Requirements: not paused; caller an active ISSUER within its limit; `payee` an active
-    /// holder; `amount` and `expectedQuantity` > 0; `deadline` in the future; `invoiceHash` unused.
+    /// holder; `amount` and `expectedQuantity` > 0; `deadline` in the future; `invoiceHash` not held
+    /// by an open or confirmed order; `warehouse` registered and active in the receipt oracle.
     /// The caller must have approved the ledger for `amount`. Emits {OrderOpened}.
     /// @return orderId the new order's id (also the slot of its certificates)
     function openOrder(
@@ -275,7 +280,7 @@ interface ICertificateLedger is IERC3525, IParticipantRegistry {
     /// deadline can still be confirmed.
     /// @dev Requirements: not paused; caller is the order's issuer; order Open; the deadline plus the
     /// warehouse's freshness window passed (a receipt signed at the deadline stays valid that long).
-    /// Emits {OrderCancelled}.
+    /// The order's invoice hash may be used again. Emits {OrderCancelled}.
     function cancelOrder(uint256 orderId) external;
 
     // ---------------------------------------------------------------- certificates

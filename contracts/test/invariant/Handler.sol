@@ -49,7 +49,8 @@ contract Handler is TestBase {
     mapping(uint256 orderId => uint256) public ghostFace;
     mapping(uint256 orderId => uint256) public ghostConfirmations;
     mapping(uint256 certificateId => uint256) public ghostSettlements;
-    mapping(bytes32 invoice => uint256) public ghostInvoiceUses;
+    mapping(bytes32 invoice => uint256) public ghostInvoiceUses; // orders opened with it
+    mapping(bytes32 invoice => uint256) public ghostInvoiceHeld; // of those, open or confirmed
     bytes32[] internal _invoices;
     uint256 public ghostReplaySuccesses;
     uint256 public ghostIneligibleReceipts; // a move that landed on an account not active with a holder role
@@ -115,7 +116,8 @@ contract Handler is TestBase {
             ? uint40(block.timestamp)
             : uint40(block.timestamp + bound(maturitySeed, 1 days, 45 days));
         uint40 deadline = uint40(block.timestamp + 21 days);
-        // Now and then the issuer tries to finance an invoice again (must fail: DuplicateInvoice).
+        // Now and then the issuer tries to finance an invoice again (must fail with DuplicateInvoice
+        // unless its order was cancelled).
         bytes32 invoice = reuse && qtySeed % 4 == 0 && _invoices.length != 0
             ? _invoices[amountSeed % _invoices.length]
             : keccak256(abi.encode("invoice", ++_invoiceNonce));
@@ -126,6 +128,7 @@ contract Handler is TestBase {
         ) {
             ghostEscrowed[orderId] = amount;
             if (++ghostInvoiceUses[invoice] == 1) _invoices.push(invoice);
+            ++ghostInvoiceHeld[invoice];
             ++calls["openOrder"];
         } catch {}
     }
@@ -196,6 +199,7 @@ contract Handler is TestBase {
         }
         vm.prank(_issuer);
         try ledger.cancelOrder(orderId) {
+            --ghostInvoiceHeld[o.invoiceHash];
             ++calls["cancel"];
         } catch {}
     }

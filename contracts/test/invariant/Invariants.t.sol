@@ -277,10 +277,22 @@ contract Invariants is Base {
             bool settled = ledger.certificate(id).status == ICertificateLedger.CertificateStatus.Settled;
             vm.assertEq(n == 1, settled, "settlement record mismatch");
         }
+        // An invoice is held by at most one open or confirmed order; a cancelled one gives it back.
         bytes32[] memory invoices = handler.invoices();
+        uint256 openings;
         for (uint256 i; i < invoices.length; ++i) {
-            vm.assertEq(handler.ghostInvoiceUses(invoices[i]), 1, "invoice financed twice");
+            uint256 held;
+            for (uint256 o = 1; o <= orderCount; ++o) {
+                ICertificateLedger.Order memory order = ledger.order(o);
+                if (order.invoiceHash == invoices[i] && order.status != ICertificateLedger.OrderStatus.Cancelled) {
+                    ++held;
+                }
+            }
+            vm.assertLe(held, 1, "invoice financed twice");
+            vm.assertEq(held, handler.ghostInvoiceHeld(invoices[i]), "invoice holders != ghost");
+            vm.assertEq(ledger.invoiceUsed(invoices[i]), held == 1, "invoiceUsed != held");
+            openings += handler.ghostInvoiceUses(invoices[i]);
         }
-        vm.assertEq(invoices.length, orderCount, "orders != distinct invoices");
+        vm.assertEq(openings, orderCount, "orders != invoice openings");
     }
 }
