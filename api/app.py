@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from api import errors
+from api.limits import MAX_BODY_BYTES, MAX_DEPTH, BodyLimits
 from api.routes import audit, auth, reads, tx
 from api.schemas import Problem
 from api.service import Service
@@ -43,9 +44,14 @@ def create_app(service: Service) -> FastAPI:
         version="1",
         description=DESCRIPTION,
         responses={
+            400: {
+                "model": Problem,
+                "description": f"BodyTooDeep: JSON nested deeper than {MAX_DEPTH} levels",
+            },
             401: {"model": Problem, "description": "not signed in, or a bad or expired token"},
             403: {"model": Problem, "description": "the caller's role does not allow it"},
             422: {"model": Problem, "description": "invalid request"},
+            413: {"model": Problem, "description": f"BodyTooLarge: a body over {MAX_BODY_BYTES} bytes"},
             503: {"model": Problem, "description": "node unavailable; retry after Retry-After seconds"},
         },
     )
@@ -61,6 +67,9 @@ def create_app(service: Service) -> FastAPI:
         ) -> Response:
             async with lock:
                 return await call_next(request)
+
+    # Added last, so it runs first: no body reaches a parser (or waits for the lock) unchecked.
+    app.add_middleware(BodyLimits)
 
     @app.get("/health", tags=["service"])
     def health() -> dict[str, int]:

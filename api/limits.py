@@ -1,0 +1,128 @@
+"""Request bodies are bounded before anything parses them.
+
+FastAPI hands a JSON body to `json.loads` whole, and the process's recursion limit is 100,000 once
+py_ecc is imported (eth-tester and py-evm import it): a body of nested brackets then overflows the
+C stack inside the parser and kills the worker (SIGSEGV), whatever the endpoint. So the body is
+read here first, at most `max_bytes` of it (413 `BodyTooLarge` beyond), and refused with 400
+`BodyTooDeep` if its JSON nests deeper than `max_depth`. No request of this API nests more than a
+few levels or needs more than a few kilobytes (a signed settle of 64 certificates is about 4 KB).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import body as problem
+
+MAX_BODY_BYTES = 65_536
+MAX_DEPTH = 32
+
+
+def nests_deeper(raw: bytes, limit: int) -> bool:
+    """Whether `raw`'s brackets nest deeper than `limit`, strings skipped (it need not be JSON)."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:  # every request this API expects: no scan
+        return False
+    depth = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
+
+
+class BodyLimits:
+    """ASGI middleware: reads each HTTP request's body, refuses it if too large or too deep, and
+    passes the same bytes on to the application."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, max_depth: int = MAX_DEPTH) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_depth = max_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await _refuse(send, 413, "BodyTooLarge", f"a request body is at most {self.max_bytes} bytes")
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message]), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await _refuse(send, 413, "BodyTooLarge", f"a request body is at most {self.max_bytes} bytes")
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        raw = b"".join(chunks)
+        if nests_deeper(raw, self.max_depth):
+            await _refuse(send, 400, "BodyTooDeep", f"JSON nested deeper than {self.max_depth} levels")
+            return
+        await self.app(
+            scope, _replay([{"type": "http.request", "body": raw, "more_body": False}], receive), send
+        )
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+    """A `receive` that gives `messages` first, then defers to `then` (a disconnect, for
+    streaming responses that listen for one)."""
+    pending = list(messages)
+
+    async def receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+    content: dict[str, Any] = problem(code, message, {})
+    payload = json.dumps(content).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
