@@ -2,9 +2,11 @@
 
 1. `POST /v1/auth/nonce {address}`: the service issues a one-time nonce and the message to sign
    (domain, address, chain id, nonce, issued-at, expiry).
-2. `POST /v1/auth/login {message, signature}`: the message must be one this service issued, still
-   valid, for this domain and chain, signed by its address; the nonce is consumed (a second login
-   with it fails), and the address must be a registered, active participant on chain.
+2. `POST /v1/auth/login {message, signature}`: the message must be exactly one this service issued
+   (its SHA-256 is kept with the nonce), still valid, for this domain and chain, signed by its
+   address; the registry is read on chain, then the nonce is consumed (a second login with it
+   fails; a node failure before that leaves it, so the same signed message may be sent again), and
+   the address must be a registered, active participant.
 3. The token is `base64url(json payload).base64url(HMAC-SHA256)`: no server state, so any worker
    sharing the secret accepts it until it expires.
 """
@@ -62,33 +64,63 @@ class Challenge:
     expires_at: int
 
 
+@dataclass(frozen=True)
+class LoginAttempt:
+    """A login message that checked out, its nonce not yet consumed (`Authenticator.consume`)."""
+
+    address: ChecksumAddress
+    nonce: str
+    digest: str
+
+
+def message_digest(message: str) -> str:
+    return hashlib.sha256(message.encode()).hexdigest()
+
+
 class NonceStore:
-    """Issued login nonces; each can be consumed once before it expires. SQLite so that several
-    worker processes share one file (a nonce issued by one worker is used at another)."""
+    """Issued login nonces, each with the SHA-256 of the message it was issued in; each can be
+    consumed once before it expires. SQLite so that several worker processes share one file (a
+    nonce issued by one worker is used at another)."""
+
+    _COLUMNS = ("nonce", "address", "digest", "expires")
 
     def __init__(self, path: Path | None) -> None:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, timeout=5.0)
         with self._lock, self._db:
             self._db.execute("PRAGMA journal_mode=WAL")
+            columns = tuple(row[1] for row in self._db.execute("PRAGMA table_info(login_nonce)"))
+            if columns and columns != self._COLUMNS:
+                # A file from before messages were bound to their nonces: its nonces live minutes,
+                # and a login in flight asks for a new one.
+                self._db.execute("DROP TABLE login_nonce")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS login_nonce (nonce TEXT PRIMARY KEY, address TEXT NOT NULL,"
-                " expires INTEGER NOT NULL)"
+                " digest TEXT NOT NULL, expires INTEGER NOT NULL)"
             )
 
-    def issue(self, address: str, expires: int) -> str:
-        nonce = secrets.token_hex(16)
+    def issue(self, nonce: str, address: str, digest: str, expires: int) -> None:
         with self._lock, self._db:
             self._db.execute("DELETE FROM login_nonce WHERE expires < ?", (int(time.time()),))
-            self._db.execute("INSERT INTO login_nonce VALUES (?, ?, ?)", (nonce, address, expires))
-        return nonce
+            self._db.execute("INSERT INTO login_nonce VALUES (?, ?, ?, ?)", (nonce, address, digest, expires))
 
-    def consume(self, nonce: str, address: str, now: int) -> bool:
-        """True once for an issued, unexpired nonce of `address` (deleting it is the atomic step)."""
+    def issued(self, nonce: str, address: str, now: int) -> str | None:
+        """The digest of the message `nonce` was issued in, while it is unused and unexpired and
+        was issued to `address`; None otherwise."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT digest FROM login_nonce WHERE nonce = ? AND address = ? AND expires >= ?",
+                (nonce, address, now),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def consume(self, nonce: str, address: str, digest: str, now: int) -> bool:
+        """True once for an issued, unexpired nonce of `address` issued in the message of `digest`
+        (deleting it is the atomic step)."""
         with self._lock, self._db:
             cursor = self._db.execute(
-                "DELETE FROM login_nonce WHERE nonce = ? AND address = ? AND expires >= ?",
-                (nonce, address, now),
+                "DELETE FROM login_nonce WHERE nonce = ? AND address = ? AND digest = ? AND expires >= ?",
+                (nonce, address, digest, now),
             )
             return cursor.rowcount == 1
 
@@ -116,13 +148,16 @@ class Authenticator:
         account = to_checksum_address(address)
         now = int(time.time())
         expires = now + self.login_ttl
-        nonce = self._nonces.issue(account, expires)
-        return Challenge(
-            login_message(self.domain, account, self.chain_id, nonce, now, expires), nonce, expires
-        )
+        nonce = secrets.token_hex(16)
+        message = login_message(self.domain, account, self.chain_id, nonce, now, expires)
+        self._nonces.issue(nonce, account, message_digest(message), expires)
+        return Challenge(message, nonce, expires)
 
-    def verify_login(self, message: str, signature: str) -> ChecksumAddress:
-        """The signer of a valid login message; raises 401 ApiError otherwise."""
+    def verify_login(self, message: str, signature: str) -> LoginAttempt:
+        """A login message this service issued, unexpired, signed by its address, with its nonce
+        unused; raises 401 ApiError otherwise. The nonce is consumed by `consume`, once the caller
+        has done what could fail for reasons of its own (reading the registry on chain): a node
+        failure then leaves the signed message good for another try."""
         lines = message.split("\n")
         if len(lines) < 2 or lines[0] != f"{self.domain} wants you to sign in with your Ethereum account:":
             raise unauthorized("InvalidMessage", "not a login message for this service")
@@ -150,10 +185,20 @@ class Authenticator:
             raise unauthorized("InvalidSignature", "the signature is malformed") from None
         if to_checksum_address(signer) != address:
             raise unauthorized("InvalidSignature", "the message was not signed by its address")
-        # Consumed only after the signature checks out, so a forged attempt cannot burn a nonce.
-        if not self._nonces.consume(nonce, address, now):
+        # The nonce alone does not bind the rest: an edited issued-at or expiry would parse, be
+        # signed by its address and name a live nonce. Only the very message issued is accepted.
+        digest = self._nonces.issued(nonce, address, now)
+        if digest is None:
             raise unauthorized("NonceInvalid", "the nonce is unknown, used or expired")
-        return address
+        if not hmac.compare_digest(digest, message_digest(message)):
+            raise unauthorized("InvalidMessage", "the message is not as issued")
+        return LoginAttempt(address, nonce, digest)
+
+    def consume(self, attempt: LoginAttempt) -> None:
+        """Uses up the attempt's nonce (only after the signature checked out, so a forged attempt
+        cannot burn it); 401 if another login with the same message consumed it meanwhile."""
+        if not self._nonces.consume(attempt.nonce, attempt.address, attempt.digest, int(time.time())):
+            raise unauthorized("NonceInvalid", "the nonce is unknown, used or expired")
 
     # ------------------------------------------------------------------ tokens
 

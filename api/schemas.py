@@ -108,14 +108,20 @@ class LoginResponse(BaseModel):
 # ---------------------------------------------------------------------- records
 
 
+_BOOKS = "null unless the caller is this participant, an auditor or a regulator"
+
+
 class ParticipantOut(BaseModel):
+    """A directory entry. Its books (issuer limit, amount outstanding, certificates held) are shown
+    to the participant itself, auditors and regulators; null for everyone else."""
+
     address: str
     entityId: str
     roles: list[str]
     active: bool
-    issuerLimit: int
-    outstanding: int
-    certificateCount: int
+    issuerLimit: int | None = Field(description=_BOOKS)
+    outstanding: int | None = Field(description=_BOOKS)
+    certificateCount: int | None = Field(description=_BOOKS)
 
 
 class OrderOut(BaseModel):

@@ -29,15 +29,21 @@ from chain_client.models import CertificateStatus, OrderStatus, Role
 ZERO_ADDRESS = "0x" + "0" * 40
 
 
-def participant_out(r: ParticipantRecord) -> ParticipantOut:
+def sees_books_of(caller: Caller, address: str) -> bool:
+    """A participant's books in the directory (issuer limit, outstanding, certificate count) are
+    for itself, auditors and regulators: the directory says who may hold, not what anyone holds."""
+    return caller.sees_all or caller.address == address
+
+
+def participant_out(r: ParticipantRecord, books: bool) -> ParticipantOut:
     return ParticipantOut(
         address=r.address,
         entityId=r.entity_id,
         roles=role_names(r.roles),
         active=r.active,
-        issuerLimit=int(r.issuer_limit),
-        outstanding=int(r.outstanding),
-        certificateCount=int(r.certificate_count),
+        issuerLimit=int(r.issuer_limit) if books else None,
+        outstanding=int(r.outstanding) if books else None,
+        certificateCount=int(r.certificate_count) if books else None,
     )
 
 
@@ -207,13 +213,17 @@ def certificate_for(reader: IndexReader, caller: Caller, certificate_id: int) ->
     return record
 
 
+def order_ids_held(reader: IndexReader, caller: Caller) -> set[int]:
+    """Orders of the certificates the caller (a supplier or factor) holds or held."""
+    if not caller.has(HOLDERS):
+        return set()
+    return {int(c.order_id) for c in reader.certificates(reader.held_ids(caller.address)).values()}
+
+
 def order_visible(reader: IndexReader, caller: Caller, order: OrderRecord) -> bool:
     if caller.sees_all or caller.address in (order.issuer, order.payee):
         return True
-    if caller.has(HOLDERS):
-        held = reader.certificates(reader.held_ids(caller.address))
-        return any(int(c.order_id) == int(order.order_id) for c in held.values())
-    return False
+    return int(order.order_id) in order_ids_held(reader, caller)
 
 
 def order_for(reader: IndexReader, caller: Caller, order_id: int) -> OrderRecord:
@@ -223,6 +233,46 @@ def order_for(reader: IndexReader, caller: Caller, order_id: int) -> OrderRecord
         raise not_found("order", order_id)
     if not order_visible(reader, caller, record):
         raise forbidden("not an order of yours", orderId=order_id)
+    return record
+
+
+def certificates_for(reader: IndexReader, caller: Caller, certificate_ids: list[int]) -> None:
+    """`certificate_for` for several ids at once (one scope computation): every id must be indexed
+    (404, the first unknown one) and one the caller may read (403, the first it may not)."""
+    known = reader.certificates(set(certificate_ids))
+    for cid in certificate_ids:
+        if cid not in known:
+            raise not_found("certificate", cid)
+    visible = visible_certificates(reader, caller)
+    for cid in certificate_ids:
+        if visible is not None and cid not in visible:
+            raise forbidden("not a certificate of yours or of your lineage", certificateId=cid)
+
+
+def offered_to(caller: Caller, record: OfferRecord) -> bool:
+    """A factor sees the offers reserved for it, and those open to any buyer while they are open: a
+    closed one was bought (by whom, the offer does not say) or withdrawn, and is the seller's and
+    its buyer's business (the buyer has the certificate and the payment)."""
+    if not caller.has(Role.FACTOR):
+        return False
+    return record.buyer == caller.address or (record.buyer == ZERO_ADDRESS and bool(record.open))
+
+
+def offer_for(reader: IndexReader, caller: Caller, offer_id: int) -> OfferRecord:
+    record = reader.get(OfferRecord, offer_id=offer_id)
+    if record is None:
+        raise not_found("offer", offer_id)
+    if not (caller.sees_all or record.seller == caller.address or offered_to(caller, record)):
+        raise forbidden("not an offer to or from you", offerId=offer_id)
+    return record
+
+
+def participant_for(reader: IndexReader, address: str) -> ParticipantRecord:
+    # Read afresh, not through `reader.participant`: that one's cache is the callers' (a record
+    # stored here would be what the caller check reuses, for up to a second, when it signs in).
+    record = reader.get(ParticipantRecord, address=address)
+    if record is None:
+        raise not_found("participant", address)
     return record
 
 

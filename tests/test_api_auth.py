@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 from api_support import Api, serve_world
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from world import World
+
+from api.auth import NonceStore
+from chain_client.errors import NodeUnavailable
 
 
 @pytest.fixture
@@ -122,3 +127,61 @@ def test_suspended_participant_loses_access(api: Api, world: World, monkeypatch:
 def test_bad_nonce_request_is_a_validation_error(api: Api) -> None:
     r = api.client.post("/v1/auth/nonce", json={"address": "0x1234"})
     assert (r.status_code, r.json()["code"]) == (422, "ValidationError")
+
+
+def test_a_message_edited_but_for_its_nonce_is_refused(api: Api, world: World) -> None:
+    """The nonce alone does not bind the message: issued-at and expiry must be as issued too."""
+    s1 = world.cast.supplier1
+    message = _challenge(api, s1.address)
+    lines = message.split("\n")
+    edited = [
+        "\n".join(f"Issued At: {stamp}" if line.startswith("Issued At: ") else line for line in lines)
+        for stamp in ("9999-12-31T23:59:59Z", "2000-01-01T00:00:00Z")
+    ]
+    edited.append(
+        "\n".join(
+            "Expiration Time: 9999-12-31T23:59:59Z" if x.startswith("Expiration Time: ") else x for x in lines
+        )
+    )
+    for forged in edited:
+        assert forged != message
+        status, body = _login(api, forged, s1)
+        assert (status, body["code"]) == (401, "InvalidMessage"), forged
+    # Refusing them used nothing up: the message as issued still signs in, once.
+    assert _login(api, message, s1)[0] == 200
+    assert _login(api, message, s1)[1]["code"] == "NonceInvalid"
+
+
+def test_a_node_failure_at_login_leaves_the_nonce(
+    api: Api, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s1 = world.cast.supplier1
+    message = _challenge(api, s1.address)
+
+    def down(*_: object, **__: object) -> None:
+        raise NodeUnavailable("http://node", "connection refused")
+
+    monkeypatch.setattr(api.service.system.ledger, "participant", down)
+    status, body = _login(api, message, s1)
+    assert (status, body["code"]) == (503, "NodeUnavailable")
+    monkeypatch.undo()
+    # "Try again" means it: the same signed message signs in, and only once.
+    assert _login(api, message, s1)[0] == 200
+    assert _login(api, message, s1) == (401, {"code": "NonceInvalid", "message": ANY, "fields": {}})
+
+
+def test_a_nonce_file_from_before_message_binding_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "auth.sqlite"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE login_nonce (nonce TEXT PRIMARY KEY, address TEXT NOT NULL,"
+            " expires INTEGER NOT NULL)"
+        )
+        old.execute("INSERT INTO login_nonce VALUES ('n', 'a', 9999999999)")
+    old.close()
+    store = NonceStore(path)
+    assert store.issued("n", "a", 0) is None  # unbound nonces are gone
+    store.issue("m", "a", "d", int(time.time()) + 60)
+    assert store.issued("m", "a", int(time.time())) == "d"
+    assert not store.consume("m", "a", "other", int(time.time()))
+    assert store.consume("m", "a", "d", int(time.time()))

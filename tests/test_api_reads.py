@@ -242,3 +242,57 @@ def test_history_is_for_those_who_held_the_certificate(api: Api, world: World, t
     assert api.get(f"/v1/certificates/{tree['b']}/history", factor).status_code == 200
     assert api.get(f"/v1/certificates/{tree['root']}/history", world.cast.issuer).status_code == 200
     assert api.get(f"/v1/certificates/{tree['root']}/history", world.cast.regulator).status_code == 200
+
+
+_BOOKS = ("issuerLimit", "outstanding", "certificateCount")
+
+
+def test_the_directory_shows_books_to_their_owner_and_overseers_only(
+    api: Api, world: World, tree: dict[str, int]
+) -> None:
+    """The directory names who may hold, not what anyone holds or owes (D40)."""
+    s1, issuer = world.cast.supplier1, world.cast.issuer
+
+    def entries(reader: Any) -> dict[str, dict[str, Any]]:
+        return {p["address"]: p for p in api.get("/v1/participants", reader, limit=100).json()["items"]}
+
+    seen_by_s1 = entries(s1)
+    assert seen_by_s1[s1.address]["certificateCount"] == 1  # its own books
+    for address, entry in seen_by_s1.items():
+        if address != s1.address:
+            assert all(entry[k] is None for k in _BOOKS), entry
+            assert entry["roles"] and "active" in entry
+    one = api.get(f"/v1/participants/{issuer.address}", s1).json()
+    assert all(one[k] is None for k in _BOOKS) and one["roles"] == ["ISSUER"]
+    mine = api.get(f"/v1/participants/{issuer.address}", issuer).json()
+    assert mine["outstanding"] > 0 and mine["issuerLimit"] > 0
+    assert api.get("/v1/auth/me", issuer).json()["outstanding"] == mine["outstanding"]
+    overseen = entries(world.cast.regulator)
+    assert overseen[issuer.address]["outstanding"] == mine["outstanding"]
+    assert overseen[world.cast.supplier2.address]["certificateCount"] == 2
+    assert all(entries(world.cast.admin)[issuer.address][k] is None for k in _BOOKS)
+
+
+def test_orders_include_those_the_caller_holds_or_held_a_certificate_of(
+    api: Api, world: World, tree: dict[str, int]
+) -> None:
+    """GET /v1/orders lists what GET /v1/orders/{id} answers: an order the caller issued, is payee
+    of, or holds or held a certificate of; one query, so its pages neither repeat nor skip."""
+    s2, factor = world.cast.supplier2, world.cast.factor
+    # The factor holds part b of the first order; it gets part of supplier2's order and passes it on.
+    passed, _ = world.ledger.split_to(s2, tree["other"], factor.address, 10_000_00)
+    world.ledger.transfer(factor, passed, s2.address)
+    third, _ = world.certificate_for(payee=s2.address)  # nothing to do with the factor
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    listed = api.get("/v1/orders", factor).json()
+    assert [o["orderId"] for o in listed["items"]] == [tree["order"], tree["other_order"]]
+    assert listed["total"] == 2
+    pages = [api.get("/v1/orders", factor, limit=1, offset=i).json() for i in range(3)]
+    assert [[o["orderId"] for o in p["items"]] for p in pages] == [[tree["order"]], [tree["other_order"]], []]
+    assert {p["total"] for p in pages[:2]} == {2}
+    for order_id in (tree["order"], tree["other_order"]):
+        assert api.get(f"/v1/orders/{order_id}", factor).status_code == 200
+    assert api.get(f"/v1/orders/{third}", factor).status_code == 403
+    # supplier2: payee of two orders, holder of part a of the first.
+    listed = api.get("/v1/orders", s2).json()
+    assert [o["orderId"] for o in listed["items"]] == [tree["order"], tree["other_order"], third]

@@ -23,9 +23,14 @@ def nonce(body: NonceRequest, service: ServiceDep) -> NonceResponse:
 @router.post("/login", response_model=LoginResponse)
 def login(body: LoginRequest, service: ServiceDep) -> LoginResponse:
     """Exchanges a signed login message for a bearer token. The roles come from the chain's
-    registry: an unregistered or suspended account gets no token."""
-    address = service.auth.verify_login(body.message, body.signature)
+    registry: an unregistered or suspended account gets no token. A 503 (node down) leaves the
+    nonce unused: send the same signed message again."""
+    attempt = service.auth.verify_login(body.message, body.signature)
+    address = attempt.address
+    # The registry is read before the nonce is consumed: with the node down the answer is a 503
+    # and the same signed message is good for another try.
     participant = service.system.ledger.participant(address)
+    service.auth.consume(attempt)
     if not participant.registered:
         raise ApiError(403, "NotParticipant", "the account is not a registered participant")
     if not participant.active:
@@ -40,4 +45,4 @@ def login(body: LoginRequest, service: ServiceDep) -> LoginResponse:
 def me(caller: CallerDep, service: ServiceDep) -> ParticipantOut:
     record = service.reader.participant(caller.address)
     assert record is not None  # get_caller checked it
-    return participant_out(record)
+    return participant_out(record, books=True)

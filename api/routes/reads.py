@@ -9,8 +9,8 @@ from fastapi import APIRouter, Path, Query
 from sqlalchemy import and_, or_
 from sqlmodel import col
 
-from api.deps import Caller, CallerDep, PagingDep, ServiceDep
-from api.errors import forbidden, not_found
+from api.deps import CallerDep, PagingDep, ServiceDep
+from api.errors import forbidden
 from api.schemas import (
     UINT64,
     UINT128,
@@ -33,12 +33,16 @@ from api.views import (
     certificate_out,
     change_out,
     lineage_out,
+    offer_for,
     offer_out,
     order_for,
+    order_ids_held,
     order_out,
+    participant_for,
     participant_out,
     payment_out,
     require_reader,
+    sees_books_of,
     visible_certificates,
 )
 from chain_client import pricing
@@ -55,21 +59,20 @@ IdPath = Annotated[int, Path(ge=1, le=UINT64)]
 
 @router.get("/participants", response_model=Page[ParticipantOut], tags=["participants"])
 def participants(service: ServiceDep, caller: CallerDep, paging: PagingDep) -> Page[ParticipantOut]:
-    """The consortium's directory (every signed-in participant may read it: it names who may hold)."""
+    """The consortium's directory (every signed-in participant may read it: it names who may hold).
+    A participant's books (issuer limit, outstanding, certificate count) are null but for itself,
+    auditors and regulators."""
     rows, total = service.reader.page(
         ParticipantRecord, [], [col(ParticipantRecord.address)], paging.limit, paging.offset
     )
-    return Page(
-        items=[participant_out(r) for r in rows], total=total, limit=paging.limit, offset=paging.offset
-    )
+    items = [participant_out(r, sees_books_of(caller, r.address)) for r in rows]
+    return Page(items=items, total=total, limit=paging.limit, offset=paging.offset)
 
 
 @router.get("/participants/{address}", response_model=ParticipantOut, tags=["participants"])
 def participant(address: Address, service: ServiceDep, caller: CallerDep) -> ParticipantOut:
-    record = service.reader.participant(address)
-    if record is None:
-        raise not_found("participant", address)
-    return participant_out(record)
+    record = participant_for(service.reader, address)
+    return participant_out(record, sees_books_of(caller, record.address))
 
 
 # ---------------------------------------------------------------------- orders
@@ -77,13 +80,16 @@ def participant(address: Address, service: ServiceDep, caller: CallerDep) -> Par
 
 @router.get("/orders", response_model=Page[OrderOut], tags=["orders"])
 def orders(service: ServiceDep, caller: CallerDep, paging: PagingDep) -> Page[OrderOut]:
-    """Orders the caller issued or is payee of (all of them for auditors and regulators)."""
+    """Orders the caller issued, is payee of, or holds or held a certificate of (all of them for
+    auditors and regulators): the orders GET /v1/orders/{id} answers it, in one query, by id."""
     require_reader(caller)
-    where = (
-        []
-        if caller.sees_all
-        else [or_(col(OrderRecord.issuer) == caller.address, col(OrderRecord.payee) == caller.address)]
-    )
+    where: list[object] = []
+    if not caller.sees_all:
+        mine = [col(OrderRecord.issuer) == caller.address, col(OrderRecord.payee) == caller.address]
+        held = order_ids_held(service.reader, caller)
+        if held:
+            mine.append(col(OrderRecord.order_id).in_(held))
+        where.append(or_(*mine))
     rows, total = service.reader.page(
         OrderRecord, where, [col(OrderRecord.order_id)], paging.limit, paging.offset
     )
@@ -199,21 +205,7 @@ def offers(
 
 @router.get("/offers/{offer_id}", response_model=OfferOut, tags=["discount"])
 def offer(offer_id: IdPath, service: ServiceDep, caller: CallerDep) -> OfferOut:
-    record = service.reader.get(OfferRecord, offer_id=offer_id)
-    if record is None:
-        raise not_found("offer", offer_id)
-    if not (caller.sees_all or record.seller == caller.address or _offered_to(caller, record)):
-        raise forbidden("not an offer to or from you", offerId=offer_id)
-    return offer_out(record)
-
-
-def _offered_to(caller: Caller, record: OfferRecord) -> bool:
-    """A factor sees the offers reserved for it, and those open to any buyer while they are open: a
-    closed one was bought (by whom, the offer does not say) or withdrawn, and is the seller's and
-    its buyer's business (the buyer has the certificate and the payment)."""
-    if not caller.has(Role.FACTOR):
-        return False
-    return record.buyer == caller.address or (record.buyer == ZERO_ADDRESS and bool(record.open))
+    return offer_out(offer_for(service.reader, caller, offer_id))
 
 
 @router.get("/quote", response_model=QuoteOut, tags=["discount"])

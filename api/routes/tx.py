@@ -5,7 +5,8 @@ participant signs it, and `POST /v1/tx` checks and relays the signed bytes."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from eth_typing import ChecksumAddress
 from eth_utils import keccak, to_checksum_address
@@ -13,8 +14,8 @@ from fastapi import APIRouter
 from requests.exceptions import RequestException
 from web3.contract.contract import ContractFunction
 
-from api.deps import CallerDep, ServiceDep
-from api.errors import ApiError
+from api.deps import Caller, CallerDep, ServiceDep
+from api.errors import ApiError, forbidden, not_found
 from api.schemas import (
     AccountIn,
     ApproveTokenIn,
@@ -36,12 +37,23 @@ from api.schemas import (
     UnsignedTx,
 )
 from api.service import Service
+from api.views import (
+    ZERO_ADDRESS,
+    certificate_for,
+    certificates_for,
+    offer_for,
+    order_for,
+    participant_for,
+)
+from chain_client.errors import ContractError
+from chain_client.index.models import OfferRecord
 from chain_client.index.sync import ROUND_FAILURES
 from chain_client.models import Role
 from chain_client.receipts import Observation
 from chain_client.relay import event_json
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 #: What keeps the index from reaching a write's block: a sync round's failures, or the HTTP layer's.
 _INDEX_TROUBLE: tuple[type[Exception], ...] = (*ROUND_FAILURES, RequestException)
 
@@ -49,8 +61,8 @@ router = APIRouter(prefix="/v1/tx", tags=["transactions"])
 
 _ZERO = to_checksum_address("0x" + "00" * 20)
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
-    403: {"description": "the sender lacks the job's role, or a contract access error"},
-    404: {"description": "an unknown certificate, order or warehouse"},
+    403: {"description": "the sender lacks the job's role or a contract access error; an id out of scope"},
+    404: {"description": "an unknown certificate, order, offer, participant or warehouse"},
     409: {"description": "a contract error from the current state; a nonce already used"},
     422: {"description": "invalid input or a contract's input error"},
     503: {"description": "the node is down (Retry-After)"},
@@ -75,6 +87,51 @@ def _prepared(service: Service, sender: ChecksumAddress, fn: ContractFunction) -
 
 def _ledger(service: Service) -> Any:
     return service.system.ledger.contract
+
+
+# ---------------------------------------------------------------------- scope, before simulating
+#
+# A simulation's error carries the contract's view of the records it names (a certificate's
+# holder, value or maturity, an order's status, an offer's buyer). So a prepare endpoint first
+# checks every id it is given against the caller's read scope, with the rules and the answers of the
+# read endpoints (D40): 404 NotFound for an id the index does not know, 403 Forbidden for a record
+# the caller may not read; only then does it simulate.
+
+
+def _in_scope(service: Service, check: Callable[[], T]) -> T:
+    """`check` against the index; a refusal (403, 404) from an index behind the chain's head (the
+    record, or the caller's part in it, written moments ago) is checked again once the index has
+    reached the head, so a prepare right after a write does not fail for the index's lag."""
+    try:
+        return check()
+    except ApiError as exc:
+        if exc.status not in (403, 404):
+            raise
+        head = int(service.chain.w3.eth.block_number)
+        if service.reader.synced_block() >= head:
+            raise
+    service.reader.reach(head)
+    return check()
+
+
+def _certificates(service: Service, caller: Caller, *ids: int) -> None:
+    if len(ids) == 1:
+        _in_scope(service, lambda: certificate_for(service.reader, caller, ids[0]))
+    else:
+        _in_scope(service, lambda: certificates_for(service.reader, caller, list(ids)))
+
+
+def _offer_to_buy(service: Service, caller: Caller, offer_id: int) -> OfferRecord:
+    """The offer a factor may try to buy: one reserved for it or open to anyone, the latter even
+    once closed (it was public to every factor while open, and the contract's OfferNotOpen names
+    only its id). Any other offer is refused as GET /v1/offers/{id} refuses it."""
+    record = service.reader.get(OfferRecord, offer_id=offer_id)
+    if record is None:
+        raise not_found("offer", offer_id)
+    to_it = caller.has(Role.FACTOR) and record.buyer in (caller.address, ZERO_ADDRESS)
+    if not (caller.sees_all or record.seller == caller.address or to_it):
+        raise forbidden("not an offer to or from you", offerId=offer_id)
+    return record
 
 
 @router.post("", response_model=TxOut, responses=_PROBLEMS)
@@ -127,11 +184,13 @@ def prepare_register(body: RegisterIn, service: ServiceDep, caller: CallerDep) -
 
 @router.post("/prepare/suspend-participant", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_suspend(body: AccountIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    _in_scope(service, lambda: participant_for(service.reader, body.account))
     return _prepared(service, caller.address, _ledger(service).functions.suspendParticipant(body.account))
 
 
 @router.post("/prepare/reinstate-participant", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_reinstate(body: AccountIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    _in_scope(service, lambda: participant_for(service.reader, body.account))
     return _prepared(service, caller.address, _ledger(service).functions.reinstateParticipant(body.account))
 
 
@@ -153,6 +212,7 @@ def prepare_open_order(body: OpenOrderIn, service: ServiceDep, caller: CallerDep
 
 @router.post("/prepare/cancel-order", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_cancel_order(body: OrderIdIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    _in_scope(service, lambda: order_for(service.reader, caller, body.orderId))
     return _prepared(service, caller.address, _ledger(service).functions.cancelOrder(body.orderId))
 
 
@@ -166,6 +226,7 @@ def prepare_approve_token(body: ApproveTokenIn, service: ServiceDep, caller: Cal
 @router.post("/prepare/transfer", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_transfer(body: TransferIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
     """Moves a whole certificate from the caller to `to`."""
+    _certificates(service, caller, body.certificateId)
     fn = _ledger(service).get_function_by_signature("transferFrom(address,address,uint256)")(
         caller.address, body.to, body.certificateId
     )
@@ -175,6 +236,7 @@ def prepare_transfer(body: TransferIn, service: ServiceDep, caller: CallerDep) -
 @router.post("/prepare/split", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_split(body: SplitIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
     """Splits in place: the certificate keeps values[0], new ones hold the rest (same holder)."""
+    _certificates(service, caller, body.certificateId)
     return _prepared(
         service, caller.address, _ledger(service).functions.split(body.certificateId, body.values)
     )
@@ -183,6 +245,7 @@ def prepare_split(body: SplitIn, service: ServiceDep, caller: CallerDep) -> Unsi
 @router.post("/prepare/split-to", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_split_to(body: SplitToIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
     """Moves `value` out of the certificate into a new one held by `to` (passing part down the chain)."""
+    _certificates(service, caller, body.certificateId)
     fn = _ledger(service).get_function_by_signature("transferFrom(uint256,address,uint256)")(
         body.certificateId, body.to, body.value
     )
@@ -192,6 +255,7 @@ def prepare_split_to(body: SplitToIn, service: ServiceDep, caller: CallerDep) ->
 @router.post("/prepare/merge", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_merge(body: MergeIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
     """Moves `value` from one certificate into another of the same order."""
+    _certificates(service, caller, body.fromId, body.toId)
     fn = _ledger(service).get_function_by_signature("transferFrom(uint256,uint256,uint256)")(
         body.fromId, body.toId, body.value
     )
@@ -200,6 +264,7 @@ def prepare_merge(body: MergeIn, service: ServiceDep, caller: CallerDep) -> Unsi
 
 @router.post("/prepare/offer-discount", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_offer(body: OfferIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    _certificates(service, caller, body.certificateId)
     fn = _ledger(service).functions.offerDiscount(
         body.certificateId, body.value, body.price, body.buyer or _ZERO, body.expiry
     )
@@ -208,18 +273,36 @@ def prepare_offer(body: OfferIn, service: ServiceDep, caller: CallerDep) -> Unsi
 
 @router.post("/prepare/cancel-offer", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_cancel_offer(body: OfferIdIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    _in_scope(service, lambda: offer_for(service.reader, caller, body.offerId))
     return _prepared(service, caller.address, _ledger(service).functions.cancelDiscountOffer(body.offerId))
 
 
 @router.post("/prepare/buy", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_buy(body: OfferIdIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
     """FACTOR: buys an offer, price against value in one transaction."""
-    return _prepared(service, caller.address, _ledger(service).functions.buyDiscounted(body.offerId))
+    offer = _in_scope(service, lambda: _offer_to_buy(service, caller, body.offerId))
+    try:
+        return _prepared(service, caller.address, _ledger(service).functions.buyDiscounted(body.offerId))
+    except ContractError as exc:
+        # The certificate behind the offer is not the buyer's to read: that it moved or shrank since
+        # the offer was made is told without its holder or value now.
+        if exc.error_name in ("IncorrectHolder", "InsufficientValue") and not (
+            caller.sees_all or offer.seller == caller.address
+        ):
+            raise ApiError(
+                409,
+                "OfferStale",
+                "the offered certificate changed since the offer was made",
+                offerId=body.offerId,
+            ) from None
+        raise
 
 
 @router.post("/prepare/settle", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_settle(body: SettleIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
-    """Pays each matured certificate's holder; anyone may send it."""
+    """Pays each matured certificate's holder. The contract takes it from any sender; prepared here
+    for the certificates the caller may read (each unknown id 404, each it may not read 403)."""
+    _certificates(service, caller, *body.certificateIds)
     return _prepared(service, caller.address, _ledger(service).functions.settle(body.certificateIds))
 
 
@@ -231,12 +314,14 @@ def prepare_withdraw(service: ServiceDep, caller: CallerDep) -> UnsignedTx:
 
 @router.post("/prepare/freeze", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_freeze(body: FreezeIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    _certificates(service, caller, body.certificateId)
     fn = _ledger(service).functions.freeze(body.certificateId, keccak(text=body.reason))
     return _prepared(service, caller.address, fn)
 
 
 @router.post("/prepare/unfreeze", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_unfreeze(body: FreezeIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    _certificates(service, caller, body.certificateId)
     return _prepared(service, caller.address, _ledger(service).functions.unfreeze(body.certificateId))
 
 
