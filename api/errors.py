@@ -4,7 +4,11 @@ ApiError (ours)                     its own status and code
 ContractError (a contract's)        403 / 404 / 409 / 422 by the error's meaning, code = its name
 RelayRefused (checks before send)   its own status and code
 ContractPanic, UnknownRevert        422 Reverted
-NodeUnavailable, connection errors  503 NodeUnavailable with Retry-After
+a revert mined on chain             409 RevertedOnChain: txHash, blockNumber, gasUsed and the contract's
+                                    error nested as {code, message, fields} (nonce and gas are spent)
+NodeUnavailable, the node's HTTP    503 NodeUnavailable with Retry-After: connection errors, timeouts,
+  or JSON-RPC trouble                 an HTTP error status (a proxy's 502), an answer that is not
+                                      JSON-RPC, a JSON-RPC error answer nothing else handled
 TransactionTimeout                  504 ReceiptTimeout (the transaction may still be mined)
 OutcomeUnknown                      504 OutcomeUnknown (sent, then the node failed: may be mined)
 TransactionRejected                 422 TransactionRejected (the node refused it: nothing pending)
@@ -20,9 +24,9 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from requests.exceptions import ConnectionError as RequestsConnectionError
-from requests.exceptions import Timeout as RequestsTimeout
+from requests.exceptions import RequestException
 from sqlalchemy.exc import OperationalError
+from web3.exceptions import Web3RPCError
 
 from api.index import IndexLagging
 from chain_client.errors import (
@@ -30,11 +34,13 @@ from chain_client.errors import (
     ContractReverted,
     NodeUnavailable,
     OutcomeUnknown,
+    RevertedOnChain,
     TransactionRejected,
     TransactionTimeout,
 )
 from chain_client.index.db import IndexDatabaseError
 from chain_client.relay import RelayRefused, jsonable
+from chain_client.transactions import TRANSPORT_FAILURES
 
 
 class ApiError(Exception):
@@ -92,6 +98,22 @@ def body(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[
     return {"code": code, "message": message, "fields": jsonable(fields or {})}
 
 
+def revert_body(exc: ContractReverted) -> tuple[int, dict[str, Any]]:
+    """A contract's error as an answer: its status and body (code = its name, fields = its
+    arguments); a panic or a revert no ABI here explains is 422 `Reverted` with the raw data."""
+    if isinstance(exc, ContractError):
+        return contract_status(exc.error_name), body(exc.error_name, str(exc), exc.fields)
+    return 422, body("Reverted", str(exc), {"data": "0x" + exc.data.hex()})
+
+
+def reverted_on_chain(exc: RevertedOnChain) -> dict[str, Any]:
+    """The 409 body of a transaction mined and reverted: where, at what cost, and why (the
+    contract's error in the shape of any error answer, so a client reads it the same way)."""
+    _, error = revert_body(exc.error)
+    fields = {"txHash": exc.tx_hash, "blockNumber": exc.block_number, "gasUsed": exc.gas_used, "error": error}
+    return body("RevertedOnChain", str(exc), fields)
+
+
 def install(app: FastAPI, retry_after: int) -> None:
     def respond(status: int, code: str, message: str, fields: dict[str, Any] | None = None) -> JSONResponse:
         return JSONResponse(body(code, message, fields), status_code=status)
@@ -106,16 +128,24 @@ def install(app: FastAPI, retry_after: int) -> None:
 
     @app.exception_handler(ContractReverted)
     async def _reverted(_: Request, exc: ContractReverted) -> JSONResponse:
-        if isinstance(exc, ContractError):
-            return respond(contract_status(exc.error_name), exc.error_name, str(exc), exc.fields)
-        return respond(422, "Reverted", str(exc), {"data": "0x" + exc.data.hex()})
+        if exc.mined is not None:  # mined and reverted: never answered like a refusal
+            return JSONResponse(reverted_on_chain(RevertedOnChain.of(exc)), status_code=409)
+        status, content = revert_body(exc)
+        return JSONResponse(content, status_code=status)
+
+    @app.exception_handler(RevertedOnChain)
+    async def _reverted_on_chain(_: Request, exc: RevertedOnChain) -> JSONResponse:
+        return JSONResponse(reverted_on_chain(exc), status_code=409)
 
     async def _node(_: Request, exc: Exception) -> JSONResponse:
         response = respond(503, "NodeUnavailable", "the chain node did not answer; try again", {})
         response.headers["Retry-After"] = str(retry_after)
         return response
 
-    for kind in (NodeUnavailable, RequestsConnectionError, RequestsTimeout, ConnectionError):
+    # The node, or a proxy before it, did not serve a request: requests' errors (an HTTP error
+    # status such as a 502 while the node is down included), web3's provider errors, and a JSON-RPC
+    # error answer that no code path took as an answer about its request.
+    for kind in (NodeUnavailable, RequestException, *TRANSPORT_FAILURES, Web3RPCError):
         app.add_exception_handler(kind, _node)
 
     @app.exception_handler(TransactionTimeout)

@@ -4,8 +4,9 @@
     ├── NodeUnavailable             the JSON-RPC endpoint did not answer
     ├── TransactionTimeout          no receipt within the configured time
     ├── NonceTooLow                 a prepared transaction's nonce went to another one
+    ├── RevertedOnChain             a transaction was mined and reverted: its nonce and gas are spent
     ├── ManifestError               a deployment manifest is missing, malformed or for another chain
-    ├── ContractReverted            a call or transaction reverted
+    ├── ContractReverted            a call or transaction reverted (`mined` set: on chain)
     │   ├── ContractError           ... with a custom error of our contracts (one subclass per error,
     │   │   ├── DuplicateInvoice        generated from the compiled ABIs, carrying its fields)
     │   │   ├── CertificateFrozen
@@ -19,6 +20,7 @@ so callers write `except errors.DuplicateInvoice as e: e.fields["invoiceHash"]`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from eth_abi import decode as abi_decode
@@ -91,12 +93,50 @@ class TransactionRejected(CertledgerError):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class MinedRevert:
+    """Where a transaction that reverted on chain was mined, and the gas it spent."""
+
+    tx_hash: str
+    block_number: int
+    gas_used: int
+
+
+class RevertedOnChain(CertledgerError):
+    """A transaction was mined and reverted (the state moved between its simulation and its block):
+    unlike a refusal before sending, its nonce is used and its gas is spent. `error` is the
+    contract's typed error, recovered by replaying the transaction at its block. Sending the same
+    bytes again changes nothing; doing the job needs a new transaction once its cause is gone."""
+
+    def __init__(self, tx_hash: str, block_number: int, gas_used: int, error: ContractReverted) -> None:
+        super().__init__(
+            f"{tx_hash} was mined in block {block_number} and reverted with {error}; its nonce and "
+            f"{gas_used} gas are spent"
+        )
+        self.tx_hash = tx_hash
+        self.block_number = block_number
+        self.gas_used = gas_used
+        self.error = error
+
+    @classmethod
+    def of(cls, error: ContractReverted) -> RevertedOnChain:
+        """The on-chain revert `error` reports (its `mined` must be set)."""
+        if error.mined is None:
+            raise ValueError("the revert was not mined")
+        mined = error.mined
+        return cls(mined.tx_hash, mined.block_number, mined.gas_used, error)
+
+
 class ManifestError(CertledgerError):
     """A deployment manifest is missing, malformed, or for another chain or code."""
 
 
 class ContractReverted(CertledgerError):
-    """A contract call or transaction reverted."""
+    """A contract call or transaction reverted. `mined` is set when a transaction reverted in a
+    block (gas spent, nonce used), None when a simulation or a call reverted (nothing sent)."""
+
+    #: set by chain_client's `Transactor` on an error recovered from a mined transaction
+    mined: MinedRevert | None = None
 
     def __init__(self, message: str, data: bytes = b"") -> None:
         super().__init__(message)

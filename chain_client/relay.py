@@ -5,8 +5,12 @@
     decode_raw   a raw signed transaction: its sender, target, selector and fields
     check        everything the service refuses before spending gas: another chain, a contract or a
                  function that is not a certledger job, ether attached, a nonce already used, a
-                 sender without the job's role, and the simulation's contract error
-    broadcast    sends the raw bytes and waits for the receipt (bounded by the receipt timeout)
+                 sender with transactions pending that the simulation cannot see, a sender without
+                 the job's role, and the simulation's contract error (run at the pending block)
+    broadcast    sends the raw bytes and waits for the receipt (bounded by the receipt timeout); a
+                 transaction mined and reverted is `RevertedOnChain`, never the refusal's answer
+    submit       check then broadcast; the same bytes sent again while they are pending wait for
+                 their receipt instead
 
 Jobs are allow-listed by function name from the compiled ABIs, not by hard-coded selectors, so a
 contract whose ABI changes (a new confirmReceipt shape) keeps working once its artifact is rebuilt.
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from eth_account import Account
 from eth_account._utils.legacy_transactions import Transaction as LegacyTransaction
@@ -31,16 +35,18 @@ from web3.types import TxParams, Wei
 from chain_client.artifacts import load_artifact
 from chain_client.errors import (
     CertledgerError,
+    ContractReverted,
     NodeUnavailable,
     NonceTooLow,
     OutcomeUnknown,
+    RevertedOnChain,
     TransactionRejected,
     TransactionTimeout,
 )
 from chain_client.events import DecodedEvent
 from chain_client.models import Role
 from chain_client.system import System
-from chain_client.transactions import PreparedTx, TxResult, call_checked
+from chain_client.transactions import PreparedTx, TxResult, call_checked, node_failure, unavailable
 
 #: Roles that may start each job, by contract and function name. None: anyone (settlement after
 #: maturity, withdrawing one's own credit, a gateway relaying device signatures, token approvals).
@@ -96,6 +102,11 @@ class RelayRefused(CertledgerError):
         self.fields: dict[str, Any] = fields
 
 
+class _AlreadySent(Exception):
+    """`check` found this very transaction already with the node (pending, or mined meanwhile):
+    nothing to check or send, only its receipt to wait for."""
+
+
 @dataclass(frozen=True)
 class Job:
     contract: str
@@ -121,6 +132,8 @@ class DecodedTx:
     gas_price: int | None
     #: EIP-2718 type: 0 legacy, 1 EIP-2930, 2 EIP-1559
     tx_type: int = 0
+    #: EIP-2930 access list (types 1 and 2), as JSON-RPC takes it: its intrinsic gas is charged
+    access_list: tuple[dict[str, Any], ...] = ()
 
     @property
     def selector(self) -> bytes:
@@ -206,7 +219,8 @@ class Relay:
         return job
 
     def check(self, tx: DecodedTx) -> Job:
-        """Everything short of sending; raises RelayRefused or the simulation's ContractReverted."""
+        """Everything short of sending; raises RelayRefused or the simulation's ContractReverted
+        (and `_AlreadySent`, for `submit`, when the node already has this very transaction)."""
         chain = self.system.chain
         if tx.chain_id is None:
             # A pre-EIP-155 signature is valid on every chain: one made for a test network would
@@ -224,36 +238,7 @@ class Relay:
         job = self.job_for(tx.to, tx.selector)
         if tx.value:
             raise RelayRefused("EtherNotAccepted", "certledger takes no ether", 422, value=tx.value)
-        w3 = chain.w3
-        mined = call_checked(lambda: w3.eth.get_transaction_count(tx.sender, "latest"))
-        if tx.nonce < mined:
-            # A replay of a transaction already mined, or one it was meant to replace. Whether this
-            # very transaction is on chain tells a client that lost the first answer what happened.
-            raise RelayRefused(
-                "NonceAlreadyUsed",
-                "this transaction's nonce was already used by its sender",
-                409,
-                sender=tx.sender,
-                nonce=tx.nonce,
-                next=mined,
-                txHash=tx.tx_hash,
-                included=self._included(tx.tx_hash),
-            )
-        pending = call_checked(lambda: w3.eth.get_transaction_count(tx.sender, "pending"))
-        if tx.nonce > pending:
-            # It would wait in the pool for the gap to fill, and this service waits for receipts.
-            raise RelayRefused(
-                "NonceGap", "an earlier nonce of this sender is missing", 409, nonce=tx.nonce, next=pending
-            )
-        if tx.nonce < pending:
-            raise RelayRefused(
-                "NonceAlreadyUsed",
-                "a pending transaction of this sender already has this nonce",
-                409,
-                sender=tx.sender,
-                nonce=tx.nonce,
-                next=pending,
-            )
+        self._check_nonce(tx)
         if job.roles is not None:
             participant = self.system.ledger.participant(tx.sender)
             if not participant.active or not participant.roles & job.roles:
@@ -268,7 +253,7 @@ class Relay:
                 )
         fee = tx.max_fee_per_gas if tx.max_fee_per_gas is not None else (tx.gas_price or 0)
         self._check_gas(tx, fee)
-        balance = call_checked(lambda: w3.eth.get_balance(tx.sender))
+        balance = call_checked(lambda: chain.w3.eth.get_balance(tx.sender))
         if balance < tx.gas * fee:
             raise RelayRefused(
                 "InsufficientGasFunds",
@@ -279,6 +264,90 @@ class Relay:
             )
         self.simulate(tx)
         return job
+
+    def _check_nonce(self, tx: DecodedTx) -> None:
+        """The nonce must be the sender's next, and every transaction the sender has pending before
+        it must be in what the simulation runs on. Raises `_AlreadySent` when this very transaction
+        is already with the node (a client sending the same bytes again, as it is told to)."""
+        w3 = self.system.chain.w3
+        mined = call_checked(lambda: w3.eth.get_transaction_count(tx.sender, "latest"))
+        if tx.nonce < mined:
+            # A replay of a transaction already mined, or one it was meant to replace. Whether this
+            # very transaction is on chain tells a client that lost the first answer what happened.
+            raise RelayRefused(
+                "NonceAlreadyUsed",
+                "this transaction's nonce was already used by its sender",
+                409,
+                sender=tx.sender,
+                nonce=tx.nonce,
+                next=mined,
+                txHash=tx.tx_hash,
+                included=self._included(tx.tx_hash),
+            )
+        pending = int(call_checked(lambda: w3.eth.get_transaction_count(tx.sender, "pending")))
+        pool = self._embedded_pool(tx.sender)
+        if pool:
+            pending = max(pending, max(pool) + 1)
+        if tx.nonce < pending:
+            if self._known(tx.tx_hash):
+                raise _AlreadySent
+            raise RelayRefused(
+                "NonceAlreadyUsed",
+                "a pending transaction of this sender already has this nonce",
+                409,
+                sender=tx.sender,
+                nonce=tx.nonce,
+                next=pending,
+                txHash=tx.tx_hash,
+                included=False,
+            )
+        if tx.nonce > pending:
+            # It would wait in the pool for the gap to fill, and this service waits for receipts.
+            raise RelayRefused(
+                "NonceGap", "an earlier nonce of this sender is missing", 409, nonce=tx.nonce, next=pending
+            )
+        if pending > mined and (pool or not self._pending_block_holds(tx.sender, mined, pending)):
+            # The sender's earlier transactions may change the outcome (the same job sent twice),
+            # and the node's pending block, which the simulation runs on, lacks them: the embedded
+            # chain keeps its pool outside it, and some nodes (Besu) answer "pending" with the
+            # latest block. The same bytes may be sent again once those are mined.
+            raise RelayRefused(
+                "PendingTransaction",
+                "the sender has transactions pending that this one cannot be checked against; "
+                "send it again once they are mined",
+                409,
+                sender=tx.sender,
+                nonce=tx.nonce,
+                mined=mined,
+                pending=pending - mined,
+                txHash=tx.tx_hash,
+            )
+
+    def _embedded_pool(self, sender: ChecksumAddress) -> dict[int, str]:
+        """The sender's transactions waiting in the embedded chain's pool (auto-mining off), by
+        nonce. eth-tester keeps them apart from its pending block until it mines: its pending
+        nonce count, its pending block and a call on it all leave them out."""
+        tester = self.system.chain._tester
+        if tester is None or getattr(tester, "auto_mine_transactions", True):
+            return {}
+        pool: dict[int, str] = {}
+        for pending in getattr(tester, "_pending_transactions", ()):
+            if to_checksum_address(pending["from"]) == sender:
+                pool[int(pending["nonce"])] = "0x" + bytes(HexBytes(pending["hash"])).hex()
+        return pool
+
+    def _pending_block_holds(self, sender: ChecksumAddress, mined: int, pending: int) -> bool:
+        """Whether the node's pending block holds every transaction `sender` has pending (nonces
+        `mined` up to `pending`), so a simulation on it sees their effects (anvil and geth build it
+        from the pool; Besu answers with the latest block)."""
+        w3 = self.system.chain.w3
+        block = call_checked(lambda: w3.eth.get_block("pending", full_transactions=True))
+        nonces = {
+            int(t["nonce"])
+            for t in block.get("transactions", ())
+            if isinstance(t, Mapping) and to_checksum_address(t["from"]) == sender
+        }
+        return all(n in nonces for n in range(mined, pending))
 
     def _check_gas(self, tx: DecodedTx, fee: int) -> None:
         """Refuses what no block would include: more gas than a block holds, or a fee below the
@@ -298,20 +367,28 @@ class Relay:
             )  # fmt: skip
 
     def simulate(self, tx: DecodedTx) -> None:
-        """Runs the transaction as a call from its sender on the latest block, with the gas it
-        offers; a revert raises the contract's typed error and nothing is sent. Latest, not
-        pending: `check` has already made sure the sender has nothing pending before it, and anvil
-        answers a call on its pending block several times slower. Another sender's pending
-        transaction can still change the outcome; then the receipt's revert is decoded and
-        reported (see `Transactor.receipt`). A failure that is not a revert (out of gas, below the
-        intrinsic gas) is the signed transaction's own fault: `SimulationFailed`."""
+        """Runs the transaction as a call from its sender on the pending block, with the gas and
+        the access list it carries; a revert raises the contract's typed error and nothing is sent.
+
+        The pending block, not the latest: it holds the sender's own pending transactions (`check`
+        refuses a sender whose pending ones it lacks), and its time is the next block's, which the
+        transaction will see: on a node that mines on demand the latest block can be minutes old,
+        and an offer or a deadline that lapsed meanwhile would pass here and revert on chain
+        (D33). Another sender's transaction can still change the outcome; then the receipt's
+        revert is decoded and reported as `RevertedOnChain`. A failure that is not a revert (out of
+        gas, below the intrinsic gas, an access list the gas does not cover) is the signed
+        transaction's own fault: `SimulationFailed`. A node that does not answer: NodeUnavailable."""
         w3 = self.system.chain.w3
-        call: TxParams = {"from": tx.sender, "to": tx.to, "data": HexBytes(tx.data), "gas": tx.gas}  # type: ignore[typeddict-item]
+        call: dict[str, Any] = {"from": tx.sender, "to": tx.to, "data": HexBytes(tx.data), "gas": tx.gas}
+        if tx.access_list:
+            call["accessList"] = list(tx.access_list)
         try:
-            call_checked(lambda: w3.eth.call(call, "latest"))
+            call_checked(lambda: w3.eth.call(cast(TxParams, call), "pending"))
         except CertledgerError:
             raise
         except Exception as exc:
+            if node_failure(exc):
+                raise unavailable(self.system.chain.settings.rpc_url, exc) from exc
             raise RelayRefused(
                 "SimulationFailed",
                 f"the transaction fails as signed: {exc}",
@@ -324,23 +401,42 @@ class Relay:
         """Whether the node has mined this very transaction."""
         try:
             receipt = self.system.chain.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
-        except Exception:  # TransactionNotFound, in each provider's own type
+        except Exception as exc:  # TransactionNotFound, in each provider's own type
+            if node_failure(exc):
+                raise unavailable(self.system.chain.settings.rpc_url, exc) from exc
             return False
         return receipt is not None
+
+    def _known(self, tx_hash: str) -> bool:
+        """Whether the node has this very transaction, pending or mined."""
+        try:
+            found = self.system.chain.w3.eth.get_transaction(HexBytes(tx_hash))
+        except Exception as exc:  # TransactionNotFound, in each provider's own type
+            if node_failure(exc):
+                raise unavailable(self.system.chain.settings.rpc_url, exc) from exc
+            return False
+        return found is not None
 
     # ------------------------------------------------------------------ sending
 
     def submit(self, raw: bytes) -> Relayed:
-        """check, then broadcast: the whole path of a signed request."""
+        """check, then broadcast: the whole path of a signed request. The same bytes sent again
+        while the node still has them pending (a client that lost the answer, or got a 504) are
+        not refused: their receipt is awaited as for a fresh send, so the client learns the
+        outcome and never signs a second transaction for the job."""
         tx = decode_raw(raw)
-        job = self.check(tx)
+        try:
+            job = self.check(tx)
+        except _AlreadySent:
+            return Relayed(self.job_for(tx.to, tx.selector), tx.sender, self._outcome(tx))
         return Relayed(job, tx.sender, self.broadcast(tx))
 
     def broadcast(self, tx: DecodedTx) -> TxResult:
-        """Sends the signed bytes through chain_client and waits for the receipt; a transaction that
-        passed simulation but reverted on chain (the state moved in between) raises its typed error,
-        recovered by replaying it at its block."""
-        transactor, timeout = self.system.tx, self.system.chain.settings.receipt_timeout
+        """Sends the signed bytes through chain_client and waits for the receipt. A transaction
+        that passed simulation but was mined and reverted (the state moved in between) raises
+        `RevertedOnChain` with its block, its gas and the contract's typed error (recovered by
+        replaying it at its block): its nonce and gas are spent, unlike a refusal's."""
+        transactor = self.system.tx
         try:
             transactor.broadcast(PreparedTx(tx.tx_hash, tx.raw, tx.sender, tx.nonce))
         except NonceTooLow:
@@ -358,10 +454,24 @@ class Relay:
                 "TransactionRejected", f"the node refused the transaction: {exc.reason}", 422,
                 txHash=tx.tx_hash, reason=exc.reason,
             ) from None  # fmt: skip
+        except ContractReverted as exc:
+            # The embedded chain executes on send: mined and reverted there, or refused unmined.
+            if exc.mined is not None:
+                raise RevertedOnChain.of(exc) from None
+            raise
+        return self._outcome(tx)
+
+    def _outcome(self, tx: DecodedTx) -> TxResult:
+        """Waits for a sent transaction's receipt (bounded by the receipt timeout)."""
+        transactor, timeout = self.system.tx, self.system.chain.settings.receipt_timeout
         try:
             result = transactor.receipt(tx.tx_hash, timeout)
         except NodeUnavailable as exc:
             raise OutcomeUnknown(tx.tx_hash, f"the node failed while its receipt was awaited: {exc}") from exc
+        except ContractReverted as exc:
+            if exc.mined is not None:
+                raise RevertedOnChain.of(exc) from None
+            raise
         if result is None:
             raise TransactionTimeout(tx.tx_hash, timeout)
         return result
@@ -398,6 +508,13 @@ def decode_raw(raw: bytes | str) -> DecodedTx:
         )
     to = fields.get("to")
     to_bytes = bytes(HexBytes(to)) if to else b""
+    access_list = tuple(
+        {
+            "address": to_checksum_address(bytes(HexBytes(entry["address"]))),
+            "storageKeys": ["0x" + int(key).to_bytes(32, "big").hex() for key in entry["storageKeys"]],
+        }
+        for entry in fields.get("accessList", ())
+    )
     return DecodedTx(
         raw=data,
         tx_hash="0x" + keccak(data).hex(),
@@ -411,6 +528,7 @@ def decode_raw(raw: bytes | str) -> DecodedTx:
         max_fee_per_gas=int(fields["maxFeePerGas"]) if "maxFeePerGas" in fields else None,
         gas_price=int(fields["gasPrice"]) if "gasPrice" in fields else None,
         tx_type=tx_type,
+        access_list=access_list,
     )
 
 

@@ -16,15 +16,26 @@ from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from eth_typing import ChecksumAddress
 from eth_utils import keccak, to_checksum_address
 from hexbytes import HexBytes
-from requests.exceptions import ConnectionError as RequestsConnectionError
-from requests.exceptions import Timeout as RequestsTimeout
+from requests.exceptions import RequestException
 from web3.contract.contract import ContractConstructor, ContractFunction
-from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError
+from web3.exceptions import (
+    BadResponseFormat,
+    CannotHandleRequest,
+    ContractCustomError,
+    ContractLogicError,
+    ContractPanicError,
+    MultipleFailedRequests,
+    ProviderConnectionError,
+    RequestTimedOut,
+    TooManyRequests,
+    Web3RPCError,
+)
 from web3.types import BlockIdentifier, Nonce, TxParams, TxReceipt, Wei
 
 from chain_client.errors import (
     CertledgerError,
     ContractReverted,
+    MinedRevert,
     NodeUnavailable,
     NonceTooLow,
     OutcomeUnknown,
@@ -84,15 +95,60 @@ class TxResult:
         return [e for e in self.events if e.name == name]
 
 
+#: The node, or a proxy before it, did not serve the request: no connection, a timeout, an HTTP
+#: error status (a 502 from nginx while the node is down), an answer that is not JSON-RPC, a rate
+#: limit. Never an answer about the request itself; asking again later may succeed.
+TRANSPORT_FAILURES: tuple[type[Exception], ...] = (
+    RequestException,  # ConnectionError, Timeout, HTTPError, ...
+    ConnectionError,
+    TimeoutError,
+    ProviderConnectionError,
+    BadResponseFormat,
+    CannotHandleRequest,
+    MultipleFailedRequests,
+    TooManyRequests,
+    RequestTimedOut,
+)
+#: JSON-RPC error codes that report the node's own trouble, not the request's (EIP-1474: resource
+#: unavailable, limit exceeded).
+_TRANSIENT_RPC_CODES = frozenset({-32002, -32005})
+
+
+def rpc_code(exc: BaseException) -> int | None:
+    """The JSON-RPC error code of a node's error answer, if it has one."""
+    if not isinstance(exc, Web3RPCError):
+        return None
+    response = exc.rpc_response or {}
+    error = response.get("error") if isinstance(response, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, int) else None
+
+
+def node_failure(exc: BaseException, internal: bool = False) -> bool:
+    """Whether `exc` says the node failed to serve a request rather than answered about it.
+    `internal`: count a JSON-RPC internal error (-32603) as the node's trouble too; not for a call,
+    where anvil reports an EVM failure (out of gas) with that code."""
+    if isinstance(exc, TRANSPORT_FAILURES):
+        return True
+    code = rpc_code(exc)
+    return code in _TRANSIENT_RPC_CODES or (internal and code == -32603)
+
+
+def unavailable(url: str | None, exc: BaseException) -> NodeUnavailable:
+    reason = str(exc) or type(exc).__name__
+    return NodeUnavailable(url or "embedded", reason)
+
+
 def call_checked(fn: Callable[[], T]) -> T:
-    """Runs a web3 call or estimate, turning revert data into our typed exceptions."""
+    """Runs a web3 call or estimate, turning revert data into our typed exceptions and a node that
+    did not serve the request (connection, HTTP status, rate limit) into NodeUnavailable."""
     try:
         return fn()
     except (ContractCustomError, ContractPanicError, ContractLogicError) as exc:
         raise _typed(exc) from None
-    except (RequestsConnectionError, RequestsTimeout) as exc:
-        raise NodeUnavailable("node", str(exc)) from exc
     except Exception as exc:
+        if node_failure(exc):
+            raise unavailable("node", exc) from exc
         # The embedded chain's provider raises eth-tester's TransactionFailed, whose cause holds
         # the raw revert data as bytes, instead of web3's ContractCustomError.
         data = embedded_revert_data(exc)
@@ -212,13 +268,21 @@ class Transactor:
         the contract's typed error. Simulated at the pending block, whose time the transaction will
         see: a node that mines on demand (anvil) simulates at the latest block by default, which can
         be minutes old. eth-tester takes no block argument here and uses its pending block anyway."""
-        params: TxParams = {"from": sender, "chainId": self.chain.chain_id}
         block: BlockIdentifier | None = None if self.chain.embedded else "pending"
+
+        def run() -> int:
+            params: TxParams = {"from": sender, "chainId": self.chain.chain_id}
+            return int(fn.estimate_gas(params, block_identifier=block))
+
         try:
-            estimate = call_checked(lambda: fn.estimate_gas(params, block_identifier=block))
+            estimate = call_checked(run)
         except CertledgerError:
             raise
         except Exception as exc:
+            if node_failure(exc, internal=True):
+                # The node did not serve the estimate (a proxy's 502, an internal error, a rate
+                # limit): nothing is wrong with the transaction, so not a refusal.
+                raise unavailable(self.chain.settings.rpc_url, exc) from exc
             # Not a revert: the node will not run it for this sender (py-evm "cannot afford txn
             # gas", geth and anvil "insufficient funds"), in its own words.
             raise TransactionRejected("", str(exc)) from exc
@@ -231,11 +295,14 @@ class Transactor:
         try:
             self.chain.w3.eth.send_raw_transaction(prepared.raw)
         except Exception as exc:
-            # The embedded chain executes on send and raises a revert there, not in the receipt.
+            # The embedded chain executes on send and raises a revert there, not in the receipt;
+            # auto-mining, it has mined the transaction all the same (nonce used, gas spent).
             data = embedded_revert_data(exc)
             if data is not None:
                 self.chain.nonces.forget(prepared.sender)
-                raise decode_revert(data) from None
+                error = decode_revert(data)
+                error.mined = self._mined_revert(prepared.tx_hash)
+                raise error from None
             text = str(exc).lower()
             if any(m in text for m in ("already known", "known transaction", "already imported")):
                 return
@@ -243,10 +310,19 @@ class Transactor:
             self.chain.nonces.forget(prepared.sender)
             if any(m in text for m in ("nonce too low", "invalid transaction nonce")):
                 raise NonceTooLow(prepared.tx_hash, prepared.nonce) from None
-            if isinstance(exc, (RequestsConnectionError, RequestsTimeout)):
-                raise NodeUnavailable(self.chain.settings.rpc_url or "embedded", str(exc)) from exc
+            if node_failure(exc, internal=True):
+                # The bytes may have reached the node (a proxy can fail after passing them on).
+                raise unavailable(self.chain.settings.rpc_url, exc) from exc
             # Refused in the node's own words (no funds for the gas, fee or gas limit): not pending.
             raise TransactionRejected(prepared.tx_hash, str(exc)) from exc
+
+    def _mined_revert(self, tx_hash: str) -> MinedRevert | None:
+        """Where the embedded chain mined a transaction that reverted on send (None if it did not)."""
+        try:
+            receipt = self.chain.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+        except Exception:  # TransactionNotFound: refused before execution, nothing spent
+            return None
+        return MinedRevert(tx_hash, int(receipt["blockNumber"]), int(receipt["gasUsed"]))
 
     def receipt(self, tx_hash: str, timeout: float = 0.0) -> TxResult | None:
         """The mined transaction, waiting up to `timeout` seconds; None if not mined by then.
@@ -258,17 +334,31 @@ class Transactor:
                 break
             except Exception as exc:  # TransactionNotFound until mined
                 if type(exc).__name__ != "TransactionNotFound":
-                    if isinstance(exc, (RequestsConnectionError, RequestsTimeout)):
-                        raise NodeUnavailable(self.chain.settings.rpc_url or "embedded", str(exc)) from exc
+                    if node_failure(exc, internal=True):
+                        raise unavailable(self.chain.settings.rpc_url, exc) from exc
                     raise
             if time.monotonic() >= deadline:
                 return None
             time.sleep(self.chain.settings.poll_interval)
         if receipt["status"] != 1:
-            tx = self.chain.w3.eth.get_transaction(HexBytes(tx_hash))
-            raise self._revert_reason(
-                {"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]}, receipt
+            # Mined and reverted: the error says so (`mined`), with where and at what cost, so that
+            # no one takes it for a refusal before sending (nonce and gas are spent).
+            try:
+                tx = self.chain.w3.eth.get_transaction(HexBytes(tx_hash))
+            except Exception as exc:
+                if node_failure(exc, internal=True):
+                    raise unavailable(self.chain.settings.rpc_url, exc) from exc
+                raise
+            call: TxParams = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]}
+            if tx.get("accessList"):
+                call["accessList"] = tx["accessList"]
+            error = self._revert_reason(call, receipt)
+            error.mined = MinedRevert(
+                "0x" + bytes(receipt["transactionHash"]).hex(),
+                int(receipt["blockNumber"]),
+                int(receipt["gasUsed"]),
             )
+            raise error
         return TxResult(
             tx_hash="0x" + bytes(receipt["transactionHash"]).hex(),
             block_number=int(receipt["blockNumber"]),
@@ -289,7 +379,8 @@ class Transactor:
     def _revert_reason(self, tx: TxParams, receipt: TxReceipt) -> ContractReverted:
         # A transaction that passed simulation but reverted on chain (state moved in between):
         # replay it as a call at its block to recover the error.
-        call: TxParams = {k: v for k, v in tx.items() if k in ("from", "to", "data", "value", "gas")}  # type: ignore[assignment]
+        keep = ("from", "to", "data", "value", "gas", "accessList")
+        call: TxParams = {k: v for k, v in tx.items() if k in keep}  # type: ignore[assignment]
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
         try:
             call_checked(lambda: self.chain.w3.eth.call(call, receipt["blockNumber"]))
@@ -299,4 +390,8 @@ class Transactor:
             raise
         except Exception as exc:  # out of gas, in the node's own words: no contract error to name
             return UnknownRevert(f"transaction {tx_hash} was mined and reverted: {exc}")
+        if "gas" in tx and int(receipt["gasUsed"]) >= int(tx["gas"]):
+            # Replayed, it runs: it had too little gas where it ran (say an access list it carries
+            # the replay cannot charge for, or state that cost more in its block).
+            return UnknownRevert(f"transaction {tx_hash} was mined and ran out of gas ({tx['gas']})")
         return UnknownRevert(f"transaction {tx_hash} reverted")

@@ -9,15 +9,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from api_support import delivery, enrol_warehouse
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
 from fastapi.testclient import TestClient
-from index_support import anvil_node, connect_node
+from hexbytes import HexBytes
+from index_support import anvil_node, connect_node, rpc
 from pydantic import SecretStr
 from typer.testing import CliRunner
+from web3.exceptions import TransactionNotFound
 
 from api.app import create_app, from_env
 from api.cli import follow_index
@@ -26,7 +30,7 @@ from api.settings import ApiSettings
 from certledger_main import build_app
 from chain_client.models import Role
 from chain_client.receipts import label_hash
-from chain_client.relay import sign_prepared
+from chain_client.relay import DecodedTx, sign_prepared
 from chain_client.system import System
 
 DAY = 86_400
@@ -40,6 +44,35 @@ class Node:
     a: LocalAccount
     b: LocalAccount
     certificate: int
+    admin: LocalAccount
+    issuer: LocalAccount
+    factor: LocalAccount
+    devices: list[LocalAccount]
+    warehouse: bytes
+    goods: bytes
+    #: the devices' last observation sequence
+    sequence: int = 1
+
+    def new_certificate(self, invoice: str) -> int:
+        """A confirmed order's root certificate, held by `a`."""
+        now = self.system.chain.now()
+        order_id, _ = self.system.ledger.open_order(
+            self.issuer,
+            payee=self.a.address,
+            amount=10_000,
+            maturity=now + 90 * DAY,
+            invoice_hash=label_hash(invoice),
+            warehouse=self.warehouse,
+            goods_hash=self.goods,
+            expected_quantity=1,
+            deadline=now + DAY,
+        )
+        self.sequence += 1
+        observations, signatures = delivery(
+            self.system, self.devices, order_id, self.warehouse, self.goods, sequence=self.sequence
+        )
+        root, _ = self.system.oracle.confirm_receipt(self.admin, observations, signatures)
+        return int(root)
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +80,19 @@ def node() -> Iterator[Node]:
     with anvil_node() as url:
         chain = connect_node(url)
         admin, issuer = chain.new_account(), chain.new_account()
-        a, b = chain.new_account(), chain.new_account()
+        a, b, factor = chain.new_account(), chain.new_account(), chain.new_account()
         devices = [chain.new_account(0) for _ in range(2)]
         system = System.deploy(chain, admin, admin_entity_id=label_hash("USCC:OPERATOR"))
         ledger = system.ledger
         ledger.register_participant(admin, issuer.address, label_hash("ISSUER"), Role.ISSUER, 10**12)
         ledger.register_participant(admin, a.address, label_hash("A"), Role.SUPPLIER)
         ledger.register_participant(admin, b.address, label_hash("B"), Role.SUPPLIER)
+        ledger.register_participant(admin, factor.address, label_hash("F"), Role.FACTOR)
         warehouse, goods = label_hash("WH"), label_hash("goods")
         enrol_warehouse(system, admin, warehouse, devices)
-        system.token.mint(admin, issuer.address, 10**9)
-        system.token.approve(issuer, ledger.address, 10**9)
+        for payer in (issuer, factor):
+            system.token.mint(admin, payer.address, 10**9)
+            system.token.approve(payer, ledger.address, 10**9)
         now = chain.now()
         order_id, _ = ledger.open_order(
             issuer,
@@ -72,7 +107,7 @@ def node() -> Iterator[Node]:
         )
         observations, signatures = delivery(system, devices, order_id, warehouse, goods, sequence=1)
         root, _ = system.oracle.confirm_receipt(admin, observations, signatures)
-        yield Node(url, system, a, b, root)
+        yield Node(url, system, a, b, root, admin, issuer, factor, devices, warehouse, goods)
 
 
 def _login(client: TestClient, account: LocalAccount) -> dict[str, str]:
@@ -175,6 +210,168 @@ def test_workers_read_an_index_a_follower_syncs(
     finally:
         stop.set()
         follower.join(timeout=10)
+
+
+# ---------------------------------------------------------------------- the relay on a node
+
+
+def _service(node: Node, tmp_path: Path) -> Service:
+    settings = ApiSettings(
+        rpc_url=node.url,
+        index_db=str(tmp_path / "index.sqlite"),
+        auth_secret=SecretStr(SECRET),
+        index_sync_interval=0.05,
+    )
+    return Service.build(node.system, settings)
+
+
+def _prepare(client: TestClient, account: LocalAccount, job: str, body: dict[str, Any]) -> dict[str, Any]:
+    r = client.post(f"/v1/tx/prepare/{job}", json=body, headers=_login(client, account))
+    assert r.status_code == 200, r.text
+    prepared: dict[str, Any] = r.json()
+    return prepared
+
+
+def _unknown(node: Node, raw: bytes) -> bool:
+    """Whether the node never got this transaction."""
+    try:
+        node.system.chain.w3.eth.get_transaction(HexBytes(keccak(raw)))
+    except TransactionNotFound:
+        return True
+    return False
+
+
+def test_a_sender_with_a_pending_transaction_is_simulated_against_it(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's transfer waits in the pool (sent by its wallet, or through another worker); the same job
+    signed again with the next nonce is simulated on the pending block, which holds the first, and
+    refused with nothing sent, instead of being mined, reverting and spending A's gas. The first
+    one's bytes sent again while it is pending are not refused (a client would sign a new one and
+    do the job twice): the answer waits for its receipt."""
+    chain = node.system.chain
+    certificate = node.new_certificate("INV-PENDING")
+    monkeypatch.setattr(chain.settings, "receipt_timeout", 15.0)
+    with TestClient(create_app(_service(node, tmp_path))) as client:
+        prepared = _prepare(client, node.a, "transfer", {"certificateId": certificate, "to": node.b.address})
+        first = sign_prepared(node.a, prepared)
+        again = sign_prepared(node.a, {**prepared, "nonce": prepared["nonce"] + 1})
+        rpc(chain, "evm_setAutomine", False)
+        try:
+            chain.w3.eth.send_raw_transaction(first)
+            r = client.post("/v1/tx", json={"raw": "0x" + again.hex()})
+            assert (r.status_code, r.json()["code"]) == (403, "IncorrectHolder"), r.text
+            assert r.json()["fields"]["holder"] == node.b.address  # as of the pending block
+            assert _unknown(node, again)
+            rpc(chain, "evm_setIntervalMining", 1)
+            r = client.post("/v1/tx", json={"raw": "0x" + first.hex()})
+            assert r.status_code == 200, r.text
+            assert r.json()["txHash"] == "0x" + keccak(first).hex()
+        finally:
+            rpc(chain, "evm_setIntervalMining", 0)  # which also turns auto-mining off
+            rpc(chain, "evm_setAutomine", True)
+    assert node.system.ledger.certificate(certificate).holder == node.b.address
+    assert chain.w3.eth.get_transaction_count(node.a.address) == prepared["nonce"] + 1
+
+
+def test_the_same_bytes_sent_again_while_pending_wait_for_their_receipt(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No block within the receipt timeout: the first answer is a 504 with the hash, which says to
+    send the same bytes again. Sent again while still pending, they get the outcome (200 once
+    mined), not a 409 NonceAlreadyUsed that would make the client sign the job a second time."""
+    chain = node.system.chain
+    certificate = node.new_certificate("INV-RESEND")
+    with TestClient(create_app(_service(node, tmp_path))) as client:
+        prepared = _prepare(client, node.a, "transfer", {"certificateId": certificate, "to": node.b.address})
+        raw = "0x" + sign_prepared(node.a, prepared).hex()
+        rpc(chain, "evm_setAutomine", False)
+        try:
+            monkeypatch.setattr(chain.settings, "receipt_timeout", 0.2)
+            first = client.post("/v1/tx", json={"raw": raw})
+            assert (first.status_code, first.json()["code"]) == (504, "ReceiptTimeout"), first.text
+            rpc(chain, "evm_setIntervalMining", 1)
+            monkeypatch.setattr(chain.settings, "receipt_timeout", 15.0)
+            again = client.post("/v1/tx", json={"raw": raw})
+            assert again.status_code == 200, again.text
+            assert again.json()["txHash"] == first.json()["fields"]["txHash"]
+        finally:
+            rpc(chain, "evm_setIntervalMining", 0)
+            rpc(chain, "evm_setAutomine", True)
+    assert node.system.ledger.certificate(certificate).holder == node.b.address
+    assert chain.w3.eth.get_transaction_count(node.a.address) == prepared["nonce"] + 1
+
+
+def test_the_simulation_runs_at_the_time_of_the_next_block(node: Node, tmp_path: Path) -> None:
+    """An offer lapses while the factor's wallet signs, and no block is mined meanwhile: the latest
+    block still predates the expiry, the next one will not. Simulated at the pending block (the
+    next block's time), the purchase is refused with nothing sent."""
+    chain = node.system.chain
+    certificate = node.new_certificate("INV-LAPSE")
+    expiry = chain.now() + 100
+    offer_id, _ = node.system.ledger.offer_discount(
+        node.a, certificate, value=10_000, price=9_000, expiry=expiry, buyer=node.factor.address
+    )
+    with TestClient(create_app(_service(node, tmp_path))) as client:
+        raw = sign_prepared(node.factor, _prepare(client, node.factor, "buy", {"offerId": offer_id}))
+        nonce = chain.w3.eth.get_transaction_count(node.factor.address)
+        rpc(chain, "evm_increaseTime", 200)  # the next block's time; nothing mined
+        assert chain.now() < expiry
+        r = client.post("/v1/tx", json={"raw": "0x" + raw.hex()})
+        assert (r.status_code, r.json()["code"]) == (409, "OfferExpired"), r.text
+    assert _unknown(node, raw)
+    assert chain.w3.eth.get_transaction_count(node.factor.address) == nonce
+    rpc(chain, "evm_mine")
+
+
+def test_an_access_list_the_gas_does_not_cover_is_refused(node: Node, tmp_path: Path) -> None:
+    chain = node.system.chain
+    certificate = node.new_certificate("INV-ACCESS")
+    with TestClient(create_app(_service(node, tmp_path))) as client:
+        prepared = _prepare(client, node.a, "transfer", {"certificateId": certificate, "to": node.b.address})
+        unsigned: dict[str, Any] = {k: v for k, v in prepared.items() if v is not None}
+        access_list: Any = [{"address": "0x" + f"{i:040x}", "storageKeys": []} for i in range(1, 9)]
+        raw = bytes(
+            node.a.sign_transaction({**unsigned, "type": 2, "accessList": access_list}).raw_transaction
+        )
+        r = client.post("/v1/tx", json={"raw": "0x" + raw.hex()})
+        assert (r.status_code, r.json()["code"]) == (422, "SimulationFailed"), r.text
+    assert _unknown(node, raw)
+    assert chain.w3.eth.get_transaction_count(node.a.address) == prepared["nonce"]
+    assert node.system.ledger.certificate(certificate).holder == node.a.address
+
+
+def test_a_revert_on_chain_is_409_with_its_receipt_and_error(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator suspends A between the simulation and the block: A's transfer is mined and
+    reverts. The answer says so (its nonce and gas are spent), with the error recovered by
+    replaying it at its block, not as the refusal a simulation would have given."""
+    chain, ledger = node.system.chain, node.system.ledger
+    certificate = node.new_certificate("INV-MOVED")
+    service = _service(node, tmp_path)
+    simulate = service.relay.simulate
+
+    def then_suspended(tx: DecodedTx) -> None:
+        simulate(tx)
+        ledger.suspend(node.admin, node.a.address)
+
+    with TestClient(create_app(service)) as client:
+        prepared = _prepare(client, node.a, "transfer", {"certificateId": certificate, "to": node.b.address})
+        raw = sign_prepared(node.a, prepared)
+        monkeypatch.setattr(service.relay, "simulate", then_suspended)
+        try:
+            r = client.post("/v1/tx", json={"raw": "0x" + raw.hex()})
+        finally:
+            ledger.reinstate(node.admin, node.a.address)
+    assert (r.status_code, r.json()["code"]) == (409, "RevertedOnChain"), r.text
+    fields = r.json()["fields"]
+    receipt = chain.w3.eth.get_transaction_receipt(HexBytes(keccak(raw)))
+    assert receipt["status"] == 0 and fields["txHash"] == "0x" + keccak(raw).hex()
+    assert (fields["blockNumber"], fields["gasUsed"]) == (receipt["blockNumber"], receipt["gasUsed"])
+    assert fields["error"]["code"] == "ParticipantNotActive"
+    assert fields["error"]["fields"]["account"] == node.a.address
+    assert chain.w3.eth.get_transaction_count(node.a.address) == prepared["nonce"] + 1
 
 
 def test_serve_refuses_several_workers_on_the_embedded_chain() -> None:

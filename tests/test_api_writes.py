@@ -12,10 +12,14 @@ from api_support import Api, build_api, serve_world
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
+from hexbytes import HexBytes
+from proxy_support import NODE_TROUBLE, NODE_TROUBLE_IDS, Answer, failing_node
+from web3 import HTTPProvider
 from world import DAY, FRESHNESS, World
 
 from chain_client.errors import NodeUnavailable
 from chain_client.models import CertificateStatus
+from chain_client.relay import DecodedTx
 
 
 @pytest.fixture
@@ -336,6 +340,134 @@ def test_a_node_failing_after_the_send_answers_outcome_unknown_with_the_hash(
     assert (again.status_code, again.json()["fields"]["included"]) == (409, True)
     assert again.json()["fields"]["txHash"] == tx_hash
     assert world.ledger.certificate(root).holder == s2.address
+
+
+def test_an_access_list_is_charged_in_the_simulation(api: Api, world: World) -> None:
+    """An access list costs intrinsic gas (2,400 an address): a transaction signed with the gas
+    `prepare` estimated plus an access list runs out of gas on chain. The simulation charges it,
+    so it is refused with nothing sent; with the gas to cover it, the same job goes through."""
+    s1, s2 = world.cast.supplier1, world.cast.supplier2
+    _, root = world.certificate_for()
+    prepared = api.prepare("transfer", s1, {"certificateId": root, "to": s2.address}).json()
+    unsigned: dict[str, Any] = {k: v for k, v in prepared.items() if v is not None}
+    access_list: Any = [
+        {"address": "0x" + f"{i:040x}", "storageKeys": ["0x" + "00" * 32]} for i in range(1, 9)
+    ]
+    head, nonce = world.chain.w3.eth.block_number, world.chain.w3.eth.get_transaction_count(s1.address)
+    short = bytes(s1.sign_transaction({**unsigned, "type": 2, "accessList": access_list}).raw_transaction)
+    r = api.submit_raw(short)
+    assert (r.status_code, r.json()["code"]) == (422, "SimulationFailed"), r.text
+    assert world.chain.w3.eth.block_number == head
+    assert world.chain.w3.eth.get_transaction_count(s1.address) == nonce
+    assert world.ledger.certificate(root).holder == s1.address
+    covered = {**unsigned, "type": 2, "accessList": access_list, "gas": prepared["gas"] + 8 * (2_400 + 1_900)}
+    r = api.submit_raw(bytes(s1.sign_transaction(covered).raw_transaction))
+    assert r.status_code == 200, r.text
+    assert world.ledger.certificate(root).holder == s2.address
+
+
+def test_a_transaction_mined_and_reverted_is_not_answered_like_a_refusal(
+    api: Api, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state moves between the simulation and the block (a regulator freezes the certificate):
+    the transaction is mined and reverts. The answer is 409 RevertedOnChain with the hash, block
+    and gas spent, and the contract's error nested, not the refusal's 409 CertificateFrozen that
+    would tell the client its nonce and gas were untouched."""
+    s1, s2, regulator = world.cast.supplier1, world.cast.supplier2, world.cast.regulator
+    _, root = world.certificate_for()
+    raw = api.sign(s1, api.prepare("transfer", s1, {"certificateId": root, "to": s2.address}).json())
+    relay = api.service.relay
+    simulate = relay.simulate
+
+    def then_frozen(tx: DecodedTx) -> None:
+        simulate(tx)
+        world.ledger.freeze(regulator, root, keccak(text="court order 18"))
+
+    monkeypatch.setattr(relay, "simulate", then_frozen)
+    nonce = world.chain.w3.eth.get_transaction_count(s1.address)
+    r = api.submit_raw(raw)
+    assert (r.status_code, r.json()["code"]) == (409, "RevertedOnChain"), r.text
+    fields = r.json()["fields"]
+    receipt = world.chain.w3.eth.get_transaction_receipt(HexBytes(keccak(raw)))
+    assert receipt["status"] == 0
+    assert fields["txHash"] == "0x" + keccak(raw).hex()
+    assert (fields["blockNumber"], fields["gasUsed"]) == (receipt["blockNumber"], receipt["gasUsed"])
+    assert fields["gasUsed"] > 21_000
+    assert fields["error"]["code"] == "CertificateFrozen"
+    assert fields["error"]["fields"]["certificateId"] == root
+    assert set(fields["error"]) == {"code", "message", "fields"}
+    assert world.chain.w3.eth.get_transaction_count(s1.address) == nonce + 1
+    assert world.ledger.certificate(root).holder == s1.address
+    monkeypatch.undo()
+    # The same bytes again: the nonce is used, by this very transaction.
+    again = api.submit_raw(raw)
+    assert (again.status_code, again.json()["code"]) == (409, "NonceAlreadyUsed")
+    assert again.json()["fields"]["included"] is True
+
+
+def test_pending_transactions_on_the_embedded_chain(
+    api: Api, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With auto-mining off, eth-tester keeps sent transactions out of its pending nonce count and
+    its pending block, so the simulation cannot see them: a sender with one pending is refused
+    (409 PendingTransaction), a second transaction on its nonce is not taken for a replacement,
+    and the same bytes sent again wait for their receipt rather than being refused."""
+    s1, s2 = world.cast.supplier1, world.cast.supplier2
+    _, root = world.certificate_for()
+    prepared = api.prepare("transfer", s1, {"certificateId": root, "to": s2.address}).json()
+    first = api.sign(s1, prepared)
+    same_nonce = api.sign(s1, {**prepared, "gas": prepared["gas"] + 1})
+    next_nonce = api.sign(s1, {**prepared, "nonce": prepared["nonce"] + 1})
+    tester = world.chain._tester
+    monkeypatch.setattr(world.chain.settings, "receipt_timeout", 0.2)
+    tester.disable_auto_mine_transactions()
+    try:
+        world.chain.w3.eth.send_raw_transaction(first)  # from the wallet, or another worker
+        r = api.submit_raw(next_nonce)
+        assert (r.status_code, r.json()["code"]) == (409, "PendingTransaction"), r.text
+        assert r.json()["fields"]["pending"] == 1
+        r = api.submit_raw(same_nonce)
+        assert (r.status_code, r.json()["code"]) == (409, "NonceAlreadyUsed"), r.text
+        assert r.json()["fields"]["included"] is False
+        r = api.submit_raw(first)
+        assert (r.status_code, r.json()["code"]) == (504, "ReceiptTimeout"), r.text
+        assert r.json()["fields"]["txHash"] == "0x" + keccak(first).hex()
+        assert [p["hash"] for p in tester._pending_transactions] == ["0x" + keccak(first).hex()]
+    finally:
+        tester.enable_auto_mine_transactions()  # mines what is pending
+    assert world.ledger.certificate(root).holder == s2.address
+    r = api.submit_raw(first)
+    assert (r.status_code, r.json()["fields"]["included"]) == (409, True)
+    # Mined: the next nonce is simulated against it (no longer s1's).
+    r = api.submit_raw(next_nonce)
+    assert (r.status_code, r.json()["code"]) == (403, "IncorrectHolder"), r.text
+
+
+@pytest.mark.parametrize("answer", NODE_TROUBLE, ids=NODE_TROUBLE_IDS)
+def test_a_node_behind_a_failing_proxy_is_503(
+    api: Api, world: World, monkeypatch: pytest.MonkeyPatch, answer: Answer
+) -> None:
+    """A node behind a proxy that is down (an HTTP error status), or one answering with a JSON-RPC
+    error about itself: 503 NodeUnavailable with Retry-After for a write, a prepare (whose estimate
+    is not a refusal: the transaction is not at fault) and a read, never a 500 or a 4xx."""
+    s1, s2 = world.cast.supplier1, world.cast.supplier2
+    _, root = world.certificate_for()
+    raw = raw_tx(world, s1, world.ledger.address, transfer_data(world, s1.address, s2.address, root))
+    headers = api.login(s1)
+    with failing_node(answer) as url:
+        monkeypatch.setattr(world.chain.w3, "provider", HTTPProvider(url))
+        monkeypatch.setattr(api.service.reader, "_last", 0.0)  # the next read syncs first
+        answers = {
+            "submit": api.submit_raw(raw),
+            # No id to check against the caller's scope: straight to the estimate.
+            "prepare": api.client.post("/v1/tx/prepare/withdraw", headers=headers),
+            "read": api.client.get("/v1/certificates", headers=headers),
+        }
+        monkeypatch.undo()
+    for what, r in answers.items():
+        assert (r.status_code, r.json()["code"]) == (503, "NodeUnavailable"), (what, r.text)
+        assert r.headers["Retry-After"] == "5"
+    assert world.ledger.certificate(root).holder == s1.address
 
 
 def test_contract_error_at_prepare_carries_its_fields(api: Api, world: World) -> None:
