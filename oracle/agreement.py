@@ -11,7 +11,9 @@ short-counting RFID portal from a truthful one. Here the readings must agree wit
 
 A conflict is final: the order is disputed and nothing is submitted, whatever arrives later. A
 person resolves it (a recount, a new order); the oracle never picks a side. Conflicts are looked
-for first, so two readings that already disagree are reported even before a quorum is there.
+for first, so two readings that already disagree are reported even before a quorum is there, and
+(`conflict`) among every current device's latest reading, whether or not it could be submitted
+right now (early, about to lapse, stale): a count the relayer may not send is still a count.
 """
 
 from __future__ import annotations
@@ -62,6 +64,31 @@ def latest_per_device(readings: Sequence[SignedReading]) -> list[SignedReading]:
     return sorted(best.values(), key=lambda r: int(r.observation.device, 16))
 
 
+def conflict(readings: Sequence[SignedReading], expectations: Expectations) -> Disputed | None:
+    """The disagreement among the devices' latest readings, if any (a weight is not judged without
+    an expected carton weight)."""
+    chosen = latest_per_device(readings)
+    counts = [r.observation.value for r in chosen if r.observation.kind == ReadingKind.CARTON_COUNT]
+    weights = [r.observation.value for r in chosen if r.observation.kind == ReadingKind.NET_WEIGHT_GRAMS]
+    if counts and max(counts) - min(counts) > expectations.count_tolerance:
+        return Disputed(
+            f"RFID counts disagree: {sorted(counts)} differ by {max(counts) - min(counts)} cartons, "
+            f"tolerance {expectations.count_tolerance}"
+        )
+    if counts and weights and expectations.carton_weight_grams is not None:
+        delivered = min(counts)
+        expected = delivered * expectations.carton_weight_grams
+        allowed = expected * expectations.weight_tolerance_pct / 100
+        for weight in weights:
+            if abs(weight - expected) > allowed:
+                return Disputed(
+                    f"weight {weight} g does not match {delivered} cartons x "
+                    f"{expectations.carton_weight_grams} g = {expected} g "
+                    f"(tolerance {expectations.weight_tolerance_pct}%)"
+                )
+    return None
+
+
 def decide(
     readings: Sequence[SignedReading],
     *,
@@ -74,24 +101,11 @@ def decide(
     counts = [r.observation.value for r in chosen if r.observation.kind == ReadingKind.CARTON_COUNT]
     weights = [r.observation.value for r in chosen if r.observation.kind == ReadingKind.NET_WEIGHT_GRAMS]
 
-    if counts and max(counts) - min(counts) > expectations.count_tolerance:
-        return Disputed(
-            f"RFID counts disagree: {sorted(counts)} differ by {max(counts) - min(counts)} cartons, "
-            f"tolerance {expectations.count_tolerance}"
-        )
-    if counts and weights:
-        if expectations.carton_weight_grams is None:
-            return Waiting("no expected carton weight for this order: register one")
-        delivered = min(counts)
-        expected = delivered * expectations.carton_weight_grams
-        allowed = expected * expectations.weight_tolerance_pct / 100
-        for weight in weights:
-            if abs(weight - expected) > allowed:
-                return Disputed(
-                    f"weight {weight} g does not match {delivered} cartons x "
-                    f"{expectations.carton_weight_grams} g = {expected} g "
-                    f"(tolerance {expectations.weight_tolerance_pct}%)"
-                )
+    disputed = conflict(chosen, expectations)
+    if disputed is not None:
+        return disputed
+    if counts and weights and expectations.carton_weight_grams is None:
+        return Waiting("no expected carton weight for this order: register one")
 
     if len(chosen) < threshold:
         return Waiting(f"{len(chosen)} of {threshold} devices")

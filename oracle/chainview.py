@@ -32,6 +32,11 @@ class ChainView(Protocol):
         """The time a transaction sent now would run at (seconds)."""
         ...
 
+    def passed(self) -> int:
+        """A time no block from now on can be stamped before: what may be submitted as already
+        happened (a reading's observed_at, a maturity), whatever the node's clock says."""
+        ...
+
     def warehouse(self, warehouse: bytes) -> Warehouse: ...
 
     def device_kind(self, warehouse: bytes, device: ChecksumAddress) -> int: ...
@@ -58,11 +63,18 @@ class SystemView:
     (the contract stores them per version and a rotation starts a new one), so they are cached by
     (warehouse, version) and never go stale. The version itself, the active flag, orders, sequence
     bits and time are read fresh every time. The version a cached answer is filed under is the one
-    the last `warehouse()` call saw, which every caller makes just before."""
+    the last `warehouse()` call saw, which every caller makes just before.
 
-    def __init__(self, system: System, lock: threading.RLock | None = None) -> None:
+    Readings come from anyone (D36), naming any warehouse and device: only answers about registered
+    warehouses and enrolled devices are cached (bounded by what the chain's admin registered), never
+    "unknown", or a flood of made-up addresses would grow the cache for ever.
+
+    `clock_margin`: how far behind the wall clock a node's clock may be (seconds), see `passed`."""
+
+    def __init__(self, system: System, lock: threading.RLock | None = None, *, clock_margin: int = 5) -> None:
         self.system = system
         self.lock = lock or threading.RLock()
+        self.clock_margin = clock_margin
         self._chain_id = system.chain.chain_id
         self._version: dict[bytes, int] = {}
         self._threshold: dict[bytes, int] = {}
@@ -86,11 +98,20 @@ class SystemView:
         with self.lock:
             return max(self.system.chain.now(), int(time.time()))
 
+    def passed(self) -> int:
+        # The latest block's time has passed for every later block; so has the wall clock less
+        # the margin, unless the proposer's clock is further behind than that. On an idle chain
+        # that mines on demand the latest block can be minutes old, so that alone would hold a
+        # reading back until someone else's transaction is mined.
+        with self.lock:
+            return max(self.system.chain.now(), int(time.time()) - self.clock_margin)
+
     def warehouse(self, warehouse: bytes) -> Warehouse:
         with self.lock:
             found = self.system.oracle.warehouse(warehouse)
-            self._version[warehouse] = found.device_set_version
-            self._threshold[warehouse] = found.threshold
+            if found.device_set_version != 0:  # registered: an unknown one is not remembered
+                self._version[warehouse] = found.device_set_version
+                self._threshold[warehouse] = found.threshold
             return found
 
     def threshold_hint(self, warehouse: bytes) -> int | None:
@@ -103,9 +124,12 @@ class SystemView:
     def device_kind(self, warehouse: bytes, device: ChecksumAddress) -> int:
         with self.lock:
             key = (warehouse, self._current_version(warehouse), device)
-            if key not in self._kinds:
-                self._kinds[key] = self.system.oracle.device_kind(warehouse, device)
-            return self._kinds[key]
+            kind = self._kinds.get(key)
+            if kind is None:
+                kind = self.system.oracle.device_kind(warehouse, device)
+                if kind != 0:  # enrolled; "unknown" is asked again (anyone can name a new device)
+                    self._kinds[key] = kind
+            return kind
 
     def reading_range(self, warehouse: bytes, kind: int) -> ReadingRange:
         with self.lock:

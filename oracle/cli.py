@@ -177,6 +177,16 @@ def oracle_status(db: Db = Path("oracle.db"), as_json: Json = False, limit: int 
                 {"at": r.at, "device": r.device, "reason": r.reason, "detail": r.detail} for r in refused
             ],
             "inbox_unchecked": store.inbox_count(processed=False),
+            "inbox_quarantined": [
+                {
+                    "id": q.id,
+                    "received_at": q.received_at,
+                    "source": q.source,
+                    "attempts": q.attempts,
+                    "last_error": q.last_error,
+                }
+                for q in store.quarantined(limit)
+            ],  # fmt: skip
             "settled_certificates": store.settled_count(),
         }
         console.print_json(json.dumps(data))
@@ -186,6 +196,7 @@ def oracle_status(db: Db = Path("oracle.db"), as_json: Json = False, limit: int 
         + ", ".join(f"{n} {s}" for s, n in counts.items())
         + ")"
         + f"; inbox unchecked {store.inbox_count(processed=False)}"
+        + f", quarantined {store.inbox_count(processed=True)}"
         + f"; settled certificates {store.settled_count()}",
         soft_wrap=True,  # one line, for grep
     )
@@ -202,6 +213,11 @@ def oracle_status(db: Db = Path("oracle.db"), as_json: Json = False, limit: int 
         for a in alerts:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.at))
             console.print(f"  {stamp} order {a.order_id} [red]{a.kind}[/]: {a.message}")
+    quarantined = store.quarantined(limit)
+    if quarantined:
+        console.print("[bold red]Quarantined inbox items[/] (could not be checked; kept)")
+        for q in quarantined:
+            console.print(f"  item {q.id} from {q.source}: {q.attempts} failures, last: {q.last_error}")
     if refused:
         console.print("[bold]Refused readings[/] (latest first)")
         for r in refused:

@@ -5,19 +5,32 @@ Receiving and checking are separate steps on purpose. `receive` only writes the 
 inbox (no chain call), so an intake can acknowledge a reading as soon as it is on disk even while
 the node is down; `process_pending` checks what is in the inbox against the chain, and leaves a
 reading there if the node does not answer, to try again on the next step.
+
+Each inbox item is handled on its own: one whose check fails for a reason nobody classified (a
+node's answer in words of its own, a bug) is tried again with backoff and, after `max_attempts`
+failures, quarantined (kept, refused as `internal-error`); it never holds back the items after it.
+Only node trouble (or a busy database), which would fail every item alike, ends a batch early.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from oracle.chainview import ChainView
-from oracle.retry import is_transient
+from oracle.retry import backoff_delay, is_transient
 from oracle.store import InboxItem, Store
 from oracle.validation import Reason, check_reading, check_signed
-from oracle.wire import MalformedReading, SignedReading, decode_reading
+from oracle.wire import (
+    MAX_PAYLOAD,
+    MalformedReading,
+    PayloadTooLarge,
+    SignedReading,
+    decode_reading,
+    order_hint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +43,8 @@ class Verdict:
     reason: Reason | None = None
     detail: str = ""
     observation_id: int | None = None
+    #: not checked because the node (or the database) is unavailable: later items would fare alike
+    unavailable: bool = False
 
     @property
     def pending(self) -> bool:
@@ -37,16 +52,31 @@ class Verdict:
 
 
 class Gateway:
-    def __init__(self, store: Store, chain: ChainView, *, clock_skew: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        chain: ChainView,
+        *,
+        clock_skew: int,
+        max_attempts: int = 8,
+        retry_base: float = 0.5,
+        retry_max: float = 30.0,
+    ) -> None:
         self.store = store
         self.chain = chain
         self.clock_skew = clock_skew
+        self.max_attempts = max_attempts
+        self.retry_base = retry_base
+        self.retry_max = retry_max
         # One reading checked at a time: the HTTP thread and the pipeline both process the inbox.
         self._lock = threading.Lock()
 
     def receive(self, payload: bytes, source: str) -> int:
-        """Keeps a raw reading on disk; returns its inbox id. Safe to acknowledge after this."""
-        return self.store.receive(source, payload)
+        """Keeps a raw reading on disk; returns its inbox id. Safe to acknowledge after this.
+        Raises PayloadTooLarge (nothing kept) for a payload over MAX_PAYLOAD bytes."""
+        if len(payload) > MAX_PAYLOAD:
+            raise PayloadTooLarge(len(payload))
+        return self.store.receive(source, payload, order_hint(payload))
 
     def ingest(self, payload: bytes, source: str) -> Verdict:
         """Receive and check at once (the HTTP intake answers with the verdict)."""
@@ -74,17 +104,51 @@ class Gateway:
         return Verdict(False, None, "checked by the pipeline")
 
     def process_pending(self, limit: int = 500) -> list[Verdict]:
-        """Checks readings waiting in the inbox, oldest first; stops at the first node failure."""
+        """Checks readings waiting in the inbox, oldest first (but for those backing off after a
+        failure); stops early only when the node or the database is unavailable."""
         verdicts: list[Verdict] = []
         with self._lock:
             for item in self.store.unprocessed(limit):
                 verdict = self.process(item)
                 verdicts.append(verdict)
-                if verdict.pending:
+                if verdict.unavailable:
                     break
         return verdicts
 
     def process(self, item: InboxItem) -> Verdict:
+        """One item's verdict. Never raises for the item's sake: node trouble leaves it waiting
+        (`unavailable`), any other failure is counted on the item and, after `max_attempts`,
+        quarantines it."""
+        try:
+            return self._process(item)
+        except Exception as exc:
+            if is_transient(exc):
+                log.warning("node or database unavailable while checking inbox item %d: %s", item.id, exc)
+                return Verdict(False, None, str(exc), unavailable=True)
+            log.exception("inbox item %d: unexpected error while checking it", item.id)
+            try:
+                return self._failed(item, exc)
+            except Exception as again:
+                log.exception("inbox item %d: could not record its failure", item.id)
+                return Verdict(False, None, str(again), unavailable=is_transient(again))
+
+    def _failed(self, item: InboxItem, exc: Exception) -> Verdict:
+        error = f"{type(exc).__name__}: {exc}"
+        attempts = item.attempts + 1
+        if attempts >= self.max_attempts:
+            try:
+                reading: SignedReading | None = decode_reading(item.payload)
+            except MalformedReading:
+                reading = None
+            detail = f"checking failed {attempts} times; last: {error}"
+            self.store.quarantine(item.id, item.source, Reason.INTERNAL_ERROR, detail, reading)
+            log.error("inbox item %d quarantined: %s", item.id, detail)
+            return Verdict(False, Reason.INTERNAL_ERROR, detail)
+        delay = backoff_delay(attempts, self.retry_base, self.retry_max)
+        self.store.inbox_failed(item.id, error, time.time() + delay)
+        return Verdict(False, None, f"not checked ({error}); trying again in {delay:.1f}s")
+
+    def _process(self, item: InboxItem) -> Verdict:
         try:
             reading = decode_reading(item.payload)
         except MalformedReading as exc:
@@ -105,13 +169,7 @@ class Gateway:
                 Reason.SEQUENCE_REUSED,
                 f"sequence {o.sequence} already used for another reading",
             )
-        try:
-            refused = check_reading(reading, self.chain, self.clock_skew)
-        except Exception as exc:
-            if is_transient(exc):
-                log.warning("node unavailable while checking inbox item %d: %s", item.id, exc)
-                return Verdict(False, None, str(exc))
-            raise
+        refused = check_reading(reading, self.chain, self.clock_skew)
         if refused is not None:
             return self._refuse(item, reading, refused.reason, refused.detail)
         observation_id = self.store.accept(item.id, reading, item.source)

@@ -2,7 +2,8 @@
 that registers each order's expectations.
 
     POST /readings            a signed reading (oracle.wire JSON) -> 202 accepted | 422 refused
-                              (reason, detail) | 503 kept, to be checked when the node answers
+                              (reason, detail) | 503 kept, to be checked when the node answers |
+                              413 over 4,096 bytes (nothing kept) | 503 unavailable (nothing kept)
     PUT  /orders/{order_id}   expectations: carton weight, count and weight tolerances (with an
                               operator token configured, only with `Authorization: Bearer TOKEN`)
     GET  /orders[/{order_id}] the oracle's view of orders
@@ -12,15 +13,19 @@ that registers each order's expectations.
 from __future__ import annotations
 
 import hmac
-import json
-from typing import Annotated, Any
+import logging
+from typing import Annotated
 
-from fastapi import Body, FastAPI, Header, HTTPException, Path
+from fastapi import FastAPI, Header, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from oracle.gateway import Gateway
 from oracle.store import OrderRecord, Store
+from oracle.wire import MAX_PAYLOAD
+
+log = logging.getLogger(__name__)
 
 #: An order id as the store keeps it (a SQLite integer): a larger one is no order of ours.
 OrderId = Annotated[int, Path(ge=1, lt=2**63)]
@@ -78,9 +83,30 @@ def create_app(gateway: Gateway, store: Store, operator_token: str | None = None
         if not given.isascii() or not hmac.compare_digest(given, operator_token):
             raise HTTPException(401, "changing an order's expectations needs the operator token")
 
+    def too_large(size: int | str) -> JSONResponse:
+        return JSONResponse(
+            {"status": "refused", "reason": "too-large", "detail": f"{size} bytes, at most {MAX_PAYLOAD}"},
+            413,
+        )
+
     @app.post("/readings", status_code=202)
-    def post_reading(body: Annotated[dict[str, Any], Body()]) -> JSONResponse:
-        verdict = gateway.ingest(json.dumps(body).encode(), "http")
+    async def post_reading(request: Request) -> JSONResponse:
+        # The raw bytes, capped while they are read: nothing parses an untrusted body before the
+        # cap applies (a framework's JSON body would, and nested deep enough it crashes the
+        # process), and the gateway keeps exactly the bytes the device sent.
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_PAYLOAD:
+            return too_large(declared)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_PAYLOAD:
+                return too_large(f"more than {len(body)}")
+        try:
+            verdict = await run_in_threadpool(gateway.ingest, bytes(body), "http")
+        except Exception as exc:  # not kept (the database refused it): the device sends it again
+            log.exception("could not keep a reading posted over HTTP")
+            return JSONResponse({"status": "unavailable", "detail": str(exc)}, 503)
         if verdict.accepted:
             return JSONResponse({"status": "accepted", "observation_id": verdict.observation_id}, 202)
         if verdict.pending:

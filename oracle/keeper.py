@@ -8,12 +8,27 @@ CertificateIssued events: after maturity none can be split off, D35), and from t
 not yet settled are read, until none is left. A run therefore reads the new orders, the open ones
 and the certificates falling due, not every order ever opened.
 
+A listing searches from the order's confirmation (a block the keeper saw it still open at, or the
+block the oracle's relayer confirmed it in; the deployment block when neither is known) up to the
+head, in windows of at most `logs_range` blocks (nodes refuse larger ranges: Besu's
+--rpc-max-logs-range). Each order is on its own: a listing or a read that fails is logged, keeps
+what it found so far and is tried again on a later run, backing off (it skips 0, 1, 3, 7... runs,
+at most 15), with an alert every `retry_attempts` failures; the other orders go on.
+
+"Now" is the time no later block can be stamped before (the latest block's, or the wall clock less
+a margin: SystemView.passed), the relayer's notion for "has already happened". Settling needs
+maturity <= block.timestamp: judged by the wall clock alone, a settle simulated at a block stamped
+by a node a second behind reverts; judged by the latest block alone, an idle chain that mines on
+demand never gets there.
+
 Only live, matured, unfrozen certificates go into a batch, at most 64 (the ledger's
 MAX_SETTLE_BATCH), and each batch is re-read from the views right before it is sent. Settlement is
 strict on chain (settling twice is `CertificateNotLive`, D8), so a second run, or a second keeper,
 pays nothing twice: it finds nothing left, and a certificate settled by someone else between the
 read and the send makes the batch revert with a named error, which is logged and retried with
-fresh views next run.
+fresh views next run. The chain lock (shared with the relayer and the gateway) is held from the
+re-read through the broadcast, so the batch and its nonce go out together, but not while waiting
+for the receipt: that is polled one look per turn of the lock.
 """
 
 from __future__ import annotations
@@ -21,6 +36,8 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from eth_account.signers.local import LocalAccount
@@ -28,11 +45,14 @@ from eth_account.signers.local import LocalAccount
 from chain_client.errors import ContractReverted
 from chain_client.models import CertificateStatus, Order, OrderStatus
 from chain_client.system import System
+from chain_client.transactions import TxResult
 from oracle.store import Store
 
 log = logging.getLogger(__name__)
 
 MAX_SETTLE_BATCH = 64  # CertificateLedger.MAX_SETTLE_BATCH; a larger batch reverts BatchTooLarge
+CLOCK_MARGIN = 5  # seconds a node's clock may be behind ours (OracleSettings.clock_margin)
+MAX_SKIP = 15  # most runs a failing order is skipped
 
 
 @dataclass
@@ -41,6 +61,10 @@ class KeeperRun:
     transactions: list[str] = field(default_factory=list)
     skipped_frozen: list[int] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    #: orders whose listing or reads failed this run (tried again on a later one)
+    failed_orders: list[int] = field(default_factory=list)
+    #: settle transactions sent but not mined within the receipt timeout
+    unconfirmed: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -49,7 +73,23 @@ class KeeperReads:
 
     orders: int = 0
     certificates: int = 0
-    listings: int = 0
+    listings: int = 0  # orders whose certificates were listed (each once)
+    log_queries: int = 0  # getLogs calls those listings took (one per window)
+
+
+@dataclass
+class _Listing:
+    """A matured order whose certificates are being listed: how far the search got."""
+
+    next_block: int
+    end_block: int | None = None
+    found: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _Trouble:
+    attempts: int = 0
+    skip: int = 0
 
 
 class Keeper:
@@ -61,83 +101,176 @@ class Keeper:
         *,
         batch: int = MAX_SETTLE_BATCH,
         lock: threading.RLock | None = None,
+        clock: Callable[[], int] | None = None,
+        logs_range: int = 1_000,
+        retry_attempts: int = 8,
     ) -> None:
         if not 1 <= batch <= MAX_SETTLE_BATCH:
             raise ValueError(f"batch must be 1..{MAX_SETTLE_BATCH}")
+        if logs_range < 1:
+            raise ValueError("logs_range must be at least 1")
         self.system = system
         self.account = account
         self.store = store
         self.batch = batch
         self.lock = lock or threading.RLock()
+        self.clock = clock or self._passed
+        self.logs_range = logs_range
+        self.retry_attempts = retry_attempts
         self.reads = KeeperReads()
         # The schedule, in memory: a restart reads every order once again to rebuild it.
         self._seen = 0  # orders 1.._seen have been read at least once
-        self._open: set[int] = set()  # awaiting receipt: read again each run
-        self._maturing: list[tuple[int, int]] = []  # (maturity, order id) heap of confirmed orders
+        self._open: dict[int, int] = {}  # awaiting receipt (read again each run) -> a block it was open at
+        self._maturing: list[tuple[int, int, int]] = []  # (maturity, order id, search from) heap
+        self._listing: dict[int, _Listing] = {}  # matured, certificates being listed
         self._due: dict[int, list[int]] = {}  # matured order -> its certificates not seen settled
+        self._trouble: dict[int, _Trouble] = {}  # order -> failures in a row
 
-    def candidates(self) -> list[tuple[int, int]]:
+    def _passed(self) -> int:
+        return max(self.system.chain.now(), int(time.time()) - CLOCK_MARGIN)
+
+    def candidates(self, run: KeeperRun | None = None) -> list[tuple[int, int]]:
         """(certificate id, order id) of every live, matured, unfrozen certificate."""
+        run = run if run is not None else KeeperRun()
         with self.lock:
-            now = self.system.chain.now()
+            now = self.clock()
+            head = self._head()
             orders, _, _ = self.system.ledger.counts()
             for order_id in [*sorted(self._open), *range(self._seen + 1, orders + 1)]:
-                self._schedule(self._read_order(order_id))
+                self._schedule(self._read_order(order_id), head)
             self._seen = max(self._seen, orders)
             while self._maturing and self._maturing[0][0] <= now:
-                # Listed before it leaves the schedule: a failed listing leaves it there for the
-                # next run instead of dropping a due order until the keeper restarts.
-                order_id = self._maturing[0][1]
-                self._due[order_id] = self._list_certificates(order_id)
-                heapq.heappop(self._maturing)
-            return self._live_due(now)
+                _, order_id, since = heapq.heappop(self._maturing)
+                self._listing[order_id] = _Listing(since)
+        for order_id in sorted(self._listing):
+            if self._due_now(order_id):
+                self._isolated(order_id, run, self._list_certificates)
+        return self._live_due(now, run)
+
+    def _head(self) -> int:
+        return int(self.system.chain.w3.eth.block_number)
 
     def _read_order(self, order_id: int) -> Order:
         self.reads.orders += 1
         return self.system.ledger.order(order_id)
 
-    def _schedule(self, order: Order) -> None:
-        self._open.discard(order.order_id)
+    def _schedule(self, order: Order, head: int) -> None:
+        """`head`: a block read before `order` was: an order open now is confirmed after it."""
+        since = self._open.pop(order.order_id, None)
         if order.status == OrderStatus.OPEN:
-            self._open.add(order.order_id)
+            self._open[order.order_id] = head
         elif order.status == OrderStatus.CONFIRMED:
-            heapq.heappush(self._maturing, (order.maturity, order.order_id))
+            if since is None:
+                since = self._confirmed_block(order.order_id)
+            heapq.heappush(self._maturing, (order.maturity, order.order_id, since))
         # CANCELLED: nothing will ever be due
 
-    def _list_certificates(self, order_id: int) -> list[int]:
-        self.reads.listings += 1
-        found = self.system.ledger.certificate_ids_of_order(
-            order_id, from_block=self.system.deployment.deployment_block
-        )
-        return sorted(found)
+    def _confirmed_block(self, order_id: int) -> int:
+        """Where to search an order first seen confirmed: the block this oracle's relayer confirmed
+        it in, if it did, else the deployment block."""
+        record = self.store.order(order_id) if self.store is not None else None
+        if record is not None and record.confirmed_block is not None:
+            return int(record.confirmed_block)
+        return int(self.system.deployment.deployment_block)
 
-    def _live_due(self, now: int) -> list[tuple[int, int]]:
+    # ------------------------------------------------------------------ one order at a time
+
+    def _due_now(self, order_id: int) -> bool:
+        """False while an order backs off after failures (counting down the runs it skips)."""
+        trouble = self._trouble.get(order_id)
+        if trouble is None or trouble.skip == 0:
+            return True
+        trouble.skip -= 1
+        return False
+
+    def _isolated(self, order_id: int, run: KeeperRun, job: Callable[[int], None]) -> None:
+        try:
+            job(order_id)
+        except Exception as exc:
+            trouble = self._trouble.setdefault(order_id, _Trouble())
+            trouble.attempts += 1
+            trouble.skip = min(2 ** min(trouble.attempts - 1, 8) - 1, MAX_SKIP)
+            run.failed_orders.append(order_id)
+            log.warning(
+                "keeper: order %d failed (%d in a row, skipping %d runs): %s",
+                order_id,
+                trouble.attempts,
+                trouble.skip,
+                exc,
+            )
+            n = self.retry_attempts
+            if self.store is not None and trouble.attempts >= n and (trouble.attempts - n) % n == 0:
+                try:
+                    self.store.alert(order_id, "keeper", f"{trouble.attempts} failures in a row: {exc}")
+                except Exception:
+                    log.exception("keeper: could not record an alert")
+        else:
+            self._trouble.pop(order_id, None)
+
+    def _list_certificates(self, order_id: int) -> None:
+        """Lists a matured order's certificates, window by window from where the last try got;
+        done, it moves to `_due`."""
+        listing = self._listing[order_id]
+        if listing.end_block is None:
+            # Read after maturity: no certificate of the order can be issued after it.
+            with self.lock:
+                listing.end_block = self._head()
+        while listing.next_block <= listing.end_block:
+            to_block = min(listing.next_block + self.logs_range - 1, listing.end_block)
+            with self.lock:
+                self.reads.log_queries += 1
+                listing.found.update(self._certificate_ids(order_id, listing.next_block, to_block))
+            listing.next_block = to_block + 1
+        self.reads.listings += 1
+        self._due[order_id] = sorted(listing.found)
+        del self._listing[order_id]
+
+    def _certificate_ids(self, order_id: int, from_block: int, to_block: int) -> list[int]:
+        """Ids of the order's certificates issued in blocks from_block..to_block (CertificateIssued,
+        by its indexed orderId). LedgerClient.certificate_ids_of_order has no upper bound."""
+        logs = self.system.ledger.contract.events.CertificateIssued.get_logs(
+            from_block=from_block, to_block=to_block, argument_filters={"orderId": order_id}
+        )
+        return [int(entry["args"]["certificateId"]) for entry in logs]
+
+    def _live_due(self, now: int, run: KeeperRun) -> list[tuple[int, int]]:
         found: list[tuple[int, int]] = []
         for order_id in sorted(self._due):
-            still: list[int] = []
-            for certificate_id in self._due[order_id]:
-                self.reads.certificates += 1
-                c = self.system.ledger.certificate(certificate_id)
-                if c.status != CertificateStatus.LIVE:
-                    continue
-                still.append(certificate_id)
-                if not c.frozen and c.maturity <= now:
-                    found.append((certificate_id, order_id))
-            if still:
-                self._due[order_id] = still
-            else:
-                del self._due[order_id]
+            if not self._due_now(order_id):
+                continue
+
+            def read(order_id: int) -> None:
+                still: list[int] = []
+                ready: list[tuple[int, int]] = []
+                with self.lock:
+                    for certificate_id in self._due[order_id]:
+                        self.reads.certificates += 1
+                        c = self.system.ledger.certificate(certificate_id)
+                        if c.status != CertificateStatus.LIVE:
+                            continue
+                        still.append(certificate_id)
+                        if not c.frozen and c.maturity <= now:
+                            ready.append((certificate_id, order_id))
+                found.extend(ready)
+                if still:
+                    self._due[order_id] = still
+                else:
+                    del self._due[order_id]
+
+            self._isolated(order_id, run, read)
         return found
+
+    # ------------------------------------------------------------------ settling
 
     def run_once(self) -> KeeperRun:
         """Settles everything due now, in batches; returns what was paid."""
         run = KeeperRun()
-        due = self.candidates()
+        due = self.candidates(run)
         for start in range(0, len(due), self.batch):
             chunk = due[start : start + self.batch]
             with self.lock:
                 # Fresh views right before sending: anything settled or frozen meanwhile drops out.
-                now = self.system.chain.now()
+                now = self.clock()
                 ready: list[tuple[int, int]] = []
                 for certificate_id, order_id in chunk:
                     c = self.system.ledger.certificate(certificate_id)
@@ -151,14 +284,50 @@ class Keeper:
                     continue
                 ids = [c for c, _ in ready]
                 try:
-                    result = self.system.ledger.settle(self.account, ids)
+                    # Simulated (a batch that would revert raises its typed error, nothing sent),
+                    # signed and sent under the lock: its nonce goes out in order.
+                    prepared = self.system.tx.prepare(
+                        self.account, self.system.ledger.contract.functions.settle(ids)
+                    )
+                    self.system.tx.broadcast(prepared)
                 except ContractReverted as exc:
                     log.warning("settling %s refused: %s", ids, exc)
                     run.refused.append(str(exc))
                     continue
+            # The receipt is awaited without the lock: the relayer and the gateway go on meanwhile.
+            outcome = self._receipt(prepared.tx_hash)
+            if isinstance(outcome, ContractReverted):
+                log.warning("settling %s reverted: %s", ids, outcome)
+                run.refused.append(str(outcome))
+                continue
+            if outcome is None:
+                # Perhaps dropped: ask the node for the next nonce, or later transactions of the
+                # key would wait behind the gap. Settled or not, the next run reads it afresh.
+                with self.lock:
+                    self.system.chain.nonces.forget(self.account.address)
+                log.warning("settle %s not mined in time; next run looks again", prepared.tx_hash)
+                run.unconfirmed.append(prepared.tx_hash)
+                continue
             run.settled.extend(ids)
-            run.transactions.append(result.tx_hash)
+            run.transactions.append(outcome.tx_hash)
             if self.store is not None:
-                self.store.record_settlement(ids, [o for _, o in ready], result.tx_hash)
-            log.info("settled %d certificates in %s", len(ids), result.tx_hash)
+                self.store.record_settlement(ids, [o for _, o in ready], outcome.tx_hash)
+            log.info("settled %d certificates in %s", len(ids), outcome.tx_hash)
         return run
+
+    def _receipt(self, tx_hash: str) -> TxResult | ContractReverted | None:
+        """The receipt (or the revert) of a sent transaction, polled one look per turn of the lock,
+        for up to the chain settings' receipt timeout; None if not mined by then."""
+        settings = self.system.chain.settings
+        deadline = time.monotonic() + settings.receipt_timeout
+        while True:
+            with self.lock:
+                try:
+                    result = self.system.tx.receipt(tx_hash)
+                except ContractReverted as exc:
+                    return exc
+            if result is not None:
+                return result
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(settings.poll_interval)

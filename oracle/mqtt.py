@@ -8,7 +8,9 @@ Nothing is lost between broker and gateway:
   inbox, so a reading the gateway crashed on is redelivered; one it failed to store (a locked or
   full disk) is kept and stored again on the service's next step (`retry_unstored`), not left
   for a reconnect that may never come;
-- a redelivered reading is stored once (the store is unique by device and sequence).
+- a redelivered reading is stored once (the store is unique by device and sequence);
+- a payload over MAX_PAYLOAD bytes is no reading: it is acknowledged (or the broker would send it
+  again for ever) and dropped, not stored, and counted (`oversized`, logged).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from oracle.settings import OracleSettings
+from oracle.wire import MAX_PAYLOAD
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,7 @@ class MqttIntake(_Connection):
         self.on_reading = on_reading
         self.connected = threading.Event()
         self.received = 0
+        self.oversized = 0  # payloads over MAX_PAYLOAD dropped
         self._lock = threading.Lock()
         self._unstored: list[_Unstored] = []
         self.client = mqtt.Client(
@@ -133,6 +137,17 @@ class MqttIntake(_Connection):
 
     def _take(self, item: _Unstored) -> bool:
         """Stores a reading, then acknowledges it; on failure keeps it for `retry_unstored`."""
+        if len(item.payload) > MAX_PAYLOAD:
+            self.oversized += 1
+            log.warning(
+                "dropped a payload of %d bytes on %s (over %d; %d dropped so far)",
+                len(item.payload),
+                item.topic,
+                MAX_PAYLOAD,
+                self.oversized,
+            )
+            self._ack(item)
+            return True
         try:
             self.on_reading(item.payload, f"mqtt:{item.topic}")
         except Exception:
@@ -144,11 +159,14 @@ class MqttIntake(_Connection):
                     self._unstored.append(item)
             return False
         self.received += 1
+        self._ack(item)
+        return True
+
+    def _ack(self, item: _Unstored) -> None:
         if item.qos > 0:
             rc = self.client.ack(item.mid, item.qos)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 log.warning("PUBACK for %d not sent (%s); the broker will redeliver it", item.mid, rc)
-        return True
 
     def retry_unstored(self) -> int:
         """Tries again to store the readings a failure left unacknowledged (the service calls it on

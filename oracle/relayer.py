@@ -12,7 +12,14 @@ Exactly once rests on two rules:
    nonce, so it can be included at most once however often it is sent.
 2. A contract revert is an answer, not a failure to retry: the order is `failed` with the error's
    name (already confirmed, cancelled, expired, a stale reading...) and never submitted again.
-   Only node trouble (no answer, timeouts) is retried, with bounded exponential backoff.
+   Only node trouble (no answer, timeouts) is retried, with bounded exponential backoff, and the
+   reverts that depend on nothing but timing (`TIMING_ERRORS`: a reading a block stamped a second
+   early calls "from the future", a pause), which send the order back to collecting.
+
+A recorded transaction that cannot be mined is not sent for ever: once the node has refused its
+bytes `retry_attempts` times (TransactionRejected: a fee below the base fee, ...) the order fails
+with an alert, and once every later block is past a reading's deadline (so it could only revert)
+the order collects again, with an alert, after checking the chain has not confirmed it.
 """
 
 from __future__ import annotations
@@ -23,9 +30,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from chain_client.errors import ContractReverted
+from chain_client.errors import ContractReverted, TransactionRejected
 from chain_client.models import OrderStatus, Warehouse
-from oracle.agreement import Disputed, Expectations, Ready, decide
+from oracle.agreement import Expectations, Ready, conflict, decide, latest_per_device
 from oracle.chainview import ChainView
 from oracle.retry import backoff_delay, is_transient
 from oracle.settings import OracleSettings
@@ -34,6 +41,9 @@ from oracle.validation import check_times
 from oracle.wire import SignedReading
 
 log = logging.getLogger(__name__)
+
+#: Reverts that say "not now" rather than "no": the order backs off and collects again.
+TIMING_ERRORS = frozenset({"ObservationFromFuture", "SystemPaused"})
 
 
 @dataclass(frozen=True)
@@ -152,6 +162,15 @@ class Relayer:
 
     def _evaluate(self, record: OrderRecord) -> None:
         order_id = record.order_id
+        unchecked = self.store.unchecked_for_order(order_id)
+        if unchecked:
+            # A reading of this order still waiting to be checked may be a device's correction or
+            # a conflicting count: nothing is submitted before it has its verdict. Looked at again
+            # next step (a refused reading does not touch the order).
+            self.store.mark_evaluated(
+                order_id, f"{unchecked} readings of the order not checked yet", record.revision, again=True
+            )
+            return
         stored = self.store.observations(order_id)
         devices = {o.reading.observation.device for o in stored}
         if len(devices) == 1:
@@ -168,65 +187,77 @@ class Relayer:
                 self._closed_elsewhere(order_id, order.status, order.root_certificate_id)
                 return
             warehouse = self.chain.warehouse(order.warehouse)
-            now = self.chain.now()
-            current, early = self._current(stored, warehouse, now)
+            latest = self._latest(stored, warehouse)
+            usable, early = self._usable(latest, warehouse, self.chain.now(), self.chain.passed())
             required = frozenset(self.chain.required_kinds(order.warehouse))
         except Exception as exc:
             if is_transient(exc):
                 self._backoff(record, OrderState.COLLECTING, str(exc))
                 return
             raise
-        decision = decide(
-            [o.reading for o in current],
-            threshold=warehouse.threshold,
-            required_kinds=required,
-            expectations=observation_expectations(record, self.settings),
-        )
-        if isinstance(decision, Disputed):
-            self.store.set_state(order_id, OrderState.DISPUTED, decision.reason)
-            self.store.alert(order_id, "disputed", decision.reason)
-            log.error("order %d disputed: %s", order_id, decision.reason)
+        expectations = observation_expectations(record, self.settings)
+        # Every current device's latest reading is judged, whatever its timing (D32).
+        disputed = conflict([o.reading for o in latest], expectations)
+        if disputed is not None:
+            self.store.set_state(
+                order_id, OrderState.DISPUTED, disputed.reason, alert=("disputed", disputed.reason)
+            )
+            log.error("order %d disputed: %s", order_id, disputed.reason)
             return
+        if early:
+            # A device's latest reading is ahead of the chain's clock: usable in a moment, and the
+            # receipt waits for it rather than go without it.
+            self.store.mark_evaluated(
+                order_id,
+                f"waiting for {early} readings ahead of the chain's clock",
+                record.revision,
+                again=True,
+            )
+            return
+        decision = decide([o.reading for o in usable], threshold=warehouse.threshold,
+                          required_kinds=required, expectations=expectations)  # fmt: skip
         if not isinstance(decision, Ready):
-            # A reading slightly ahead of the chain's clock becomes usable in a moment.
-            self.store.mark_evaluated(order_id, decision.reason, record.revision, again=early)
+            # Disputed here means only the usable subset disagrees (a weight against a count that
+            # is not the lowest of all): nothing to submit, nothing to dispute.
+            self.store.mark_evaluated(order_id, decision.reason, record.revision)
             return
-        by_key = {(o.reading.observation.device, o.reading.observation.sequence): o.id for o in current}
+        by_key = {(o.reading.observation.device, o.reading.observation.sequence): o.id for o in usable}
         ids = [by_key[(r.observation.device, r.observation.sequence)] for r in decision.readings]
         self._submit(record, decision.readings, ids)
 
-    def _current(
-        self, stored: list[StoredObservation], warehouse: Warehouse, now: int
-    ) -> tuple[list[StoredObservation], bool]:
-        """Each current device's latest reading (highest sequence), if it would still pass on chain
-        now: fresh, not expired, sequence unused. Returns them and whether one was left out only for
-        being early. The latest is chosen first: a device whose latest reading is early, stale or
-        used is left out, never judged by an older reading it has since replaced (a corrected count
-        must not be bypassed, nor an old one raise a dispute)."""
-        current: list[StoredObservation] = []
-        early = False
-        latest: dict[str, StoredObservation] = {}
-        for item in stored:
+    def _latest(self, stored: list[StoredObservation], warehouse: Warehouse) -> list[StoredObservation]:
+        """Each current device's latest reading (highest sequence), chosen before any time check: a
+        device is never judged by an older reading it has since replaced (a corrected count must
+        not be bypassed, nor an old one raise a dispute)."""
+        current = [
+            o for o in stored if o.reading.observation.device_set_version == warehouse.device_set_version
+        ]
+        chosen = {id(r): r for r in latest_per_device([o.reading for o in current])}
+        return [o for o in current if id(o.reading) in chosen]
+
+    def _usable(
+        self, latest: list[StoredObservation], warehouse: Warehouse, now: int, passed: int
+    ) -> tuple[list[StoredObservation], int]:
+        """The latest readings that would pass on chain now: observed no later than `passed` (no
+        later block is stamped before it: ObservationFromFuture otherwise), fresh and not expired
+        as at `now + margin`, sequence unused. Returns them and how many were left out only for
+        being early (usable in a moment)."""
+        usable: list[StoredObservation] = []
+        early = 0
+        # Judged as at `now + margin` for deadline and staleness: a reading that lapses between
+        # this look and its block would make the whole receipt revert, and a revert is final.
+        margin = self.settings.submit_margin
+        for item in latest:
             o = item.reading.observation
-            if o.device_set_version != warehouse.device_set_version:
-                continue
-            seen = latest.get(o.device)
-            if seen is None or o.sequence > seen.reading.observation.sequence:
-                latest[o.device] = item
-        for item in latest.values():
-            o = item.reading.observation
-            # Judged as at `now + margin` for deadline and staleness: a reading that lapses between
-            # this look and its block would make the whole receipt revert, and a revert is final.
-            margin = self.settings.submit_margin
-            if o.observed_at > now:
-                early = early or o.deadline >= now + margin
+            if o.observed_at > passed:
+                early += o.deadline >= now + margin
                 continue
             if check_times(o.observed_at, o.deadline, now + margin, warehouse.freshness, margin) is not None:
                 continue
             if self.chain.sequence_used(o.device, o.sequence):
                 continue
-            current.append(item)
-        return current, early
+            usable.append(item)
+        return usable, early
 
     def _closed_elsewhere(self, order_id: int, status: OrderStatus, root_id: int) -> None:
         if status == OrderStatus.CONFIRMED:
@@ -237,9 +268,12 @@ class Relayer:
         else:
             detail = f"order is {status.name.lower()} on chain"
             self.store.set_state(
-                order_id, OrderState.FAILED, detail, error_name=f"Order{status.name.title()}"
+                order_id,
+                OrderState.FAILED,
+                detail,
+                error_name=f"Order{status.name.title()}",
+                alert=("failed", detail),
             )
-            self.store.alert(order_id, "failed", detail)
         log.warning("order %d: %s", order_id, detail)
 
     def _submit(self, record: OrderRecord, readings: Sequence[SignedReading], ids: list[int]) -> None:
@@ -247,7 +281,7 @@ class Relayer:
         try:
             prepared = self.submitter.prepare(readings)
         except ContractReverted as exc:
-            self._failed(order_id, exc)
+            self._reverted(record, exc)
             return
         except Exception as exc:
             if is_transient(exc):
@@ -284,15 +318,21 @@ class Relayer:
         the chain has not got it."""
         assert record.tx_hash is not None and record.raw_tx is not None
         prepared = PreparedTx(record.tx_hash, record.raw_tx)
+        lapsed: str | None = None
         try:
             mined = self.submitter.wait(prepared.tx_hash, 0)
+            if mined is None:
+                lapsed = self._lapsed(record)
         except Exception as exc:
             if is_transient(exc):
                 self._backoff(record, OrderState.SUBMITTING, str(exc))
                 return
             raise
         if mined is not None:
-            self._finish(record.order_id, mined)
+            self._finish(record, mined)
+            return
+        if lapsed is not None:
+            self._abandon(record, lapsed)
             return
         log.info(
             "order %d: %s not on chain; broadcasting the same bytes again", record.order_id, record.tx_hash
@@ -301,33 +341,41 @@ class Relayer:
 
     def _send(self, record: OrderRecord, prepared: PreparedTx) -> None:
         order_id = record.order_id
+        lapsed: str | None = None
         try:
             self.submitter.broadcast(prepared)
             if self.crash_hook is not None:
                 self.crash_hook("broadcast", order_id)
             mined = self.submitter.wait(prepared.tx_hash, self.receipt_timeout)
+            if mined is None:
+                lapsed = self._lapsed(record)
         except ContractReverted as exc:  # the embedded chain executes, and reverts, on send
-            self._failed(order_id, exc)
+            self._reverted(record, exc)
             return
         except NonceTooLow:
             self._nonce_moved_on(record, prepared)
+            return
+        except TransactionRejected as exc:
+            self._rejected(record, exc)
             return
         except Exception as exc:
             if is_transient(exc):
                 self._backoff(record, OrderState.SUBMITTING, str(exc))
                 return
             raise
-        if mined is None:
+        if mined is not None:
+            self._finish(record, mined)
+        elif lapsed is not None:
+            self._abandon(record, lapsed)
+        else:
             self._backoff(record, OrderState.SUBMITTING, f"{prepared.tx_hash} not mined yet")
-            return
-        self._finish(order_id, mined)
 
     def _nonce_moved_on(self, record: OrderRecord, prepared: PreparedTx) -> None:
         """Our nonce was used by another transaction of the relayer's (its key also settles), so
         the recorded one can never be mined, unless it is the one that used it."""
         mined = self.submitter.wait(prepared.tx_hash, 0)
         if mined is not None:
-            self._finish(record.order_id, mined)
+            self._finish(record, mined)
             return
         order = self.chain.order(record.order_id)
         if order.status != OrderStatus.OPEN:
@@ -340,7 +388,58 @@ class Relayer:
             record.order_id, OrderState.COLLECTING, "transaction superseded; resubmitting", dirty=True
         )
 
-    def _finish(self, order_id: int, mined: Mined) -> None:
+    def _lapsed(self, record: OrderRecord) -> str | None:
+        """Why the recorded transaction can no longer confirm the order, if it cannot: every later
+        block is past the deadline of one of its readings, so mined it would only revert."""
+        deadlines = [
+            o.reading.observation.deadline for o in self.store.observations_by_id(record.observation_ids)
+        ]
+        passed = self.chain.passed()
+        if deadlines and min(deadlines) < passed:
+            return f"a reading's deadline {min(deadlines)} passed (chain time {passed}) before it was mined"
+        return None
+
+    def _abandon(self, record: OrderRecord, why: str) -> None:
+        """Gives up a recorded transaction that can only revert if it is ever mined: unless the
+        chain has confirmed the order meanwhile, it collects again (fresh readings, a new
+        transaction). The old one cannot confirm anything, so this sends nothing twice."""
+        order = self.chain.order(record.order_id)
+        if order.status != OrderStatus.OPEN:
+            self._closed_elsewhere(record.order_id, order.status, order.root_certificate_id)
+            return
+        message = f"{record.tx_hash} abandoned: {why}; collecting again"
+        log.warning("order %d: %s", record.order_id, message)
+        self.store.set_state(
+            record.order_id,
+            OrderState.COLLECTING,
+            message,
+            dirty=True,
+            attempts=0,
+            next_attempt_at=0.0,
+            alert=("abandoned", message),
+        )
+
+    def _rejected(self, record: OrderRecord, exc: TransactionRejected) -> None:
+        """The node refused the recorded bytes in its own words (a fee below the base fee, ...): it
+        does not hold them. Tried again with backoff (a base fee may fall); after
+        `retry_attempts` refusals the order fails with an alert, for a person to resolve (the
+        relayer's funds, the node's fee settings) with `oracle resolve --keep-readings`."""
+        attempts = record.attempts + 1
+        if attempts >= self.settings.retry_attempts:
+            detail = f"the node refused {record.tx_hash} {attempts} times: {exc.reason}"
+            self.store.set_state(
+                record.order_id,
+                OrderState.FAILED,
+                detail,
+                error_name="TransactionRejected",
+                alert=("failed", detail),
+            )
+            log.error("order %d: %s", record.order_id, detail)
+            return
+        self._backoff(record, OrderState.SUBMITTING, f"node refused the transaction: {exc.reason}")
+
+    def _finish(self, record: OrderRecord, mined: Mined) -> None:
+        order_id = record.order_id
         if mined.succeeded:
             self.store.set_state(
                 order_id,
@@ -348,24 +447,41 @@ class Relayer:
                 f"root certificate {mined.root_certificate_id} in block {mined.block_number}",
                 root_certificate_id=mined.root_certificate_id,
                 confirmed_at=time.time(),
+                confirmed_block=mined.block_number,
             )
             log.info("order %d confirmed: root certificate %s", order_id, mined.root_certificate_id)
+        elif mined.error_name in TIMING_ERRORS:
+            # Mined and reverted only for its timing: its nonce is spent, nothing was confirmed.
+            self._backoff(record, OrderState.COLLECTING, f"{mined.tx_hash} reverted {mined.error_name}")
         else:
             self.store.set_state(
-                order_id, OrderState.FAILED, mined.detail or "reverted", error_name=mined.error_name
+                order_id,
+                OrderState.FAILED,
+                mined.detail or "reverted",
+                error_name=mined.error_name,
+                alert=("failed", f"{mined.error_name}: {mined.detail}"),
             )
-            self.store.alert(order_id, "failed", f"{mined.error_name}: {mined.detail}")
             log.error("order %d: transaction reverted with %s", order_id, mined.error_name)
 
-    def _failed(self, order_id: int, exc: ContractReverted) -> None:
+    def _reverted(self, record: OrderRecord, exc: ContractReverted) -> None:
         name = getattr(exc, "error_name", "") or type(exc).__name__
-        self.store.set_state(order_id, OrderState.FAILED, str(exc), error_name=name)
-        self.store.alert(order_id, "failed", str(exc))
-        log.error("order %d: refused by the contract: %s", order_id, exc)
+        if name in TIMING_ERRORS:
+            self._backoff(record, OrderState.COLLECTING, f"refused for now: {exc}")
+            return
+        self.store.set_state(
+            record.order_id, OrderState.FAILED, str(exc), error_name=name, alert=("failed", str(exc))
+        )
+        log.error("order %d: refused by the contract: %s", record.order_id, exc)
 
     def _backoff(self, record: OrderRecord, state: OrderState, reason: str) -> None:
         attempts = record.attempts + 1
         delay = backoff_delay(attempts, self.settings.retry_base, self.settings.retry_max)
+        n = self.settings.retry_attempts
+        # Alerted at n in a row and again every n after that while it lasts (an order retried for
+        # ever must stay visible), in the same transaction as the state.
+        alert = None
+        if attempts >= n and (attempts - n) % n == 0:
+            alert = ("node", f"{attempts} errors in a row: {reason}")
         self.store.set_state(
             record.order_id,
             state,
@@ -373,7 +489,6 @@ class Relayer:
             attempts=attempts,
             next_attempt_at=time.time() + delay,
             dirty=state == OrderState.COLLECTING,
+            alert=alert,
         )
-        if attempts == self.settings.retry_attempts:
-            self.store.alert(record.order_id, "node", f"{attempts} node errors in a row: {reason}")
         log.warning("order %d: %s; retrying in %.1fs", record.order_id, reason, delay)

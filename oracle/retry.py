@@ -1,10 +1,13 @@
 """Which failures are worth retrying, and how long to wait before the next try.
 
 A node that does not answer, times out or drops a connection may answer next time: those are
-transient. A contract revert is an answer and is never retried (the relayer records it as final).
+transient, and so is the oracle's SQLite database being locked or busy. A contract revert is an
+answer and is never retried (the relayer records it as final).
 """
 
 from __future__ import annotations
+
+import sqlite3
 
 from requests.exceptions import RequestException
 
@@ -20,6 +23,10 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 
 
 def is_transient(exc: BaseException) -> bool:
+    """Node trouble, or the oracle's own database busy with another writer (which passes)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        return "locked" in text or "busy" in text
     return isinstance(exc, TRANSIENT)
 
 

@@ -58,8 +58,15 @@ class OracleService:
     ) -> OracleService:
         store = Store(settings.db)
         lock = threading.RLock()
-        view = SystemView(system, lock)
-        gateway = Gateway(store, view, clock_skew=settings.clock_skew)
+        view = SystemView(system, lock, clock_margin=settings.clock_margin)
+        gateway = Gateway(
+            store,
+            view,
+            clock_skew=settings.clock_skew,
+            max_attempts=settings.retry_attempts,
+            retry_base=settings.retry_base,
+            retry_max=settings.retry_max,
+        )
         submitter = ChainSubmitter(system, relayer_account, lock)
         relayer = Relayer(
             store,
@@ -69,7 +76,16 @@ class OracleService:
             receipt_timeout=system.chain.settings.receipt_timeout,
             crash_hook=crash_hook,
         )
-        keeper_ = Keeper(system, relayer_account, store, batch=settings.keeper_batch, lock=lock)
+        keeper_ = Keeper(
+            system,
+            relayer_account,
+            store,
+            batch=settings.keeper_batch,
+            lock=lock,
+            clock=view.passed,
+            logs_range=settings.keeper_logs_range,
+            retry_attempts=settings.retry_attempts,
+        )
         service = cls(settings, system, relayer_account, store, view, gateway, relayer, keeper_)
         if not keeper:
             service._last_keeper = float("inf")

@@ -58,6 +58,15 @@ class OracleSettings(BaseSettings):
         "block times are not in step; the contract checks again at inclusion).",
     )
 
+    clock_margin: int = Field(
+        default=5,
+        ge=0,
+        le=600,
+        description="Seconds a node's clock may be behind this machine's. A reading is submitted (and a "
+        "certificate settled) only once the latest block's time, or the wall clock less this margin, "
+        "has reached its time: a block stamped earlier would revert it.",
+    )
+
     # Relayer and keeper.
     submit_margin: int = Field(
         default=30,
@@ -70,12 +79,21 @@ class OracleSettings(BaseSettings):
     retry_base: float = Field(default=0.5, gt=0, description="First retry delay after a node error, s.")
     retry_max: float = Field(default=30.0, gt=0, description="Longest retry delay after node errors, s.")
     retry_attempts: int = Field(
-        default=8, ge=1, description="Node errors in a row before an order's submission is parked for later."
+        default=8,
+        ge=1,
+        description="Errors in a row before an alert (repeated every as many more); refusals of a "
+        "transaction's bytes before its order fails; failed checks before an inbox item is quarantined.",
     )
     keeper_interval: float = Field(
         default=60.0, gt=0, description="Seconds between settlement runs of the keeper."
     )
     keeper_batch: int = Field(default=64, ge=1, le=64, description="Certificates per settle transaction.")
+    keeper_logs_range: int = Field(
+        default=1_000,
+        ge=1,
+        description="Most blocks one log query of the keeper spans (a node refuses larger ranges: "
+        "Besu's --rpc-max-logs-range).",
+    )
     relayer_key_env: str = Field(
         default="CERTLEDGER_RELAYER_KEY", description="Environment variable holding the relayer's key."
     )

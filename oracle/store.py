@@ -24,15 +24,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oracle.wire import SignedReading, parse_reading
+from oracle.wire import MAX_PAYLOAD, PayloadTooLarge, SignedReading, parse_reading
 
 _SCHEMA = """
+-- Raw readings waiting to be checked (processed 0) or set aside after failing to be checked again
+-- and again (processed 2, quarantined, kept for a person to look at). A reading that got its
+-- verdict leaves the inbox in the transaction that records the verdict (the observation keeps an
+-- accepted reading, the rejection says why one was refused).
 CREATE TABLE IF NOT EXISTS inbox (
     id INTEGER PRIMARY KEY,
     received_at REAL NOT NULL,
     source TEXT NOT NULL,
     payload BLOB NOT NULL,
-    processed INTEGER NOT NULL DEFAULT 0
+    processed INTEGER NOT NULL DEFAULT 0,
+    -- the order the payload claims (unchecked), so that order's submission waits for it
+    order_hint INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    next_attempt_at REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS inbox_unprocessed ON inbox(processed, id);
 CREATE TABLE IF NOT EXISTS observations (
@@ -80,7 +89,10 @@ CREATE TABLE IF NOT EXISTS orders (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     last_reading_at REAL,
-    confirmed_at REAL
+    confirmed_at REAL,
+    -- the block of the confirming transaction, when this relayer sent it (the keeper lists the
+    -- order's certificates from there)
+    confirmed_block INTEGER
 );
 CREATE TABLE IF NOT EXISTS alerts (
     id INTEGER PRIMARY KEY,
@@ -125,12 +137,20 @@ class NotResolvable(ValueError):
         super().__init__(f"order {order_id} is neither disputed nor failed ({seen})")
 
 
+#: Rejections kept: refused readings come from anyone (D36), so the oldest go first.
+MAX_REJECTIONS = 100_000
+
+_INBOX = "id, received_at, source, payload, attempts, last_error"
+
+
 @dataclass(frozen=True)
 class InboxItem:
     id: int
     received_at: float
     source: str
     payload: bytes
+    attempts: int = 0
+    last_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +181,7 @@ class OrderRecord:
     updated_at: float
     last_reading_at: float | None
     confirmed_at: float | None
+    confirmed_block: int | None = None
 
 
 @dataclass(frozen=True)
@@ -187,8 +208,9 @@ class Rejection:
 class Store:
     """One SQLite database, shared by the gateway's threads (MQTT, HTTP, pipeline) behind a lock."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, max_rejections: int = MAX_REJECTIONS) -> None:
         self.path = Path(path)
+        self.max_rejections = max_rejections
         # isolation_level=None: we issue BEGIN ourselves, so every write is an explicit transaction.
         self._db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
@@ -203,13 +225,22 @@ class Store:
 
     def _migrate(self) -> None:
         """Brings a database made by an older release up to `_SCHEMA` (columns added since)."""
-        added = {
-            "observations": ("set_aside", "INTEGER NOT NULL DEFAULT 0"),
-            "orders": ("revision", "INTEGER NOT NULL DEFAULT 0"),
-        }
-        for table, (column, kind) in added.items():
+        added = [
+            ("observations", "set_aside", "INTEGER NOT NULL DEFAULT 0"),
+            ("orders", "revision", "INTEGER NOT NULL DEFAULT 0"),
+            ("orders", "confirmed_block", "INTEGER"),
+            ("inbox", "order_hint", "INTEGER"),
+            ("inbox", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+            ("inbox", "last_error", "TEXT"),
+            ("inbox", "next_attempt_at", "REAL NOT NULL DEFAULT 0"),
+        ]
+        for table, column, kind in added:
             if column not in {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        # Made by a release that kept checked readings in the inbox: they are in observations
+        # and rejections already.
+        self._db.execute("DELETE FROM inbox WHERE processed = 1")
+        self._db.execute("CREATE INDEX IF NOT EXISTS inbox_order ON inbox(order_hint) WHERE processed = 0")
 
     def close(self) -> None:
         with self._lock:
@@ -221,10 +252,16 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # Also when COMMIT itself failed (busy, I/O error): SQLite may leave the transaction
+                # open, and this connection is shared, so every later write would fail with it.
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the original error is the one to report
                 raise
-            self._db.execute("COMMIT")
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -232,33 +269,71 @@ class Store:
 
     # ------------------------------------------------------------------ inbox
 
-    def receive(self, source: str, payload: bytes) -> int:
-        """Keeps a raw reading durably; returns its inbox id. Called before acknowledging it."""
+    def receive(self, source: str, payload: bytes, order_hint: int | None = None) -> int:
+        """Keeps a raw reading durably; returns its inbox id. Called before acknowledging it.
+        Raises PayloadTooLarge for anything over MAX_PAYLOAD: the intakes refuse it first, this is
+        the last guard against unbounded rows from unauthenticated input."""
+        if len(payload) > MAX_PAYLOAD:
+            raise PayloadTooLarge(len(payload))
         with self.transaction() as db:
             cur = db.execute(
-                "INSERT INTO inbox (received_at, source, payload) VALUES (?, ?, ?)",
-                (time.time(), source, payload),
+                "INSERT INTO inbox (received_at, source, payload, order_hint) VALUES (?, ?, ?, ?)",
+                (time.time(), source, payload, order_hint),
             )
             return int(cur.lastrowid or 0)
 
-    def unprocessed(self, limit: int = 500) -> list[InboxItem]:
+    def unprocessed(self, limit: int = 500, now: float | None = None) -> list[InboxItem]:
+        """Readings waiting to be checked, oldest first, but for those backing off after a failure."""
         rows = self._query(
-            "SELECT id, received_at, source, payload FROM inbox WHERE processed = 0 ORDER BY id LIMIT ?",
-            (limit,),
+            f"SELECT {_INBOX} FROM inbox WHERE processed = 0 AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+            (time.time() if now is None else now, limit),
         )
-        return [InboxItem(r["id"], r["received_at"], r["source"], bytes(r["payload"])) for r in rows]
+        return [_inbox(r) for r in rows]
 
     def inbox_item(self, item_id: int) -> InboxItem | None:
         """An inbox row not yet processed."""
-        rows = self._query(
-            "SELECT id, received_at, source, payload FROM inbox WHERE id = ? AND processed = 0", (item_id,)
-        )
-        return InboxItem(rows[0][0], rows[0][1], rows[0][2], bytes(rows[0][3])) if rows else None
+        rows = self._query(f"SELECT {_INBOX} FROM inbox WHERE id = ? AND processed = 0", (item_id,))
+        return _inbox(rows[0]) if rows else None
 
     def inbox_count(self, processed: bool | None = None) -> int:
+        """Rows in the inbox: all; waiting to be checked (processed=False); or quarantined
+        (processed=True: readings that got a verdict are no longer in the inbox)."""
         if processed is None:
             return int(self._query("SELECT count(*) FROM inbox")[0][0])
-        return int(self._query("SELECT count(*) FROM inbox WHERE processed = ?", (int(processed),))[0][0])
+        where = "processed != 0" if processed else "processed = 0"
+        return int(self._query(f"SELECT count(*) FROM inbox WHERE {where}")[0][0])
+
+    def unchecked_for_order(self, order_id: int) -> int:
+        """Readings claiming `order_id` still waiting in the inbox (not quarantined)."""
+        rows = self._query("SELECT count(*) FROM inbox WHERE processed = 0 AND order_hint = ?", (order_id,))
+        return int(rows[0][0])
+
+    def inbox_failed(self, item_id: int, error: str, retry_at: float) -> int:
+        """Records a failed check of an inbox item (not a verdict): it is tried again from
+        `retry_at`. Returns how many times it has failed."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE inbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
+                "WHERE id = ? AND processed = 0",
+                (error[:1_000], retry_at, item_id),
+            )
+            row = db.execute("SELECT attempts FROM inbox WHERE id = ?", (item_id,)).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def quarantine(
+        self, item_id: int, source: str, reason: str, detail: str, reading: SignedReading | None = None
+    ) -> None:
+        """Sets aside an inbox item that could not be checked, however often it was tried: kept (with
+        its payload) for a person, refused with `reason`, no longer holding up anything else."""
+        with self.transaction() as db:
+            db.execute("UPDATE inbox SET processed = 2 WHERE id = ?", (item_id,))
+            self._rejection(db, source, reason, detail, reading)
+
+    def quarantined(self, limit: int = 100) -> list[InboxItem]:
+        rows = self._query(
+            f"SELECT {_INBOX} FROM inbox WHERE processed = 2 ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [_inbox(r) for r in rows]
 
     # ------------------------------------------------------------------ verdicts
 
@@ -269,7 +344,8 @@ class Store:
         now = time.time()
         with self.transaction() as db:
             if item_id is not None:
-                db.execute("UPDATE inbox SET processed = 1 WHERE id = ?", (item_id,))
+                # The observation keeps the reading: the raw copy is no longer needed.
+                db.execute("DELETE FROM inbox WHERE id = ?", (item_id,))
             try:
                 cur = db.execute(
                     "INSERT INTO observations (order_id, device, sequence, kind, reading, source, "
@@ -285,7 +361,7 @@ class Store:
                     ),
                 )
             except sqlite3.IntegrityError:
-                return None
+                return None  # the caller refuses the item as a replay
             self._touch_order(db, o.order_id, now)
             return int(cur.lastrowid or 0)
 
@@ -297,23 +373,30 @@ class Store:
         detail: str,
         reading: SignedReading | None = None,
     ) -> None:
-        o = reading.observation if reading is not None else None
         with self.transaction() as db:
             if item_id is not None:
-                db.execute("UPDATE inbox SET processed = 1 WHERE id = ?", (item_id,))
-            db.execute(
-                "INSERT INTO rejections (at, source, order_id, device, sequence, reason, detail) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    time.time(),
-                    source,
-                    str(o.order_id) if o else None,
-                    o.device if o else None,
-                    str(o.sequence) if o else None,
-                    reason,
-                    detail,
-                ),
-            )
+                db.execute("DELETE FROM inbox WHERE id = ?", (item_id,))
+            self._rejection(db, source, reason, detail, reading)
+
+    def _rejection(
+        self, db: sqlite3.Connection, source: str, reason: str, detail: str, reading: SignedReading | None
+    ) -> None:
+        o = reading.observation if reading is not None else None
+        cur = db.execute(
+            "INSERT INTO rejections (at, source, order_id, device, sequence, reason, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                time.time(),
+                source,
+                str(o.order_id) if o else None,
+                o.device if o else None,
+                str(o.sequence) if o else None,
+                reason,
+                detail[:1_000],
+            ),
+        )
+        # A ring: refused readings come from anyone (D36), the table must not grow for ever.
+        db.execute("DELETE FROM rejections WHERE id <= ?", (int(cur.lastrowid or 0) - self.max_rejections,))
 
     def stored_signature(self, device: str, sequence: int) -> bytes | None:
         """The signature stored for (device, sequence), if any."""
@@ -352,6 +435,20 @@ class Store:
             "SELECT id, reading, source, received_at FROM observations "
             "WHERE order_id = ? AND set_aside = 0 ORDER BY id",
             (order_id,),
+        )
+        return [
+            StoredObservation(r["id"], parse_reading(json.loads(r["reading"])), r["source"], r["received_at"])
+            for r in rows
+        ]
+
+    def observations_by_id(self, ids: tuple[int, ...] | list[int]) -> list[StoredObservation]:
+        """Stored observations by id (set aside or not), in id order."""
+        if not ids:
+            return []
+        marks = ",".join("?" for _ in ids)
+        rows = self._query(
+            f"SELECT id, reading, source, received_at FROM observations WHERE id IN ({marks}) ORDER BY id",
+            tuple(ids),
         )
         return [
             StoredObservation(r["id"], parse_reading(json.loads(r["reading"])), r["source"], r["received_at"])
@@ -459,11 +556,19 @@ class Store:
             db.execute("UPDATE orders SET dirty = 1, revision = revision + 1 WHERE order_id = ?", (order_id,))
 
     def set_state(
-        self, order_id: int, state: OrderState, detail: str, *, dirty: bool = False, **fields: Any
+        self,
+        order_id: int,
+        state: OrderState,
+        detail: str,
+        *,
+        dirty: bool = False,
+        alert: tuple[str, str] | None = None,
+        **fields: Any,
     ) -> None:
         """Moves an order to `state`, with any of its other columns (tx_hash, raw_tx, ...); `dirty`
         (back to collecting, to be evaluated again) in the same update, so no crash can leave a
-        collecting order that nothing looks at."""
+        collecting order that nothing looks at; and `alert` (kind, message) in the same
+        transaction, so no crash leaves a dispute or a failure nobody was told of."""
         allowed = {
             "observation_ids",
             "tx_hash",
@@ -473,6 +578,7 @@ class Store:
             "attempts",
             "next_attempt_at",
             "confirmed_at",
+            "confirmed_block",
         }
         unknown = set(fields) - allowed
         if unknown:
@@ -486,6 +592,11 @@ class Store:
                 f"{', ' + sets if sets else ''} WHERE order_id = ?",
                 (state.value, detail, int(dirty), int(dirty), time.time(), *fields.values(), order_id),
             )
+            if alert is not None:
+                db.execute(
+                    "INSERT INTO alerts (at, order_id, kind, message) VALUES (?, ?, ?, ?)",
+                    (time.time(), order_id, alert[0], alert[1]),
+                )
 
     def resolve(self, order_id: int, reason: str, *, recount: bool = True) -> int:
         """A person's answer to a dispute or a failure: the order collects again. With `recount` its
@@ -568,4 +679,16 @@ def _order(row: sqlite3.Row) -> OrderRecord:
         updated_at=float(row["updated_at"]),
         last_reading_at=row["last_reading_at"],
         confirmed_at=row["confirmed_at"],
+        confirmed_block=row["confirmed_block"],
+    )
+
+
+def _inbox(row: sqlite3.Row) -> InboxItem:
+    return InboxItem(
+        int(row["id"]),
+        float(row["received_at"]),
+        row["source"],
+        bytes(row["payload"]),
+        int(row["attempts"]),
+        row["last_error"],
     )

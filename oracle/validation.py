@@ -50,6 +50,8 @@ class Reason(enum.StrEnum):
     OUT_OF_RANGE = "out-of-range"
     REPLAYED = "replayed"
     SEQUENCE_REUSED = "sequence-reused"
+    #: checking it failed again and again for a reason nobody classified: set aside (quarantined)
+    INTERNAL_ERROR = "internal-error"
 
 
 @dataclass(frozen=True)

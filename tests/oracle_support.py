@@ -47,6 +47,8 @@ class FakeChain:
     used: set[tuple[str, int]] = field(default_factory=set)
     orders: dict[int, OrderStatus] = field(default_factory=dict)
     fail: Callable[[], None] | None = None
+    #: the latest block's time when it trails `now_value` (an idle chain, a node clock behind)
+    block_time: int | None = None
 
     @property
     def chain_id(self) -> int:
@@ -63,6 +65,10 @@ class FakeChain:
     def now(self) -> int:
         self._maybe_fail()
         return self.now_value
+
+    def passed(self) -> int:
+        self._maybe_fail()
+        return self.now_value if self.block_time is None else self.block_time
 
     def warehouse(self, warehouse: bytes) -> Warehouse:
         self._maybe_fail()

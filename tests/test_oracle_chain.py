@@ -421,21 +421,118 @@ def test_a_keeper_whose_listing_fails_once_pays_on_its_next_run(
     keeper = Keeper(world.system, world.cast.relayer)
     assert keeper.run_once().settled == []
     world.chain.advance_time(11 * DAY)
-    ledger = world.ledger
-    real = ledger.certificate_ids_of_order
+    real = keeper._certificate_ids
     calls: list[int] = []
 
-    def flaky(order_id: int, from_block: int = 0) -> list[int]:
+    def flaky(order_id: int, from_block: int, to_block: int) -> list[int]:
         calls.append(order_id)
         if len(calls) == 1:
             raise NodeUnavailable("http://node", "getLogs timed out")
-        return real(order_id, from_block=from_block)
+        return real(order_id, from_block, to_block)
 
-    monkeypatch.setattr(ledger, "certificate_ids_of_order", flaky)
-    with pytest.raises(NodeUnavailable):
-        keeper.run_once()  # the service logs it and runs the keeper again later
+    monkeypatch.setattr(keeper, "_certificate_ids", flaky)
+    first = keeper.run_once()  # logged, kept scheduled
+    assert first.settled == [] and len(first.failed_orders) == 1
     assert keeper.run_once().settled == [root]
-    assert ledger.certificate(root).status == CertificateStatus.SETTLED
+    assert world.ledger.certificate(root).status == CertificateStatus.SETTLED
+
+
+def test_one_order_whose_listing_keeps_failing_holds_up_no_other(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Order A's listing fails for ever (a node refusing the range); B matured later and is paid
+    all the same. A backs off (skipping 0, 1, 3... runs), alerts, and is paid once it lists."""
+    order_a, root_a = world.certificate_for(maturity_in=10 * DAY)
+    order_b, root_b = world.certificate_for(maturity_in=11 * DAY)
+    store = Store(tmp_path / "k.db")
+    keeper = Keeper(world.system, world.cast.relayer, store, retry_attempts=2)
+    keeper.run_once()
+    world.chain.advance_time(12 * DAY)
+    real = keeper._certificate_ids
+    tries: list[int] = []
+
+    def listing(order_id: int, from_block: int, to_block: int) -> list[int]:
+        if order_id == order_a:
+            tries.append(order_id)
+            raise ValueError({"code": -32005, "message": "Requested range exceeds maximum range limit"})
+        return real(order_id, from_block, to_block)
+
+    monkeypatch.setattr(keeper, "_certificate_ids", listing)
+    runs = [keeper.run_once() for _ in range(4)]
+    assert runs[0].settled == [root_b] and all(r.failed_orders == [order_a] for r in (runs[0], runs[1]))
+    assert world.ledger.certificate(root_a).status == CertificateStatus.LIVE
+    assert len(tries) == 3  # runs 1 and 2, then run 3 skipped, run 4 tried
+    assert [a.kind for a in store.alerts()] == ["keeper"]  # at the 2nd failure
+    monkeypatch.undo()
+    for _ in range(4):
+        keeper.run_once()
+    assert world.ledger.certificate(root_a).status == CertificateStatus.SETTLED
+
+
+def test_the_keeper_lists_in_bounded_windows_from_the_confirmation(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen open, then confirmed: its certificates are searched for from a block it was open at,
+    never from the deployment block, and no query spans more than `logs_range` blocks."""
+    order_id = world.open_order(maturity_in=10 * DAY)
+    keeper = Keeper(world.system, world.cast.relayer, logs_range=3)
+    keeper.run_once()
+    open_at = keeper._open[order_id]
+    for _ in range(4):  # a few blocks between the keeper's look and the confirmation
+        world.chain.advance_time(1)
+    root = world.confirm(order_id, DEFAULT_QUANTITY)
+    split_id, _ = world.ledger.split_to(world.cast.supplier1, root, world.cast.supplier2.address, 10_000_00)
+    world.chain.advance_time(11 * DAY)
+    real = keeper._certificate_ids
+    ranges: list[tuple[int, int]] = []
+
+    def spy(order: int, from_block: int, to_block: int) -> list[int]:
+        ranges.append((from_block, to_block))
+        return real(order, from_block, to_block)
+
+    monkeypatch.setattr(keeper, "_certificate_ids", spy)
+    assert sorted(keeper.run_once().settled) == sorted([root, split_id])
+    assert ranges[0][0] == open_at > world.system.deployment.deployment_block
+    assert all(b - a < 3 for a, b in ranges) and len(ranges) >= 2
+    assert all(ranges[i + 1][0] == ranges[i][1] + 1 for i in range(len(ranges) - 1))
+
+
+def test_the_keeper_does_not_hold_the_chain_lock_while_it_waits_for_a_receipt(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    _, root = world.certificate_for(maturity_in=10 * DAY)
+    world.chain.advance_time(11 * DAY)
+    lock = threading.RLock()
+    keeper = Keeper(world.system, world.cast.relayer, lock=lock)
+    real = world.system.tx.receipt
+    looks: list[int] = []
+    others: list[bool] = []
+
+    def slow(tx_hash: str, timeout: float = 0.0) -> object:
+        looks.append(1)
+        if len(looks) == 1:
+            return None  # not mined at the first look: the keeper waits
+        return real(tx_hash, timeout)
+
+    def waiting(seconds: float) -> None:  # while the keeper waits, another thread wants the lock
+        got: list[bool] = []
+
+        def other() -> None:
+            got.append(lock.acquire(timeout=2))
+            if got[-1]:
+                lock.release()
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        others.extend(got)
+
+    monkeypatch.setattr(world.system.tx, "receipt", slow)
+    monkeypatch.setattr("oracle.keeper.time.sleep", waiting)
+    assert keeper.run_once().settled == [root]
+    assert others == [True]
 
 
 def test_keeper_reads_an_order_once_until_it_is_due(world: World) -> None:
@@ -467,3 +564,51 @@ def test_keeper_reads_an_order_once_until_it_is_due(world: World) -> None:
     assert quiet == (reads[0], 2, reads[2] + 3)
     assert keeper.run_once().settled == []
     assert (keeper.reads.orders, keeper.reads.listings, keeper.reads.certificates) == quiet
+
+
+def test_unknown_devices_are_not_cached(world: World, tmp_path: Path) -> None:
+    """Anyone can sign a reading with a fresh key naming itself as a device of an open order: each
+    is refused unknown-device, leaves no cache entry and no inbox row."""
+    warehouse, (rfid, _) = enrol_warehouse(world, [COUNT, WEIGHT])
+    order_id = world.open_order(warehouse=warehouse)
+    store = Store(tmp_path / "o.db")
+    view = SystemView(world.system)
+    gateway = Gateway(store, view, clock_skew=30)
+    version = world.oracle.warehouse(warehouse).device_set_version
+    context = ReadingContext(order_id, warehouse, world.goods, version)
+    for _ in range(20):
+        device = DeviceSigner(Account.create(), COUNT, MemorySequence(1), chain_id=world.chain.chain_id,
+                              oracle=world.oracle.address)  # fmt: skip
+        observation, signature = device.observe(context, 10, observed_at=view.now() - 10, valid_for=600)
+        assert (
+            gateway.ingest(SignedReading(observation, signature).encode(), "http").reason
+            == Reason.UNKNOWN_DEVICE
+        )
+    stranger = DeviceSigner(Account.create(), COUNT, MemorySequence(1), chain_id=world.chain.chain_id,
+                            oracle=world.oracle.address)  # fmt: skip
+    observation, signature = stranger.observe(
+        ReadingContext(order_id, b"\x07" * 32, world.goods, 1), 10, observed_at=view.now() - 10, valid_for=600
+    )
+    assert (
+        gateway.ingest(SignedReading(observation, signature).encode(), "http").reason
+        == Reason.WAREHOUSE_INACTIVE
+    )
+    assert gateway.ingest(rig_reading(rfid, context, view).encode(), "http").accepted
+    assert len(view._kinds) == 1 and b"\x07" * 32 not in view._version
+    assert store.inbox_count() == 0
+
+
+def rig_reading(device: DeviceSigner, context: ReadingContext, view: SystemView) -> SignedReading:
+    observation, signature = device.observe(context, 10, observed_at=view.now() - 10, valid_for=600)
+    return SignedReading(observation, signature)
+
+
+def test_a_confirmation_records_its_block_for_the_keeper(rig: Rig) -> None:
+    assert rig.send(rig.reading(rig.rfid1, 1_000)).accepted
+    assert rig.send(rig.reading(rig.scale, 1_000 * CARTON_G)).accepted
+    rig.relayer().step()
+    record = rig.store.order(rig.order_id)
+    assert record is not None and record.state == OrderState.CONFIRMED and record.confirmed_block
+    keeper = Keeper(rig.world.system, rig.world.cast.relayer, rig.store)
+    keeper.run_once()
+    assert [m[2] for m in keeper._maturing if m[1] == rig.order_id] == [record.confirmed_block]

@@ -3,6 +3,8 @@ alerts."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from oracle.gateway import Gateway
 from oracle.http import create_app
 from oracle.simulator import malleate
 from oracle.store import Store
-from oracle.wire import SignedReading
+from oracle.wire import MAX_PAYLOAD, SignedReading
 
 RFID = account("http-rfid")
 
@@ -102,3 +104,65 @@ def test_with_an_operator_token_only_the_operator_changes_expectations(tmp_path:
     ok = client.put("/orders/1", json=body, headers={"Authorization": "Bearer operator-secret"})
     assert ok.status_code == 200 and ok.json()["carton_weight_grams"] == 12_000
     assert client.get("/orders/1").status_code == 200  # reading needs no token
+
+
+def test_a_body_over_the_cap_is_refused_unread_and_not_kept(
+    setup: tuple[TestClient, FakeChain, Store, DeviceSigner],
+) -> None:
+    client, _, store, _ = setup
+    big = client.post("/readings", content=b"{" + b" " * MAX_PAYLOAD + b"}")
+    assert big.status_code == 413 and big.json()["reason"] == "too-large"
+    declared = client.post("/readings", content=b"{}", headers={"content-length": str(10**9)})
+    assert declared.status_code == 413
+    assert store.inbox_count() == 0 and store.rejections() == []
+
+
+def test_the_raw_bytes_are_what_is_judged(setup: tuple[TestClient, FakeChain, Store, DeviceSigner]) -> None:
+    """No framework parse, no re-encoding: the gateway gets the bytes the device sent (with or
+    without a content type)."""
+    client, chain, store, signer = setup
+    body = signed(signer, chain).encode()
+    ok = client.post("/readings", content=body, headers={"content-type": "text/plain"})
+    assert ok.status_code == 202
+    assert client.post("/readings", content=b"[1, 2]").json()["reason"] == "malformed"
+
+
+def test_deep_nesting_within_the_cap_does_not_kill_the_process(tmp_path: Path) -> None:
+    """In a process with py_ecc's recursion limit (the service imports it), a body of '[' up to the
+    cap is refused as malformed, and a larger one before it is read; the process lives on."""
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import oracle.service  # raises the recursion limit
+assert sys.getrecursionlimit() >= 100_000, sys.getrecursionlimit()
+from fastapi.testclient import TestClient
+from oracle.gateway import Gateway
+from oracle.http import create_app
+from oracle.store import Store
+from oracle_support import FakeChain
+store = Store({str(tmp_path / "o.db")!r})
+client = TestClient(create_app(Gateway(store, FakeChain(), clock_skew=30), store))
+for size in ({MAX_PAYLOAD}, 200_000):
+    r = client.post("/readings", content=b"[" * size, headers={{"content-type": "application/json"}})
+    print(size, r.status_code, r.json().get("reason"), flush=True)
+print("alive")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:3] == [f"{MAX_PAYLOAD} 422 malformed", "200000 413 too-large", "alive"]
+
+
+def test_a_reading_whose_check_fails_unexpectedly_is_kept_not_a_500(
+    setup: tuple[TestClient, FakeChain, Store, DeviceSigner],
+) -> None:
+    client, chain, store, signer = setup
+
+    def odd() -> None:
+        raise ValueError({"code": -32000, "message": "execution aborted (timeout = 5s)"})
+
+    chain.fail = odd
+    kept = client.post("/readings", content=signed(signer, chain).encode())
+    assert kept.status_code == 503 and kept.json()["status"] == "kept"
+    assert store.inbox_count(processed=False) == 1
+    item = store.unprocessed(now=10**12)[0]
+    assert item.attempts == 1 and "execution aborted" in (item.last_error or "")

@@ -16,7 +16,7 @@ import pytest
 from oracle_support import CARTON_G, CHAIN_ID, GOODS, ORACLE, WAREHOUSE, FakeChain, account
 
 from chain_client import errors
-from chain_client.errors import NodeUnavailable
+from chain_client.errors import NodeUnavailable, TransactionRejected
 from chain_client.models import OrderStatus
 from chain_client.receipts import Observation, ReadingKind, sign_observation
 from oracle.agreement import Disputed, Expectations, Ready, Waiting, decide
@@ -37,7 +37,7 @@ from oracle.settings import OracleSettings
 from oracle.simulator import malleate
 from oracle.store import OrderState, Store
 from oracle.validation import Reason, check_signature_form
-from oracle.wire import MalformedReading, SignedReading, decode_reading
+from oracle.wire import MAX_PAYLOAD, MalformedReading, PayloadTooLarge, SignedReading, decode_reading
 
 RFID_A, RFID_B, SCALE = account("rfid-a"), account("rfid-b"), account("scale")
 KINDS = {
@@ -319,7 +319,10 @@ class FakeSubmitter:
         self.revert: Exception | None = None
         self.transient = 0
         self.nonce_too_low = False
+        self.rejected: str | None = None  # the node refuses the bytes in its own words
+        self.mine = True  # False: broadcasts are accepted but never mined
         self.discarded: list[str] = []
+        self.submitted: list[tuple[SignedReading, ...]] = []
 
     def prepare(self, rs: Sequence[SignedReading]) -> PreparedTx:
         if self.transient:
@@ -328,13 +331,16 @@ class FakeSubmitter:
         if self.revert is not None:
             raise self.revert
         self.prepared += 1
+        self.submitted.append(tuple(rs))
         return PreparedTx(f"0x{self.prepared:064x}", b"raw%d" % self.prepared)
 
     def broadcast(self, prepared: PreparedTx) -> None:
         if self.nonce_too_low:
             raise NonceTooLow("nonce too low")
+        if self.rejected is not None:
+            raise TransactionRejected(prepared.tx_hash, self.rejected)
         self.broadcasts.append(prepared.tx_hash)
-        if prepared.tx_hash not in self.mined:
+        if self.mine and prepared.tx_hash not in self.mined:
             # The contract lets each order confirm once: a second inclusion is impossible for the
             # same bytes; count what was mined.
             self.mined[prepared.tx_hash] = Mined(prepared.tx_hash, True, 7, 100_000, root_certificate_id=1)
@@ -529,10 +535,10 @@ def _collecting(
     return store, chain, gateway, sub, relayer(store, chain, sub)
 
 
-def test_a_devices_early_correction_is_waited_for_not_bypassed(tmp_path: Path) -> None:
+def test_a_devices_early_correction_is_judged_at_once_not_bypassed(tmp_path: Path) -> None:
     """Portal A reads 1000, then corrects itself to 900 with its clock 10 s ahead of the chain (the
-    gateway takes readings up to 30 s early). Its latest reading is the one that counts: until it
-    is usable the order waits; it is never judged by the 1000 it replaced."""
+    gateway takes readings up to 30 s early). Its latest reading is the one that counts, early or
+    not: 900 against B's 1000 is a dispute at once; it is never judged by the 1000 it replaced."""
     store, chain, gateway, sub, r = _collecting(tmp_path, threshold=3)
     a = signer(RFID_A)
     assert gateway.ingest(reading(a, 1_000, chain).encode(), "t").accepted
@@ -540,10 +546,6 @@ def test_a_devices_early_correction_is_waited_for_not_bypassed(tmp_path: Path) -
     assert gateway.ingest(reading(a, 900, chain, age=-10).encode(), "t").accepted
     assert gateway.ingest(reading(signer(RFID_B), 1_000, chain).encode(), "t").accepted
     assert gateway.ingest(reading(signer(SCALE), 1_000 * CARTON_G, chain).encode(), "t").accepted
-    r.step()
-    record = store.order(1)
-    assert record is not None and record.state == OrderState.COLLECTING and sub.prepared == 0
-    chain.now_value += 11  # A's correction becomes usable: 900 against B's 1000
     r.step()
     record = store.order(1)
     assert record is not None and record.state == OrderState.DISPUTED and sub.prepared == 0
@@ -612,3 +614,315 @@ def test_a_reading_the_pipeline_checked_first_gets_that_verdict_over_http(
     high_s = reading(signer(RFID_B), 1_000, chain)
     verdict = gateway.ingest(SignedReading(high_s.observation, malleate(high_s.signature)).encode(), "http")
     assert (verdict.accepted, verdict.reason) == (False, Reason.HIGH_S)
+
+
+# ---------------------------------------------------------------------- review, session 6
+
+
+def test_nesting_within_the_size_cap_is_refused_without_parsing() -> None:
+    """A payload of nested brackets up to the size cap is malformed, found by a linear scan: the
+    process runs with py_ecc's recursion limit of 100,000, deep enough for the C parser to overflow
+    the thread's stack."""
+    for payload in (b"[" * MAX_PAYLOAD, b"{" * MAX_PAYLOAD, b'{"a":' * 500 + b"1" + b"}" * 500):
+        with pytest.raises(MalformedReading, match="nested"):
+            decode_reading(payload)
+    # Brackets inside strings are not nesting: a reading with them is judged on its fields.
+    with pytest.raises(MalformedReading, match="missing field"):
+        decode_reading(json.dumps({"note": "[" * 100}).encode())
+
+
+def test_an_early_conflicting_count_of_another_device_is_a_dispute(tmp_path: Path) -> None:
+    """Portal B counted 900 with its clock 10 s ahead (the gateway takes it: 30 s skew); portal A
+    counted 1000 and the scale agrees with A. B's stored count is a conflict whatever its timing:
+    disputed, nothing submitted (it used to be left out as early and 1000 confirmed)."""
+    store, chain, gateway, sub, r = _collecting(tmp_path)
+    assert gateway.ingest(reading(signer(RFID_B), 900, chain, age=-10).encode(), "t").accepted
+    assert gateway.ingest(reading(signer(RFID_A), 1000, chain).encode(), "t").accepted
+    assert gateway.ingest(reading(signer(SCALE), 1000 * CARTON_G, chain).encode(), "t").accepted
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.DISPUTED and sub.prepared == 0
+    assert [a.kind for a in store.alerts()] == ["disputed"]
+
+
+@pytest.mark.parametrize("age, valid_for", [(60, 80), (4_000, 5_000)], ids=["about-to-lapse", "stale"])
+def test_a_conflicting_count_that_cannot_be_submitted_is_still_a_dispute(
+    tmp_path: Path, age: int, valid_for: int
+) -> None:
+    store, chain, gateway, sub, r = _collecting(tmp_path)
+    b = reading(signer(RFID_B), 900, chain, age=age, valid_for=valid_for)
+    gateway.store.accept(None, b, "t")  # stored while it was still fresh
+    assert gateway.ingest(reading(signer(RFID_A), 1000, chain).encode(), "t").accepted
+    assert gateway.ingest(reading(signer(SCALE), 1000 * CARTON_G, chain).encode(), "t").accepted
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.DISPUTED and sub.prepared == 0
+
+
+def test_an_early_reading_that_agrees_is_waited_for_then_submitted_with_the_rest(tmp_path: Path) -> None:
+    store, chain, gateway, sub, r = _collecting(tmp_path)
+    assert gateway.ingest(reading(signer(RFID_B), 1000, chain, age=-10).encode(), "t").accepted
+    assert gateway.ingest(reading(signer(RFID_A), 1000, chain).encode(), "t").accepted
+    assert gateway.ingest(reading(signer(SCALE), 1000 * CARTON_G, chain).encode(), "t").accepted
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.COLLECTING and sub.prepared == 0
+    assert "ahead of the chain's clock" in record.detail
+    chain.now_value += 11
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.CONFIRMED
+    assert len(sub.submitted[0]) == 3  # every agreeing current device
+
+
+def test_nothing_is_submitted_while_a_reading_of_the_order_waits_in_the_inbox(tmp_path: Path) -> None:
+    store, chain, gateway, sub, r = _collecting(tmp_path)
+    assert gateway.ingest(reading(signer(RFID_A), 1000, chain).encode(), "t").accepted
+    assert gateway.ingest(reading(signer(SCALE), 1000 * CARTON_G, chain).encode(), "t").accepted
+    gateway.receive(reading(signer(RFID_B), 900, chain).encode(), "mqtt")  # not checked yet
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.COLLECTING and sub.prepared == 0
+    assert "not checked yet" in record.detail
+    gateway.process_pending()
+    r.step()
+    assert store.order(1).state == OrderState.DISPUTED and sub.prepared == 0  # type: ignore[union-attr]
+
+
+def _poisoned(tmp_path: Path) -> tuple[Store, FakeChain, Gateway]:
+    """Order 2's reads fail with a node's answer in words of its own (web3 raises ValueError)."""
+    store = Store(tmp_path / "o.db")
+    chain = fake_chain()
+    chain.orders[2] = OrderStatus.OPEN
+    real_order = chain.order
+
+    def order(order_id: int) -> object:
+        if order_id == 2:
+            raise ValueError({"code": -32000, "message": "execution aborted (timeout = 5s)"})
+        return real_order(order_id)
+
+    chain.order = order  # type: ignore[method-assign, assignment]
+    return (
+        store,
+        chain,
+        Gateway(store, chain, clock_skew=30, max_attempts=3, retry_base=0.001, retry_max=0.001),
+    )
+
+
+def test_a_poison_inbox_item_neither_blocks_the_others_nor_stays_for_ever(tmp_path: Path) -> None:
+    import time
+
+    store, chain, gw = _poisoned(tmp_path)
+    gw.receive(reading(signer(RFID_B, 50), 1000, chain, order_id=2).encode(), "mqtt")  # the poison
+    gw.receive(reading(signer(RFID_A), 1000, chain).encode(), "mqtt")
+    gw.receive(reading(signer(SCALE), 1000 * CARTON_G, chain).encode(), "mqtt")
+    verdicts = gw.process_pending()
+    assert [v.accepted for v in verdicts] == [False, True, True] and len(store.observations(1)) == 2
+    assert store.inbox_count(processed=False) == 1
+    item = store.unprocessed(now=time.time() + 60)[0]
+    assert item.attempts == 1 and "execution aborted" in (item.last_error or "")
+    for _ in range(5):
+        time.sleep(0.005)
+        gw.process_pending()
+    assert store.inbox_count(processed=False) == 0 and store.inbox_count(processed=True) == 1
+    assert store.rejections(1)[0].reason == Reason.INTERNAL_ERROR
+    assert store.quarantined()[0].attempts == 2  # the third failure quarantined it
+
+
+def test_a_locked_database_is_transient_and_ends_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "o.db")
+    chain = fake_chain()
+    gw = Gateway(store, chain, clock_skew=30)
+    gw.receive(reading(signer(RFID_A), 1000, chain).encode(), "mqtt")
+    gw.receive(reading(signer(SCALE), 1000 * CARTON_G, chain).encode(), "mqtt")
+
+    def locked(*args: object, **kw: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(store, "accept", locked)
+    verdicts = gw.process_pending()
+    assert len(verdicts) == 1 and verdicts[0].unavailable and verdicts[0].pending
+    assert [i.attempts for i in store.unprocessed()] == [0, 0]  # not counted against the items
+    monkeypatch.undo()
+    assert all(v.accepted for v in gw.process_pending())
+
+
+def test_payload_cap_and_what_the_inbox_keeps(tmp_path: Path) -> None:
+    """Nothing over the cap is kept; a reading that got its verdict leaves the inbox (its
+    observation or rejection stays); rejections are a bounded ring."""
+    store = Store(tmp_path / "o.db", max_rejections=3)
+    chain = fake_chain()
+    gw = Gateway(store, chain, clock_skew=30)
+    with pytest.raises(PayloadTooLarge):
+        gw.receive(b"x" * (MAX_PAYLOAD + 1), "mqtt")
+    with pytest.raises(PayloadTooLarge):
+        store.receive("mqtt", b"x" * (MAX_PAYLOAD + 1))
+    assert store.inbox_count() == 0
+    good = reading(signer(RFID_A), 1000, chain)
+    assert gw.ingest(good.encode(), "t").accepted
+    for n in range(5):
+        assert ingest(gw, b"garbage %d" % n) == Reason.MALFORMED
+    assert gw.ingest(good.encode(), "t").reason == Reason.REPLAYED  # the observation remembers it
+    assert store.inbox_count() == 0
+    assert [r.reason for r in store.rejections()] == ["replayed", "malformed", "malformed"]
+
+
+def test_a_migrated_inbox_drops_rows_already_checked(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE inbox (id INTEGER PRIMARY KEY, received_at REAL NOT NULL, source TEXT NOT NULL, "
+        "payload BLOB NOT NULL, processed INTEGER NOT NULL DEFAULT 0)"
+    )
+    old.execute("INSERT INTO inbox (received_at, source, payload, processed) VALUES (0, 'm', x'01', 1)")
+    old.execute("INSERT INTO inbox (received_at, source, payload, processed) VALUES (0, 'm', x'02', 0)")
+    old.commit()
+    old.close()
+    store = Store(path)
+    assert [i.payload for i in store.unprocessed()] == [b"\x02"] and store.inbox_count() == 1
+
+
+class _FailingCommit:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db, self.failed = db, False
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT" and not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.db.execute(sql, *args)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+
+def test_a_failed_commit_is_rolled_back_and_the_store_goes_on(tmp_path: Path) -> None:
+    store = Store(tmp_path / "o.db")
+    store._db = _FailingCommit(store._db)  # type: ignore[assignment]
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        store.receive("mqtt", b"first")
+    store.receive("mqtt", b"second")
+    assert [i.payload for i in store.unprocessed()] == [b"second"]
+
+
+def test_a_state_change_and_its_alert_are_one_transaction(store: Store) -> None:
+    store.register_order(1, carton_weight_grams=None, count_tolerance=None, weight_tolerance_pct=None)
+    with store.transaction() as db:
+        db.execute("DROP TABLE alerts")
+    with pytest.raises(sqlite3.OperationalError):
+        store.set_state(1, OrderState.DISPUTED, "counts disagree", alert=("disputed", "counts disagree"))
+    assert store.order(1).state == OrderState.COLLECTING  # type: ignore[union-attr]
+
+
+def test_readings_not_yet_behind_the_latest_block_wait(store: Store) -> None:
+    """The node's latest block (here 2 s behind the wall clock, which the next block may be
+    stamped by) has not reached the scale's reading: submitted, it could revert
+    ObservationFromFuture. The order waits until it has."""
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    gw = Gateway(store, chain, clock_skew=30)
+    store.register_order(1, carton_weight_grams=CARTON_G, count_tolerance=None, weight_tolerance_pct=None)
+    assert gw.ingest(reading(signer(RFID_A), 1000, chain).encode(), "t").accepted
+    assert gw.ingest(reading(signer(SCALE), 1000 * CARTON_G, chain, age=1).encode(), "t").accepted
+    chain.block_time = chain.now_value - 2
+    r = relayer(store, chain, sub)
+    r.step()
+    assert store.order(1).state == OrderState.COLLECTING and sub.prepared == 0  # type: ignore[union-attr]
+    chain.block_time = chain.now_value
+    r.step()
+    assert store.order(1).state == OrderState.CONFIRMED  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("name", ["ObservationFromFuture", "SystemPaused"])
+@pytest.mark.parametrize("where", ["simulation", "mined"])
+def test_a_revert_that_depends_on_timing_backs_off_and_collects_again(
+    store: Store, name: str, where: str
+) -> None:
+    import time
+
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    fields = {"index": 0, "observedAt": chain.now_value, "nowTs": chain.now_value - 1}
+    error = errors.ERRORS[name](b"", **(fields if name == "ObservationFromFuture" else {}))
+    ready_order(store, chain)
+    r = relayer(store, chain, sub)
+    if where == "simulation":
+        sub.revert = error
+    else:
+        sub.mine = False
+        r.step()
+        tx = store.order(1).tx_hash  # type: ignore[union-attr]
+        assert tx is not None
+        sub.mined[tx] = Mined(tx, False, None, None, error_name=name, detail=str(error))
+        time.sleep(0.01)  # past the backoff of "not mined yet"
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.COLLECTING and record.attempts >= 1
+    assert not [a for a in store.alerts() if a.kind == "failed"]
+    sub.revert, sub.mine = None, True
+    time.sleep(0.01)
+    r.step()
+    assert store.order(1).state == OrderState.CONFIRMED  # type: ignore[union-attr]
+
+
+def test_node_trouble_alerts_at_the_limit_and_every_as_many_after(store: Store) -> None:
+    import time
+
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    sub.transient = 10**6
+    ready_order(store, chain)
+    settings = OracleSettings(retry_base=0.0001, retry_max=0.0001, retry_attempts=3)
+    r = Relayer(store, chain, sub, settings, receipt_timeout=1)
+    for _ in range(10):
+        r.step()
+        time.sleep(0.001)
+    assert store.order(1).attempts == 10  # type: ignore[union-attr]
+    assert [a.message.split()[0] for a in store.alerts() if a.kind == "node"] == ["9", "6", "3"]
+
+
+def test_a_transaction_the_node_keeps_refusing_fails_with_an_alert(store: Store) -> None:
+    import time
+
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    sub.rejected = "max fee per gas less than block base fee"
+    ready_order(store, chain)
+    settings = OracleSettings(retry_base=0.0001, retry_max=0.0001, retry_attempts=3)
+    r = Relayer(store, chain, sub, settings, receipt_timeout=1)
+    for _ in range(6):
+        r.step()
+        time.sleep(0.001)
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.FAILED
+    assert record.error_name == "TransactionRejected" and sub.prepared == 1
+    assert [a.kind for a in store.alerts()] == ["failed"]
+
+
+def test_a_transaction_whose_readings_lapsed_unmined_is_abandoned(store: Store) -> None:
+    """Sent but never mined (a fee the chain never reaches): once the chain is past a reading's
+    deadline the transaction can only revert, so the order collects again (fresh readings, a new
+    transaction) instead of rebroadcasting it for ever."""
+    import time
+
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    sub.mine = False
+    ready_order(store, chain)
+    r = relayer(store, chain, sub)
+    r.step()
+    assert store.order(1).state == OrderState.SUBMITTING  # type: ignore[union-attr]
+    chain.now_value += 4_000  # past both readings' deadlines
+    time.sleep(0.01)  # past the backoff of "not mined yet"
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.COLLECTING, record
+    assert [a.kind for a in store.alerts()] == ["abandoned"]
+    sub.mine = True
+    gw = Gateway(store, chain, clock_skew=30)
+    for rr in (reading(signer(RFID_A, 10), 1000, chain), reading(signer(SCALE, 10), 1000 * CARTON_G, chain)):
+        assert gw.ingest(rr.encode(), "t").accepted
+    r.step()
+    assert store.order(1).state == OrderState.CONFIRMED and sub.prepared == 2  # type: ignore[union-attr]
