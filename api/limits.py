@@ -4,8 +4,9 @@ FastAPI hands a JSON body to `json.loads` whole, and the process's recursion lim
 py_ecc is imported (eth-tester and py-evm import it): a body of nested brackets then overflows the
 C stack inside the parser and kills the worker (SIGSEGV), whatever the endpoint. So the body is
 read here first, at most `max_bytes` of it (413 `BodyTooLarge` beyond), and refused with 400
-`BodyTooDeep` if its JSON nests deeper than `max_depth`. No request of this API nests more than a
-few levels or needs more than a few kilobytes (a signed settle of 64 certificates is about 4 KB).
+`BodyTooDeep` if its JSON nests deeper than `max_depth` (the oracle's scan, `wire.too_deep`). No
+request of this API nests more than a few levels or needs more than a few kilobytes (a signed
+settle of 64 certificates is about 4 KB).
 """
 
 from __future__ import annotations
@@ -16,34 +17,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import body as problem
+from oracle.wire import too_deep
 
 MAX_BODY_BYTES = 65_536
 MAX_DEPTH = 32
-
-
-def nests_deeper(raw: bytes, limit: int) -> bool:
-    """Whether `raw`'s brackets nest deeper than `limit`, strings skipped (it need not be JSON)."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:  # every request this API expects: no scan
-        return False
-    depth = 0
-    in_string = escaped = False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > limit:
-                return True
-        elif byte in (0x5D, 0x7D):  # ] }
-            depth -= 1
-    return False
 
 
 class BodyLimits:
@@ -79,7 +56,7 @@ class BodyLimits:
             chunks.append(chunk)
             more = message.get("more_body", False)
         raw = b"".join(chunks)
-        if nests_deeper(raw, self.max_depth):
+        if too_deep(raw, self.max_depth):
             await _refuse(send, 400, "BodyTooDeep", f"JSON nested deeper than {self.max_depth} levels")
             return
         await self.app(

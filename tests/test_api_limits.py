@@ -10,7 +10,8 @@ import pytest
 from api_support import Api, serve_world
 from world import World
 
-from api.limits import MAX_BODY_BYTES, MAX_DEPTH, nests_deeper
+from api.limits import MAX_BODY_BYTES, MAX_DEPTH
+from oracle.wire import too_deep
 
 
 @pytest.fixture
@@ -20,14 +21,14 @@ def api(world: World, tmp_path: Path) -> Iterator[Api]:
 
 def test_nesting_is_counted_outside_strings() -> None:
     deep = b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1)
-    assert nests_deeper(deep, MAX_DEPTH)
-    assert not nests_deeper(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH, MAX_DEPTH)
+    assert too_deep(deep, MAX_DEPTH)
+    assert not too_deep(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH, MAX_DEPTH)
     # Brackets inside strings are text, an escaped quote does not end the string, and many
     # sibling containers are not depth.
     quoted = b'{"a": "' + b"[" * 100 + b'\\"' + b"{" * 100 + b'"}'
-    assert not nests_deeper(quoted, MAX_DEPTH)
-    assert not nests_deeper(b"[" + b"[1]," * 1_000 + b"[1]]", MAX_DEPTH)
-    assert nests_deeper(b'{"x": ' + b"{" * 40, MAX_DEPTH)  # unbalanced counts too
+    assert not too_deep(quoted, MAX_DEPTH)
+    assert not too_deep(b"[" + b"[1]," * 1_000 + b"[1]]", MAX_DEPTH)
+    assert too_deep(b'{"x": ' + b"{" * 40, MAX_DEPTH)  # unbalanced counts too
 
 
 def test_a_deeply_nested_body_is_refused_before_parsing(api: Api) -> None:
