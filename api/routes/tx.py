@@ -63,7 +63,11 @@ _ZERO = to_checksum_address("0x" + "00" * 20)
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
     403: {"description": "the sender lacks the job's role or a contract access error; an id out of scope"},
     404: {"description": "an unknown certificate, order, offer, participant or warehouse"},
-    409: {"description": "a contract error from the current state; a nonce already used"},
+    409: {
+        "description": "a contract error from the current state; a nonce already used; the sender's "
+        "pending transactions (PendingTransaction); mined and reverted, nonce and gas spent "
+        "(RevertedOnChain, the contract's error nested)"
+    },
     422: {"description": "invalid input or a contract's input error"},
     503: {"description": "the node is down (Retry-After)"},
     504: {"description": "sent, outcome unknown: send the same signed bytes again to learn it"},
