@@ -284,10 +284,16 @@ class LedgerClient:
     def invoice_used(self, invoice_hash: bytes) -> bool:
         return bool(call_checked(self._fn.invoiceUsed(invoice_hash).call))
 
-    def certificate_ids_of_order(self, order_id: int, from_block: int = 0) -> list[int]:
-        """Ids of every certificate of an order, from its CertificateIssued events (the orderId topic)."""
+    def certificate_ids_of_order(
+        self, order_id: int, from_block: int = 0, to_block: int | None = None
+    ) -> list[int]:
+        """Ids of the certificates of an order issued in blocks from_block..to_block (the head if
+        None), from its CertificateIssued events (the orderId topic). Nodes bound the range one
+        query may span (Besu): a caller with a long chain to cover asks in windows."""
         logs = self.contract.events.CertificateIssued.get_logs(
-            from_block=from_block, argument_filters={"orderId": order_id}
+            from_block=from_block,
+            to_block="latest" if to_block is None else to_block,
+            argument_filters={"orderId": order_id},
         )
         return [int(log["args"]["certificateId"]) for log in logs]
 

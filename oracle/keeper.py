@@ -226,12 +226,7 @@ class Keeper:
         del self._listing[order_id]
 
     def _certificate_ids(self, order_id: int, from_block: int, to_block: int) -> list[int]:
-        """Ids of the order's certificates issued in blocks from_block..to_block (CertificateIssued,
-        by its indexed orderId). LedgerClient.certificate_ids_of_order has no upper bound."""
-        logs = self.system.ledger.contract.events.CertificateIssued.get_logs(
-            from_block=from_block, to_block=to_block, argument_filters={"orderId": order_id}
-        )
-        return [int(entry["args"]["certificateId"]) for entry in logs]
+        return self.system.ledger.certificate_ids_of_order(order_id, from_block, to_block)
 
     def _live_due(self, now: int, run: KeeperRun) -> list[tuple[int, int]]:
         found: list[tuple[int, int]] = []

@@ -351,6 +351,19 @@ def test_split_into_parts_kept_by_the_holder(world: World, ledger: LedgerClient,
     assert ledger.participant(cast.supplier1.address).certificate_count == 3
 
 
+def test_certificates_of_an_order_within_a_block_range(
+    world: World, ledger: LedgerClient, cast: Cast
+) -> None:
+    order_id, root_id = world.certificate_for()
+    root_block = world.chain.w3.eth.block_number
+    (part_id,), _ = ledger.split(cast.supplier1, root_id, [60_000 * YUAN, 40_000 * YUAN])
+    split_block = world.chain.w3.eth.block_number
+    assert ledger.certificate_ids_of_order(order_id) == [root_id, part_id]
+    assert ledger.certificate_ids_of_order(order_id, to_block=root_block) == [root_id]
+    assert ledger.certificate_ids_of_order(order_id, root_block + 1, split_block) == [part_id]
+    assert ledger.certificate_ids_of_order(order_id, split_block + 1) == []
+
+
 def test_merge_moves_value_within_an_order(world: World, ledger: LedgerClient, cast: Cast) -> None:
     order_id, root_id = world.certificate_for()
     (part_id,), _ = ledger.split(cast.supplier1, root_id, [60_000 * YUAN, 40_000 * YUAN])
