@@ -226,7 +226,7 @@ def test_a_cancelled_order_gives_its_invoice_back(world: World, ledger: LedgerCl
     assert fields(info) == {"invoiceHash": invoice}
 
 
-def test_an_order_for_a_warehouse_no_receipt_can_come_from(world: World, ledger: LedgerClient, cast: Cast) -> None:
+def test_an_order_for_a_warehouse_that_cannot_confirm(world: World, cast: Cast) -> None:
     nowhere = world.fresh_label("WH")
     with refused(world, errors.UnknownWarehouse) as info:
         world.open_order(warehouse=nowhere)
