@@ -4,9 +4,14 @@ rebuilt books equal the contracts' own state, and say exactly where they do not.
 `replay` indexes from the deployment block into a new database that replaces the old one when it is
 complete. `verify` then checks, at one block:
 
-1. the digest chain: the stored events are folded again and each block's digest recomputed; a
-   block whose digest differs (an event deleted, added or edited in the database) is compared with
-   the node's logs of that block, naming the event that is missing, extra or different;
+0. that the index is on the node's chain: every stored block's hash (from the node's logs for
+   blocks with events up to that block, from headers for the others) and the cursor against the
+   stored blocks and events;
+1. the digest chain: the stored events are folded again and each block's digest recomputed (an
+   event deleted, added or edited in the database); and the stored events themselves against the
+   node's logs from the deployment to that block, event by event, naming the event that is
+   missing, extra or different (a consistent rewrite of the events, their rows and the digests
+   shows there, whatever field it touched);
 2. the index tables against the books rebuilt from the stored events (a record edited in place);
 3. every order, certificate, offer, participant, credit, warehouse and used invoice, the counters
    and the system settings against the contracts' view functions at that block (a receipt's
@@ -14,7 +19,9 @@ complete. `verify` then checks, at one block:
    sequence numbers, see decisions D11);
 4. the invariants of DESIGN.md over the rebuilt books (I1 per-order balance, I2 conservation of
    value, I3 escrow against the ledger's token balance at that block, I4 holders and freezes, I5
-   at-most-once), plus I0 for an event that refers to a record no event created.
+   at-most-once), plus I0 for an event that refers to a record no event created or disagrees with
+   the record it closes. A token balance above what I3 requires is a note, not a finding: anyone
+   may send the ledger tokens.
 
 Each finding names the record, the field, both values and the event that last touched the record.
 """
@@ -27,6 +34,7 @@ from typing import Any
 
 from chain_client.chain import Chain
 from chain_client.deploy import Deployment
+from chain_client.events import UndecodableLog
 from chain_client.index.books import (
     ENTITIES,
     Books,
@@ -39,13 +47,13 @@ from chain_client.index.books import (
     escrow_expected,
 )
 from chain_client.index.db import IndexDatabase, IndexDatabaseError, rebuilding
-from chain_client.index.decode import Event
+from chain_client.index.decode import Event, LogDecoder, RawLog
 from chain_client.index.digest import args_json, block_digest, change_texts, event_document, genesis
 from chain_client.index.export import digest_at
-from chain_client.index.models import ChangeRecord, IndexState, PaymentRecord
-from chain_client.index.source import NodeSource
+from chain_client.index.models import BlockRecord, ChangeRecord, IndexState, PaymentRecord
+from chain_client.index.source import NodeSource, RpcRequestError, misplaced_log
 from chain_client.index.state import decoder_for, stored_events
-from chain_client.index.sync import Indexer, SyncOptions, SyncStatus
+from chain_client.index.sync import Indexer, IndexInconsistent, SyncOptions, SyncStatus
 from chain_client.index.views import ChainView, read_chain_view
 from chain_client.models import OrderStatus
 
@@ -151,6 +159,21 @@ class EventMismatch:
 
 
 @dataclass(frozen=True)
+class BlockMismatch:
+    """A stored block whose hash is not the node's (the index is on another fork: sync it to roll
+    back), or a cursor that disagrees with the stored blocks and events."""
+
+    block: int
+    problem: str
+    index: str | None
+    other: str | None
+    against: str = "chain"
+
+    def __str__(self) -> str:
+        return f"block {self.block}: {self.problem} (index: {self.index}; {self.against}: {self.other})"
+
+
+@dataclass(frozen=True)
 class RowMismatch:
     """A change-log or payment row that differs from what the stored events make, or an event whose
     block hash differs from its block's."""
@@ -174,11 +197,14 @@ class VerifyReport:
     digest: str
     recomputed_digest: str
     checked: dict[str, int] = field(default_factory=dict)
+    block_mismatches: list[BlockMismatch] = field(default_factory=list)
     digest_mismatches: list[DigestMismatch] = field(default_factory=list)
     event_mismatches: list[EventMismatch] = field(default_factory=list)
     row_mismatches: list[RowMismatch] = field(default_factory=list)
     differences: list[Difference] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
+    #: facts worth knowing that are no finding (a token balance above what I3 requires)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -191,6 +217,7 @@ class VerifyReport:
 
     def _kinds(self) -> tuple[list[Any], ...]:
         return (
+            self.block_mismatches,
             self.digest_mismatches,
             self.event_mismatches,
             self.row_mismatches,
@@ -220,12 +247,23 @@ def _verify(chain: Chain, deployment: Deployment, db: IndexDatabase, block: int 
             f"the index covers blocks {state.deployment_block}..{state.synced_block}, not {at}"
         )
     source = NodeSource(chain)
+    decoder = decoder_for(state)
+    # The node's logs first, with the headers of the blocks they do not vouch for, then the index:
+    # a reorg between the two requests shows as a finding, which a second verify clears.
+    chain_events = _chain_events(source, decoder, state.deployment_block, at)
     refold = _refold(db, state, at)
     # The digest as of `at` (the index's own, and the one its stored events give), for comparing
     # with another auditor's export or verify at that block.
-    report = VerifyReport(block=at, digest=digest_at(db, state, at), recomputed_digest=refold.digest_at(at))
-    report.digest_mismatches = _digest_mismatches(db, state, refold)
-    report.event_mismatches = _event_mismatches(db, state, source, report.digest_mismatches)
+    blocks = db.blocks(state.chain_id)
+    stored_digest = next((b.digest for b in reversed(blocks) if b.number <= at), None)
+    report = VerifyReport(
+        block=at,
+        digest=digest_at(db, state, at) if stored_digest is None else stored_digest,
+        recomputed_digest=refold.digest_at(at),
+    )
+    report.block_mismatches = _block_mismatches(state, blocks, source, refold, chain_events)
+    report.digest_mismatches = _digest_mismatches(state, blocks, refold)
+    report.event_mismatches = _event_mismatches(refold.stored, chain_events.events)
     report.row_mismatches = refold.hash_mismatches + _row_mismatches(db, state, refold)
     tables = db.load_books(state)
     report.differences = _compare_books(tables, refold.final, "index table", "replayed events")
@@ -233,7 +271,7 @@ def _verify(chain: Chain, deployment: Deployment, db: IndexDatabase, block: int 
     report.differences += _compare_chain(refold.at_block, view, "replayed events")
     if at == state.synced_block:
         report.differences += _compare_chain(tables, view, "index table")
-    report.violations = _violations(refold.at_block, view)
+    report.violations, report.notes = _violations(refold.at_block, view)
     report.checked = {entity: len(view.records.get(entity, {})) for entity in ENTITIES}
     report.checked["events"] = refold.events
     report.checked["change rows"] = len(refold.changes)
@@ -255,6 +293,10 @@ class _Refold:
     #: events whose block hash differs from their block's first event's (the one the digest takes)
     hash_mismatches: list[RowMismatch]
     genesis: str
+    #: the stored events up to the verified block, as `_shown` makes them, by position
+    stored: dict[tuple[int, int, int], tuple[str, str, str]]
+    #: block -> the block hash its first stored event carries (the one the digest takes)
+    hashes: dict[int, str]
 
     def digest_at(self, block: int) -> str:
         """The recomputed digest after `block` (unchanged through blocks without events)."""
@@ -273,6 +315,8 @@ def _refold(db: IndexDatabase, state: IndexState, at: int) -> _Refold:
     changes: dict[tuple[int, int, int, int], tuple[Any, ...]] = {}
     payments: dict[tuple[int, int, int], tuple[Any, ...]] = {}
     hashes: list[RowMismatch] = []
+    stored: dict[tuple[int, int, int], tuple[str, str, str]] = {}
+    first_hashes: dict[int, str] = {}
     at_block: Books | None = None
     events = 0
     for number, block_events in _grouped(stored_events(db, state)):
@@ -280,10 +324,14 @@ def _refold(db: IndexDatabase, state: IndexState, at: int) -> _Refold:
             at_block = books.copy()
         documents = []
         block_hash = block_events[0].block_hash
+        first_hashes[number] = block_hash
         for e in block_events:
             applied = books.apply(e)
             texts = change_texts(applied)
-            documents.append(event_document(e, args_json(e.args), texts))
+            arguments = args_json(e.args)
+            documents.append(event_document(e, arguments, texts))
+            if number <= at:
+                stored[e.position] = (e.tx_hash, e.address, f"{e.name}{arguments}")
             for seq, text in enumerate(texts):
                 changes[(number, e.tx_index, e.log_index, seq)] = (e.tx_hash, e.name, *text)
             for payment in applied.payments:
@@ -297,7 +345,19 @@ def _refold(db: IndexDatabase, state: IndexState, at: int) -> _Refold:
         blocks[number] = (digest, len(block_events))
         events += len(block_events)
     start = genesis(state.chain_id, state.ledger, state.oracle, state.deployment_block)
-    return _Refold(books, at_block or books, digest, events, blocks, changes, payments, hashes, start)
+    return _Refold(
+        books,
+        at_block or books,
+        digest,
+        events,
+        blocks,
+        changes,
+        payments,
+        hashes,
+        start,
+        stored,
+        first_hashes,
+    )
 
 
 def _position(block: int, tx_index: int, log_index: int, seq: int | None = None) -> str:
@@ -356,9 +416,9 @@ def _grouped(events: Iterable[Event]) -> Iterator[tuple[int, list[Event]]]:
         yield current[0].block_number, current
 
 
-def _digest_mismatches(db: IndexDatabase, state: IndexState, refold: _Refold) -> list[DigestMismatch]:
+def _digest_mismatches(state: IndexState, blocks: list[BlockRecord], refold: _Refold) -> list[DigestMismatch]:
     """The first block where the stored digest chain and the stored events part ways."""
-    stored = {b.number: b for b in db.blocks(state.chain_id)}
+    stored = {b.number: b for b in blocks}
     running = genesis(state.chain_id, state.ledger, state.oracle, state.deployment_block)
     for number in sorted(set(stored) | set(refold.blocks)):
         found, count = refold.blocks.get(number, (running, 0))
@@ -379,33 +439,137 @@ def _digest_mismatches(db: IndexDatabase, state: IndexState, refold: _Refold) ->
     return []
 
 
+@dataclass
+class _ChainEvents:
+    """The node's logs of the deployment up to the verified block, decoded."""
+
+    #: position -> (tx hash, address, name and canonical arguments), as `_refold` shows stored ones
+    events: dict[tuple[int, int, int], tuple[str, str, str]]
+    #: block -> its hash, as its logs carry it
+    hashes: dict[int, str]
+
+
+#: Consecutive misplaced or refused getLogs answers verify takes before it gives up.
+_LOG_TRIES = 3
+
+
+def _chain_events(source: NodeSource, decoder: LogDecoder, first: int, last: int) -> _ChainEvents:
+    """The node's logs of the deployment's contracts over first..last, through the replay's own
+    fetch path (raw JSON-RPC, typed parse), in ranges that halve when the node refuses one."""
+    found = _ChainEvents({}, {})
+    if last < first:
+        return found
+    pending = [(first, last)]
+    tries = 0
+    while pending:
+        low, high = pending.pop()
+        try:
+            logs = source.logs(low, high, decoder.addresses)
+        except RpcRequestError:
+            if low == high:
+                raise
+            middle = (low + high) // 2
+            pending += [(middle + 1, high), (low, middle)]
+            continue
+        wrong = misplaced_log(logs, low, high)
+        if wrong is not None:
+            tries += 1
+            if tries >= _LOG_TRIES:
+                raise IndexInconsistent(f"getLogs {low}..{high} answered {wrong}, {tries} times")
+            pending.append((low, high))
+            continue
+        _add_chain_logs(found, decoder, logs)
+    return found
+
+
+def _add_chain_logs(found: _ChainEvents, decoder: LogDecoder, logs: list[RawLog]) -> None:
+    for log in logs:
+        found.hashes.setdefault(log.block_number, log.block_hash)
+        try:
+            e = decoder.decode(log)
+        except UndecodableLog as exc:
+            found.events[log.position] = (log.tx_hash, log.address, f"(undecodable: {exc})")
+            continue
+        if e is not None:
+            found.events[e.position] = (e.tx_hash, e.address, f"{e.name}{decoder.args_json(e)}")
+
+
 def _event_mismatches(
-    db: IndexDatabase, state: IndexState, source: NodeSource, mismatches: list[DigestMismatch]
+    stored: dict[tuple[int, int, int], tuple[str, str, str]],
+    chain: dict[tuple[int, int, int], tuple[str, str, str]],
 ) -> list[EventMismatch]:
-    """For a block whose digest broke: its stored events against the node's logs, event by event."""
+    """The stored events against the node's logs, event by event (position, transaction, contract,
+    name and every argument): what the digest and the books cannot tell, since a rewrite of the
+    events can be made consistent with both."""
     found: list[EventMismatch] = []
-    decoder = decoder_for(state)
-    for mismatch in mismatches:
-        b = mismatch.block
-        chain_events = {
-            (e.tx_hash, e.log_index): e
-            for e in (decoder.decode(log) for log in source.logs(b, b, decoder.addresses))
-            if e is not None
-        }
-        stored = {(e.tx_hash, e.log_index): e for e in stored_events(db, state, b) if e.block_number == b}
-        for key in sorted(set(chain_events) | set(stored), key=lambda k: (k[0], k[1])):
-            ours, theirs = stored.get(key), chain_events.get(key)
-            shown_ours = f"{ours.name}{args_json(ours.args)}" if ours else None
-            shown_theirs = f"{theirs.name}{args_json(theirs.args)}" if theirs else None
-            if ours is None:
-                problem = "event missing from the index"
-            elif theirs is None:
-                problem = "event in the index that the chain does not have"
-            elif shown_ours != shown_theirs or ours.block_hash != theirs.block_hash:
-                problem = "event differs from the chain's"
-            else:
-                continue
-            found.append(EventMismatch(b, key[0], key[1], problem, shown_ours, shown_theirs))
+    if stored == chain:
+        return found
+    for position in sorted(set(stored) | set(chain)):
+        ours, theirs = stored.get(position), chain.get(position)
+        if ours == theirs:
+            continue
+        if ours is None:
+            problem = "event missing from the index"
+        elif theirs is None:
+            problem = "event in the index that the chain does not have"
+        else:
+            problem = "event differs from the chain's"
+        tx = (ours or theirs or ("",))[0]
+        found.append(
+            EventMismatch(position[0], tx, position[2], problem,
+                          _shown(ours), _shown(theirs))
+        )  # fmt: skip
+    return found
+
+
+def _shown(event: tuple[str, str, str] | None) -> str | None:
+    if event is None:
+        return None
+    tx, address, text = event
+    return f"{text} from {address} in tx {tx}"
+
+
+def _block_mismatches(
+    state: IndexState, stored: list[BlockRecord], source: NodeSource, refold: _Refold, chain: _ChainEvents
+) -> list[BlockMismatch]:
+    """Whether the index is on the node's chain: each stored block's hash against the node's (the
+    hash its logs carry for a block with events up to the verified block, else its header, fetched
+    in batches), and the cursor against the stored blocks and events. An index left on a fork that
+    a reorg replaced (the same transactions mined again in other blocks) can equal the chain in
+    every record while its hashes, and so its digest, are of blocks nobody else can see."""
+    found: list[BlockMismatch] = []
+    by_number = {b.number: b for b in stored}
+    for number, theirs in sorted(chain.hashes.items()):
+        ours = by_number.get(number)
+        if ours is not None and ours.hash != theirs:
+            found.append(BlockMismatch(number, "block hash is not the node's", ours.hash, theirs))
+        elif refold.hashes.get(number, theirs) != theirs:
+            problem = "its events carry a block hash not the node's"
+            found.append(BlockMismatch(number, problem, refold.hashes[number], theirs))
+    unvouched = [b.number for b in stored if b.number not in chain.hashes and b.number >= 0]
+    headers = source.headers(unvouched) if unvouched else {}
+    for number in unvouched:
+        ours, header = by_number[number], headers.get(number)
+        if header is None:
+            found.append(BlockMismatch(number, "the node has no such block", ours.hash, None))
+        elif header.hash != ours.hash:
+            found.append(BlockMismatch(number, "block hash is not the node's", ours.hash, header.hash))
+        elif ours.parent_hash is not None and header.parent_hash != ours.parent_hash:
+            found.append(
+                BlockMismatch(number, "parent hash is not the node's", ours.parent_hash, header.parent_hash)
+            )
+    tip = by_number.get(state.synced_block)
+    if tip is None or tip.hash != state.synced_hash:
+        problem = "the cursor's hash is not its stored block's"
+        stored_hash = tip.hash if tip else None
+        found.append(
+            BlockMismatch(state.synced_block, problem, state.synced_hash, stored_hash, "stored blocks")
+        )
+    if state.events != refold.events:
+        found.append(
+            BlockMismatch(state.synced_block, "the cursor counts another number of events",
+                          str(state.events), str(refold.events), "stored events")
+        )  # fmt: skip
     return found
 
 
@@ -475,15 +639,26 @@ def _touches(*books: Books, entity: str = "") -> Callable[[Key], Touch | None]:
     return touch
 
 
-def _violations(books: Books, view: ChainView) -> list[Violation]:
+def _violations(books: Books, view: ChainView) -> tuple[list[Violation], list[str]]:
+    """The invariants' breaches, and notes. I3 requires the ledger to hold at least the open escrow
+    plus the credits: less is a breach; more is a note, since anyone can transfer settlement tokens
+    to the ledger's address (no function of the ledger moves them, and no finding anyone could
+    cause at will should fail an audit)."""
     found = list(books.violations) + check_invariants(books)
+    notes: list[str] = []
     expected = escrow_expected(books)
-    if expected != view.escrow_balance:
+    if expected > view.escrow_balance:
         found.append(
             Violation(
                 "I3",
                 f"the ledger holds {view.escrow_balance} of the settlement token at block {view.block}; "
-                f"open escrow plus credits is {expected}",
+                f"open escrow plus credits is {expected}: {expected - view.escrow_balance} missing",
             )
         )
-    return found
+    elif expected < view.escrow_balance:
+        notes.append(
+            f"the ledger holds {view.escrow_balance} of the settlement token at block {view.block}, "
+            f"{view.escrow_balance - expected} more than open escrow plus credits ({expected}): "
+            "tokens sent to it directly, which no ledger function moves"
+        )
+    return found, notes

@@ -211,6 +211,7 @@ def verify(
                     "checked": report.checked,
                     "ok": report.ok,
                     "findings": findings,
+                    "notes": report.notes,
                 }
             )
         )
@@ -220,6 +221,8 @@ def verify(
         console.print(f"digest {report.digest}")
         for finding in findings:
             console.print(f"[red]FAIL[/] {finding}", highlight=False, soft_wrap=True)
+        for note in report.notes:
+            console.print(f"[yellow]NOTE[/] {note}", highlight=False, soft_wrap=True)
         if report.ok:
             console.print("[bold green]the index equals the chain and every invariant holds[/]")
         else:

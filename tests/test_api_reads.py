@@ -157,7 +157,7 @@ def test_quote_matches_the_contract(api: Api, world: World) -> None:
 def test_audit_verify_and_export_for_auditors_only(api: Api, world: World, tree: dict[str, int]) -> None:
     regulator = world.cast.regulator
     report = api.get("/v1/audit/verify", regulator).json()
-    assert report["ok"] is True and report["findings"] == []
+    assert report["ok"] is True and report["findings"] == [] and report["notes"] == []
     exported = api.get("/v1/audit/export", regulator).json()
     assert exported["counts"]["certificate"] == 4 and exported["digest"] == report["digest"]
     csv = api.get("/v1/audit/export/certificates.csv", regulator)

@@ -24,7 +24,7 @@ from chain_client.index.models import (
     ParticipantRecord,
     PaymentRecord,
 )
-from chain_client.index.sync import SyncOptions
+from chain_client.index.sync import Indexer, SyncOptions
 from chain_client.index.workload import DAY
 from chain_client.receipts import label_hash
 
@@ -200,6 +200,26 @@ def test_a_reorg_rolls_back_in_postgres_too(
     assert status.reorgs == 1
     fresh = audit.replay(chain, deployment, IndexDatabase(tmp_path / "fresh.sqlite"))
     assert status.digest == fresh.digest
+    assert _dump(pg, deployment.chain_id) == _dump(
+        IndexDatabase(tmp_path / "fresh.sqlite"), deployment.chain_id
+    )
+    assert audit.verify(chain, deployment, pg).ok
+
+
+def test_two_indexers_on_one_postgres_database_do_not_undo_each_others_ranges(
+    chain: Chain, work: Any, pg: IndexDatabase, tmp_path: Path
+) -> None:
+    """The cursor moves only from where the writer read it (a conditional UPDATE): a stale indexer's
+    range is rolled back, and it reloads and goes on from the other's cursor."""
+    deployment = work.system.deployment
+    options = SyncOptions(initial_range=5, max_range=5)
+    stale = Indexer(chain, deployment, pg, options)
+    stale.open()
+    head = audit.sync(chain, deployment, pg)
+    assert stale.sync(deployment.deployment_block + 20).synced_block == head.synced_block
+    assert pg.require_state().synced_block == head.synced_block
+    fresh = audit.replay(chain, deployment, IndexDatabase(tmp_path / "fresh.sqlite"), until=head.synced_block)
+    assert pg.require_state().digest == fresh.digest
     assert _dump(pg, deployment.chain_id) == _dump(
         IndexDatabase(tmp_path / "fresh.sqlite"), deployment.chain_id
     )

@@ -41,7 +41,7 @@ from chain_client.index.models import (
 )
 from chain_client.index.source import NodeSource, PendingLogs, RpcRequestError
 from chain_client.index.state import books_at, history, holdings, lineage
-from chain_client.index.sync import Indexer, SyncOptions, SyncStatus
+from chain_client.index.sync import Indexer, IndexInconsistent, SyncOptions, SyncStatus
 from chain_client.index.workload import DAY, Workload
 from chain_client.index.writer import can_fork
 from chain_client.models import CertificateStatus
@@ -785,3 +785,128 @@ def test_holdings_and_history_queries(
     assert changes[0]["field"] == "@created"
     last = changes[-1]
     assert (last["block_number"], last["tx_hash"], last["log_index"], last["event"]) == tuple(cert["touch"])
+
+
+# ---------------------------------------------------------------------- review, session 6
+
+
+def test_a_consistent_rewrite_of_a_sales_price_fails_verify_against_the_chains_logs(
+    lifecycle: Lifecycle, tmp_path: Path
+) -> None:
+    """A DiscountSold's price is in no record and no view: halved in the stored event, its payment
+    row and every digest after it (the index's own fold), the index agrees with itself. The node's
+    logs and the offer the sale closes do not."""
+    if not lifecycle.work.stats["buy"]:
+        pytest.skip("no sale in this lifecycle")
+    path = tmp_path / "price.sqlite"
+    db = _fresh_replay(lifecycle, path)
+    state = db.require_state()
+    sale = next(e for e in db.rows(EventRecord, state.chain_id) if e["name"] == "DiscountSold")
+    args = json.loads(sale["args"])
+    real = int(args["price"])
+    args["price"] = str(real // 2)
+    where = (sale["tx_hash"], sale["log_index"])
+    _sql(db, "UPDATE event SET args = ? WHERE tx_hash = ? AND log_index = ?",
+         json.dumps(args, sort_keys=True, separators=(",", ":")), *where)  # fmt: skip
+    _sql(db, "UPDATE payment SET amount = ? WHERE tx_hash = ? AND log_index = ?", f"{real // 2:078d}", *where)
+    refold = audit._refold(db, state, state.synced_block)
+    for block in db.blocks(state.chain_id):
+        if block.number >= sale["block_number"]:
+            _sql(db, "UPDATE indexed_block SET digest = ? WHERE number = ?", refold.digest_at(block.number),
+                 block.number)  # fmt: skip
+    _sql(db, "UPDATE index_state SET digest = ?", refold.digest)
+
+    report = audit.verify(lifecycle.chain, lifecycle.work.system.deployment, db)
+    assert not report.digest_mismatches and not report.row_mismatches and not report.differences
+    assert [(m.tx, m.log_index, m.problem) for m in report.event_mismatches] == [
+        (sale["tx_hash"], sale["log_index"], "event differs from the chain's")
+    ]
+    assert f'"price":"{real // 2}"' in (report.event_mismatches[0].index or "")
+    assert f'"price":"{real}"' in (report.event_mismatches[0].chain or "")
+    assert [(v.invariant, v.entity, v.key) for v in report.violations] == [
+        ("I0", "offer", int(args["offerId"]))
+    ]
+
+
+def test_two_indexers_on_one_database_do_not_undo_each_others_ranges(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
+) -> None:
+    """An indexer that read the cursor long ago (a second follower, a cron `audit sync`) finds it
+    moved when it writes: its range is rolled back, it reloads the cursor and books and goes on
+    from where the other left the index. Before, it wrote its stale ranges and records over the
+    other's and moved the cursor back."""
+    deployment = lifecycle.work.system.deployment
+    reference = replayed[1]
+    db = IndexDatabase(tmp_path / "two.sqlite")
+    options = SyncOptions(initial_range=5, max_range=5)
+    stale = Indexer(lifecycle.chain, deployment, db, options)
+    stale.open()
+    middle = (reference.deployment_block + reference.synced_block) // 2
+    assert Indexer(lifecycle.chain, deployment, db, options).sync(middle).synced_block == middle
+    status = stale.sync(reference.deployment_block + 20)
+    assert status.synced_block == middle  # reloaded: nothing of its own to add
+    assert db.require_state().synced_block == middle
+    assert stale.sync().digest == reference.digest
+    assert _dump(db, deployment.chain_id) == _dump(replayed[0], deployment.chain_id)
+    report = audit.verify(lifecycle.chain, deployment, db)
+    assert report.ok, list(report.findings())[:5]
+
+
+def test_a_stale_indexers_rollback_is_refused_when_the_cursor_moved(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
+) -> None:
+    from chain_client.index.db import CursorMoved
+
+    deployment = lifecycle.work.system.deployment
+    db = IndexDatabase(tmp_path / "rollback.sqlite")
+    stale = Indexer(lifecycle.chain, deployment, db)
+    stale.sync(deployment.deployment_block + 10)
+    Indexer(lifecycle.chain, deployment, db).sync()
+    state = db.require_state()
+    with pytest.raises(CursorMoved):
+        db.write_rollback(state.chain_id, deployment.deployment_block, {}, {}, {"synced_block": 0},
+                          (deployment.deployment_block + 10, "0x" + "00" * 32))  # fmt: skip
+    assert db.require_state() == state
+    assert _dump(db, deployment.chain_id) == _dump(replayed[0], deployment.chain_id)
+
+
+class _Repeating(NodeSource):
+    """A node whose getLogs answers give one log twice, `times` times."""
+
+    def __init__(self, chain: Chain, times: int) -> None:
+        super().__init__(chain)
+        self.times = times
+
+    def request_logs(self, first: int, last: int, addresses: Sequence[str]) -> PendingLogs:
+        pending = super().request_logs(first, last, addresses)
+        if not self.times:
+            return pending
+        self.times -= 1
+
+        def doubled() -> list[RawLog]:
+            logs = pending.result()
+            return sorted([*logs, *logs[:1]], key=lambda log: log.position)
+
+        return PendingLogs(doubled)
+
+
+def test_a_getlogs_answer_with_a_log_twice_is_refused_and_fetched_again(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
+) -> None:
+    """Before, the repeated log was applied to the books twice (its event row deduplicated by the
+    upsert, its changes not)."""
+    deployment = lifecycle.work.system.deployment
+    reference = replayed[1]
+    db = IndexDatabase(tmp_path / "twice.sqlite")
+    indexer = Indexer(lifecycle.chain, deployment, db)
+    indexer.source = _Repeating(lifecycle.chain, times=1)
+    status = indexer.sync(reference.synced_block)
+    assert status.digest == reference.digest
+    assert _dump(db, deployment.chain_id) == _dump(replayed[0], deployment.chain_id)
+
+    always = Indexer(
+        lifecycle.chain, deployment, IndexDatabase(tmp_path / "always.sqlite"), SyncOptions(max_retries=2)
+    )
+    always.source = _Repeating(lifecycle.chain, times=1_000)
+    with pytest.raises(IndexInconsistent, match="twice"):
+        always.sync(reference.synced_block)

@@ -23,7 +23,7 @@ from chain_client.index.db import IndexDatabase
 from chain_client.index.decode import Event, LogDecoder, RawLog
 from chain_client.index.digest import args_json, canonical, canonical_json, change_texts, event_document
 from chain_client.index.models import UINT256_MAX, CertificateRecord
-from chain_client.models import Role
+from chain_client.models import OrderStatus, Role
 
 LEDGER = to_checksum_address("0x" + "11" * 20)
 ORACLE = to_checksum_address("0x" + "22" * 20)
@@ -495,3 +495,229 @@ def test_a_follower_outlives_an_error_answer_from_the_node(
                           on_status=rounds.append, on_error=errors.append)  # fmt: skip
     assert [type(e) for e in errors] == [source.RpcRequestError]
     assert last is not None and last.synced_block == chain.w3.eth.block_number
+
+
+# ---------------------------------------------------------------------- strict hex (review, session 6)
+
+
+def _transfer_value_log(word: str) -> RawLog:
+    one = "0x" + f"{1:064x}"
+    return RawLog(
+        LEDGER.lower(),
+        ("0x" + event_abi_to_log_topic(_abi("CertificateLedger", "TransferValue")).hex(), one, one),  # type: ignore[arg-type]
+        "0x" + word,
+        7,
+        "0x" + "ab" * 32,
+        "0x" + "cd" * 32,
+        0,
+        0,
+    )
+
+
+@pytest.mark.parametrize(
+    "word",
+    [
+        "-" + "0" * 62 + "1",  # int() takes a sign: -1 as a uint256
+        "+" + "0" * 62 + "1",
+        "0" * 30 + "_" + "0" * 32 + "1",  # and underscores
+        " " * 63 + "5",  # and spaces
+        "0" * 63 + "A",  # upper case: logs are lower-cased where they are read
+        "0" * 63 + "g",
+    ],
+)
+def test_compiled_and_generic_decoders_refuse_a_word_that_is_not_plain_hex(
+    decoder: LogDecoder, word: str
+) -> None:
+    log = _transfer_value_log(word)
+    spec = decoder._specs[log.address][log.topics[0]]
+    assert spec.fast is not None
+    with pytest.raises(UndecodableLog, match="lower-case hex"):
+        decoder.decode(log)
+    with pytest.raises(ValueError, match="lower-case hex"):
+        spec.decode_generic(log.topics, log.data)
+
+
+@pytest.mark.parametrize("where", ["bytes32 in the data", "topic", "data without 0x", "array item"])
+def test_decoders_refuse_non_hex_where_a_value_is_copied_as_it_is(decoder: LogDecoder, where: str) -> None:
+    """bytes32 values (an invoice hash) and indexed hashes were copied from the log unchecked."""
+    log = _log(_abi("CertificateLedger", "OrderOpened"), _order_opened())
+    topics, data = list(log.topics), log.data
+    if where == "bytes32 in the data":
+        data = data[: 2 + 3 * 64] + "zz" * 32 + data[2 + 4 * 64 :]  # invoiceHash
+    elif where == "topic":
+        topics[1] = "0x" + "zz" * 32
+    elif where == "data without 0x":
+        data = "00" + data[2:]
+    else:
+        log = _device_set_log()
+        topics, data = list(log.topics), log.data[:-64] + "xx" * 32
+    damaged = log._replace(topics=tuple(topics), data=data)
+    spec = decoder._specs[damaged.address][damaged.topics[0]]
+    with pytest.raises(UndecodableLog):
+        decoder.decode(damaged)
+    with pytest.raises(ValueError):
+        spec.decode_generic(damaged.topics, damaged.data)
+
+
+# ---------------------------------------------------------------------- getLogs answers
+
+
+def _at(block: int, tx_index: int, log_index: int) -> RawLog:
+    return RawLog(LEDGER.lower(), (), "0x", block, "0x" + "ab" * 32, "0x" + "cd" * 32, tx_index, log_index)
+
+
+def test_a_getlogs_answer_with_a_log_outside_the_range_or_twice_is_refused() -> None:
+    good = [_at(10, 0, 0), _at(10, 0, 1), _at(10, 1, 2), _at(12, 0, 0)]
+    assert source.misplaced_log(good, 10, 12) is None
+    assert source.misplaced_log([], 10, 12) is None
+    assert "twice" in (source.misplaced_log([*good[:2], good[1], *good[2:]], 10, 12) or "")
+    assert "out of order" in (source.misplaced_log([good[1], good[0]], 10, 12) or "")
+    assert "block 9, outside" in (source.misplaced_log([_at(9, 0, 0), *good], 10, 12) or "")
+    assert "block 13, outside" in (source.misplaced_log([*good, _at(13, 0, 0)], 10, 12) or "")
+
+
+# ---------------------------------------------------------------------- events against their records
+
+
+def _offer_and_sale(**sale: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    factor = to_checksum_address("0x" + "88" * 20)
+    terms = {"certificateId": 1, "seller": HOLDER_A, "value": 1_000, "price": 900}
+    return [
+        (
+            "CertificateLedger",
+            "DiscountOffered",
+            {"offerId": 1, **terms, "buyer": ZERO_ADDRESS, "expiry": 1_900_000_000},
+        ),
+        (
+            "CertificateLedger",
+            "DiscountSold",
+            {
+                "offerId": 1,
+                "boughtCertificateId": 1,
+                "buyer": factor,
+                "annualRateBps": 100,
+                **terms,
+                **sale,
+            },
+        ),
+    ]
+
+
+@pytest.mark.parametrize("sale", [{}, {"price": 450}, {"value": 999}, {"seller": HOLDER_B}])
+def test_books_flag_a_sale_on_other_terms_than_its_offer(decoder: LogDecoder, sale: dict[str, Any]) -> None:
+    """A sale's price is in no record and no view: a rewritten price is only visible against the
+    offer the sale closes."""
+    books = Books(LEDGER, ORACLE)
+    _fold(books, decoder, _two_holders_and_a_certificate() + _offer_and_sale(**sale))
+    differing = [v for v in books.violations if v.invariant == "I0" and v.entity == "offer"]
+    assert len(differing) == (1 if sale else 0), books.violations
+    if sale:
+        assert "offer 1" in differing[0].message and "sold as" in differing[0].message
+
+
+def test_books_flag_a_settlement_to_another_than_the_holder(decoder: LogDecoder) -> None:
+    books = Books(LEDGER, ORACLE)
+    _fold(books, decoder, _two_holders_and_a_certificate())
+    _fold(
+        books,
+        decoder,
+        [
+            (
+                "CertificateLedger",
+                "CertificateSettled",
+                {"certificateId": 1, "orderId": 0, "holder": HOLDER_B, "value": 0},
+            )
+        ],
+    )
+    wrong = [v for v in books.violations if v.invariant == "I0" and v.entity == "certificate"]
+    assert [v.message for v in wrong] == [f"certificate 1 settled to {HOLDER_B}, held by {HOLDER_A}"]
+
+
+# ---------------------------------------------------------------------- invoices given back (D54)
+
+
+def _opened(order_id: int) -> tuple[str, str, dict[str, Any]]:
+    return ("CertificateLedger", "OrderOpened", _order_opened(orderId=order_id))
+
+
+def _cancelled(order_id: int) -> tuple[str, str, dict[str, Any]]:
+    return (
+        "CertificateLedger",
+        "OrderCancelled",
+        {"orderId": order_id, "issuer": ISSUER, "refunded": 2**100},
+    )
+
+
+def _financed_twice(books: Books) -> list[str]:
+    return [v.message for v in books.violations if v.invariant == "I5"]
+
+
+def test_books_let_a_cancelled_orders_invoice_be_used_again(decoder: LogDecoder) -> None:
+    books = Books(LEDGER, ORACLE)
+    _fold(books, decoder, [_opened(1), _cancelled(1), _opened(2)])
+    assert _financed_twice(books) == []
+    # Held again by order 2: a third order with it is flagged.
+    _fold(books, decoder, [_opened(3)])
+    assert _financed_twice(books) == ["invoice 0x" + "01" * 32 + " financed twice (order 3)"]
+
+
+def test_books_undoing_a_cancellation_hold_the_invoice_again(decoder: LogDecoder) -> None:
+    """A reorg undoes changes newest first: the reopening order, then the cancellation. The
+    invoice is then the first order's again, and an order opening with it is flagged."""
+    from chain_client.index.books import Change
+
+    books = Books(LEDGER, ORACLE)
+    changes: list[Change] = []
+    for log_index, (contract, name, values) in enumerate([_opened(1), _cancelled(1), _opened(2)]):
+        event = decoder.decode(_log(_abi(contract, name), values, log_index=log_index))
+        assert isinstance(event, Event)
+        changes += books.apply(event).changes
+    for change in reversed([c for c in changes if c.entity == "order"]):
+        if change.key == 2 or change.field != "@created":
+            books.undo(change)
+    assert books.get("order", 2) is None
+    order = books.get("order", 1)
+    assert order is not None and order["status"] == OrderStatus.OPEN
+    _fold(books, decoder, [_opened(4)])
+    assert _financed_twice(books) == ["invoice 0x" + "01" * 32 + " financed twice (order 4)"]
+
+
+@pytest.mark.parametrize(
+    ("status", "flagged"),
+    [(OrderStatus.OPEN, True), (OrderStatus.CONFIRMED, True), (OrderStatus.CANCELLED, False)],
+)
+def test_books_loaded_from_the_database_keep_the_invoice_rule(
+    decoder: LogDecoder, status: int, flagged: bool
+) -> None:
+    """A sync resuming from the database loads the orders back: an open or confirmed order holds
+    its invoice, a cancelled one does not."""
+    fold = Books(LEDGER, ORACLE)
+    _fold(fold, decoder, [_opened(1)])
+    record = dict(fold.get("order", 1) or {})
+    record["status"] = status
+    books = Books(LEDGER, ORACLE)
+    books.load("order", 1, record, None)
+    _fold(books, decoder, [_opened(2)])
+    assert bool(_financed_twice(books)) is flagged
+
+
+# ---------------------------------------------------------------------- I3: deficit and surplus
+
+
+@pytest.mark.parametrize(("balance", "violated", "noted"), [(2**100, False, False), (2**100 - 1, True, False),
+                                                             (2**100 + 7, False, True)])  # fmt: skip
+def test_i3_is_a_finding_for_a_deficit_and_a_note_for_a_surplus(
+    decoder: LogDecoder, balance: int, violated: bool, noted: bool
+) -> None:
+    """Anyone may transfer settlement tokens straight to the ledger: more than escrow plus credits
+    must not fail an audit for good; less is a breach."""
+    from chain_client import audit
+    from chain_client.index.views import ChainView
+
+    books = Books(LEDGER, ORACLE)
+    _fold(books, decoder, [_opened(1)])
+    violations, notes = audit._violations(books, ChainView(block=9, escrow_balance=balance))
+    assert any(v.invariant == "I3" for v in violations) is violated
+    assert bool(notes) is noted
+    if noted:
+        assert "7 more than open escrow plus credits" in notes[0]

@@ -42,6 +42,7 @@ def verify(service: ServiceDep, caller: CallerDep) -> dict[str, Any]:
         "recomputedDigest": report.recomputed_digest,
         "checked": report.checked,
         "findings": list(report.findings()),
+        "notes": report.notes,
     }
 
 

@@ -623,6 +623,20 @@ class Books:
             self._violate(
                 "I2", f"certificate {cert_id} of {cert['value']} settled for {value}", "certificate", cert_id
             )
+        if cert["holder"] != a["holder"]:
+            self._violate(
+                "I0",
+                f"certificate {cert_id} settled to {a['holder']}, held by {cert['holder']}",
+                "certificate",
+                cert_id,
+            )
+        if cert["order_id"] != order_id:
+            self._violate(
+                "I0",
+                f"certificate {cert_id} of order {cert['order_id']} settled as order {order_id}",
+                "certificate",
+                cert_id,
+            )
         self._set("certificate", cert_id, "status", int(CertificateStatus.SETTLED))
         order = self._record("order", order_id)
         self._add("order", order_id, "paid", value)
@@ -659,6 +673,17 @@ class Books:
         offer = self._record("offer", a["offerId"])
         if not offer["open"]:
             self._violate("I5", f"offer {a['offerId']} sold while closed", "offer", a["offerId"])
+        # A sale is on its offer's terms; nothing but the event shows a sale's price.
+        terms = (offer["certificate_id"], offer["seller"], offer["value"], offer["price"])
+        sold = (a["certificateId"], a["seller"], a["value"], a["price"])
+        if terms != sold or offer["buyer"] not in (ZERO_ADDRESS, a["buyer"]):
+            self._violate(
+                "I0",
+                f"offer {a['offerId']} (certificate, seller, value, price: {terms}; buyer {offer['buyer']}) "
+                f"sold as {sold} to {a['buyer']}",
+                "offer",
+                a["offerId"],
+            )
         self._set("offer", a["offerId"], "open", False)
         cert = self.records["certificate"].get(a["certificateId"])
         order_id = cert["order_id"] if cert else None

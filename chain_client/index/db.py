@@ -64,6 +64,11 @@ class IndexDatabaseError(CertledgerError):
     """The index database is missing, from another deployment, or of another schema version."""
 
 
+class CursorMoved(IndexDatabaseError):
+    """The index's cursor is not where this indexer left it: another indexer wrote the database
+    meanwhile (two indexers writing one database). The write is rolled back; reload and go on."""
+
+
 def database_url(value: str | Path | None) -> str:
     """A SQLAlchemy URL: a URL as given, a path as a SQLite file, None as the default file."""
     if value is None:
@@ -159,6 +164,9 @@ class RangeWrite:
     #: keys of touched records that no longer exist (undone creations)
     gone: dict[str, list[Key]] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    #: (synced block, synced hash) the stored cursor must still hold when a range that `closes`
+    #: moves it: the cursor this indexer read or last wrote. None moves it unconditionally.
+    expect: tuple[int, str] | None = None
     #: a replay into an emptied database: no stored row can conflict, so PostgreSQL may COPY the
     #: new rows straight into their tables (a conflict would still fail loudly, not be skipped)
     bulk: bool = False
@@ -440,7 +448,7 @@ class IndexDatabase:
         self._bulk(conn, BlockRecord, BLOCK_COLUMNS, batch.block_rows, upsert=not bulk, direct=bulk)
         if batch.closes:
             self._save_records(conn, batch.chain_id, batch.records, batch.gone)
-            self._move_cursor(conn, batch.chain_id, batch.state)
+            self._move_cursor(conn, batch.chain_id, batch.state, batch.expect)
         elif batch.records or batch.gone:
             raise ValueError("a range that leaves its transaction open carries no records")
         return digest
@@ -452,19 +460,36 @@ class IndexDatabase:
         records: dict[str, list[tuple[Any, ...]]],
         gone: dict[str, list[Key]],
         state: dict[str, Any],
+        expect: tuple[int, str] | None = None,
     ) -> None:
-        """Removes everything after block `ancestor` and stores the undone records, in one transaction."""
+        """Removes everything after block `ancestor` and stores the undone records, in one
+        transaction (`expect`: see `RangeWrite.expect`)."""
         with self.engine.begin() as conn:
+            # The cursor first: a rollback computed from a cursor that moved meanwhile (another
+            # indexer) would delete what that one wrote.
+            self._move_cursor(conn, chain_id, state, expect)
             for model in BLOCK_TABLES:
                 table = table_of(model)
                 column = table.c.number if model is BlockRecord else table.c.block_number
                 conn.execute(delete(table).where(and_(table.c.chain_id == chain_id, column > ancestor)))
             self._save_records(conn, chain_id, records, gone)
-            self._move_cursor(conn, chain_id, state)
 
-    def _move_cursor(self, conn: Connection, chain_id: int, values: dict[str, Any]) -> None:
+    def _move_cursor(
+        self, conn: Connection, chain_id: int, values: dict[str, Any], expect: tuple[int, str] | None
+    ) -> None:
+        """Moves the cursor, if it still is at `expect`; else raises CursorMoved, and the caller's
+        transaction (this range's or rollback's rows and records) is rolled back with it. Two
+        indexers on one database (a server's follower and an `audit sync`) can then not undo each
+        other's ranges with books that are no longer the database's."""
         table = table_of(IndexState)
-        conn.execute(update(table).where(table.c.chain_id == chain_id).values(**values))
+        query = update(table).where(table.c.chain_id == chain_id)
+        if expect is not None:
+            query = query.where(table.c.synced_block == expect[0], table.c.synced_hash == expect[1])
+        if conn.execute(query.values(**values)).rowcount != 1:
+            raise CursorMoved(
+                f"the cursor of {self.url} is no longer at block {expect[0] if expect else '?'}: "
+                "another indexer wrote the index meanwhile (one indexer per database)"
+            )
 
     def _save_records(
         self,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -27,6 +28,16 @@ from chain_client.events import UndecodableLog
 
 _WORD_HEX = 64
 _TOPIC_HEX = 2 + _WORD_HEX
+#: A log's data as the ABI encodes it: 0x and whole 32-byte words of lower-case hex digits.
+_DATA = re.compile(r"0x(?:[0-9a-f]{64})*").fullmatch
+
+
+def _topics_and_data(count: int) -> Callable[[str], re.Match[str] | None]:
+    """A check of `count` topics of 66 characters each joined with the data: every topic is 0x and
+    64 lower-case hex digits, the data 0x and lower-case hex digits (its length is checked word by
+    word where it is read). One regular expression over the whole log: `int(word, 16)` alone would
+    take a sign, underscores or spaces, and bytes32 values are copied as they are."""
+    return re.compile(f"(?:0x[0-9a-f]{{64}}){{{count}}}0x[0-9a-f]*").fullmatch
 
 
 class RawLog(NamedTuple):
@@ -221,8 +232,10 @@ class _EventSpec:
 
     def decode_generic(self, topics: tuple[str, ...], data: str) -> tuple[dict[str, Any], str]:
         """`decode` for any event, dynamic data included, by walking the plan."""
-        if len(topics) != self.topic_count or len("".join(topics)) != _TOPIC_HEX * len(topics):
+        if len(topics) != self.topic_count or any(len(t) != _TOPIC_HEX for t in topics):
             raise ValueError(f"{len(topics)} topics, expected {self.topic_count} of 32 bytes")
+        if not _topics_and_data(self.topic_count)("".join(topics) + data) or not _DATA(data):
+            raise ValueError("topics or data are not 0x and 32-byte words of lower-case hex")
         dynamic: dict[str, Any] | None = None
         if self.static_hex_length is None:
             values = abi_decode(list(self.data_types), bytes.fromhex(data[2:]), strict=True)
@@ -327,6 +340,8 @@ def _compile(spec: _EventSpec) -> Callable[[tuple[str, ...], str], tuple[dict[st
         + " or ".join(f"len(topics[{i}]) != {_TOPIC_HEX}" for i in range(spec.topic_count))
         + ":",
         f"        raise ValueError(f'{{len(topics)}} topics, expected {spec.topic_count} of 32 bytes')",
+        "    if not HEX(''.join(topics) + data):",
+        "        raise ValueError('topics or data are not 0x and 32-byte words of lower-case hex')",
         f"    if len(data) < {head_hex}:",
         "        raise ValueError(f'{(len(data) - 2) // 2} data bytes, expected '"
         f"'{head_hex // 2 - 1} or more')",
@@ -379,6 +394,7 @@ def _compile(spec: _EventSpec) -> Callable[[tuple[str, ...], str], tuple[dict[st
     lines.append(f"    return {{{args}}}, f'{{{{{body.replace(chr(39), chr(92) + chr(39))}}}}}'")
     namespace: dict[str, Any] = {
         "PAD": _ADDRESS_PAD,
+        "HEX": _topics_and_data(spec.topic_count),
         "CHECKSUMS": _CHECKSUMS,
         "checksum": checksum,
         "read_word": _read_word,

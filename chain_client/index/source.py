@@ -362,6 +362,25 @@ def _all_lower_case(body: bytes) -> bool:
 _POSITION = operator.itemgetter(3, 6, 7)
 
 
+def misplaced_log(logs: Sequence[RawLog], first: int, last: int) -> str | None:
+    """What is wrong with a getLogs answer for blocks first..last, None if nothing: a log outside
+    the range, or positions (block, transaction index, log index) not strictly increasing, which
+    includes a log given twice. A node's answer is refused for either: a repeated log would be
+    applied to the books twice. (Answers come sorted; for a sorted list the check is the bounds of
+    its ends and one C-level pass over the positions.)"""
+    if not logs:
+        return None
+    positions = list(map(_POSITION, logs))
+    if not all(map(operator.lt, positions, positions[1:])):
+        at = next(i for i in range(1, len(positions)) if not positions[i - 1] < positions[i])
+        what = "twice" if positions[at - 1] == positions[at] else "out of order"
+        return f"the log at block {positions[at][0]} tx {positions[at][1]} log {positions[at][2]} {what}"
+    if positions[0][0] < first or positions[-1][0] > last:
+        outside = positions[0] if positions[0][0] < first else positions[-1]
+        return f"a log of block {outside[0]}, outside the range"
+    return None
+
+
 def _hex(value: Any) -> str:
     return "0x" + bytes(value).hex()
 

@@ -14,6 +14,14 @@ On a mismatch the indexer walks back over the blocks it recorded until the node 
 (the common ancestor), undoes every state change after it from the change log (newest first),
 deletes the rows of the orphaned blocks, and syncs forward again.
 
+A getLogs answer with a log outside its range, or a position (block, transaction, log) given
+twice or out of order, is refused and fetched again (a repeated log would be applied twice).
+
+One indexer per database is the rule (D41), and the database enforces it: every write moves the
+cursor only from where this indexer read it (`RangeWrite.expect`). An indexer whose cursor moved
+under it (another wrote meanwhile) has its transaction rolled back, reloads cursor and books, and
+goes on from the other's cursor; it can no longer write stale ranges and records over the other's.
+
 The range adapts: it halves when the node refuses a getLogs (most providers cap the range or the
 result count; the refused size becomes a ceiling) or returns more than `target_logs`, and doubles
 while results stay small.
@@ -46,6 +54,7 @@ from chain_client.index.books import (
 )
 from chain_client.index.db import (
     DATABASE_ERRORS,
+    CursorMoved,
     IndexDatabase,
     IndexDatabaseError,
     RangeLoader,
@@ -55,7 +64,7 @@ from chain_client.index.db import (
 from chain_client.index.decode import Event, LogDecoder, RawLog
 from chain_client.index.digest import genesis
 from chain_client.index.models import IndexState
-from chain_client.index.source import Header, NodeSource, PendingLogs, RpcRequestError
+from chain_client.index.source import Header, NodeSource, PendingLogs, RpcRequestError, misplaced_log
 from chain_client.index.writer import (
     InlineWriter,
     Pending,
@@ -179,6 +188,9 @@ class Indexer:
         #: records a replay touched in the ranges of its open transaction, None if none is open
         #: (see `_close`)
         self._unsaved: set[tuple[str, Key]] | None = None
+        #: the cursor (block, hash) the database held when the running pipeline began: a replay's
+        #: closing write moves it only from there (`RangeWrite.expect`)
+        self._began: tuple[int, str] | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -200,6 +212,12 @@ class Indexer:
             self._state = state
             self._books = self.db.load_books(state)
         return self._state, self._books
+
+    def _forget(self) -> None:
+        """Drops the cached cursor and books: the next `open` reloads both from the database."""
+        self._books = None
+        self._state = None
+        self._unsaved = None
 
     def _initialise(self) -> IndexState:
         start = self.deployment.deployment_block - 1
@@ -243,10 +261,17 @@ class Indexer:
     # ------------------------------------------------------------------ syncing
 
     def sync(self, until: int | None = None) -> SyncStatus:
-        """Indexes up to `until` (default: the head less the confirmation depth) and returns."""
+        """Indexes up to `until` (default: the head less the confirmation depth) and returns.
+
+        Another indexer writing the same database meanwhile makes a write of this one find the
+        cursor moved (`CursorMoved`): the write is rolled back, this indexer reloads its cursor and
+        books from the database and goes on from there (a retry)."""
         self.open()
-        if self._tip_replaced():
-            self._rollback()
+        try:
+            if self._tip_replaced():
+                self._rollback()
+        except CursorMoved:
+            self._forget()
         retries = 0
         while True:
             state, _ = self.open()
@@ -255,7 +280,11 @@ class Indexer:
                 target = min(target, until)
             if state.synced_block >= target:
                 return self.status(target)
-            outcome = self._pipeline(state, target)
+            outcome: _Retry | _Reorg | None
+            try:
+                outcome = self._pipeline(state, target)
+            except CursorMoved as exc:
+                outcome = _Retry(str(exc))  # the caches are dropped: open() reloads them
             if outcome is None or self.open()[0].synced_block > state.synced_block:
                 retries = 0
             if outcome is None:
@@ -264,7 +293,10 @@ class Indexer:
             if retries > self.options.max_retries:
                 raise IndexInconsistent(f"gave up after {retries} tries: {outcome.reason}")
             if isinstance(outcome, _Reorg):
-                self._rollback()
+                try:
+                    self._rollback()
+                except CursorMoved:
+                    self._forget()
 
     def follow(
         self,
@@ -303,6 +335,7 @@ class Indexer:
         inline SQLite writer (see `writer`). Returns None when `target` is reached, or why
         fetching stopped early."""
         tip, tip_hash = state.synced_block, state.synced_hash
+        self._began = (tip, tip_hash)
         try:
             with self._timed("fetch"):
                 begun: _Begun | _Reorg | None = self._begin(tip + 1, min(target, tip + self._range))
@@ -329,9 +362,7 @@ class Indexer:
                 self._close(writer, pending, target)
         except BaseException:
             # The books may be ahead of what the database got: reload both from it.
-            self._books = None
-            self._state = None
-            self._unsaved = None
+            self._forget()
             raise
         return None
 
@@ -354,6 +385,7 @@ class Indexer:
             "synced_hash": state.synced_hash,
             "events": state.events,
         }
+        batch.expect = self._began
         with self._timed("handoff"):
             pending = writer.submit(batch)
         with self._timed("wait"):
@@ -446,6 +478,9 @@ class Indexer:
             self._ceiling = max(1, last - first)
             self._range = max(1, (last - first + 1) // 2)
             return _Retry(f"getLogs {first}..{last} refused: {exc}")
+        wrong = misplaced_log(logs, first, last)
+        if wrong is not None:
+            return _Retry(f"getLogs {first}..{last} answered {wrong}")
         window = self.options.header_window
         recent = {log.block_number for log in logs if window is None or log.block_number > head - window}
         following = min(head, last + self._adapted(len(logs))) if last < head else None
@@ -486,6 +521,8 @@ class Indexer:
         pipeline run: all or nothing, as for its SQLite file (see `db.rebuilding`)."""
         state, books = self.open()
         batch = self._apply(fetched, state, books)
+        # Ranges are written in order, each from where the one before left the cursor.
+        batch.expect = (state.synced_block, state.synced_hash)
         if self.bulk_load:
             batch.closes = False
             if self._unsaved is None:
@@ -566,10 +603,10 @@ class Indexer:
                 "events": state.events - dropped,
             }
             records, gone = materialise(books, touched, self.chain_id)
-            self.db.write_rollback(self.chain_id, ancestor, records, gone, values)
+            expect = (state.synced_block, state.synced_hash)
+            self.db.write_rollback(self.chain_id, ancestor, records, gone, values, expect)
         except BaseException:
-            self._books = None
-            self._state = None
+            self._forget()
             raise
         self._state = IndexState(**{**state.model_dump(), **values})
         self.reorgs += 1
