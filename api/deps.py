@@ -58,17 +58,27 @@ async def get_caller(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise unauthorized("NotAuthenticated", "sign in: POST /v1/auth/nonce, then /v1/auth/login")
     claims = service.auth.verify_token(credentials.credentials)
+    return caller_at(service, claims.address, signed_in=True)
+
+
+def caller_at(
+    service: Service, address: ChecksumAddress, *, signed_in: bool, max_age: float = PARTICIPANT_MAX_AGE
+) -> Caller:
+    """The participant at `address` as the index has it now: its roles, refused (403) when it has
+    none or is suspended. `signed_in`: sign-in found the account registered on chain (participants
+    are never removed), so an index without it has not caught up yet (503 IndexUnavailable with
+    Retry-After, not a refusal); otherwise (the sender of a signed transaction, POST /v1/tx) an
+    account the index does not know is 403 NotParticipant. `max_age`: how old a cached registry
+    record may be (0: read it now)."""
     service.reader.fresh()
-    record = service.reader.participant(claims.address, max_age=PARTICIPANT_MAX_AGE)
-    if record is None:
-        # Sign-in found the account registered on chain and participants are never removed, so
-        # an index without it has not caught up yet (a 503 with Retry-After, not a refusal).
-        raise IndexLagging(f"the index has not reached {claims.address}'s registration yet")
-    if not record.roles:
+    record = service.reader.participant(address, max_age=max_age)
+    if record is None and signed_in:
+        raise IndexLagging(f"the index has not reached {address}'s registration yet")
+    if record is None or not record.roles:
         raise ApiError(403, "NotParticipant", "the account is not a registered participant")
     if not record.active:
         raise ApiError(403, "ParticipantNotActive", "the participant is suspended")
-    return Caller(claims.address, Role(record.roles))
+    return Caller(address, Role(record.roles))
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -118,3 +118,22 @@ def delivery(
         sequences=[sequence] * len(devices),
         deadline=now + 3_000,
     )
+
+
+def raw_tx(world: World, account: LocalAccount, to: str, data: str, **overrides: Any) -> bytes:
+    """A transaction signed by hand, with no prepare or simulation (what a careless or hostile
+    client sends); `overrides` replace its fields."""
+    w3 = world.chain.w3
+    base = int(w3.eth.get_block("latest")["baseFeePerGas"])
+    tx: dict[str, Any] = {
+        "to": to,
+        "data": data,
+        "nonce": w3.eth.get_transaction_count(account.address),
+        "gas": 300_000,
+        "maxFeePerGas": 2 * base + 10**9,
+        "maxPriorityFeePerGas": 10**9,
+        "chainId": world.chain.chain_id,
+        "value": 0,
+    }
+    tx.update(overrides)
+    return bytes(account.sign_transaction(tx).raw_transaction)

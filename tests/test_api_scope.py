@@ -10,8 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_support import Api, build_api, serve_world
+from api_support import Api, build_api, raw_tx, serve_world
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
 from world import World
+
+from api.routes.tx import RECORD_PARAMETERS
+from chain_client.artifacts import load_artifact
+from chain_client.models import Role
+from chain_client.relay import JOB_ROLES, DecodedTx
 
 DAY = 86_400
 #: Fields a contract error would carry about someone else's record.
@@ -125,14 +132,22 @@ def test_unknown_ids_are_404_in_prepare(api: Api, world: World, books: dict[str,
     assert api.get(f"/v1/participants/{stranger}", s1).json()["code"] == "NotFound"
 
 
-def test_an_offer_whose_certificate_moved_does_not_name_its_holder(
-    api: Api, world: World, books: dict[str, int]
-) -> None:
-    s1, s2, factor = world.cast.supplier1, world.cast.supplier2, world.cast.factor
+def _offer_then_move_its_certificate(world: World, books: dict[str, int]) -> int:
+    """supplier2 offers part of its certificate to any factor, then moves the certificate to
+    supplier1 (whom the factor may not read about); returns the offer."""
+    s1, s2 = world.cast.supplier1, world.cast.supplier2
     offer, _ = world.ledger.offer_discount(
         s2, books["cert2"], value=1_000_00, price=900_00, expiry=world.pending_time() + DAY
     )
     world.ledger.transfer(s2, books["cert2"], s1.address)
+    return offer
+
+
+def test_an_offer_whose_certificate_moved_does_not_name_its_holder(
+    api: Api, world: World, books: dict[str, int]
+) -> None:
+    s1, factor = world.cast.supplier1, world.cast.factor
+    offer = _offer_then_move_its_certificate(world, books)
     r = api.prepare("buy", factor, {"offerId": offer})
     _refused_as_read(r, 409, "OfferStale", offerId=offer)
     assert s1.address not in r.text
@@ -176,3 +191,245 @@ def test_prepare_right_after_a_write_the_index_has_not_seen(world: World, tmp_pa
         assert r.json()["code"] == "OrderNotOpen"  # simulated: the issuer's own order
     finally:
         api.service.reader.db.close()
+
+
+# ---------------------------------------------------------------------- POST /v1/tx
+#
+# A signed transaction is scoped as its sender reads (the signature is the authentication): the
+# records its call names are checked against the sender's read scope, as the index knows the sender,
+# before the relay simulates it; a refusal sends nothing.
+
+
+def _signed(world: World, account: LocalAccount, call: Any, **overrides: Any) -> bytes:
+    """`call` signed by hand, with no prepare (what a careless or hostile client sends)."""
+    data = overrides.pop("data", call._encode_transaction_data())
+    return raw_tx(world, account, call.address, data, **{"gas": 500_000, **overrides})
+
+
+_MOVE = "transferFrom(address,address,uint256)"
+_SPLIT_TO = "transferFrom(uint256,address,uint256)"
+_MERGE = "transferFrom(uint256,uint256,uint256)"
+
+
+def _fn(world: World, signature: str, *args: Any) -> Any:
+    return world.ledger.contract.get_function_by_signature(signature)(*args)
+
+
+def _relayed(api: Api, world: World, account: LocalAccount, call: Any) -> Any:
+    """Submits `call` signed by `account`; a refusal must leave the chain and the nonce as they were."""
+    w3 = world.chain.w3
+    head, nonce = w3.eth.block_number, w3.eth.get_transaction_count(account.address)
+    r = api.submit_raw(_signed(world, account, call))
+    if r.status_code != 200:
+        assert (w3.eth.block_number, w3.eth.get_transaction_count(account.address)) == (head, nonce)
+    world.chain.nonces.forget(account.address)
+    return r
+
+
+def test_relay_refuses_signed_jobs_on_records_out_of_scope(
+    api: Api, world: World, books: dict[str, int]
+) -> None:
+    """supplier2's certificate, order and offer, named in transactions others signed: refused as the
+    reads refuse them, before the simulation whose error would name their holder, maturity, value,
+    status or buyer; nothing is sent."""
+    s1, s2, factor = world.cast.supplier1, world.cast.supplier2, world.cast.factor
+    cert1, cert2, offer = books["cert1"], books["cert2"], books["offer"]
+    ledger = world.ledger.contract.functions
+    state = world.balances()
+    expiry = world.pending_time() + DAY
+    jobs: list[tuple[LocalAccount, Any, dict[str, int]]] = [
+        (s1, _fn(world, _MOVE, s1.address, factor.address, cert2),
+         {"certificateId": cert2}),
+        (s1, _fn(world, _MOVE, s2.address, s1.address, cert2),
+         {"certificateId": cert2}),
+        (s1, _fn(world, _SPLIT_TO, cert2, s1.address, 10**9),
+         {"certificateId": cert2}),
+        (s1, _fn(world, _MERGE, cert1, cert2, 1), {"certificateId": cert2}),
+        (s1, _fn(world, "approve(address,uint256)", factor.address, cert2), {"certificateId": cert2}),
+        (s1, ledger.split(cert2, [1_000_00, 1_000_00]), {"certificateId": cert2}),
+        (s1, ledger.offerDiscount(cert2, 100_00, 90_00, factor.address, expiry), {"certificateId": cert2}),
+        (s1, ledger.settle([cert2]), {"certificateId": cert2}),
+        (s1, ledger.settle([cert1, cert2]), {"certificateId": cert2}),
+        (s1, ledger.buyDiscounted(offer), {"offerId": offer}),
+        (s1, ledger.cancelDiscountOffer(offer), {"offerId": offer}),
+        (world.cast.issuer2, ledger.cancelOrder(books["order2"]), {"orderId": books["order2"]}),
+    ]  # fmt: skip
+    for who, call, fields in jobs:
+        r = _relayed(api, world, who, call)
+        _refused_as_read(r, 403, "Forbidden", **fields)
+        assert s2.address not in r.text
+    # Settling is open to any sender on chain; relayed here only for those who read the certificate.
+    # A fresh key, or a participant suspended since, reads nothing.
+    outsider = world.cast.outsider
+    _refused_as_read(_relayed(api, world, outsider, ledger.settle([cert2])), 403, "NotParticipant")
+    world.ledger.suspend(world.cast.admin, s2.address)
+    api.service.reader.reach(world.chain.w3.eth.block_number)  # within the index's lag (D39)
+    _refused_as_read(_relayed(api, world, s2, ledger.settle([cert2])), 403, "ParticipantNotActive")
+    assert world.balances() == state
+
+
+def test_relay_answers_unknown_ids_as_the_reads_do(api: Api, world: World, books: dict[str, int]) -> None:
+    s1, factor = world.cast.supplier1, world.cast.factor
+    ledger = world.ledger.contract.functions
+    stranger = "0x" + "12" * 20
+    cases: list[tuple[LocalAccount, Any, str, str]] = [
+        (s1, _fn(world, _MOVE, s1.address, factor.address, 999),
+         "certificate", "999"),
+        (s1, ledger.settle([books["cert1"], 999]), "certificate", "999"),
+        (s1, _fn(world, _MERGE, books["cert1"], 999, 1), "certificate", "999"),
+        (factor, ledger.buyDiscounted(999), "offer", "999"),
+        (s1, ledger.cancelDiscountOffer(999), "offer", "999"),
+        (world.cast.issuer, ledger.cancelOrder(999), "order", "999"),
+        (world.cast.admin, ledger.suspendParticipant(stranger), "participant", stranger),
+    ]  # fmt: skip
+    for who, call, kind, key in cases:
+        r = _relayed(api, world, who, call)
+        assert (r.status_code, r.json()["code"]) == (404, "NotFound"), r.text
+        assert r.json()["fields"] == {"kind": kind, "id": key}
+    # Call data the job's ABI does not decode names nothing this service can check: not simulated.
+    head = world.chain.w3.eth.block_number
+    settle = ledger.settle([books["cert1"]])
+    truncated = str(settle._encode_transaction_data())[:-40]
+    r = api.submit_raw(_signed(world, s1, settle, data=truncated))
+    assert (r.status_code, r.json()["code"], r.json()["fields"]) == (
+        422, "MalformedCall", {"function": "settle"},
+    ), r.text  # fmt: skip
+    assert world.chain.w3.eth.block_number == head
+
+
+def test_relay_passes_the_holders_own_jobs_and_their_errors(
+    api: Api, world: World, books: dict[str, int]
+) -> None:
+    s1, s2 = world.cast.supplier1, world.cast.supplier2
+    cert2 = books["cert2"]
+    # The holder's own failing job: simulated, the contract's error with its fields.
+    r = _relayed(api, world, s2, _fn(world, _SPLIT_TO, cert2, s1.address, 10**12))
+    assert (r.status_code, r.json()["code"]) == (409, "InsufficientValue"), r.text
+    assert r.json()["fields"]["certificateId"] == cert2 and "value" in r.json()["fields"]
+    r = _relayed(api, world, s2, _fn(world, _MOVE, s2.address, s1.address, cert2))
+    assert r.status_code == 200, r.text
+    assert world.ledger.certificate(cert2).holder == s1.address
+    # supplier2 held it: it still reads it, and its failing job is answered with the contract's error
+    # (the holder it names is what GET /v1/certificates/{id} shows supplier2 anyway).
+    r = _relayed(api, world, s2, _fn(world, _MOVE, s2.address, s1.address, cert2))
+    assert (r.status_code, r.json()["code"]) == (403, "IncorrectHolder"), r.text
+    assert api.get(f"/v1/certificates/{cert2}", s2).json()["holder"] == s1.address
+
+
+def test_relay_settles_for_those_who_read_the_certificate(
+    api: Api, world: World, books: dict[str, int]
+) -> None:
+    s2, issuer, regulator = world.cast.supplier2, world.cast.issuer, world.cast.regulator
+    settle = world.ledger.contract.functions.settle([books["cert2"]])
+    # Its order's issuer and a regulator read it: their failing settle is told why, and when.
+    for who in (issuer, regulator):
+        r = _relayed(api, world, who, settle)
+        assert (r.status_code, r.json()["code"]) == (409, "CertificateNotMatured"), r.text
+        assert "maturity" in r.json()["fields"]
+    world.chain.advance_time(91 * DAY)
+    before = world.token.balance_of(s2.address)
+    r = _relayed(api, world, issuer, settle)
+    assert r.status_code == 200, r.text
+    assert r.json()["sender"] == issuer.address
+    assert world.token.balance_of(s2.address) == before + 100_000_00
+
+
+def test_relay_tells_a_buyer_a_stale_offer_without_its_holder(
+    api: Api, world: World, books: dict[str, int]
+) -> None:
+    s1, factor = world.cast.supplier1, world.cast.factor
+    offer = _offer_then_move_its_certificate(world, books)
+    r = _relayed(api, world, factor, world.ledger.contract.functions.buyDiscounted(offer))
+    _refused_as_read(r, 409, "OfferStale", offerId=offer)
+    assert s1.address not in r.text
+
+
+def test_a_buy_mined_and_reverted_names_no_holder_either(
+    api: Api, world: World, books: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The certificate moves between the buy's simulation and its block: the answer is 409
+    RevertedOnChain (nonce and gas spent) with OfferStale nested, not the contract's IncorrectHolder."""
+    s1, s2, factor = world.cast.supplier1, world.cast.supplier2, world.cast.factor
+    offer, _ = world.ledger.offer_discount(
+        s2, books["cert2"], value=1_000_00, price=900_00, expiry=world.pending_time() + DAY
+    )
+    relay = api.service.relay
+    simulate = relay.simulate
+
+    def then_moved(tx: DecodedTx) -> None:
+        simulate(tx)
+        world.ledger.transfer(s2, books["cert2"], s1.address)
+
+    monkeypatch.setattr(relay, "simulate", then_moved)
+    r = api.submit_raw(_signed(world, factor, world.ledger.contract.functions.buyDiscounted(offer)))
+    assert (r.status_code, r.json()["code"]) == (409, "RevertedOnChain"), r.text
+    fields = r.json()["fields"]
+    assert fields["error"] == {
+        "code": "OfferStale",
+        "message": "the offered certificate changed since the offer was made",
+        "fields": {"offerId": offer},
+    }
+    assert {"txHash", "blockNumber", "gasUsed"} <= set(fields)
+    assert s1.address not in r.text
+
+
+def test_relay_right_after_a_write_the_index_has_not_seen(world: World, tmp_path: Path) -> None:
+    """A sender registered, and a certificate it received, moments ago: the index has neither yet.
+    The refusal from the lagging index is checked again once it has caught up: the job relays."""
+    api = build_api(world, tmp_path, index_sync_interval=60)
+    try:
+        admin, s1, newcomer = world.cast.admin, world.cast.supplier1, world.cast.outsider
+        _, cert = world.certificate_for()
+        world.ledger.register_participant(admin, newcomer.address, keccak(text="NEWCOMER"), Role.SUPPLIER)
+        world.ledger.transfer(s1, cert, newcomer.address)
+        assert api.service.reader.synced_block() < world.chain.w3.eth.block_number
+        assert api.service.reader.participant(newcomer.address) is None
+        call = _fn(world, _SPLIT_TO, cert, s1.address, 10_000_00)
+        r = _relayed(api, world, newcomer, call)
+        assert r.status_code == 200, r.text
+        assert r.json()["indexed"] is True
+    finally:
+        api.service.reader.db.close()
+
+
+def test_confirm_receipt_prepare_tells_nothing_of_the_order_beyond_its_id(
+    api: Api, world: World, books: dict[str, int]
+) -> None:
+    """prepare/confirm-receipt has no sign-in (`sender` is a claim): the order must exist, and a
+    ledger error about it carries its code and the order id only. The allow-listed relayer that
+    signs the same job gets the contract's whole answer from POST /v1/tx."""
+    relayer = world.cast.relayer
+    prepare = "/v1/tx/prepare/confirm-receipt"
+
+    def body(order_id: int) -> dict[str, Any]:
+        observations, signatures = world.receipt(order_id, 1_000)
+        return {
+            "sender": relayer.address,
+            "observations": [o.to_json() for o in observations],
+            "signatures": ["0x" + s.hex() for s in signatures],
+        }
+
+    r = api.client.post(prepare, json=body(999))
+    assert (r.status_code, r.json()["code"], r.json()["fields"]) == (
+        404, "NotFound", {"kind": "order", "id": "999"},
+    )  # fmt: skip
+    order = books["order2"]  # confirmed
+    r = api.client.post(prepare, json=body(order))
+    assert (r.status_code, r.json()["code"], r.json()["fields"]) == (409, "OrderNotOpen", {"orderId": order})
+    assert "status" not in r.text
+    # The relayer's own signed transaction: the oracle's allow-list let it in, the contract answers.
+    observations, signatures = world.receipt(order, 1_000)
+    r = _relayed(api, world, relayer, world.oracle.confirm_call(observations, signatures))
+    assert (r.status_code, r.json()["code"]) == (409, "OrderNotOpen"), r.text
+    assert "status" in r.json()["fields"]
+
+
+def test_every_id_a_relayed_ledger_job_takes_is_scoped() -> None:
+    """The scope check finds records by the ABI parameter's name: an id parameter it does not know
+    would be simulated unchecked."""
+    for entry in load_artifact("CertificateLedger").abi:
+        if entry.get("type") != "function" or entry["name"] not in JOB_ROLES["CertificateLedger"]:
+            continue
+        for param in entry["inputs"]:
+            if param["type"].startswith("uint") and param["name"].lower().endswith(("id", "ids")):
+                assert param["name"] in RECORD_PARAMETERS, (entry["name"], param["name"])

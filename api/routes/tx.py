@@ -5,17 +5,20 @@ participant signs it, and `POST /v1/tx` checks and relays the signed bytes."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
 from typing import Any, TypeVar
 
-from eth_typing import ChecksumAddress
 from eth_utils import keccak, to_checksum_address
 from fastapi import APIRouter
 from requests.exceptions import RequestException
 from web3.contract.contract import ContractFunction
 
-from api.deps import Caller, CallerDep, ServiceDep
-from api.errors import ApiError, forbidden, not_found
+from api.deps import Caller, CallerDep, ServiceDep, caller_at
+from api.errors import ApiError, contract_status, forbidden, not_found
+from api.errors import body as error_body
 from api.schemas import (
     AccountIn,
     ApproveTokenIn,
@@ -45,12 +48,13 @@ from api.views import (
     order_for,
     participant_for,
 )
-from chain_client.errors import ContractError
-from chain_client.index.models import OfferRecord
+from chain_client.artifacts import load_artifact
+from chain_client.errors import ContractError, ContractReverted, RevertedOnChain
+from chain_client.index.models import OfferRecord, OrderRecord
 from chain_client.index.sync import ROUND_FAILURES
 from chain_client.models import Role
 from chain_client.receipts import Observation
-from chain_client.relay import event_json
+from chain_client.relay import DecodedTx, Job, decode_raw, event_json
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,21 +65,27 @@ router = APIRouter(prefix="/v1/tx", tags=["transactions"])
 
 _ZERO = to_checksum_address("0x" + "00" * 20)
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
-    403: {"description": "the sender lacks the job's role or a contract access error; an id out of scope"},
+    403: {
+        "description": "the sender lacks the job's role or a contract access error; an id outside the "
+        "sender's read scope (Forbidden), or a sender that reads nothing (NotParticipant, "
+        "ParticipantNotActive)"
+    },
     404: {"description": "an unknown certificate, order, offer, participant or warehouse"},
     409: {
         "description": "a contract error from the current state; a nonce already used; the sender's "
         "pending transactions (PendingTransaction); mined and reverted, nonce and gas spent "
         "(RevertedOnChain, the contract's error nested)"
     },
-    422: {"description": "invalid input or a contract's input error"},
+    422: {
+        "description": "invalid input or a contract's input error; call data that does not decode "
+        "(MalformedCall)"
+    },
     503: {"description": "the node is down (Retry-After)"},
     504: {"description": "sent, outcome unknown: send the same signed bytes again to learn it"},
 }
 
 
-def _prepared(service: Service, sender: ChecksumAddress, fn: ContractFunction) -> UnsignedTx:
-    tx = service.relay.prepare(sender, fn)
+def _unsigned(tx: dict[str, Any]) -> UnsignedTx:
     return UnsignedTx(
         chainId=int(tx["chainId"]),
         to=str(tx["to"]),
@@ -89,6 +99,16 @@ def _prepared(service: Service, sender: ChecksumAddress, fn: ContractFunction) -
     )
 
 
+def _prepared(service: Service, caller: Caller, fn: ContractFunction) -> UnsignedTx:
+    """The caller's unsigned transaction for `fn`, simulated once the records it names are found in
+    the caller's read scope (the same check POST /v1/tx makes of a signed one)."""
+    names = [str(p["name"]) for p in fn.abi.get("inputs", ())]
+    refs = _references(service, fn.address, str(fn.abi["name"]), dict(zip(names, fn.args, strict=True)))
+    scope = _scope(service, refs, lambda: caller)
+    with _answered_in_scope(scope):
+        return _unsigned(service.relay.prepare(caller.address, fn))
+
+
 def _ledger(service: Service) -> Any:
     return service.system.ledger.contract
 
@@ -96,16 +116,92 @@ def _ledger(service: Service) -> Any:
 # ---------------------------------------------------------------------- scope, before simulating
 #
 # A simulation's error carries the contract's view of the records it names (a certificate's
-# holder, value or maturity, an order's status, an offer's buyer). So a prepare endpoint first
-# checks every id it is given against the caller's read scope, with the rules and the answers of the
-# read endpoints (D40): 404 NotFound for an id the index does not know, 403 Forbidden for a record
-# the caller may not read; only then does it simulate.
+# holder, value or maturity, an order's status, an offer's buyer). So before simulating, a prepare
+# endpoint and POST /v1/tx alike find the records the job's arguments name and check each against
+# the read scope of whoever would send it (the signed-in caller; a signed transaction's sender),
+# with the rules and the answers of the read endpoints (D40): 404 NotFound for an id the index does
+# not know, 403 Forbidden for a record the sender may not read. One piece of code reads the job's
+# arguments for both: the prepare endpoints from the call they build, POST /v1/tx from the signed
+# call data decoded with the job's ABI.
+
+#: The records a ledger job's arguments name, by the ABI parameter's name. Every id parameter of a
+#: relayed ledger function must be here (tests/test_api_scope.py checks it against the ABI).
+RECORD_PARAMETERS: dict[str, str] = {
+    "certificateId": "certificate",
+    "certificateIds": "certificate",
+    "fromId": "certificate",
+    "toId": "certificate",
+    "orderId": "order",
+    "offerId": "offer",
+    "account": "participant",
+}
+#: Arguments that name no record yet: the account a registration creates.
+_NOT_YET = {("registerParticipant", "account")}
+
+
+@dataclass(frozen=True)
+class References:
+    """The records a job names, in its arguments' order: what its simulation's error may describe."""
+
+    function: str
+    certificates: tuple[int, ...] = ()
+    orders: tuple[int, ...] = ()
+    offers: tuple[int, ...] = ()
+    participants: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.certificates or self.orders or self.offers or self.participants)
+
+
+def _references(service: Service, address: str, function: str, args: dict[str, Any]) -> References:
+    """What `function`'s `args` name, for a job of the ledger (the oracle's and the token's jobs
+    name no books: confirmReceipt's order is behind the oracle's own checks, see
+    prepare_confirm_receipt)."""
+    named: dict[str, list[Any]] = {"certificate": [], "order": [], "offer": [], "participant": []}
+    if to_checksum_address(address) == service.system.ledger.address:
+        for name, value in args.items():
+            kind = RECORD_PARAMETERS.get(name)
+            if kind is None or (function, name) in _NOT_YET:
+                continue
+            named[kind].extend(value if isinstance(value, list | tuple) else [value])
+    return References(
+        function,
+        certificates=tuple(int(i) for i in named["certificate"]),
+        orders=tuple(int(i) for i in named["order"]),
+        offers=tuple(int(i) for i in named["offer"]),
+        participants=tuple(to_checksum_address(a) for a in named["participant"]),
+    )
+
+
+def _signed_references(service: Service, job: Job, tx: DecodedTx) -> References:
+    """What a signed transaction's call names, its data decoded with the job's ABI. Call data that
+    does not decode is refused without sending: the contract would not take it either, and what
+    this service cannot read it does not simulate."""
+    if job.address != service.system.ledger.address:
+        return References(job.function)
+    try:
+        fn, args = _ledger(service).decode_function_input(tx.data)
+    except Exception as exc:  # eth-abi's decoding errors come in several types
+        raise ApiError(
+            422, "MalformedCall", f"the call data does not decode as {job.function}: {exc}",
+            function=job.function,
+        ) from None  # fmt: skip
+    return _references(service, job.address, str(fn.abi["name"]), dict(args))
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who the records were checked for, and the offers a buy names (their sellers decide how a
+    buy's failure is told)."""
+
+    caller: Caller | None
+    to_buy: tuple[OfferRecord, ...] = ()
 
 
 def _in_scope(service: Service, check: Callable[[], T]) -> T:
     """`check` against the index; a refusal (403, 404) from an index behind the chain's head (the
     record, or the caller's part in it, written moments ago) is checked again once the index has
-    reached the head, so a prepare right after a write does not fail for the index's lag."""
+    reached the head, so a job right after a write does not fail for the index's lag."""
     try:
         return check()
     except ApiError as exc:
@@ -118,11 +214,32 @@ def _in_scope(service: Service, check: Callable[[], T]) -> T:
     return check()
 
 
-def _certificates(service: Service, caller: Caller, *ids: int) -> None:
-    if len(ids) == 1:
-        _in_scope(service, lambda: certificate_for(service.reader, caller, ids[0]))
-    else:
-        _in_scope(service, lambda: certificates_for(service.reader, caller, list(ids)))
+def _scope(service: Service, refs: References, caller: Callable[[], Caller]) -> Scope:
+    """Checks every record `refs` names against `caller()`'s read scope (404, 403 as the reads
+    answer); a job naming no record needs no caller (nor an account the index knows)."""
+    if not refs:
+        return Scope(None)
+
+    def check() -> Scope:
+        who = caller()
+        reader = service.reader
+        if len(refs.certificates) == 1:
+            certificate_for(reader, who, refs.certificates[0])
+        elif refs.certificates:
+            certificates_for(reader, who, list(refs.certificates))
+        for order_id in refs.orders:
+            order_for(reader, who, order_id)
+        to_buy: list[OfferRecord] = []
+        for offer_id in refs.offers:
+            if refs.function == "buyDiscounted":
+                to_buy.append(_offer_to_buy(service, who, offer_id))
+            else:
+                offer_for(reader, who, offer_id)
+        for account in refs.participants:
+            participant_for(reader, account)
+        return Scope(who, tuple(to_buy))
+
+    return _in_scope(service, check)
 
 
 def _offer_to_buy(service: Service, caller: Caller, offer_id: int) -> OfferRecord:
@@ -138,13 +255,65 @@ def _offer_to_buy(service: Service, caller: Caller, offer_id: int) -> OfferRecor
     return record
 
 
+#: A buy's errors about the certificate behind the offer: its holder or its value now.
+_STALE_OFFER = ("IncorrectHolder", "InsufficientValue")
+
+
+@contextmanager
+def _answered_in_scope(scope: Scope) -> Iterator[None]:
+    """Lets the contract's errors through: they describe records the sender may read. Except a
+    buy's: the certificate behind the offer is not the buyer's to read, so that it moved or shrank
+    since the offer was made is told as 409 OfferStale, without its holder or value now, whether
+    the simulation found it or the transaction was mined and reverted (the state moved between)."""
+    try:
+        yield
+    except (ContractError, RevertedOnChain) as exc:
+        mined = exc if isinstance(exc, RevertedOnChain) else None
+        if isinstance(exc, ContractError) and exc.mined is not None:
+            mined = RevertedOnChain.of(exc)
+        error = mined.error if mined is not None else exc
+        stale = [
+            offer
+            for offer in scope.to_buy
+            if scope.caller is not None
+            and not (scope.caller.sees_all or offer.seller == scope.caller.address)
+        ]
+        if not stale or not isinstance(error, ContractError) or error.error_name not in _STALE_OFFER:
+            raise
+        offer_id = int(stale[0].offer_id)
+        message = "the offered certificate changed since the offer was made"
+        if mined is None:
+            raise ApiError(409, "OfferStale", message, offerId=offer_id) from None
+        raise ApiError(
+            409,
+            "RevertedOnChain",
+            f"{mined.tx_hash} was mined in block {mined.block_number} and reverted: {message}; its "
+            f"nonce and {mined.gas_used} gas are spent",
+            txHash=mined.tx_hash,
+            blockNumber=mined.block_number,
+            gasUsed=mined.gas_used,
+            error=error_body("OfferStale", message, {"offerId": offer_id}),
+        ) from None
+
+
 @router.post("", response_model=TxOut, responses=_PROBLEMS)
 def submit(body: SignedTx, service: ServiceDep) -> TxOut:
     """Relays a transaction the sender signed. Refused without sending (nothing changes) when it is
-    not for a certledger job, its nonce is used, the sender lacks the role, or the simulation
-    reverts; otherwise sent and answered once mined, with its decoded events. The signature is the
-    authentication: a warehouse gateway with no participant role submits confirmReceipt this way."""
-    relayed = service.relay.submit(bytes.fromhex(body.raw[2:]))
+    not for a certledger job, names a certificate, order or offer its sender may not read (403, as
+    the reads refuse it; 404 for an unknown id), its nonce is used, the sender lacks the role, or
+    the simulation reverts; otherwise sent and answered once mined, with its decoded events. The
+    signature is the authentication: a warehouse gateway with no participant role submits
+    confirmReceipt this way (its order is behind the oracle's relayer allow-list and the devices'
+    signatures, which the contract checks first)."""
+    raw = bytes.fromhex(body.raw[2:])
+    tx = decode_raw(raw)
+    job = service.relay.job_for(tx.to, tx.selector)
+    # The sender as the index knows it, read afresh: a retry after the index caught up must see a
+    # registration or a role that the lag hid.
+    refs = _signed_references(service, job, tx)
+    scope = _scope(service, refs, lambda: caller_at(service, tx.sender, signed_in=False, max_age=0.0))
+    with _answered_in_scope(scope):
+        relayed = service.relay.submit(raw)
     result = relayed.result
     return TxOut(
         txHash=result.tx_hash,
@@ -183,19 +352,17 @@ def prepare_register(body: RegisterIn, service: ServiceDep, caller: CallerDep) -
     fn = _ledger(service).functions.registerParticipant(
         body.account, keccak(text=body.entity), int(roles), body.issuerLimit
     )
-    return _prepared(service, caller.address, fn)
+    return _prepared(service, caller, fn)
 
 
 @router.post("/prepare/suspend-participant", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_suspend(body: AccountIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
-    _in_scope(service, lambda: participant_for(service.reader, body.account))
-    return _prepared(service, caller.address, _ledger(service).functions.suspendParticipant(body.account))
+    return _prepared(service, caller, _ledger(service).functions.suspendParticipant(body.account))
 
 
 @router.post("/prepare/reinstate-participant", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_reinstate(body: AccountIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
-    _in_scope(service, lambda: participant_for(service.reader, body.account))
-    return _prepared(service, caller.address, _ledger(service).functions.reinstateParticipant(body.account))
+    return _prepared(service, caller, _ledger(service).functions.reinstateParticipant(body.account))
 
 
 @router.post("/prepare/open-order", response_model=UnsignedTx, responses=_PROBLEMS)
@@ -211,128 +378,118 @@ def prepare_open_order(body: OpenOrderIn, service: ServiceDep, caller: CallerDep
         body.expectedQuantity,
         body.deadline,
     )
-    return _prepared(service, caller.address, fn)
+    return _prepared(service, caller, fn)
 
 
 @router.post("/prepare/cancel-order", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_cancel_order(body: OrderIdIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
-    _in_scope(service, lambda: order_for(service.reader, caller, body.orderId))
-    return _prepared(service, caller.address, _ledger(service).functions.cancelOrder(body.orderId))
+    return _prepared(service, caller, _ledger(service).functions.cancelOrder(body.orderId))
 
 
 @router.post("/prepare/approve-token", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_approve_token(body: ApproveTokenIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
     """Lets the ledger take escrow (issuer) or a discount price (factor) from the caller's tokens."""
     fn = service.system.token.contract.functions.approve(service.system.ledger.address, body.amount)
-    return _prepared(service, caller.address, fn)
+    return _prepared(service, caller, fn)
 
 
 @router.post("/prepare/transfer", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_transfer(body: TransferIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
     """Moves a whole certificate from the caller to `to`."""
-    _certificates(service, caller, body.certificateId)
     fn = _ledger(service).get_function_by_signature("transferFrom(address,address,uint256)")(
         caller.address, body.to, body.certificateId
     )
-    return _prepared(service, caller.address, fn)
+    return _prepared(service, caller, fn)
 
 
 @router.post("/prepare/split", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_split(body: SplitIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
     """Splits in place: the certificate keeps values[0], new ones hold the rest (same holder)."""
-    _certificates(service, caller, body.certificateId)
-    return _prepared(
-        service, caller.address, _ledger(service).functions.split(body.certificateId, body.values)
-    )
+    return _prepared(service, caller, _ledger(service).functions.split(body.certificateId, body.values))
 
 
 @router.post("/prepare/split-to", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_split_to(body: SplitToIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
     """Moves `value` out of the certificate into a new one held by `to` (passing part down the chain)."""
-    _certificates(service, caller, body.certificateId)
     fn = _ledger(service).get_function_by_signature("transferFrom(uint256,address,uint256)")(
         body.certificateId, body.to, body.value
     )
-    return _prepared(service, caller.address, fn)
+    return _prepared(service, caller, fn)
 
 
 @router.post("/prepare/merge", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_merge(body: MergeIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
     """Moves `value` from one certificate into another of the same order."""
-    _certificates(service, caller, body.fromId, body.toId)
     fn = _ledger(service).get_function_by_signature("transferFrom(uint256,uint256,uint256)")(
         body.fromId, body.toId, body.value
     )
-    return _prepared(service, caller.address, fn)
+    return _prepared(service, caller, fn)
 
 
 @router.post("/prepare/offer-discount", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_offer(body: OfferIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
-    _certificates(service, caller, body.certificateId)
     fn = _ledger(service).functions.offerDiscount(
         body.certificateId, body.value, body.price, body.buyer or _ZERO, body.expiry
     )
-    return _prepared(service, caller.address, fn)
+    return _prepared(service, caller, fn)
 
 
 @router.post("/prepare/cancel-offer", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_cancel_offer(body: OfferIdIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
-    _in_scope(service, lambda: offer_for(service.reader, caller, body.offerId))
-    return _prepared(service, caller.address, _ledger(service).functions.cancelDiscountOffer(body.offerId))
+    return _prepared(service, caller, _ledger(service).functions.cancelDiscountOffer(body.offerId))
 
 
 @router.post("/prepare/buy", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_buy(body: OfferIdIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
-    """FACTOR: buys an offer, price against value in one transaction."""
-    offer = _in_scope(service, lambda: _offer_to_buy(service, caller, body.offerId))
-    try:
-        return _prepared(service, caller.address, _ledger(service).functions.buyDiscounted(body.offerId))
-    except ContractError as exc:
-        # The certificate behind the offer is not the buyer's to read: that it moved or shrank since
-        # the offer was made is told without its holder or value now.
-        if exc.error_name in ("IncorrectHolder", "InsufficientValue") and not (
-            caller.sees_all or offer.seller == caller.address
-        ):
-            raise ApiError(
-                409,
-                "OfferStale",
-                "the offered certificate changed since the offer was made",
-                offerId=body.offerId,
-            ) from None
-        raise
+    """FACTOR: buys an offer, price against value in one transaction. An offer whose certificate
+    moved or shrank since it was made is 409 OfferStale (the certificate is not the buyer's to read)."""
+    return _prepared(service, caller, _ledger(service).functions.buyDiscounted(body.offerId))
 
 
 @router.post("/prepare/settle", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_settle(body: SettleIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
     """Pays each matured certificate's holder. The contract takes it from any sender; prepared here
-    for the certificates the caller may read (each unknown id 404, each it may not read 403)."""
-    _certificates(service, caller, *body.certificateIds)
-    return _prepared(service, caller.address, _ledger(service).functions.settle(body.certificateIds))
+    (and relayed by POST /v1/tx) for the certificates the caller may read (each unknown id 404,
+    each it may not read 403)."""
+    return _prepared(service, caller, _ledger(service).functions.settle(body.certificateIds))
 
 
 @router.post("/prepare/withdraw", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_withdraw(service: ServiceDep, caller: CallerDep) -> UnsignedTx:
     """Pulls the caller's credit (payments its token account refused)."""
-    return _prepared(service, caller.address, _ledger(service).functions.withdraw())
+    return _prepared(service, caller, _ledger(service).functions.withdraw())
 
 
 @router.post("/prepare/freeze", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_freeze(body: FreezeIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
-    _certificates(service, caller, body.certificateId)
     fn = _ledger(service).functions.freeze(body.certificateId, keccak(text=body.reason))
-    return _prepared(service, caller.address, fn)
+    return _prepared(service, caller, fn)
 
 
 @router.post("/prepare/unfreeze", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_unfreeze(body: FreezeIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
-    _certificates(service, caller, body.certificateId)
-    return _prepared(service, caller.address, _ledger(service).functions.unfreeze(body.certificateId))
+    return _prepared(service, caller, _ledger(service).functions.unfreeze(body.certificateId))
+
+
+@cache
+def _oracle_errors() -> frozenset[str]:
+    """The errors of the oracle's own checks: about the observations, the devices, the warehouse's
+    enrolment and the relayer, never about an order's terms or parties."""
+    abi = load_artifact("ReceiptOracle").abi
+    return frozenset(str(e["name"]) for e in abi if e.get("type") == "error")
 
 
 @router.post("/prepare/confirm-receipt", response_model=UnsignedTx, responses=_PROBLEMS, tags=["oracle"])
 def prepare_confirm_receipt(body: ConfirmReceiptIn, service: ServiceDep) -> UnsignedTx:
     """For a warehouse gateway (no sign-in): the confirmReceipt transaction for its devices' signed
-    observations, in the order the oracle requires. The gateway signs it and posts it to /v1/tx."""
+    observations, in the order the oracle requires. The gateway signs it and posts it to /v1/tx.
+
+    Nothing authenticates this request (`sender` is a claim), so it answers no more about the order
+    than the observations already say: the order they name must exist (404 NotFound, as the reads
+    answer), the oracle's own errors (relayer allow-list, signatures, devices, freshness, ranges:
+    checked before the order is read) come as they are, and an error from the ledger or the token
+    (the order not open, past its deadline, its payee not eligible, ...) is answered by its code with
+    the order id alone, not the order's status, deadline or payee."""
     try:
         observations = [Observation.from_json(o) for o in body.observations]
     except (ValueError, KeyError, TypeError) as exc:
@@ -344,4 +501,23 @@ def prepare_confirm_receipt(body: ConfirmReceiptIn, service: ServiceDep) -> Unsi
         )  # fmt: skip
     signatures = [bytes.fromhex(s[2:]) for s in body.signatures]
     fn = service.system.oracle.confirm_call(observations, signatures)
-    return _prepared(service, to_checksum_address(body.sender), fn)
+    _in_scope(service, lambda: _orders_exist(service, sorted({o.order_id for o in observations})))
+    # The order the ledger is asked about: the first observation's in the oracle's (device) order.
+    order_id = min(observations, key=lambda o: int(o.device, 16)).order_id if observations else 0
+    try:
+        return _unsigned(service.relay.prepare(to_checksum_address(body.sender), fn))
+    except ContractReverted as exc:
+        if isinstance(exc, ContractError) and exc.error_name in _oracle_errors():
+            raise
+        name = exc.error_name if isinstance(exc, ContractError) else "Reverted"
+        status = contract_status(name) if isinstance(exc, ContractError) else 422
+        raise ApiError(
+            status, name, f"the ledger does not take this receipt for order {order_id} ({name})",
+            orderId=order_id,
+        ) from None  # fmt: skip
+
+
+def _orders_exist(service: Service, order_ids: list[int]) -> None:
+    for order_id in order_ids:
+        if service.reader.get(OrderRecord, order_id=order_id) is None:
+            raise not_found("order", order_id)
