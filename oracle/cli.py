@@ -184,6 +184,7 @@ def oracle_status(db: Db = Path("oracle.db"), as_json: Json = False, limit: int 
                     "source": q.source,
                     "attempts": q.attempts,
                     "last_error": q.last_error,
+                    "order_hint": q.order_hint,
                 }
                 for q in store.quarantined(limit)
             ],  # fmt: skip
@@ -215,9 +216,16 @@ def oracle_status(db: Db = Path("oracle.db"), as_json: Json = False, limit: int 
             console.print(f"  {stamp} order {a.order_id} [red]{a.kind}[/]: {a.message}")
     quarantined = store.quarantined(limit)
     if quarantined:
-        console.print("[bold red]Quarantined inbox items[/] (could not be checked; kept)")
+        console.print(
+            "[bold red]Quarantined inbox items[/] (could not be checked; kept, holding the order they "
+            "claim): `certledger oracle requeue ITEM|--all` checks them again, "
+            "`--drop --reason TEXT` gives one up"
+        )
         for q in quarantined:
-            console.print(f"  item {q.id} from {q.source}: {q.attempts} failures, last: {q.last_error}")
+            claims = f" claims order {q.order_hint}," if q.order_hint is not None else ""
+            console.print(
+                f"  item {q.id} from {q.source}:{claims} {q.attempts} failures, last: {q.last_error}"
+            )
     if refused:
         console.print("[bold]Refused readings[/] (latest first)")
         for r in refused:
@@ -278,6 +286,44 @@ def oracle_resolve(
         console.print(f"order {order_id}: collecting; its readings will be judged again")
     else:
         console.print(f"order {order_id}: collecting; {aside} readings set aside, devices must read again")
+
+
+@oracle_app.command("requeue")
+def oracle_requeue(
+    item: Annotated[
+        int | None, typer.Argument(help="The quarantined inbox item (see `oracle status`).")
+    ] = None,
+    all_items: Annotated[bool, typer.Option("--all", help="Every quarantined item.")] = False,
+    drop: Annotated[
+        bool, typer.Option("--drop", help="Give ITEM up instead: its order no longer waits for it.")
+    ] = False,
+    reason: Annotated[str, typer.Option(help="Why ITEM is dropped (with --drop).")] = "",
+    db: Db = Path("oracle.db"),
+) -> None:
+    """Check quarantined inbox items again (after the cause is fixed), or drop one."""
+    if not db.exists():
+        raise typer.BadParameter(f"no oracle database at {db}", param_hint="--db")
+    if (item is None) == (not all_items):
+        raise typer.BadParameter("give one ITEM or --all", param_hint="ITEM")
+    store = Store(db)
+    try:
+        if drop:
+            if item is None:
+                raise typer.BadParameter("--drop takes one ITEM", param_hint="ITEM")
+            try:
+                dropped = store.drop(item, reason)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--reason") from exc
+            if not dropped:
+                raise typer.BadParameter(f"no quarantined inbox item {item}", param_hint="ITEM")
+            console.print(f"item {item} dropped")
+            return
+        ids = store.requeue(item)
+        if item is not None and not ids:
+            raise typer.BadParameter(f"no quarantined inbox item {item}", param_hint="ITEM")
+        console.print(f"{len(ids)} items requeued" + (f": {', '.join(map(str, ids))}" if ids else ""))
+    finally:
+        store.close()
 
 
 @devices_app.command("create")

@@ -7,9 +7,11 @@ the node is down; `process_pending` checks what is in the inbox against the chai
 reading there if the node does not answer, to try again on the next step.
 
 Each inbox item is handled on its own: one whose check fails for a reason nobody classified (a
-node's answer in words of its own, a bug) is tried again with backoff and, after `max_attempts`
-failures, quarantined (kept, refused as `internal-error`); it never holds back the items after it.
-Only node trouble (or a busy database), which would fail every item alike, ends a batch early.
+bug, a payload that trips one) is tried again with backoff and, after `max_attempts` failures,
+quarantined (kept, alerted, still holding the order it claims until a person requeues or drops
+it); it never holds back the items after it. Node trouble (or a busy database), which would fail
+every item alike, ends a batch early without counting against any item: a known transient error,
+or the same unclassified error on two items in a row (a node's answer in words of its own).
 """
 
 from __future__ import annotations
@@ -76,16 +78,37 @@ class Gateway:
         Raises PayloadTooLarge (nothing kept) for a payload over MAX_PAYLOAD bytes."""
         if len(payload) > MAX_PAYLOAD:
             raise PayloadTooLarge(len(payload))
-        return self.store.receive(source, payload, order_hint(payload))
+        return self.store.receive(source, payload, self.order_hint(payload))
+
+    def order_hint(self, payload: bytes) -> int | None:
+        """The order a payload is a reading of, for holding that order's submission while it waits:
+        only if it is signed by the device it names (the offline checks, no chain call), so a
+        payload anyone can make up (a bad signature, another's device) holds nothing back."""
+        try:
+            hint = order_hint(payload)
+            if hint is None:
+                return None
+            refused = check_signed(decode_reading(payload), self.chain.chain_id, self.chain.oracle_address)
+        except Exception:  # the hint is a courtesy: never a reason not to keep the reading
+            log.exception("could not work out the order an inbox payload claims")
+            return None
+        return hint if refused is None else None
 
     def ingest(self, payload: bytes, source: str) -> Verdict:
-        """Receive and check at once (the HTTP intake answers with the verdict)."""
+        """Receive and check at once (the HTTP intake answers with the verdict). Raises only if the
+        reading could not be kept; once it is, a failure to check it leaves it in the inbox for the
+        pipeline (a pending verdict, not counted against the item)."""
         item_id = self.receive(payload, source)
-        with self._lock:
-            item = self.store.inbox_item(item_id)
-            if item is None:  # the pipeline thread checked it first: answer with what it decided
-                return self._decided(payload)
-            return self.process(item)
+        try:
+            with self._lock:
+                item = self.store.inbox_item(item_id)
+                if item is None:  # the pipeline thread checked it first: answer with what it decided
+                    return self._decided(payload)
+                verdict, _ = self._check(item)
+                return verdict
+        except Exception as exc:
+            log.exception("inbox item %d: kept, but could not be checked now", item_id)
+            return Verdict(False, None, f"kept, not checked yet: {exc}", unavailable=True)
 
     def _decided(self, payload: bytes) -> Verdict:
         """The verdict already given on a reading: accepted (it is stored) or refused (and why). A
@@ -105,35 +128,72 @@ class Gateway:
 
     def process_pending(self, limit: int = 500) -> list[Verdict]:
         """Checks readings waiting in the inbox, oldest first (but for those backing off after a
-        failure); stops early only when the node or the database is unavailable."""
+        failure); stops early when the node or the database is unavailable.
+
+        A failure nobody classified counts against an item only if it is the item's own: it is
+        held until the next item is checked, and if that one fails with the same error too, it is
+        the node's trouble (a restarted node answering 0x, an internal error on every call): the
+        batch ends and neither is counted."""
         verdicts: list[Verdict] = []
         with self._lock:
+            suspect: tuple[InboxItem, Exception] | None = None
             for item in self.store.unprocessed(limit):
-                verdict = self.process(item)
+                verdict, failure = self._check(item)
+                if failure is not None and suspect is not None and _same(failure, suspect[1]):
+                    log.warning(
+                        "inbox items %d and %d failed alike (%s): node trouble; not counted",
+                        suspect[0].id,
+                        item.id,
+                        _describe(failure),
+                    )
+                    verdicts += [_unavailable(suspect[1]), _unavailable(failure)]
+                    suspect = None
+                    break
+                if suspect is not None:
+                    if verdict.unavailable:  # node trouble after it: most likely its trouble too
+                        verdicts.append(_unavailable(suspect[1]))
+                        suspect = None
+                    else:
+                        verdicts.append(self._count(*suspect))
+                        suspect = None
+                if failure is not None:
+                    suspect = (item, failure)
+                    continue
                 verdicts.append(verdict)
                 if verdict.unavailable:
                     break
+            if suspect is not None:  # nothing after it to compare with: counted
+                verdicts.append(self._count(*suspect))
         return verdicts
 
     def process(self, item: InboxItem) -> Verdict:
-        """One item's verdict. Never raises for the item's sake: node trouble leaves it waiting
-        (`unavailable`), any other failure is counted on the item and, after `max_attempts`,
-        quarantines it."""
+        """One item's verdict, a failure counted against it (as when it is the last of a batch).
+        Never raises for the item's sake."""
+        verdict, failure = self._check(item)
+        return verdict if failure is None else self._count(item, failure)
+
+    def _check(self, item: InboxItem) -> tuple[Verdict, Exception | None]:
+        """The item's verdict, or a pending one and the failure nobody classified (not recorded
+        yet: the caller decides whether it is the item's). Node trouble is `unavailable`."""
         try:
-            return self._process(item)
+            return self._process(item), None
         except Exception as exc:
             if is_transient(exc):
                 log.warning("node or database unavailable while checking inbox item %d: %s", item.id, exc)
-                return Verdict(False, None, str(exc), unavailable=True)
-            log.exception("inbox item %d: unexpected error while checking it", item.id)
-            try:
-                return self._failed(item, exc)
-            except Exception as again:
-                log.exception("inbox item %d: could not record its failure", item.id)
-                return Verdict(False, None, str(again), unavailable=is_transient(again))
+                return Verdict(False, None, str(exc), unavailable=True), None
+            log.warning("inbox item %d: unexpected error while checking it", item.id, exc_info=True)
+            return Verdict(False, None, f"not checked: {_describe(exc)}"), exc
+
+    def _count(self, item: InboxItem, exc: Exception) -> Verdict:
+        """Records a failure as the item's own: backoff, or quarantine after `max_attempts`."""
+        try:
+            return self._failed(item, exc)
+        except Exception as again:
+            log.exception("inbox item %d: could not record its failure", item.id)
+            return Verdict(False, None, str(again), unavailable=is_transient(again))
 
     def _failed(self, item: InboxItem, exc: Exception) -> Verdict:
-        error = f"{type(exc).__name__}: {exc}"
+        error = _describe(exc)
         attempts = item.attempts + 1
         if attempts >= self.max_attempts:
             try:
@@ -190,3 +250,16 @@ class Gateway:
         )
         self.store.reject(item.id, item.source, reason, detail, reading)
         return Verdict(False, reason, detail)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _same(a: BaseException, b: BaseException) -> bool:
+    """The same error, as far as its words go (a node's answer names no item)."""
+    return _describe(a)[:1_000] == _describe(b)[:1_000]
+
+
+def _unavailable(exc: BaseException) -> Verdict:
+    return Verdict(False, None, f"not checked (node trouble: {_describe(exc)})", unavailable=True)

@@ -105,6 +105,8 @@ def create_app(gateway: Gateway, store: Store, operator_token: str | None = None
         try:
             verdict = await run_in_threadpool(gateway.ingest, bytes(body), "http")
         except Exception as exc:  # not kept (the database refused it): the device sends it again
+            # (ingest raises only before the reading is kept; a failure to check a kept one is a
+            # pending verdict, answered "kept" below)
             log.exception("could not keep a reading posted over HTTP")
             return JSONResponse({"status": "unavailable", "detail": str(exc)}, 503)
         if verdict.accepted:

@@ -2,34 +2,35 @@
 
 Candidates come from chain_client's views. An order's maturity is fixed when it is opened and its
 certificates share it, so the keeper keeps a schedule: each order is read once when it appears,
-again on each run only while it is open (awaiting receipt), and not at all between its
-confirmation and its maturity. At maturity its certificates are listed once (from their
-CertificateIssued events: after maturity none can be split off, D35), and from then on only those
-not yet settled are read, until none is left. A run therefore reads the new orders, the open ones
-and the certificates falling due, not every order ever opened.
+again on each run only while it is open (awaiting receipt), and not at all between its confirmation
+and its maturity. At maturity its certificates are listed once (from their CertificateIssued events:
+once a block is stamped at or after maturity none can be split off, D35), and from then on only
+those not yet settled are read, until none is left. A run therefore reads the new orders, the open
+ones and the certificates falling due, not every order ever opened.
 
 A listing searches from the order's confirmation (a block the keeper saw it still open at, or the
 block the oracle's relayer confirmed it in; the deployment block when neither is known) up to the
 head, in windows of at most `logs_range` blocks (nodes refuse larger ranges: Besu's
---rpc-max-logs-range). Each order is on its own: a listing or a read that fails is logged, keeps
-what it found so far and is tried again on a later run, backing off (it skips 0, 1, 3, 7... runs,
-at most 15), with an alert every `retry_attempts` failures; the other orders go on.
+--rpc-max-logs-range), at most `logs_budget` windows per run (the rest on the next runs: the keeper
+shares the pipeline's thread with the relayer and the inbox). Each order is on its own: a listing or
+a read that fails is logged, keeps what it found so far and is tried again on a later run, backing
+off (it skips 0, 1, 3, 7... runs, at most 15), with an alert every `retry_attempts` failures; the
+other orders go on.
 
-"Now" is the time no later block can be stamped before (the latest block's, or the wall clock less
-a margin: SystemView.passed), the relayer's notion for "has already happened". Settling needs
-maturity <= block.timestamp: judged by the wall clock alone, a settle simulated at a block stamped
-by a node a second behind reverts; judged by the latest block alone, an idle chain that mines on
-demand never gets there.
+"Now" is the time no later block can be stamped before (the latest block's, or the wall clock less a
+margin: SystemView.passed), the relayer's notion for "has already happened". Settling needs maturity
+<= block.timestamp: judged by the wall clock alone, a settle simulated at a block stamped by a node
+a second behind reverts; judged by the latest block alone, an idle chain that mines on demand never
+gets there.
 
 Only live, matured, unfrozen certificates go into a batch, at most 64 (the ledger's
 MAX_SETTLE_BATCH), and each batch is re-read from the views right before it is sent. Settlement is
 strict on chain (settling twice is `CertificateNotLive`, D8), so a second run, or a second keeper,
 pays nothing twice: it finds nothing left, and a certificate settled by someone else between the
-read and the send makes the batch revert with a named error, which is logged and retried with
-fresh views next run. The chain lock (shared with the relayer and the gateway) is held from the
-re-read through the broadcast, so the batch and its nonce go out together, but not while waiting
-for the receipt: that is polled one look per turn of the lock.
-"""
+read and the send makes the batch revert with a named error, which is logged and retried with fresh
+views next run. The chain lock (shared with the relayer and the gateway) is held from the re-read
+through the broadcast, so the batch and its nonce go out together, but not while waiting for the
+receipt: that is polled one look per turn of the lock."""
 
 from __future__ import annotations
 
@@ -82,6 +83,8 @@ class _Listing:
     """A matured order whose certificates are being listed: how far the search got."""
 
     next_block: int
+    #: the order's maturity: the search ends at the first head stamped at or after it
+    maturity: int = 0
     end_block: int | None = None
     found: set[int] = field(default_factory=set)
 
@@ -104,11 +107,14 @@ class Keeper:
         clock: Callable[[], int] | None = None,
         logs_range: int = 1_000,
         retry_attempts: int = 8,
+        logs_budget: int = 100,
     ) -> None:
         if not 1 <= batch <= MAX_SETTLE_BATCH:
             raise ValueError(f"batch must be 1..{MAX_SETTLE_BATCH}")
         if logs_range < 1:
             raise ValueError("logs_range must be at least 1")
+        if logs_budget < 1:
+            raise ValueError("logs_budget must be at least 1")
         self.system = system
         self.account = account
         self.store = store
@@ -116,6 +122,11 @@ class Keeper:
         self.lock = lock or threading.RLock()
         self.clock = clock or self._passed
         self.logs_range = logs_range
+        #: getLogs windows one run may spend (the keeper runs in the pipeline's thread: a listing
+        #: from the deployment block must not keep the relayer and the inbox waiting); a listing
+        #: left unfinished goes on from where it got on the next run
+        self.logs_budget = logs_budget
+        self._budget = logs_budget
         self.retry_attempts = retry_attempts
         self.reads = KeeperReads()
         # The schedule, in memory: a restart reads every order once again to rebuild it.
@@ -140,9 +151,15 @@ class Keeper:
                 self._schedule(self._read_order(order_id), head)
             self._seen = max(self._seen, orders)
             while self._maturing and self._maturing[0][0] <= now:
-                _, order_id, since = heapq.heappop(self._maturing)
-                self._listing[order_id] = _Listing(since)
+                maturity, order_id, since = heapq.heappop(self._maturing)
+                self._listing[order_id] = _Listing(since, maturity)
+        self._budget = self.logs_budget
         for order_id in sorted(self._listing):
+            if self._budget <= 0:
+                log.info(
+                    "keeper: log budget of this run spent; %d listings go on next run", len(self._listing)
+                )
+                break
             if self._due_now(order_id):
                 self._isolated(order_id, run, self._list_certificates)
         return self._live_due(now, run)
@@ -208,21 +225,35 @@ class Keeper:
             self._trouble.pop(order_id, None)
 
     def _list_certificates(self, order_id: int) -> None:
-        """Lists a matured order's certificates, window by window from where the last try got;
-        done, it moves to `_due`."""
+        """Lists a matured order's certificates, window by window from where the last try got,
+        within this run's budget; what it finds is due at once. The search ends at the first head
+        whose block is stamped at or after maturity: the contract lets a certificate be split off
+        while block.timestamp < maturity, and `passed()` (the keeper's clock) may be ahead of the
+        producer's, so a head read when `passed()` reached maturity may be followed by a split.
+        Until such a head is seen the search goes up to the head and resumes from there."""
         listing = self._listing[order_id]
-        if listing.end_block is None:
-            # Read after maturity: no certificate of the order can be issued after it.
+        head = listing.end_block
+        if head is None:
             with self.lock:
-                listing.end_block = self._head()
-        while listing.next_block <= listing.end_block:
-            to_block = min(listing.next_block + self.logs_range - 1, listing.end_block)
+                latest = self.system.chain.w3.eth.get_block("latest")
+            head = int(latest["number"])
+            if int(latest["timestamp"]) >= listing.maturity:
+                listing.end_block = head  # no later block can issue a certificate of the order
+        while listing.next_block <= head:
+            if self._budget <= 0:
+                return  # resumed on the next run
+            to_block = min(listing.next_block + self.logs_range - 1, head)
             with self.lock:
                 self.reads.log_queries += 1
-                listing.found.update(self._certificate_ids(order_id, listing.next_block, to_block))
+                self._budget -= 1
+                found = set(self._certificate_ids(order_id, listing.next_block, to_block))
+            listing.found |= found
+            if found:
+                self._due[order_id] = sorted(set(self._due.get(order_id, ())) | found)
             listing.next_block = to_block + 1
+        if listing.end_block is None:
+            return  # looked again, from the next block, on the next run
         self.reads.listings += 1
-        self._due[order_id] = sorted(listing.found)
         del self._listing[order_id]
 
     def _certificate_ids(self, order_id: int, from_block: int, to_block: int) -> list[int]:

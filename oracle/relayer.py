@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from chain_client.errors import ContractReverted, TransactionRejected
 from chain_client.models import OrderStatus, Warehouse
@@ -133,6 +133,10 @@ class Relayer:
         self.settings = settings
         self.receipt_timeout = receipt_timeout
         self.crash_hook = crash_hook
+        # In memory (a restart starts them afresh, which only delays, never skips, a wait):
+        # when an order began waiting for its inbox items, and for early readings.
+        self._held_since: dict[int, float] = {}
+        self._early_since: dict[int, float] = {}
 
     def step(self) -> None:
         """One pass: finish what was in flight (first, so a restart resolves before sending anything
@@ -162,15 +166,23 @@ class Relayer:
 
     def _evaluate(self, record: OrderRecord) -> None:
         order_id = record.order_id
-        unchecked = self.store.unchecked_for_order(order_id)
-        if unchecked:
-            # A reading of this order still waiting to be checked may be a device's correction or
-            # a conflicting count: nothing is submitted before it has its verdict. Looked at again
-            # next step (a refused reading does not touch the order).
-            self.store.mark_evaluated(
-                order_id, f"{unchecked} readings of the order not checked yet", record.revision, again=True
-            )
+        # A reading of this order without a verdict may be a device's correction or a conflicting
+        # count: nothing is submitted before it has one. Only those signed by the device they name
+        # claim an order (Gateway.order_hint), and only those received before the order began to
+        # wait hold it, so a flood of fresh ones cannot hold it for ever; the inbox is checked
+        # oldest first, so the wait ends. A quarantined one holds the order until a person
+        # requeues or drops it (it was alerted).
+        since = self._held_since.setdefault(order_id, time.time())
+        unchecked, quarantined = self.store.unchecked_for_order(order_id, received_before=since)
+        if unchecked or quarantined:
+            what = f"{unchecked} readings of the order not checked yet" if unchecked else ""
+            if quarantined:
+                what += ("; " if what else "") + f"{quarantined} quarantined (see `oracle status`)"
+            # Looked at again next step while any waits to be checked (a refused reading does not
+            # touch the order); a quarantined one dirties the order when it is released.
+            self.store.mark_evaluated(order_id, what, record.revision, again=bool(unchecked))
             return
+        self._held_since.pop(order_id, None)
         stored = self.store.observations(order_id)
         devices = {o.reading.observation.device for o in stored}
         if len(devices) == 1:
@@ -204,9 +216,13 @@ class Relayer:
             )
             log.error("order %d disputed: %s", order_id, disputed.reason)
             return
-        if early:
+        decision = decide([o.reading for o in usable], threshold=warehouse.threshold,
+                          required_kinds=required, expectations=expectations)  # fmt: skip
+        if early and not (isinstance(decision, Ready) and self._waited_enough(order_id)):
             # A device's latest reading is ahead of the chain's clock: usable in a moment, and the
-            # receipt waits for it rather than go without it.
+            # receipt waits for it rather than go without it. Not for ever: a device that reads
+            # more often than its clock leads always has an early latest reading, so once the
+            # others make a quorum the wait lasts at most clock_skew + clock_margin.
             self.store.mark_evaluated(
                 order_id,
                 f"waiting for {early} readings ahead of the chain's clock",
@@ -214,8 +230,7 @@ class Relayer:
                 again=True,
             )
             return
-        decision = decide([o.reading for o in usable], threshold=warehouse.threshold,
-                          required_kinds=required, expectations=expectations)  # fmt: skip
+        self._early_since.pop(order_id, None)
         if not isinstance(decision, Ready):
             # Disputed here means only the usable subset disagrees (a weight against a count that
             # is not the lowest of all): nothing to submit, nothing to dispute.
@@ -224,6 +239,12 @@ class Relayer:
         by_key = {(o.reading.observation.device, o.reading.observation.sequence): o.id for o in usable}
         ids = [by_key[(r.observation.device, r.observation.sequence)] for r in decision.readings]
         self._submit(record, decision.readings, ids)
+
+    def _waited_enough(self, order_id: int) -> bool:
+        """Whether a ready order has waited its longest for early readings (the wait starts now if
+        it had not)."""
+        since = self._early_since.setdefault(order_id, time.monotonic())
+        return time.monotonic() - since >= self.settings.clock_skew + self.settings.clock_margin
 
     def _latest(self, stored: list[StoredObservation], warehouse: Warehouse) -> list[StoredObservation]:
         """Each current device's latest reading (highest sequence), chosen before any time check: a
@@ -281,7 +302,7 @@ class Relayer:
         try:
             prepared = self.submitter.prepare(readings)
         except ContractReverted as exc:
-            self._reverted(record, exc)
+            self._reverted(record, exc, OrderState.COLLECTING)
             return
         except Exception as exc:
             if is_transient(exc):
@@ -298,6 +319,7 @@ class Relayer:
                 tx_hash=prepared.tx_hash,
                 raw_tx=prepared.raw,
                 attempts=0,
+                refusals=0,
                 next_attempt_at=0.0,
             )
         except Exception:
@@ -350,7 +372,7 @@ class Relayer:
             if mined is None:
                 lapsed = self._lapsed(record)
         except ContractReverted as exc:  # the embedded chain executes, and reverts, on send
-            self._reverted(record, exc)
+            self._reverted(record, exc, OrderState.SUBMITTING)
             return
         except NonceTooLow:
             self._nonce_moved_on(record, prepared)
@@ -368,7 +390,10 @@ class Relayer:
         elif lapsed is not None:
             self._abandon(record, lapsed)
         else:
-            self._backoff(record, OrderState.SUBMITTING, f"{prepared.tx_hash} not mined yet")
+            # The node took the bytes (sent again on each retry, so a node that dropped them has
+            # them back and no gap is left before the key's later nonces): its refusals in a row
+            # start again.
+            self._backoff(record, OrderState.SUBMITTING, f"{prepared.tx_hash} not mined yet", refusals=0)
 
     def _nonce_moved_on(self, record: OrderRecord, prepared: PreparedTx) -> None:
         """Our nonce was used by another transaction of the relayer's (its key also settles), so
@@ -409,6 +434,11 @@ class Relayer:
             return
         message = f"{record.tx_hash} abandoned: {why}; collecting again"
         log.warning("order %d: %s", record.order_id, message)
+        # Most often unmined because the node dropped it: its nonce is free again, and the next
+        # transaction must take it, not wait for ever behind the gap. The next nonce is asked of
+        # the node (a pending count: if the node still holds the old one, the next comes after
+        # it). Mined after all it could only revert (every later block is past its deadline).
+        self._discard(record)
         self.store.set_state(
             record.order_id,
             OrderState.COLLECTING,
@@ -424,9 +454,11 @@ class Relayer:
         does not hold them. Tried again with backoff (a base fee may fall); after
         `retry_attempts` refusals the order fails with an alert, for a person to resolve (the
         relayer's funds, the node's fee settings) with `oracle resolve --keep-readings`."""
-        attempts = record.attempts + 1
-        if attempts >= self.settings.retry_attempts:
-            detail = f"the node refused {record.tx_hash} {attempts} times: {exc.reason}"
+        refusals = record.refusals + 1
+        if refusals >= self.settings.retry_attempts:
+            detail = f"the node refused {record.tx_hash} {refusals} times in a row: {exc.reason}"
+            # The node does not hold it: its nonce must go to the key's next transaction.
+            self._discard(record)
             self.store.set_state(
                 record.order_id,
                 OrderState.FAILED,
@@ -436,7 +468,13 @@ class Relayer:
             )
             log.error("order %d: %s", record.order_id, detail)
             return
-        self._backoff(record, OrderState.SUBMITTING, f"node refused the transaction: {exc.reason}")
+        self._backoff(
+            record, OrderState.SUBMITTING, f"node refused the transaction: {exc.reason}", refusals=refusals
+        )
+
+    def _discard(self, record: OrderRecord) -> None:
+        if record.tx_hash is not None and record.raw_tx is not None:
+            self.submitter.discard(PreparedTx(record.tx_hash, record.raw_tx))
 
     def _finish(self, record: OrderRecord, mined: Mined) -> None:
         order_id = record.order_id
@@ -454,26 +492,41 @@ class Relayer:
             # Mined and reverted only for its timing: its nonce is spent, nothing was confirmed.
             self._backoff(record, OrderState.COLLECTING, f"{mined.tx_hash} reverted {mined.error_name}")
         else:
-            self.store.set_state(
-                order_id,
-                OrderState.FAILED,
+            self._fail(
+                record,
+                OrderState.SUBMITTING,
                 mined.detail or "reverted",
-                error_name=mined.error_name,
-                alert=("failed", f"{mined.error_name}: {mined.detail}"),
+                mined.error_name or "reverted",
+                f"{mined.error_name}: {mined.detail}",
             )
-            log.error("order %d: transaction reverted with %s", order_id, mined.error_name)
 
-    def _reverted(self, record: OrderRecord, exc: ContractReverted) -> None:
+    def _reverted(self, record: OrderRecord, exc: ContractReverted, state: OrderState) -> None:
         name = getattr(exc, "error_name", "") or type(exc).__name__
         if name in TIMING_ERRORS:
             self._backoff(record, OrderState.COLLECTING, f"refused for now: {exc}")
             return
-        self.store.set_state(
-            record.order_id, OrderState.FAILED, str(exc), error_name=name, alert=("failed", str(exc))
-        )
-        log.error("order %d: refused by the contract: %s", record.order_id, exc)
+        self._fail(record, state, str(exc), name, str(exc))
 
-    def _backoff(self, record: OrderRecord, state: OrderState, reason: str) -> None:
+    def _fail(self, record: OrderRecord, state: OrderState, detail: str, name: str, alert: str) -> None:
+        """Records a revert as the order's failure, unless the chain has confirmed the order (by
+        another submission, or by a transaction of ours abandoned too soon and mined after all:
+        then this one reverted OrderNotOpen, and the order is confirmed, not failed)."""
+        try:
+            order = self.chain.order(record.order_id)
+        except Exception as exc:
+            if is_transient(exc):
+                self._backoff(record, state, f"reading the order after a revert: {exc}")
+                return
+            raise
+        if order.status == OrderStatus.CONFIRMED:
+            self._closed_elsewhere(record.order_id, order.status, order.root_certificate_id)
+            return
+        self.store.set_state(
+            record.order_id, OrderState.FAILED, detail, error_name=name, alert=("failed", alert)
+        )
+        log.error("order %d: refused by the contract: %s: %s", record.order_id, name, detail)
+
+    def _backoff(self, record: OrderRecord, state: OrderState, reason: str, **fields: Any) -> None:
         attempts = record.attempts + 1
         delay = backoff_delay(attempts, self.settings.retry_base, self.settings.retry_max)
         n = self.settings.retry_attempts
@@ -490,5 +543,6 @@ class Relayer:
             next_attempt_at=time.time() + delay,
             dirty=state == OrderState.COLLECTING,
             alert=alert,
+            **fields,
         )
         log.warning("order %d: %s; retrying in %.1fs", record.order_id, reason, delay)

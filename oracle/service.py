@@ -84,6 +84,7 @@ class OracleService:
             lock=lock,
             clock=view.passed,
             logs_range=settings.keeper_logs_range,
+            logs_budget=settings.keeper_logs_budget,
             retry_attempts=settings.retry_attempts,
         )
         service = cls(settings, system, relayer_account, store, view, gateway, relayer, keeper_)

@@ -87,6 +87,12 @@ class OracleSettings(BaseSettings):
     keeper_interval: float = Field(
         default=60.0, gt=0, description="Seconds between settlement runs of the keeper."
     )
+    keeper_logs_budget: int = Field(
+        default=100,
+        ge=1,
+        description="getLogs windows one keeper run may spend listing certificates (the rest on the "
+        "next runs): the keeper shares the pipeline's thread with the relayer and the inbox.",
+    )
     keeper_batch: int = Field(default=64, ge=1, le=64, description="Certificates per settle transaction.")
     keeper_logs_range: int = Field(
         default=1_000,

@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS inbox (
     source TEXT NOT NULL,
     payload BLOB NOT NULL,
     processed INTEGER NOT NULL DEFAULT 0,
-    -- the order the payload claims (unchecked), so that order's submission waits for it
+    -- the order the payload claims, recorded only when its signature is the claimed device's, so
+    -- that order's submission waits for it (quarantined too, until a person requeues or drops it)
     order_hint INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
@@ -81,6 +82,8 @@ CREATE TABLE IF NOT EXISTS orders (
     root_certificate_id INTEGER,
     error_name TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
+    -- the node's refusals of the recorded transaction's bytes in a row (not its other retries)
+    refusals INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
     dirty INTEGER NOT NULL DEFAULT 1,
     -- bumped by whatever dirties the order (a reading, expectations, a resolution): an evaluation
@@ -140,7 +143,7 @@ class NotResolvable(ValueError):
 #: Rejections kept: refused readings come from anyone (D36), so the oldest go first.
 MAX_REJECTIONS = 100_000
 
-_INBOX = "id, received_at, source, payload, attempts, last_error"
+_INBOX = "id, received_at, source, payload, attempts, last_error, order_hint"
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ class InboxItem:
     payload: bytes
     attempts: int = 0
     last_error: str | None = None
+    order_hint: int | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,7 @@ class OrderRecord:
     last_reading_at: float | None
     confirmed_at: float | None
     confirmed_block: int | None = None
+    refusals: int = 0
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,7 @@ class Store:
             ("observations", "set_aside", "INTEGER NOT NULL DEFAULT 0"),
             ("orders", "revision", "INTEGER NOT NULL DEFAULT 0"),
             ("orders", "confirmed_block", "INTEGER"),
+            ("orders", "refusals", "INTEGER NOT NULL DEFAULT 0"),
             ("inbox", "order_hint", "INTEGER"),
             ("inbox", "attempts", "INTEGER NOT NULL DEFAULT 0"),
             ("inbox", "last_error", "TEXT"),
@@ -237,10 +243,26 @@ class Store:
         for table, column, kind in added:
             if column not in {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                if (table, column) == ("inbox", "order_hint"):
+                    self._fill_hints()
         # Made by a release that kept checked readings in the inbox: they are in observations
         # and rejections already.
         self._db.execute("DELETE FROM inbox WHERE processed = 1")
         self._db.execute("CREATE INDEX IF NOT EXISTS inbox_order ON inbox(order_hint) WHERE processed = 0")
+
+    def _fill_hints(self) -> None:
+        """Rows kept by a release that recorded no order hint: the order each payload claims, so an
+        order does not go ahead while a reading of it waits. Decoded only (the signature is not
+        checked here): a bounded set of rows from before the upgrade, not an open door."""
+        from oracle.wire import order_hint
+
+        rows = list(
+            self._db.execute("SELECT id, payload FROM inbox WHERE processed = 0 AND order_hint IS NULL")
+        )
+        for row in rows:
+            hint = order_hint(bytes(row[1]))
+            if hint is not None:
+                self._db.execute("UPDATE inbox SET order_hint = ? WHERE id = ?", (hint, row[0]))
 
     def close(self) -> None:
         with self._lock:
@@ -303,10 +325,16 @@ class Store:
         where = "processed != 0" if processed else "processed = 0"
         return int(self._query(f"SELECT count(*) FROM inbox WHERE {where}")[0][0])
 
-    def unchecked_for_order(self, order_id: int) -> int:
-        """Readings claiming `order_id` still waiting in the inbox (not quarantined)."""
-        rows = self._query("SELECT count(*) FROM inbox WHERE processed = 0 AND order_hint = ?", (order_id,))
-        return int(rows[0][0])
+    def unchecked_for_order(self, order_id: int, received_before: float | None = None) -> tuple[int, int]:
+        """Readings claiming `order_id` without a verdict: (waiting to be checked, received no later
+        than `received_before` if given; quarantined, whenever received). A quarantined reading
+        holds its order until a person requeues or drops it: it may be a correction or a conflict."""
+        rows = self._query(
+            "SELECT count(CASE WHEN processed = 0 AND received_at <= ? THEN 1 END), "
+            "count(CASE WHEN processed = 2 THEN 1 END) FROM inbox WHERE order_hint = ?",
+            (float("inf") if received_before is None else received_before, order_id),
+        )
+        return int(rows[0][0]), int(rows[0][1])
 
     def inbox_failed(self, item_id: int, error: str, retry_at: float) -> int:
         """Records a failed check of an inbox item (not a verdict): it is tried again from
@@ -324,10 +352,76 @@ class Store:
         self, item_id: int, source: str, reason: str, detail: str, reading: SignedReading | None = None
     ) -> None:
         """Sets aside an inbox item that could not be checked, however often it was tried: kept (with
-        its payload) for a person, refused with `reason`, no longer holding up anything else."""
+        its payload) for a person, recorded as refused with `reason`, and alerted (for the order it
+        claims, if known) in the same transaction. It no longer holds up other items, but it still
+        holds the order it claims until a person requeues it (`requeue`) or drops it (`drop`)."""
         with self.transaction() as db:
-            db.execute("UPDATE inbox SET processed = 2 WHERE id = ?", (item_id,))
+            db.execute(
+                "UPDATE inbox SET processed = 2, last_error = coalesce(last_error, ?) WHERE id = ?",
+                (detail[:1_000], item_id),
+            )
+            row = db.execute("SELECT order_hint FROM inbox WHERE id = ?", (item_id,)).fetchone()
+            hint = row[0] if row is not None else None
             self._rejection(db, source, reason, detail, reading)
+            held = f"; order {hint} waits for it" if hint is not None else ""
+            db.execute(
+                "INSERT INTO alerts (at, order_id, kind, message) VALUES (?, ?, ?, ?)",
+                (
+                    time.time(),
+                    hint,
+                    "quarantined",
+                    f"inbox item {item_id} from {source} quarantined ({detail[:500]}){held}; "
+                    "`certledger oracle requeue` checks it again",
+                ),
+            )
+
+    def requeue(self, item_id: int | None = None) -> list[int]:
+        """A person's release of quarantined items (one, or all with None): checked again from
+        scratch (attempts reset). Returns the ids requeued. The orders they claim are looked at
+        again once they have their verdicts."""
+        with self.transaction() as db:
+            where, args = (
+                ("processed = 2", ()) if item_id is None else ("processed = 2 AND id = ?", (item_id,))
+            )
+            ids = [int(r[0]) for r in db.execute(f"SELECT id FROM inbox WHERE {where}", args)]
+            for i in ids:
+                db.execute(
+                    "UPDATE inbox SET processed = 0, attempts = 0, next_attempt_at = 0 WHERE id = ?", (i,)
+                )
+                db.execute(
+                    "INSERT INTO alerts (at, order_id, kind, message) VALUES (?, "
+                    "(SELECT order_hint FROM inbox WHERE id = ?), ?, ?)",
+                    (time.time(), i, "requeued", f"inbox item {i} requeued by a person"),
+                )
+                db.execute(
+                    "UPDATE orders SET dirty = 1, revision = revision + 1 "
+                    "WHERE order_id = (SELECT order_hint FROM inbox WHERE id = ?)",
+                    (i,),
+                )
+        return ids
+
+    def drop(self, item_id: int, reason: str) -> bool:
+        """A person's decision that a quarantined item is no reading to wait for: removed (its
+        refusal stays in the rejections), so the order it claims no longer waits. Returns whether
+        there was such an item."""
+        if not reason.strip():
+            raise ValueError("say why the item is dropped: the reason is kept in the alerts")
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT order_hint FROM inbox WHERE id = ? AND processed = 2", (item_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            db.execute("DELETE FROM inbox WHERE id = ?", (item_id,))
+            db.execute(
+                "INSERT INTO alerts (at, order_id, kind, message) VALUES (?, ?, ?, ?)",
+                (time.time(), row[0], "dropped", f"inbox item {item_id} dropped by a person: {reason}"),
+            )
+            if row[0] is not None:
+                db.execute(
+                    "UPDATE orders SET dirty = 1, revision = revision + 1 WHERE order_id = ?", (row[0],)
+                )
+        return True
 
     def quarantined(self, limit: int = 100) -> list[InboxItem]:
         rows = self._query(
@@ -576,6 +670,7 @@ class Store:
             "root_certificate_id",
             "error_name",
             "attempts",
+            "refusals",
             "next_attempt_at",
             "confirmed_at",
             "confirmed_block",
@@ -622,7 +717,7 @@ class Store:
             detail = f"{state.value} order resolved ({how}): {reason}"
             db.execute(
                 "UPDATE orders SET state = ?, detail = ?, dirty = 1, revision = revision + 1, "
-                "attempts = 0, next_attempt_at = 0, observation_ids = NULL, tx_hash = NULL, "
+                "attempts = 0, refusals = 0, next_attempt_at = 0, observation_ids = NULL, tx_hash = NULL, "
                 "raw_tx = NULL, error_name = NULL, updated_at = ? WHERE order_id = ?",
                 (OrderState.COLLECTING.value, detail, now, order_id),
             )
@@ -680,6 +775,7 @@ def _order(row: sqlite3.Row) -> OrderRecord:
         last_reading_at=row["last_reading_at"],
         confirmed_at=row["confirmed_at"],
         confirmed_block=row["confirmed_block"],
+        refusals=int(row["refusals"]),
     )
 
 
@@ -691,4 +787,5 @@ def _inbox(row: sqlite3.Row) -> InboxItem:
         bytes(row["payload"]),
         int(row["attempts"]),
         row["last_error"],
+        row["order_hint"],
     )

@@ -90,10 +90,14 @@ def too_deep(payload: bytes, limit: int = MAX_NESTING) -> bool:
 def decode_reading(payload: bytes) -> SignedReading:
     if len(payload) > MAX_PAYLOAD:
         raise MalformedReading(f"payload of {len(payload)} bytes")
+    # json.loads takes UTF-16 and UTF-32 bytes too, where the byte scan below would misread a
+    # character's 0x22 byte as a quote: a reading is UTF-8 (ASCII in practice) or not a reading.
+    if json.detect_encoding(payload) != "utf-8":
+        raise MalformedReading("not UTF-8 JSON")
     if too_deep(payload):
         raise MalformedReading(f"JSON nested more than {MAX_NESTING} deep")
     try:
-        body = json.loads(payload)
+        body = json.loads(payload.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise MalformedReading("not JSON") from None
     return parse_reading(body)

@@ -497,6 +497,46 @@ def test_the_keeper_lists_in_bounded_windows_from_the_confirmation(
     assert all(ranges[i + 1][0] == ranges[i][1] + 1 for i in range(len(ranges) - 1))
 
 
+def test_a_keeper_run_spends_at_most_its_budget_of_log_windows(world: World) -> None:
+    """After a restart, orders first seen confirmed are listed from the deployment block: one run
+    takes at most `logs_budget` getLogs windows (the pipeline's other stages get their turn), and
+    the listing goes on from there on the next runs."""
+    _, root = world.certificate_for(maturity_in=10 * DAY)
+    world.chain.advance_time(11 * DAY)
+    span = world.system.chain.w3.eth.block_number - world.system.deployment.deployment_block + 1
+    keeper = Keeper(world.system, world.cast.relayer, logs_range=max(1, span // 3), logs_budget=2)
+    runs = 0
+    while world.ledger.certificate(root).status != CertificateStatus.SETTLED:
+        before = keeper.reads.log_queries
+        keeper.run_once()
+        assert keeper.reads.log_queries - before <= 2
+        runs += 1
+        assert runs < 500
+    assert runs > 1
+
+
+def test_the_keeper_lists_until_a_block_is_stamped_at_maturity(world: World) -> None:
+    """The keeper's clock (`passed()`) may reach maturity before the producer's does: a split is
+    allowed while block.timestamp < maturity, so the listing is not closed before a block stamped
+    at or after maturity, and a split mined meanwhile is still found and paid."""
+    cast = world.cast
+    order_id, root = world.certificate_for(maturity_in=10 * DAY)
+    maturity = world.ledger.order(order_id).maturity
+    now = {"t": maturity}  # the keeper thinks maturity has passed; the chain is 10 days behind
+    keeper = Keeper(world.system, cast.relayer, clock=lambda: now["t"])
+    keeper.run_once()  # the root's settlement is refused (not matured on chain): tried again
+    assert order_id in keeper._listing and keeper._listing[order_id].end_block is None
+    split_id, _ = world.ledger.split_to(cast.supplier1, root, cast.supplier2.address, 10_000_00)
+    keeper.run_once()
+    assert split_id in keeper._due[order_id]
+    world.chain.advance_time(11 * DAY)
+    now["t"] = world.system.chain.now()
+    keeper.run_once()
+    assert order_id not in keeper._listing
+    for certificate in (root, split_id):
+        assert world.ledger.certificate(certificate).status == CertificateStatus.SETTLED
+
+
 def test_the_keeper_does_not_hold_the_chain_lock_while_it_waits_for_a_receipt(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -123,3 +123,20 @@ def test_demo_direct_says_it_falls_back(runner: CliRunner) -> None:
     assert result.exit_code == 0, result.output
     assert "falls back to direct signing" in result.output
     assert "Every fen is accounted for" in result.output
+
+
+def test_requeue_releases_quarantined_items_shown_by_status(runner: CliRunner, tmp_path: Path) -> None:
+    db = tmp_path / "oracle.db"
+    store = Store(db)
+    item = store.receive("mqtt:x", b"{}", order_hint=7)
+    store.quarantine(item, "mqtt:x", "internal-error", "checking failed 8 times")
+    store.close()
+    status = runner.invoke(build_app(), ["oracle", "status", "--db", str(db)])
+    assert status.exit_code == 0 and "claims order 7" in status.output and "requeue" in status.output
+    assert runner.invoke(build_app(), ["oracle", "requeue", "--db", str(db)]).exit_code != 0
+    done = runner.invoke(build_app(), ["oracle", "requeue", str(item), "--db", str(db)])
+    assert done.exit_code == 0, done.output
+    store = Store(db)
+    assert store.inbox_count(processed=True) == 0 and store.unchecked_for_order(7) == (1, 0)
+    assert [a.kind for a in store.alerts()] == ["requeued", "quarantined"]
+    store.close()

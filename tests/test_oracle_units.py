@@ -37,7 +37,14 @@ from oracle.settings import OracleSettings
 from oracle.simulator import malleate
 from oracle.store import OrderState, Store
 from oracle.validation import Reason, check_signature_form
-from oracle.wire import MAX_PAYLOAD, MalformedReading, PayloadTooLarge, SignedReading, decode_reading
+from oracle.wire import (
+    MAX_PAYLOAD,
+    MalformedReading,
+    PayloadTooLarge,
+    SignedReading,
+    decode_reading,
+    too_deep,
+)
 
 RFID_A, RFID_B, SCALE = account("rfid-a"), account("rfid-b"), account("scale")
 KINDS = {
@@ -631,6 +638,16 @@ def test_nesting_within_the_size_cap_is_refused_without_parsing() -> None:
         decode_reading(json.dumps({"note": "[" * 100}).encode())
 
 
+def test_a_payload_not_in_utf8_is_refused_before_the_nesting_scan() -> None:
+    """json.loads also takes UTF-16: a character whose encoding holds a 0x22 byte (U+2200 is
+    00 22) would make the byte scan believe the rest was one string and let deep nesting through."""
+    sneaky = ('["\u2200",' + "[" * 1_000).encode("utf-16-le")
+    assert not too_deep(sneaky)  # the scan alone is fooled
+    for payload in (sneaky, json.dumps({"order": 1}).encode("utf-16"), b"\xef\xbb\xbf{}"):
+        with pytest.raises(MalformedReading, match="not UTF-8"):
+            decode_reading(payload)
+
+
 def test_an_early_conflicting_count_of_another_device_is_a_dispute(tmp_path: Path) -> None:
     """Portal B counted 900 with its clock 10 s ahead (the gateway takes it: 30 s skew); portal A
     counted 1000 and the scale agrees with A. B's stored count is a conflict whatever its timing:
@@ -926,3 +943,256 @@ def test_a_transaction_whose_readings_lapsed_unmined_is_abandoned(store: Store) 
         assert gw.ingest(rr.encode(), "t").accepted
     r.step()
     assert store.order(1).state == OrderState.CONFIRMED and sub.prepared == 2  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------- review 2 (D57 amended)
+
+
+def _node_answers_in_its_own_words() -> None:
+    raise ValueError({"code": -32000, "message": "header not found"})
+
+
+def test_the_same_unclassified_error_on_two_items_is_node_trouble_not_counted(tmp_path: Path) -> None:
+    """A restarted node answering 0x, or -32000 on every call, fails every item alike: the batch
+    ends and no item is counted, so none is ever quarantined for the node's sake."""
+    store = Store(tmp_path / "o.db")
+    chain = fake_chain()
+    gw = Gateway(store, chain, clock_skew=30, max_attempts=2, retry_base=0.0001, retry_max=0.0001)
+    for r in (reading(signer(RFID_A), 1000, chain), reading(signer(SCALE), 1000 * CARTON_G, chain)):
+        gw.receive(r.encode(), "mqtt")
+    chain.fail = _node_answers_in_its_own_words
+    for _ in range(10):
+        verdicts = gw.process_pending()
+        assert verdicts and all(v.pending and v.unavailable for v in verdicts)
+    assert [i.attempts for i in store.unprocessed()] == [0, 0] and store.inbox_count(processed=True) == 0
+    chain.fail = None
+    assert all(v.accepted for v in gw.process_pending())
+
+
+def test_a_quarantined_reading_holds_its_order_is_alerted_and_can_be_requeued(tmp_path: Path) -> None:
+    """s2b: a conflicting count alone in the inbox while the node misbehaves is quarantined; the
+    order must not be confirmed without it: it waits, with an alert, until a person requeues it."""
+    import time
+
+    store, chain, gateway, sub, r = _collecting(tmp_path)
+    gw = Gateway(store, chain, clock_skew=30, max_attempts=3, retry_base=0.0001, retry_max=0.0001)
+    assert gw.ingest(reading(signer(RFID_A), 1000, chain).encode(), "t").accepted
+    assert gw.ingest(reading(signer(SCALE), 1000 * CARTON_G, chain).encode(), "t").accepted
+    item = gw.receive(reading(signer(RFID_B), 900, chain).encode(), "mqtt")
+    chain.fail = _node_answers_in_its_own_words
+    for _ in range(6):
+        gw.process_pending()
+        time.sleep(0.002)
+    assert store.inbox_count(processed=True) == 1
+    alerts = [a for a in store.alerts() if a.kind == "quarantined"]
+    assert len(alerts) == 1 and alerts[0].order_id == 1 and f"item {item}" in alerts[0].message
+    chain.fail = None
+    for _ in range(3):
+        time.sleep(0.002)
+        gw.process_pending()
+        r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.COLLECTING and sub.prepared == 0
+    assert "quarantined" in record.detail
+    assert store.requeue() == [item] and store.inbox_count(processed=True) == 0
+    r.step()  # still waits: the requeued item has no verdict yet
+    assert sub.prepared == 0
+    gw.process_pending()
+    r.step()
+    assert store.order(1).state == OrderState.DISPUTED and sub.prepared == 0  # type: ignore[union-attr]
+
+
+def test_a_dropped_quarantined_item_no_longer_holds_its_order(tmp_path: Path) -> None:
+    store, chain, gw, sub, r = _collecting(tmp_path)
+    assert gw.ingest(reading(signer(RFID_A), 1000, chain).encode(), "t").accepted
+    assert gw.ingest(reading(signer(SCALE), 1000 * CARTON_G, chain).encode(), "t").accepted
+    item = gw.receive(reading(signer(RFID_B), 1000, chain).encode(), "mqtt")
+    store.quarantine(item, "mqtt", Reason.INTERNAL_ERROR, "checking failed 8 times")
+    r.step()
+    assert sub.prepared == 0
+    with pytest.raises(ValueError):
+        store.drop(item, " ")
+    assert store.drop(item, "the device was replaced") and not store.drop(item, "again")
+    r.step()
+    assert store.order(1).state == OrderState.CONFIRMED  # type: ignore[union-attr]
+    assert [a.kind for a in store.alerts()] == ["dropped", "quarantined"]
+
+
+def test_only_a_reading_signed_by_its_device_holds_an_order_and_not_for_ever(tmp_path: Path) -> None:
+    """s4: a payload anyone can make (a bad signature) holds nothing; a correctly signed one holds
+    the order only if it came before the order began to wait, so a stream of fresh ones (a flood,
+    from keys of the flooder's own) cannot hold it for ever."""
+    store, chain, gw, sub, r = _collecting(tmp_path)
+    assert gw.ingest(reading(signer(RFID_A), 1000, chain).encode(), "t").accepted
+    assert gw.ingest(reading(signer(SCALE), 1000 * CARTON_G, chain).encode(), "t").accepted
+    forged = reading(signer(RFID_B), 900, chain).to_json()
+    forged["signature"] = "0x" + "11" * 65
+    gw.receive(json.dumps(forged).encode(), "mqtt")
+    assert store.unchecked_for_order(1) == (0, 0)
+    stranger = account("stranger")
+    KINDS[stranger.address] = ReadingKind.CARTON_COUNT  # signs validly; not enrolled on chain
+    try:
+        first = gw.receive(reading(signer(stranger), 900, chain).encode(), "mqtt")
+        assert store.unchecked_for_order(1) == (1, 0)
+        r.step()
+        assert sub.prepared == 0  # held: it came before the order began to wait
+        gw.receive(reading(signer(stranger, 2), 900, chain).encode(), "mqtt")  # after
+        first_item = store.inbox_item(first)
+        assert first_item is not None and gw.process(first_item).reason == Reason.UNKNOWN_DEVICE
+        r.step()
+    finally:
+        del KINDS[stranger.address]
+    assert store.order(1).state == OrderState.CONFIRMED  # type: ignore[union-attr]
+    assert store.inbox_count(processed=False) == 2  # the forged one and the later one
+
+
+def test_a_migrated_inbox_gets_the_order_hints_of_its_readings(tmp_path: Path) -> None:
+    chain = fake_chain()
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE inbox (id INTEGER PRIMARY KEY, received_at REAL NOT NULL, source TEXT NOT NULL, "
+        "payload BLOB NOT NULL, processed INTEGER NOT NULL DEFAULT 0)"
+    )
+    payload = reading(signer(RFID_B), 900, chain).encode()
+    old.execute("INSERT INTO inbox (received_at, source, payload) VALUES (0, 'm', ?)", (payload,))
+    old.execute("INSERT INTO inbox (received_at, source, payload) VALUES (0, 'm', x'02')")
+    old.commit()
+    old.close()
+    store = Store(path)
+    assert store.unchecked_for_order(1) == (1, 0)
+    assert [i.order_hint for i in store.unprocessed()] == [1, None]
+
+
+def test_a_reading_kept_but_not_checkable_now_is_answered_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST /readings answered "nothing kept" when the check failed after the row was committed."""
+    store = Store(tmp_path / "o.db")
+    chain = fake_chain()
+    gw = Gateway(store, chain, clock_skew=30)
+
+    def broken(item_id: int) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "inbox_item", broken)
+    verdict = gw.ingest(reading(signer(RFID_A), 1000, chain).encode(), "http")
+    assert verdict.pending and "kept" in verdict.detail and store.inbox_count(processed=False) == 1
+
+
+def test_refusals_are_counted_apart_from_waits(store: Store) -> None:
+    """s1: a transaction that waited unmined N times is not failed by the node's first refusal."""
+    import time
+
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    sub.mine = False
+    ready_order(store, chain)
+    settings = OracleSettings(retry_base=0.0001, retry_max=0.0001, retry_attempts=3)
+    r = Relayer(store, chain, sub, settings, receipt_timeout=0)
+    for _ in range(5):
+        r.step()
+        time.sleep(0.002)
+    sub.rejected = "txpool is full"
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.SUBMITTING and record.refusals == 1
+    for _ in range(3):
+        time.sleep(0.002)
+        r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.FAILED and record.refusals == 2
+    assert "3 times in a row" in record.detail
+    assert sub.discarded == [record.tx_hash]  # the node holds none of it: its nonce is free
+
+
+def test_an_abandoned_transaction_frees_its_nonce(store: Store) -> None:
+    """s5: the next transaction takes its nonce from the node, not behind a gap for ever."""
+    import time
+
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    sub.mine = False
+    ready_order(store, chain)
+    r = relayer(store, chain, sub)
+    r.step()
+    tx = store.order(1).tx_hash  # type: ignore[union-attr]
+    chain.now_value += 4_000
+    time.sleep(0.01)
+    r.step()
+    assert store.order(1).state == OrderState.COLLECTING and sub.discarded == [tx]  # type: ignore[union-attr]
+
+
+def test_a_revert_of_an_order_the_chain_confirmed_records_it_confirmed(store: Store) -> None:
+    """An abandoned transaction can still be mined and confirm the order: a later revert
+    OrderNotOpen must not mark the order failed."""
+    import time
+
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    sub.mine = False
+    ready_order(store, chain)
+    r = relayer(store, chain, sub)
+    r.step()
+    tx = store.order(1).tx_hash  # type: ignore[union-attr]
+    assert tx is not None
+    sub.mined[tx] = Mined(tx, False, None, None, error_name="OrderNotOpen", detail="OrderNotOpen(1)")
+    chain.orders[1] = OrderStatus.CONFIRMED
+    time.sleep(0.01)
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.CONFIRMED, record
+    assert not [a for a in store.alerts() if a.kind == "failed"]
+
+
+def test_a_prepare_refused_because_the_chain_confirmed_the_order_records_it_confirmed(
+    store: Store,
+) -> None:
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    ready_order(store, chain)
+    sub.revert = errors.ERRORS["OrderNotOpen"](b"", orderId=1)
+    real_prepare = sub.prepare
+
+    def prepare(rs: Sequence[SignedReading]) -> PreparedTx:
+        chain.orders[1] = OrderStatus.CONFIRMED  # mined meanwhile: our old transaction
+        return real_prepare(rs)
+
+    sub.prepare = prepare  # type: ignore[method-assign]
+    relayer(store, chain, sub).step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.CONFIRMED and record.error_name is None
+
+
+def test_an_ever_early_device_does_not_hold_a_ready_order_for_ever(tmp_path: Path) -> None:
+    """A device that reads more often than its clock leads always has an early latest reading:
+    once the others make a quorum, the order waits for it at most clock_skew + clock_margin."""
+    import time
+
+    store, chain, gw, sub, _ = _collecting(tmp_path)
+    assert gw.ingest(reading(signer(RFID_B), 1000, chain, age=-10).encode(), "t").accepted
+    assert gw.ingest(reading(signer(RFID_A), 1000, chain).encode(), "t").accepted
+    assert gw.ingest(reading(signer(SCALE), 1000 * CARTON_G, chain).encode(), "t").accepted
+    settings = OracleSettings(retry_base=0.001, retry_max=0.002, clock_skew=0, clock_margin=0)
+    r = Relayer(store, chain, sub, settings, receipt_timeout=1)
+    r.step()
+    time.sleep(0.01)
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.CONFIRMED
+    assert len(sub.submitted[0]) == 2  # the quorum, without the early reading
+
+
+def test_an_early_reading_is_waited_for_while_the_rest_is_no_quorum(tmp_path: Path) -> None:
+    store, chain, gw, sub, _ = _collecting(tmp_path)
+    assert gw.ingest(reading(signer(SCALE), 1000 * CARTON_G, chain, age=-10).encode(), "t").accepted
+    assert gw.ingest(reading(signer(RFID_A), 1000, chain).encode(), "t").accepted
+    settings = OracleSettings(retry_base=0.001, retry_max=0.002, clock_skew=0, clock_margin=0)
+    r = Relayer(store, chain, sub, settings, receipt_timeout=1)
+    r.step()
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.COLLECTING and sub.prepared == 0
+    chain.now_value += 11
+    r.step()
+    assert store.order(1).state == OrderState.CONFIRMED  # type: ignore[union-attr]
