@@ -4,9 +4,9 @@ rebuilt books equal the contracts' own state, and say exactly where they do not.
 `replay` indexes from the deployment block into a new database that replaces the old one when it is
 complete. `verify` then checks, at one block:
 
-0. that the index is on the node's chain: every stored block's hash (from the node's logs for
-   blocks with events up to that block, from headers for the others) and the cursor against the
-   stored blocks and events;
+0. that the index is on the node's chain up to that block: the hash of every block with events
+   (from the node's logs) and of the highest stored block up to it (from its header: a hash
+   commits to all blocks before it), and the cursor against the stored blocks and events;
 1. the digest chain: the stored events are folded again and each block's digest recomputed (an
    event deleted, added or edited in the database); and the stored events themselves against the
    node's logs from the deployment to that block, event by event, naming the event that is
@@ -28,12 +28,16 @@ Each finding names the record, the field, both values and the event that last to
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from requests.exceptions import Timeout as RequestsTimeout
+
 from chain_client.chain import Chain
 from chain_client.deploy import Deployment
+from chain_client.errors import NodeUnavailable
 from chain_client.events import UndecodableLog
 from chain_client.index.books import (
     ENTITIES,
@@ -51,9 +55,9 @@ from chain_client.index.decode import Event, LogDecoder, RawLog
 from chain_client.index.digest import args_json, block_digest, change_texts, event_document, genesis
 from chain_client.index.export import digest_at
 from chain_client.index.models import BlockRecord, ChangeRecord, IndexState, PaymentRecord
-from chain_client.index.source import NodeSource, RpcRequestError, misplaced_log
+from chain_client.index.source import NodeSource, PendingLogs, RpcRequestError, misplaced_log
 from chain_client.index.state import decoder_for, stored_events
-from chain_client.index.sync import Indexer, IndexInconsistent, SyncOptions, SyncStatus
+from chain_client.index.sync import Indexer, IndexInconsistent, SyncOptions, SyncStatus, adapted_range
 from chain_client.index.views import ChainView, read_chain_view
 from chain_client.models import OrderStatus
 
@@ -229,15 +233,24 @@ class VerifyReport:
 # ---------------------------------------------------------------------- verify
 
 
-def verify(chain: Chain, deployment: Deployment, db: IndexDatabase, block: int | None = None) -> VerifyReport:
+def verify(
+    chain: Chain,
+    deployment: Deployment,
+    db: IndexDatabase,
+    block: int | None = None,
+    options: SyncOptions | None = None,
+) -> VerifyReport:
     """Checks the index against itself, the chain and the invariants at `block` (default: its last).
-    Reads the index in one snapshot: a sync committing meanwhile (a follower) is not seen."""
+    Reads the index in one snapshot: a sync committing meanwhile (a follower) is not seen. The
+    node's logs are fetched in windows sized as a sync sizes its ranges (`options`)."""
     deployment.check(chain)
     with db.snapshot():
-        return _verify(chain, deployment, db, block)
+        return _verify(chain, deployment, db, block, options or SyncOptions())
 
 
-def _verify(chain: Chain, deployment: Deployment, db: IndexDatabase, block: int | None) -> VerifyReport:
+def _verify(
+    chain: Chain, deployment: Deployment, db: IndexDatabase, block: int | None, options: SyncOptions
+) -> VerifyReport:
     state = db.require_state()
     if (state.chain_id, state.ledger) != (deployment.chain_id, deployment.ledger):
         raise IndexDatabaseError(f"{db.url} indexes ledger {state.ledger} of chain {state.chain_id}")
@@ -248,22 +261,31 @@ def _verify(chain: Chain, deployment: Deployment, db: IndexDatabase, block: int 
         )
     source = NodeSource(chain)
     decoder = decoder_for(state)
-    # The node's logs first, with the headers of the blocks they do not vouch for, then the index:
-    # a reorg between the two requests shows as a finding, which a second verify clears.
-    chain_events = _chain_events(source, decoder, state.deployment_block, at)
-    refold = _refold(db, state, at)
+    # The index is read in one snapshot, taken at its first read (the cursor, above) before any
+    # request to the node. The node's logs are then fetched window by window while the stored
+    # events are folded and compared with them in position order; then the header of the highest
+    # stored block up to `at` (and of any block whose stored events the logs did not vouch for);
+    # then the contracts' views at `at`. A reorg on the node meanwhile shows as a finding, which a
+    # second verify clears.
+    blocks = db.blocks(state.chain_id)
+    check = _EventCheck(
+        _chain_windows(source, decoder, state.deployment_block, at, options),
+        decoder,
+        {b.number: b for b in blocks if b.number <= at},
+    )
+    refold = _refold(db, state, at, check)
+    check.finish()
     # The digest as of `at` (the index's own, and the one its stored events give), for comparing
     # with another auditor's export or verify at that block.
-    blocks = db.blocks(state.chain_id)
     stored_digest = next((b.digest for b in reversed(blocks) if b.number <= at), None)
     report = VerifyReport(
         block=at,
         digest=digest_at(db, state, at) if stored_digest is None else stored_digest,
         recomputed_digest=refold.digest_at(at),
     )
-    report.block_mismatches = _block_mismatches(state, blocks, source, refold, chain_events)
+    report.block_mismatches, cursor_notes = _block_mismatches(state, blocks, source, refold, check, at)
     report.digest_mismatches = _digest_mismatches(state, blocks, refold)
-    report.event_mismatches = _event_mismatches(refold.stored, chain_events.events)
+    report.event_mismatches = check.event_mismatches
     report.row_mismatches = refold.hash_mismatches + _row_mismatches(db, state, refold)
     tables = db.load_books(state)
     report.differences = _compare_books(tables, refold.final, "index table", "replayed events")
@@ -272,6 +294,7 @@ def _verify(chain: Chain, deployment: Deployment, db: IndexDatabase, block: int 
     if at == state.synced_block:
         report.differences += _compare_chain(tables, view, "index table")
     report.violations, report.notes = _violations(refold.at_block, view)
+    report.notes += cursor_notes
     report.checked = {entity: len(view.records.get(entity, {})) for entity in ENTITIES}
     report.checked["events"] = refold.events
     report.checked["change rows"] = len(refold.changes)
@@ -293,10 +316,6 @@ class _Refold:
     #: events whose block hash differs from their block's first event's (the one the digest takes)
     hash_mismatches: list[RowMismatch]
     genesis: str
-    #: the stored events up to the verified block, as `_shown` makes them, by position
-    stored: dict[tuple[int, int, int], tuple[str, str, str]]
-    #: block -> the block hash its first stored event carries (the one the digest takes)
-    hashes: dict[int, str]
 
     def digest_at(self, block: int) -> str:
         """The recomputed digest after `block` (unchanged through blocks without events)."""
@@ -308,15 +327,15 @@ class _Refold:
         return found
 
 
-def _refold(db: IndexDatabase, state: IndexState, at: int) -> _Refold:
+def _refold(db: IndexDatabase, state: IndexState, at: int, check: _EventCheck | None = None) -> _Refold:
+    """The stored events folded again; each one up to `at` is handed to `check` (in chain order) to
+    be compared with the node's logs as they are fetched."""
     books = Books(state.ledger, state.oracle)
     digest = genesis(state.chain_id, state.ledger, state.oracle, state.deployment_block)
     blocks: dict[int, tuple[str, int]] = {}
     changes: dict[tuple[int, int, int, int], tuple[Any, ...]] = {}
     payments: dict[tuple[int, int, int], tuple[Any, ...]] = {}
     hashes: list[RowMismatch] = []
-    stored: dict[tuple[int, int, int], tuple[str, str, str]] = {}
-    first_hashes: dict[int, str] = {}
     at_block: Books | None = None
     events = 0
     for number, block_events in _grouped(stored_events(db, state)):
@@ -324,14 +343,16 @@ def _refold(db: IndexDatabase, state: IndexState, at: int) -> _Refold:
             at_block = books.copy()
         documents = []
         block_hash = block_events[0].block_hash
-        first_hashes[number] = block_hash
+        checked = check if number <= at else None
+        if checked is not None:
+            checked.block(number, block_hash)
         for e in block_events:
             applied = books.apply(e)
             texts = change_texts(applied)
             arguments = args_json(e.args)
             documents.append(event_document(e, arguments, texts))
-            if number <= at:
-                stored[e.position] = (e.tx_hash, e.address, f"{e.name}{arguments}")
+            if checked is not None:
+                checked.stored(e.position, (e.tx_hash, e.address, f"{e.name}{arguments}"))
             for seq, text in enumerate(texts):
                 changes[(number, e.tx_index, e.log_index, seq)] = (e.tx_hash, e.name, *text)
             for payment in applied.payments:
@@ -355,8 +376,6 @@ def _refold(db: IndexDatabase, state: IndexState, at: int) -> _Refold:
         payments,
         hashes,
         start,
-        stored,
-        first_hashes,
     )
 
 
@@ -439,75 +458,157 @@ def _digest_mismatches(state: IndexState, blocks: list[BlockRecord], refold: _Re
     return []
 
 
-@dataclass
-class _ChainEvents:
-    """The node's logs of the deployment up to the verified block, decoded."""
-
-    #: position -> (tx hash, address, name and canonical arguments), as `_refold` shows stored ones
-    events: dict[tuple[int, int, int], tuple[str, str, str]]
-    #: block -> its hash, as its logs carry it
-    hashes: dict[int, str]
-
-
-#: Consecutive misplaced or refused getLogs answers verify takes before it gives up.
+#: Consecutive misplaced getLogs answers for one window verify takes before it gives up.
 _LOG_TRIES = 3
 
+#: A window of the node's logs: its first and last block and its logs, in chain order.
+_Window = tuple[int, int, list[RawLog]]
 
-def _chain_events(source: NodeSource, decoder: LogDecoder, first: int, last: int) -> _ChainEvents:
+
+def _timed_out(exc: NodeUnavailable) -> bool:
+    """Whether the node did not answer in time (rather than not at all): a smaller range may do."""
+    return isinstance(exc.__cause__, (TimeoutError, RequestsTimeout))
+
+
+def _chain_windows(
+    source: NodeSource, decoder: LogDecoder, first: int, last: int, options: SyncOptions
+) -> Iterator[_Window]:
     """The node's logs of the deployment's contracts over first..last, through the replay's own
-    fetch path (raw JSON-RPC, typed parse), in ranges that halve when the node refuses one."""
-    found = _ChainEvents({}, {})
-    if last < first:
-        return found
-    pending = [(first, last)]
-    tries = 0
-    while pending:
-        low, high = pending.pop()
+    fetch path (raw JSON-RPC, typed parse), in windows sized as a sync sizes its ranges
+    (`adapted_range`, from `options.initial_range`, never above `options.max_range`). A window the
+    node refuses, or does not answer in time, is halved and the refused size becomes a ceiling; a
+    misplaced answer is fetched again, up to `_LOG_TRIES` times in a row. The next window is asked
+    for before this one is handed on, so the node searches while verify compares."""
+    size, ceiling, tries = min(options.initial_range, options.max_range), options.max_range, 0
+
+    def ask(low: int) -> tuple[int, int, PendingLogs]:
+        high = min(last, low + size - 1)
+        return low, high, source.request_logs(low, high, decoder.addresses)
+
+    pending = ask(first) if first <= last else None
+    while pending is not None:
+        low, high, answer = pending
         try:
-            logs = source.logs(low, high, decoder.addresses)
-        except RpcRequestError:
-            if low == high:
+            logs = answer.result()
+        except (RpcRequestError, NodeUnavailable) as exc:
+            if low == high or (isinstance(exc, NodeUnavailable) and not _timed_out(exc)):
                 raise
-            middle = (low + high) // 2
-            pending += [(middle + 1, high), (low, middle)]
+            ceiling = max(1, high - low)
+            size = max(1, (high - low + 1) // 2)
+            pending = ask(low)
             continue
         wrong = misplaced_log(logs, low, high)
         if wrong is not None:
             tries += 1
             if tries >= _LOG_TRIES:
-                raise IndexInconsistent(f"getLogs {low}..{high} answered {wrong}, {tries} times")
-            pending.append((low, high))
+                raise IndexInconsistent(f"getLogs {low}..{high} answered {wrong}, {tries} times in a row")
+            pending = (low, high, source.request_logs(low, high, decoder.addresses))
             continue
-        _add_chain_logs(found, decoder, logs)
-    return found
+        tries = 0
+        size = adapted_range(options, high - low + 1, ceiling, len(logs))
+        pending = ask(high + 1) if high < last else None
+        yield low, high, logs
 
 
-def _add_chain_logs(found: _ChainEvents, decoder: LogDecoder, logs: list[RawLog]) -> None:
-    for log in logs:
-        found.hashes.setdefault(log.block_number, log.block_hash)
-        try:
-            e = decoder.decode(log)
-        except UndecodableLog as exc:
-            found.events[log.position] = (log.tx_hash, log.address, f"(undecodable: {exc})")
-            continue
-        if e is not None:
-            found.events[e.position] = (e.tx_hash, e.address, f"{e.name}{decoder.args_json(e)}")
+_Shown = tuple[str, str, str]
 
 
-def _event_mismatches(
-    stored: dict[tuple[int, int, int], tuple[str, str, str]],
-    chain: dict[tuple[int, int, int], tuple[str, str, str]],
-) -> list[EventMismatch]:
-    """The stored events against the node's logs, event by event (position, transaction, contract,
-    name and every argument): what the digest and the books cannot tell, since a rewrite of the
-    events can be made consistent with both."""
-    found: list[EventMismatch] = []
-    if stored == chain:
-        return found
-    for position in sorted(set(stored) | set(chain)):
-        ours, theirs = stored.get(position), chain.get(position)
-        if ours == theirs:
-            continue
+class _EventCheck:
+    """The stored events up to the verified block against the node's logs, as a merge of two
+    streams in position order: the stored events as `_refold` reads them, the node's logs window by
+    window. Neither side is held whole: only the node's logs of the windows not yet passed.
+
+    Also the hashes: each block with stored events against the hash its logs carry, and each
+    stored block row against the hash of the node's logs of that block."""
+
+    def __init__(
+        self, windows: Iterator[_Window], decoder: LogDecoder, stored_blocks: dict[int, BlockRecord]
+    ):
+        self._windows = windows
+        self._decoder = decoder
+        self._rows = stored_blocks
+        #: the last block of the windows fetched so far
+        self._through: int | None = None
+        self._done = False
+        #: the node's events not yet matched, and its blocks' hashes not yet passed, in chain order
+        self._chain: deque[tuple[tuple[int, int, int], _Shown]] = deque()
+        self._hashes: deque[tuple[int, str]] = deque()
+        self.event_mismatches: list[EventMismatch] = []
+        self.block_mismatches: list[BlockMismatch] = []
+        #: stored blocks whose hash the logs compared (with or without a finding)
+        self.vouched: set[int] = set()
+        #: (block, the hash its first stored event carries) of blocks with stored events that the
+        #: node's logs do not vouch for (it has no log of ours there): their headers are fetched
+        self.unvouched: list[tuple[int, str]] = []
+
+    def _fetch_through(self, block: int) -> None:
+        while not self._done and (self._through is None or self._through < block):
+            window = next(self._windows, None)
+            if window is None:
+                self._done = True
+                return
+            _, self._through, logs = window
+            self._add(logs)
+
+    def _add(self, logs: list[RawLog]) -> None:
+        decoder, rows = self._decoder, self._rows
+        last_block = None
+        for log in logs:
+            number = log.block_number
+            if number != last_block:
+                last_block = number
+                self._hashes.append((number, log.block_hash))
+                row = rows.get(number)
+                if row is not None and row.hash != log.block_hash:
+                    self.block_mismatches.append(
+                        BlockMismatch(number, "block hash is not the node's", row.hash, log.block_hash)
+                    )
+                    self.vouched.add(number)
+                elif row is not None:
+                    self.vouched.add(number)
+            try:
+                e = decoder.decode(log)
+            except UndecodableLog as exc:
+                self._chain.append((log.position, (log.tx_hash, log.address, f"(undecodable: {exc})")))
+                continue
+            if e is not None:
+                self._chain.append((e.position, (e.tx_hash, e.address, f"{e.name}{decoder.args_json(e)}")))
+
+    def block(self, number: int, block_hash: str) -> None:
+        """A block with stored events (before them), with the hash its first event carries."""
+        self._fetch_through(number)
+        hashes = self._hashes
+        while hashes and hashes[0][0] < number:
+            hashes.popleft()
+        if not hashes or hashes[0][0] != number:
+            self.unvouched.append((number, block_hash))
+            return
+        theirs = hashes.popleft()[1]
+        row = self._rows.get(number)
+        if theirs != block_hash and (row is None or row.hash == theirs):
+            problem = "its events carry a block hash not the node's"
+            self.block_mismatches.append(BlockMismatch(number, problem, block_hash, theirs))
+
+    def stored(self, position: tuple[int, int, int], ours: _Shown) -> None:
+        """A stored event up to the verified block, in chain order."""
+        chain = self._chain
+        while chain and chain[0][0] < position:
+            self._mismatch(chain[0][0], None, chain.popleft()[1])
+        if chain and chain[0][0] == position:
+            theirs = chain.popleft()[1]
+            if theirs != ours:
+                self._mismatch(position, ours, theirs)
+        else:
+            self._mismatch(position, ours, None)
+
+    def finish(self) -> None:
+        """The node's events after the last stored one: missing from the index."""
+        self._fetch_through(2**63)
+        while self._chain:
+            position, theirs = self._chain.popleft()
+            self._mismatch(position, None, theirs)
+
+    def _mismatch(self, position: tuple[int, int, int], ours: _Shown | None, theirs: _Shown | None) -> None:
         if ours is None:
             problem = "event missing from the index"
         elif theirs is None:
@@ -515,14 +616,12 @@ def _event_mismatches(
         else:
             problem = "event differs from the chain's"
         tx = (ours or theirs or ("",))[0]
-        found.append(
-            EventMismatch(position[0], tx, position[2], problem,
-                          _shown(ours), _shown(theirs))
-        )  # fmt: skip
-    return found
+        self.event_mismatches.append(
+            EventMismatch(position[0], tx, position[2], problem, _shown(ours), _shown(theirs))
+        )
 
 
-def _shown(event: tuple[str, str, str] | None) -> str | None:
+def _shown(event: _Shown | None) -> str | None:
     if event is None:
         return None
     tx, address, text = event
@@ -530,47 +629,59 @@ def _shown(event: tuple[str, str, str] | None) -> str | None:
 
 
 def _block_mismatches(
-    state: IndexState, stored: list[BlockRecord], source: NodeSource, refold: _Refold, chain: _ChainEvents
-) -> list[BlockMismatch]:
-    """Whether the index is on the node's chain: each stored block's hash against the node's (the
-    hash its logs carry for a block with events up to the verified block, else its header, fetched
-    in batches), and the cursor against the stored blocks and events. An index left on a fork that
-    a reorg replaced (the same transactions mined again in other blocks) can equal the chain in
-    every record while its hashes, and so its digest, are of blocks nobody else can see."""
-    found: list[BlockMismatch] = []
+    state: IndexState,
+    stored: list[BlockRecord],
+    source: NodeSource,
+    refold: _Refold,
+    check: _EventCheck,
+    at: int,
+) -> tuple[list[BlockMismatch], list[str]]:
+    """Whether the index is on the node's chain up to `at`, and its cursor where it should be:
+    the block hashes the logs vouched for (`check`); the header of the highest stored block up to
+    `at` unless the logs vouched for it (a hash commits to every block before it, so blocks without
+    events need no header of their own), and of blocks with stored events the logs did not vouch
+    for. Blocks above `at` are not asked about: the node may have replaced them since (the index
+    rolls back on its next sync), which says nothing of the index at `at`. The cursor against the
+    stored blocks and events is a finding at the index's last block and a note below it.
+
+    An index left on a fork that a reorg replaced (the same transactions mined again in other
+    blocks) can equal the chain in every record while its hashes, and so its digest, are of blocks
+    nobody else can see."""
+    found = list(check.block_mismatches)
     by_number = {b.number: b for b in stored}
-    for number, theirs in sorted(chain.hashes.items()):
-        ours = by_number.get(number)
-        if ours is not None and ours.hash != theirs:
-            found.append(BlockMismatch(number, "block hash is not the node's", ours.hash, theirs))
-        elif refold.hashes.get(number, theirs) != theirs:
-            problem = "its events carry a block hash not the node's"
-            found.append(BlockMismatch(number, problem, refold.hashes[number], theirs))
-    unvouched = [b.number for b in stored if b.number not in chain.hashes and b.number >= 0]
-    headers = source.headers(unvouched) if unvouched else {}
-    for number in unvouched:
-        ours, header = by_number[number], headers.get(number)
+    top = next((b for b in reversed(stored) if b.number <= at), None)
+    wanted = {number: block_hash for number, block_hash in check.unvouched}
+    if top is not None and top.number >= 0 and top.number not in check.vouched:
+        wanted.setdefault(top.number, top.hash)
+    headers = source.headers(sorted(wanted)) if wanted else {}
+    for number in sorted(wanted):
+        row = by_number.get(number)
+        ours_hash = row.hash if row is not None else wanted[number]
+        header = headers.get(number)
         if header is None:
-            found.append(BlockMismatch(number, "the node has no such block", ours.hash, None))
-        elif header.hash != ours.hash:
-            found.append(BlockMismatch(number, "block hash is not the node's", ours.hash, header.hash))
-        elif ours.parent_hash is not None and header.parent_hash != ours.parent_hash:
+            found.append(BlockMismatch(number, "the node has no such block", ours_hash, None))
+        elif header.hash != ours_hash:
+            found.append(BlockMismatch(number, "block hash is not the node's", ours_hash, header.hash))
+        elif row is not None and row.parent_hash is not None and header.parent_hash != row.parent_hash:
             found.append(
-                BlockMismatch(number, "parent hash is not the node's", ours.parent_hash, header.parent_hash)
+                BlockMismatch(number, "parent hash is not the node's", row.parent_hash, header.parent_hash)
             )
+    cursor: list[BlockMismatch] = []
     tip = by_number.get(state.synced_block)
     if tip is None or tip.hash != state.synced_hash:
         problem = "the cursor's hash is not its stored block's"
         stored_hash = tip.hash if tip else None
-        found.append(
+        cursor.append(
             BlockMismatch(state.synced_block, problem, state.synced_hash, stored_hash, "stored blocks")
         )
     if state.events != refold.events:
-        found.append(
+        cursor.append(
             BlockMismatch(state.synced_block, "the cursor counts another number of events",
                           str(state.events), str(refold.events), "stored events")
         )  # fmt: skip
-    return found
+    if at == state.synced_block:
+        return found + cursor, []
+    return found, [f"above the verified block: {m}" for m in cursor]
 
 
 def _compare_records(

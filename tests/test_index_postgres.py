@@ -224,3 +224,52 @@ def test_two_indexers_on_one_postgres_database_do_not_undo_each_others_ranges(
         IndexDatabase(tmp_path / "fresh.sqlite"), deployment.chain_id
     )
     assert audit.verify(chain, deployment, pg).ok
+
+
+def test_a_range_and_a_rollback_written_at_once_do_not_deadlock(
+    chain: Chain, work: Any, pg: IndexDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync's range and a rollback take the cursor first, both: the second waits for the first.
+    Before, a range wrote its rows and records first and the cursor last, a rollback the other way
+    round, and PostgreSQL broke the deadlock by failing one of them (not with CursorMoved)."""
+    import threading
+    import time
+
+    from chain_client.index.db import materialise
+
+    deployment = work.system.deployment
+    middle = (deployment.deployment_block + chain.w3.eth.block_number) // 2
+    Indexer(chain, deployment, pg).sync(middle)
+    state = pg.require_state()
+    books = pg.load_books(state)
+    touched = {(entity, key) for entity in ("order", "certificate") for key in books.all(entity)}
+    records, gone = materialise(books, touched, state.chain_id)
+    cursor = {"synced_block": state.synced_block, "synced_hash": state.synced_hash}
+    expect = (state.synced_block, state.synced_hash)
+
+    ready = threading.Event()
+    real = IndexDatabase._move_cursor
+
+    def held(self: IndexDatabase, conn: Any, chain_id: int, values: Any, where: Any) -> None:
+        if threading.current_thread() is not threading.main_thread() and not ready.is_set():
+            ready.set()  # the range's transaction is under way: the rollback starts now
+            time.sleep(2.5)
+        real(self, conn, chain_id, values, where)
+
+    monkeypatch.setattr(IndexDatabase, "_move_cursor", held)
+    outcome: dict[str, Any] = {}
+
+    def follow() -> None:
+        try:
+            outcome["status"] = Indexer(chain, deployment, pg, SyncOptions(initial_range=100_000)).sync()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    assert ready.wait(60)
+    pg.write_rollback(state.chain_id, state.synced_block, records, gone, cursor, expect)
+    follower.join(60)
+    assert "error" not in outcome, outcome["error"]
+    assert outcome["status"].synced_block == pg.require_state().synced_block > middle
+    assert audit.verify(chain, deployment, pg).ok

@@ -306,3 +306,49 @@ def test_tokens_sent_straight_to_the_ledger_are_a_note_not_an_i3_finding(
     report = audit.verify(chain, deployment, db)
     assert report.ok, list(report.findings())
     assert len(report.notes) == 1 and "12345 more than open escrow plus credits" in report.notes[0]
+
+
+# ---------------------------------------------------------------------- review 2, session 6
+
+
+def test_verify_asks_no_header_of_followed_blocks_without_events_and_none_above_its_block(
+    chain: Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower stores a block row for the last block of every round, most without events; verify
+    used to fetch a header for each (one per followed block), and a verify at a past block failed
+    for a block above it that the node had just replaced (the follower not rolled back yet)."""
+    from chain_client.index.source import Header, NodeSource
+
+    work = Workload.deploy(chain, seed=25)
+    deployment = work.system.deployment
+    db = IndexDatabase(tmp_path / "follow.sqlite")
+    indexer = Indexer(chain, deployment, db)
+    for round_ in range(60):
+        if round_ % 4 == 0:
+            work.step()
+        else:
+            rpc(chain, "evm_mine")
+        indexer.sync()
+    state = db.require_state()
+    blocks = db.blocks(state.chain_id)
+    assert sum(1 for b in blocks if not b.events) > 30
+
+    asked: list[int] = []
+    real = NodeSource.headers
+
+    def headers(self: NodeSource, numbers: Any) -> dict[int, Header | None]:
+        asked.extend(numbers)
+        return real(self, numbers)
+
+    monkeypatch.setattr(NodeSource, "headers", headers)
+    report = audit.verify(chain, deployment, db)
+    assert report.ok, list(report.findings())[:5]
+    assert len(asked) <= 1, asked
+
+    past = next(b for b in reversed(blocks) if not b.events and b.number < state.synced_block - 10)
+    rpc(chain, "anvil_reorg", 1, [])
+    asked.clear()
+    report = audit.verify(chain, deployment, db, block=past.number)
+    assert report.ok, list(report.findings())[:5]
+    assert asked == [past.number]  # the highest stored block up to it: no log vouches for it
+    assert not audit.verify(chain, deployment, db).ok  # at its tip, the replaced block is found

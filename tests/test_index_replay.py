@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from certledger_main import build_app
 from chain_client import audit
 from chain_client.chain import Chain
+from chain_client.errors import NodeUnavailable
 from chain_client.events import EventDecoder
 from chain_client.index.db import IndexDatabase, rebuilding
 from chain_client.index.decode import LogDecoder, RawLog
@@ -578,9 +579,9 @@ def test_verify_reads_one_snapshot_while_a_follower_commits(
     audit.replay(lifecycle.chain, reference, IndexDatabase(path), until=middle)
     original = audit._refold
 
-    def a_follower_commits_first(db: IndexDatabase, state: Any, at: int) -> Any:
+    def a_follower_commits_first(db: IndexDatabase, state: Any, at: int, *rest: Any) -> Any:
         audit.sync(lifecycle.chain, reference, IndexDatabase(path))  # another process, in effect
-        return original(db, state, at)
+        return original(db, state, at, *rest)
 
     monkeypatch.setattr(audit, "_refold", a_follower_commits_first)
     db = IndexDatabase(path)
@@ -910,3 +911,85 @@ def test_a_getlogs_answer_with_a_log_twice_is_refused_and_fetched_again(
     always.source = _Repeating(lifecycle.chain, times=1_000)
     with pytest.raises(IndexInconsistent, match="twice"):
         always.sync(reference.synced_block)
+
+
+# ---------------------------------------------------------------------- review 2, session 6
+
+
+class _Unreliable(NodeSource):
+    """A node that fails every getLogs over more than `limit` blocks (it times out or refuses), and
+    whose first answer for each range it does give repeats a log (`repeat_first`)."""
+
+    def __init__(self, chain: Chain, limit: int, failure: str, repeat_first: bool = False) -> None:
+        super().__init__(chain)
+        self.limit, self.failure, self.repeat_first = limit, failure, repeat_first
+        self.answered: list[tuple[int, int]] = []
+        self.failed = 0
+        self._seen: set[tuple[int, int]] = set()
+
+    def request_logs(self, first: int, last: int, addresses: Sequence[str]) -> PendingLogs:
+        pending = super().request_logs(first, last, addresses)
+
+        def answer() -> list[RawLog]:
+            logs = pending.result()
+            if last - first + 1 > self.limit:
+                self.failed += 1
+                if self.failure == "timeout":
+                    raise NodeUnavailable("test", "timed out") from TimeoutError("timed out")
+                raise RpcRequestError("eth_getLogs: query exceeds the block range limit")
+            if self.repeat_first and (first, last) not in self._seen and logs:
+                self._seen.add((first, last))
+                return sorted([*logs, *logs[:1]], key=lambda log: log.position)
+            self.answered.append((first, last))
+            return logs
+
+        return PendingLogs(answer)
+
+
+def test_verify_fetches_the_logs_in_windows_and_halves_one_the_node_does_not_answer_in_time(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, verify asked for the whole history in one getLogs, and a node's socket timeout on it
+    ended verify (NodeUnavailable) without a smaller range tried."""
+    made: list[_Unreliable] = []
+
+    def slow(chain: Chain) -> _Unreliable:
+        made.append(_Unreliable(chain, limit=40, failure="timeout"))
+        return made[-1]
+
+    monkeypatch.setattr(audit, "NodeSource", slow)
+    db, status = replayed
+    report = audit.verify(lifecycle.chain, lifecycle.work.system.deployment, db)
+    assert report.ok, list(report.findings())[:5]
+    node = made[0]
+    assert node.failed >= 1
+    assert len(node.answered) > 1 and all(last - first < 40 for first, last in node.answered)
+    covered = sorted(node.answered)
+    assert covered[0][0] == status.deployment_block and covered[-1][1] == status.synced_block
+    assert all(b[0] == a[1] + 1 for a, b in zip(covered, covered[1:], strict=False))
+
+    def dead(chain: Chain) -> NodeSource:
+        class Dead(NodeSource):
+            def request_logs(self, first: int, last: int, addresses: Sequence[str]) -> PendingLogs:
+                def refuse() -> list[RawLog]:
+                    raise NodeUnavailable("test", "connection refused") from ConnectionRefusedError()
+
+                return PendingLogs(refuse)
+
+        return Dead(chain)
+
+    monkeypatch.setattr(audit, "NodeSource", dead)
+    with pytest.raises(NodeUnavailable, match="refused"):  # a node that is down is not halved for
+        audit.verify(lifecycle.chain, lifecycle.work.system.deployment, db)
+
+
+def test_verify_counts_bad_getlogs_answers_in_a_row_not_in_all(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that repeats a log in its first answer for each range, and gets it right the second
+    time, is no reason to give up: before, the third such answer over the whole verify did."""
+    monkeypatch.setattr(
+        audit, "NodeSource", lambda chain: _Unreliable(chain, limit=30, failure="refuse", repeat_first=True)
+    )
+    report = audit.verify(lifecycle.chain, lifecycle.work.system.deployment, replayed[0])
+    assert report.ok, list(report.findings())[:5]

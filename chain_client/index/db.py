@@ -438,6 +438,12 @@ class IndexDatabase:
         its records and moves the cursor. Returns the digest after the range. (`RangeLoader`
         manages the transactions.)"""
         digest = batch.seal()
+        if batch.closes:
+            # The cursor first, as a rollback moves it (`write_rollback`): two writers then take
+            # their locks in one order, so on PostgreSQL the second waits for the first and finds
+            # the cursor moved (CursorMoved) instead of the two deadlocking over rows each
+            # inserted; and a stale writer stops before it writes a row.
+            self._move_cursor(conn, batch.chain_id, batch.state, batch.expect)
         # Idempotent: a row already stored (same chain, tx, log index, block hash) stays as it is.
         # In a bulk load (a replay into an emptied database) no stored row can conflict: the rows
         # go straight in (COPY on PostgreSQL), and a conflict would fail loudly.
@@ -448,7 +454,6 @@ class IndexDatabase:
         self._bulk(conn, BlockRecord, BLOCK_COLUMNS, batch.block_rows, upsert=not bulk, direct=bulk)
         if batch.closes:
             self._save_records(conn, batch.chain_id, batch.records, batch.gone)
-            self._move_cursor(conn, batch.chain_id, batch.state, batch.expect)
         elif batch.records or batch.gone:
             raise ValueError("a range that leaves its transaction open carries no records")
         return digest

@@ -503,11 +503,7 @@ class Indexer:
 
     def _adapted(self, count: int) -> int:
         """The next range's size after one that returned `count` logs."""
-        if count > self.options.target_logs:
-            return max(1, self._range // 2)
-        if count < self.options.target_logs // 4:
-            return min(self.options.max_range, self._ceiling, self._range * 2)
-        return self._range
+        return adapted_range(self.options, self._range, self._ceiling, count)
 
     # ------------------------------------------------------------------ applying a range
 
@@ -638,6 +634,17 @@ class Indexer:
                 if header is not None and header.hash == block.hash:
                     return block.number
         raise ReorgTooDeep(f"the node has none of the {len(recorded)} blocks the index recorded")
+
+
+def adapted_range(options: SyncOptions, size: int, ceiling: int, count: int) -> int:
+    """The next getLogs range's size after one of `size` blocks that returned `count` logs: halved
+    above `options.target_logs`, doubled below a quarter of it, never above `options.max_range` or
+    `ceiling` (the largest size the node has not refused). Verify sizes its windows the same way."""
+    if count > options.target_logs:
+        return max(1, size // 2)
+    if count < options.target_logs // 4:
+        return min(options.max_range, ceiling, size * 2)
+    return size
 
 
 def _by_block(events: list[Event]) -> list[tuple[int, list[Event]]]:
