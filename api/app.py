@@ -46,7 +46,8 @@ def create_app(service: Service) -> FastAPI:
         responses={
             400: {
                 "model": Problem,
-                "description": f"BodyTooDeep: JSON nested deeper than {MAX_DEPTH} levels",
+                "description": f"BodyTooDeep: JSON nested deeper than {MAX_DEPTH} levels; "
+                "BodyNotUtf8: a body that is not UTF-8",
             },
             401: {"model": Problem, "description": "not signed in, or a bad or expired token"},
             403: {"model": Problem, "description": "the caller's role does not allow it"},

@@ -87,17 +87,26 @@ class NonceStore:
     def __init__(self, path: Path | None) -> None:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, timeout=5.0)
-        with self._lock, self._db:
+        with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
-            columns = tuple(row[1] for row in self._db.execute("PRAGMA table_info(login_nonce)"))
-            if columns and columns != self._COLUMNS:
-                # A file from before messages were bound to their nonces: its nonces live minutes,
-                # and a login in flight asks for a new one.
-                self._db.execute("DROP TABLE login_nonce")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS login_nonce (nonce TEXT PRIMARY KEY, address TEXT NOT NULL,"
-                " digest TEXT NOT NULL, expires INTEGER NOT NULL)"
-            )
+            # Workers start together on one file: the columns are read, and the table dropped and
+            # made, in one write transaction, so one worker's migration never drops the table
+            # another worker has just made (and the nonces it issued), nor fails on one it dropped.
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                columns = tuple(row[1] for row in self._db.execute("PRAGMA table_info(login_nonce)"))
+                if columns and columns != self._COLUMNS:
+                    # A file from before messages were bound to their nonces: its nonces live
+                    # minutes, and a login in flight asks for a new one.
+                    self._db.execute("DROP TABLE IF EXISTS login_nonce")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS login_nonce (nonce TEXT PRIMARY KEY,"
+                    " address TEXT NOT NULL, digest TEXT NOT NULL, expires INTEGER NOT NULL)"
+                )
+            except BaseException:
+                self._db.rollback()
+                raise
+            self._db.commit()
 
     def issue(self, nonce: str, address: str, digest: str, expires: int) -> None:
         with self._lock, self._db:

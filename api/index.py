@@ -132,15 +132,17 @@ class IndexReader:
             self._synced = self._indexer.sync().synced_block
             self._last = time.monotonic()
 
-    def reach(self, block: int) -> None:
-        """Returns once the index includes `block` (after a write)."""
+    def reach(self, block: int, wait: float | None = None) -> None:
+        """Returns once the index includes `block` (after a write): syncing it here, or waiting for
+        the follower at most `wait` seconds (default `self.wait`)."""
         if self._indexer is not None:
             self._sync(block)
             return
-        deadline = time.monotonic() + self.wait
+        limit = self.wait if wait is None else wait
+        deadline = time.monotonic() + limit
         while self.synced_block() < block:
             if time.monotonic() > deadline:
-                raise IndexLagging(f"the index did not reach block {block} within {self.wait}s")
+                raise IndexLagging(f"the index did not reach block {block} within {limit}s")
             time.sleep(0.02)
 
     def synced_block(self) -> int:

@@ -7,6 +7,12 @@ read here first, at most `max_bytes` of it (413 `BodyTooLarge` beyond), and refu
 `BodyTooDeep` if its JSON nests deeper than `max_depth` (the oracle's scan, `wire.too_deep`). No
 request of this API nests more than a few levels or needs more than a few kilobytes (a signed
 settle of 64 certificates is about 4 KB).
+
+The scan reads bytes as UTF-8, but `json.loads` of bytes also takes UTF-16 and UTF-32 (it guesses
+the encoding from the first bytes, `json.detect_encoding`): a UTF-16 body's brackets are not the
+bytes the scan counts, and 32,000 of them crashed the worker as before. So a body that
+`json.detect_encoding` does not take for UTF-8 (with or without a byte-order mark) is refused
+first, 400 `BodyNotUtf8`: JSON exchanged between systems is UTF-8 (RFC 8259, section 8.1).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from oracle.wire import too_deep
 
 MAX_BODY_BYTES = 65_536
 MAX_DEPTH = 32
+#: What `json.detect_encoding` answers for a body the depth scan reads as `json.loads` will.
+_UTF8 = ("utf-8", "utf-8-sig")
 
 
 class BodyLimits:
@@ -56,6 +64,9 @@ class BodyLimits:
             chunks.append(chunk)
             more = message.get("more_body", False)
         raw = b"".join(chunks)
+        if raw and json.detect_encoding(raw) not in _UTF8:
+            await _refuse(send, 400, "BodyNotUtf8", "a request body is JSON in UTF-8")
+            return
         if too_deep(raw, self.max_depth):
             await _refuse(send, 400, "BodyTooDeep", f"JSON nested deeper than {self.max_depth} levels")
             return

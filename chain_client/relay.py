@@ -9,8 +9,8 @@
                  the job's role, and the simulation's contract error (run at the pending block)
     broadcast    sends the raw bytes and waits for the receipt (bounded by the receipt timeout); a
                  transaction mined and reverted is `RevertedOnChain`, never the refusal's answer
-    submit       check then broadcast; the same bytes sent again while they are pending wait for
-                 their receipt instead
+    submit       check then broadcast; the same bytes sent again while they are pending, or once
+                 mined, get their outcome (the receipt awaited, or read) instead
 
 Jobs are allow-listed by function name from the compiled ABIs, not by hard-coded selectors, so a
 contract whose ABI changes (a new confirmReceipt shape) keeps working once its artifact is rebuilt.
@@ -272,8 +272,12 @@ class Relay:
         w3 = self.system.chain.w3
         mined = call_checked(lambda: w3.eth.get_transaction_count(tx.sender, "latest"))
         if tx.nonce < mined:
-            # A replay of a transaction already mined, or one it was meant to replace. Whether this
-            # very transaction is on chain tells a client that lost the first answer what happened.
+            # This very transaction mined (a client that lost the first answer, or got a 504, sends
+            # the same bytes again as it is told to): its outcome, success or revert, is the answer,
+            # as for the same bytes sent again while pending. Another transaction on a used nonce
+            # (one it was meant to replace) is refused.
+            if self._included(tx.tx_hash):
+                raise _AlreadySent
             raise RelayRefused(
                 "NonceAlreadyUsed",
                 "this transaction's nonce was already used by its sender",
@@ -282,7 +286,7 @@ class Relay:
                 nonce=tx.nonce,
                 next=mined,
                 txHash=tx.tx_hash,
-                included=self._included(tx.tx_hash),
+                included=False,
             )
         pending = int(call_checked(lambda: w3.eth.get_transaction_count(tx.sender, "pending")))
         pool = self._embedded_pool(tx.sender)
@@ -341,13 +345,26 @@ class Relay:
         `mined` up to `pending`), so a simulation on it sees their effects (anvil and geth build it
         from the pool; Besu answers with the latest block)."""
         w3 = self.system.chain.w3
-        block = call_checked(lambda: w3.eth.get_block("pending", full_transactions=True))
+        try:
+            block = call_checked(lambda: w3.eth.get_block("pending", full_transactions=True))
+        except Exception as exc:  # BlockNotFound, web3's or eth-tester's own
+            if type(exc).__name__ != "BlockNotFound":
+                raise
+            block = None  # the node answered null: it shows no pending block
+        if block is None:
+            return False
         nonces = {
             int(t["nonce"])
             for t in block.get("transactions", ())
             if isinstance(t, Mapping) and to_checksum_address(t["from"]) == sender
         }
-        return all(n in nonces for n in range(mined, pending))
+        if all(n in nonces for n in range(mined, pending)):
+            return True
+        # A block mined since `mined` was counted takes its transactions out of the pending block:
+        # those are in the state the simulation runs on all the same. Counted after the pending
+        # block was read, so none mined in between is taken for missing.
+        now_mined = int(call_checked(lambda: w3.eth.get_transaction_count(sender, "latest")))
+        return all(n in nonces or n < now_mined for n in range(mined, pending))
 
     def _check_gas(self, tx: DecodedTx, fee: int) -> None:
         """Refuses what no block would include: more gas than a block holds, or a fee below the
@@ -421,9 +438,10 @@ class Relay:
 
     def submit(self, raw: bytes) -> Relayed:
         """check, then broadcast: the whole path of a signed request. The same bytes sent again
-        while the node still has them pending (a client that lost the answer, or got a 504) are
-        not refused: their receipt is awaited as for a fresh send, so the client learns the
-        outcome and never signs a second transaction for the job."""
+        while the node still has them pending, or once they are mined (a client that lost the
+        answer, or got a 504), are not refused: their receipt is awaited or read as for a fresh
+        send (200 with the events, or RevertedOnChain), so the client learns the outcome and never
+        signs a second transaction for the job."""
         tx = decode_raw(raw)
         try:
             job = self.check(tx)
@@ -440,9 +458,12 @@ class Relay:
         try:
             transactor.broadcast(PreparedTx(tx.tx_hash, tx.raw, tx.sender, tx.nonce))
         except NonceTooLow:
+            # Mined since `check` (the same bytes sent concurrently): their outcome is the answer.
+            if self._included(tx.tx_hash):
+                return self._outcome(tx)
             raise RelayRefused(
                 "NonceAlreadyUsed", "the node refused a nonce already used", 409, nonce=tx.nonce,
-                txHash=tx.tx_hash, included=self._included(tx.tx_hash),
+                txHash=tx.tx_hash, included=False,
             ) from None  # fmt: skip
         except NodeUnavailable as exc:
             # The bytes may have reached the node before the connection failed.

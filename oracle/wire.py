@@ -64,7 +64,9 @@ def parse_reading(body: Any) -> SignedReading:
 
 def too_deep(payload: bytes, limit: int = MAX_NESTING) -> bool:
     """Whether the JSON text `payload` nests arrays or objects more than `limit` deep (brackets
-    inside strings do not count). A linear scan with no recursion, for use before any parse."""
+    inside strings do not count). A linear scan with no recursion, for use before any parse, of
+    UTF-8 text only: callers refuse other encodings first (json.loads would read UTF-16, whose
+    bytes this scan miscounts)."""
     if payload.count(b"[") + payload.count(b"{") <= limit:
         return False
     depth, in_string, escaped = 0, False, False

@@ -185,3 +185,67 @@ def test_a_nonce_file_from_before_message_binding_is_replaced(tmp_path: Path) ->
     assert store.issued("m", "a", int(time.time())) == "d"
     assert not store.consume("m", "a", "other", int(time.time()))
     assert store.consume("m", "a", "d", int(time.time()))
+
+
+def test_workers_migrating_one_nonce_file_at_once_keep_each_others_nonces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers start on a nonce file from before message binding. The second reads the old
+    columns, then the first migrates the file and issues a nonce: the second must not drop the
+    table the first just made (nor fail on one it dropped). Reading the columns inside the write
+    lock makes the first wait for the second's migration, and then find nothing to migrate."""
+    import threading
+    from typing import Any
+
+    path = tmp_path / "auth.sqlite"
+    with sqlite3.connect(path) as old:
+        old.execute("CREATE TABLE login_nonce (nonce TEXT PRIMARY KEY, address TEXT, expires INTEGER)")
+    old.close()
+    expires = int(time.time()) + 60
+    first: list[NonceStore] = []
+
+    def first_worker() -> None:
+        store = NonceStore(path)
+        store.issue("first", "a", "d", expires)  # a sign-in begins at the first worker
+        first.append(store)
+
+    worker = threading.Thread(target=first_worker)
+    connect = sqlite3.connect
+
+    class Interleaved:
+        """The second worker's connection: once it has read the columns, the first worker runs."""
+
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            cursor = self.db.execute(sql, *args)
+            if sql.startswith("PRAGMA table_info") and not worker.is_alive():
+                rows = cursor.fetchall()
+                worker.start()
+                worker.join(0.5)  # done by now, unless it waits for this worker's write lock
+                return iter(rows)
+            return cursor
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.db, name)
+
+        def __enter__(self) -> Any:
+            return self.db.__enter__()
+
+        def __exit__(self, *exc: Any) -> Any:
+            return self.db.__exit__(*exc)
+
+    def interleaved(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(sqlite3, "connect", connect)  # the first worker connects as usual
+        return Interleaved(connect(*args, **kwargs))
+
+    monkeypatch.setattr(sqlite3, "connect", interleaved)
+    second = NonceStore(path)
+    second._db = second._db.db  # type: ignore[attr-defined]
+    worker.join(10)
+    assert first, "the first worker failed to start"
+    second.issue("second", "a", "d", expires)
+    now = int(time.time())
+    assert second.consume("first", "a", "d", now)
+    assert first[0].consume("second", "a", "d", now)

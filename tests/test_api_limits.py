@@ -61,3 +61,25 @@ def test_ordinary_bodies_pass_through(api: Api) -> None:
     assert r.json()["code"] not in ("BodyTooDeep", "BodyTooLarge")
     headers = api.login(api.world.cast.supplier1)  # nonce and login bodies go through
     assert api.client.get("/v1/auth/me", headers=headers).status_code == 200
+
+
+def test_a_body_not_in_utf8_is_refused_before_the_depth_scan(api: Api) -> None:
+    """`json.loads` of bytes also reads UTF-16 and UTF-32, whose brackets the byte scan does not
+    count: 32,000 of them in UTF-16 crashed the worker. Such a body is refused before the scan."""
+    nested = '["\u2200",' + "[" * 100 + "]" * 101
+    for encoding in ("utf-16-le", "utf-16-be", "utf-16", "utf-32-le", "utf-32"):
+        payload = nested.encode(encoding)
+        assert not too_deep(payload, MAX_DEPTH)  # the scan alone would let it through
+        for path in ("/v1/tx", "/v1/auth/nonce"):
+            r = api.client.post(path, content=payload, headers={"content-type": "application/json"})
+            assert (r.status_code, r.json()["code"]) == (400, "BodyNotUtf8"), (encoding, r.text)
+    # UTF-8, with a byte-order mark or without, is what the scan reads: checked, then parsed.
+    for payload in (nested.encode(), b"\xef\xbb\xbf" + nested.encode()):
+        r = api.client.post("/v1/auth/nonce", content=payload, headers={"content-type": "application/json"})
+        assert (r.status_code, r.json()["code"]) == (400, "BodyTooDeep"), r.text
+    r = api.client.post(
+        "/v1/auth/nonce",
+        content=b"\xef\xbb\xbf" + b'{"address": "0x' + b"11" * 20 + b'"}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.json().get("code") not in ("BodyNotUtf8", "BodyTooDeep"), r.text

@@ -15,7 +15,8 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from world import World
 
-from api.routes.tx import RECORD_PARAMETERS
+from api.routes import tx as tx_routes
+from api.routes.tx import RECORD_PARAMETERS, STALE_OFFER
 from chain_client.artifacts import load_artifact
 from chain_client.models import Role
 from chain_client.relay import JOB_ROLES, DecodedTx
@@ -366,11 +367,234 @@ def test_a_buy_mined_and_reverted_names_no_holder_either(
     fields = r.json()["fields"]
     assert fields["error"] == {
         "code": "OfferStale",
-        "message": "the offered certificate changed since the offer was made",
+        "message": STALE_OFFER,
         "fields": {"offerId": offer},
     }
     assert {"txHash", "blockNumber", "gasUsed"} <= set(fields)
     assert s1.address not in r.text
+
+
+def _offer_on_a_certificate_the_factor_may_not_read(world: World, books: dict[str, int]) -> int:
+    """An offer of supplier2's certificate reserved for the factor, open past the maturity."""
+    offer, _ = world.ledger.offer_discount(
+        world.cast.supplier2, books["cert2"], value=1_000_00, price=900_00,
+        buyer=world.cast.factor.address, expiry=world.pending_time() + 200 * DAY,
+    )  # fmt: skip
+    return offer
+
+
+def _matured(world: World, books: dict[str, int]) -> None:
+    world.chain.advance_time(91 * DAY)
+
+
+def _frozen(world: World, books: dict[str, int]) -> None:
+    world.ledger.freeze(world.cast.regulator, books["cert2"], keccak(text="court order 7"))
+
+
+def _settled(world: World, books: dict[str, int]) -> None:
+    world.chain.advance_time(91 * DAY)
+    world.ledger.settle(world.cast.issuer, [books["cert2"]])
+
+
+@pytest.mark.parametrize("change", [_matured, _frozen, _settled], ids=["matured", "frozen", "settled"])
+def test_a_buy_tells_no_more_of_the_certificate_than_that_the_offer_is_stale(
+    api: Api, world: World, books: dict[str, int], change: Any
+) -> None:
+    """buyDiscounted checks the certificate can move before anything else about it: matured (with
+    its maturity), frozen or settled. A buyer who may not read the certificate hears only that the
+    offer is stale, at prepare and at relay, as for a holder or value that changed."""
+    factor = world.cast.factor
+    offer = _offer_on_a_certificate_the_factor_may_not_read(world, books)
+    change(world, books)
+    assert api.get(f"/v1/certificates/{books['cert2']}", factor).status_code == 403
+    r = api.prepare("buy", factor, {"offerId": offer})
+    _refused_as_read(r, 409, "OfferStale", offerId=offer)
+    assert r.json()["fields"] == {"offerId": offer}
+    r = _relayed(api, world, factor, world.ledger.contract.functions.buyDiscounted(offer))
+    _refused_as_read(r, 409, "OfferStale", offerId=offer)
+    assert r.json()["fields"] == {"offerId": offer}
+    # The seller reads its certificate: its own prepare of the same state is told as it is.
+    r = api.prepare("cancel-offer", world.cast.supplier2, {"offerId": offer})
+    assert r.status_code == 200, r.text
+
+
+def test_a_buy_frozen_before_its_block_names_only_the_offer(
+    api: Api, world: World, books: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frozen between the buy's simulation and its block: 409 RevertedOnChain with OfferStale nested
+    (offer id alone), not CertificateFrozen with the certificate's id."""
+    factor = world.cast.factor
+    offer = _offer_on_a_certificate_the_factor_may_not_read(world, books)
+    relay = api.service.relay
+    simulate = relay.simulate
+
+    def then_frozen(tx: DecodedTx) -> None:
+        simulate(tx)
+        _frozen(world, books)
+
+    monkeypatch.setattr(relay, "simulate", then_frozen)
+    r = api.submit_raw(_signed(world, factor, world.ledger.contract.functions.buyDiscounted(offer)))
+    assert (r.status_code, r.json()["code"]) == (409, "RevertedOnChain"), r.text
+    assert r.json()["fields"]["error"] == {
+        "code": "OfferStale", "message": STALE_OFFER, "fields": {"offerId": offer}
+    }  # fmt: skip
+    assert "CertificateFrozen" not in r.text
+
+
+def test_a_buyer_who_reads_the_certificate_hears_the_contracts_error(
+    api: Api, world: World, books: dict[str, int]
+) -> None:
+    """The rule is the read scope, not the buy: a factor that held the certificate reads it (D40),
+    so its buy is told CertificateFrozen as GET /v1/certificates/{id} would show it frozen."""
+    s2, factor = world.cast.supplier2, world.cast.factor
+    cert2 = books["cert2"]
+    world.ledger.transfer(s2, cert2, factor.address)
+    world.ledger.transfer(factor, cert2, s2.address)
+    offer = _offer_on_a_certificate_the_factor_may_not_read(world, books)
+    _frozen(world, books)
+    assert api.get(f"/v1/certificates/{cert2}", factor).status_code == 200
+    r = api.prepare("buy", factor, {"offerId": offer})
+    assert (r.status_code, r.json()["code"]) == (409, "CertificateFrozen"), r.text
+
+
+def test_the_check_after_the_index_caught_up_reads_the_callers_roles_afresh(
+    world: World, tmp_path: Path
+) -> None:
+    """A supplier made a factor moments ago (the index has not seen it) buys an offer open to any
+    factor: the refusal from the lagging index is checked again once it caught up, with the roles
+    the index has then, not the ones read for the request."""
+    api = build_api(world, tmp_path, index_sync_interval=60)
+    try:
+        s1, s2 = world.cast.supplier1, world.cast.supplier2
+        _, cert = world.certificate_for(payee=s2.address)
+        offer, _ = world.ledger.offer_discount(
+            s2, cert, value=1_000_00, price=900_00, expiry=world.pending_time() + DAY
+        )
+        headers = api.login(s1)
+        api.service.reader.reach(world.chain.w3.eth.block_number)
+        world.ledger.set_roles(world.cast.admin, s1.address, Role.SUPPLIER | Role.FACTOR)
+        assert api.service.reader.synced_block() < world.chain.w3.eth.block_number
+        r = api.client.post("/v1/tx/prepare/buy", json={"offerId": offer}, headers=headers)
+        assert r.json().get("code") != "Forbidden", r.text
+        assert r.status_code in (200, 409), r.text
+    finally:
+        api.service.reader.db.close()
+
+
+def test_a_refusal_stands_when_the_index_cannot_catch_up(
+    api: Api, world: World, books: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check again after the index's lag is best effort: the node or the database failing
+    meanwhile leaves the first refusal (403, 404), never a 500."""
+    import msgspec
+
+    from chain_client.index.sync import IndexInconsistent, ReorgTooDeep
+    from chain_client.transactions import unavailable
+
+    s1 = world.cast.supplier1
+    world.ledger.transfer(s1, books["cert1"], world.cast.supplier2.address)  # a block to be behind
+    monkeypatch.setattr(api.service.reader, "synced_block", lambda: world.chain.w3.eth.block_number - 1)
+    troubles = [
+        IndexInconsistent("books disagree"),
+        ReorgTooDeep("gone"),
+        unavailable("http://node", ConnectionError("reset")),
+        msgspec.ValidationError("misshapen"),
+    ]
+    for trouble in troubles:
+
+        def fail(block: int, wait: float | None = None, trouble: Exception = trouble) -> None:
+            raise trouble
+
+        monkeypatch.setattr(api.service.reader, "reach", fail)
+        r = api.prepare("transfer", s1, {"certificateId": books["cert2"], "to": s1.address})
+        _refused_as_read(r, 403, "Forbidden", certificateId=books["cert2"])
+        r = api.submit_raw(_signed(world, s1, _fn(world, _MOVE, s1.address, s1.address, 10**9)))
+        _refused_as_read(r, 404, "NotFound")
+
+
+def test_an_unauthenticated_refusal_waits_little_for_a_follower(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone may post a signed transaction naming an unknown id. With a follower a few blocks
+    behind, the check again waits at most RETRY_WAIT for it, not the index_wait a write may wait
+    for its own block; further behind, not at all."""
+    import time
+
+    api = build_api(world, tmp_path, index_sync_interval=60, index_wait=5.0)
+    try:
+        outsider = world.cast.supplier1
+        call = _fn(world, _MOVE, outsider.address, outsider.address, 10**9)
+        world.certificate_for()  # blocks the index has not seen
+        reader = api.service.reader
+        monkeypatch.setattr(reader, "_indexer", None)  # another process follows, and is stuck
+        monkeypatch.setattr(tx_routes, "RETRY_WAIT", 0.3)
+        assert 0 < world.chain.w3.eth.block_number - reader.synced_block() <= tx_routes.RETRY_LAG_BLOCKS
+        started = time.monotonic()
+        r = api.submit_raw(_signed(world, outsider, call))
+        _refused_as_read(r, 404, "NotFound")
+        assert time.monotonic() - started < 2.0
+        # Far behind: the refusal is not checked again (nothing to wait for).
+        monkeypatch.setattr(tx_routes, "RETRY_LAG_BLOCKS", 0)
+        monkeypatch.setattr(reader, "reach", lambda *a, **k: pytest.fail("waited for the index"))
+        r = api.submit_raw(_signed(world, outsider, call))
+        _refused_as_read(r, 404, "NotFound")
+    finally:
+        api.service.reader.db.close()
+
+
+def test_the_quick_scope_check_agrees_with_the_whole_visible_set(
+    api: Api, world: World, books: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """certificate_for answers a holder's own certificate, or an issuer's order's, without computing
+    the caller's whole visible set: the answers are the same as with it, for every caller and
+    certificate, and a write on one's own certificate does not compute the set at all."""
+    from api import views
+    from api.deps import caller_at
+    from api.errors import ApiError
+
+    s1, s2, factor = world.cast.supplier1, world.cast.supplier2, world.cast.factor
+    world.ledger.transfer(s1, books["cert1"], factor.address)  # held before, not now
+    child, _ = world.ledger.split_to(s2, books["cert2"], s1.address, 10_000_00)  # split off by s2
+    grandchild, _ = world.ledger.split_to(s1, child, factor.address, 5_000_00)  # s1 passes part on
+    world.ledger.split_to(factor, grandchild, s2.address, 1_000_00)  # and factor, without s1
+    world.certificate_for(payee=factor.address)
+    world.ledger.set_roles(world.cast.admin, world.cast.issuer2.address, Role.ISSUER | Role.SUPPLIER)
+    reader = api.service.reader
+    reader.reach(world.chain.w3.eth.block_number)
+    ids = sorted(reader.certificates(set(range(1, 20))))
+    assert len(ids) >= 5
+    cast = world.cast
+    for account in (cast.issuer, cast.issuer2, s1, s2, factor, cast.regulator, cast.admin):
+        caller = caller_at(api.service, account.address, signed_in=True, max_age=0.0)
+        try:
+            visible: set[int] | None = views.visible_certificates(reader, caller)
+        except ApiError:
+            visible = set()
+        for cid in ids:
+            try:
+                views.certificate_for(reader, caller, cid)
+                quick = True
+            except ApiError:
+                quick = False
+            try:
+                views.certificates_for(reader, caller, [cid, cid])
+                several = True
+            except ApiError:
+                several = False
+            expected = visible is None or cid in visible
+            assert (quick, several) == (expected, expected), (account.address, cid)
+
+    def no_whole_set(*args: Any) -> None:
+        raise AssertionError("computed the whole visible set")
+
+    monkeypatch.setattr(views, "visible_certificates", no_whole_set)
+    r = api.prepare("split", s2, {"certificateId": books["cert2"], "values": [40_000_00, 50_000_00]})
+    assert r.status_code in (200, 409, 422), r.text
+    assert r.json().get("code") not in ("Forbidden", "InternalError")
+    r = api.prepare("freeze", cast.regulator, {"certificateId": books["cert1"], "reason": "x"})
+    assert r.status_code == 200, r.text
+    r = api.prepare("settle", cast.issuer, {"certificateIds": [books["cert1"], books["cert2"]]})
+    assert (r.status_code, r.json()["code"]) == (409, "CertificateNotMatured"), r.text
 
 
 def test_relay_right_after_a_write_the_index_has_not_seen(world: World, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from world import DAY, FRESHNESS, World
 
 from chain_client.errors import NodeUnavailable
 from chain_client.models import CertificateStatus
-from chain_client.relay import DecodedTx
+from chain_client.relay import DecodedTx, RelayRefused
 
 
 @pytest.fixture
@@ -282,11 +282,10 @@ def test_replayed_signed_transaction_is_refused(api: Api, world: World) -> None:
     assert first.status_code == 200
     head = world.chain.w3.eth.block_number
     r = api.submit_raw(raw)
-    assert (r.status_code, r.json()["code"]) == (409, "NonceAlreadyUsed")
-    fields = r.json()["fields"]
-    # A client that lost the first answer learns from the refusal that this very transaction is in.
-    assert fields["nonce"] == prepared["nonce"]
-    assert (fields["txHash"], fields["included"]) == (first.json()["txHash"], True)
+    # A client that lost the first answer sends the same bytes again and gets it: the outcome of
+    # this very transaction, mined once (D56), with nothing sent.
+    assert r.status_code == 200, r.text
+    assert r.json() == first.json()
     assert world.chain.w3.eth.block_number == head
     # Another transaction on a used nonce is refused the same way, but was not included.
     other = api.sign(s1, {**prepared, "gas": prepared["gas"] + 1})
@@ -329,10 +328,10 @@ def test_a_node_failing_after_the_send_answers_outcome_unknown_with_the_hash(
     assert (r.status_code, r.json()["code"]) == (504, "OutcomeUnknown"), r.text
     tx_hash = r.json()["fields"]["txHash"]
     monkeypatch.setattr(api.service.system.tx, "receipt", real)
-    # Sent: the same bytes again tell the client it is in; a newly signed one would move it twice.
+    # Sent: the same bytes again tell the client its outcome; a newly signed one would move it twice.
     again = api.submit_raw(raw)
-    assert (again.status_code, again.json()["fields"]["included"]) == (409, True)
-    assert again.json()["fields"]["txHash"] == tx_hash
+    assert again.status_code == 200, again.text
+    assert again.json()["txHash"] == tx_hash
     assert world.ledger.certificate(root).holder == s2.address
 
 
@@ -393,10 +392,92 @@ def test_a_transaction_mined_and_reverted_is_not_answered_like_a_refusal(
     assert world.chain.w3.eth.get_transaction_count(s1.address) == nonce + 1
     assert world.ledger.certificate(root).holder == s1.address
     monkeypatch.undo()
-    # The same bytes again: the nonce is used, by this very transaction.
+    # The same bytes again (a client that lost the answer): the same outcome, not a refusal that
+    # would say only that the nonce is used, and nothing sent.
+    head = world.chain.w3.eth.block_number
     again = api.submit_raw(raw)
-    assert (again.status_code, again.json()["code"]) == (409, "NonceAlreadyUsed")
-    assert again.json()["fields"]["included"] is True
+    assert (again.status_code, again.json()["code"]) == (409, "RevertedOnChain"), again.text
+    assert again.json() == r.json()
+    assert world.chain.w3.eth.block_number == head
+
+
+def test_bytes_mined_between_the_check_and_the_send_answer_their_outcome(
+    api: Api, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same bytes sent twice at once: the second request's check passes, then the node refuses
+    the used nonce. They are this very transaction, mined: the answer is its outcome."""
+    s1, s2 = world.cast.supplier1, world.cast.supplier2
+    _, root = world.certificate_for()
+    prepared = api.prepare("transfer", s1, {"certificateId": root, "to": s2.address}).json()
+    raw = api.sign(s1, prepared)
+    first = api.submit_raw(raw)
+    assert first.status_code == 200, first.text
+    relay = api.service.relay
+    monkeypatch.setattr(relay, "_check_nonce", lambda tx: None)  # as if checked before it was mined
+    monkeypatch.setattr(relay, "simulate", lambda tx: None)
+    again = api.submit_raw(raw)
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+    # Another transaction on that nonce is not this one: refused, not included.
+    r = api.submit_raw(api.sign(s1, {**prepared, "gas": prepared["gas"] + 1}))
+    assert (r.status_code, r.json()["code"]) == (409, "NonceAlreadyUsed"), r.text
+    assert r.json()["fields"]["included"] is False
+
+
+def _counts(
+    world: World, monkeypatch: pytest.MonkeyPatch, latest: list[int], pending: int, block: Any
+) -> None:
+    """The node's answers to the nonce check: the latest counts in turn, the pending count, the
+    pending block (an exception to raise, or the block)."""
+    eth = world.chain.w3.eth
+    answers = iter(latest)
+
+    def count(address: str, block_identifier: Any = "latest") -> int:
+        return pending if block_identifier == "pending" else next(answers)
+
+    def get_block(identifier: Any, full_transactions: bool = False) -> Any:
+        if isinstance(block, Exception):
+            raise block
+        return block
+
+    monkeypatch.setattr(eth, "get_transaction_count", count)
+    monkeypatch.setattr(eth, "get_block", get_block)
+
+
+def test_a_block_mined_during_the_pending_check_is_not_a_pending_transaction(
+    api: Api, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nonces 5 and 6 pending when counted, mined by the time the pending block is read (so it lacks
+    them): they are in the state the simulation runs on, not pending transactions it misses."""
+    from chain_client.relay import decode_raw
+
+    s1 = world.cast.supplier1
+    tx = decode_raw(raw_tx(world, s1, world.ledger.address, "0x", nonce=7))
+    relay = api.service.relay
+    _counts(world, monkeypatch, [5, 7], 7, {"transactions": []})
+    relay._check_nonce(tx)  # nothing pending any more: no refusal
+    # Still pending and missing from the pending block: refused as before.
+    _counts(world, monkeypatch, [5, 5], 7, {"transactions": []})
+    with pytest.raises(RelayRefused) as refused:
+        relay._check_nonce(tx)
+    assert refused.value.code == "PendingTransaction"
+
+
+def test_a_node_without_a_pending_block_is_a_pending_transaction_refusal(
+    api: Api, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that answers null for the pending block (web3's BlockNotFound) does not show that it
+    holds the sender's pending transactions: 409 PendingTransaction, not a 500."""
+    from web3.exceptions import BlockNotFound
+
+    s1, s2 = world.cast.supplier1, world.cast.supplier2
+    _, root = world.certificate_for()
+    prepared = api.prepare("transfer", s1, {"certificateId": root, "to": s2.address}).json()
+    raw = api.sign(s1, {**prepared, "nonce": prepared["nonce"] + 1})
+    nonce = prepared["nonce"]
+    _counts(world, monkeypatch, [nonce] * 4, nonce + 1, BlockNotFound("Block with id: 'pending' not found."))
+    r = api.submit_raw(raw)
+    assert (r.status_code, r.json()["code"]) == (409, "PendingTransaction"), r.text
 
 
 def test_pending_transactions_on_the_embedded_chain(
@@ -431,7 +512,7 @@ def test_pending_transactions_on_the_embedded_chain(
         tester.enable_auto_mine_transactions()  # mines what is pending
     assert world.ledger.certificate(root).holder == s2.address
     r = api.submit_raw(first)
-    assert (r.status_code, r.json()["fields"]["included"]) == (409, True)
+    assert (r.status_code, r.json()["txHash"]) == (200, "0x" + keccak(first).hex()), r.text
     # Mined: the next nonce is simulated against it (no longer s1's).
     r = api.submit_raw(next_nonce)
     assert (r.status_code, r.json()["code"]) == (403, "IncorrectHolder"), r.text

@@ -55,6 +55,7 @@ from chain_client.index.sync import ROUND_FAILURES
 from chain_client.models import Role
 from chain_client.receipts import Observation
 from chain_client.relay import DecodedTx, Job, decode_raw, event_json
+from chain_client.transactions import call_checked
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,8 +105,14 @@ def _prepared(service: Service, caller: Caller, fn: ContractFunction) -> Unsigne
     the caller's read scope (the same check POST /v1/tx makes of a signed one)."""
     names = [str(p["name"]) for p in fn.abi.get("inputs", ())]
     refs = _references(service, fn.address, str(fn.abi["name"]), dict(zip(names, fn.args, strict=True)))
-    scope = _scope(service, refs, lambda: caller)
-    with _answered_in_scope(scope):
+
+    def who(retry: bool) -> Caller:
+        # Checked again after the index caught up: with the caller's roles as the index has them
+        # then (a role granted moments ago), not as they were read for this request.
+        return caller_at(service, caller.address, signed_in=True, max_age=0.0) if retry else caller
+
+    scope = _scope(service, refs, who)
+    with _answered_in_scope(service, scope):
         return _unsigned(service.relay.prepare(caller.address, fn))
 
 
@@ -198,30 +205,49 @@ class Scope:
     to_buy: tuple[OfferRecord, ...] = ()
 
 
-def _in_scope(service: Service, check: Callable[[], T]) -> T:
-    """`check` against the index; a refusal (403, 404) from an index behind the chain's head (the
-    record, or the caller's part in it, written moments ago) is checked again once the index has
-    reached the head, so a job right after a write does not fail for the index's lag."""
+#: How far behind the head the index may be for a refusal to be checked again once it caught up:
+#: a record written moments ago. Further behind, the refusal stands (the index is catching up, and
+#: nobody, signed in or not, can make a request wait for all of it by naming an unknown id).
+RETRY_LAG_BLOCKS = 32
+#: The longest a refused request waits for a follower (another process) to catch up, in seconds:
+#: a few of its rounds, not the `index_wait` a mined write may wait for its own block.
+RETRY_WAIT = 2.0
+
+
+def _in_scope(service: Service, check: Callable[[bool], T]) -> T:
+    """`check(False)` against the index; a refusal (403, 404) from an index a few blocks behind the
+    chain's head (the record, or the caller's part in it, written moments ago) is checked again,
+    `check(True)`, once the index has reached the head, so a job right after a write does not fail
+    for the index's lag. The retry is best effort: an index further behind, one that cannot catch
+    up in RETRY_WAIT (a lagging follower) or that fails meanwhile (the node, the database) leaves
+    the first refusal standing, never a 500."""
     try:
-        return check()
+        return check(False)
     except ApiError as exc:
         if exc.status not in (403, 404):
             raise
-        head = int(service.chain.w3.eth.block_number)
-        if service.reader.synced_block() >= head:
-            raise
-    service.reader.reach(head)
-    return check()
+        refusal = exc
+    reader = service.reader
+    try:
+        head = int(call_checked(lambda: service.chain.w3.eth.block_number))
+        behind = head - reader.synced_block()
+        if behind <= 0 or behind > RETRY_LAG_BLOCKS:
+            raise refusal
+        reader.reach(head, wait=min(reader.wait, RETRY_WAIT))
+    except _INDEX_TROUBLE as trouble:
+        log.info("scope refusal not checked again, the index cannot catch up: %s", trouble)
+        raise refusal from None
+    return check(True)
 
 
-def _scope(service: Service, refs: References, caller: Callable[[], Caller]) -> Scope:
-    """Checks every record `refs` names against `caller()`'s read scope (404, 403 as the reads
+def _scope(service: Service, refs: References, caller: Callable[[bool], Caller]) -> Scope:
+    """Checks every record `refs` names against `caller(retry)`'s read scope (404, 403 as the reads
     answer); a job naming no record needs no caller (nor an account the index knows)."""
     if not refs:
         return Scope(None)
 
-    def check() -> Scope:
-        who = caller()
+    def check(retry: bool) -> Scope:
+        who = caller(retry)
         reader = service.reader
         if len(refs.certificates) == 1:
             certificate_for(reader, who, refs.certificates[0])
@@ -255,16 +281,62 @@ def _offer_to_buy(service: Service, caller: Caller, offer_id: int) -> OfferRecor
     return record
 
 
-#: A buy's errors about the certificate behind the offer: its holder or its value now.
-_STALE_OFFER = ("IncorrectHolder", "InsufficientValue")
+#: A buy's errors that describe no more than the buyer may read: the offer itself, the buyer's and
+#: the seller's standing in the directory (D40: every participant reads it), the system's pause, and
+#: the token's errors (the buyer's balance and allowance, the seller as the payee). Every other error
+#: of buyDiscounted describes the certificate behind the offer: its holder, value, maturity, state,
+#: depth or remainder (IncorrectHolder, InsufficientValue, CertificateMatured, CertificateFrozen,
+#: CertificateAlreadySettled, SplitBelowMinimumUnit, SplitDepthExceeded, ...).
+_BUY_OWN_ERRORS = frozenset(
+    {
+        "OfferNotOpen",
+        "OfferExpired",
+        "OfferReservedForAnother",
+        "OfferStale",
+        "SystemPaused",
+        "ParticipantNotActive",
+        "AccountMissingRole",
+        "ParticipantNotRegistered",
+        "ReceiverNotEligible",
+        "InvalidReceiver",
+        "ReentrancyGuardReentrantCall",
+        "SafeERC20FailedOperation",
+    }
+)
+STALE_OFFER = "the offer's certificate can no longer be sold as offered"
+
+
+@cache
+def _token_errors() -> frozenset[str]:
+    abi = load_artifact("SettlementToken").abi
+    return frozenset(str(e["name"]) for e in abi if e.get("type") == "error")
+
+
+#: What answers "may not read" when asked whether a buyer reads a certificate: a refusal, or an
+#: index that cannot tell.
+_UNREADABLE: tuple[type[Exception], ...] = (ApiError, *_INDEX_TROUBLE)
+
+
+def _reads_certificate(service: Service, caller: Caller, offer: OfferRecord) -> bool:
+    """Whether `caller` may read the certificate behind `offer` (its seller, the all-seeing, and
+    whoever else GET /v1/certificates/{id} answers); an index that cannot tell says no."""
+    if caller.sees_all or offer.seller == caller.address:
+        return True
+    try:
+        certificate_for(service.reader, caller, int(offer.certificate_id))
+    except _UNREADABLE:
+        return False
+    return True
 
 
 @contextmanager
-def _answered_in_scope(scope: Scope) -> Iterator[None]:
+def _answered_in_scope(service: Service, scope: Scope) -> Iterator[None]:
     """Lets the contract's errors through: they describe records the sender may read. Except a
-    buy's: the certificate behind the offer is not the buyer's to read, so that it moved or shrank
-    since the offer was made is told as 409 OfferStale, without its holder or value now, whether
-    the simulation found it or the transaction was mined and reverted (the state moved between)."""
+    buy's, for a buyer who may not read the certificate behind the offer: every error about that
+    certificate (it moved, shrank, matured, was frozen or settled since the offer was made; the
+    contract checks it before the buyer's own standing) is told as 409 OfferStale with the offer's
+    id alone, whether the simulation found it or the transaction was mined and reverted (the state
+    moved between)."""
     try:
         yield
     except (ContractError, RevertedOnChain) as exc:
@@ -272,27 +344,30 @@ def _answered_in_scope(scope: Scope) -> Iterator[None]:
         if isinstance(exc, ContractError) and exc.mined is not None:
             mined = RevertedOnChain.of(exc)
         error = mined.error if mined is not None else exc
-        stale = [
-            offer
-            for offer in scope.to_buy
-            if scope.caller is not None
-            and not (scope.caller.sees_all or offer.seller == scope.caller.address)
-        ]
-        if not stale or not isinstance(error, ContractError) or error.error_name not in _STALE_OFFER:
+        if (
+            scope.caller is None
+            or not scope.to_buy
+            or not isinstance(error, ContractError)
+            or error.error_name in _BUY_OWN_ERRORS
+            or error.error_name in _token_errors()
+        ):
             raise
-        offer_id = int(stale[0].offer_id)
-        message = "the offered certificate changed since the offer was made"
+        caller = scope.caller
+        hidden = [offer for offer in scope.to_buy if not _reads_certificate(service, caller, offer)]
+        if not hidden:
+            raise
+        offer_id = int(hidden[0].offer_id)
         if mined is None:
-            raise ApiError(409, "OfferStale", message, offerId=offer_id) from None
+            raise ApiError(409, "OfferStale", STALE_OFFER, offerId=offer_id) from None
         raise ApiError(
             409,
             "RevertedOnChain",
-            f"{mined.tx_hash} was mined in block {mined.block_number} and reverted: {message}; its "
-            f"nonce and {mined.gas_used} gas are spent",
+            f"{mined.tx_hash} was mined in block {mined.block_number} and reverted: {STALE_OFFER}; "
+            f"its nonce and {mined.gas_used} gas are spent",
             txHash=mined.tx_hash,
             blockNumber=mined.block_number,
             gasUsed=mined.gas_used,
-            error=error_body("OfferStale", message, {"offerId": offer_id}),
+            error=error_body("OfferStale", STALE_OFFER, {"offerId": offer_id}),
         ) from None
 
 
@@ -311,8 +386,8 @@ def submit(body: SignedTx, service: ServiceDep) -> TxOut:
     # The sender as the index knows it, read afresh: a retry after the index caught up must see a
     # registration or a role that the lag hid.
     refs = _signed_references(service, job, tx)
-    scope = _scope(service, refs, lambda: caller_at(service, tx.sender, signed_in=False, max_age=0.0))
-    with _answered_in_scope(scope):
+    scope = _scope(service, refs, lambda _: caller_at(service, tx.sender, signed_in=False, max_age=0.0))
+    with _answered_in_scope(service, scope):
         relayed = service.relay.submit(raw)
     result = relayed.result
     return TxOut(
@@ -442,7 +517,8 @@ def prepare_cancel_offer(body: OfferIdIn, service: ServiceDep, caller: CallerDep
 @router.post("/prepare/buy", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_buy(body: OfferIdIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
     """FACTOR: buys an offer, price against value in one transaction. An offer whose certificate
-    moved or shrank since it was made is 409 OfferStale (the certificate is not the buyer's to read)."""
+    can no longer be sold as offered (moved, shrank, matured, frozen or settled since it was made)
+    is 409 OfferStale (the certificate is not the buyer's to read)."""
     return _prepared(service, caller, _ledger(service).functions.buyDiscounted(body.offerId))
 
 
@@ -501,7 +577,7 @@ def prepare_confirm_receipt(body: ConfirmReceiptIn, service: ServiceDep) -> Unsi
         )  # fmt: skip
     signatures = [bytes.fromhex(s[2:]) for s in body.signatures]
     fn = service.system.oracle.confirm_call(observations, signatures)
-    _in_scope(service, lambda: _orders_exist(service, sorted({o.order_id for o in observations})))
+    _in_scope(service, lambda _: _orders_exist(service, sorted({o.order_id for o in observations})))
     # The order the ledger is asked about: the first observation's in the oracle's (device) order.
     order_id = min(observations, key=lambda o: int(o.device, 16)).order_id if observations else 0
     try:
