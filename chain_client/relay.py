@@ -18,7 +18,7 @@ contract whose ABI changes (a new confirmReceipt shape) keeps working once its a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -416,18 +416,16 @@ class Relay:
 
     def _included(self, tx_hash: str) -> bool:
         """Whether the node has mined this very transaction."""
-        try:
-            receipt = self.system.chain.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
-        except Exception as exc:  # TransactionNotFound, in each provider's own type
-            if node_failure(exc):
-                raise unavailable(self.system.chain.settings.rpc_url, exc) from exc
-            return False
-        return receipt is not None
+        return self._answers(self.system.chain.w3.eth.get_transaction_receipt, tx_hash)
 
     def _known(self, tx_hash: str) -> bool:
         """Whether the node has this very transaction, pending or mined."""
+        return self._answers(self.system.chain.w3.eth.get_transaction, tx_hash)
+
+    def _answers(self, lookup: Callable[[HexBytes], Any], tx_hash: str) -> bool:
+        """Whether the node finds `tx_hash` with `lookup`; NodeUnavailable if it failed to say."""
         try:
-            found = self.system.chain.w3.eth.get_transaction(HexBytes(tx_hash))
+            found = lookup(HexBytes(tx_hash))
         except Exception as exc:  # TransactionNotFound, in each provider's own type
             if node_failure(exc):
                 raise unavailable(self.system.chain.settings.rpc_url, exc) from exc
