@@ -47,6 +47,7 @@ from chain_client.errors import ContractReverted
 from chain_client.models import CertificateStatus, Order, OrderStatus
 from chain_client.system import System
 from chain_client.transactions import TxResult
+from oracle.retry import backoff_delay
 from oracle.store import Store
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,8 @@ class Keeper:
         except Exception as exc:
             trouble = self._trouble.setdefault(order_id, _Trouble())
             trouble.attempts += 1
-            trouble.skip = min(2 ** min(trouble.attempts - 1, 8) - 1, MAX_SKIP)
+            # the relayer's backoff counted in runs: 0, 1, 3, 7 and at most MAX_SKIP runs skipped
+            trouble.skip = int(backoff_delay(trouble.attempts, 1.0, MAX_SKIP + 1)) - 1
             run.failed_orders.append(order_id)
             log.warning(
                 "keeper: order %d failed (%d in a row, skipping %d runs): %s",
