@@ -57,7 +57,14 @@ from chain_client.index.export import digest_at
 from chain_client.index.models import BlockRecord, ChangeRecord, IndexState, PaymentRecord
 from chain_client.index.source import NodeSource, PendingLogs, RpcRequestError, misplaced_log
 from chain_client.index.state import decoder_for, stored_events
-from chain_client.index.sync import Indexer, IndexInconsistent, SyncOptions, SyncStatus, adapted_range
+from chain_client.index.sync import (
+    Indexer,
+    IndexInconsistent,
+    SyncOptions,
+    SyncStatus,
+    adapted_range,
+    refused_range,
+)
 from chain_client.index.views import ChainView, read_chain_view
 from chain_client.models import OrderStatus
 
@@ -493,8 +500,7 @@ def _chain_windows(
         except (RpcRequestError, NodeUnavailable) as exc:
             if low == high or (isinstance(exc, NodeUnavailable) and not _timed_out(exc)):
                 raise
-            ceiling = max(1, high - low)
-            size = max(1, (high - low + 1) // 2)
+            size, ceiling = refused_range(low, high)
             pending = ask(low)
             continue
         wrong = misplaced_log(logs, low, high)

@@ -474,9 +474,7 @@ class Indexer:
         except RpcRequestError as exc:
             if first == last:
                 raise
-            # Most providers cap the range or the result count; never ask for this much again.
-            self._ceiling = max(1, last - first)
-            self._range = max(1, (last - first + 1) // 2)
+            self._range, self._ceiling = refused_range(first, last)
             return _Retry(f"getLogs {first}..{last} refused: {exc}")
         wrong = misplaced_log(logs, first, last)
         if wrong is not None:
@@ -634,6 +632,12 @@ class Indexer:
                 if header is not None and header.hash == block.hash:
                     return block.number
         raise ReorgTooDeep(f"the node has none of the {len(recorded)} blocks the index recorded")
+
+
+def refused_range(first: int, last: int) -> tuple[int, int]:
+    """After the node refused first..last (most providers cap the range or the result count): the
+    size to ask for next, half of it, and the ceiling never to ask above again."""
+    return max(1, (last - first + 1) // 2), max(1, last - first)
 
 
 def adapted_range(options: SyncOptions, size: int, ceiling: int, count: int) -> int:
