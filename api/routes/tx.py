@@ -249,9 +249,7 @@ def _scope(service: Service, refs: References, caller: Callable[[bool], Caller])
     def check(retry: bool) -> Scope:
         who = caller(retry)
         reader = service.reader
-        if len(refs.certificates) == 1:
-            certificate_for(reader, who, refs.certificates[0])
-        elif refs.certificates:
+        if refs.certificates:
             certificates_for(reader, who, list(refs.certificates))
         for order_id in refs.orders:
             order_for(reader, who, order_id)
