@@ -33,8 +33,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from requests.exceptions import Timeout as RequestsTimeout
-
 from chain_client.chain import Chain
 from chain_client.deploy import Deployment
 from chain_client.errors import NodeUnavailable
@@ -64,6 +62,7 @@ from chain_client.index.sync import (
     SyncStatus,
     adapted_range,
     refused_range,
+    smaller_may_do,
 )
 from chain_client.index.views import ChainView, read_chain_view
 from chain_client.models import OrderStatus
@@ -472,11 +471,6 @@ _LOG_TRIES = 3
 _Window = tuple[int, int, list[RawLog]]
 
 
-def _timed_out(exc: NodeUnavailable) -> bool:
-    """Whether the node did not answer in time (rather than not at all): a smaller range may do."""
-    return isinstance(exc.__cause__, (TimeoutError, RequestsTimeout))
-
-
 def _chain_windows(
     source: NodeSource, decoder: LogDecoder, first: int, last: int, options: SyncOptions
 ) -> Iterator[_Window]:
@@ -498,7 +492,7 @@ def _chain_windows(
         try:
             logs = answer.result()
         except (RpcRequestError, NodeUnavailable) as exc:
-            if low == high or (isinstance(exc, NodeUnavailable) and not _timed_out(exc)):
+            if low == high or not smaller_may_do(exc):
                 raise
             size, ceiling = refused_range(low, high)
             pending = ask(low)

@@ -983,6 +983,37 @@ def test_verify_fetches_the_logs_in_windows_and_halves_one_the_node_does_not_ans
         audit.verify(lifecycle.chain, lifecycle.work.system.deployment, db)
 
 
+def test_sync_halves_a_range_the_node_does_not_answer_in_time_and_stops_for_a_dead_node(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
+) -> None:
+    """Before, only verify halved a window on a socket timeout: a sync or replay stopped with
+    NodeUnavailable on the first range the node took too long to search."""
+    deployment = lifecycle.work.system.deployment
+    reference = replayed[1]
+    db = IndexDatabase(tmp_path / "slow.sqlite")
+    indexer = Indexer(lifecycle.chain, deployment, db, SyncOptions(initial_range=500))
+    node = _Unreliable(lifecycle.chain, limit=40, failure="timeout")
+    indexer.source = node
+    status = indexer.sync(reference.synced_block)
+    assert node.failed >= 1
+    assert all(last - first < 40 for first, last in node.answered)
+    assert status.digest == reference.digest
+    assert _dump(db, deployment.chain_id) == _dump(replayed[0], deployment.chain_id)
+
+    class Dead(NodeSource):
+        def request_logs(self, first: int, last: int, addresses: Sequence[str]) -> PendingLogs:
+            def refuse() -> list[RawLog]:
+                raise NodeUnavailable("test", "connection refused") from ConnectionRefusedError()
+
+            return PendingLogs(refuse)
+
+    stopped = Indexer(lifecycle.chain, deployment, IndexDatabase(tmp_path / "dead.sqlite"))
+    stopped.source = Dead(lifecycle.chain)
+    with pytest.raises(NodeUnavailable, match="refused"):
+        stopped.sync(reference.synced_block)
+    assert stopped.status().synced_block < reference.synced_block
+
+
 def test_verify_counts_bad_getlogs_answers_in_a_row_not_in_all(
     lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], monkeypatch: pytest.MonkeyPatch
 ) -> None:

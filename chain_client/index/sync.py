@@ -23,8 +23,9 @@ under it (another wrote meanwhile) has its transaction rolled back, reloads curs
 goes on from the other's cursor; it can no longer write stale ranges and records over the other's.
 
 The range adapts: it halves when the node refuses a getLogs (most providers cap the range or the
-result count; the refused size becomes a ceiling) or returns more than `target_logs`, and doubles
-while results stay small.
+result count; the refused size becomes a ceiling) or does not answer it in time (a node searching a
+long range can take longer than the RPC timeout), or returns more than `target_logs`, and doubles
+while results stay small. A node that does not answer at all (connection refused) stops the sync.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import msgspec
+from requests.exceptions import Timeout as RequestsTimeout
 
 from chain_client.chain import Chain
 from chain_client.deploy import Deployment
-from chain_client.errors import CertledgerError
+from chain_client.errors import CertledgerError, NodeUnavailable
 from chain_client.index.books import (
     CREATED,
     ENTITIES,
@@ -471,8 +473,8 @@ class Indexer:
         first, last = begun.first, begun.last
         try:
             logs = begun.logs.result()
-        except RpcRequestError as exc:
-            if first == last:
+        except (RpcRequestError, NodeUnavailable) as exc:
+            if first == last or not smaller_may_do(exc):
                 raise
             self._range, self._ceiling = refused_range(first, last)
             return _Retry(f"getLogs {first}..{last} refused: {exc}")
@@ -632,6 +634,14 @@ class Indexer:
                 if header is not None and header.hash == block.hash:
                     return block.number
         raise ReorgTooDeep(f"the node has none of the {len(recorded)} blocks the index recorded")
+
+
+def smaller_may_do(exc: RpcRequestError | NodeUnavailable) -> bool:
+    """Whether a getLogs the node refused (its error answer) or did not answer in time may succeed
+    over a smaller range; a node that does not answer at all (refused connection) will not."""
+    if isinstance(exc, RpcRequestError):
+        return True
+    return isinstance(exc.__cause__, (TimeoutError, RequestsTimeout))
 
 
 def refused_range(first: int, last: int) -> tuple[int, int]:
