@@ -434,13 +434,12 @@ class Relay:
 
     # ------------------------------------------------------------------ sending
 
-    def submit(self, raw: bytes) -> Relayed:
-        """check, then broadcast: the whole path of a signed request. The same bytes sent again
-        while the node still has them pending, or once they are mined (a client that lost the
-        answer, or got a 504), are not refused: their receipt is awaited or read as for a fresh
-        send (200 with the events, or RevertedOnChain), so the client learns the outcome and never
-        signs a second transaction for the job."""
-        tx = decode_raw(raw)
+    def submit(self, tx: DecodedTx) -> Relayed:
+        """check, then broadcast: the whole path of a signed request (`decode_raw` of its bytes).
+        The same bytes sent again while the node still has them pending, or once they are mined (a
+        client that lost the answer, or got a 504), are not refused: their receipt is awaited or
+        read as for a fresh send (200 with the events, or RevertedOnChain), so the client learns
+        the outcome and never signs a second transaction for the job."""
         try:
             job = self.check(tx)
         except _AlreadySent:

@@ -378,15 +378,14 @@ def submit(body: SignedTx, service: ServiceDep) -> TxOut:
     signature is the authentication: a warehouse gateway with no participant role submits
     confirmReceipt this way (its order is behind the oracle's relayer allow-list and the devices'
     signatures, which the contract checks first)."""
-    raw = bytes.fromhex(body.raw[2:])
-    tx = decode_raw(raw)
+    tx = decode_raw(bytes.fromhex(body.raw[2:]))
     job = service.relay.job_for(tx.to, tx.selector)
     # The sender as the index knows it, read afresh: a retry after the index caught up must see a
     # registration or a role that the lag hid.
     refs = _signed_references(service, job, tx)
     scope = _scope(service, refs, lambda _: caller_at(service, tx.sender, signed_in=False, max_age=0.0))
     with _answered_in_scope(service, scope):
-        relayed = service.relay.submit(raw)
+        relayed = service.relay.submit(tx)
     result = relayed.result
     return TxOut(
         txHash=result.tx_hash,
