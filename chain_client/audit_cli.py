@@ -104,7 +104,9 @@ def _progress(label: str) -> Iterator[Callable[[SyncStatus], None]]:
         TextColumn("{task.fields[events]} events"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
+    # Refreshed on each status, not by rich's refresh thread: a replay forks its writer only from a
+    # process with no other thread (see writer.can_fork).
+    with Progress(*columns, console=console, transient=False, auto_refresh=False) as progress:
         task = progress.add_task(label, total=1, events=0)
 
         def update(status: SyncStatus) -> None:
@@ -114,6 +116,7 @@ def _progress(label: str) -> Iterator[Callable[[SyncStatus], None]]:
                 total=max(1, status.target_block - first + 1),
                 completed=max(0, status.synced_block - first + 1),
                 events=status.events,
+                refresh=True,
             )
 
         yield update

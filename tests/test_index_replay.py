@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator, Sequence
@@ -25,10 +26,11 @@ from index_support import ROOT, anvil_node, connect_node
 from typer.testing import CliRunner
 
 from certledger_main import build_app
-from chain_client import audit
+from chain_client import audit, audit_cli
 from chain_client.chain import Chain
 from chain_client.errors import NodeUnavailable
 from chain_client.events import EventDecoder
+from chain_client.index import sync as sync_module
 from chain_client.index.db import IndexDatabase, rebuilding
 from chain_client.index.decode import LogDecoder, RawLog
 from chain_client.index.export import export
@@ -277,8 +279,7 @@ def test_a_failed_replay_leaves_the_previous_index_as_it_was(
     (which inherits this patch): a failure on the third range reaches the replay as the same
     exception, the index it was replacing is untouched, and no half-built file is left behind.
     A replay after that succeeds and equals the reference."""
-    if not can_fork():
-        pytest.skip("replays write inline where fork is unavailable")
+    assert can_fork(), "a replay on Linux with no other thread writes in a forked child"
     reference_db, reference = replayed
     deployment = lifecycle.work.system.deployment
     path = tmp_path / "previous.sqlite"
@@ -301,6 +302,45 @@ def test_a_failed_replay_leaves_the_previous_index_as_it_was(
     assert (
         audit.sync(lifecycle.chain, deployment, db, until=reference.synced_block).digest == reference.digest
     )
+
+
+def test_a_replay_with_another_thread_running_writes_without_forking_and_agrees(
+    lifecycle: Lifecycle,
+    replayed: tuple[IndexDatabase, SyncStatus],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child forked while another thread holds a lock (stdout's, a progress bar's) can hang on
+    it; with a thread running, the replay writes in its own process and gets the same books."""
+    reference_db, reference = replayed
+    deployment = lifecycle.work.system.deployment
+    forked: list[object] = []
+    monkeypatch.setattr(sync_module, "ProcessWriter", lambda *args: forked.append(args))
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, daemon=True)
+    other.start()
+    try:
+        assert not can_fork()
+        db = IndexDatabase(tmp_path / "threaded.sqlite")
+        status = audit.replay(lifecycle.chain, deployment, db, until=reference.synced_block)
+    finally:
+        release.set()
+        other.join()
+    assert status.digest == reference.digest
+    assert _dump(db, status.chain_id) == _dump(reference_db, status.chain_id)
+    assert forked == []
+
+
+def test_the_replay_progress_bar_starts_no_thread() -> None:
+    """The CLI's progress bar refreshes on each status rather than from rich's refresh thread, so
+    the replay under it may still fork its writer."""
+    before = threading.active_count()
+    with audit_cli._progress("replay") as update:
+        assert threading.active_count() == before
+        update(
+            SyncStatus(1, deployment_block=1, synced_block=5, target_block=9, events=3, digest="", reorgs=0)
+        )
+        assert threading.active_count() == before
 
 
 def test_a_killed_replays_half_built_file_is_removed_by_the_next(

@@ -9,7 +9,7 @@ with the digest after it. What differs is what runs while a range is sealed and 
 - inline (SQLite sync): nothing; SQLite works inside this process and a thread would only add GIL
   hand-offs (the sqlite3 module gives up the GIL around every row it steps);
 - a thread (PostgreSQL sync): the next range is applied while the server does the write;
-- a child process (any replay): the next range is applied while another process seals, inserts
+- a child process (a replay, where `can_fork`): the next range is applied while another process seals, inserts
   and commits this one, on another core. Sealing and writing were half of a replay's work. The
   child is forked, so it starts at once and needs nothing but the batches (plain tuples, cheap to
   pickle); it opens its own connection to the database. Measured on a 20,000-event replay into
@@ -23,6 +23,7 @@ import gc
 import multiprocessing
 import pickle
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -81,9 +82,16 @@ class ThreadWriter:
 
 
 def can_fork() -> bool:
-    # fork is the default and safe on Linux for this use (the child touches only its own objects);
-    # macOS forks badly with some system libraries loaded, Windows cannot.
-    return sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
+    """Whether a replay may fork its writer: on Linux (macOS forks badly with some system libraries
+    loaded, Windows cannot) and only from a process with no other thread. A child forked while
+    another thread holds a lock (a progress bar's console, stdout's buffer, which the child flushes
+    as it exits) inherits the lock held by nobody and hangs on it; the replay then writes in its
+    writes as a sync does (a server replaying from a request's thread, say)."""
+    return (
+        sys.platform == "linux"
+        and "fork" in multiprocessing.get_all_start_methods()
+        and threading.active_count() == 1
+    )
 
 
 class ProcessWriter:
