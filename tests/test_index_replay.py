@@ -46,7 +46,7 @@ from chain_client.index.source import NodeSource, PendingLogs, RpcRequestError
 from chain_client.index.state import books_at, history, holdings, lineage
 from chain_client.index.sync import Indexer, IndexInconsistent, SyncOptions, SyncStatus
 from chain_client.index.workload import DAY, Workload
-from chain_client.index.writer import can_fork
+from chain_client.index.writer import ProcessWriter, can_fork
 from chain_client.models import CertificateStatus
 
 pytestmark = pytest.mark.anvil
@@ -279,7 +279,17 @@ def test_a_failed_replay_leaves_the_previous_index_as_it_was(
     (which inherits this patch): a failure on the third range reaches the replay as the same
     exception, the index it was replacing is untouched, and no half-built file is left behind.
     A replay after that succeeds and equals the reference."""
-    assert can_fork(), "a replay on Linux with no other thread writes in a forked child"
+    # Earlier tests leave idle daemon threads in this process (a TestClient's portal, AnyIO's
+    # workers), which would make the replay write without forking; this test is about the forked
+    # writer, so it forks regardless (those threads hold no lock the child needs).
+    monkeypatch.setattr(sync_module, "can_fork", lambda: True)
+    forked: list[ProcessWriter] = []
+
+    def fork(*args: Any) -> ProcessWriter:
+        forked.append(ProcessWriter(*args))
+        return forked[-1]
+
+    monkeypatch.setattr(sync_module, "ProcessWriter", fork)
     reference_db, reference = replayed
     deployment = lifecycle.work.system.deployment
     path = tmp_path / "previous.sqlite"
@@ -289,6 +299,7 @@ def test_a_failed_replay_leaves_the_previous_index_as_it_was(
     _crash_on_third_range(monkeypatch)
     with pytest.raises(OSError, match="disk gone"):
         audit.replay(lifecycle.chain, deployment, db, SyncOptions(initial_range=16, max_range=16))
+    assert forked, "the replay wrote in a forked child"
     monkeypatch.undo()
     assert db.require_state().synced_block == deployment.deployment_block + 40
     assert _dump(db, deployment.chain_id) == before
