@@ -6,6 +6,7 @@ of the same contracts doing the same kinds of things beside it (which the index 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ from typer.testing import CliRunner
 from certledger_main import build_app
 from chain_client import audit, audit_cli
 from chain_client.chain import Chain
-from chain_client.errors import NodeUnavailable
+from chain_client.errors import ManifestError, NodeUnavailable
 from chain_client.events import EventDecoder
 from chain_client.index import sync as sync_module
 from chain_client.index.db import IndexDatabase, rebuilding
@@ -553,6 +554,56 @@ def test_a_tampered_holder_fails_verify_at_that_certificate(lifecycle: Lifecycle
     ]
     assert against_chain[0].touch == cert["touch"]
     assert not report.digest_mismatches and not report.event_mismatches
+
+
+def test_verify_reports_a_record_under_a_key_no_contract_knows_instead_of_failing(
+    lifecycle: Lifecycle,
+    replayed: tuple[IndexDatabase, SyncStatus],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Books built from a manifest that starts too late (on a node that cannot tell, see the next
+    test) lack the first events: an order's issuer no event set made a participant under the empty
+    key, and verify asked the ledger about it and died in the ABI encoder. Now such a record is a
+    difference against the chain's none, besides the I0 findings of the missing events."""
+    monkeypatch.setattr(Indexer, "_check_nothing_before", lambda self, block: None)
+    deployment = lifecycle.work.system.deployment
+    events = replayed[0].rows(EventRecord, deployment.chain_id)
+    first_order = min(e["block_number"] for e in events if e["name"] == "OrderOpened")
+    late = dataclasses.replace(deployment, deployment_block=first_order + 1)
+    db = IndexDatabase(tmp_path / "late.sqlite")
+    audit.replay(lifecycle.chain, late, db)
+    report = audit.verify(lifecycle.chain, late, db)
+    assert not report.ok
+    assert any(v.invariant == "I0" for v in report.violations)
+    assert any(d.entity == "participant" and d.key == "" for d in report.differences)
+
+
+def test_verify_at_the_blocks_before_the_ledger_exists_and_is_bound_agrees(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus]
+) -> None:
+    """The deployment block is the token's; the oracle, the ledger and the binding follow. Verify
+    at those blocks called views of contracts not yet there (InsufficientDataBytes) and read an
+    unbound oracle's zero address as a difference."""
+    db, status = replayed
+    deployment = lifecycle.work.system.deployment
+    first = status.deployment_block
+    for block in range(first, first + 5):
+        report = audit.verify(lifecycle.chain, deployment, db, block)
+        assert report.ok, (block, list(report.findings())[:3])
+
+
+def test_a_manifest_whose_deployment_block_comes_after_the_deployment_is_refused(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
+) -> None:
+    """It built an index without the first events, with a digest and no complaint."""
+    deployment = lifecycle.work.system.deployment
+    late = dataclasses.replace(deployment, deployment_block=replayed[1].deployment_block + 10)
+    db = IndexDatabase(tmp_path / "late.sqlite")
+    with pytest.raises(ManifestError, match="after the deployment: CertificateLedger"):
+        audit.replay(lifecycle.chain, late, db)
+    with pytest.raises(ManifestError, match="after the deployment"):
+        audit.sync(lifecycle.chain, late, db)
 
 
 def test_a_tampered_payment_fails_verify_at_that_row(lifecycle: Lifecycle, tmp_path: Path) -> None:

@@ -268,6 +268,16 @@ class NodeSource:
             result[n] = Header(n, _hex(block["hash"]), _hex(block["parentHash"]))
         return result
 
+    def has_code(self, addresses: Sequence[str], block: int) -> dict[str, bool]:
+        """Whether each address holds contract code at `block` (the state of that block)."""
+        if self._raw:
+            found = self._batch([("eth_getCode", [a, hex(block)]) for a in addresses])
+            return {a: str(code) not in ("0x", "") for a, code in zip(addresses, found, strict=True)}
+        w3 = self.chain.w3
+        return {
+            a: bool(w3.eth.get_code(to_checksum_address(a), cast(BlockIdentifier, block))) for a in addresses
+        }
+
     def call_many(self, calls: Sequence[tuple[str, bytes]], block: int) -> list[bytes]:
         """Return data of eth_call (to, data) for each call, all at `block`."""
         if self._raw:

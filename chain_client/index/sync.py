@@ -43,7 +43,7 @@ from requests.exceptions import Timeout as RequestsTimeout
 
 from chain_client.chain import Chain
 from chain_client.deploy import Deployment
-from chain_client.errors import CertledgerError, NodeUnavailable
+from chain_client.errors import CertledgerError, ManifestError, NodeUnavailable
 from chain_client.index.books import (
     CREATED,
     ENTITIES,
@@ -226,6 +226,8 @@ class Indexer:
         header = self.source.headers([start])[start] if start >= 0 else Header(-1, "0x" + "00" * 32, "")
         if header is None:
             raise ReorgTooDeep(f"the node has no block {start}, before the deployment")
+        if start >= 0:
+            self._check_nothing_before(start)
         digest = genesis(self.chain_id, self.deployment.ledger, self.deployment.oracle, start + 1)
         state = IndexState(
             chain_id=self.chain_id,
@@ -247,6 +249,26 @@ class Indexer:
         }
         self.db.initialise(state, block)
         return state
+
+    def _check_nothing_before(self, block: int) -> None:
+        """Refuses a manifest whose deployment block comes after the contracts' deployment: an index
+        from it would lack their first events (the ledger's constructor registrations, orders...)
+        and books built on them. A node that keeps no state of that block cannot tell; the events
+        then speak (verify reports I0 for a record no event created). The token is not checked: a
+        deployment may settle in a token that existed long before it."""
+        contracts = {"CertificateLedger": self.deployment.ledger, "ReceiptOracle": self.deployment.oracle}
+        try:
+            found = self.source.has_code(list(contracts.values()), block)
+        except RpcRequestError as exc:
+            log.warning("cannot check that no contract existed before the deployment block: %s", exc)
+            return
+        early = [f"{name} {address}" for name, address in contracts.items() if found[address]]
+        if early:
+            raise ManifestError(
+                f"the manifest's deployment block {block + 1} is after the deployment: "
+                f"{', '.join(early)} already had code at block {block}; an index from it would miss "
+                "their first events (use the manifest the deployment wrote)"
+            )
 
     def status(self, target: int | None = None) -> SyncStatus:
         state, _ = self.open()

@@ -6,7 +6,7 @@ eth_call per record), so checking thousands of certificates costs a few round tr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +16,11 @@ from eth_utils.abi import function_abi_to_4byte_selector, get_abi_input_types, g
 
 from chain_client.artifacts import load_artifact
 from chain_client.deploy import Deployment
-from chain_client.index.books import SYSTEM_KEY, Books, Key, Record
+from chain_client.index.books import SYSTEM_KEY, Books, Key, Record, blank
 from chain_client.index.decode import checksum
 from chain_client.index.source import NodeSource
+
+_CallMany = Callable[[Sequence[tuple[str, bytes]]], list[bytes]]
 
 
 @dataclass
@@ -147,8 +149,9 @@ def read_chain_view(source: NodeSource, deployment: Deployment, books: Books, bl
     oracle = _Caller(deployment.oracle, "ReceiptOracle")
     token = _Caller(deployment.token, "SettlementToken")
     view = ChainView(block)
+    call_many = _calls_at(source, deployment, block)
 
-    scalars = source.call_many(
+    scalars = call_many(
         [
             ledger.encode("counts"),
             ledger.encode("totalCredits"),
@@ -156,8 +159,7 @@ def read_chain_view(source: NodeSource, deployment: Deployment, books: Books, bl
             ledger.encode("paused"),
             ledger.encode("splitRules"),
             oracle.encode("ledger"),
-        ],
-        block,
+        ]
     )
     counts = ledger.decode("counts", scalars[0])
     view.counts = (int(counts[0]), int(counts[1]), int(counts[2]))
@@ -169,7 +171,8 @@ def read_chain_view(source: NodeSource, deployment: Deployment, books: Books, bl
             "paused": bool(ledger.decode("paused", scalars[3])[0]),
             "min_split_unit": int(rules[0]),
             "max_split_depth": int(rules[1]),
-            "ledger_bound": checksum(oracle.decode("ledger", scalars[5])[0]),
+            # Unbound is the zero address on chain and no address at all in the books.
+            "ledger_bound": _address_or_none(oracle.decode("ledger", scalars[5])[0]),
         }
     }
 
@@ -179,15 +182,19 @@ def read_chain_view(source: NodeSource, deployment: Deployment, books: Books, bl
     def results(caller: _Caller, fn: str, keys: Sequence[Key]) -> list[bytes]:
         # bytes32 keys (warehouse ids, digests) are kept as 0x-hex text; the ABI wants bytes.
         args = [bytes.fromhex(k[2:]) if isinstance(k, str) and len(k) == 66 else k for k in keys]
-        return source.call_many([caller.encode(fn, a) for a in args], block)
+        return call_many([caller.encode(fn, a) for a in args])
 
     def read(entity: str, caller: _Caller, fn: str, keys: Sequence[Key], shape: Any) -> None:
-        found = results(caller, fn, keys)
-        view.records[entity] = {k: shape(caller.struct(fn, r)) for k, r in zip(keys, found, strict=True)}
+        valid, malformed = _by_form(entity, keys)
+        found = results(caller, fn, valid)
+        view.records[entity] = {k: shape(caller.struct(fn, r)) for k, r in zip(valid, found, strict=True)}
+        view.records[entity].update(malformed)
 
     def read_scalar(entity: str, caller: _Caller, fn: str, keys: Sequence[Key], field: str) -> None:
-        found = results(caller, fn, keys)
-        view.records[entity] = {k: {field: caller.decode(fn, r)[0]} for k, r in zip(keys, found, strict=True)}
+        valid, malformed = _by_form(entity, keys)
+        found = results(caller, fn, valid)
+        records = {k: {field: caller.decode(fn, r)[0]} for k, r in zip(valid, found, strict=True)}
+        view.records[entity] = {**records, **malformed}
 
     read("order", ledger, "order", ids("order", view.counts[0]), _order)
     read("certificate", ledger, "certificate", ids("certificate", view.counts[1]), _certificate)
@@ -195,10 +202,12 @@ def read_chain_view(source: NodeSource, deployment: Deployment, books: Books, bl
     read("participant", ledger, "participant", sorted(books.all("participant"), key=str), _participant)
     warehouses = sorted(books.all("warehouse"), key=str)
     read("warehouse", oracle, "warehouse", warehouses, _warehouse)
-    _read_devices(source, oracle, books, view, warehouses, block)
+    _read_devices(call_many, oracle, books, view, [w for w in warehouses if _is_hex(w, 32)])
     read_scalar("credit", ledger, "credit", sorted(books.all("credit"), key=str), "amount")
-    invoices = sorted({o["invoice_hash"] for o in books.all("order").values()})
-    used = source.call_many([ledger.encode("invoiceUsed", bytes.fromhex(i[2:])) for i in invoices], block)
+    invoices = sorted(
+        {o["invoice_hash"] for o in books.all("order").values() if _is_hex(o["invoice_hash"], 32)}
+    )
+    used = call_many([ledger.encode("invoiceUsed", bytes.fromhex(i[2:])) for i in invoices])
     view.invoices_used = {
         i: bool(ledger.decode("invoiceUsed", r)[0]) for i, r in zip(invoices, used, strict=True)
     }
@@ -206,16 +215,69 @@ def read_chain_view(source: NodeSource, deployment: Deployment, books: Books, bl
 
 
 def _read_devices(
-    source: NodeSource, oracle: _Caller, books: Books, view: ChainView, warehouses: list[Key], block: int
+    call_many: _CallMany, oracle: _Caller, books: Books, view: ChainView, warehouses: list[Key]
 ) -> None:
     """An active warehouse's devices as the chain has them: those of the books' list that the
     oracle counts as current devices (with the device count, also compared, the two sets are then
     equal). The oracle has no view listing them; an inactive warehouse has none current."""
     listed = [(w, d) for w in warehouses for d in books.all("warehouse")[w]["devices"]]
     calls = [oracle.encode("isDevice", bytes.fromhex(str(w)[2:]), d) for w, d in listed]
-    found = source.call_many(calls, block)
+    found = call_many(calls)
     current = {pair for pair, r in zip(listed, found, strict=True) if oracle.decode("isDevice", r)[0]}
     for w in warehouses:
         record = view.records["warehouse"][w]
         if record["active"]:
             record["devices"] = tuple(d for d in books.all("warehouse")[w]["devices"] if (w, d) in current)
+
+
+#: What a call to an address without code returns in the books' terms: every output zero (the
+#: views' outputs are static, so zero words decode as zero values whatever their number).
+_NO_CONTRACT = bytes(32 * 128)
+
+
+def _calls_at(source: NodeSource, deployment: Deployment, block: int) -> _CallMany:
+    """`source.call_many` at `block`, answering for a contract not yet deployed there (verify of the
+    blocks before the ledger's) as its views would answer for records never made: all zero. An
+    eth_call to an address without code returns nothing, which no output decodes from."""
+    addresses = [deployment.ledger, deployment.oracle, deployment.token]
+    present = source.has_code(addresses, block)
+
+    def call_many(calls: Sequence[tuple[str, bytes]]) -> list[bytes]:
+        live = [i for i, (to, _) in enumerate(calls) if present.get(to, True)]
+        answers = source.call_many([calls[i] for i in live], block) if live else []
+        out = [_NO_CONTRACT] * len(calls)
+        for i, answer in zip(live, answers, strict=True):
+            out[i] = answer
+        return out
+
+    return call_many
+
+
+def _address_or_none(address: str) -> str:
+    return "" if int(address, 16) == 0 else checksum(address)
+
+
+def _is_hex(key: Key, size: int) -> bool:
+    """Whether `key` is 0x-hex of `size` bytes, as an address or a bytes32 key must be."""
+    if not isinstance(key, str) or len(key) != 2 + 2 * size or not key.startswith("0x"):
+        return False
+    try:
+        int(key[2:], 16)
+    except ValueError:
+        return False
+    return True
+
+
+#: The form of each entity's key where it is not an id: a record the books made under a key of
+#: another form (from a field no event set, with an I0 finding) cannot be asked of a contract.
+_KEY_BYTES = {"participant": 20, "credit": 20, "warehouse": 32}
+
+
+def _by_form(entity: str, keys: Sequence[Key]) -> tuple[list[Key], dict[Key, Record]]:
+    """The keys a contract can be asked about, and for the others the record the chain has for
+    them: none (every field zero), so verify reports the books' record as a difference."""
+    size = _KEY_BYTES.get(entity)
+    if size is None:
+        return list(keys), {}
+    valid = [k for k in keys if _is_hex(k, size)]
+    return valid, {k: blank(entity) for k in keys if not _is_hex(k, size)}
