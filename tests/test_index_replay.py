@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 from index_support import ROOT, anvil_node, connect_node
 from typer.testing import CliRunner
 
@@ -835,11 +835,38 @@ def test_export_writes_loadable_csv_and_a_report(
     with (tmp_path / "out" / "payments.csv").open(encoding="utf-8") as f:
         kinds = {r["kind"] for r in csv.DictReader(f)}
     assert set(report["payments"]) == kinds
+    _assert_holder_totals_reconcile_with_the_token(lifecycle, report)
     # Events in the order the chain made them: folding the file from the top rebuilds the books.
     with (tmp_path / "out" / "events.csv").open(encoding="utf-8") as f:
         events = list(csv.DictReader(f))
     positions = [(int(r["block_number"]), int(r["tx_index"]), int(r["log_index"])) for r in events]
     assert positions == sorted(positions) and len(positions) == status.events
+
+
+def _assert_holder_totals_reconcile_with_the_token(lifecycle: Lifecycle, report: dict[str, Any]) -> None:
+    """Per holder, what the report says the ledger moved is what the token's Transfer events from
+    the ledger show, and the credit left is the ledger's own. Before, a settlement the token refused
+    (credited, not moved) counted as received."""
+    deployment, w3 = lifecycle.work.system.deployment, lifecycle.chain.w3
+    transfer = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
+    sent = w3.eth.get_logs(
+        {
+            "address": deployment.token,
+            "fromBlock": deployment.deployment_block,
+            "toBlock": report["blocks"]["to"],
+            "topics": [transfer, "0x" + bytes(12).hex() + deployment.ledger[2:].lower()],
+        }
+    )
+    moved: dict[str, int] = {}
+    for entry in sent:
+        to = to_checksum_address("0x" + bytes(entry["topics"][2])[-20:].hex())
+        moved[to] = moved.get(to, 0) + int.from_bytes(bytes(entry["data"]), "big")
+    holders = report["holders"]
+    assert set(moved) <= set(holders)
+    assert any(int(h["credited"]) for h in holders.values()), "the lifecycle credits a refused payment"
+    for address, totals in holders.items():
+        assert int(totals["received_from_ledger"]) == moved.get(address, 0), address
+        assert int(totals["credit_outstanding"]) == lifecycle.work.system.ledger.credit(address), address
 
 
 def test_cli_replay_state_digest_and_verify(

@@ -3,6 +3,10 @@ digest, totals per order, per holder and per kind of payment) for another tool t
 
 Amounts are written as decimal strings everywhere (CSV is text anyway; in JSON a number above
 2**53 would lose digits in many readers).
+
+Payments are what the ledger's events record, by kind: a settlement or a refund is recorded when it
+is due, and if the token refused to push it, also as a credit (then a withdrawal when taken). The
+kinds' totals therefore overlap; the per-holder totals separate what was owed from what moved.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from chain_client.index.models import BlockRecord, ChangeRecord, EventRecord, In
 from chain_client.index.state import books_at
 from chain_client.models import CertificateStatus, OrderStatus
 
-REPORT_SCHEMA = "certledger-audit-report/v1"
+#: v2: per holder `settled` (was `settled_received`, which counted credited settlements as received),
+#: `refunded`, `credited`, `withdrawn`, `credit_outstanding` and `received_from_ledger`.
+REPORT_SCHEMA = "certledger-audit-report/v2"
 
 
 @dataclass(frozen=True)
@@ -180,32 +186,47 @@ def _order_totals(books: Books) -> dict[str, dict[str, Any]]:
     return totals
 
 
+#: Per account: what the ledger owed it (settlements of its certificates, refunds of its orders),
+#: the part the token refused to push (credited, for `withdraw`), what it withdrew, and so what the
+#: ledger's token actually moved to it; discount prices move between the parties directly.
+_ACCOUNT_FIELDS = (
+    "live_certificates",
+    "live_value",
+    "settled",
+    "refunded",
+    "credited",
+    "withdrawn",
+    "credit_outstanding",
+    "received_from_ledger",
+    "discount_paid",
+    "discount_received",
+)
+
+
 def _holder_totals(books: Books, payments: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per account. A settlement or refund the token refused counts in `settled` or `refunded`
+    (it is owed) and in `credited` (it was not moved): `received_from_ledger` is settled + refunded
+    - credited + withdrawn, the ledger's token transfers to the account."""
     holders: dict[str, dict[str, int]] = {}
 
     def entry(address: str) -> dict[str, int]:
-        return holders.setdefault(
-            address,
-            {
-                "live_certificates": 0,
-                "live_value": 0,
-                "settled_received": 0,
-                "discount_paid": 0,
-                "discount_received": 0,
-            },
-        )
+        return holders.setdefault(address, dict.fromkeys(_ACCOUNT_FIELDS, 0))
 
     for cert in books.all("certificate").values():
         if cert["status"] == CertificateStatus.LIVE:
             e = entry(cert["holder"])
             e["live_certificates"] += 1
             e["live_value"] += int(cert["value"])
+    owed = {"settlement": "settled", "refund": "refunded", "credit": "credited", "withdrawal": "withdrawn"}
     for p in payments:
-        if p["kind"] == "settlement":
-            entry(p["payee"])["settled_received"] += int(p["amount"])
+        if p["kind"] in owed:
+            entry(p["payee"])[owed[p["kind"]]] += int(p["amount"])
         elif p["kind"] == "discount":
             entry(p["payer"])["discount_paid"] += int(p["amount"])
             entry(p["payee"])["discount_received"] += int(p["amount"])
+    for e in holders.values():
+        e["credit_outstanding"] = e["credited"] - e["withdrawn"]
+        e["received_from_ledger"] = e["settled"] + e["refunded"] - e["credited"] + e["withdrawn"]
     return {
         address: {k: v if k == "live_certificates" else str(v) for k, v in values.items()}
         for address, values in sorted(holders.items())
