@@ -39,6 +39,7 @@ from chain_client.errors import NodeUnavailable
 from chain_client.events import UndecodableLog
 from chain_client.index.books import (
     ENTITIES,
+    SYSTEM_KEY,
     Books,
     Key,
     Record,
@@ -131,6 +132,10 @@ class Difference:
 
     def __str__(self) -> str:
         last = f"; last touched by {self.touch}" if self.touch else "; touched by no event"
+        if self.field == "record":
+            where = self.source if self.index_value == "present" else self.against
+            missing = self.against if self.index_value == "present" else self.source
+            return f"{self.entity} {self.key}: in the {where}, missing from the {missing}{last}"
         return (
             f"{self.entity} {self.key} {self.field}: {self.source} has {self.index_value!r}, "
             f"{self.against} has {self.other_value!r}{last}"
@@ -694,8 +699,19 @@ def _compare_records(
 ) -> list[Difference]:
     found = []
     for key in sorted(set(ours) | set(theirs), key=lambda k: (str(type(k)), k)):
-        mine = ours.get(key) or blank(entity)
-        other = theirs.get(key) or blank(entity)
+        if (key in ours) != (key in theirs):
+            # One finding for a whole record, not one per field against blanks. A record only in
+            # the index table was made by no event: its own touch columns are no evidence.
+            shown = None if key in ours and source == "index table" else touch(key)
+            found.append(
+                Difference(
+                    source, against, entity, key, "record",
+                    "present" if key in ours else "absent", "present" if key in theirs else "absent",
+                    shown,
+                )
+            )  # fmt: skip
+            continue
+        mine, other = ours[key], theirs[key]
         for name in sorted(set(mine) & set(other)):
             if mine[name] != other[name]:
                 found.append(
@@ -719,6 +735,8 @@ def _compare_chain(books: Books, view: ChainView, source: str) -> list[Differenc
         theirs = view.records.get(entity, {})
         if entity in ("participant", "credit", "warehouse", "system"):
             theirs = {k: v for k, v in theirs.items() if k in ours or entity == "system"}
+        if entity == "system" and not ours:
+            ours = {SYSTEM_KEY: blank("system")}  # before the ledger's first event: all at zero
         found += _compare_records(entity, ours, theirs, _touches(books, entity=entity), source, "chain")
     # An invoice is held by its open or confirmed order; a cancelled one gave it back (D54).
     held = {o["invoice_hash"] for o in books.all("order").values() if o["status"] != OrderStatus.CANCELLED}

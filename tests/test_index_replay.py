@@ -606,6 +606,43 @@ def test_a_manifest_whose_deployment_block_comes_after_the_deployment_is_refused
         audit.sync(lifecycle.chain, late, db)
 
 
+def test_a_deleted_or_made_up_certificate_row_is_one_finding_for_the_whole_record(
+    lifecycle: Lifecycle, tmp_path: Path
+) -> None:
+    """Before, a deleted row showed as eight field differences against blanks, and a made-up row
+    as zero fields on chain, "last touched by" whatever event its own columns named."""
+    db = _fresh_replay(lifecycle, tmp_path / "rows.sqlite")
+    cert = _a_moved_certificate(db)
+    made_up = 10**6
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TEMPORARY TABLE copied AS SELECT * FROM certificate WHERE certificate_id = ?",
+            (f"{cert['certificate_id']:078d}",),
+        )
+        conn.exec_driver_sql("UPDATE copied SET certificate_id = ?", (f"{made_up:078d}",))
+        conn.exec_driver_sql("INSERT INTO certificate SELECT * FROM copied")
+        conn.exec_driver_sql(
+            "DELETE FROM certificate WHERE certificate_id = ?", (f"{cert['certificate_id']:078d}",)
+        )
+    report = audit.verify(lifecycle.chain, lifecycle.work.system.deployment, db)
+    found = sorted(
+        ((d.key, d.field, d.index_value, d.other_value, d.against, d.touch)
+         for d in report.differences if d.source == "index table"),
+        key=str,
+    )  # fmt: skip
+    assert found == sorted(
+        [
+            (cert["certificate_id"], "record", "absent", "present", "replayed events", cert["touch"]),
+            (cert["certificate_id"], "record", "absent", "present", "chain", None),
+            (made_up, "record", "present", "absent", "replayed events", None),
+            (made_up, "record", "present", "absent", "chain", None),
+        ],
+        key=str,
+    )
+    shown = [str(d) for d in report.differences if d.key == made_up]
+    assert f"certificate {made_up}: in the index table, missing from the chain; touched by no event" in shown
+
+
 def test_a_tampered_payment_fails_verify_at_that_row(lifecycle: Lifecycle, tmp_path: Path) -> None:
     db = _fresh_replay(lifecycle, tmp_path / "payment.sqlite")
     state = db.require_state()

@@ -177,7 +177,8 @@ def read_chain_view(source: NodeSource, deployment: Deployment, books: Books, bl
     }
 
     def ids(entity: str, issued: int) -> list[int]:
-        return sorted({*range(1, issued + 1), *(int(k) for k in books.all(entity))})
+        # The ids past the ledger's count were never issued: absent on chain, not zero records.
+        return list(range(1, issued + 1))
 
     def results(caller: _Caller, fn: str, keys: Sequence[Key]) -> list[bytes]:
         # bytes32 keys (warehouse ids, digests) are kept as 0x-hex text; the ABI wants bytes.
