@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from chain_client.chain import Chain
@@ -230,6 +230,18 @@ class VerifyReport:
             for item in items:
                 yield str(item)
 
+    def details(self) -> list[dict[str, Any]]:
+        """The findings as records another tool can read without parsing sentences: each with its
+        `kind`, its fields (`touch` as block, tx, log_index and event; the two values compared as
+        decimal text when they are integers, as amounts are everywhere in JSON here) and `message`,
+        the sentence `findings` gives."""
+        kinds = ("block", "digest", "event", "row", "difference", "violation")
+        return [
+            {"kind": kind, **_fields(item), "message": str(item)}
+            for kind, items in zip(kinds, self._kinds(), strict=True)
+            for item in items
+        ]
+
     def _kinds(self) -> tuple[list[Any], ...]:
         return (
             self.block_mismatches,
@@ -239,6 +251,28 @@ class VerifyReport:
             self.differences,
             self.violations,
         )
+
+
+def _fields(item: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(item):
+        value = getattr(item, f.name)
+        if isinstance(value, Touch):
+            value = value._asdict()
+        elif f.name in ("index_value", "other_value"):
+            value = _json_value(value)
+        out[f.name] = value
+    return out
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_json_value(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------- verify
@@ -264,7 +298,10 @@ def _verify(
 ) -> VerifyReport:
     state = db.require_state()
     if (state.chain_id, state.ledger) != (deployment.chain_id, deployment.ledger):
-        raise IndexDatabaseError(f"{db.url} indexes ledger {state.ledger} of chain {state.chain_id}")
+        raise IndexDatabaseError(
+            f"{db.shown_url} indexes ledger {state.ledger} of chain {state.chain_id}, not the manifest's "
+            f"ledger {deployment.ledger} of chain {deployment.chain_id}"
+        )
     at = state.synced_block if block is None else block
     if not state.deployment_block <= at <= state.synced_block:
         raise IndexDatabaseError(
@@ -306,10 +343,13 @@ def _verify(
         report.differences += _compare_chain(tables, view, "index table")
     report.violations, report.notes = _violations(refold.at_block, view)
     report.notes += cursor_notes
-    report.checked = {entity: len(view.records.get(entity, {})) for entity in ENTITIES}
-    report.checked["events"] = refold.events
-    report.checked["change rows"] = len(refold.changes)
-    report.checked["payments"] = len(refold.payments)
+    # What was compared at `at`: the records the contracts were asked about (the oracle has no
+    # view of attestations), and the stored rows up to `at` (rows above it are checked against
+    # the events only, as `row_mismatches` and `digest_mismatches` say).
+    report.checked = {entity: len(view.records[entity]) for entity in ENTITIES if entity in view.records}
+    report.checked["events"] = sum(count for block, (_, count) in refold.blocks.items() if block <= at)
+    report.checked["change rows"] = sum(1 for position in refold.changes if position[0] <= at)
+    report.checked["payments"] = sum(1 for position in refold.payments if position[0] <= at)
     return report
 
 

@@ -14,15 +14,21 @@ The index is a SQLite file by default (--db or CERTLEDGER_INDEX_DB) or any Postg
 from __future__ import annotations
 
 import json
+import re
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
+import psycopg
 import typer
-from rich.console import Console
+from pydantic import ValidationError
+from rich.console import Console, JustifyMethod
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 
 from chain_client import audit
 from chain_client.chain import Chain, connect
@@ -30,7 +36,7 @@ from chain_client.deploy import Deployment
 from chain_client.errors import CertledgerError
 from chain_client.events import UndecodableLog
 from chain_client.index.books import Books
-from chain_client.index.db import DEFAULT_URL, IndexDatabase
+from chain_client.index.db import DEFAULT_URL, IndexDatabase, IndexDatabaseError, shown_url
 from chain_client.index.export import digest_at, export
 from chain_client.index.state import LineageNode, books_at, lineage
 from chain_client.index.svg import lineage_svg
@@ -68,14 +74,55 @@ AllHeaders = Annotated[
 DEFAULT_DB = DEFAULT_URL.removeprefix("sqlite:///")
 
 
+class _Refused(Exception):
+    """What was asked cannot be done as given (a setting, a file to write): said in one line."""
+
+
+#: What a database raises when it cannot be used as named (no such file or directory, no server,
+#: no such database, locked), as against a bug in the code: OperationalError, SQLAlchemy's or the
+#: drivers' own (the bulk writes use the driver's cursor, see db._bulk).
+_UNUSABLE_DATABASE = (OperationalError, sqlite3.OperationalError, psycopg.OperationalError)
+#: Exactly these classes, not their subclasses (IntegrityError, ProgrammingError, ... are bugs):
+#: SQLite raises them for a file that is not a database or is damaged.
+_NOT_A_DATABASE = (DatabaseError, sqlite3.DatabaseError)
+#: user:password@ in any URL, and a ?password= parameter (psycopg takes both)
+_PASSWORD = re.compile(r"(?<=://)([^:/@\s]*):[^/\s]*@|(?<=[?&]password=)[^&;\s]+")
+
+
 @contextmanager
-def _errors() -> Iterator[None]:
-    """Prints our errors as one line and exits 1 (a traceback helps no auditor)."""
+def _errors(db: str) -> Iterator[None]:
+    """Prints our errors, and a database that cannot be used (`db`, the --db given), as one line
+    and exits 1: a traceback helps no auditor."""
     try:
         yield
-    except (CertledgerError, UndecodableLog, LookupError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+    except (CertledgerError, UndecodableLog, LookupError, _Refused) as exc:
+        _fail(str(exc))
+    except (*_UNUSABLE_DATABASE, *_NOT_A_DATABASE) as exc:
+        if not isinstance(exc, _UNUSABLE_DATABASE) and type(exc) not in _NOT_A_DATABASE:
+            raise
+        _fail(f"cannot use the index database {_shown_db(db)}: {_reason(exc)}")
+
+
+def _fail(message: str) -> NoReturn:
+    # Escaped: a path or a driver's message may hold [brackets] that rich would take for markup.
+    console.print(f"[red]error:[/] {escape(_redacted(message))}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _redacted(text: str) -> str:
+    """`text` with the password of any URL in it masked (messages made elsewhere may hold one)."""
+    return _PASSWORD.sub(lambda m: f"{m[1]}:***@" if m[1] is not None else "***", text)
+
+
+def _shown_db(db: str) -> str:
+    """The --db as given (a file's path), or its URL with the password masked."""
+    return shown_url(db) if "://" in db else db
+
+
+def _reason(exc: Exception) -> str:
+    """The driver's own words on one line, without SQLAlchemy's statement and background link."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    return " ".join(str(cause).split())
 
 
 def _node(rpc_url: str | None, manifest: Path) -> tuple[Chain, Deployment]:
@@ -83,7 +130,25 @@ def _node(rpc_url: str | None, manifest: Path) -> tuple[Chain, Deployment]:
         raise typer.BadParameter(
             "a node is needed: give --rpc-url or set CERTLEDGER_RPC_URL", param_hint="--rpc-url"
         )
-    return connect(Settings(rpc_url=rpc_url)), Deployment.load(manifest)
+    return connect(_settings(rpc_url)), Deployment.load(manifest)
+
+
+def _settings(rpc_url: str) -> Settings:
+    """The settings, or _Refused naming each refused value (pydantic's own report spans a screen)."""
+    try:
+        return Settings(rpc_url=rpc_url)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_setting_name(e['loc'])} {e['input']}: {str(e['msg']).removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise _Refused(problems) from None
+
+
+def _setting_name(loc: tuple[int | str, ...]) -> str:
+    # Only the node's URL comes from an option; the other settings come from the environment.
+    name = str(loc[0]) if loc else "settings"
+    return "--rpc-url" if name == "rpc_url" else f"CERTLEDGER_{name.upper()}"
 
 
 def _options(max_range: int, confirmations: int = 0, all_headers: bool = False) -> SyncOptions:
@@ -100,14 +165,14 @@ def _progress(label: str) -> Iterator[Callable[[SyncStatus], None]]:
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("block {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("{task.fields[blocks]}"),
         TextColumn("{task.fields[events]} events"),
         TimeElapsedColumn(),
     )
     # Refreshed on each status, not by rich's refresh thread: a replay forks its writer only from a
     # process with no other thread (see writer.can_fork).
     with Progress(*columns, console=console, transient=False, auto_refresh=False) as progress:
-        task = progress.add_task(label, total=1, events=0)
+        task = progress.add_task(label, total=1, events=0, blocks="")
 
         def update(status: SyncStatus) -> None:
             first = status.deployment_block
@@ -116,10 +181,34 @@ def _progress(label: str) -> Iterator[Callable[[SyncStatus], None]]:
                 total=max(1, status.target_block - first + 1),
                 completed=max(0, status.synced_block - first + 1),
                 events=status.events,
+                blocks=_blocks(status),
                 refresh=True,
             )
 
         yield update
+
+
+def _blocks(status: SyncStatus) -> str:
+    """Where a sync is, in block numbers ("block 230 of 162..257"); the bar shows the fraction, and
+    a count ("69/96") would match no block an auditor can look up."""
+    span = f"{status.deployment_block}..{status.target_block}"
+    if status.synced_block < status.deployment_block:
+        return f"blocks {span}"
+    return f"block {status.synced_block} of {span}"
+
+
+def _check_replaceable(database: IndexDatabase) -> None:
+    """Opens the database a replay is to replace, before the progress bar starts: a file that is
+    not a database (a manifest given as --db, which the replay would otherwise overwrite), a
+    directory that is not there or a server that does not answer stop it here, in one line."""
+    file = database.file
+    if file is not None and not file.exists():
+        # Not opened: that would create the file, and leave it behind if the replay then fails.
+        if not file.parent.is_dir():
+            raise _Refused(f"cannot create the index {file}: no directory {file.parent}")
+        return
+    with database.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
 
 
 def _summary(status: SyncStatus) -> None:
@@ -142,9 +231,10 @@ def replay(
 ) -> None:
     """Rebuild the index from the deployment block (a SQLite file is replaced only when the rebuild
     is complete); print the digest."""
-    with _errors():
+    with _errors(db):
         chain, deployment = _node(rpc_url, manifest)
         database = IndexDatabase(db)
+        _check_replaceable(database)
         options = _options(max_range, confirmations, all_headers)
         with _progress("replay") as progress:
             status = audit.replay(chain, deployment, database, options, progress, until)
@@ -163,7 +253,7 @@ def sync(
     all_headers: AllHeaders = False,
 ) -> None:
     """Bring the index up to date from where it stopped (safe to interrupt and rerun)."""
-    with _errors():
+    with _errors(db):
         chain, deployment = _node(rpc_url, manifest)
         deployment.check(chain)
         options = _options(max_range, confirmations, all_headers)
@@ -182,7 +272,8 @@ def sync(
                 console.print(line, highlight=False)
 
         def trouble(exc: Exception) -> None:
-            console.print(f"[yellow]sync failed, trying again in {poll:g} s:[/] {exc}", highlight=False)
+            reason = escape(_redacted(str(exc)))
+            console.print(f"[yellow]sync failed, trying again in {poll:g} s:[/] {reason}", highlight=False)
 
         try:
             indexer.follow(poll, on_status=show, on_error=trouble)
@@ -200,9 +291,9 @@ def verify(
 ) -> None:
     """Check every invariant and every record against the contracts at one block; exit 1 on any
     difference."""
-    with _errors():
+    with _errors(db):
         chain, deployment = _node(rpc_url, manifest)
-        report = audit.verify(chain, deployment, IndexDatabase(db), block)
+        report = audit.verify(chain, deployment, IndexDatabase(db, must_exist=True), block)
     findings = list(report.findings())
     if as_json:
         console.print_json(
@@ -214,6 +305,7 @@ def verify(
                     "checked": report.checked,
                     "ok": report.ok,
                     "findings": findings,
+                    "details": report.details(),
                     "notes": report.notes,
                 }
             )
@@ -255,8 +347,8 @@ def _state_json(books: Books, block: int, digest: str) -> dict[str, Any]:
 @app.command()
 def state(db: Db = DEFAULT_DB, block: Block = None, as_json: Json = False) -> None:
     """Print every order and certificate as of a block (from the index; run sync first)."""
-    with _errors():
-        database = IndexDatabase(db)
+    with _errors(db):
+        database = IndexDatabase(db, must_exist=True)
         index, books = books_at(database, block)
         at = index.synced_block if block is None else block
         digest = digest_at(database, index, at)
@@ -267,7 +359,7 @@ def state(db: Db = DEFAULT_DB, block: Block = None, as_json: Json = False) -> No
     console.print(f"digest {digest}")
     orders = Table(title=f"Orders ({len(books.all('order'))})")
     for col in ("id", "status", "issuer", "payee", "escrowed", "paid", "refunded", "root"):
-        orders.add_column(col, justify="right" if col not in ("status", "issuer", "payee") else "left")
+        _column(orders, col, left=col in ("status", "issuer", "payee"), address=col in ("issuer", "payee"))
     for order_id, o in sorted(books.all("order").items()):
         orders.add_row(
             str(order_id),
@@ -282,7 +374,7 @@ def state(db: Db = DEFAULT_DB, block: Block = None, as_json: Json = False) -> No
     console.print(orders)
     certs = Table(title=f"Certificates ({len(books.all('certificate'))})")
     for col in ("id", "order", "parent", "depth", "holder", "value", "status"):
-        certs.add_column(col, justify="left" if col in ("holder", "status") else "right")
+        _column(certs, col, left=col in ("holder", "status"), address=col == "holder")
     for cert_id, c in sorted(books.all("certificate").items()):
         status = CertificateStatus(c["status"]).name.lower() + (" frozen" if c["frozen"] else "")
         certs.add_row(
@@ -295,6 +387,16 @@ def state(db: Db = DEFAULT_DB, block: Block = None, as_json: Json = False) -> No
             status,
         )
     console.print(certs)
+
+
+def _column(table: Table, name: str, *, left: bool, address: bool) -> None:
+    """A column that never cuts a value short. Rich narrows a table to the terminal by cutting
+    cells ("4,266,6…"); an audit printout must show every digit. Addresses wrap onto more lines
+    (they are long, and a piece of one is plainly a piece); other cells stay on one line, as a
+    number split over two lines reads as two numbers, and rich narrows them only when the
+    addresses cannot give way enough, then folding them too."""
+    justify: JustifyMethod = "left" if left else "right"
+    table.add_column(name, justify=justify, overflow="fold", no_wrap=not address)
 
 
 def _tree_json(node: LineageNode) -> dict[str, Any]:
@@ -319,15 +421,16 @@ def lineage_command(
     as_json: Json = False,
 ) -> None:
     """Print a certificate's tree, from the root certificate to every descendant."""
-    with _errors():
-        index, books = books_at(IndexDatabase(db), block)
+    with _errors(db):
+        index, books = books_at(IndexDatabase(db, must_exist=True), block)
+        if block is not None and certificate_id not in books.all("certificate"):
+            # It may well exist later: "not in the index" would send the auditor the wrong way.
+            raise LookupError(f"no certificate {certificate_id} at block {block}")
         tree = lineage(books, certificate_id)
-    at = index.synced_block if block is None else block
-    if svg is not None:
-        order = tree.record["order_id"]
-        svg.write_text(
-            lineage_svg(tree, certificate_id, f"Order {order}: certificates at block {at}"), "utf-8"
-        )
+        at = index.synced_block if block is None else block
+        if svg is not None:
+            title = f"Order {tree.record['order_id']}: certificates at block {at}"
+            _write(svg, "the SVG", lineage_svg(tree, certificate_id, title))
     if as_json:
         console.print_json(json.dumps(_tree_json(tree)))
         return
@@ -336,12 +439,22 @@ def lineage_command(
         r = node.record
         status = CertificateStatus(r["status"]).name.lower() + (" frozen" if r["frozen"] else "")
         marker = " <" if node.certificate_id == certificate_id else ""
+        # One line per certificate whatever the terminal's width (rich would wrap it into the
+        # next level's indentation), and the holder and value whole.
         console.print(
             f"{'  ' * depth}#{node.certificate_id} {r['holder']} {_amount(r['value'])} {status}{marker}",
             highlight=False,
+            soft_wrap=True,
         )
     if svg is not None:
         console.print(f"drawn to {svg}")
+
+
+def _write(path: Path, what: str, text: str) -> None:
+    try:
+        path.write_text(text, "utf-8")
+    except OSError as exc:
+        raise _Refused(f"cannot write {what} to {path}: {exc.strerror or exc}") from None
 
 
 @app.command("export")
@@ -353,8 +466,16 @@ def export_command(
     block: Block = None,
 ) -> None:
     """Write CSV files of every table and a JSON report (block range, digest, totals)."""
-    with _errors():
-        result = export(IndexDatabase(db), out, block)
+    with _errors(db):
+        database = IndexDatabase(db, must_exist=True)
+        if out.exists() and not out.is_dir():
+            raise _Refused(f"--out {out} is a file: name a directory for the CSV files and report.json")
+        try:
+            result = export(database, out, block)
+        except OSError as exc:
+            # The index's own troubles are not OSErrors (see _errors): this is the export's files.
+            where = exc.filename or out
+            raise _Refused(f"cannot write the export to {where}: {exc.strerror or exc}") from None
     console.print(f"exported block {result.block} to {result.directory}: {', '.join(result.files)}")
     console.print(f"digest {result.digest}")
 
@@ -362,13 +483,21 @@ def export_command(
 @app.command()
 def digest(db: Db = DEFAULT_DB, block: Block = None) -> None:
     """Print the audit digest after a block."""
-    with _errors():
-        database = IndexDatabase(db)
+    with _errors(db):
+        database = IndexDatabase(db, must_exist=True)
         index = database.require_state()
         at = index.synced_block if block is None else block
-        if at > index.synced_block:
-            raise LookupError(f"the index reaches block {index.synced_block}, not {at}")
+        _check_indexed(index.deployment_block, index.synced_block, at)
         console.print(f"{digest_at(database, index, at)} block {at}", highlight=False)
+
+
+def _check_indexed(deployment_block: int, synced_block: int, block: int) -> None:
+    """IndexDatabaseError unless the index answers for `block`, in the words `state` and `lineage`
+    use (state.books_at): the block before the deployment is the empty books."""
+    if block > synced_block:
+        raise IndexDatabaseError(f"the index reaches block {synced_block}, not {block}: sync it first")
+    if block < deployment_block - 1:
+        raise IndexDatabaseError(f"block {block} is before the deployment (block {deployment_block})")
 
 
 def _counted(count: int, noun: str) -> str:

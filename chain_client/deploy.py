@@ -47,6 +47,8 @@ class Deployment:
             raise ManifestError(f"no deployment manifest at {path}; run `certledger deploy`") from None
         except json.JSONDecodeError as exc:
             raise ManifestError(f"{path} is not JSON: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:  # a directory, no permission, not text
+            raise ManifestError(f"cannot read the deployment manifest {path}: {exc}") from None
         if data.get("version") != MANIFEST_VERSION:
             raise ManifestError(
                 f"{path}: manifest version {data.get('version')}, expected {MANIFEST_VERSION}"

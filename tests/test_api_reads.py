@@ -158,6 +158,7 @@ def test_audit_verify_and_export_for_auditors_only(api: Api, world: World, tree:
     regulator = world.cast.regulator
     report = api.get("/v1/audit/verify", regulator).json()
     assert report["ok"] is True and report["findings"] == [] and report["notes"] == []
+    assert report["details"] == []
     exported = api.get("/v1/audit/export", regulator).json()
     assert exported["counts"]["certificate"] == 4 and exported["digest"] == report["digest"]
     csv = api.get("/v1/audit/export/certificates.csv", regulator)

@@ -554,6 +554,23 @@ def test_a_tampered_holder_fails_verify_at_that_certificate(lifecycle: Lifecycle
     ]
     assert against_chain[0].touch == cert["touch"]
     assert not report.digest_mismatches and not report.event_mismatches
+    # The same findings as records a tool can load (`verify --json`, GET /v1/audit/verify).
+    details = json.loads(json.dumps(report.details()))
+    assert len(details) == len(list(report.findings()))
+    chain_detail = next(d for d in details if d["kind"] == "difference" and d["against"] == "chain")
+    touch = cert["touch"]
+    assert chain_detail == {
+        "kind": "difference",
+        "source": against_chain[0].source,
+        "against": "chain",
+        "entity": "certificate",
+        "key": cert["certificate_id"],
+        "field": "holder",
+        "index_value": stranger,
+        "other_value": cert["holder"],
+        "touch": {"block": touch.block, "tx": touch.tx, "log_index": touch.log_index, "event": touch.event},
+        "message": str(against_chain[0]),
+    }
 
 
 def test_verify_reports_a_record_under_a_key_no_contract_knows_instead_of_failing(
@@ -588,9 +605,13 @@ def test_verify_at_the_blocks_before_the_ledger_exists_and_is_bound_agrees(
     db, status = replayed
     deployment = lifecycle.work.system.deployment
     first = status.deployment_block
-    for block in range(first, first + 5):
+    events = db.rows(EventRecord, status.chain_id)
+    for block in (*range(first, first + 5), (first + status.synced_block) // 2):
         report = audit.verify(lifecycle.chain, deployment, db, block)
         assert report.ok, (block, list(report.findings())[:3])
+        # The counts are of what was checked at that block, not of the whole index.
+        assert report.checked["events"] == sum(1 for e in events if e["block_number"] <= block)
+        assert "attestation" not in report.checked  # the oracle has no view to compare them with
 
 
 def test_a_manifest_whose_deployment_block_comes_after_the_deployment_is_refused(
@@ -934,6 +955,8 @@ def test_cli_replay_state_digest_and_verify(
     assert "every invariant holds" in verify.output
     assert f"{replayed[1].events} events" in verify.output and "1 system" in verify.output
     assert "1 systems" not in verify.output
+    as_json = json.loads(runner.invoke(app, ["audit", "verify", *node, "--json"]).output)
+    assert as_json["ok"] is True and as_json["details"] == [] and as_json["findings"] == []
     os.environ.pop("CERTLEDGER_INDEX_DB", None)
 
 

@@ -42,8 +42,21 @@ def verify(service: ServiceDep, caller: CallerDep) -> dict[str, Any]:
         "recomputedDigest": report.recomputed_digest,
         "checked": report.checked,
         "findings": list(report.findings()),
+        "details": [_camel(d) for d in report.details()],
         "notes": report.notes,
     }
+
+
+def _camel(value: Any) -> Any:
+    """The report's snake_case keys in the API's camelCase (`index_value` -> `indexValue`)."""
+    if not isinstance(value, dict):
+        return value
+    return {_camel_key(k): _camel(v) for k, v in value.items()}
+
+
+def _camel_key(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.title() for part in rest)
 
 
 def _export_to(service: ServiceDep, block: int | None, directory: Path) -> None:

@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import SQLModel
 
@@ -80,6 +80,38 @@ def database_url(value: str | Path | None) -> str:
             return "postgresql+psycopg://" + text.removeprefix("postgresql://")
         return text
     return f"sqlite:///{text}"
+
+
+def shown_url(url: str) -> str:
+    """`url` with its password masked, for messages: an auditor pastes them into tickets and logs."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # Not a URL SQLAlchemy can parse: no password can be told apart, so none of it is shown.
+        return "(an unreadable database URL)"
+    if "password" in parsed.query:  # psycopg also takes it as ?password=...
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True)
+
+
+#: The SQLAlchemy drivers the index is written for (and whose modules are installed): any other
+#: URL would fail in create_engine with an ImportError naming a module, not the URL.
+_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
+
+
+def _checked_url(url: str) -> str:
+    """`url` if it names SQLite or PostgreSQL through psycopg; else IndexDatabaseError."""
+    try:
+        driver = make_url(url).drivername
+    except ArgumentError:
+        raise IndexDatabaseError(
+            "the index database is not a URL SQLAlchemy can read: give a SQLite file or postgresql://..."
+        ) from None
+    if driver not in _DRIVERS:
+        raise IndexDatabaseError(
+            f"the index supports SQLite (a file) and PostgreSQL (postgresql://...), not {shown_url(url)}"
+        )
+    return url
 
 
 def table_of(model: type[SQLModel]) -> Table:
@@ -221,10 +253,21 @@ class RangeWrite:
 
 
 class IndexDatabase:
-    def __init__(self, url: str | Path | None = None, *, echo: bool = False, scratch: bool = False) -> None:
-        """`scratch`: a SQLite file being rebuilt, written without a journal (see `rebuilding`)."""
-        self.url = database_url(url)
+    def __init__(
+        self,
+        url: str | Path | None = None,
+        *,
+        echo: bool = False,
+        scratch: bool = False,
+        must_exist: bool = False,
+    ) -> None:
+        """`scratch`: a SQLite file being rebuilt, written without a journal (see `rebuilding`).
+        `must_exist`: refuse a SQLite file that is not there (IndexDatabaseError) rather than create
+        it on first use, for readers, which have nothing to put in a new file."""
+        self.url = _checked_url(database_url(url))
         self.scratch = scratch
+        if must_exist:
+            self._require_file()
         # The sync writes from a worker thread (one at a time); sqlite3 would refuse a connection
         # made in another thread without this.
         connect_args = {"check_same_thread": False} if self.url.startswith("sqlite") else {}
@@ -239,6 +282,18 @@ class IndexDatabase:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @property
+    def shown_url(self) -> str:
+        """The URL for messages, its password masked."""
+        return shown_url(self.url)
+
+    def _require_file(self) -> None:
+        # sqlite3 creates a missing file on connect (and the pragmas then write a first page), so
+        # this is checked before any connection, not by reading the cursor.
+        file = self.file
+        if file is not None and not file.exists():
+            raise IndexDatabaseError(f"no index at {file}: no such file; run `certledger audit replay` first")
 
     @property
     def file(self) -> Path | None:
@@ -330,7 +385,7 @@ class IndexDatabase:
                 query = query.where(table_of(IndexState).c.chain_id == chain_id)
             rows = conn.execute(query).mappings().all()
         if len(rows) > 1:
-            raise IndexDatabaseError(f"{self.url} indexes several chains; name one")
+            raise IndexDatabaseError(f"{self.shown_url} indexes several chains; name one")
         if not rows:
             return None
         state = IndexState(**dict(rows[0]))
@@ -343,7 +398,7 @@ class IndexDatabase:
     def require_state(self) -> IndexState:
         state = self.state()
         if state is None:
-            raise IndexDatabaseError(f"no index in {self.url}; run `certledger audit replay` first")
+            raise IndexDatabaseError(f"no index in {self.shown_url}; run `certledger audit replay` first")
         return state
 
     def initialise(self, state: IndexState, first_block: dict[str, Any]) -> None:
@@ -492,7 +547,7 @@ class IndexDatabase:
             query = query.where(table.c.synced_block == expect[0], table.c.synced_hash == expect[1])
         if conn.execute(query.values(**values)).rowcount != 1:
             raise CursorMoved(
-                f"the cursor of {self.url} is no longer at block {expect[0] if expect else '?'}: "
+                f"the cursor of {self.shown_url} is no longer at block {expect[0] if expect else '?'}: "
                 "another indexer wrote the index meanwhile (one indexer per database)"
             )
 

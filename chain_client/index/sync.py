@@ -209,7 +209,7 @@ class Indexer:
             state = self.db.state(self.chain_id) or self._initialise()
             if (state.ledger, state.oracle) != (self.deployment.ledger, self.deployment.oracle):
                 raise IndexDatabaseError(
-                    f"{self.db.url} indexes ledger {state.ledger}, not {self.deployment.ledger}"
+                    f"{self.db.shown_url} indexes ledger {state.ledger}, not {self.deployment.ledger}"
                 )
             self._state = state
             self._books = self.db.load_books(state)

@@ -1,0 +1,287 @@
+"""`certledger audit ...` facing what an auditor may mistype or a machine may lack: a database
+that is not there, not a database, not reachable or of an unsupported kind, a node URL without its
+scheme, a file that cannot be written. Each is one `error: ...` line naming it (a password
+masked) and exit 1, and a read-only command creates nothing. Then what the commands print on a
+narrow terminal: every digit and every address whole.
+
+The first tests need no node; those after the `indexed` fixture run against a small seeded
+workload on anvil.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from index_support import anvil_node, connect_node
+from pg import pg_bin, pg_cluster
+from typer.testing import CliRunner, Result
+
+from certledger_main import build_app
+from chain_client import audit, audit_cli
+from chain_client.index.db import IndexDatabase, IndexDatabaseError, shown_url
+from chain_client.index.state import books_at
+from chain_client.index.sync import SyncStatus
+from chain_client.index.workload import Workload
+from oracle.broker import free_port
+
+PASSWORD = "S3cretPassw0rd"
+
+
+def _audit(*args: str) -> Result:
+    return CliRunner().invoke(build_app(), ["audit", *args])
+
+
+def _one_line_error(result: Result, *words: str) -> str:
+    """The error line, after checking it is the whole output, a handled exit 1, and says `words`."""
+    assert isinstance(result.exception, SystemExit), result.exception  # not an unhandled exception
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+# ---------------------------------------------------------------------- no node needed
+
+
+def test_a_database_url_in_a_message_has_its_password_masked() -> None:
+    url = f"postgresql://certledger:{PASSWORD}@127.0.0.1:5432/index"
+    assert PASSWORD not in shown_url(url) and "certledger:***@" in shown_url(url)
+    assert PASSWORD not in shown_url(f"postgresql://certledger@h/index?password={PASSWORD}")
+    assert PASSWORD not in IndexDatabase(url).shown_url
+    # Messages made outside the CLI (sync, verify) are masked on the way out as well.
+    assert audit_cli._redacted(f"{url} indexes ledger 0x1") == (
+        "postgresql://certledger:***@127.0.0.1:5432/index indexes ledger 0x1"
+    )
+
+
+def test_an_unreachable_postgresql_is_one_line_with_the_password_masked() -> None:
+    url = f"postgresql://certledger:{PASSWORD}@127.0.0.1:{free_port()}/index"
+    line = _one_line_error(_audit("state", "--db", url), "cannot use the index database", "certledger:***@")
+    assert PASSWORD not in line and "Connection refused" in line
+
+
+@pytest.mark.skipif(pg_bin() is None, reason="PostgreSQL server binaries not installed")
+def test_postgresql_messages_mask_the_password() -> None:
+    with pg_cluster() as cluster:
+        empty = cluster.create_database("empty").replace("certledger@", f"certledger:{PASSWORD}@")
+        line = _one_line_error(_audit("state", "--db", empty), "no index in", "certledger:***@")
+        assert PASSWORD not in line
+        missing = cluster.url("nosuchdb").replace("certledger@", f"certledger:{PASSWORD}@")
+        line = _one_line_error(_audit("digest", "--db", missing), 'database "nosuchdb" does not exist')
+        assert PASSWORD not in line
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["state"], ["lineage", "1"], ["export", "--out", "{tmp}/out"], ["digest"]],
+    ids=lambda c: c[0],
+)
+def test_a_read_only_command_on_a_missing_sqlite_file_creates_nothing(
+    command: list[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.sqlite"
+    args = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    _one_line_error(_audit(*args, "--db", str(missing)), f"no index at {missing}: no such file")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(IndexDatabaseError, match="no such file"):
+        IndexDatabase(missing, must_exist=True)
+    assert not missing.exists()
+
+
+def test_a_missing_directory_a_directory_and_a_file_that_is_no_database_are_one_line(
+    tmp_path: Path,
+) -> None:
+    _one_line_error(_audit("state", "--db", str(tmp_path / "nodir" / "x.db")), "no such file")
+    _one_line_error(
+        _audit("digest", "--db", str(tmp_path)), f"the index database {tmp_path}", "unable to open"
+    )
+    manifest = tmp_path / "deployment.json"
+    manifest.write_text('{"version": 1}', "utf-8")
+    _one_line_error(_audit("state", "--db", str(manifest)), str(manifest), "file is not a database")
+    assert manifest.read_text("utf-8") == '{"version": 1}'
+
+
+def test_a_database_of_another_kind_is_refused_by_name() -> None:
+    _one_line_error(_audit("state", "--db", "mysql://x@y/z"), "SQLite", "PostgreSQL", "mysql://x@y/z")
+    with pytest.raises(IndexDatabaseError, match="SQLite"):
+        IndexDatabase(f"mysql://u:{PASSWORD}@y/z")
+
+
+def test_a_node_url_without_its_scheme_is_one_line(tmp_path: Path) -> None:
+    result = _audit("replay", "--rpc-url", "127.0.0.1:18545", "--db", str(tmp_path / "x.sqlite"))
+    _one_line_error(result, "--rpc-url 127.0.0.1:18545", "http(s)")
+
+
+def test_progress_names_blocks_not_a_count() -> None:
+    def status(synced: int) -> SyncStatus:
+        return SyncStatus(
+            1, deployment_block=162, synced_block=synced, target_block=257, events=0, digest="", reorgs=0
+        )
+
+    assert audit_cli._blocks(status(230)) == "block 230 of 162..257"
+    assert audit_cli._blocks(status(161)) == "blocks 162..257"
+
+
+# ---------------------------------------------------------------------- against a chain
+
+
+@dataclass
+class Indexed:
+    url: str
+    manifest: Path
+    db: str
+    status: SyncStatus
+    work: Workload
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Indexed]:
+    with anvil_node() as url:
+        chain = connect_node(url)
+        work = Workload.deploy(chain, seed=5)
+        work.run(60)
+        directory = tmp_path_factory.mktemp("audit_cli")
+        manifest = directory / "deployment.json"
+        work.system.deployment.save(manifest)
+        db = directory / "index.sqlite"
+        status = audit.replay(chain, work.system.deployment, IndexDatabase(db))
+        yield Indexed(url, manifest, str(db), status, work)
+
+
+def _node(indexed: Indexed) -> list[str]:
+    return ["--rpc-url", indexed.url, "--manifest", str(indexed.manifest)]
+
+
+@pytest.mark.anvil
+def test_an_index_in_a_missing_directory_is_one_line(indexed: Indexed, tmp_path: Path) -> None:
+    db = tmp_path / "nodir" / "x.sqlite"
+    replay = _audit("replay", *_node(indexed), "--db", str(db))
+    _one_line_error(replay, f"cannot create the index {db}: no directory {db.parent}")
+    sync = _audit("sync", *_node(indexed), "--db", str(db))
+    _one_line_error(sync, str(db), "unable to open database file")
+
+
+@pytest.mark.anvil
+def test_a_replay_onto_a_file_that_is_no_database_leaves_it_alone(indexed: Indexed, tmp_path: Path) -> None:
+    manifest = tmp_path / "deployment.json"
+    manifest.write_text(indexed.manifest.read_text("utf-8"), "utf-8")
+    result = _audit("replay", *_node(indexed), "--db", str(manifest))
+    _one_line_error(result, str(manifest), "file is not a database")
+    assert manifest.read_text("utf-8") == indexed.manifest.read_text("utf-8")
+
+
+@pytest.mark.anvil
+def test_verify_on_a_missing_sqlite_file_creates_nothing(indexed: Indexed, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.sqlite"
+    _one_line_error(_audit("verify", *_node(indexed), "--db", str(missing)), "no such file")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.anvil
+def test_an_svg_or_export_that_cannot_be_written_is_one_line(indexed: Indexed, tmp_path: Path) -> None:
+    lineage = ["lineage", "1", "--db", indexed.db, "--svg"]
+    _one_line_error(_audit(*lineage, str(tmp_path / "nodir" / "x.svg")), "No such file or directory")
+    _one_line_error(_audit(*lineage, str(tmp_path)), f"cannot write the SVG to {tmp_path}")
+    taken = tmp_path / "deployment.json"
+    taken.write_text("{}", "utf-8")
+    _one_line_error(_audit("export", "--db", indexed.db, "--out", str(taken)), f"--out {taken} is a file")
+    assert taken.read_text("utf-8") == "{}"
+    inside = taken / "export"
+    _one_line_error(_audit("export", "--db", indexed.db, "--out", str(inside)), "Not a directory")
+
+
+@pytest.mark.anvil
+def test_the_replay_progress_shows_block_numbers(indexed: Indexed, tmp_path: Path) -> None:
+    result = _audit("replay", *_node(indexed), "--db", str(tmp_path / "again.sqlite"))
+    assert result.exit_code == 0, result.output
+    first, last = indexed.status.deployment_block, indexed.status.synced_block
+    assert f"block {last} of {first}..{last}" in result.output
+
+
+@pytest.mark.anvil
+def test_lineage_and_digest_name_the_block_asked_for(indexed: Indexed) -> None:
+    _, books = books_at(IndexDatabase(indexed.db))
+    latest = max(books.all("certificate"))
+    first = indexed.status.deployment_block
+    lineage = _audit("lineage", str(latest), "--db", indexed.db, "--block", str(first))
+    _one_line_error(lineage, f"no certificate {latest} at block {first}")
+    before = f"block -1 is before the deployment (block {first})"
+    _one_line_error(_audit("digest", "--db", indexed.db, "--block", "-1"), before)
+    _one_line_error(_audit("state", "--db", indexed.db, "--block", "-1"), before)
+
+
+def _cells(output: str, title: str, column: str) -> list[str]:
+    """The values of a rich table's column as printed, each cell's lines joined back together."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if title in line)
+    header = lines[start + 2].split("┃")
+    at = [c.strip() for c in header].index(column)
+    values: list[str] = []
+    for line in lines[start + 4 :]:
+        if not line.startswith("│"):
+            break
+        cells = line.split("│")
+        if cells[1].strip():  # the id column: a new row begins
+            values.append("")
+        values[-1] += cells[at].strip()
+    return values
+
+
+@pytest.mark.anvil
+def test_state_on_a_narrow_terminal_shows_every_amount_and_address_whole(
+    indexed: Indexed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_cli.console, "width", 80)
+    result = _audit("state", "--db", indexed.db)
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    assert max(len(line) for line in result.output.splitlines() if line[:1] in "┏┃┡│└") <= 80
+    _, books = books_at(IndexDatabase(indexed.db))
+    orders = [o for _, o in sorted(books.all("order").items())]
+    certificates = [c for _, c in sorted(books.all("certificate").items())]
+    assert _cells(result.output, "Orders", "escrowed") == [f"{o['escrowed']:,}" for o in orders]
+    assert _cells(result.output, "Orders", "payee") == [o["payee"] for o in orders]
+    assert _cells(result.output, "Certificates", "holder") == [c["holder"] for c in certificates]
+    assert _cells(result.output, "Certificates", "value") == [f"{c['value']:,}" for c in certificates]
+
+
+@pytest.mark.anvil
+def test_a_lineage_prints_one_whole_line_per_certificate(
+    indexed: Indexed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_cli.console, "width", 40)
+    _, books = books_at(IndexDatabase(indexed.db))
+    deepest = max(books.all("certificate").items(), key=lambda item: item[1]["depth"])[0]
+    result = _audit("lineage", str(deepest), "--db", indexed.db)
+    assert result.exit_code == 0, result.output
+    nodes = [line for line in result.output.splitlines() if re.match(r"\s*#\d+ ", line)]
+    for line in nodes:
+        cid = int(line.split()[0].removeprefix("#"))
+        record = books.all("certificate")[cid]
+        assert f"#{cid} {record['holder']} {record['value']:,} " in line
+    assert any(line.endswith(" <") and line.split()[0] == f"#{deepest}" for line in nodes)
+
+
+@pytest.mark.anvil
+def test_a_manifest_that_is_a_directory_is_one_line(indexed: Indexed, tmp_path: Path) -> None:
+    result = _audit("verify", "--rpc-url", indexed.url, "--manifest", str(tmp_path), "--db", indexed.db)
+    _one_line_error(result, f"cannot read the deployment manifest {tmp_path}")
+
+
+@pytest.mark.anvil
+def test_verify_of_another_ledgers_index_names_both_ledgers(indexed: Indexed, tmp_path: Path) -> None:
+    other = tmp_path / "other.sqlite"
+    other.write_bytes(Path(indexed.db).read_bytes())
+    stranger = "0x" + "5A" * 20
+    with sqlite3.connect(other) as conn:
+        conn.execute("UPDATE index_state SET ledger = ?", (stranger,))
+    result = _audit("verify", *_node(indexed), "--db", str(other))
+    ledger = indexed.work.system.deployment.ledger
+    _one_line_error(result, f"indexes ledger {stranger}", f"not the manifest's ledger {ledger}")
