@@ -36,9 +36,9 @@ from chain_client.deploy import Deployment
 from chain_client.errors import CertledgerError
 from chain_client.events import UndecodableLog
 from chain_client.index.books import Books
-from chain_client.index.db import DEFAULT_URL, IndexDatabase, IndexDatabaseError, shown_url
+from chain_client.index.db import DEFAULT_URL, IndexDatabase, shown_url
 from chain_client.index.export import digest_at, export
-from chain_client.index.state import LineageNode, books_at, lineage
+from chain_client.index.state import LineageNode, books_at, check_indexed, lineage
 from chain_client.index.svg import lineage_svg
 from chain_client.index.sync import Indexer, SyncOptions, SyncStatus
 from chain_client.models import CertificateStatus, OrderStatus
@@ -487,17 +487,8 @@ def digest(db: Db = DEFAULT_DB, block: Block = None) -> None:
         database = IndexDatabase(db, must_exist=True)
         index = database.require_state()
         at = index.synced_block if block is None else block
-        _check_indexed(index.deployment_block, index.synced_block, at)
+        check_indexed(index, at)
         console.print(f"{digest_at(database, index, at)} block {at}", highlight=False)
-
-
-def _check_indexed(deployment_block: int, synced_block: int, block: int) -> None:
-    """IndexDatabaseError unless the index answers for `block`, in the words `state` and `lineage`
-    use (state.books_at): the block before the deployment is the empty books."""
-    if block > synced_block:
-        raise IndexDatabaseError(f"the index reaches block {synced_block}, not {block}: sync it first")
-    if block < deployment_block - 1:
-        raise IndexDatabaseError(f"block {block} is before the deployment (block {deployment_block})")
 
 
 def _counted(count: int, noun: str) -> str:

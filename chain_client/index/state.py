@@ -42,15 +42,21 @@ def stored_events(db: IndexDatabase, state: IndexState, up_to: int | None = None
         yield event_from_record(decoder, row)
 
 
+def check_indexed(state: IndexState, block: int) -> None:
+    """IndexDatabaseError unless the index answers for `block`: up to its last block, from the
+    block before the deployment (the empty books)."""
+    if block > state.synced_block:
+        raise IndexDatabaseError(f"the index reaches block {state.synced_block}, not {block}: sync it first")
+    if block < state.deployment_block - 1:
+        raise IndexDatabaseError(f"block {block} is before the deployment (block {state.deployment_block})")
+
+
 def books_at(db: IndexDatabase, block: int | None = None) -> tuple[IndexState, Books]:
     """The books as of the end of `block` (default: the last indexed block)."""
     state = db.require_state()
     if block is None:
         block = state.synced_block
-    if block > state.synced_block:
-        raise IndexDatabaseError(f"the index reaches block {state.synced_block}, not {block}: sync it first")
-    if block < state.deployment_block - 1:
-        raise IndexDatabaseError(f"block {block} is before the deployment (block {state.deployment_block})")
+    check_indexed(state, block)
     books = Books(state.ledger, state.oracle)
     for e in stored_events(db, state, block):
         books.apply(e)
