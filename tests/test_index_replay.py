@@ -625,6 +625,10 @@ def test_a_manifest_whose_deployment_block_comes_after_the_deployment_is_refused
         audit.replay(lifecycle.chain, late, db)
     with pytest.raises(ManifestError, match="after the deployment"):
         audit.sync(lifecycle.chain, late, db)
+    head = lifecycle.chain.w3.eth.block_number
+    future = dataclasses.replace(deployment, deployment_block=head + 100)
+    with pytest.raises(ManifestError, match=f"deployment block {head + 100} is past the node's head"):
+        audit.sync(lifecycle.chain, future, IndexDatabase(tmp_path / "future.sqlite"))
 
 
 def test_a_deleted_or_made_up_certificate_row_is_one_finding_for_the_whole_record(

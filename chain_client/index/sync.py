@@ -225,6 +225,12 @@ class Indexer:
         start = self.deployment.deployment_block - 1
         header = self.source.headers([start])[start] if start >= 0 else Header(-1, "0x" + "00" * 32, "")
         if header is None:
+            head = self.source.head()
+            if head < start:
+                raise ManifestError(
+                    f"the manifest's deployment block {start + 1} is past the node's head {head}: "
+                    "a manifest of another chain, or a node not synced that far"
+                )
             raise ReorgTooDeep(f"the node has no block {start}, before the deployment")
         if start >= 0:
             self._check_nothing_before(start)
