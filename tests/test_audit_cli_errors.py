@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from index_support import anvil_node, connect_node
-from pg import pg_bin, pg_cluster
+from pg import pg_cluster
 from typer.testing import CliRunner, Result
 
 from certledger_main import build_app
@@ -67,7 +67,6 @@ def test_an_unreachable_postgresql_is_one_line_with_the_password_masked() -> Non
     assert PASSWORD not in line and "Connection refused" in line
 
 
-@pytest.mark.skipif(pg_bin() is None, reason="PostgreSQL server binaries not installed")
 def test_postgresql_messages_mask_the_password() -> None:
     with pg_cluster() as cluster:
         empty = cluster.create_database("empty").replace("certledger@", f"certledger:{PASSWORD}@")
