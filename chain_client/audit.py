@@ -62,7 +62,7 @@ from chain_client.index.sync import (
     SyncOptions,
     SyncStatus,
     adapted_range,
-    refused_range,
+    after_refusal,
     smaller_may_do,
 )
 from chain_client.index.views import ChainView, read_chain_view
@@ -340,7 +340,8 @@ def _verify(
     view = read_chain_view(source, deployment, refold.at_block, at)
     report.differences += _compare_chain(refold.at_block, view, "replayed events")
     if at == state.synced_block:
-        report.differences += _compare_chain(tables, view, "index table")
+        # A row deleted from a table is still named with the event that last touched its record.
+        report.differences += _compare_chain(tables, view, "index table", refold.at_block)
     report.violations, report.notes = _violations(refold.at_block, view)
     report.notes += cursor_notes
     # What was compared at `at`: the records the contracts were asked about (the oracle has no
@@ -539,7 +540,7 @@ def _chain_windows(
         except (RpcRequestError, NodeUnavailable) as exc:
             if low == high or not smaller_may_do(exc):
                 raise
-            size, ceiling = refused_range(low, high)
+            size, ceiling = after_refusal(low, high, ceiling, exc)
             pending = ask(low)
             continue
         wrong = misplaced_log(logs, low, high)
@@ -768,7 +769,12 @@ def _compare_books(ours: Books, theirs: Books, source: str, against: str) -> lis
     return found
 
 
-def _compare_chain(books: Books, view: ChainView, source: str) -> list[Difference]:
+def _compare_chain(
+    books: Books, view: ChainView, source: str, events: Books | None = None
+) -> list[Difference]:
+    """`books` against the chain's view; `events`, books from the events, name the last touch of a
+    record `books` lack."""
+    also = () if events is None else (events,)
     found: list[Difference] = []
     for entity in ("order", "certificate", "offer", "participant", "credit", "warehouse", "system"):
         ours = books.all(entity)
@@ -777,7 +783,9 @@ def _compare_chain(books: Books, view: ChainView, source: str) -> list[Differenc
             theirs = {k: v for k, v in theirs.items() if k in ours or entity == "system"}
         if entity == "system" and not ours:
             ours = {SYSTEM_KEY: blank("system")}  # before the ledger's first event: all at zero
-        found += _compare_records(entity, ours, theirs, _touches(books, entity=entity), source, "chain")
+        found += _compare_records(
+            entity, ours, theirs, _touches(books, *also, entity=entity), source, "chain"
+        )
     # An invoice is held by its open or confirmed order; a cancelled one gave it back (D54).
     held = {o["invoice_hash"] for o in books.all("order").values() if o["status"] != OrderStatus.CANCELLED}
     for invoice, invoice_used in view.invoices_used.items():

@@ -86,7 +86,7 @@ _UNUSABLE_DATABASE = (OperationalError, sqlite3.OperationalError, psycopg.Operat
 #: SQLite raises them for a file that is not a database or is damaged.
 _NOT_A_DATABASE = (DatabaseError, sqlite3.DatabaseError)
 #: user:password@ in any URL, and a ?password= parameter (psycopg takes both)
-_PASSWORD = re.compile(r"(?<=://)([^:/@\s]*):[^/\s]*@|(?<=[?&]password=)[^&;\s]+")
+_PASSWORD = re.compile(r"(?<=://)([^:/@\s]*):\S*@|(?<=[?&]password=)[^&;\s]+")
 
 
 @contextmanager
@@ -139,10 +139,17 @@ def _settings(rpc_url: str) -> Settings:
         return Settings(rpc_url=rpc_url)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{_setting_name(e['loc'])} {e['input']}: {str(e['msg']).removeprefix('Value error, ')}"
+            f"{_setting_name(e['loc'])} {_userinfo_masked(e['input'])}: "
+            f"{str(e['msg']).removeprefix('Value error, ')}"
             for e in exc.errors()
         )
         raise _Refused(problems) from None
+
+
+def _userinfo_masked(value: Any) -> Any:
+    """A value echoed back with any user:key@ before its host masked (a URL without its scheme
+    escapes `_redacted`, which looks for ://)."""
+    return re.sub(r"^[^@/\s]*@", "***@", value) if isinstance(value, str) else value
 
 
 def _setting_name(loc: tuple[int | str, ...]) -> str:

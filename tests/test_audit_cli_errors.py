@@ -59,6 +59,15 @@ def test_a_database_url_in_a_message_has_its_password_masked() -> None:
     assert audit_cli._redacted(f"{url} indexes ledger 0x1") == (
         "postgresql://certledger:***@127.0.0.1:5432/index indexes ledger 0x1"
     )
+    # A password with a raw slash (SQLAlchemy takes one) is masked whole; ?password= reads as ***.
+    assert audit_cli._redacted("in postgresql://u:pa/ss@h/db now") == "in postgresql://u:***@h/db now"
+    assert shown_url("postgresql://certledger@h/index?password=x").endswith("password=***")
+
+
+def test_a_database_url_with_a_port_that_is_no_number_is_one_line() -> None:
+    url = f"postgresql://certledger:{PASSWORD}@h:notaport/index"
+    line = _one_line_error(_audit("state", "--db", url), "not a URL")
+    assert PASSWORD not in line
 
 
 def test_an_unreachable_postgresql_is_one_line_with_the_password_masked() -> None:
@@ -116,6 +125,8 @@ def test_a_database_of_another_kind_is_refused_by_name() -> None:
 def test_a_node_url_without_its_scheme_is_one_line(tmp_path: Path) -> None:
     result = _audit("replay", "--rpc-url", "127.0.0.1:18545", "--db", str(tmp_path / "x.sqlite"))
     _one_line_error(result, "--rpc-url 127.0.0.1:18545", "http(s)")
+    keyed = _audit("replay", "--rpc-url", f"user:{PASSWORD}@node:8545", "--db", str(tmp_path / "x.sqlite"))
+    assert PASSWORD not in _one_line_error(keyed, "--rpc-url ***@node:8545")
 
 
 def test_progress_names_blocks_not_a_count() -> None:

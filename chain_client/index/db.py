@@ -86,12 +86,12 @@ def shown_url(url: str) -> str:
     """`url` with its password masked, for messages: an auditor pastes them into tickets and logs."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         # Not a URL SQLAlchemy can parse: no password can be told apart, so none of it is shown.
         return "(an unreadable database URL)"
     if "password" in parsed.query:  # psycopg also takes it as ?password=...
         parsed = parsed.update_query_dict({"password": "***"})
-    return parsed.render_as_string(hide_password=True)
+    return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 #: The SQLAlchemy drivers the index is written for (and whose modules are installed): any other
@@ -103,7 +103,7 @@ def _checked_url(url: str) -> str:
     """`url` if it names SQLite or PostgreSQL through psycopg; else IndexDatabaseError."""
     try:
         driver = make_url(url).drivername
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise IndexDatabaseError(
             "the index database is not a URL SQLAlchemy can read: give a SQLite file or postgresql://..."
         ) from None

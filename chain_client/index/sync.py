@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import msgspec
+from requests.exceptions import ConnectTimeout
 from requests.exceptions import Timeout as RequestsTimeout
 
 from chain_client.chain import Chain
@@ -504,8 +505,8 @@ class Indexer:
         except (RpcRequestError, NodeUnavailable) as exc:
             if first == last or not smaller_may_do(exc):
                 raise
-            self._range, self._ceiling = refused_range(first, last)
-            return _Retry(f"getLogs {first}..{last} refused: {exc}")
+            self._range, self._ceiling = after_refusal(first, last, self._ceiling, exc)
+            return _Retry(f"getLogs {first}..{last} failed: {exc}")
         wrong = misplaced_log(logs, first, last)
         if wrong is not None:
             return _Retry(f"getLogs {first}..{last} answered {wrong}")
@@ -666,10 +667,23 @@ class Indexer:
 
 def smaller_may_do(exc: RpcRequestError | NodeUnavailable) -> bool:
     """Whether a getLogs the node refused (its error answer) or did not answer in time may succeed
-    over a smaller range; a node that does not answer at all (refused connection) will not."""
+    over a smaller range; a node that does not answer at all (refused connection, no connection
+    made in time) will not."""
     if isinstance(exc, RpcRequestError):
         return True
-    return isinstance(exc.__cause__, (TimeoutError, RequestsTimeout))
+    cause = exc.__cause__
+    return isinstance(cause, (TimeoutError, RequestsTimeout)) and not isinstance(cause, ConnectTimeout)
+
+
+def after_refusal(
+    first: int, last: int, ceiling: int, exc: RpcRequestError | NodeUnavailable
+) -> tuple[int, int]:
+    """The size to ask for next after first..last failed with `exc`, and the ceiling from then on.
+    A refusal is the provider's cap: the refused size becomes the ceiling for good. A timeout is the
+    node busy now: only the next range is halved, and ranges grow back as answers come (a ceiling
+    lowered by each timeout of an outage left a follower asking one block at a time for ever)."""
+    size, capped = refused_range(first, last)
+    return (size, capped) if isinstance(exc, RpcRequestError) else (size, ceiling)
 
 
 def refused_range(first: int, last: int) -> tuple[int, int]:

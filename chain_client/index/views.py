@@ -16,7 +16,7 @@ from eth_utils.abi import function_abi_to_4byte_selector, get_abi_input_types, g
 
 from chain_client.artifacts import load_artifact
 from chain_client.deploy import Deployment
-from chain_client.index.books import SYSTEM_KEY, Books, Key, Record, blank
+from chain_client.index.books import SYSTEM_KEY, Books, Key, Record
 from chain_client.index.decode import checksum
 from chain_client.index.source import NodeSource
 
@@ -186,16 +186,16 @@ def read_chain_view(source: NodeSource, deployment: Deployment, books: Books, bl
         return call_many([caller.encode(fn, a) for a in args])
 
     def read(entity: str, caller: _Caller, fn: str, keys: Sequence[Key], shape: Any) -> None:
-        valid, malformed = _by_form(entity, keys)
+        valid = _by_form(entity, keys)
         found = results(caller, fn, valid)
         view.records[entity] = {k: shape(caller.struct(fn, r)) for k, r in zip(valid, found, strict=True)}
-        view.records[entity].update(malformed)
 
     def read_scalar(entity: str, caller: _Caller, fn: str, keys: Sequence[Key], field: str) -> None:
-        valid, malformed = _by_form(entity, keys)
+        valid = _by_form(entity, keys)
         found = results(caller, fn, valid)
-        records = {k: {field: caller.decode(fn, r)[0]} for k, r in zip(valid, found, strict=True)}
-        view.records[entity] = {**records, **malformed}
+        view.records[entity] = {
+            k: {field: caller.decode(fn, r)[0]} for k, r in zip(valid, found, strict=True)
+        }
 
     read("order", ledger, "order", ids("order", view.counts[0]), _order)
     read("certificate", ledger, "certificate", ids("certificate", view.counts[1]), _certificate)
@@ -274,11 +274,8 @@ def _is_hex(key: Key, size: int) -> bool:
 _KEY_BYTES = {"participant": 20, "credit": 20, "warehouse": 32}
 
 
-def _by_form(entity: str, keys: Sequence[Key]) -> tuple[list[Key], dict[Key, Record]]:
-    """The keys a contract can be asked about, and for the others the record the chain has for
-    them: none (every field zero), so verify reports the books' record as a difference."""
+def _by_form(entity: str, keys: Sequence[Key]) -> list[Key]:
+    """The keys a contract can be asked about. The chain has no record under any other: left out of
+    the view, the books' record under it is reported as missing from the chain."""
     size = _KEY_BYTES.get(entity)
-    if size is None:
-        return list(keys), {}
-    valid = [k for k in keys if _is_hex(k, size)]
-    return valid, {k: blank(entity) for k in keys if not _is_hex(k, size)}
+    return list(keys) if size is None else [k for k in keys if _is_hex(k, size)]

@@ -85,8 +85,8 @@ def can_fork() -> bool:
     """Whether a replay may fork its writer: on Linux (macOS forks badly with some system libraries
     loaded, Windows cannot) and only from a process with no other thread. A child forked while
     another thread holds a lock (a progress bar's console, stdout's buffer, which the child flushes
-    as it exits) inherits the lock held by nobody and hangs on it; the replay then writes in its
-    writes as a sync does (a server replaying from a request's thread, say)."""
+    as it exits) inherits the lock held by nobody and hangs on it. Otherwise the replay writes as a
+    sync does (a server replaying from a request's thread, say)."""
     return (
         sys.platform == "linux"
         and "fork" in multiprocessing.get_all_start_methods()
