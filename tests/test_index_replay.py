@@ -32,7 +32,7 @@ from chain_client.chain import Chain
 from chain_client.errors import ManifestError, NodeUnavailable
 from chain_client.events import EventDecoder
 from chain_client.index import sync as sync_module
-from chain_client.index.db import IndexDatabase, rebuilding
+from chain_client.index.db import IndexDatabase, IndexDatabaseError, rebuilding
 from chain_client.index.decode import LogDecoder, RawLog
 from chain_client.index.export import export
 from chain_client.index.models import (
@@ -353,6 +353,33 @@ def test_the_replay_progress_bar_starts_no_thread() -> None:
             SyncStatus(1, deployment_block=1, synced_block=5, target_block=9, events=3, digest="", reorgs=0)
         )
         assert threading.active_count() == before
+
+
+def test_a_replay_does_not_replace_a_file_that_is_not_an_index(lifecycle: Lifecycle, tmp_path: Path) -> None:
+    """A --db mistyped as another application's SQLite database, or as any other file, was replaced
+    by the rebuilt index; an empty file and an index may still be replaced."""
+    deployment = lifecycle.work.system.deployment
+    other = tmp_path / "crm.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE customers (name TEXT)")
+        conn.execute("INSERT INTO customers VALUES ('kept')")
+    conn.close()
+    before = other.read_bytes()
+    with pytest.raises(IndexDatabaseError, match="not an index \\(tables customers\\)"):
+        audit.replay(lifecycle.chain, deployment, IndexDatabase(other), until=deployment.deployment_block + 5)
+    assert other.read_bytes() == before
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database, and long enough to be read as one" * 4, "utf-8")
+    with pytest.raises(IndexDatabaseError, match="not a SQLite database"):
+        audit.replay(lifecycle.chain, deployment, IndexDatabase(text), until=deployment.deployment_block + 5)
+    assert text.read_text("utf-8").startswith("not a database")
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    audit.replay(lifecycle.chain, deployment, IndexDatabase(empty), until=deployment.deployment_block + 5)
+    again = audit.replay(
+        lifecycle.chain, deployment, IndexDatabase(empty), until=deployment.deployment_block + 5
+    )
+    assert again.synced_block == deployment.deployment_block + 5
 
 
 def test_a_killed_replays_half_built_file_is_removed_by_the_next(

@@ -835,6 +835,7 @@ def rebuilding(db: IndexDatabase) -> Iterator[IndexDatabase]:
         db.reset(bulk_load=True)
         yield db
         return
+    _check_replaceable(target)
     _remove_abandoned_rebuilds(target)
     building = target.with_name(f"{target.name}{_REBUILDING}{os.getpid()}")
     _remove_sqlite_file(building)
@@ -860,6 +861,26 @@ def rebuilding(db: IndexDatabase) -> Iterator[IndexDatabase]:
 
 
 _REBUILDING = ".rebuilding-"
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuses to replace a file that is not an index: a --db mistyped as another application's
+    SQLite database, a manifest or any other file would be lost to the rebuilt index. An empty file
+    and an index (of any chain) may be replaced."""
+    if not target.exists() or target.stat().st_size == 0:
+        return
+    try:
+        with sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise IndexDatabaseError(
+            f"{target} is not a SQLite database ({exc}): a replay would replace it"
+        ) from None
+    if tables and table_of(IndexState).name not in tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise IndexDatabaseError(
+            f"{target} is a SQLite database but not an index (tables {shown}): a replay would replace it"
+        )
 
 
 def _remove_abandoned_rebuilds(target: Path) -> None:
