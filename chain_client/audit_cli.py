@@ -36,7 +36,7 @@ from chain_client.deploy import Deployment
 from chain_client.errors import CertledgerError
 from chain_client.events import UndecodableLog
 from chain_client.index.books import Books
-from chain_client.index.db import DEFAULT_URL, IndexDatabase, shown_url
+from chain_client.index.db import DEFAULT_URL, IndexDatabase, check_replaceable, shown_url
 from chain_client.index.export import digest_at, export
 from chain_client.index.state import LineageNode, books_at, check_indexed, lineage
 from chain_client.index.svg import lineage_svg
@@ -204,20 +204,6 @@ def _blocks(status: SyncStatus) -> str:
     return f"block {status.synced_block} of {span}"
 
 
-def _check_replaceable(database: IndexDatabase) -> None:
-    """Opens the database a replay is to replace, before the progress bar starts: a file that is
-    not a database (a manifest given as --db, which the replay would otherwise overwrite), a
-    directory that is not there or a server that does not answer stop it here, in one line."""
-    file = database.file
-    if file is not None and not file.exists():
-        # Not opened: that would create the file, and leave it behind if the replay then fails.
-        if not file.parent.is_dir():
-            raise _Refused(f"cannot create the index {file}: no directory {file.parent}")
-        return
-    with database.connect() as conn:
-        conn.exec_driver_sql("SELECT 1")
-
-
 def _summary(status: SyncStatus) -> None:
     console.print(
         f"indexed blocks {status.deployment_block}..{status.synced_block} of chain {status.chain_id}: "
@@ -241,7 +227,8 @@ def replay(
     with _errors(db):
         chain, deployment = _node(rpc_url, manifest)
         database = IndexDatabase(db)
-        _check_replaceable(database)
+        # Before the progress bar starts, so a refusal is the one line printed.
+        check_replaceable(database)
         options = _options(max_range, confirmations, all_headers)
         with _progress("replay") as progress:
             status = audit.replay(chain, deployment, database, options, progress, until)
@@ -430,10 +417,7 @@ def lineage_command(
     """Print a certificate's tree, from the root certificate to every descendant."""
     with _errors(db):
         index, books = books_at(IndexDatabase(db, must_exist=True), block)
-        if block is not None and certificate_id not in books.all("certificate"):
-            # It may well exist later: "not in the index" would send the auditor the wrong way.
-            raise LookupError(f"no certificate {certificate_id} at block {block}")
-        tree = lineage(books, certificate_id)
+        tree = lineage(books, certificate_id, block)
         at = index.synced_block if block is None else block
         if svg is not None:
             title = f"Order {tree.record['order_id']}: certificates at block {at}"

@@ -835,7 +835,7 @@ def rebuilding(db: IndexDatabase) -> Iterator[IndexDatabase]:
         db.reset(bulk_load=True)
         yield db
         return
-    _check_replaceable(target)
+    _check_replaceable_file(target)
     _remove_abandoned_rebuilds(target)
     building = target.with_name(f"{target.name}{_REBUILDING}{os.getpid()}")
     _remove_sqlite_file(building)
@@ -863,7 +863,21 @@ def rebuilding(db: IndexDatabase) -> Iterator[IndexDatabase]:
 _REBUILDING = ".rebuilding-"
 
 
-def _check_replaceable(target: Path) -> None:
+def check_replaceable(db: IndexDatabase) -> None:
+    """IndexDatabaseError unless a replay may rebuild `db`: for a SQLite file, as `rebuilding`
+    checks it (and its directory must exist, to build the new file in); for a server, it must
+    answer. For callers that want the refusal before they start (the CLI's progress bar)."""
+    target = db.file
+    if target is None:
+        with db.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return
+    if not target.exists() and not target.parent.is_dir():
+        raise IndexDatabaseError(f"cannot create the index {target}: no directory {target.parent}")
+    _check_replaceable_file(target)
+
+
+def _check_replaceable_file(target: Path) -> None:
     """Refuses to replace a file that is not an index: a --db mistyped as another application's
     SQLite database, a manifest or any other file would be lost to the rebuilt index. An empty file
     and an index (of any chain) may be replaced."""

@@ -100,11 +100,14 @@ class LineageNode:
             yield from child.walk(depth + 1)
 
 
-def lineage(books: Books, certificate_id: int) -> LineageNode:
-    """The tree from the root of `certificate_id` (following parent links) to every descendant."""
+def lineage(books: Books, certificate_id: int, block: int | None = None) -> LineageNode:
+    """The tree from the root of `certificate_id` (following parent links) to every descendant, in
+    `books` as of `block` (None: the index's last), which the message of an unknown id names: a
+    certificate missing at one block may well exist later."""
     certs = books.all("certificate")
     if certificate_id not in certs:
-        raise LookupError(f"no certificate {certificate_id} in the index")
+        where = "in the index" if block is None else f"at block {block}"
+        raise LookupError(f"no certificate {certificate_id} {where}")
     root = certificate_id
     seen = {root}
     while certs[root]["parent_id"]:
