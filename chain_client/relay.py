@@ -278,16 +278,7 @@ class Relay:
             # (one it was meant to replace) is refused.
             if self._included(tx.tx_hash):
                 raise _AlreadySent
-            raise RelayRefused(
-                "NonceAlreadyUsed",
-                "this transaction's nonce was already used by its sender",
-                409,
-                sender=tx.sender,
-                nonce=tx.nonce,
-                next=mined,
-                txHash=tx.tx_hash,
-                included=False,
-            )
+            raise _nonce_used(tx, "this transaction's nonce was already used by its sender", mined)
         pending = int(call_checked(lambda: w3.eth.get_transaction_count(tx.sender, "pending")))
         pool = self._embedded_pool(tx.sender)
         if pool:
@@ -295,16 +286,7 @@ class Relay:
         if tx.nonce < pending:
             if self._known(tx.tx_hash):
                 raise _AlreadySent
-            raise RelayRefused(
-                "NonceAlreadyUsed",
-                "a pending transaction of this sender already has this nonce",
-                409,
-                sender=tx.sender,
-                nonce=tx.nonce,
-                next=pending,
-                txHash=tx.tx_hash,
-                included=False,
-            )
+            raise _nonce_used(tx, "a pending transaction of this sender already has this nonce", pending)
         if tx.nonce > pending:
             # It would wait in the pool for the gap to fill, and this service waits for receipts.
             raise RelayRefused(
@@ -458,10 +440,7 @@ class Relay:
             # Mined since `check` (the same bytes sent concurrently): their outcome is the answer.
             if self._included(tx.tx_hash):
                 return self._outcome(tx)
-            raise RelayRefused(
-                "NonceAlreadyUsed", "the node refused a nonce already used", 409, nonce=tx.nonce,
-                txHash=tx.tx_hash, included=False,
-            ) from None  # fmt: skip
+            raise _nonce_used(tx, "the node refused a nonce already used") from None
         except NodeUnavailable as exc:
             # The bytes may have reached the node before the connection failed.
             raise OutcomeUnknown(tx.tx_hash, f"the node failed while it was sent: {exc}") from exc
@@ -493,6 +472,15 @@ class Relay:
         if result is None:
             raise TransactionTimeout(tx.tx_hash, timeout)
         return result
+
+
+def _nonce_used(tx: DecodedTx, message: str, next_nonce: int | None = None) -> RelayRefused:
+    """NonceAlreadyUsed: another transaction took `tx`'s nonce (`included` false; the same bytes sent
+    again get their outcome instead). `next_nonce`, the sender's next, where it was read."""
+    context: dict[str, Any] = {"sender": tx.sender, "next": next_nonce} if next_nonce is not None else {}
+    return RelayRefused(
+        "NonceAlreadyUsed", message, 409, **context, nonce=tx.nonce, txHash=tx.tx_hash, included=False
+    )
 
 
 def _role_names(roles: Role) -> list[str]:
