@@ -6,6 +6,7 @@
     ├── NonceTooLow                 a prepared transaction's nonce went to another one
     ├── RevertedOnChain             a transaction was mined and reverted: its nonce and gas are spent
     ├── ManifestError               a deployment manifest is missing, malformed or for another chain
+    ├── InvalidArgument             an argument the function's ABI type cannot hold (also ValueError)
     ├── ContractReverted            a call or transaction reverted (`mined` set: on chain)
     │   ├── ContractError           ... with a custom error of our contracts (one subclass per error,
     │   │   ├── DuplicateInvoice        generated from the compiled ABIs, carrying its fields)
@@ -129,6 +130,24 @@ class RevertedOnChain(CertledgerError):
 
 class ManifestError(CertledgerError):
     """A deployment manifest is missing, malformed, or for another chain or code."""
+
+
+class InvalidArgument(CertledgerError, ValueError):
+    """An argument the contract function's ABI type cannot hold (a negative amount, a value past
+    2^256 - 1, bytes of the wrong length): refused before anything is signed or sent. web3 says only
+    that no function matched; this names the function, the argument, its value and its type."""
+
+    def __init__(self, function: str, argument: str, value: Any, abi_type: str) -> None:
+        super().__init__(f"{function}: {argument}={_show_short(value)} is not a valid {abi_type}")
+        self.function = function
+        self.argument = argument
+        self.value = value
+        self.abi_type = abi_type
+
+
+def _show_short(value: Any) -> str:
+    shown = _show(value) if isinstance(value, bytes) else repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 class ContractReverted(CertledgerError):

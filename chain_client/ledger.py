@@ -11,6 +11,7 @@ from eth_utils import to_checksum_address
 
 from chain_client.artifacts import load_artifact
 from chain_client.chain import Chain
+from chain_client.functions import CheckedFunctions
 from chain_client.models import (
     Certificate,
     CertificateStatus,
@@ -48,7 +49,7 @@ class LedgerClient:
             address=address, abi=list(load_artifact("CertificateLedger").abi)
         )
         self._tx = tx
-        self._fn = self.contract.functions
+        self._fn = CheckedFunctions(self.contract)
 
     # ------------------------------------------------------------------ registry (ADMIN)
 
@@ -129,9 +130,7 @@ class LedgerClient:
         self, sender: LocalAccount, certificate_id: int, to: ChecksumAddress, value: int
     ) -> tuple[int, TxResult]:
         """Moves `value` into a new certificate held by `to` (ERC-3525 transferFrom to an address)."""
-        fn = self.contract.get_function_by_signature("transferFrom(uint256,address,uint256)")(
-            certificate_id, to, value
-        )
+        fn = self._fn.by_signature("transferFrom(uint256,address,uint256)")(certificate_id, to, value)
         result = self._tx.send(sender, fn)
         return int(result.event("CertificateIssued")["certificateId"]), result
 
@@ -139,23 +138,19 @@ class LedgerClient:
         """Moves `value` (default: all) from one certificate into another of the same order."""
         if value is None:
             value = self.certificate(from_id).value
-        fn = self.contract.get_function_by_signature("transferFrom(uint256,uint256,uint256)")(
-            from_id, to_id, value
-        )
+        fn = self._fn.by_signature("transferFrom(uint256,uint256,uint256)")(from_id, to_id, value)
         return self._tx.send(sender, fn)
 
     def approve_value(
         self, holder: LocalAccount, certificate_id: int, operator: ChecksumAddress, value: int
     ) -> TxResult:
         """Lets `operator` move up to `value` out of the certificate (ERC-3525 value approval)."""
-        fn = self.contract.get_function_by_signature("approve(uint256,address,uint256)")(
-            certificate_id, operator, value
-        )
+        fn = self._fn.by_signature("approve(uint256,address,uint256)")(certificate_id, operator, value)
         return self._tx.send(holder, fn)
 
     def approve(self, holder: LocalAccount, operator: ChecksumAddress, certificate_id: int) -> TxResult:
         """Lets `operator` move the whole certificate (ERC-721 approval; void after any transfer)."""
-        fn = self.contract.get_function_by_signature("approve(address,uint256)")(operator, certificate_id)
+        fn = self._fn.by_signature("approve(address,uint256)")(operator, certificate_id)
         return self._tx.send(holder, fn)
 
     def set_approval_for_all(

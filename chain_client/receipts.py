@@ -17,6 +17,7 @@ from eth_utils import keccak, to_checksum_address
 
 from chain_client.artifacts import load_artifact
 from chain_client.chain import Chain
+from chain_client.functions import CheckedFunctions
 from chain_client.models import Warehouse
 from chain_client.transactions import PreparedTx, Transactor, TxResult, call_checked
 
@@ -239,6 +240,7 @@ class ReceiptOracleClient:
         self.chain = chain
         self.address = address
         self.contract = chain.w3.eth.contract(address=address, abi=list(load_artifact("ReceiptOracle").abi))
+        self._fn = CheckedFunctions(self.contract)
         self._tx = tx
 
     # ------------------------------------------------------------------ administration
@@ -254,7 +256,7 @@ class ReceiptOracleClient:
     ) -> TxResult:
         """Enrols a warehouse with its device keys and their kinds, needing `threshold` of them,
         readings at most `freshness` seconds old and within `ranges`."""
-        fn = self.contract.functions.registerWarehouse(
+        fn = self._fn.registerWarehouse(
             warehouse, [d.as_tuple() for d in devices], threshold, freshness, [r.as_tuple() for r in ranges]
         )
         return self._tx.send(admin, fn)
@@ -269,50 +271,48 @@ class ReceiptOracleClient:
         ranges: Sequence[ReadingRange],
     ) -> TxResult:
         """Replaces the device set and rules; observations signed under the old set stop verifying."""
-        fn = self.contract.functions.rotateDevices(
+        fn = self._fn.rotateDevices(
             warehouse, [d.as_tuple() for d in devices], threshold, freshness, [r.as_tuple() for r in ranges]
         )
         return self._tx.send(admin, fn)
 
     def deactivate_warehouse(self, admin: LocalAccount, warehouse: bytes) -> TxResult:
-        return self._tx.send(admin, self.contract.functions.deactivateWarehouse(warehouse))
+        return self._tx.send(admin, self._fn.deactivateWarehouse(warehouse))
 
     def set_relayer(self, admin: LocalAccount, relayer: ChecksumAddress, allowed: bool) -> TxResult:
         """Puts `relayer` on (or takes it off) the list of accounts that may submit receipts."""
-        return self._tx.send(admin, self.contract.functions.setRelayer(relayer, allowed))
+        return self._tx.send(admin, self._fn.setRelayer(relayer, allowed))
 
     # ------------------------------------------------------------------ reads
 
     def warehouse(self, warehouse: bytes) -> Warehouse:
-        active, threshold, count, version, freshness = call_checked(
-            self.contract.functions.warehouse(warehouse).call
-        )
+        active, threshold, count, version, freshness = call_checked(self._fn.warehouse(warehouse).call)
         return Warehouse(warehouse, bool(active), int(threshold), int(count), int(version), int(freshness))
 
     def required_kinds(self, warehouse: bytes) -> list[int]:
-        mask = int(call_checked(self.contract.functions.requiredKinds(warehouse).call))
+        mask = int(call_checked(self._fn.requiredKinds(warehouse).call))
         return [kind for kind in range(1, 8) if mask >> kind & 1]
 
     def reading_range(self, warehouse: bytes, kind: int) -> ReadingRange:
-        got_kind, low, high = call_checked(self.contract.functions.readingRange(warehouse, kind).call)
+        got_kind, low, high = call_checked(self._fn.readingRange(warehouse, kind).call)
         return ReadingRange(int(got_kind), int(low), int(high))
 
     def is_device(self, warehouse: bytes, device: ChecksumAddress) -> bool:
-        return bool(call_checked(self.contract.functions.isDevice(warehouse, device).call))
+        return bool(call_checked(self._fn.isDevice(warehouse, device).call))
 
     def device_kind(self, warehouse: bytes, device: ChecksumAddress) -> int:
         """The kind `device` reads in the warehouse's current set; 0 if it is not a current device."""
-        return int(call_checked(self.contract.functions.deviceKind(warehouse, device).call))
+        return int(call_checked(self._fn.deviceKind(warehouse, device).call))
 
     def is_relayer(self, account: ChecksumAddress) -> bool:
-        return bool(call_checked(self.contract.functions.isRelayer(account).call))
+        return bool(call_checked(self._fn.isRelayer(account).call))
 
     def sequence_used(self, device: ChecksumAddress, sequence: int) -> bool:
-        return bool(call_checked(self.contract.functions.sequenceUsed(device, sequence).call))
+        return bool(call_checked(self._fn.sequenceUsed(device, sequence).call))
 
     def observation_digest(self, obs: Observation) -> bytes:
         """The digest as the contract computes it (a check on our EIP-712 encoding)."""
-        return bytes(call_checked(self.contract.functions.observationDigest(obs.as_tuple()).call))
+        return bytes(call_checked(self._fn.observationDigest(obs.as_tuple()).call))
 
     # ------------------------------------------------------------------ receipts
 
@@ -389,9 +389,7 @@ class ReceiptOracleClient:
     def confirm_call(self, observations: Sequence[Observation], signatures: Sequence[bytes]) -> Any:
         """The contract call for a receipt, observations put in ascending device order."""
         pairs = sorted(zip(observations, signatures, strict=True), key=lambda p: int(p[0].device, 16))
-        return self.contract.functions.confirmReceipt(
-            [obs.as_tuple() for obs, _ in pairs], [sig for _, sig in pairs]
-        )
+        return self._fn.confirmReceipt([obs.as_tuple() for obs, _ in pairs], [sig for _, sig in pairs])
 
     def prepare_confirm(
         self, relayer: LocalAccount, observations: Sequence[Observation], signatures: Sequence[bytes]

@@ -7,6 +7,7 @@ from eth_typing import ChecksumAddress
 
 from chain_client.artifacts import load_artifact
 from chain_client.chain import Chain
+from chain_client.functions import CheckedFunctions
 from chain_client.transactions import Transactor, TxResult, call_checked
 
 
@@ -14,19 +15,20 @@ class SettlementTokenClient:
     def __init__(self, chain: Chain, address: ChecksumAddress, tx: Transactor) -> None:
         self.address = address
         self.contract = chain.w3.eth.contract(address=address, abi=list(load_artifact("SettlementToken").abi))
+        self._fn = CheckedFunctions(self.contract)
         self._tx = tx
 
     def balance_of(self, account: ChecksumAddress) -> int:
-        return int(call_checked(self.contract.functions.balanceOf(account).call))
+        return int(call_checked(self._fn.balanceOf(account).call))
 
     def allowance(self, owner: ChecksumAddress, spender: ChecksumAddress) -> int:
-        return int(call_checked(self.contract.functions.allowance(owner, spender).call))
+        return int(call_checked(self._fn.allowance(owner, spender).call))
 
     def decimals(self) -> int:
-        return int(call_checked(self.contract.functions.decimals().call))
+        return int(call_checked(self._fn.decimals().call))
 
     def approve(self, owner: LocalAccount, spender: ChecksumAddress, amount: int) -> TxResult:
-        return self._tx.send(owner, self.contract.functions.approve(spender, amount))
+        return self._tx.send(owner, self._fn.approve(spender, amount))
 
     def ensure_allowance(self, owner: LocalAccount, spender: ChecksumAddress, amount: int) -> TxResult | None:
         """Approves `spender` for `amount` unless it already may spend that much."""
@@ -35,12 +37,12 @@ class SettlementTokenClient:
         return self.approve(owner, spender, amount)
 
     def transfer(self, sender: LocalAccount, to: ChecksumAddress, amount: int) -> TxResult:
-        return self._tx.send(sender, self.contract.functions.transfer(to, amount))
+        return self._tx.send(sender, self._fn.transfer(to, amount))
 
     def mint(self, bank: LocalAccount, to: ChecksumAddress, amount: int) -> TxResult:
         """Issues deposit tokens (the demo token's bank only)."""
-        return self._tx.send(bank, self.contract.functions.mint(to, amount))
+        return self._tx.send(bank, self._fn.mint(to, amount))
 
     def set_blocked(self, bank: LocalAccount, account: ChecksumAddress, blocked: bool) -> TxResult:
         """Blocks an account at the bank, so payments pushed to it fail (the demo token only)."""
-        return self._tx.send(bank, self.contract.functions.setBlocked(account, blocked))
+        return self._tx.send(bank, self._fn.setBlocked(account, blocked))

@@ -181,6 +181,31 @@ def test_zero_amount_and_zero_quantity(world: World) -> None:
         world.open_order(expected_quantity=0)
 
 
+def test_negative_amounts_are_refused_before_signing(world: World, ledger: LedgerClient, cast: Cast) -> None:
+    """web3 says only that no function matched; the client names the argument, and sends nothing."""
+    _, root_id = world.certificate_for()
+    nonce = world.chain.w3.eth.get_transaction_count(cast.supplier1.address)
+    cases: list[tuple[Callable[[], object], str, str]] = [
+        (lambda: world.open_order(amount=-1), "amount", "uint256"),
+        (lambda: world.open_order(expected_quantity=-5), "expectedQuantity", "uint64"),
+        (lambda: ledger.split(cast.supplier1, root_id, [-100, DEFAULT_AMOUNT + 100]), "values", "uint256[]"),
+        (lambda: ledger.split_to(cast.supplier1, root_id, cast.supplier2.address, -1), "value", "uint256"),
+        (lambda: ledger.merge(cast.supplier1, root_id, root_id, -1), "value", "uint256"),
+        (lambda: ledger.approve_value(cast.supplier1, root_id, cast.factor.address, -1), "value", "uint256"),
+        (
+            lambda: ledger.offer_discount(cast.supplier1, root_id, value=DEFAULT_AMOUNT, price=-1, expiry=2**40),
+            "price",
+            "uint256",
+        ),
+    ]
+    for call, argument, abi_type in cases:
+        with refused(world, errors.InvalidArgument) as info:
+            call()
+        assert (info.value.argument, info.value.abi_type) == (argument, abi_type)
+        assert isinstance(info.value, ValueError)
+    assert world.chain.w3.eth.get_transaction_count(cast.supplier1.address) == nonce
+
+
 def test_amount_too_large(world: World) -> None:
     with refused(world, errors.AmountTooLarge) as info:
         world.open_order(amount=2**128)
@@ -343,6 +368,10 @@ def test_split_parts_that_do_not_sum(world: World, ledger: LedgerClient, cast: C
         with refused(world, errors.SplitPartsMismatch) as info:
             ledger.split(cast.supplier1, root_id, values)
         assert fields(info) == {"certificateId": root_id, "sum": sum(values), "value": DEFAULT_AMOUNT}
+    # Parts summing past 2^256 - 1 are the same mismatch (the sum saturates), not a panic.
+    with refused(world, errors.SplitPartsMismatch) as info:
+        ledger.split(cast.supplier1, root_id, [2**256 - 1, DEFAULT_AMOUNT + 1])
+    assert fields(info) == {"certificateId": root_id, "sum": 2**256 - 1, "value": DEFAULT_AMOUNT}
 
 
 def test_split_into_too_few_or_too_many_parts(world: World, ledger: LedgerClient, cast: Cast) -> None:

@@ -400,7 +400,11 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
         _checkHolder(_records[holder], holder);
         uint256 sum = 0;
         for (uint256 i = 0; i < parts; ++i) {
-            sum += values[i];
+            // Saturating: parts summing past 2^256 - 1 are a mismatch like any other, not a panic.
+            unchecked {
+                uint256 next = sum + values[i];
+                sum = next < sum ? type(uint256).max : next;
+            }
         }
         if (sum != src.value) revert SplitPartsMismatch(certificateId, sum, src.value);
         // The kept part is checked here; each new part is checked by _splitOff.
@@ -482,6 +486,8 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
             boughtId = _splitOff(c, certificateId, msg.sender, value);
         }
         emit DiscountSold(offerId, certificateId, boughtId, seller, msg.sender, value, price, _annualRateBps(value, price, timeLeft));
+        // A part bought is value moved to a new certificate, as with transferFrom(id, to, value).
+        if (boughtId != certificateId) _checkOnERC3525Received(msg.sender, certificateId, boughtId, value);
         _token.safeTransferFrom(msg.sender, seller, price);
     }
 

@@ -4,6 +4,7 @@ pragma solidity ^0.8.24;
 import {IERC20Errors} from "@openzeppelin/contracts/interfaces/draft-IERC6093.sol";
 
 import {Base} from "./Base.t.sol";
+import {ERC3525ReceiverMock} from "./mocks/Receivers.sol";
 import {ICertificateLedger} from "../src/interfaces/ICertificateLedger.sol";
 import {
     IParticipantRegistry,
@@ -225,6 +226,50 @@ contract DiscountTest is Base {
         vm.assertEq(_holder(id), supplierA);
         vm.assertEq(uint256(ledger.certificate(bought).parentId), id);
         vm.assertEq(token.balanceOf(supplierA), 3_900_00);
+    }
+
+    function _receivingFactor(bool accept) internal returns (ERC3525ReceiverMock receiver) {
+        receiver = new ERC3525ReceiverMock(accept);
+        vm.prank(admin);
+        ledger.registerParticipant(address(receiver), keccak256("receiving factor"), ROLE_FACTOR, 0);
+        _fund(address(receiver));
+    }
+
+    function test_buyDiscounted_partialToAcceptingReceiver() public {
+        ERC3525ReceiverMock receiver = _receivingFactor(true);
+        uint256 offerId = _offer(4_000_00, 3_900_00, address(receiver));
+        vm.prank(address(receiver));
+        uint256 bought = ledger.buyDiscounted(offerId);
+        vm.assertEq(_holder(bought), address(receiver));
+        vm.assertEq(receiver.calls(), 1);
+        vm.assertEq(receiver.lastFromTokenId(), id);
+        vm.assertEq(receiver.lastToTokenId(), bought);
+        vm.assertEq(receiver.lastValue(), 4_000_00);
+    }
+
+    function test_buyDiscounted_partialToRefusingReceiver() public {
+        ERC3525ReceiverMock receiver = _receivingFactor(false);
+        uint256 offerId = _offer(4_000_00, 3_900_00, address(receiver));
+        uint256 paidBefore = token.balanceOf(address(receiver));
+        vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.UnsafeReceiver.selector, address(receiver)));
+        vm.prank(address(receiver));
+        ledger.buyDiscounted(offerId);
+        vm.assertEq(_value(id), AMOUNT);
+        vm.assertTrue(ledger.discountOffer(offerId).open);
+        vm.assertEq(token.balanceOf(address(receiver)), paidBefore);
+        vm.assertEq(token.balanceOf(supplierA), 0);
+    }
+
+    function test_buyDiscounted_wholeAsksNoValueHook() public {
+        // The whole certificate changes hands as an ERC-721 move made by the buyer itself: no
+        // value moves between certificates, so the buyer is not asked.
+        ERC3525ReceiverMock receiver = _receivingFactor(false);
+        uint256 offerId = _offer(AMOUNT, PRICE, address(receiver));
+        vm.prank(address(receiver));
+        uint256 bought = ledger.buyDiscounted(offerId);
+        vm.assertEq(bought, id);
+        vm.assertEq(_holder(id), address(receiver));
+        vm.assertEq(receiver.calls(), 0);
     }
 
     function test_buyDiscounted_rateAtParIsZero() public {

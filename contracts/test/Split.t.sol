@@ -85,6 +85,15 @@ contract SplitTest is Base {
         ledger.split(id, _two(5_000_00, 5_000_00 + 1));
     }
 
+    function test_split_partsSumPastUint256() public {
+        // The sum saturates: a mismatch named as such, not an arithmetic panic.
+        vm.expectRevert(
+            abi.encodeWithSelector(ICertificateLedger.SplitPartsMismatch.selector, id, type(uint256).max, AMOUNT)
+        );
+        vm.prank(supplierA);
+        ledger.split(id, _two(type(uint256).max, AMOUNT + 1));
+    }
+
     function test_split_onePart() public {
         vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.SplitPartCount.selector, 1, 16));
         vm.prank(supplierA);

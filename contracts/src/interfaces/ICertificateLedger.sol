@@ -127,7 +127,7 @@ interface ICertificateLedger is IERC3525, IParticipantRegistry {
     error SlotMismatch(uint256 fromId, uint256 toId);
     /// @dev A certificate cannot move value into itself.
     error SelfTransfer(uint256 certificateId);
-    /// @dev The split parts sum to `sum`, not to the certificate's `value`.
+    /// @dev The split parts sum to `sum` (2^256 - 1 if they sum past it), not to the certificate's `value`.
     error SplitPartsMismatch(uint256 certificateId, uint256 sum, uint256 value);
     /// @dev A split needs between 2 and `maxParts` parts; `parts` were given.
     error SplitPartCount(uint256 parts, uint256 maxParts);
@@ -309,7 +309,9 @@ interface ICertificateLedger is IERC3525, IParticipantRegistry {
     /// @dev Requirements: not paused; caller an active FACTOR (the reserved buyer if any); offer open
     /// and unexpired; seller still holds the certificate with enough value and is active with a
     /// holder role; the certificate movable. The caller must have approved the ledger for the
-    /// price. Emits {DiscountSold}.
+    /// price. A part bought (not the whole certificate) is a value transfer: a caller contract
+    /// declaring IERC3525Receiver must accept it in `onERC3525Received`, else {UnsafeReceiver}.
+    /// Emits {DiscountSold}.
     /// @return boughtCertificateId the certificate now held by the caller
     function buyDiscounted(uint256 offerId) external returns (uint256 boughtCertificateId);
 

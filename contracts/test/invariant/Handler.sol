@@ -55,6 +55,11 @@ contract Handler is TestBase {
     uint256 public ghostReplaySuccesses;
     uint256 public ghostIneligibleReceipts; // a move that landed on an account not active with a holder role
     uint256 public ghostWithdrawn;
+    // Operator moves: by an account not active at the time, past or not spending a value allowance,
+    // or leaving an ERC-721 approval alive after the certificate changed hands.
+    uint256 public ghostInactiveOperatorMoves;
+    uint256 public ghostAllowanceViolations;
+    uint256 public ghostApprovalsSurvived;
 
     // Regulator freezes: what each frozen certificate looked like when frozen.
     uint256[] internal _frozen;
@@ -284,6 +289,71 @@ contract Handler is TestBase {
                 if (!eligible) ++ghostIneligibleReceipts;
                 ++calls["discount"];
             } catch {}
+        } catch {}
+    }
+
+    /// @dev A holder grants another account a value allowance, which then moves part of the value
+    /// to a third (a new certificate).
+    function operatorMovesValue(
+        uint256 certSeed,
+        uint256 operatorSeed,
+        uint256 allowanceSeed,
+        uint256 valueSeed,
+        uint256 toSeed
+    ) external {
+        (bool ok, uint256 id, ICertificateLedger.Certificate memory c) = _pick(certSeed);
+        if (!ok || c.value == 0) return;
+        address operator = _account(operatorSeed);
+        if (operator == c.holder) return;
+        // Sometimes unlimited, sometimes short of the move: both must be honoured exactly.
+        uint256 allowance = allowanceSeed % 5 == 0 ? type(uint256).max : bound(allowanceSeed, 1, c.value);
+        vm.prank(c.holder);
+        try ledger.approve(id, operator, allowance) {} catch {
+            return;
+        }
+        address to = _holders[toSeed % _holders.length];
+        uint256 value = bound(valueSeed, 1, c.value);
+        bool eligible = _eligible(to);
+        bool active = ledger.participant(operator).active;
+        // An operator approved for the whole certificate moves value without spending its allowance.
+        bool whole = ledger.isApprovedForAll(c.holder, operator) || ledger.getApproved(id) == operator;
+        vm.prank(operator);
+        try ledger.transferFrom(id, to, value) {
+            if (!eligible) ++ghostIneligibleReceipts;
+            if (!active) ++ghostInactiveOperatorMoves;
+            uint256 left = ledger.allowance(id, operator);
+            bool spends = !whole && allowance != type(uint256).max;
+            if ((spends && value > allowance) || left != (spends ? allowance - value : allowance)) {
+                ++ghostAllowanceViolations;
+            }
+            ++calls["operatorMovesValue"];
+        } catch {}
+    }
+
+    /// @dev A holder approves another account for one certificate, or for all its certificates,
+    /// which then moves the whole certificate to a third.
+    function operatorMovesWhole(uint256 certSeed, uint256 operatorSeed, uint256 toSeed, bool forAll) external {
+        (bool ok, uint256 id, ICertificateLedger.Certificate memory c) = _pick(certSeed);
+        if (!ok) return;
+        address operator = _account(operatorSeed);
+        if (operator == c.holder) return;
+        vm.prank(c.holder);
+        if (forAll) {
+            ledger.setApprovalForAll(operator, true);
+        } else {
+            try ledger.approve(operator, id) {} catch {
+                return;
+            }
+        }
+        address to = _holders[toSeed % _holders.length];
+        bool eligible = _eligible(to);
+        bool active = ledger.participant(operator).active;
+        vm.prank(operator);
+        try ledger.transferFrom(c.holder, to, id) {
+            if (!eligible) ++ghostIneligibleReceipts;
+            if (!active) ++ghostInactiveOperatorMoves;
+            if (to != c.holder && ledger.getApproved(id) != address(0)) ++ghostApprovalsSurvived;
+            ++calls["operatorMovesWhole"];
         } catch {}
     }
 

@@ -42,7 +42,7 @@ contract Invariants is Base {
             })
         );
 
-        bytes4[] memory selectors = new bytes4[](18);
+        bytes4[] memory selectors = new bytes4[](20);
         selectors[0] = Handler.openOrder.selector;
         selectors[1] = Handler.confirm.selector;
         selectors[2] = Handler.confirm.selector; // confirmations weigh double: they make certificates
@@ -61,6 +61,8 @@ contract Invariants is Base {
         selectors[15] = Handler.setBlocked.selector;
         selectors[16] = Handler.withdraw.selector;
         selectors[17] = Handler.toggleSuspension.selector;
+        selectors[18] = Handler.operatorMovesValue.selector;
+        selectors[19] = Handler.operatorMovesWhole.selector;
         targetContract(address(handler));
         targetSelector(FuzzSelector({addr: address(handler), selectors: selectors}));
     }
@@ -81,6 +83,9 @@ contract Invariants is Base {
         handler.merge(0, 0, 100_00);
         handler.splitParts(0, 2);
         handler.discount(0, 1_000_00, 900_00, 0);
+        handler.operatorMovesValue(0, 1, 2_000_00, 500_00, 2); // supplierA moves 500.00 (of 2,000.00) to factor
+        handler.operatorMovesWhole(0, 1, 2, false); // to factor
+        handler.operatorMovesWhole(0, 3, 1, true); // factor, operator for all, hands it to supplierB
         handler.freeze(0);
         handler.unfreeze(0);
         handler.toggleSuspension(0); // suspends supplierA
@@ -92,8 +97,10 @@ contract Invariants is Base {
         handler.settle(0, 1);
         handler.settleAllDue();
         handler.withdraw(0); // even seed: the bank lifts the block first
-        string[15] memory actions = [
+        string[17] memory actions = [
             "openOrder",
+            "operatorMovesValue",
+            "operatorMovesWhole",
             "confirm",
             "cancel",
             "splitTo",
@@ -120,6 +127,7 @@ contract Invariants is Base {
         invariant_onlyEligibleHolders();
         invariant_frozenNeverMove();
         invariant_effectsAtMostOnce();
+        invariant_operatorsWithinTheirRights();
     }
 
     // ------------------------------------------------------------------ one pass over the books
@@ -237,6 +245,14 @@ contract Invariants is Base {
             balances += ledger.balanceOf(holders[i]);
         }
         vm.assertEq(balances, certCount, "ERC-721 balances != certificates");
+    }
+
+    /// @dev A move by an operator: made only while the operator was active, within a value allowance
+    /// it spent exactly (an unlimited one left alone), and leaving no ERC-721 approval behind.
+    function invariant_operatorsWithinTheirRights() public view {
+        vm.assertEq(handler.ghostInactiveOperatorMoves(), 0, "an inactive operator moved a certificate");
+        vm.assertEq(handler.ghostAllowanceViolations(), 0, "a value allowance was overdrawn or misspent");
+        vm.assertEq(handler.ghostApprovalsSurvived(), 0, "an approval survived a transfer");
     }
 
     /// @dev A certificate frozen by the regulator keeps its holder and value until unfrozen.
