@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chain_client.errors import CertledgerError
+from chain_client.models import OrderStatus
 from chain_client.receipts import ReadingKind
 from chain_client.settings import Settings
 from chain_client.system import System
@@ -78,6 +79,27 @@ def _secret(env: str, what: str, hint: str) -> str:
     return value
 
 
+def _relayer_account(key_env: str) -> LocalAccount:
+    key = _secret(key_env, "the relayer's key", "--key-env")
+    try:
+        account: LocalAccount = Account.from_key(key)
+    except Exception:
+        # from None: the parser's own words, or a traceback's locals, could show the key.
+        raise typer.BadParameter(
+            f"environment variable {key_env} does not hold a private key (32 bytes, hex)",
+            param_hint="--key-env",
+        ) from None
+    return account
+
+
+def _existing_db(db: Path) -> Path:
+    """The oracle's database, which `oracle run` makes: any other command given a path with none
+    there has a wrong path, and must not start an empty database there."""
+    if not db.is_file():
+        raise typer.BadParameter(f"no oracle database at {db}", param_hint="--db")
+    return db
+
+
 def _run(job: Any) -> None:
     try:
         job()
@@ -126,7 +148,7 @@ def oracle_run(
             keeper_interval=keeper_interval,
             relayer_key_env=key_env,
         )
-        relayer: LocalAccount = Account.from_key(_secret(key_env, "the relayer's key", "--key-env"))
+        relayer = _relayer_account(key_env)
         system = _system(rpc_url, manifest)
         service = OracleService.build(settings, system, relayer)
         service.start_mqtt()
@@ -151,8 +173,7 @@ def oracle_run(
 @oracle_app.command("status")
 def oracle_status(db: Db = Path("oracle.db"), as_json: Json = False, limit: int = 20) -> None:
     """Orders (collecting, submitting, confirmed, disputed, failed), alerts and refused readings."""
-    if not db.exists():
-        raise typer.BadParameter(f"no oracle database at {db}", param_hint="--db")
+    _existing_db(db)
     store = Store(db)
     orders, alerts, refused = store.orders(), store.alerts(limit), store.rejections(limit)
     counts = {s.value: sum(1 for o in orders if o.state == s) for s in OrderState}
@@ -232,25 +253,72 @@ def oracle_status(db: Db = Path("oracle.db"), as_json: Json = False, limit: int 
             console.print(f"  order {r.order_id} device {r.device}: {r.reason} {r.detail}")
 
 
+EXPECTATIONS = {
+    "carton-weight": "carton_weight_grams",
+    "count-tolerance": "count_tolerance",
+    "weight-tolerance": "weight_tolerance_pct",
+}
+
+
 @oracle_app.command("expect")
 def oracle_expect(
-    order_id: int,
+    order_id: Annotated[int, typer.Argument(min=1, max=2**63 - 1)],
     carton_weight: Annotated[
-        int | None, typer.Option(min=1, help="Expected carton net weight, grams.")
+        int | None, typer.Option(min=1, max=2**63 - 1, help="Expected carton net weight, grams.")
     ] = None,
-    count_tolerance: Annotated[int | None, typer.Option(min=0)] = None,
-    weight_tolerance: Annotated[float | None, typer.Option(min=0.01, max=50)] = None,
+    count_tolerance: Annotated[
+        int | None, typer.Option(min=0, max=2**63 - 1, help="Cartons two RFID counts may differ by.")
+    ] = None,
+    weight_tolerance: Annotated[
+        float | None, typer.Option(min=0.01, max=50, help="Weight vs count, percent.")
+    ] = None,
+    reset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--reset",
+            metavar="FIELD",
+            help="Back to the configured default for carton-weight, count-tolerance or "
+            "weight-tolerance (repeatable).",
+        ),
+    ] = None,
     db: Db = Path("oracle.db"),
 ) -> None:
-    """Record an order's expectations (what the readings must agree with)."""
+    """Record an order's expectations (what the readings must agree with). Only the values given
+    change; the order need not be open on chain yet."""
+    _existing_db(db)
+    given: dict[str, int | float | None] = {
+        field: value
+        for field, value in (
+            ("carton_weight_grams", carton_weight),
+            ("count_tolerance", count_tolerance),
+            ("weight_tolerance_pct", weight_tolerance),
+        )
+        if value is not None
+    }
+    for name in reset or []:
+        field = EXPECTATIONS.get(name)
+        if field is None:
+            raise typer.BadParameter(f"{name}: one of {', '.join(EXPECTATIONS)}", param_hint="--reset")
+        if field in given:
+            raise typer.BadParameter(f"{name} is both given and reset", param_hint="--reset")
+        given[field] = None
+    if not given:
+        raise typer.BadParameter("give an expectation to change, or --reset", param_hint="--carton-weight")
     store = Store(db)
-    record = store.register_order(
-        order_id,
-        carton_weight_grams=carton_weight,
-        count_tolerance=count_tolerance,
-        weight_tolerance_pct=weight_tolerance,
+    try:
+        record = store.register_order(order_id, **given)  # type: ignore[arg-type]
+    finally:
+        store.close()
+
+    def shown(value: object, unit: str = "") -> str:
+        return "default" if value is None else f"{value}{unit}"
+
+    console.print(
+        f"order {order_id}: {record.state.value}, carton weight {shown(record.carton_weight_grams, ' g')}, "
+        f"count tolerance {shown(record.count_tolerance)}, "
+        f"weight tolerance {shown(record.weight_tolerance_pct, '%')}",
+        soft_wrap=True,
     )
-    console.print(f"order {order_id}: {record.state.value}, carton weight {record.carton_weight_grams} g")
 
 
 # ---------------------------------------------------------------------- devices
@@ -271,8 +339,7 @@ def oracle_resolve(
     db: Db = Path("oracle.db"),
 ) -> None:
     """Resolve a disputed or failed order: it collects readings again (a recount, by default)."""
-    if not db.exists():
-        raise typer.BadParameter(f"no oracle database at {db}", param_hint="--db")
+    _existing_db(db)
     store = Store(db)
     try:
         aside = store.resolve(order_id, reason, recount=not keep_readings)
@@ -301,8 +368,7 @@ def oracle_requeue(
     db: Db = Path("oracle.db"),
 ) -> None:
     """Check quarantined inbox items again (after the cause is fixed), or drop one."""
-    if not db.exists():
-        raise typer.BadParameter(f"no oracle database at {db}", param_hint="--db")
+    _existing_db(db)
     if (item is None) == (not all_items):
         raise typer.BadParameter("give one ITEM or --all", param_hint="ITEM")
     store = Store(db)
@@ -400,16 +466,29 @@ def devices_simulate(
             raise typer.BadParameter(
                 f"{item}: faults are {[f.value for f in Fault]}", param_hint="--fault"
             ) from None
+    names = sorted(m.name.removesuffix(".device.json") for m in directory.glob("*.device.json"))
+    unknown = sorted(set(fault_of) - set(names))
+    if unknown:
+        # A misspelt name would quietly send an honest reading where a fault was asked for.
+        raise typer.BadParameter(
+            f"no device named {', '.join(unknown)} in {directory} (devices: {', '.join(names) or 'none'})",
+            param_hint="--fault",
+        )
     password = _secret(password_env, "the keystore password", "--password-env")
 
     def job() -> None:
-        system = _system(rpc_url, manifest)
-        o = system.ledger.order(order)
-        wh = system.oracle.warehouse(o.warehouse)
-        settings = OracleSettings(broker_url=broker_url)
-        names = sorted(m.name.removesuffix(".device.json") for m in directory.glob("*.device.json"))
         if not names:
             raise DeviceError(f"no devices in {directory}")
+        system = _system(rpc_url, manifest)
+        o = system.ledger.order(order)
+        if o.status != OrderStatus.OPEN:
+            # Checked before a device signs: each signature spends a sequence number for good.
+            seen = "does not exist" if o.status == OrderStatus.NONE else f"is {o.status.name.lower()}"
+            raise typer.BadParameter(
+                f"order {order} {seen}: only an open order is delivered", param_hint="--order"
+            )
+        wh = system.oracle.warehouse(o.warehouse)
+        settings = OracleSettings(broker_url=broker_url)
         loaded = [load_device(DeviceFiles(directory, n), password, chain_id=system.chain.chain_id,
                               oracle=system.oracle.address) for n in names]  # fmt: skip
         try:

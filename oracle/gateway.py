@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from oracle.chainview import ChainView
 from oracle.retry import backoff_delay, is_transient
-from oracle.store import InboxItem, Store
+from oracle.store import Held, InboxItem, OrderState, Store, StoredReading
 from oracle.validation import Reason, check_reading, check_signed
 from oracle.wire import (
     MAX_PAYLOAD,
@@ -47,6 +47,8 @@ class Verdict:
     observation_id: int | None = None
     #: not checked because the node (or the database) is unavailable: later items would fare alike
     unavailable: bool = False
+    #: accepted before: this is a copy of a stored reading (a resend, a redelivery), not stored again
+    duplicate: bool = False
 
     @property
     def pending(self) -> bool:
@@ -112,15 +114,15 @@ class Gateway:
 
     def _decided(self, payload: bytes) -> Verdict:
         """The verdict already given on a reading: accepted (it is stored) or refused (and why). A
-        device told "kept" instead would send it again and be refused as a replay."""
+        device told "kept" instead would send it again, and hear it only then."""
         try:
             reading = decode_reading(payload)
         except MalformedReading as exc:
             return Verdict(False, Reason.MALFORMED, str(exc))
         o = reading.observation
-        found = self.store.observation_id(o.device, o.sequence, reading.signature)
-        if found is not None:
-            return Verdict(True, observation_id=found)
+        found = self.store.stored_reading(o.device, o.sequence)
+        if found is not None and found.reading == reading and not found.set_aside:
+            return Verdict(True, observation_id=found.id)
         refused = self.store.last_rejection(o.device, o.sequence)
         if refused is not None:
             return Verdict(False, Reason(refused.reason), refused.detail)
@@ -219,26 +221,49 @@ class Gateway:
         if refused is not None:
             return self._refuse(item, reading, refused.reason, refused.detail)
         # (device, sequence) next: a redelivered or replayed reading costs no chain call.
-        stored = self.store.stored_signature(o.device, o.sequence)
+        stored = self.store.stored_reading(o.device, o.sequence)
         if stored is not None:
-            if stored == reading.signature:
-                return self._refuse(item, reading, Reason.REPLAYED, "already received")
+            return self._seen(item, reading, stored)
+        refused = check_reading(reading, self.chain, self.clock_skew)
+        if refused is not None:
+            return self._refuse(item, reading, refused.reason, refused.detail)
+        stored_id = self.store.accept(item.id, reading, item.source)
+        if isinstance(stored_id, Held):
+            return self._refuse(item, reading, *_held(o.order_id, stored_id.state))
+        if stored_id is None:  # the same (device, sequence) won a race with this one
+            stored = self.store.stored_reading(o.device, o.sequence)
+            if stored is not None:
+                return self._seen(item, reading, stored)
+            return self._refuse(item, reading, Reason.REPLAYED, "already received")
+        log.info(
+            "accepted order %d %s=%d from %s (seq %d)", o.order_id, o.kind, o.value, o.device, o.sequence
+        )
+        return Verdict(True, None, "", stored_id)
+
+    def _seen(self, item: InboxItem, reading: SignedReading, stored: StoredReading) -> Verdict:
+        """A reading whose (device, sequence) is stored already. The very same reading (a device
+        sending again after losing the answer, an MQTT redelivery after a lost PUBACK) gets the
+        answer it got the first time, and no refusal is recorded for it: nothing is wrong. A
+        different reading under that sequence is refused, and so is one a recount set aside (it
+        no longer counts: the devices must read the goods again)."""
+        o = reading.observation
+        if stored.reading != reading:
             return self._refuse(
                 item,
                 reading,
                 Reason.SEQUENCE_REUSED,
                 f"sequence {o.sequence} already used for another reading",
             )
-        refused = check_reading(reading, self.chain, self.clock_skew)
-        if refused is not None:
-            return self._refuse(item, reading, refused.reason, refused.detail)
-        observation_id = self.store.accept(item.id, reading, item.source)
-        if observation_id is None:  # the same (device, sequence) won a race with this one
-            return self._refuse(item, reading, Reason.REPLAYED, "already received")
-        log.info(
-            "accepted order %d %s=%d from %s (seq %d)", o.order_id, o.kind, o.value, o.device, o.sequence
-        )
-        return Verdict(True, None, "", observation_id)
+        if stored.set_aside:
+            return self._refuse(
+                item,
+                reading,
+                Reason.REPLAYED,
+                "set aside by a recount: the devices must read the goods again",
+            )
+        self.store.forget(item.id)
+        log.info("order %d: reading %d of %s received again", o.order_id, o.sequence, o.device)
+        return Verdict(True, None, "already received", stored.id, duplicate=True)
 
     def _refuse(self, item: InboxItem, reading: SignedReading, reason: Reason, detail: str) -> Verdict:
         log.warning(
@@ -250,6 +275,16 @@ class Gateway:
         )
         self.store.reject(item.id, item.source, reason, detail, reading)
         return Verdict(False, reason, detail)
+
+
+def _held(order_id: int, state: OrderState) -> tuple[Reason, str]:
+    """Why a reading of an order past collecting in this oracle is not stored."""
+    if state == OrderState.SUBMITTING:
+        return Reason.ORDER_SUBMITTING, (
+            f"order {order_id} is being confirmed with the readings it has; a reading now would not be "
+            "judged (if the order collects again, read the goods again)"
+        )
+    return Reason.ORDER_NOT_OPEN, f"order {order_id} is {state.value}"
 
 
 def _describe(exc: BaseException) -> str:

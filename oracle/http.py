@@ -5,7 +5,10 @@ that registers each order's expectations.
                               (reason, detail) | 503 kept, to be checked when the node answers |
                               413 over 4,096 bytes (nothing kept) | 503 unavailable (nothing kept)
     PUT  /orders/{order_id}   expectations: carton weight, count and weight tolerances (with an
-                              operator token configured, only with `Authorization: Bearer TOKEN`)
+                              operator token configured, only with `Authorization: Bearer TOKEN`);
+                              a field given changes, one left out keeps its value, null means the
+                              configured default (as `oracle expect` and its --reset); the order
+                              need not be open on chain yet
     GET  /orders[/{order_id}] the oracle's view of orders
     GET  /alerts              disputes, failures, node trouble
 """
@@ -18,7 +21,7 @@ from typing import Annotated
 
 from fastapi import FastAPI, Header, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from oracle.gateway import Gateway
@@ -32,8 +35,14 @@ OrderId = Annotated[int, Path(ge=1, lt=2**63)]
 
 
 class OrderExpectations(BaseModel):
-    carton_weight_grams: int | None = Field(default=None, gt=0)
-    count_tolerance: int | None = Field(default=None, ge=0)
+    """Only the fields sent change (see `Store.register_order`); a misspelt one is refused rather
+    than ignored, which would leave the value it meant to set unchanged without a word."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Bounded by what the store keeps (a SQLite integer), so an absurd value is a 422, not a 500.
+    carton_weight_grams: int | None = Field(default=None, gt=0, lt=2**63)
+    count_tolerance: int | None = Field(default=None, ge=0, lt=2**63)
     weight_tolerance_pct: float | None = Field(default=None, gt=0, le=50)
 
 
@@ -123,12 +132,8 @@ def create_app(gateway: Gateway, store: Store, operator_token: str | None = None
         order_id: OrderId, body: OrderExpectations, authorization: Annotated[str | None, Header()] = None
     ) -> OrderPublic:
         operator(authorization)
-        record = store.register_order(
-            order_id,
-            carton_weight_grams=body.carton_weight_grams,
-            count_tolerance=body.count_tolerance,
-            weight_tolerance_pct=body.weight_tolerance_pct,
-        )
+        given = {name: getattr(body, name) for name in body.model_fields_set}
+        record = store.register_order(order_id, **given)
         return OrderPublic.of(record)
 
     @app.get("/orders")

@@ -18,8 +18,8 @@ Exactly once rests on two rules:
 
 A recorded transaction that cannot be mined is not sent for ever: once the node has refused its
 bytes `retry_attempts` times (TransactionRejected: a fee below the base fee, ...) the order fails
-with an alert, and once every later block is past a reading's deadline (so it could only revert)
-the order collects again, with an alert, after checking the chain has not confirmed it.
+with an alert, and once every later block is past a reading's deadline or freshness (so it could
+only revert) the order collects again, with an alert, after checking the chain has not confirmed it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from chain_client.errors import ContractReverted, TransactionRejected
-from chain_client.models import OrderStatus, Warehouse
+from chain_client.models import Order, OrderStatus, Warehouse
 from oracle.agreement import Expectations, Ready, conflict, decide, latest_per_device
 from oracle.chainview import ChainView
 from oracle.retry import backoff_delay, is_transient
@@ -65,6 +65,34 @@ class Mined:
     root_certificate_id: int | None = None
     error_name: str | None = None
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The devices' latest readings that could be submitted now, and how many were left out."""
+
+    readings: list[StoredObservation]
+    #: ahead of the chain's clock (usable in a moment)
+    early: int = 0
+    #: stale, or expiring, within the submit margin
+    lapsing: int = 0
+    #: observed after the order's deadline (the ledger refuses the whole receipt)
+    late: int = 0
+    #: sequence already used on chain
+    spent: int = 0
+
+    def left_out(self) -> str:
+        """For an order's detail: what was not counted, so a wait has a visible cause."""
+        parts = [
+            f"{n} {why}"
+            for n, why in (
+                (self.lapsing, "stale or about to lapse"),
+                (self.late, "observed after the order's deadline"),
+                (self.spent, "already used on chain"),
+            )
+            if n
+        ]
+        return f" ({', '.join(parts)} left out)" if parts else ""
 
 
 class NonceTooLow(Exception):
@@ -137,10 +165,16 @@ class Relayer:
         # when an order began waiting for its inbox items, and for early readings.
         self._held_since: dict[int, float] = {}
         self._early_since: dict[int, float] = {}
+        self._started = False
 
     def step(self) -> None:
         """One pass: finish what was in flight (first, so a restart resolves before sending anything
         new), then look at every order that got new readings or is due for a retry."""
+        if not self._started:
+            # A restart may bring new defaults (`oracle run --carton-weight`, a tolerance): every
+            # order still collecting is judged again by them, not only those a reading dirties.
+            self.store.mark_collecting_dirty()
+            self._started = True
         now = time.time()
         for record in self.store.orders((OrderState.SUBMITTING,)):
             if record.next_attempt_at <= now:
@@ -195,12 +229,16 @@ class Relayer:
                 return
         try:
             order = self.chain.order(order_id)
+            if order.status == OrderStatus.NONE:
+                self._not_opened(record, bool(stored))
+                return
             if order.status != OrderStatus.OPEN:
                 self._closed_elsewhere(order_id, order.status, order.root_certificate_id)
                 return
             warehouse = self.chain.warehouse(order.warehouse)
             latest = self._latest(stored, warehouse)
-            usable, early = self._usable(latest, warehouse, self.chain.now(), self.chain.passed())
+            judged = self._usable(latest, warehouse, order, self.chain.now(), self.chain.passed())
+            usable, early = judged.readings, judged.early
             required = frozenset(self.chain.required_kinds(order.warehouse))
         except Exception as exc:
             if is_transient(exc):
@@ -234,7 +272,7 @@ class Relayer:
         if not isinstance(decision, Ready):
             # Disputed here means only the usable subset disagrees (a weight against a count that
             # is not the lowest of all): nothing to submit, nothing to dispute.
-            self.store.mark_evaluated(order_id, decision.reason, record.revision)
+            self.store.mark_evaluated(order_id, decision.reason + judged.left_out(), record.revision)
             return
         by_key = {(o.reading.observation.device, o.reading.observation.sequence): o.id for o in usable}
         ids = [by_key[(r.observation.device, r.observation.sequence)] for r in decision.readings]
@@ -257,28 +295,56 @@ class Relayer:
         return [o for o in current if id(o.reading) in chosen]
 
     def _usable(
-        self, latest: list[StoredObservation], warehouse: Warehouse, now: int, passed: int
-    ) -> tuple[list[StoredObservation], int]:
+        self, latest: list[StoredObservation], warehouse: Warehouse, order: Order, now: int, passed: int
+    ) -> Judged:
         """The latest readings that would pass on chain now: observed no later than `passed` (no
-        later block is stamped before it: ObservationFromFuture otherwise), fresh and not expired
-        as at `now + margin`, sequence unused. Returns them and how many were left out only for
-        being early (usable in a moment)."""
+        later block is stamped before it: ObservationFromFuture otherwise) and no later than the
+        order's deadline (ReceiptAfterDeadline), fresh and not expired as at `now + margin`,
+        sequence unused; and how many were left out, and why."""
         usable: list[StoredObservation] = []
-        early = 0
+        early = lapsing = late = spent = 0
         # Judged as at `now + margin` for deadline and staleness: a reading that lapses between
-        # this look and its block would make the whole receipt revert, and a revert is final.
-        margin = self.settings.submit_margin
+        # this look and its block would make the whole receipt revert, and a revert is final. At
+        # most half the warehouse's freshness, or with a window of 30 s or less no reading would
+        # ever be fresh enough, while the contract would take one submitted at once.
+        margin = self._margin(warehouse)
         for item in latest:
             o = item.reading.observation
+            if o.observed_at > order.deadline:  # taken before the gateway refused such readings
+                late += 1
+                continue
             if o.observed_at > passed:
                 early += o.deadline >= now + margin
                 continue
             if check_times(o.observed_at, o.deadline, now + margin, warehouse.freshness, margin) is not None:
+                lapsing += 1
                 continue
             if self.chain.sequence_used(o.device, o.sequence):
+                spent += 1
                 continue
             usable.append(item)
-        return usable, early
+        return Judged(usable, early, lapsing, late, spent)
+
+    def _margin(self, warehouse: Warehouse) -> int:
+        return min(self.settings.submit_margin, warehouse.freshness // 2)
+
+    def _not_opened(self, record: OrderRecord, has_readings: bool) -> None:
+        """The chain has no such order (yet). Expectations are often registered before the issuer's
+        openOrder is mined: the order waits, unalerted, and the reading that ends the wait (the
+        gateway takes one only for an open order) marks it to be judged again. Readings already
+        stored for an order the chain does not know (a reorganisation, a database kept from
+        another chain) are node trouble: looked at again with backoff, alerted if it lasts."""
+        order_id = record.order_id
+        if has_readings:
+            self._backoff(
+                record,
+                OrderState.COLLECTING,
+                f"order {order_id} is not on chain, yet readings of it were taken",
+            )
+            return
+        self.store.mark_evaluated(
+            order_id, f"waiting for order {order_id} to be opened on chain", record.revision
+        )
 
     def _closed_elsewhere(self, order_id: int, status: OrderStatus, root_id: int) -> None:
         if status == OrderStatus.CONFIRMED:
@@ -309,9 +375,12 @@ class Relayer:
                 self._backoff(record, OrderState.COLLECTING, str(exc))
                 return
             raise
-        # Committed before the broadcast: see the module's rule 1.
+        # Committed before the broadcast: see the module's rule 1. Only if nothing came in since
+        # the order was judged (a reading the HTTP intake stored meanwhile, new expectations): the
+        # transaction was signed without it, and once the order is submitting the gateway takes
+        # no reading of it, so that one would never be judged.
         try:
-            self.store.set_state(
+            recorded = self.store.set_state(
                 order_id,
                 OrderState.SUBMITTING,
                 f"{len(readings)} readings in {prepared.tx_hash}",
@@ -321,12 +390,19 @@ class Relayer:
                 attempts=0,
                 refusals=0,
                 next_attempt_at=0.0,
+                if_revision=record.revision,
             )
         except Exception:
             # Not recorded, so never to be sent: its nonce must be handed out again, or every
             # later transaction of the key would wait behind the gap.
             self.submitter.discard(prepared)
             raise
+        if not recorded:
+            # Never sent, so its nonce goes back too. Whatever moved the revision marked the order
+            # dirty: it is judged again, with what came in.
+            self.submitter.discard(prepared)
+            log.info("order %d: changed while it was judged; judging it again", order_id)
+            return
         log.info("order %d: submitting %d readings in %s", order_id, len(readings), prepared.tx_hash)
         if self.crash_hook is not None:
             self.crash_hook("recorded", order_id)
@@ -415,13 +491,22 @@ class Relayer:
 
     def _lapsed(self, record: OrderRecord) -> str | None:
         """Why the recorded transaction can no longer confirm the order, if it cannot: every later
-        block is past the deadline of one of its readings, so mined it would only revert."""
-        deadlines = [
-            o.reading.observation.deadline for o in self.store.observations_by_id(record.observation_ids)
-        ]
+        block is past the deadline of one of its readings, or past its freshness, so mined it would
+        only revert (ObservationExpired, ObservationStale)."""
+        readings = [o.reading.observation for o in self.store.observations_by_id(record.observation_ids)]
+        if not readings:
+            return None
+        freshness = self.chain.warehouse(readings[0].warehouse).freshness
         passed = self.chain.passed()
-        if deadlines and min(deadlines) < passed:
-            return f"a reading's deadline {min(deadlines)} passed (chain time {passed}) before it was mined"
+        deadline = min(o.deadline for o in readings)
+        if deadline < passed:
+            return f"a reading's deadline {deadline} passed (chain time {passed}) before it was mined"
+        stale = min(o.observed_at for o in readings) + freshness
+        if stale < passed:
+            return (
+                f"a reading went stale at {stale} (freshness {freshness} s, chain time {passed}) "
+                "before it was mined"
+            )
         return None
 
     def _abandon(self, record: OrderRecord, why: str) -> None:

@@ -4,7 +4,8 @@ Honest devices read what arrived: the RFID portal counts every tagged carton, th
 weighs cartons x carton weight with a little scale noise. A faulty device reads wrongly but signs
 honestly (a reading out of the warehouse's range, or a count/weight that disagrees); a malicious
 one attacks the gateway (a key that is not the device's, a reading sent twice, a malleated high-s
-signature). The gateway must refuse every malicious reading and dispute every disagreement.
+signature). The gateway must refuse every malicious reading (a copy of a stored one is harmless:
+it is answered as the first time and stored once) and dispute every disagreement.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class Fault(enum.StrEnum):
     DISAGREE = "disagree"
     #: malicious: signed by a key that is not the device's
     WRONG_KEY = "wrong-key"
-    #: malicious: the same signed reading published twice
+    #: malicious: the same signed reading published twice (stored once; the copy is no refusal)
     REPLAY = "replay"
     #: malicious: the honest signature malleated to its high-s twin (s' = n - s, v flipped)
     HIGH_S = "high-s"

@@ -131,6 +131,31 @@ class OrderState(enum.StrEnum):
         return self in (OrderState.CONFIRMED, OrderState.FAILED, OrderState.DISPUTED)
 
 
+class _Unchanged(enum.Enum):
+    UNCHANGED = "unchanged"
+
+
+#: An expectation left as it is by `register_order` (None instead means the configured default).
+UNCHANGED = _Unchanged.UNCHANGED
+
+
+@dataclass(frozen=True)
+class Held:
+    """Why `Store.accept` stored nothing: the order is being confirmed (or is confirmed) with the
+    readings it has, so a reading stored now would never be judged."""
+
+    state: OrderState
+
+
+@dataclass(frozen=True)
+class StoredReading:
+    """The observation stored under a (device, sequence)."""
+
+    id: int
+    reading: SignedReading
+    set_aside: bool
+
+
 class NotResolvable(ValueError):
     """Only a disputed or failed order can be resolved."""
 
@@ -431,12 +456,17 @@ class Store:
 
     # ------------------------------------------------------------------ verdicts
 
-    def accept(self, item_id: int | None, reading: SignedReading, source: str) -> int | None:
+    def accept(self, item_id: int | None, reading: SignedReading, source: str) -> int | Held | None:
         """Stores an accepted reading and marks its inbox row done, atomically. Returns the new
-        observation id, or None if (device, sequence) is already stored (a redelivery or replay)."""
+        observation id; None if (device, sequence) is already stored (a redelivery or replay); or
+        Held, storing nothing, if the order is submitting or confirmed: the relayer records its
+        transaction in a transaction of this database too, so no reading slips in between."""
         o = reading.observation
         now = time.time()
         with self.transaction() as db:
+            row = db.execute("SELECT state FROM orders WHERE order_id = ?", (o.order_id,)).fetchone()
+            if row is not None and row["state"] in (OrderState.SUBMITTING.value, OrderState.CONFIRMED.value):
+                return Held(OrderState(row["state"]))
             if item_id is not None:
                 # The observation keeps the reading: the raw copy is no longer needed.
                 db.execute("DELETE FROM inbox WHERE id = ?", (item_id,))
@@ -455,7 +485,7 @@ class Store:
                     ),
                 )
             except sqlite3.IntegrityError:
-                return None  # the caller refuses the item as a replay
+                return None  # the caller compares it with the one stored
             self._touch_order(db, o.order_id, now)
             return int(cur.lastrowid or 0)
 
@@ -492,24 +522,21 @@ class Store:
         # A ring: refused readings come from anyone (D36), the table must not grow for ever.
         db.execute("DELETE FROM rejections WHERE id <= ?", (int(cur.lastrowid or 0) - self.max_rejections,))
 
-    def stored_signature(self, device: str, sequence: int) -> bytes | None:
-        """The signature stored for (device, sequence), if any."""
+    def stored_reading(self, device: str, sequence: int) -> StoredReading | None:
+        """The observation stored for (device, sequence), if any."""
         rows = self._query(
-            "SELECT reading FROM observations WHERE device = ? AND sequence = ?", (device, str(sequence))
+            "SELECT id, reading, set_aside FROM observations WHERE device = ? AND sequence = ?",
+            (device, str(sequence)),
         )
         if not rows:
             return None
-        return parse_reading(json.loads(rows[0]["reading"])).signature
+        reading = parse_reading(json.loads(rows[0]["reading"]))
+        return StoredReading(int(rows[0]["id"]), reading, bool(rows[0]["set_aside"]))
 
-    def observation_id(self, device: str, sequence: int, signature: bytes) -> int | None:
-        """The id of the stored observation that is this very reading (same signature), if any."""
-        rows = self._query(
-            "SELECT id, reading FROM observations WHERE device = ? AND sequence = ?", (device, str(sequence))
-        )
-        for row in rows:
-            if parse_reading(json.loads(row["reading"])).signature == signature:
-                return int(row["id"])
-        return None
+    def forget(self, item_id: int) -> None:
+        """Removes an inbox item that needs no verdict of its own: a copy of a stored reading."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM inbox WHERE id = ?", (item_id,))
 
     def last_rejection(self, device: str, sequence: int) -> Rejection | None:
         """The latest refusal of a reading of `device` with `sequence`."""
@@ -582,30 +609,35 @@ class Store:
         self,
         order_id: int,
         *,
-        carton_weight_grams: int | None,
-        count_tolerance: int | None,
-        weight_tolerance_pct: float | None,
+        carton_weight_grams: int | None | _Unchanged = UNCHANGED,
+        count_tolerance: int | None | _Unchanged = UNCHANGED,
+        weight_tolerance_pct: float | None | _Unchanged = UNCHANGED,
     ) -> OrderRecord:
-        """Records an order's expectations (before or after its first reading). Unset values fall
-        back to the gateway's configuration."""
+        """Records an order's expectations (before or after its first reading, before or after the
+        order is opened on chain). Only the values given change (UNCHANGED, the default, keeps the
+        stored one): a correction of one tolerance must not erase the carton weight. None means
+        the gateway's configured default."""
+        given = {
+            name: value
+            for name, value in (
+                ("carton_weight_grams", carton_weight_grams),
+                ("count_tolerance", count_tolerance),
+                ("weight_tolerance_pct", weight_tolerance_pct),
+            )
+            if value is not UNCHANGED
+        }
         now = time.time()
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO orders (order_id, state, carton_weight_grams, count_tolerance, "
-                "weight_tolerance_pct, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(order_id) DO UPDATE SET carton_weight_grams = excluded.carton_weight_grams, "
-                "count_tolerance = excluded.count_tolerance, "
-                "weight_tolerance_pct = excluded.weight_tolerance_pct, dirty = 1, "
-                "revision = revision + 1, updated_at = excluded.updated_at",
-                (
-                    order_id,
-                    OrderState.COLLECTING.value,
-                    carton_weight_grams,
-                    count_tolerance,
-                    weight_tolerance_pct,
-                    now,
-                    now,
-                ),
+                "INSERT INTO orders (order_id, state, created_at, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(order_id) DO NOTHING",
+                (order_id, OrderState.COLLECTING.value, now, now),
+            )
+            sets = "".join(f"{name} = ?, " for name in given)
+            db.execute(
+                f"UPDATE orders SET {sets}dirty = 1, revision = revision + 1, updated_at = ? "
+                "WHERE order_id = ?",
+                (*given.values(), now, order_id),
             )
         record = self.order(order_id)
         assert record is not None
@@ -645,6 +677,17 @@ class Store:
                 (int(again), revision, detail, time.time(), order_id),
             )
 
+    def mark_collecting_dirty(self) -> int:
+        """Marks every collecting order to be evaluated again (a restarted relayer may judge by new
+        defaults: a carton weight, a tolerance); returns how many."""
+        with self.transaction() as db:
+            return int(
+                db.execute(
+                    "UPDATE orders SET dirty = 1 WHERE state = ? AND dirty = 0",
+                    (OrderState.COLLECTING.value,),
+                ).rowcount
+            )
+
     def mark_dirty(self, order_id: int) -> None:
         with self.transaction() as db:
             db.execute("UPDATE orders SET dirty = 1, revision = revision + 1 WHERE order_id = ?", (order_id,))
@@ -657,12 +700,15 @@ class Store:
         *,
         dirty: bool = False,
         alert: tuple[str, str] | None = None,
+        if_revision: int | None = None,
         **fields: Any,
-    ) -> None:
+    ) -> bool:
         """Moves an order to `state`, with any of its other columns (tx_hash, raw_tx, ...); `dirty`
         (back to collecting, to be evaluated again) in the same update, so no crash can leave a
         collecting order that nothing looks at; and `alert` (kind, message) in the same
-        transaction, so no crash leaves a dispute or a failure nobody was told of."""
+        transaction, so no crash leaves a dispute or a failure nobody was told of. With
+        `if_revision`, only if the order is still at that revision (nothing came in since it was
+        judged). Returns whether the order was updated."""
         allowed = {
             "observation_ids",
             "tx_hash",
@@ -681,17 +727,20 @@ class Store:
         if "observation_ids" in fields:
             fields["observation_ids"] = json.dumps(list(fields["observation_ids"]))
         sets = ", ".join(f"{k} = ?" for k in fields)
+        guard, guarded = ("", ()) if if_revision is None else (" AND revision = ?", (if_revision,))
         with self.transaction() as db:
-            db.execute(
+            updated = db.execute(
                 f"UPDATE orders SET state = ?, detail = ?, dirty = ?, revision = revision + ?, updated_at = ?"
-                f"{', ' + sets if sets else ''} WHERE order_id = ?",
-                (state.value, detail, int(dirty), int(dirty), time.time(), *fields.values(), order_id),
-            )
-            if alert is not None:
+                f"{', ' + sets if sets else ''} WHERE order_id = ?{guard}",
+                (state.value, detail, int(dirty), int(dirty), time.time(), *fields.values(), order_id,
+                 *guarded),
+            ).rowcount  # fmt: skip
+            if alert is not None and (updated or if_revision is None):
                 db.execute(
                     "INSERT INTO alerts (at, order_id, kind, message) VALUES (?, ?, ?, ?)",
                     (time.time(), order_id, alert[0], alert[1]),
                 )
+        return bool(updated)
 
     def resolve(self, order_id: int, reason: str, *, recount: bool = True) -> int:
         """A person's answer to a dispute or a failure: the order collects again. With `recount` its

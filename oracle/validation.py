@@ -41,6 +41,10 @@ class Reason(enum.StrEnum):
     UNKNOWN_ORDER = "unknown-order"
     ORDER_NOT_OPEN = "order-not-open"
     ORDER_MISMATCH = "order-mismatch"
+    #: observed after the order's deadline: the ledger refuses the whole receipt (ReceiptAfterDeadline)
+    AFTER_ORDER_DEADLINE = "after-order-deadline"
+    #: the oracle is confirming the order with the readings it has (a transaction is in flight)
+    ORDER_SUBMITTING = "order-submitting"
     STALE_DEVICE_SET = "stale-device-set"
     UNKNOWN_DEVICE = "unknown-device"
     DEVICE_KIND_MISMATCH = "device-kind-mismatch"
@@ -111,6 +115,13 @@ def check_reading(reading: SignedReading, chain: ChainView, clock_skew: int) -> 
         return Refused(Reason.ORDER_NOT_OPEN, f"order {o.order_id} is {order.status.name.lower()}")
     if order.warehouse != o.warehouse or order.goods_hash != o.goods_hash:
         return Refused(Reason.ORDER_MISMATCH, f"warehouse or goods differ from order {o.order_id}'s")
+    # The ledger takes the receipt's time as its latest reading's: one reading observed after the
+    # order's deadline would make an on-time quorum revert, and a revert is final.
+    if o.observed_at > order.deadline:
+        return Refused(
+            Reason.AFTER_ORDER_DEADLINE,
+            f"observed at {o.observed_at}, after order {o.order_id}'s deadline {order.deadline}",
+        )
     if o.device_set_version != warehouse.device_set_version:
         return Refused(
             Reason.STALE_DEVICE_SET,

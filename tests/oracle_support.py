@@ -49,6 +49,8 @@ class FakeChain:
     fail: Callable[[], None] | None = None
     #: the latest block's time when it trails `now_value` (an idle chain, a node clock behind)
     block_time: int | None = None
+    #: every order's deadline (None: two weeks after `now_value`)
+    order_deadline: int | None = None
 
     @property
     def chain_id(self) -> int:
@@ -96,8 +98,9 @@ class FakeChain:
         self._maybe_fail()
         status = self.orders.get(order_id, OrderStatus.NONE)
         zero = to_checksum_address("0x" + "00" * 20)
+        deadline = self.now_value + 14 * 86_400 if self.order_deadline is None else self.order_deadline
         return Order(
-            order_id, zero, self.now_value + 90 * 86_400, self.now_value + 14 * 86_400, status, zero,
+            order_id, zero, self.now_value + 90 * 86_400, deadline, status, zero,
             1_000, 10**9, 0, 0, 0, 0, b"\x00" * 32, WAREHOUSE, GOODS,
         )  # fmt: skip
 

@@ -134,8 +134,12 @@ def test_agreeing_readings_confirm_on_chain_once(rig: Rig) -> None:
 
 def test_replay_of_the_same_observation(rig: Rig, tmp_path: Path) -> None:
     first, weight = rig.reading(rig.rfid1, 1_000), rig.reading(rig.scale, 1_000 * CARTON_G)
-    assert rig.send(first).accepted and rig.send(weight).accepted
-    assert rig.send(first).reason == Reason.REPLAYED  # the store has it
+    verdict = rig.send(first)
+    assert verdict.accepted and rig.send(weight).accepted
+    # The store has it: sent again it is answered as the first time, and stored once.
+    again = rig.send(first)
+    assert again.accepted and again.duplicate and again.observation_id == verdict.observation_id
+    assert len(rig.store.observations(rig.order_id)) == 2
     rig.relayer().step()
     assert rig.state() == OrderState.CONFIRMED
     # A gateway with an empty database still refuses it: the chain has used the sequence.
@@ -378,9 +382,51 @@ def test_gateway_and_relayer_restart_submit_nothing_twice(rig: Rig, tmp_path: Pa
     # The restarted gateway: same database, devices (or the broker) send everything again.
     rig.store = Store(rig.store.path)
     rig.gateway = Gateway(rig.store, rig.view, clock_skew=30)
-    assert [rig.send(r).reason for r in readings] == [Reason.REPLAYED, Reason.REPLAYED]
+    again = [rig.send(r) for r in readings]
+    assert all(v.accepted and v.duplicate for v in again) and rig.store.rejections() == []
     rig.relayer().step()
     assert rig.state() == OrderState.CONFIRMED and rig.confirmations() == 1
+
+
+def test_a_reading_after_the_orders_deadline_neither_enters_nor_spoils_an_on_time_receipt(rig: Rig) -> None:
+    """The goods were counted and weighed before the order's deadline; the second portal reads
+    them after it. The ledger would refuse the whole receipt (ReceiptAfterDeadline, its time being
+    the latest reading's): the late reading is refused at intake, and one kept by an older
+    release is left out of the receipt, which confirms."""
+    rig.order_id = rig.world.open_order(warehouse=rig.warehouse, expected_quantity=1_000, deadline_in=600)
+    assert rig.send(rig.reading(rig.rfid1, 1_000, age=30)).accepted
+    assert rig.send(rig.reading(rig.scale, 1_000 * CARTON_G, age=30)).accepted
+    rig.world.chain.advance_time(700)
+    late = rig.reading(rig.rfid2, 1_000, age=5)
+    assert rig.send(late).reason == Reason.AFTER_ORDER_DEADLINE
+    assert isinstance(rig.store.accept(None, late, "older release"), int)
+    rig.relayer().step()
+    assert rig.state() == OrderState.CONFIRMED and rig.confirmations() == 1
+    assert rig.world.ledger.order(rig.order_id).delivered_quantity == 1_000
+
+
+def test_a_conflicting_count_stored_while_the_receipt_is_signed_is_disputed(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Portal B's short count reaches the HTTP intake while the pipeline signs the receipt of A
+    and the weighbridge: that transaction is never sent, and the order is judged with B's count."""
+    assert rig.send(rig.reading(rig.rfid1, 1_000)).accepted
+    assert rig.send(rig.reading(rig.scale, 1_000 * CARTON_G)).accepted
+    relayer = rig.relayer()
+    real = relayer.submitter.prepare
+    during: list[Verdict] = []
+
+    def prepare(readings: Any) -> Any:
+        if not during:
+            during.append(rig.send(rig.reading(rig.rfid2, 700)))
+        return real(readings)
+
+    monkeypatch.setattr(relayer.submitter, "prepare", prepare)
+    relayer.step()
+    relayer.step()
+    assert during[0].accepted
+    assert rig.state() == OrderState.DISPUTED and rig.confirmations() == 0
+    assert rig.world.ledger.order(rig.order_id).status == OrderStatus.OPEN
 
 
 # ---------------------------------------------------------------------- the keeper

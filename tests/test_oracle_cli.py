@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+from world import DEFAULT_QUANTITY, World
 
 from certledger_main import build_app
 from oracle.broker import mosquitto_binary
@@ -140,3 +141,91 @@ def test_requeue_releases_quarantined_items_shown_by_status(runner: CliRunner, t
     assert store.inbox_count(processed=True) == 0 and store.unchecked_for_order(7) == (1, 0)
     assert [a.kind for a in store.alerts()] == ["requeued", "quarantined"]
     store.close()
+
+
+def test_expect_needs_an_existing_database(runner: CliRunner, tmp_path: Path) -> None:
+    for db in (tmp_path / "typo.db", tmp_path / "no-such-dir" / "oracle.db"):
+        result = runner.invoke(
+            build_app(), ["oracle", "expect", "7", "--carton-weight", "12000", "--db", str(db)]
+        )
+        assert result.exit_code == 2 and "no oracle database" in result.output, result.output
+        assert not db.exists()
+
+
+def test_expect_changes_only_the_options_given(runner: CliRunner, tmp_path: Path) -> None:
+    db = tmp_path / "oracle.db"
+    Store(db).close()
+    expect = ["oracle", "expect", "7", "--db", str(db)]
+    assert runner.invoke(build_app(), [*expect, "--carton-weight", "12000"]).exit_code == 0
+    done = runner.invoke(build_app(), [*expect, "--count-tolerance", "1"])
+    assert done.exit_code == 0, done.output
+    assert "carton weight 12000 g, count tolerance 1, weight tolerance default" in done.output
+    reset = runner.invoke(build_app(), [*expect, "--reset", "carton-weight"])
+    assert reset.exit_code == 0 and "carton weight default, count tolerance 1" in reset.output
+    assert runner.invoke(build_app(), expect).exit_code == 2  # nothing to change
+    assert runner.invoke(build_app(), [*expect, "--reset", "carton"]).exit_code == 2
+    assert runner.invoke(build_app(), [*expect, "--carton-weight", str(2**63)]).exit_code == 2
+    store = Store(db)
+    record = store.order(7)
+    assert record is not None and (record.carton_weight_grams, record.count_tolerance) == (None, 1)
+    store.close()
+
+
+def test_oracle_run_with_a_key_that_is_not_one_says_so_without_showing_it(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    key = "0xnot-a-key-but-a-secret-all-the-same"
+    result = runner.invoke(
+        build_app(), ["oracle", "run", "--db", str(tmp_path / "o.db")], env={"CERTLEDGER_RELAYER_KEY": key}
+    )
+    assert result.exit_code == 2 and "CERTLEDGER_RELAYER_KEY" in result.output, result.output
+    assert "does not hold a private key" in result.output
+    assert "secret-all-the-same" not in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o.db").exists()
+
+
+def _devices(runner: CliRunner, directory: Path) -> None:
+    for name, kind in (("portal-a", "count"), ("scale", "weight")):
+        made = runner.invoke(
+            build_app(),
+            ["devices", "create", name, "--kind", kind, "--dir", str(directory), "--weak-kdf-for-tests"],
+            env={"CERTLEDGER_DEVICE_PASSWORD": "pw"},
+        )
+        assert made.exit_code == 0, made.output
+
+
+def _next_sequences(runner: CliRunner, directory: Path) -> dict[str, int]:
+    listed = runner.invoke(build_app(), ["devices", "list", "--dir", str(directory), "--json"])
+    return {d["name"]: d["next_sequence"] for d in json.loads(listed.output)}
+
+
+def test_simulate_refuses_a_fault_for_no_device(runner: CliRunner, tmp_path: Path) -> None:
+    _devices(runner, tmp_path)
+    result = runner.invoke(
+        build_app(),
+        ["devices", "simulate", "--order", "1", "--dir", str(tmp_path), "--fault", "portal-A=high-s"],
+        env={"CERTLEDGER_DEVICE_PASSWORD": "pw"},
+    )
+    assert result.exit_code == 2 and "no device named portal-A" in result.output, result.output
+    assert _next_sequences(runner, tmp_path) == {"portal-a": 1, "scale": 1}
+
+
+def test_simulate_refuses_an_order_that_is_not_open(
+    runner: CliRunner, tmp_path: Path, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is signed (each signature spends a sequence number) nor published for an order
+    the chain does not have, or one already confirmed."""
+    _devices(runner, tmp_path)
+    monkeypatch.setattr("oracle.cli._system", lambda rpc_url, manifest: world.system)
+    confirmed = world.open_order()
+    world.confirm(confirmed, DEFAULT_QUANTITY)
+    for order, words in ((10**6, "does not exist"), (confirmed, "is confirmed")):
+        result = runner.invoke(
+            build_app(),
+            # an unreachable broker: reaching it would be an exit 1 in other words
+            ["devices", "simulate", "--order", str(order), "--dir", str(tmp_path), "--broker-url",
+             "mqtt://127.0.0.1:9"],
+            env={"CERTLEDGER_DEVICE_PASSWORD": "pw"},
+        )  # fmt: skip
+        assert result.exit_code == 2 and f"order {order} {words}" in result.output, result.output
+    assert _next_sequences(runner, tmp_path) == {"portal-a": 1, "scale": 1}

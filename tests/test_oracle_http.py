@@ -49,8 +49,6 @@ def test_post_reading_answers_with_the_verdict(
     r = signed(signer, chain)
     ok = client.post("/readings", json=r.to_json())
     assert ok.status_code == 202 and ok.json()["status"] == "accepted"
-    again = client.post("/readings", json=r.to_json())
-    assert again.status_code == 422 and again.json()["reason"] == "replayed"
     high = SignedReading(r.observation, malleate(r.signature)).to_json()
     assert client.post("/readings", json=high).json()["reason"] == "high-s"
     assert client.post("/readings", json={"orderId": "x"}).json()["reason"] == "malformed"
@@ -168,3 +166,51 @@ def test_a_reading_whose_check_fails_unexpectedly_is_kept_not_a_500(
     # Counted against the item only by the pipeline, which can tell the item's own failure from
     # the node's (the same error on the next item).
     assert store.unprocessed(now=10**12)[0].attempts == 0
+
+
+def test_the_same_reading_posted_again_is_answered_as_the_first_time(
+    setup: tuple[TestClient, FakeChain, Store, DeviceSigner],
+) -> None:
+    """A device that lost the answer posts the same reading again: 202 accepted with the same
+    observation, stored once and no refusal; another reading under that sequence is refused."""
+    client, chain, store, signer = setup
+    r = signed(signer, chain)
+    first = client.post("/readings", content=r.encode())
+    again = client.post("/readings", content=r.encode())
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.json() == first.json() == {"status": "accepted", "observation_id": 1}
+    assert len(store.observations(1)) == 1 and store.rejections() == []
+    reused = SignedReading(
+        *DeviceSigner(
+            RFID, ReadingKind.CARTON_COUNT, MemorySequence(r.observation.sequence), chain_id=CHAIN_ID,
+            oracle=ORACLE,
+        ).observe(ReadingContext(1, WAREHOUSE, GOODS, 1), 999, observed_at=chain.now_value - 5, valid_for=600)
+    )  # fmt: skip
+    refused = client.post("/readings", content=reused.encode())
+    assert refused.status_code == 422 and refused.json()["reason"] == "sequence-reused"
+
+
+def test_expectations_change_only_where_given_and_null_means_the_default(
+    setup: tuple[TestClient, FakeChain, Store, DeviceSigner],
+) -> None:
+    client, _, _, _ = setup
+    assert client.put("/orders/7", json={"carton_weight_grams": 12_000}).status_code == 200
+    put = client.put("/orders/7", json={"count_tolerance": 1})
+    assert put.status_code == 200
+    assert (put.json()["carton_weight_grams"], put.json()["count_tolerance"]) == (12_000, 1)
+    reset = client.put("/orders/7", json={"carton_weight_grams": None})
+    assert (reset.json()["carton_weight_grams"], reset.json()["count_tolerance"]) == (None, 1)
+    misspelt = client.put("/orders/7", json={"carton_weight": 13_000})
+    assert misspelt.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "body", [{"count_tolerance": 10**20}, {"carton_weight_grams": 2**63}, {"count_tolerance": 2**63}]
+)
+def test_expectations_beyond_what_the_store_keeps_are_validation_errors(
+    setup: tuple[TestClient, FakeChain, Store, DeviceSigner], body: dict[str, int]
+) -> None:
+    client, _, store, _ = setup
+    put = client.put("/orders/3", json=body)
+    assert put.status_code == 422, put.text
+    assert store.orders() == []

@@ -150,7 +150,9 @@ def test_oracle_run_confirms_simulated_deliveries_and_disputes_a_bad_one(tmp_pat
         assert "weight" in alerts[0]["message"]
         refused = status(runner, db)["refused"]
         assert isinstance(refused, list)
-        assert {"high-s", "replayed"} <= {r["reason"] for r in refused}
+        reasons = {r["reason"] for r in refused}
+        # The weighbridge's second copy is answered as the first: stored once, no refusal.
+        assert "high-s" in reasons and "replayed" not in reasons
         text = runner.invoke(build_app(), ["oracle", "status", "--db", str(db)]).output
         assert "1 confirmed" in text and "1 disputed" in text
         listed = json.loads(

@@ -191,7 +191,6 @@ def test_gateway_refuses_each_bad_reading_with_its_reason(store: Store) -> None:
     a = signer(RFID_A)
     good = reading(a, 1000, chain)
     assert ingest(gw, good) is None
-    assert ingest(gw, good) == Reason.REPLAYED  # the same bytes again
     twin = reading(signer(RFID_A, seq_start=good.observation.sequence), 999, chain)
     assert ingest(gw, twin) == Reason.SEQUENCE_REUSED
     assert ingest(gw, SignedReading(good.observation, malleate(good.signature))) == Reason.HIGH_S
@@ -602,8 +601,8 @@ def test_a_reading_the_pipeline_checked_first_gets_that_verdict_over_http(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The HTTP intake keeps a reading, then checks it; the pipeline thread may check it in between.
-    The device must hear that verdict, not "kept" (it would send the reading again and be told
-    `replayed`)."""
+    The device must hear that verdict, not "kept" (it would send the reading again, and hear it
+    only then)."""
     store = Store(tmp_path / "o.db")
     chain = fake_chain()
     gateway = Gateway(store, chain, clock_skew=30)
@@ -781,9 +780,9 @@ def test_payload_cap_and_what_the_inbox_keeps(tmp_path: Path) -> None:
     assert gw.ingest(good.encode(), "t").accepted
     for n in range(5):
         assert ingest(gw, b"garbage %d" % n) == Reason.MALFORMED
-    assert gw.ingest(good.encode(), "t").reason == Reason.REPLAYED  # the observation remembers it
+    assert gw.ingest(good.encode(), "t").duplicate  # the observation remembers it
     assert store.inbox_count() == 0
-    assert [r.reason for r in store.rejections()] == ["replayed", "malformed", "malformed"]
+    assert [r.reason for r in store.rejections()] == ["malformed", "malformed", "malformed"]
 
 
 def test_a_migrated_inbox_drops_rows_already_checked(tmp_path: Path) -> None:
@@ -1196,3 +1195,200 @@ def test_an_early_reading_is_waited_for_while_the_rest_is_no_quorum(tmp_path: Pa
     chain.now_value += 11
     r.step()
     assert store.order(1).state == OrderState.CONFIRMED  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------- review 3
+
+
+def test_a_reading_observed_after_the_orders_deadline_is_refused(store: Store) -> None:
+    """The ledger takes a receipt's time from its latest reading and refuses one after the order's
+    deadline (ReceiptAfterDeadline): such a reading is refused at intake, not stored to spoil a
+    quorum made in time."""
+    chain = fake_chain()
+    chain.order_deadline = chain.now_value - 100
+    gw = Gateway(store, chain, clock_skew=30)
+    late = gw.ingest(reading(signer(RFID_A), 1_000, chain, age=60).encode(), "t")
+    assert (late.accepted, late.reason) == (False, Reason.AFTER_ORDER_DEADLINE)
+    assert "deadline" in late.detail
+    assert gw.ingest(reading(signer(RFID_B), 1_000, chain, age=200).encode(), "t").accepted
+
+
+def test_a_late_reading_stored_before_the_intake_refused_it_is_not_submitted(store: Store) -> None:
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    ready_order(store, chain)  # portal A and the weighbridge, 60 s ago
+    chain.order_deadline = chain.now_value - 30
+    late = reading(signer(RFID_B), 1_000, chain, age=10)
+    assert isinstance(store.accept(None, late, "t"), int)  # kept by an older release
+    relayer(store, chain, sub).step()
+    assert store.order(1).state == OrderState.CONFIRMED  # type: ignore[union-attr]
+    [submitted] = sub.submitted
+    assert late not in submitted and len(submitted) == 2
+
+
+def test_expectations_registered_before_the_order_opens_wait_for_it(store: Store) -> None:
+    """A warehouse system registers what order 2 expects before the issuer's openOrder is mined:
+    the order waits for it (no failure, no alert) and confirms once it is open and read."""
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    store.register_order(2, carton_weight_grams=CARTON_G, count_tolerance=None, weight_tolerance_pct=None)
+    r = relayer(store, chain, sub)
+    r.step()
+    record = store.order(2)
+    assert record is not None and record.state == OrderState.COLLECTING and record.error_name is None
+    assert "waiting for order 2 to be opened" in record.detail and store.alerts() == []
+    chain.orders[2] = OrderStatus.OPEN
+    gw = Gateway(store, chain, clock_skew=30)
+    for dev, value in ((RFID_A, 1_000), (SCALE, 1_000 * CARTON_G)):
+        assert gw.ingest(reading(signer(dev), value, chain, order_id=2).encode(), "t").accepted
+    r.step()
+    assert store.order(2).state == OrderState.CONFIRMED  # type: ignore[union-attr]
+
+
+def test_a_reading_stored_while_the_order_is_being_signed_is_judged_before_anything_is_sent(
+    store: Store,
+) -> None:
+    """The HTTP intake stores portal B's conflicting count while the pipeline prepares the receipt
+    of A and the weighbridge: that transaction is not recorded (its nonce goes back), and the
+    order is judged again with B's count: a dispute, nothing sent."""
+    chain = fake_chain()
+    gw = Gateway(store, chain, clock_skew=30)
+
+    class Racing(FakeSubmitter):
+        def prepare(self, rs: Sequence[SignedReading]) -> PreparedTx:
+            if not self.submitted:
+                assert gw.ingest(reading(signer(RFID_B), 700, chain).encode(), "http").accepted
+            return super().prepare(rs)
+
+    sub = Racing(chain)
+    ready_order(store, chain)
+    r = relayer(store, chain, sub)
+    r.step()
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.DISPUTED, record
+    assert sub.broadcasts == [] and sub.discarded == ["0x" + "0" * 63 + "1"]
+    assert [a.kind for a in store.alerts()] == ["disputed"]
+
+
+def test_a_reading_for_an_order_being_submitted_is_refused(store: Store) -> None:
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    sub.mine = False
+    ready_order(store, chain)
+    relayer(store, chain, sub).step()
+    assert store.order(1).state == OrderState.SUBMITTING  # type: ignore[union-attr]
+    gw = Gateway(store, chain, clock_skew=30)
+    verdict = gw.ingest(reading(signer(RFID_B), 700, chain).encode(), "http")
+    assert (verdict.accepted, verdict.reason) == (False, Reason.ORDER_SUBMITTING)
+    assert "being confirmed" in verdict.detail and len(store.observations(1)) == 2
+
+
+def test_a_short_freshness_window_still_submits(store: Store) -> None:
+    """A warehouse whose freshness (25 s) is within the relayer's 30 s margin: the margin shrinks
+    to half the window, so a fresh reading is sent at once, as the contract would take it."""
+    chain = fake_chain()
+    chain.freshness = 25
+    sub = FakeSubmitter(chain)
+    gw = Gateway(store, chain, clock_skew=30)
+    store.register_order(1, carton_weight_grams=CARTON_G, count_tolerance=None, weight_tolerance_pct=None)
+    for dev, value in ((RFID_A, 1_000), (SCALE, 1_000 * CARTON_G)):
+        assert gw.ingest(reading(signer(dev), value, chain, age=1).encode(), "t").accepted
+    relayer(store, chain, sub).step()
+    assert store.order(1).state == OrderState.CONFIRMED  # type: ignore[union-attr]
+
+
+def test_the_detail_counts_readings_left_out_as_lapsing(store: Store) -> None:
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    gw = Gateway(store, chain, clock_skew=30)
+    store.register_order(1, carton_weight_grams=CARTON_G, count_tolerance=None, weight_tolerance_pct=None)
+    assert gw.ingest(reading(signer(RFID_A), 1_000, chain, age=3_590).encode(), "t").accepted
+    assert gw.ingest(reading(signer(SCALE), 1_000 * CARTON_G, chain).encode(), "t").accepted
+    relayer(store, chain, sub).step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.COLLECTING and sub.prepared == 0
+    assert record.detail == "1 of 2 devices (1 stale or about to lapse left out)"
+
+
+def test_a_transaction_whose_readings_went_stale_unmined_is_abandoned(store: Store) -> None:
+    """Deadlines an hour later than the freshness window: once the chain is past a reading's
+    freshness the transaction could only revert ObservationStale, a final failure; it is abandoned
+    and the order collects again."""
+    import time
+
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    sub.mine = False
+    gw = Gateway(store, chain, clock_skew=30)
+    store.register_order(1, carton_weight_grams=CARTON_G, count_tolerance=None, weight_tolerance_pct=None)
+    for dev, value in ((RFID_A, 1_000), (SCALE, 1_000 * CARTON_G)):
+        assert gw.ingest(reading(signer(dev), value, chain, valid_for=7_200).encode(), "t").accepted
+    r = relayer(store, chain, sub)
+    r.step()
+    assert store.order(1).state == OrderState.SUBMITTING  # type: ignore[union-attr]
+    chain.now_value += 3_600  # observed 3,660 s ago: stale; deadlines still 3,540 s away
+    time.sleep(0.01)  # past the backoff of "not mined yet"
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.COLLECTING, record
+    [alert] = store.alerts()
+    assert alert.kind == "abandoned" and "stale" in alert.message
+
+
+def test_a_restart_with_a_new_default_judges_waiting_orders_again(store: Store) -> None:
+    """Order 1 waits for a carton weight; the oracle restarts with one as its default: the order is
+    judged again by it without waiting for another reading."""
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    gw = Gateway(store, chain, clock_skew=30)
+    for dev, value in ((RFID_A, 1_000), (SCALE, 1_000 * CARTON_G)):
+        assert gw.ingest(reading(signer(dev), value, chain).encode(), "t").accepted
+    Relayer(store, chain, sub, OracleSettings(carton_weight_grams=None)).step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.COLLECTING
+    assert "no expected carton weight" in record.detail and store.dirty_collecting() == []
+    Relayer(store, chain, sub, OracleSettings(carton_weight_grams=CARTON_G)).step()
+    assert store.order(1).state == OrderState.CONFIRMED  # type: ignore[union-attr]
+
+
+def test_the_same_reading_sent_again_is_answered_as_the_first_time(store: Store) -> None:
+    """A device that lost the answer (or a broker that lost the PUBACK) sends the very same reading
+    again: accepted, the same observation, stored once, no refusal recorded, over HTTP and through
+    the inbox alike. Another reading under the same sequence is still refused."""
+    chain = fake_chain()
+    gw = Gateway(store, chain, clock_skew=30)
+    good = reading(signer(RFID_A), 1_000, chain)
+    first = gw.ingest(good.encode(), "http")
+    again = gw.ingest(good.encode(), "http")
+    assert first.accepted and not first.duplicate
+    assert again.accepted and again.duplicate and again.observation_id == first.observation_id
+    store.receive("mqtt:x", good.encode(), 1)  # redelivered by the broker
+    [redelivered] = gw.process_pending()
+    assert redelivered.accepted and redelivered.observation_id == first.observation_id
+    assert store.inbox_count() == 0 and store.rejections() == [] and len(store.observations(1)) == 1
+    twin = reading(signer(RFID_A, seq_start=good.observation.sequence), 999, chain)
+    assert ingest(gw, twin) == Reason.SEQUENCE_REUSED
+
+
+def test_a_reading_set_aside_by_a_recount_is_refused_when_sent_again(store: Store) -> None:
+    chain = fake_chain()
+    gw = Gateway(store, chain, clock_skew=30)
+    good = reading(signer(RFID_A), 1_000, chain)
+    assert gw.ingest(good.encode(), "t").accepted
+    store.set_state(1, OrderState.DISPUTED, "weight does not match")
+    store.resolve(1, "recount")
+    assert ingest(gw, good) == Reason.REPLAYED
+    assert store.observations(1) == []
+
+
+def test_expectations_change_only_where_given(store: Store) -> None:
+    store.register_order(1, carton_weight_grams=CARTON_G, weight_tolerance_pct=1.5)
+    record = store.register_order(1, count_tolerance=2)
+    assert (record.carton_weight_grams, record.count_tolerance, record.weight_tolerance_pct) == (
+        CARTON_G,
+        2,
+        1.5,
+    )
+    record = store.register_order(1, carton_weight_grams=None)  # back to the configured default
+    assert (record.carton_weight_grams, record.count_tolerance) == (None, 2)
