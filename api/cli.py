@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -14,12 +16,14 @@ import uvicorn
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
+from sqlalchemy.exc import SQLAlchemyError
 
 from api.app import create_app
 from api.service import Service
 from api.settings import ApiSettings
 from chain_client.chain import Chain, connect
-from chain_client.index.db import IndexDatabase
+from chain_client.errors import CertledgerError
+from chain_client.index.db import IndexDatabase, shown_url
 from chain_client.index.sync import Indexer
 from chain_client.models import Role
 from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, label_hash
@@ -37,6 +41,7 @@ DEMO_ROLES: dict[str, Role] = {
     "regulator": Role.REGULATOR,
 }
 DEMO_WAREHOUSE = "WH-DEMO-1"
+DEFAULT_INDEX_DB = "certledger-index.sqlite"
 
 
 def demo_key(name: str) -> LocalAccount:
@@ -80,8 +85,17 @@ def follow_index(settings: ApiSettings, stop: threading.Event) -> None:
 
 def _serve_one(system: System, settings: ApiSettings, host: str, port: int, access_log: bool) -> None:
     """The API in this process, one worker."""
-    app = create_app(Service.build(system, settings))
-    uvicorn.run(app, host=host, port=port, workers=1, access_log=access_log)
+    try:
+        service = Service.build(system, settings)
+    except CertledgerError as exc:  # an index of another chain or deployment
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except SQLAlchemyError as exc:  # a file that is no database, a server that refuses
+        reason = getattr(exc, "orig", None) or exc
+        shown = shown_url(settings.index_db)
+        typer.echo(f"error: the event index {shown} cannot be used: {reason}", err=True)
+        raise typer.Exit(1) from None
+    uvicorn.run(create_app(service), host=host, port=port, workers=1, access_log=access_log)
 
 
 @app.command()
@@ -96,8 +110,13 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65_535)] = 8000,
     workers: Annotated[int, typer.Option(min=1, max=64, help="uvicorn worker processes (node only).")] = 1,
     index_db: Annotated[
-        str, typer.Option(envvar="CERTLEDGER_INDEX_DB", help="Event index (SQLite path or URL).")
-    ] = "certledger-index.sqlite",
+        str | None,
+        typer.Option(
+            envvar="CERTLEDGER_INDEX_DB",
+            help="Event index (SQLite path or URL). Default: certledger-index.sqlite with a node, a "
+            "throwaway file with the embedded chain (a new chain each run).",
+        ),
+    ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request (costs ~10% of a read).")] = False,
 ) -> None:
     """Serve the HTTP API (OpenAPI at /docs)."""
@@ -106,18 +125,23 @@ def serve(
             raise typer.BadParameter(
                 "the embedded chain lives in one process: use --workers 1", param_hint="--workers"
             )
-        settings = ApiSettings(index_db=index_db)
-        chain = connect(settings)
-        system = deploy_demo(chain)
-        typer.echo("embedded demo chain; throwaway keys (never use them elsewhere):")
-        for name in ("admin", *DEMO_ROLES, "gateway", "device0", "device1", "device2"):
-            account = demo_key(name)
-            typer.echo(f"  {name:10} {account.address} 0x{bytes(account.key).hex()}")
-        _serve_one(system, settings, host, port, access_log)
+        # The embedded chain is new on every run, with the same chain id and addresses: an index
+        # kept from an earlier run records blocks this chain never had.
+        # uvicorn raises the signal that stopped it again once it has shut down; SIGTERM's default
+        # would end the process before the throwaway directory is removed.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        with tempfile.TemporaryDirectory(prefix="certledger-serve-") as scratch:
+            settings = ApiSettings(index_db=index_db or str(Path(scratch) / "index.sqlite"))
+            system = deploy_demo(connect(settings))
+            typer.echo("embedded demo chain; throwaway keys (never use them elsewhere):")
+            for name in ("admin", *DEMO_ROLES, "gateway", "device0", "device1", "device2"):
+                account = demo_key(name)
+                typer.echo(f"  {name:10} {account.address} 0x{bytes(account.key).hex()}")
+            _serve_one(system, settings, host, port, access_log)
         return
     os.environ["CERTLEDGER_RPC_URL"] = rpc_url
     os.environ["CERTLEDGER_MANIFEST"] = str(manifest)
-    os.environ["CERTLEDGER_INDEX_DB"] = index_db
+    os.environ["CERTLEDGER_INDEX_DB"] = index_db or DEFAULT_INDEX_DB
     if workers == 1:
         settings = ApiSettings()
         system = System.from_manifest(settings)

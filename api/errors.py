@@ -13,11 +13,14 @@ TransactionTimeout                  504 ReceiptTimeout (the transaction may stil
 OutcomeUnknown                      504 OutcomeUnknown (sent, then the node failed: may be mined)
 TransactionRejected                 422 TransactionRejected (the node refused it: nothing pending)
 RequestValidationError              422 ValidationError
+HTTPException (routing: no such     its status; code = the status's phrase without spaces (NotFound,
+  path, method not allowed)           MethodNotAllowed), the path in fields
 """
 
 from __future__ import annotations
 
 import sqlite3
+from http import HTTPStatus
 from typing import Any
 
 import psycopg
@@ -26,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from requests.exceptions import RequestException
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from web3.exceptions import Web3RPCError
 
 from api.index import IndexLagging
@@ -169,6 +173,18 @@ def install(app: FastAPI, retry_after: int) -> None:
         # The index is not there yet (a follower's first sync), locked, or behind: try again.
         response = respond(503, "IndexUnavailable", "the event index is not available; try again", {})
         response.headers["Retry-After"] = str(retry_after)
+        return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Routing's own answers (no such path, a method the path does not take) in the same shape.
+        try:
+            code = HTTPStatus(exc.status_code).phrase.replace(" ", "").replace("-", "")
+        except ValueError:
+            code = f"Http{exc.status_code}"
+        response = respond(exc.status_code, code, str(exc.detail), {"path": request.url.path})
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
         return response
 
     @app.exception_handler(RequestValidationError)

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from eth_utils import is_address, to_checksum_address
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from chain_client.receipts import bytes32_of
+
 T = TypeVar("T")
 
 UINT64 = 2**64 - 1
@@ -18,6 +20,22 @@ UINT256 = 2**256 - 1
 
 _EXAMPLE_ADDRESS = "0x1972D67892bbd3151A8595B86A5d1931A713c5D3"
 _EXAMPLE_HASH = "0x80066d42cb1d1876d3f91ddfce739f4649eb223e815f12756f733eb185548803"
+#: transferFrom(0x1a64...14F1, 0x1972...c5D3, 1), and the same signed (type 2, chain 31337, nonce 0)
+#: by a throwaway key (0x0101...01).
+_EXAMPLE_CALL = (
+    "0x23b872dd0000000000000000000000001a642f0e3c3af545e7acbd38b07251b3990914f1"
+    "0000000000000000000000001972d67892bbd3151a8595b86a5d1931a713c5d3"
+    "0000000000000000000000000000000000000000000000000000000000000001"
+)
+_EXAMPLE_RAW = (
+    "0x02f8d1827a6980843b9aca00847735940082eff0945fbdb2315678afecb367f032d93f642f64180aa380b864"
+    + _EXAMPLE_CALL[2:]
+    + "c001a0d25d5c5495cd223e761239d639f55be9e864088416bf9295b98b3eb8b6e4b72aa0427c0ade4fd5403cbc8a"
+    "002835b52c696cebac8d5d3fb0acf9894f74d3d75bea"
+)
+#: Times in the examples: far enough ahead to be accepted as deadlines and maturities for years.
+_EXAMPLE_DEADLINE = 2_000_000_000  # 2033-05-18
+_EXAMPLE_MATURITY = 2_010_000_000  # 2033-09-11
 
 
 def _address(value: str) -> str:
@@ -35,6 +53,11 @@ def _bytes32(value: str) -> str:
     except ValueError:
         raise ValueError("not hex") from None
     return "0x" + text.lower()
+
+
+def _label(value: str) -> str:
+    bytes32_of(value)  # hex-like text of the wrong length is refused, not hashed as a label
+    return value
 
 
 def _hexdata(value: str) -> str:
@@ -55,9 +78,13 @@ Bytes32 = Annotated[
 ]
 HexData = Annotated[
     str,
-    Field(examples=["0x02f8d5"], pattern=r"^0x([0-9a-fA-F]{2})*$", max_length=200_000),
+    Field(examples=[_EXAMPLE_CALL], pattern=r"^0x([0-9a-fA-F]{2})*$", max_length=200_000),
     AfterValidator(_hexdata),
 ]
+#: A bytes32 on chain given as a label (hashed with keccak256) or as the 0x-prefixed 32-byte hash
+#: itself (as the reads show it); hex-like text of another length is refused (the CLI's rule).
+Label = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_label)]
+RoleName = Literal["ADMIN", "ISSUER", "SUPPLIER", "FACTOR", "REGULATOR", "AUDITOR"]
 Signature = Annotated[str, Field(description="65 bytes: r, s, v.", pattern=r"^0x[0-9a-fA-F]{130}$")]
 Id = Annotated[int, Field(ge=1, le=UINT64, examples=[1])]
 Amount = Annotated[int, Field(ge=1, le=UINT128, examples=[30_000_000])]
@@ -230,7 +257,7 @@ class UnsignedTx(BaseModel):
                 {
                     "chainId": 31337,
                     "to": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
-                    "data": "0x23b872dd...",
+                    "data": _EXAMPLE_CALL,
                     "nonce": 0,
                     "gas": 61424,
                     "maxFeePerGas": 2000000000,
@@ -253,7 +280,7 @@ class UnsignedTx(BaseModel):
 
 
 class SignedTx(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"raw": "0x02f8d5..."}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"raw": _EXAMPLE_RAW}]})
     raw: HexData
 
 
@@ -285,12 +312,12 @@ class OpenOrderIn(BaseModel):
                 {
                     "payee": _EXAMPLE_ADDRESS,
                     "amount": 100_000_000,
-                    "maturity": 1_800_000_000,
+                    "maturity": _EXAMPLE_MATURITY,
                     "invoice": "INV-2026-0001",
                     "warehouse": "WH-1",
                     "goods": "brake discs BD-330",
                     "expectedQuantity": 1000,
-                    "deadline": 1_790_000_000,
+                    "deadline": _EXAMPLE_DEADLINE,
                 }
             ]
         }
@@ -298,11 +325,9 @@ class OpenOrderIn(BaseModel):
     payee: Address
     amount: Amount
     maturity: int = Field(ge=0, le=2**40 - 1)
-    invoice: str = Field(
-        min_length=1, max_length=200, description="Invoice number; hashed (keccak) on chain."
-    )
-    warehouse: str = Field(min_length=1, max_length=200, description="Warehouse label; hashed on chain.")
-    goods: str = Field(min_length=1, max_length=200, description="Goods description; hashed on chain.")
+    invoice: Label = Field(description="Invoice number (hashed with keccak256 on chain) or its 0x hash.")
+    warehouse: Label = Field(description="Warehouse label (hashed on chain) or its 0x hash.")
+    goods: Label = Field(description="Goods description (hashed on chain) or its 0x hash.")
     expectedQuantity: int = Field(ge=1, le=UINT64)
     deadline: int = Field(ge=0, le=2**40 - 1)
 
@@ -316,11 +341,72 @@ class RegisterIn(BaseModel):
         }
     )
     account: Address
-    entity: str = Field(min_length=1, max_length=200, description="Legal identifier; hashed on chain.")
-    roles: list[Literal["ADMIN", "ISSUER", "SUPPLIER", "FACTOR", "REGULATOR", "AUDITOR"]] = Field(
-        min_length=1, max_length=6
-    )
+    entity: Label = Field(description="Legal identifier (hashed on chain) or its 0x hash.")
+    roles: list[RoleName] = Field(min_length=1, max_length=6)
     issuerLimit: int = Field(default=0, ge=0, le=UINT128)
+
+
+class SetRolesIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"account": _EXAMPLE_ADDRESS, "roles": ["SUPPLIER", "FACTOR"]}]}
+    )
+    account: Address
+    roles: list[RoleName] = Field(
+        max_length=6, description="The account's roles from now on (none: no role)."
+    )
+
+
+class IssuerLimitIn(BaseModel):
+    account: Address
+    limit: int = Field(ge=0, le=UINT128, description="Most escrow the issuer may have open at once.")
+
+
+class SplitRulesIn(BaseModel):
+    minSplitUnit: int = Field(ge=1, le=2**96 - 1, examples=[100_00])
+    maxSplitDepth: int = Field(ge=1, le=255, examples=[8])
+
+
+class DeviceIn(BaseModel):
+    address: Address
+    kind: int = Field(ge=1, le=255, description="1 carton count (RFID portal), 2 net weight in grams.")
+
+
+class ReadingRangeIn(BaseModel):
+    kind: int = Field(ge=1, le=255)
+    min: int = Field(ge=0, le=UINT64)
+    max: int = Field(ge=0, le=UINT64)
+
+
+class WarehouseIn(BaseModel):
+    """A warehouse's enrolment (register) or its new one (rotate: signatures in flight stop verifying)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "warehouse": "WH-1",
+                    "devices": [{"address": _EXAMPLE_ADDRESS, "kind": 1}],
+                    "threshold": 1,
+                    "freshness": 3_600,
+                    "ranges": [{"kind": 1, "min": 1, "max": 100_000}],
+                }
+            ]
+        }
+    )
+    warehouse: Label
+    devices: list[DeviceIn] = Field(min_length=1, max_length=16)
+    threshold: int = Field(ge=1, le=255)
+    freshness: int = Field(ge=1, le=2**32 - 1, description="Oldest a reading may be, in seconds.")
+    ranges: list[ReadingRangeIn] = Field(min_length=1, max_length=16)
+
+
+class WarehouseIdIn(BaseModel):
+    warehouse: Label
+
+
+class RelayerIn(BaseModel):
+    relayer: Address
+    allowed: bool
 
 
 class AccountIn(BaseModel):
@@ -335,6 +421,28 @@ class TransferIn(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"certificateId": 1, "to": _EXAMPLE_ADDRESS}]})
     certificateId: Id
     to: Address
+    holder: Address | None = Field(
+        default=None,
+        description="The holder, when the caller moves it as an approved operator (default: the caller).",
+    )
+
+
+class ApproveIn(BaseModel):
+    certificateId: Id
+    operator: Address = Field(
+        description="May move the whole certificate until it changes hands (zero: revoke)."
+    )
+
+
+class ApproveValueIn(BaseModel):
+    certificateId: Id
+    operator: Address
+    value: int = Field(ge=0, le=UINT256, description="Most value the operator may move out (0: revoke).")
+
+
+class ApprovalForAllIn(BaseModel):
+    operator: Address
+    approved: bool
 
 
 class SplitIn(BaseModel):
@@ -366,7 +474,7 @@ class OfferIn(BaseModel):
                     "certificateId": 3,
                     "value": 40_000_000,
                     "price": 39_400_000,
-                    "expiry": 1_790_000_000,
+                    "expiry": _EXAMPLE_DEADLINE,
                     "buyer": None,
                 }
             ]
@@ -393,13 +501,17 @@ class ApproveTokenIn(BaseModel):
 
 class FreezeIn(BaseModel):
     certificateId: Id
-    reason: str = Field(default="", max_length=200, description="Reason; hashed on chain.")
+    reason: Annotated[str, Field(max_length=200), AfterValidator(_label)] = Field(
+        default="", description="Reason (hashed on chain) or its 0x hash."
+    )
 
 
 class ConfirmReceiptIn(BaseModel):
     """A gateway's submission: it signs and sends the transaction itself (no participant role; the
     oracle's relayer allow-list decides). Each observation is in chain_client's JSON form
-    (`Observation.to_json`), so a change to the observation's fields needs no change here."""
+    (`Observation.to_json`), so a change to the observation's fields needs no change here. The
+    example shows the shape only: real observations are signed by the devices, observed within the
+    warehouse's freshness window of the chain's time."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -414,10 +526,10 @@ class ConfirmReceiptIn(BaseModel):
                             "device": _EXAMPLE_ADDRESS,
                             "kind": 1,
                             "value": 1000,
-                            "observed_at": 1_790_000_000,
+                            "observed_at": _EXAMPLE_DEADLINE - 3_600,
                             "sequence": 7,
                             "device_set_version": 1,
-                            "deadline": 1_790_003_600,
+                            "deadline": _EXAMPLE_DEADLINE,
                         }
                     ],
                     "signatures": ["0x" + "ab" * 65],

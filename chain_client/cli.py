@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import string
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,11 +24,11 @@ from web3.exceptions import MismatchedABI, Web3ValidationError
 
 from chain_client.audit_cli import app as audit_app
 from chain_client.chain import connect
-from chain_client.errors import CertledgerError, ContractError
+from chain_client.errors import CertledgerError, ContractError, InvalidArgument
 from chain_client.ledger import LineageNode
 from chain_client.models import Role
 from chain_client.pricing import discount_price
-from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, label_hash
+from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, bytes32_of
 from chain_client.settings import Settings
 from chain_client.system import System
 
@@ -91,19 +90,11 @@ def _address(value: str) -> ChecksumAddress:
 
 
 def _id32(value: str) -> bytes:
-    """A bytes32 given as 0x-hex, or a label hashed with keccak256. A value that looks like hex but
-    is not exactly 32 bytes of it is refused, not hashed as a label: an invoice hash pasted without
-    its 0x, or with a digit missing, would otherwise be recorded as another value, and the
-    duplicate-invoice check would never meet the real one."""
-    body = value[2:] if value.startswith("0x") else value
-    looks_hex = value.startswith("0x") or (len(body) >= 40 and all(c in string.hexdigits for c in body))
-    if not looks_hex:
-        return label_hash(value)
-    if len(body) != 64 or not all(c in string.hexdigits for c in body):
-        raise typer.BadParameter(f"not a 0x-prefixed 32-byte hex value: {value}")
-    if not value.startswith("0x"):
-        raise typer.BadParameter(f"a 32-byte hex value needs its 0x prefix (else it is a label): {value}")
-    return bytes.fromhex(body)
+    """A bytes32 given as 0x-hex, or a label (see receipts.bytes32_of)."""
+    try:
+        return bytes32_of(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _emit(data: Any, as_json: bool) -> None:
@@ -128,6 +119,9 @@ def _run(job: Any) -> None:
     except ContractError as exc:
         console.print(f"[red]refused by the contract:[/] {exc.error_name} {exc.fields}")
         raise typer.Exit(1) from None
+    except InvalidArgument as exc:  # the user's input, refused before anything was sent
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
     except CertledgerError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None

@@ -258,6 +258,11 @@ class LedgerClient:
             price=int(r[7]),
         )
 
+    def allowance(self, certificate_id: int, operator: ChecksumAddress) -> int:
+        """The value `operator` may still move out of the certificate (ERC-3525 value allowance)."""
+        fn = self._fn.by_signature("allowance(uint256,address)")(certificate_id, operator)
+        return int(call_checked(fn.call))
+
     def credit(self, account: ChecksumAddress) -> int:
         return int(call_checked(self._fn.credit(account).call))
 

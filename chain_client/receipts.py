@@ -4,6 +4,7 @@ devices share."""
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -62,6 +63,22 @@ def delivery_ranges(max_cartons: int, carton_grams: int) -> tuple[ReadingRange, 
 def label_hash(label: str) -> bytes:
     """bytes32 id for a human label (warehouse name, goods description, invoice number)."""
     return keccak(text=label)
+
+
+def bytes32_of(value: str) -> bytes:
+    """A bytes32 given as 0x-hex, or a label hashed with keccak256 (`label_hash`). A value that looks
+    like hex but is not exactly 32 bytes of it is refused (ValueError), not hashed as a label: an
+    invoice hash pasted without its 0x, or with a digit missing, would otherwise be recorded as
+    another value, and the duplicate-invoice check would never meet the real one."""
+    body = value[2:] if value.startswith("0x") else value
+    looks_hex = value.startswith("0x") or (len(body) >= 40 and all(c in string.hexdigits for c in body))
+    if not looks_hex:
+        return label_hash(value)
+    if len(body) != 64 or not all(c in string.hexdigits for c in body):
+        raise ValueError(f"not a 0x-prefixed 32-byte hex value: {value}")
+    if not value.startswith("0x"):
+        raise ValueError(f"a 32-byte hex value needs its 0x prefix (else it is a label): {value}")
+    return bytes.fromhex(body)
 
 
 @dataclass(frozen=True)

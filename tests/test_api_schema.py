@@ -48,3 +48,27 @@ def test_generated_requests_get_no_server_error(world: World, tmp_path: Path) ->
         run()
     assert operations >= 30
     assert time.monotonic() - started < 120
+
+
+def test_the_documented_examples_are_valid_bodies() -> None:
+    """Every example in the OpenAPI schema validates as its model ("Try it out" on /docs sends
+    them), and the example times lie years ahead, so a deadline or an expiry is not in the past."""
+    import inspect
+
+    from pydantic import BaseModel
+
+    from api import schemas
+
+    checked = 0
+    for _, model in inspect.getmembers(schemas, inspect.isclass):
+        if not issubclass(model, BaseModel) or model.__module__ != schemas.__name__:
+            continue
+        extra = model.model_config.get("json_schema_extra")
+        examples: list[Any] = list(extra.get("examples") or []) if isinstance(extra, dict) else []  # type: ignore[arg-type]
+        for example in examples:
+            model.model_validate(example)
+            times = {key: example[key] for key in ("deadline", "maturity", "expiry") if key in example}
+            for key, value in times.items():
+                assert int(value) > time.time() + 5 * 365 * 86_400, (model.__name__, key)
+            checked += 1
+    assert checked >= 10

@@ -18,7 +18,7 @@ from web3 import HTTPProvider
 from world import DAY, FRESHNESS, World
 
 from chain_client.errors import NodeUnavailable
-from chain_client.models import CertificateStatus
+from chain_client.models import CertificateStatus, Role
 from chain_client.relay import DecodedTx, RelayRefused
 
 
@@ -593,3 +593,115 @@ def test_operator_suspends_and_reinstates_over_http(api: Api, world: World) -> N
     assert (again.status_code, again.json()["code"]) == (403, "ParticipantNotActive")
     api.do("reinstate-participant", admin, {"account": s2.address})
     assert api.get("/v1/auth/me", s2).json()["active"] is True
+
+
+def test_an_operator_moves_what_its_holder_approved(api: Api, world: World) -> None:
+    """An operator is out of a certificate's read scope until its holder approves it: then the
+    move is prepared and relayed, and the contract's approval rules decide (D71)."""
+    s1, s2, factor = world.cast.supplier1, world.cast.supplier2, world.cast.factor
+    _, root = world.certificate_for()
+    # Not approved: the certificate is none of the factor's business.
+    r = api.prepare("split-to", factor, {"certificateId": root, "to": factor.address, "value": 1_000_00})
+    assert (r.status_code, r.json()["code"]) == (403, "Forbidden")
+    # Part of the value: a factor takes the part its allowance covers, no more.
+    api.do("approve-value", s1, {"certificateId": root, "operator": factor.address, "value": 5_000_00})
+    done = api.do("split-to", factor, {"certificateId": root, "to": factor.address, "value": 3_000_00})
+    part = next(int(e["args"]["certificateId"]) for e in done["events"] if e["name"] == "CertificateIssued")
+    assert world.ledger.certificate(part).holder == factor.address
+    assert world.ledger.allowance(root, factor.address) == 2_000_00
+    r = api.prepare("split-to", factor, {"certificateId": root, "to": factor.address, "value": 3_000_00})
+    assert (r.status_code, r.json()["code"]) == (409, "InsufficientAllowance")
+    assert r.json()["fields"]["allowance"] == 2_000_00
+    # The whole certificate, approved for it alone: moved from its holder, named in `holder`.
+    api.do("approve", s1, {"certificateId": root, "operator": s2.address})
+    api.do("transfer", s2, {"certificateId": root, "to": s2.address, "holder": s1.address})
+    assert world.ledger.certificate(root).holder == s2.address
+    # Every certificate of a holder, until the approval is taken back.
+    api.do("set-approval-for-all", s2, {"operator": s1.address, "approved": True})
+    api.do("transfer", s1, {"certificateId": root, "to": s1.address, "holder": s2.address})
+    api.do("set-approval-for-all", s2, {"operator": s1.address, "approved": False})
+    assert not world.ledger.contract.functions.isApprovedForAll(s2.address, s1.address).call()
+    # A past holder reads the certificate still, and the contract answers for its approval.
+    r = api.prepare("transfer", s2, {"certificateId": root, "to": s2.address, "holder": s1.address})
+    assert (r.status_code, r.json()["code"]) == (403, "NotApprovedOrHolder")
+    assert world.ledger.certificate(root).holder == s1.address
+
+
+def test_labels_and_their_hashes_name_the_same_record(api: Api, world: World) -> None:
+    """An invoice, a warehouse or goods are given as a label (hashed on chain) or as the hash
+    itself, as the reads show it: an invoice financed through the client is a duplicate over HTTP
+    under its hash; hex-like text of the wrong length is refused, not hashed as a label."""
+    issuer = world.cast.issuer
+    invoice = world.fresh_label("INV")
+    world.open_order(invoice=invoice)
+    now = world.pending_time()
+    body = {
+        "payee": world.cast.supplier1.address,
+        "amount": 1_000_00,
+        "maturity": now + 30 * DAY,
+        "invoice": "0x" + invoice.hex(),
+        "warehouse": "0x" + world.warehouse.hex(),
+        "goods": "brake disc BD-330",
+        "expectedQuantity": 10,
+        "deadline": now + DAY,
+    }
+    api.do("approve-token", issuer, {"amount": 10**12})
+    r = api.prepare("open-order", issuer, body)
+    assert (r.status_code, r.json()["code"]) == (409, "DuplicateInvoice")
+    assert r.json()["fields"]["invoiceHash"] == "0x" + invoice.hex()
+    done = api.do("open-order", issuer, {**body, "invoice": "INV-HTTP-LABEL"})
+    opened = next(e for e in done["events"] if e["name"] == "OrderOpened")["args"]
+    assert opened["invoiceHash"] == "0x" + keccak(text="INV-HTTP-LABEL").hex()
+    assert world.ledger.order(int(opened["orderId"])).warehouse == world.warehouse
+    for near_hex in (invoice.hex(), "0x" + invoice.hex()[:-1], "0x1234"):
+        r = api.prepare("open-order", issuer, {**body, "invoice": near_hex})
+        assert (r.status_code, r.json()["code"]) == (422, "ValidationError"), near_hex
+
+
+def test_the_operator_administers_over_http(api: Api, world: World) -> None:
+    admin, s2, regulator = world.cast.admin, world.cast.supplier2, world.cast.regulator
+    api.do("set-roles", admin, {"account": s2.address, "roles": ["SUPPLIER", "FACTOR"]})
+    assert world.ledger.participant(s2.address).roles == Role.SUPPLIER | Role.FACTOR
+    api.do("set-issuer-limit", admin, {"account": world.cast.issuer.address, "limit": 7_000_000_00})
+    assert world.ledger.participant(world.cast.issuer.address).issuer_limit == 7_000_000_00
+    api.do("set-split-rules", admin, {"minSplitUnit": 50_00, "maxSplitDepth": 5})
+    r = api.prepare("set-split-rules", s2, {"minSplitUnit": 1, "maxSplitDepth": 5})
+    assert (r.status_code, r.json()["code"]) == (403, "AccountMissingRole")
+    # The operator stops everything in an emergency (a regulator freezes certificates instead).
+    _, root = world.certificate_for()
+    assert api.prepare("pause", regulator).json()["code"] == "AccountMissingRole"
+    api.do("pause", admin)
+    r = api.prepare("split", world.cast.supplier1, {"certificateId": root, "values": [1_000_00, 49_000_00]})
+    assert (r.status_code, r.json()["code"]) == (409, "SystemPaused")
+    api.do("unpause", admin)
+    assert not world.ledger.paused()
+    # The oracle's enrolments.
+    device = world.cast.devices[0].address
+    warehouse = {
+        "warehouse": "WH-HTTP-9",
+        "devices": [{"address": device, "kind": 1}],
+        "threshold": 1,
+        "freshness": 600,
+        "ranges": [{"kind": 1, "min": 1, "max": 1_000}],
+    }
+    api.do("register-warehouse", admin, warehouse)
+    wh = world.oracle.warehouse(keccak(text="WH-HTTP-9"))
+    assert (wh.active, wh.threshold, wh.freshness, wh.device_set_version) == (True, 1, 600, 1)
+    api.do("rotate-devices", admin, {**warehouse, "freshness": 900})
+    wh = world.oracle.warehouse(keccak(text="WH-HTTP-9"))
+    assert (wh.freshness, wh.device_set_version) == (900, 2)
+    api.do("set-relayer", admin, {"relayer": s2.address, "allowed": True})
+    assert world.oracle.is_relayer(s2.address)
+    api.do("deactivate-warehouse", admin, {"warehouse": "WH-HTTP-9"})
+    assert not world.oracle.warehouse(keccak(text="WH-HTTP-9")).active
+    r = api.prepare("deactivate-warehouse", admin, {"warehouse": "WH-HTTP-9"})
+    assert (r.status_code, r.json()["code"]) == (404, "UnknownWarehouse")  # retired: as if never enrolled
+
+
+def test_routing_answers_have_the_error_shape(api: Api) -> None:
+    r = api.client.get("/v1/no-such-thing")
+    assert r.status_code == 404
+    assert r.json() == {"code": "NotFound", "message": "Not Found", "fields": {"path": "/v1/no-such-thing"}}
+    r = api.client.delete("/v1/orders/1")
+    assert (r.status_code, r.json()["code"]) == (405, "MethodNotAllowed")
+    assert r.headers["allow"] == "GET"

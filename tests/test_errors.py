@@ -193,7 +193,9 @@ def test_negative_amounts_are_refused_before_signing(world: World, ledger: Ledge
         (lambda: ledger.merge(cast.supplier1, root_id, root_id, -1), "value", "uint256"),
         (lambda: ledger.approve_value(cast.supplier1, root_id, cast.factor.address, -1), "value", "uint256"),
         (
-            lambda: ledger.offer_discount(cast.supplier1, root_id, value=DEFAULT_AMOUNT, price=-1, expiry=2**40),
+            lambda: ledger.offer_discount(
+                cast.supplier1, root_id, value=DEFAULT_AMOUNT, price=-1, expiry=2**40
+            ),
             "price",
             "uint256",
         ),

@@ -5,13 +5,13 @@ participant signs it, and `POST /v1/tx` checks and relays the signed bytes."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, TypeVar
 
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 from fastapi import APIRouter
 from requests.exceptions import RequestException
 from web3.contract.contract import ContractFunction
@@ -21,23 +21,32 @@ from api.errors import ApiError, contract_status, forbidden, not_found
 from api.errors import body as error_body
 from api.schemas import (
     AccountIn,
+    ApprovalForAllIn,
+    ApproveIn,
     ApproveTokenIn,
+    ApproveValueIn,
     ConfirmReceiptIn,
     EventOut,
     FreezeIn,
+    IssuerLimitIn,
     MergeIn,
     OfferIdIn,
     OfferIn,
     OpenOrderIn,
     OrderIdIn,
     RegisterIn,
+    RelayerIn,
+    SetRolesIn,
     SettleIn,
     SignedTx,
     SplitIn,
+    SplitRulesIn,
     SplitToIn,
     TransferIn,
     TxOut,
     UnsignedTx,
+    WarehouseIdIn,
+    WarehouseIn,
 )
 from api.service import Service
 from api.views import (
@@ -53,7 +62,7 @@ from chain_client.errors import ContractError, ContractReverted, RevertedOnChain
 from chain_client.index.models import OfferRecord, OrderRecord
 from chain_client.index.sync import ROUND_FAILURES
 from chain_client.models import Role
-from chain_client.receipts import Observation
+from chain_client.receipts import Observation, bytes32_of
 from chain_client.relay import DecodedTx, Job, decode_raw, event_json
 from chain_client.transactions import call_checked
 
@@ -250,7 +259,7 @@ def _scope(service: Service, refs: References, caller: Callable[[bool], Caller])
         who = caller(retry)
         reader = service.reader
         if refs.certificates:
-            certificates_for(reader, who, list(refs.certificates))
+            _certificates_in_reach(service, who, refs)
         for order_id in refs.orders:
             order_for(reader, who, order_id)
         to_buy: list[OfferRecord] = []
@@ -264,6 +273,45 @@ def _scope(service: Service, refs: References, caller: Callable[[bool], Caller])
         return Scope(who, tuple(to_buy))
 
     return _in_scope(service, check)
+
+
+#: Jobs an operator does with a certificate it may not read but was approved for by its holder.
+_OPERATOR_JOBS = frozenset({"transferFrom", "safeTransferFrom", "split", "approve"})
+
+
+def _certificates_in_reach(service: Service, caller: Caller, refs: References) -> None:
+    """The read scope's check of the certificates a job names, widened for a move: a certificate
+    the caller may not read but whose holder approved it (for that certificate, for all of the
+    holder's, or for part of its value) is in reach, as the contract's approval checks see it. The
+    holder chose to let the caller act on it, so what a simulation's error tells of it (value,
+    maturity, state) is the caller's to know; the contract then decides whether the move is
+    allowed."""
+    try:
+        certificates_for(service.reader, caller, list(refs.certificates))
+        return
+    except ApiError as exc:
+        if exc.status != 403 or refs.function not in _OPERATOR_JOBS:
+            raise
+    for certificate_id in refs.certificates:
+        try:
+            certificate_for(service.reader, caller, certificate_id)
+        except ApiError as exc:
+            if exc.status != 403 or not _approved(service, caller.address, certificate_id):
+                raise
+
+
+def _approved(service: Service, operator: str, certificate_id: int) -> bool:
+    """Whether the certificate's holder approved `operator` for it, on chain now."""
+    ledger = service.system.ledger
+    try:
+        holder = call_checked(ledger.contract.functions.ownerOf(certificate_id).call)
+    except ContractReverted:  # not a certificate the chain knows now: nobody is approved for it
+        return False
+    if call_checked(ledger.contract.functions.isApprovedForAll(holder, operator).call):
+        return True
+    if call_checked(ledger.contract.functions.getApproved(certificate_id).call) == operator:
+        return True
+    return ledger.allowance(certificate_id, to_checksum_address(operator)) > 0
 
 
 def _offer_to_buy(service: Service, caller: Caller, offer_id: int) -> OfferRecord:
@@ -418,13 +466,49 @@ def _indexed(service: Service, block: int) -> bool:
 @router.post("/prepare/register-participant", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_register(body: RegisterIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
     """ADMIN: registers an account with its roles and its entity (the hash of its legal id)."""
-    roles = 0
-    for name in body.roles:
-        roles |= Role[name]
     fn = _ledger(service).functions.registerParticipant(
-        body.account, keccak(text=body.entity), int(roles), body.issuerLimit
+        body.account, bytes32_of(body.entity), int(_roles(body.roles)), body.issuerLimit
     )
     return _prepared(service, caller, fn)
+
+
+def _roles(names: Sequence[str]) -> Role:
+    roles = Role(0)
+    for name in names:
+        roles |= Role[name]
+    return roles
+
+
+@router.post("/prepare/set-roles", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_set_roles(body: SetRolesIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """ADMIN: replaces a registered account's roles (its certificates stay where they are)."""
+    fn = _ledger(service).functions.setRoles(body.account, int(_roles(body.roles)))
+    return _prepared(service, caller, fn)
+
+
+@router.post("/prepare/set-issuer-limit", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_set_issuer_limit(body: IssuerLimitIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """ADMIN: the most escrow an issuer may have open at once."""
+    return _prepared(service, caller, _ledger(service).functions.setIssuerLimit(body.account, body.limit))
+
+
+@router.post("/prepare/set-split-rules", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_set_split_rules(body: SplitRulesIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """ADMIN: the smallest part a split may create and the deepest a split may go."""
+    fn = _ledger(service).functions.setSplitRules(body.minSplitUnit, body.maxSplitDepth)
+    return _prepared(service, caller, fn)
+
+
+@router.post("/prepare/pause", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_pause(service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """ADMIN: stops every order, certificate and payment operation (an emergency)."""
+    return _prepared(service, caller, _ledger(service).functions.pause())
+
+
+@router.post("/prepare/unpause", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_unpause(service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """ADMIN: resumes operation."""
+    return _prepared(service, caller, _ledger(service).functions.unpause())
 
 
 @router.post("/prepare/suspend-participant", response_model=UnsignedTx, responses=_PROBLEMS)
@@ -444,9 +528,9 @@ def prepare_open_order(body: OpenOrderIn, service: ServiceDep, caller: CallerDep
         body.payee,
         body.amount,
         body.maturity,
-        keccak(text=body.invoice),
-        keccak(text=body.warehouse),
-        keccak(text=body.goods),
+        bytes32_of(body.invoice),
+        bytes32_of(body.warehouse),
+        bytes32_of(body.goods),
         body.expectedQuantity,
         body.deadline,
     )
@@ -467,10 +551,38 @@ def prepare_approve_token(body: ApproveTokenIn, service: ServiceDep, caller: Cal
 
 @router.post("/prepare/transfer", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_transfer(body: TransferIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
-    """Moves a whole certificate from the caller to `to`."""
+    """Moves a whole certificate to `to`: the caller's, or as an operator its holder approved
+    (`holder`)."""
     fn = _ledger(service).get_function_by_signature("transferFrom(address,address,uint256)")(
-        caller.address, body.to, body.certificateId
+        body.holder or caller.address, body.to, body.certificateId
     )
+    return _prepared(service, caller, fn)
+
+
+@router.post("/prepare/approve", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_approve(body: ApproveIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """Lets `operator` move the whole certificate (ERC-721 approval; void once it changes hands)."""
+    approve = _ledger(service).get_function_by_signature("approve(address,uint256)")
+    fn = approve(body.operator, body.certificateId)
+    return _prepared(service, caller, fn)
+
+
+@router.post("/prepare/approve-value", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_approve_value(body: ApproveValueIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """Lets `operator` move up to `value` out of the certificate (ERC-3525 value allowance), for a
+    factor to take part of it, say."""
+    fn = _ledger(service).get_function_by_signature("approve(uint256,address,uint256)")(
+        body.certificateId, body.operator, body.value
+    )
+    return _prepared(service, caller, fn)
+
+
+@router.post("/prepare/set-approval-for-all", response_model=UnsignedTx, responses=_PROBLEMS)
+def prepare_set_approval_for_all(
+    body: ApprovalForAllIn, service: ServiceDep, caller: CallerDep
+) -> UnsignedTx:
+    """Lets `operator` move every certificate of the caller's (or stops it)."""
+    fn = _ledger(service).functions.setApprovalForAll(body.operator, body.approved)
     return _prepared(service, caller, fn)
 
 
@@ -535,7 +647,7 @@ def prepare_withdraw(service: ServiceDep, caller: CallerDep) -> UnsignedTx:
 
 @router.post("/prepare/freeze", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_freeze(body: FreezeIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
-    fn = _ledger(service).functions.freeze(body.certificateId, keccak(text=body.reason))
+    fn = _ledger(service).functions.freeze(body.certificateId, bytes32_of(body.reason))
     return _prepared(service, caller, fn)
 
 
@@ -588,6 +700,50 @@ def prepare_confirm_receipt(body: ConfirmReceiptIn, service: ServiceDep) -> Unsi
             status, name, f"the ledger does not take this receipt for order {order_id} ({name})",
             orderId=order_id,
         ) from None  # fmt: skip
+
+
+def _oracle(service: Service) -> Any:
+    return service.system.oracle.contract
+
+
+Enrolment = tuple[bytes, list[tuple[str, int]], int, int, list[tuple[int, int, int]]]
+
+
+def _enrolment(body: WarehouseIn) -> Enrolment:
+    return (
+        bytes32_of(body.warehouse),
+        [(d.address, d.kind) for d in body.devices],
+        body.threshold,
+        body.freshness,
+        [(r.kind, r.min, r.max) for r in body.ranges],
+    )
+
+
+@router.post("/prepare/register-warehouse", response_model=UnsignedTx, responses=_PROBLEMS, tags=["oracle"])
+def prepare_register_warehouse(body: WarehouseIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """ADMIN: enrols a warehouse: its device keys and kinds, the quorum, the freshness window and
+    the plausible range of each reading kind (every kind with a range is required in a receipt)."""
+    return _prepared(service, caller, _oracle(service).functions.registerWarehouse(*_enrolment(body)))
+
+
+@router.post("/prepare/rotate-devices", response_model=UnsignedTx, responses=_PROBLEMS, tags=["oracle"])
+def prepare_rotate_devices(body: WarehouseIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """ADMIN: replaces a warehouse's devices and rules; observations signed under the old set stop
+    verifying."""
+    return _prepared(service, caller, _oracle(service).functions.rotateDevices(*_enrolment(body)))
+
+
+@router.post("/prepare/deactivate-warehouse", response_model=UnsignedTx, responses=_PROBLEMS, tags=["oracle"])
+def prepare_deactivate_warehouse(body: WarehouseIdIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """ADMIN: retires a warehouse for good; open orders naming it can only be cancelled."""
+    fn = _oracle(service).functions.deactivateWarehouse(bytes32_of(body.warehouse))
+    return _prepared(service, caller, fn)
+
+
+@router.post("/prepare/set-relayer", response_model=UnsignedTx, responses=_PROBLEMS, tags=["oracle"])
+def prepare_set_relayer(body: RelayerIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
+    """ADMIN: puts an account on (or takes it off) the list that may submit receipts."""
+    return _prepared(service, caller, _oracle(service).functions.setRelayer(body.relayer, body.allowed))
 
 
 def _orders_exist(service: Service, order_ids: list[int]) -> None:
