@@ -41,15 +41,27 @@ class CheckedFunction:
             raise invalid from exc
 
     def _invalid(self, args: Sequence[Any]) -> InvalidArgument | None:
-        """The first argument no candidate's type can hold, or None when web3 refused for another
-        reason (its own error is then the clearest account)."""
+        """The first argument the function's type cannot hold; for an overloaded name, of the
+        overload the arguments fit best (fewest misfits; a tie names nothing). None when web3
+        refused for another reason: its own error is then the clearest account."""
+        fits: list[tuple[int, InvalidArgument]] = []
         for entry in self._candidates(len(args)):
-            for number, (spec, value) in enumerate(zip(entry["inputs"], args, strict=True)):
-                abi_type = collapse_if_tuple(dict(spec))
-                if not is_encodable(abi_type, value):
-                    argument = spec.get("name") or f"argument {number}"
-                    return InvalidArgument(self._signature or self._name, argument, value, abi_type)
-        return None
+            misfits = [
+                (number, spec, value)
+                for number, (spec, value) in enumerate(zip(entry["inputs"], args, strict=True))
+                if not is_encodable(collapse_if_tuple(dict(spec)), value)
+            ]
+            if misfits:
+                number, spec, value = misfits[0]
+                argument = spec.get("name") or f"argument {number}"
+                invalid = InvalidArgument(
+                    self._signature or self._name, argument, value, collapse_if_tuple(dict(spec))
+                )
+                fits.append((len(misfits), invalid))
+        fits.sort(key=lambda fit: fit[0])
+        if not fits or (len(fits) > 1 and fits[0][0] == fits[1][0]):
+            return None
+        return fits[0][1]
 
     def _candidates(self, arity: int) -> list[dict[str, Any]]:
         abi: list[dict[str, Any]] = [dict(e) for e in self._contract.abi]

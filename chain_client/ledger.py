@@ -117,7 +117,8 @@ class LedgerClient:
     def transfer(self, sender: LocalAccount, certificate_id: int, to: ChecksumAddress) -> TxResult:
         """Moves the whole certificate to `to` (ERC-721 transferFrom); `sender` is its holder or approved."""
         holder = self.certificate(certificate_id).holder
-        return self._tx.send(sender, self._fn.transferFrom(holder, to, certificate_id))
+        fn = self._fn.by_signature("transferFrom(address,address,uint256)")(holder, to, certificate_id)
+        return self._tx.send(sender, fn)
 
     def split(
         self, holder: LocalAccount, certificate_id: int, values: list[int]

@@ -70,13 +70,14 @@ def bytes32_of(value: str) -> bytes:
     like hex but is not exactly 32 bytes of it is refused (ValueError), not hashed as a label: an
     invoice hash pasted without its 0x, or with a digit missing, would otherwise be recorded as
     another value, and the duplicate-invoice check would never meet the real one."""
-    body = value[2:] if value.startswith("0x") else value
-    looks_hex = value.startswith("0x") or (len(body) >= 40 and all(c in string.hexdigits for c in body))
+    prefixed = value[:2].lower() == "0x"
+    body = value[2:] if prefixed else value
+    looks_hex = prefixed or (len(body) >= 40 and all(c in string.hexdigits for c in body))
     if not looks_hex:
         return label_hash(value)
     if len(body) != 64 or not all(c in string.hexdigits for c in body):
         raise ValueError(f"not a 0x-prefixed 32-byte hex value: {value}")
-    if not value.startswith("0x"):
+    if not prefixed:
         raise ValueError(f"a 32-byte hex value needs its 0x prefix (else it is a label): {value}")
     return bytes.fromhex(body)
 

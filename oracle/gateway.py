@@ -19,11 +19,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from oracle.agreement import Expectations, conflict
 from oracle.chainview import ChainView
 from oracle.retry import backoff_delay, is_transient
-from oracle.store import Held, InboxItem, OrderState, Store, StoredReading
+from oracle.store import Held, InboxItem, OrderRecord, OrderState, Store, StoredReading
 from oracle.validation import Reason, check_reading, check_signed
 from oracle.wire import (
     MAX_PAYLOAD,
@@ -65,8 +67,12 @@ class Gateway:
         max_attempts: int = 8,
         retry_base: float = 0.5,
         retry_max: float = 30.0,
+        expectations: Callable[[OrderRecord], Expectations] | None = None,
     ) -> None:
         self.store = store
+        #: The order's expectations as the relayer judges by them: a reading held back while the
+        #: order's receipt is in flight is compared with the receipt's readings (None: not compared).
+        self.expectations = expectations
         self.chain = chain
         self.clock_skew = clock_skew
         self.max_attempts = max_attempts
@@ -229,6 +235,7 @@ class Gateway:
             return self._refuse(item, reading, refused.reason, refused.detail)
         stored_id = self.store.accept(item.id, reading, item.source)
         if isinstance(stored_id, Held):
+            self._compare_with_receipt(reading, stored_id.state)
             return self._refuse(item, reading, *_held(o.order_id, stored_id.state))
         if stored_id is None:  # the same (device, sequence) won a race with this one
             stored = self.store.stored_reading(o.device, o.sequence)
@@ -239,6 +246,25 @@ class Gateway:
             "accepted order %d %s=%d from %s (seq %d)", o.order_id, o.kind, o.value, o.device, o.sequence
         )
         return Verdict(True, None, "", stored_id)
+
+    def _compare_with_receipt(self, reading: SignedReading, state: OrderState) -> None:
+        """A reading held back while its order's receipt is in flight (or after it was confirmed) is
+        not judged with it. If it disagrees with the receipt's readings (a portal counting fewer
+        cartons: a short delivery found late), an operator must hear of it: an alert."""
+        o = reading.observation
+        record = self.store.order(o.order_id)
+        if self.expectations is None or record is None or not record.observation_ids:
+            return
+        sent = [s.reading for s in self.store.observations_by_id(record.observation_ids)]
+        disputed = conflict([*sent, reading], self.expectations(record))
+        if disputed is None:
+            return
+        message = (
+            f"a reading of {o.device} (sequence {o.sequence}) came while the receipt was "
+            f"{state.value} and was not judged with it: {disputed.reason}"
+        )
+        self.store.alert(o.order_id, "late-disagreement", message)
+        log.error("order %d: %s", o.order_id, message)
 
     def _seen(self, item: InboxItem, reading: SignedReading, stored: StoredReading) -> Verdict:
         """A reading whose (device, sequence) is stored already. The very same reading (a device

@@ -41,6 +41,8 @@ from oracle.validation import check_times
 from oracle.wire import SignedReading
 
 log = logging.getLogger(__name__)
+#: How often a receipt signed while its order changed is judged again before it is dropped.
+RECHECKS = 3
 
 #: Reverts that say "not now" rather than "no": the order backs off and collects again.
 TIMING_ERRORS = frozenset({"ObservationFromFuture", "SystemPaused"})
@@ -276,7 +278,7 @@ class Relayer:
             return
         by_key = {(o.reading.observation.device, o.reading.observation.sequence): o.id for o in usable}
         ids = [by_key[(r.observation.device, r.observation.sequence)] for r in decision.readings]
-        self._submit(record, decision.readings, ids)
+        self._submit(record, decision.readings, ids, warehouse, expectations)
 
     def _waited_enough(self, order_id: int) -> bool:
         """Whether a ready order has waited its longest for early readings (the wait starts now if
@@ -363,7 +365,14 @@ class Relayer:
             )
         log.warning("order %d: %s", order_id, detail)
 
-    def _submit(self, record: OrderRecord, readings: Sequence[SignedReading], ids: list[int]) -> None:
+    def _submit(
+        self,
+        record: OrderRecord,
+        readings: Sequence[SignedReading],
+        ids: list[int],
+        warehouse: Warehouse,
+        expectations: Expectations,
+    ) -> None:
         order_id = record.order_id
         try:
             prepared = self.submitter.prepare(readings)
@@ -380,18 +389,10 @@ class Relayer:
         # transaction was signed without it, and once the order is submitting the gateway takes
         # no reading of it, so that one would never be judged.
         try:
-            recorded = self.store.set_state(
-                order_id,
-                OrderState.SUBMITTING,
-                f"{len(readings)} readings in {prepared.tx_hash}",
-                observation_ids=ids,
-                tx_hash=prepared.tx_hash,
-                raw_tx=prepared.raw,
-                attempts=0,
-                refusals=0,
-                next_attempt_at=0.0,
-                if_revision=record.revision,
-            )
+            recorded = self._record(order_id, prepared, len(readings), ids, record.revision)
+            if not recorded:
+                recorded = self._record_if_still_agreed(order_id, prepared, len(readings), ids, warehouse,
+                                                        expectations)  # fmt: skip
         except Exception:
             # Not recorded, so never to be sent: its nonce must be handed out again, or every
             # later transaction of the key would wait behind the gap.
@@ -408,6 +409,55 @@ class Relayer:
             self.crash_hook("recorded", order_id)
         record = self.store.order(order_id) or record
         self._send(record, prepared)
+
+    def _record(self, order_id: int, prepared: PreparedTx, count: int, ids: list[int], revision: int) -> bool:
+        return self.store.set_state(
+            order_id,
+            OrderState.SUBMITTING,
+            f"{count} readings in {prepared.tx_hash}",
+            observation_ids=ids,
+            tx_hash=prepared.tx_hash,
+            raw_tx=prepared.raw,
+            attempts=0,
+            refusals=0,
+            next_attempt_at=0.0,
+            if_revision=revision,
+        )
+
+    def _record_if_still_agreed(
+        self,
+        order_id: int,
+        prepared: PreparedTx,
+        count: int,
+        ids: list[int],
+        warehouse: Warehouse,
+        expectations: Expectations,
+    ) -> bool:
+        """The order changed while its receipt was signed, most often because a device read on (a
+        reading with a higher sequence). The receipt still stands if its readings all still count
+        (no recount set them aside), the expectations are the same, nothing of the order waits in
+        the inbox, and the order's latest readings, the new ones with them, still agree: then it is
+        recorded at the order's new revision. Judged from the store alone, so the window for
+        another change is short; a few tries, or a device reading faster than the relayer signs
+        would keep the order from ever being submitted."""
+        for _ in range(RECHECKS):
+            current = self.store.order(order_id)
+            if current is None or current.state != OrderState.COLLECTING:
+                return False
+            if observation_expectations(current, self.settings) != expectations:
+                return False
+            unchecked, quarantined = self.store.unchecked_for_order(order_id, received_before=time.time())
+            if unchecked or quarantined:
+                return False
+            stored = self.store.observations(order_id)
+            if not set(ids) <= {o.id for o in stored}:
+                return False
+            if conflict([o.reading for o in self._latest(stored, warehouse)], expectations) is not None:
+                return False
+            if self._record(order_id, prepared, count, ids, current.revision):
+                log.info("order %d: changed while it was signed, still agrees; recorded", order_id)
+                return True
+        return False
 
     # ------------------------------------------------------------------ submitting
 

@@ -21,7 +21,7 @@ from oracle.chainview import SystemView
 from oracle.gateway import Gateway
 from oracle.keeper import Keeper
 from oracle.mqtt import MqttIntake
-from oracle.relayer import CrashHook, Relayer
+from oracle.relayer import CrashHook, Relayer, observation_expectations
 from oracle.settings import OracleSettings
 from oracle.store import Store
 from oracle.submitter import ChainSubmitter
@@ -66,6 +66,7 @@ class OracleService:
             max_attempts=settings.retry_attempts,
             retry_base=settings.retry_base,
             retry_max=settings.retry_max,
+            expectations=lambda record: observation_expectations(record, settings),
         )
         submitter = ChainSubmitter(system, relayer_account, lock)
         relayer = Relayer(

@@ -646,9 +646,10 @@ def test_labels_and_their_hashes_name_the_same_record(api: Api, world: World) ->
         "deadline": now + DAY,
     }
     api.do("approve-token", issuer, {"amount": 10**12})
-    r = api.prepare("open-order", issuer, body)
-    assert (r.status_code, r.json()["code"]) == (409, "DuplicateInvoice")
-    assert r.json()["fields"]["invoiceHash"] == "0x" + invoice.hex()
+    for given in ("0x" + invoice.hex(), "0X" + invoice.hex().upper()):
+        r = api.prepare("open-order", issuer, {**body, "invoice": given})
+        assert (r.status_code, r.json()["code"]) == (409, "DuplicateInvoice"), given
+        assert r.json()["fields"]["invoiceHash"] == "0x" + invoice.hex()
     done = api.do("open-order", issuer, {**body, "invoice": "INV-HTTP-LABEL"})
     opened = next(e for e in done["events"] if e["name"] == "OrderOpened")["args"]
     assert opened["invoiceHash"] == "0x" + keccak(text="INV-HTTP-LABEL").hex()

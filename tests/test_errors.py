@@ -32,6 +32,7 @@ from world import (
 )
 
 from chain_client import errors
+from chain_client.functions import CheckedFunctions
 from chain_client.ledger import ZERO_ADDRESS, LedgerClient
 from chain_client.models import OrderStatus, Role
 from chain_client.pricing import discount_price
@@ -200,6 +201,10 @@ def test_negative_amounts_are_refused_before_signing(world: World, ledger: Ledge
             "uint256",
         ),
     ]
+    # A name with overloads (transferFrom): the argument of the overload the call fits best.
+    cases.append((lambda: ledger.transfer(cast.supplier1, root_id, "0x1234"), "to", "address"))  # type: ignore[arg-type]
+    fns = CheckedFunctions(ledger.contract)
+    cases.append((lambda: fns.transferFrom(cast.supplier1.address, "0x1234", root_id), "to", "address"))
     for call, argument, abi_type in cases:
         with refused(world, errors.InvalidArgument) as info:
             call()

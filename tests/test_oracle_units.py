@@ -31,7 +31,7 @@ from oracle.devices import (
     load_device,
 )
 from oracle.gateway import Gateway
-from oracle.relayer import Mined, NonceTooLow, PreparedTx, Relayer
+from oracle.relayer import Mined, NonceTooLow, PreparedTx, Relayer, observation_expectations
 from oracle.retry import backoff_delay
 from oracle.settings import OracleSettings
 from oracle.simulator import malleate
@@ -1282,6 +1282,69 @@ def test_a_reading_for_an_order_being_submitted_is_refused(store: Store) -> None
     verdict = gw.ingest(reading(signer(RFID_B), 700, chain).encode(), "http")
     assert (verdict.accepted, verdict.reason) == (False, Reason.ORDER_SUBMITTING)
     assert "being confirmed" in verdict.detail and len(store.observations(1)) == 2
+
+
+def test_a_device_reading_on_while_the_receipt_is_signed_does_not_hold_the_order(store: Store) -> None:
+    """The weighbridge weighs again, the same goods, every time the receipt is being signed: each
+    new reading moves the order's revision, but the order still agrees, so the receipt is recorded
+    and sent (before, every signed transaction was dropped and the order never confirmed)."""
+    chain = fake_chain()
+    gw = Gateway(store, chain, clock_skew=30)
+    scale = signer(SCALE, seq_start=100)
+
+    class Chatty(FakeSubmitter):
+        def prepare(self, rs: Sequence[SignedReading]) -> PreparedTx:
+            assert gw.ingest(reading(scale, 1000 * CARTON_G, chain, age=1).encode(), "http").accepted
+            return super().prepare(rs)
+
+    sub = Chatty(chain)
+    ready_order(store, chain)
+    relayer(store, chain, sub).step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.CONFIRMED, record
+    assert sub.prepared == 1 and sub.discarded == []
+
+
+def test_a_receipt_signed_while_a_recount_set_its_readings_aside_is_dropped(store: Store) -> None:
+    """A person resolves the order with a recount while its receipt is signed: the readings in it
+    no longer count, so it is not recorded, however the rest agrees."""
+    chain = fake_chain()
+
+    class Recounted(FakeSubmitter):
+        def prepare(self, rs: Sequence[SignedReading]) -> PreparedTx:
+            store.set_state(1, OrderState.DISPUTED, "counted twice")
+            store.resolve(1, "recount ordered")
+            return super().prepare(rs)
+
+    sub = Recounted(chain)
+    ready_order(store, chain)
+    relayer(store, chain, sub).step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.COLLECTING, record
+    assert sub.broadcasts == [] and len(sub.discarded) == 1 and store.observations(1) == []
+
+
+def test_a_disagreeing_reading_held_back_during_submission_is_alerted(store: Store) -> None:
+    """While the receipt is in flight the intake stores no reading of the order; one that disagrees
+    with the receipt's readings (portal B counts 700 of the 1,000 cartons sent) is an alert for an
+    operator, one that agrees is not."""
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    sub.mine = False
+    ready_order(store, chain)
+    r = relayer(store, chain, sub)
+    r.step()
+    settings = r.settings
+    gw = Gateway(
+        store, chain, clock_skew=30, expectations=lambda rec: observation_expectations(rec, settings)
+    )
+    agreeing = gw.ingest(reading(signer(RFID_B), 1000, chain).encode(), "http")
+    assert agreeing.reason == Reason.ORDER_SUBMITTING and store.alerts() == []
+    short = gw.ingest(reading(signer(RFID_B, seq_start=50), 700, chain).encode(), "http")
+    assert short.reason == Reason.ORDER_SUBMITTING
+    alerts = store.alerts()
+    assert [a.kind for a in alerts] == ["late-disagreement"]
+    assert "RFID counts disagree: [700, 1000]" in alerts[0].message and alerts[0].order_id == 1
 
 
 def test_a_short_freshness_window_still_submits(store: Store) -> None:

@@ -302,16 +302,24 @@ def _certificates_in_reach(service: Service, caller: Caller, refs: References) -
 
 def _approved(service: Service, operator: str, certificate_id: int) -> bool:
     """Whether the certificate's holder approved `operator` for it, on chain now."""
-    ledger = service.system.ledger
+    # Read on the pending block, the state the job is simulated on (a revocation or a transfer
+    # waiting there counts).
+    functions = service.system.ledger.contract.functions
+
+    def read(call: Any) -> Any:
+        return call_checked(lambda: call.call(block_identifier="pending"))
+
     try:
-        holder = call_checked(ledger.contract.functions.ownerOf(certificate_id).call)
+        holder = read(functions.ownerOf(certificate_id))
     except ContractReverted:  # not a certificate the chain knows now: nobody is approved for it
         return False
-    if call_checked(ledger.contract.functions.isApprovedForAll(holder, operator).call):
+    if (
+        read(functions.isApprovedForAll(holder, operator))
+        or read(functions.getApproved(certificate_id)) == operator
+    ):
         return True
-    if call_checked(ledger.contract.functions.getApproved(certificate_id).call) == operator:
-        return True
-    return ledger.allowance(certificate_id, to_checksum_address(operator)) > 0
+    allowance = service.system.ledger.contract.get_function_by_signature("allowance(uint256,address)")
+    return int(read(allowance(certificate_id, operator))) > 0
 
 
 def _offer_to_buy(service: Service, caller: Caller, offer_id: int) -> OfferRecord:
