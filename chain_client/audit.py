@@ -63,6 +63,7 @@ from chain_client.index.sync import (
     SyncStatus,
     adapted_range,
     after_refusal,
+    check_deployment,
     smaller_may_do,
 )
 from chain_client.index.views import ChainView, read_chain_view
@@ -297,11 +298,7 @@ def _verify(
     chain: Chain, deployment: Deployment, db: IndexDatabase, block: int | None, options: SyncOptions
 ) -> VerifyReport:
     state = db.require_state()
-    if (state.chain_id, state.ledger) != (deployment.chain_id, deployment.ledger):
-        raise IndexDatabaseError(
-            f"{db.shown_url} indexes ledger {state.ledger} of chain {state.chain_id}, not the manifest's "
-            f"ledger {deployment.ledger} of chain {deployment.chain_id}"
-        )
+    check_deployment(db, state, deployment)
     at = state.synced_block if block is None else block
     if not state.deployment_block <= at <= state.synced_block:
         raise IndexDatabaseError(

@@ -55,12 +55,12 @@ class Deployment:
             )
         try:
             return cls(
-                chain_id=int(data["chain_id"]),
+                chain_id=_whole(data, "chain_id"),
                 ledger=to_checksum_address(data["ledger"]),
                 oracle=to_checksum_address(data["oracle"]),
                 token=to_checksum_address(data["token"]),
                 admin=to_checksum_address(data["admin"]),
-                deployment_block=int(data["deployment_block"]),
+                deployment_block=_whole(data, "deployment_block"),
                 artifact_hashes=dict(data["artifact_hashes"]),
             )
         except (KeyError, ValueError, TypeError) as exc:
@@ -99,6 +99,14 @@ class Deployment:
                 raise ManifestError(f"{name} address {address} does not answer {view}(): {exc}") from None
             if named != expected:
                 raise ManifestError(f"{name} at {address} names {view} {named}; the manifest says {expected}")
+
+
+def _whole(data: dict[str, Any], key: str) -> int:
+    """A manifest's JSON integer (not a float, a string or a boolean, which int() would take)."""
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key} must be a whole number, not {value!r}")
+    return value
 
 
 def artifact_hash(name: str) -> str:

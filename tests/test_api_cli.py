@@ -55,7 +55,8 @@ def test_serve_answers_an_index_it_cannot_use_in_one_line(
     other = build_world()  # another deployment
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"not a database " * 100)
-    for db, says in ((index, "indexes ledger"), (garbage, "cannot be used: file is not a database")):
+    cases = ((index, "indexes another deployment"), (garbage, "cannot be used: file is not a database"))
+    for db, says in cases:
         with pytest.raises(typer.Exit) as exit_info:
             settings = ApiSettings(index_db=str(db), auth_secret=SecretStr(SECRET))
             cli._serve_one(other.system, settings, "127.0.0.1", 0, False)

@@ -10,6 +10,7 @@ workload on anvil.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -294,4 +295,22 @@ def test_verify_of_another_ledgers_index_names_both_ledgers(indexed: Indexed, tm
         conn.execute("UPDATE index_state SET ledger = ?", (stranger,))
     result = _audit("verify", *_node(indexed), "--db", str(other))
     ledger = indexed.work.system.deployment.ledger
-    _one_line_error(result, f"indexes ledger {stranger}", f"not the manifest's ledger {ledger}")
+    _one_line_error(result, "indexes another deployment", f"ledger {stranger} (the manifest's: {ledger})")
+
+
+@pytest.mark.anvil
+def test_an_index_begun_at_another_deployment_block_is_refused(indexed: Indexed, tmp_path: Path) -> None:
+    """The digest chain starts from the deployment block: an index begun at another block than the
+    manifest's would be certified (verify) or continued (sync) with a digest whoever holds the
+    manifest cannot reproduce by replaying."""
+    data = json.loads(indexed.manifest.read_text())
+    began = int(data["deployment_block"])
+    moved = tmp_path / "moved.json"
+    moved.write_text(json.dumps({**data, "deployment_block": began - 1}))
+    for command in ("verify", "sync"):
+        result = _audit(command, "--rpc-url", indexed.url, "--manifest", str(moved), "--db", indexed.db)
+        _one_line_error(result, f"deployment block {began} (the manifest's: {began - 1})")
+    # A manifest whose block is no JSON integer is malformed, not rounded.
+    moved.write_text(json.dumps({**data, "deployment_block": began + 0.5}))
+    result = _audit("verify", "--rpc-url", indexed.url, "--manifest", str(moved), "--db", indexed.db)
+    _one_line_error(result, "deployment_block must be a whole number")

@@ -89,6 +89,22 @@ ROUND_FAILURES: tuple[type[Exception], ...] = (
 )
 
 
+def check_deployment(db: IndexDatabase, state: IndexState, deployment: Deployment) -> None:
+    """IndexDatabaseError unless the index is of the manifest's deployment: its chain, ledger,
+    oracle and deployment block. The digest chain starts from all four, so an index begun at
+    another block than the manifest's would be synced on, or certified by verify, with a digest
+    that whoever holds the manifest cannot reproduce by replaying."""
+    pairs = (
+        ("chain", state.chain_id, deployment.chain_id),
+        ("ledger", state.ledger, deployment.ledger),
+        ("oracle", state.oracle, deployment.oracle),
+        ("deployment block", state.deployment_block, deployment.deployment_block),
+    )
+    differ = [f"{name} {ours} (the manifest's: {theirs})" for name, ours, theirs in pairs if ours != theirs]
+    if differ:
+        raise IndexDatabaseError(f"{db.shown_url} indexes another deployment: " + ", ".join(differ))
+
+
 class ReorgTooDeep(CertledgerError):
     """The node no longer has any block the index recorded: the deployment itself was reorged away."""
 
@@ -208,10 +224,7 @@ class Indexer:
             if not self.bulk_load:
                 self.db.create_indexes()
             state = self.db.state(self.chain_id) or self._initialise()
-            if (state.ledger, state.oracle) != (self.deployment.ledger, self.deployment.oracle):
-                raise IndexDatabaseError(
-                    f"{self.db.shown_url} indexes ledger {state.ledger}, not {self.deployment.ledger}"
-                )
+            check_deployment(self.db, state, self.deployment)
             self._state = state
             self._books = self.db.load_books(state)
         return self._state, self._books
