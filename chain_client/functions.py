@@ -46,16 +46,15 @@ class CheckedFunction:
         refused for another reason: its own error is then the clearest account."""
         fits: list[tuple[int, InvalidArgument]] = []
         for entry in self._candidates(len(args)):
+            types = [collapse_if_tuple(dict(spec)) for spec in entry["inputs"]]
             misfits = [
-                (number, spec, value)
-                for number, (spec, value) in enumerate(zip(entry["inputs"], args, strict=True))
-                if not is_encodable(collapse_if_tuple(dict(spec)), value)
+                n for n, (t, value) in enumerate(zip(types, args, strict=True)) if not is_encodable(t, value)
             ]
             if misfits:
-                number, spec, value = misfits[0]
-                argument = spec.get("name") or f"argument {number}"
+                number = misfits[0]
+                argument = entry["inputs"][number].get("name") or f"argument {number}"
                 invalid = InvalidArgument(
-                    self._signature or self._name, argument, value, collapse_if_tuple(dict(spec))
+                    self._signature or self._name, argument, args[number], types[number]
                 )
                 fits.append((len(misfits), invalid))
         fits.sort(key=lambda fit: fit[0])

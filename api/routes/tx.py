@@ -304,7 +304,8 @@ def _approved(service: Service, operator: str, certificate_id: int) -> bool:
     """Whether the certificate's holder approved `operator` for it, on chain now."""
     # Read on the pending block, the state the job is simulated on (a revocation or a transfer
     # waiting there counts).
-    functions = service.system.ledger.contract.functions
+    ledger = _ledger(service)
+    functions = ledger.functions
 
     def read(call: Any) -> Any:
         return call_checked(lambda: call.call(block_identifier="pending"))
@@ -318,7 +319,7 @@ def _approved(service: Service, operator: str, certificate_id: int) -> bool:
         or read(functions.getApproved(certificate_id)) == operator
     ):
         return True
-    allowance = service.system.ledger.contract.get_function_by_signature("allowance(uint256,address)")
+    allowance = ledger.get_function_by_signature("allowance(uint256,address)")
     return int(read(allowance(certificate_id, operator))) > 0
 
 
