@@ -23,6 +23,14 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="Seconds to wait for a transaction receipt."
     )
     poll_interval: float = Field(default=0.05, gt=0, description="Seconds between receipt polls on a node.")
+    max_fee_per_gas: int = Field(
+        default=1_000 * 10**9,
+        gt=0,
+        description=(
+            "Most wei per gas any transaction offers (maxFeePerGas, or gasPrice on a legacy network),"
+            " repriced ones included: a transaction priced out beyond it waits for the fee to fall."
+        ),
+    )
     gas_limit_margin: float = Field(
         default=1.2,
         ge=1.0,

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import rlp
 from eth_account import Account
@@ -50,6 +50,18 @@ if TYPE_CHECKING:
     from chain_client.chain import Chain
 
 T = TypeVar("T")
+
+#: The tip offered per gas, in wei (1 gwei): what a block builder on a quiet network asks.
+PRIORITY_FEE = 1_000_000_000
+#: A node takes a transaction in place of one it holds at the same nonce only if both fee fields
+#: rise by at least 10% (geth's and anvil's price bump); an eighth clears it with rounding to spare.
+REPLACEMENT_BUMP = (9, 8)
+
+
+def _bumped(fee: int) -> int:
+    """`fee` raised by REPLACEMENT_BUMP, rounded up."""
+    num, den = REPLACEMENT_BUMP
+    return -(-fee * num // den)
 
 
 class NonceManager:
@@ -213,6 +225,25 @@ class PreparedTx:
             nonce = int.from_bytes(rlp.decode(raw)[0], "big")
         return cls("0x" + keccak(raw).hex(), raw, sender, nonce)
 
+    def unsigned(self) -> dict[str, Any]:
+        """The transaction's fields without its signature, ready to be signed again."""
+        if self.raw[0] <= 0x7F:
+            fields = TypedTransaction.from_bytes(HexBytes(self.raw)).as_dict()
+            return {k: v for k, v in fields.items() if k not in ("v", "r", "s")}
+        nonce, gas_price, gas, to, value, data, v, _, _ = rlp.decode(self.raw)
+        fields = {
+            "nonce": int.from_bytes(nonce, "big"),
+            "gasPrice": int.from_bytes(gas_price, "big"),
+            "gas": int.from_bytes(gas, "big"),
+            "to": to_checksum_address(to) if to else b"",
+            "value": int.from_bytes(value, "big"),
+            "data": data,
+        }
+        recovery = int.from_bytes(v, "big")
+        if recovery >= 35:  # EIP-155: the chain id is in v
+            fields["chainId"] = (recovery - 35) // 2
+        return fields
+
 
 class Transactor:
     """Sends contract transactions signed locally by `account`."""
@@ -368,13 +399,61 @@ class Transactor:
         )
 
     def fees(self) -> TxParams:
-        """Fee fields for a transaction now: EIP-1559 from the latest base fee, or legacy gasPrice."""
+        """Fee fields for a transaction now: EIP-1559 from the latest base fee (room for it to double
+        before the transaction is mined), or legacy gasPrice; never above the settings'
+        max_fee_per_gas."""
+        cap = self.chain.settings.max_fee_per_gas
+        base = self._base_fee()
+        if base is None:  # pre-London or a zero-fee permissioned network (Besu QBFT)
+            return {"gasPrice": Wei(min(self._gas_price(), cap))}
+        priority = min(PRIORITY_FEE if base > 0 else 0, cap)
+        return {"maxFeePerGas": Wei(min(2 * base + priority, cap)), "maxPriorityFeePerGas": Wei(priority)}
+
+    def repriced(self, account: LocalAccount, prepared: PreparedTx) -> PreparedTx | None:
+        """The same transaction (nonce, gas, destination, value, data) signed again at fees the next
+        blocks take, if it is priced out at its own: its maxFeePerGas is below the latest block's
+        base fee (or its gasPrice below the node's), so a node may hold it but no block will
+        include it until the fee falls. None if its price still stands, or if the settings'
+        max_fee_per_gas leaves no room for the rise a node asks of a replacement (REPLACEMENT_BUMP).
+
+        Not simulated: it does what the original would (same calldata, same nonce). Sending it
+        replaces the original in the node's pool; both have one nonce, so at most one of them is
+        ever included, and either may be: look for every hash sent at that nonce."""
+        if account.address != prepared.sender:
+            raise ValueError(f"{prepared.tx_hash} was signed by {prepared.sender}, not {account.address}")
+        fields = prepared.unsigned()
+        cap = self.chain.settings.max_fee_per_gas
+        if "maxFeePerGas" in fields:
+            base = self._base_fee() or 0
+            old_max, old_tip = int(fields["maxFeePerGas"]), int(fields["maxPriorityFeePerGas"])
+            if old_max >= base:
+                return None
+            tip = max(_bumped(old_tip), PRIORITY_FEE)
+            max_fee = min(max(_bumped(old_max), 2 * base + tip), cap)
+            tip = min(tip, max_fee)
+            if max_fee < max(_bumped(old_max), base) or tip < _bumped(old_tip):
+                return None
+            fields.update(maxFeePerGas=max_fee, maxPriorityFeePerGas=tip)
+        else:
+            old_price, price = int(fields["gasPrice"]), self._gas_price()
+            if old_price >= price:
+                return None
+            new_price = min(max(_bumped(old_price), price), cap)
+            if new_price < _bumped(old_price):
+                return None
+            fields["gasPrice"] = new_price
+        signed = account.sign_transaction(fields)
+        return PreparedTx(
+            "0x" + bytes(signed.hash).hex(), bytes(signed.raw_transaction), account.address, prepared.nonce
+        )
+
+    def _base_fee(self) -> int | None:
         block = call_checked(lambda: self.chain.w3.eth.get_block("latest"))
         base = block.get("baseFeePerGas")
-        if base is None:  # pre-London or a zero-fee permissioned network (Besu QBFT)
-            return {"gasPrice": self.chain.w3.eth.gas_price}
-        priority = 1_000_000_000 if base > 0 else 0
-        return {"maxFeePerGas": Wei(2 * int(base) + priority), "maxPriorityFeePerGas": Wei(priority)}
+        return None if base is None else int(base)
+
+    def _gas_price(self) -> int:
+        return int(call_checked(lambda: self.chain.w3.eth.gas_price))
 
     def _revert_reason(self, tx: TxParams, receipt: TxReceipt) -> ContractReverted:
         # A transaction that passed simulation but reverted on chain (state moved in between):

@@ -186,6 +186,7 @@ def oracle_status(db: Db = Path("oracle.db"), as_json: Json = False, limit: int 
                     "state": o.state.value,
                     "detail": o.detail,
                     "tx_hash": o.tx_hash,
+                    "replaced_tx_hashes": list(o.replaced),
                     "root_certificate_id": o.root_certificate_id,
                     "error_name": o.error_name,
                 }

@@ -54,6 +54,8 @@ class OrderPublic(BaseModel):
     count_tolerance: int | None
     weight_tolerance_pct: float | None
     tx_hash: str | None
+    #: earlier transactions at tx_hash's nonce it replaced at a higher fee (any may be the one mined)
+    replaced_tx_hashes: list[str]
     root_certificate_id: int | None
     error_name: str | None
 
@@ -67,6 +69,7 @@ class OrderPublic(BaseModel):
             count_tolerance=r.count_tolerance,
             weight_tolerance_pct=r.weight_tolerance_pct,
             tx_hash=r.tx_hash,
+            replaced_tx_hashes=list(r.replaced),
             root_certificate_id=r.root_certificate_id,
             error_name=r.error_name,
         )

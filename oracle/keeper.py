@@ -30,7 +30,11 @@ pays nothing twice: it finds nothing left, and a certificate settled by someone 
 read and the send makes the batch revert with a named error, which is logged and retried with fresh
 views next run. The chain lock (shared with the relayer and the gateway) is held from the re-read
 through the broadcast, so the batch and its nonce go out together, but not while waiting for the
-receipt: that is polled one look per turn of the lock."""
+receipt: that is polled one look per turn of the lock.
+
+A batch not mined within the receipt timeout stays in flight: the next run looks for it first,
+replaces it at the same nonce if a rising base fee has priced it out of the blocks
+(`Transactor.repriced`), or sends its bytes again, and sends nothing new while it is unmined (D74)."""
 
 from __future__ import annotations
 
@@ -43,10 +47,10 @@ from dataclasses import dataclass, field
 
 from eth_account.signers.local import LocalAccount
 
-from chain_client.errors import ContractReverted
+from chain_client.errors import ContractReverted, NonceTooLow, TransactionRejected
 from chain_client.models import CertificateStatus, Order, OrderStatus
 from chain_client.system import System
-from chain_client.transactions import TxResult
+from chain_client.transactions import PreparedTx, TxResult
 from oracle.retry import backoff_delay
 from oracle.store import Store
 
@@ -67,6 +71,21 @@ class KeeperRun:
     failed_orders: list[int] = field(default_factory=list)
     #: settle transactions sent but not mined within the receipt timeout
     unconfirmed: list[str] = field(default_factory=list)
+    #: replacements signed at a higher fee for a settle priced out of the blocks
+    repriced: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _InFlight:
+    """A settle batch sent and not yet mined: every transaction signed for it, all at one nonce
+    (the first, then its repriced replacements), so at most one of them is ever included."""
+
+    ready: list[tuple[int, int]]
+    sent: list[PreparedTx]
+
+    @property
+    def hashes(self) -> list[str]:
+        return [p.tx_hash for p in self.sent]
 
 
 @dataclass
@@ -137,6 +156,9 @@ class Keeper:
         self._listing: dict[int, _Listing] = {}  # matured, certificates being listed
         self._due: dict[int, list[int]] = {}  # matured order -> its certificates not seen settled
         self._trouble: dict[int, _Trouble] = {}  # order -> failures in a row
+        #: a batch sent by an earlier run and not seen mined (in memory: after a restart its
+        #: certificates are read afresh, and a settle mined meanwhile shows as settled)
+        self._in_flight: _InFlight | None = None
 
     def _passed(self) -> int:
         return max(self.system.chain.now(), int(time.time()) - CLOCK_MARGIN)
@@ -291,8 +313,12 @@ class Keeper:
     # ------------------------------------------------------------------ settling
 
     def run_once(self) -> KeeperRun:
-        """Settles everything due now, in batches; returns what was paid."""
+        """Settles everything due now, in batches; returns what was paid. A batch an earlier run
+        left unmined is seen to first (repriced if the fees have priced it out); while it stays
+        unmined nothing new is sent, since a later nonce of the key would only wait behind it."""
         run = KeeperRun()
+        if self._in_flight is not None and not self._follow_up(self._in_flight, run):
+            return run
         due = self.candidates(run)
         for start in range(0, len(due), self.batch):
             chunk = due[start : start + self.batch]
@@ -323,39 +349,90 @@ class Keeper:
                     run.refused.append(str(exc))
                     continue
             # The receipt is awaited without the lock: the relayer and the gateway go on meanwhile.
-            outcome = self._receipt(prepared.tx_hash)
-            if isinstance(outcome, ContractReverted):
-                log.warning("settling %s reverted: %s", ids, outcome)
-                run.refused.append(str(outcome))
-                continue
+            flight = _InFlight(ready, [prepared])
+            outcome = self._receipt(flight.hashes)
             if outcome is None:
-                # Perhaps dropped: ask the node for the next nonce, or later transactions of the
-                # key would wait behind the gap. Settled or not, the next run reads it afresh.
-                with self.lock:
-                    self.system.chain.nonces.forget(self.account.address)
+                # Priced out, or dropped by the node: the next run looks again, reprices or sends
+                # the same bytes again (which also fills the nonce if the node lost them).
                 log.warning("settle %s not mined in time; next run looks again", prepared.tx_hash)
                 run.unconfirmed.append(prepared.tx_hash)
-                continue
-            run.settled.extend(ids)
-            run.transactions.append(outcome.tx_hash)
-            if self.store is not None:
-                self.store.record_settlement(ids, [o for _, o in ready], outcome.tx_hash)
-            log.info("settled %d certificates in %s", len(ids), outcome.tx_hash)
+                self._in_flight = flight
+                break
+            self._mined(flight, outcome, run)
         return run
 
-    def _receipt(self, tx_hash: str) -> TxResult | ContractReverted | None:
-        """The receipt (or the revert) of a sent transaction, polled one look per turn of the lock,
-        for up to the chain settings' receipt timeout; None if not mined by then."""
-        settings = self.system.chain.settings
-        deadline = time.monotonic() + settings.receipt_timeout
-        while True:
+    def _follow_up(self, flight: _InFlight, run: KeeperRun) -> bool:
+        """An earlier run's unmined batch: mined since (recorded), still pending (repriced if priced
+        out, else its bytes sent again, and awaited once more), or gone (its nonce used by another
+        transaction of the key, or refused by the node: its certificates are read afresh). Returns
+        whether the batch is done with, so new batches may go."""
+        outcome = self._receipt(flight.hashes, timeout=0)
+        if outcome is None:
             with self.lock:
+                latest = flight.sent[-1]
                 try:
-                    result = self.system.tx.receipt(tx_hash)
-                except ContractReverted as exc:
-                    return exc
-            if result is not None:
-                return result
+                    replacement = self.system.tx.repriced(self.account, latest)
+                    self.system.tx.broadcast(replacement or latest)
+                except NonceTooLow:
+                    # Another transaction of the key took the nonce, or one of ours was mined
+                    # between the look and the send.
+                    outcome = self._receipt(flight.hashes, timeout=0)
+                    if outcome is None:
+                        log.warning(
+                            "settle %s was superseded; its certificates are read again", latest.tx_hash
+                        )
+                        self._in_flight = None
+                        return True
+                except TransactionRejected as exc:
+                    # Not held by the node: its nonce goes to the key's next transaction.
+                    log.warning("settle %s refused by the node: %s; read again", latest.tx_hash, exc.reason)
+                    self.system.chain.nonces.forget(self.account.address)
+                    run.refused.append(str(exc))
+                    self._in_flight = None
+                    return True
+                else:
+                    if replacement is not None:
+                        flight.sent.append(replacement)
+                        run.repriced.append(replacement.tx_hash)
+                        log.info("settle %s priced out; replaced by %s", latest.tx_hash, replacement.tx_hash)
+            if outcome is None:
+                outcome = self._receipt(flight.hashes)
+            if outcome is None:
+                run.unconfirmed.append(flight.sent[-1].tx_hash)
+                return False
+        self._in_flight = None
+        self._mined(flight, outcome, run)
+        return True
+
+    def _mined(self, flight: _InFlight, outcome: TxResult | ContractReverted, run: KeeperRun) -> None:
+        ids = [c for c, _ in flight.ready]
+        if isinstance(outcome, ContractReverted):
+            log.warning("settling %s reverted: %s", ids, outcome)
+            run.refused.append(str(outcome))
+            return
+        run.settled.extend(ids)
+        run.transactions.append(outcome.tx_hash)
+        if self.store is not None:
+            self.store.record_settlement(ids, [o for _, o in flight.ready], outcome.tx_hash)
+        log.info("settled %d certificates in %s", len(ids), outcome.tx_hash)
+
+    def _receipt(
+        self, tx_hashes: list[str], timeout: float | None = None
+    ) -> TxResult | ContractReverted | None:
+        """The receipt (or the revert) of whichever of `tx_hashes` (one nonce: at most one) was
+        mined, polled one look per turn of the lock, for up to `timeout` seconds (the chain
+        settings' receipt timeout by default); None if none was mined by then."""
+        settings = self.system.chain.settings
+        deadline = time.monotonic() + (settings.receipt_timeout if timeout is None else timeout)
+        while True:
+            for tx_hash in tx_hashes:
+                with self.lock:
+                    try:
+                        result = self.system.tx.receipt(tx_hash)
+                    except ContractReverted as exc:
+                        return exc
+                if result is not None:
+                    return result
             if time.monotonic() >= deadline:
                 return None
             time.sleep(settings.poll_interval)

@@ -14,7 +14,14 @@ Exactly once rests on two rules:
    name (already confirmed, cancelled, expired, a stale reading...) and never submitted again.
    Only node trouble (no answer, timeouts) is retried, with bounded exponential backoff, and the
    reverts that depend on nothing but timing (`TIMING_ERRORS`: a reading a block stamped a second
-   early calls "from the future", a pause), which send the order back to collecting.
+   early calls "from the future", a pause), which send the order back to collecting; so do the
+   reverts of a reading that lapsed before its block (`LAPSE_ERRORS`), with an alert if mined.
+
+A recorded transaction priced out of the blocks (the base fee rose past its maxFeePerGas) is
+replaced: the same call at the same nonce, signed at fees the blocks take (chain_client's
+`Transactor.repriced`, at most the settings' max_fee_per_gas), recorded before it is broadcast
+like the first. The order keeps every hash sent at that nonce and looks for all of them, since any
+one may be the one mined; one nonce, so at most one is.
 
 A recorded transaction that cannot be mined is not sent for ever: once the node has refused its
 bytes `retry_attempts` times (TransactionRejected: a fee below the base fee, ...) the order fails
@@ -46,6 +53,9 @@ RECHECKS = 3
 
 #: Reverts that say "not now" rather than "no": the order backs off and collects again.
 TIMING_ERRORS = frozenset({"ObservationFromFuture", "SystemPaused"})
+#: Reverts that say a reading lapsed (past its deadline or freshness) before the block: the
+#: receipt can only revert from then on, and the order needs fresh readings, not a person.
+LAPSE_ERRORS = frozenset({"ObservationExpired", "ObservationStale"})
 
 
 @dataclass(frozen=True)
@@ -113,8 +123,14 @@ class Submitter(Protocol):
         """Sends the signed bytes; a transaction the node already has is not an error."""
         ...
 
-    def wait(self, tx_hash: str, timeout: float) -> Mined | None:
-        """The receipt, waiting up to `timeout` seconds; None if not mined by then."""
+    def wait(self, tx_hashes: Sequence[str], timeout: float) -> Mined | None:
+        """The receipt of whichever of `tx_hashes` (all at one nonce) was mined, waiting up to
+        `timeout` seconds; None if none was mined by then."""
+        ...
+
+    def reprice(self, prepared: PreparedTx) -> PreparedTx | None:
+        """The same transaction signed at fees the blocks take, if it is priced out at its own;
+        None if its price stands (or no higher one is allowed). Nothing is sent."""
         ...
 
     def discard(self, prepared: PreparedTx) -> None:
@@ -418,6 +434,7 @@ class Relayer:
             observation_ids=ids,
             tx_hash=prepared.tx_hash,
             raw_tx=prepared.raw,
+            replaced_tx_hashes=[],
             attempts=0,
             refusals=0,
             next_attempt_at=0.0,
@@ -467,10 +484,13 @@ class Relayer:
         assert record.tx_hash is not None and record.raw_tx is not None
         prepared = PreparedTx(record.tx_hash, record.raw_tx)
         lapsed: str | None = None
+        replacement: PreparedTx | None = None
         try:
-            mined = self.submitter.wait(prepared.tx_hash, 0)
+            mined = self.submitter.wait(record.sent, 0)
             if mined is None:
                 lapsed = self._lapsed(record)
+            if mined is None and lapsed is None:
+                replacement = self.submitter.reprice(prepared)
         except Exception as exc:
             if is_transient(exc):
                 self._backoff(record, OrderState.SUBMITTING, str(exc))
@@ -482,10 +502,31 @@ class Relayer:
         if lapsed is not None:
             self._abandon(record, lapsed)
             return
-        log.info(
-            "order %d: %s not on chain; broadcasting the same bytes again", record.order_id, record.tx_hash
-        )
+        if replacement is not None:
+            record = self._record_replacement(record, replacement)
+            prepared = replacement
+        else:
+            what = "%s not on chain; broadcasting the same bytes again"
+            log.info("order %d: " + what, record.order_id, record.tx_hash)
         self._send(record, prepared)
+
+    def _record_replacement(self, record: OrderRecord, replacement: PreparedTx) -> OrderRecord:
+        """Commits a repriced transaction before it is broadcast (the module's rule 1), keeping the
+        hashes it replaces: any of them may still be the one mined."""
+        detail = f"{record.tx_hash} priced out of the blocks; replaced by {replacement.tx_hash}"
+        self.store.set_state(
+            record.order_id,
+            OrderState.SUBMITTING,
+            detail,
+            tx_hash=replacement.tx_hash,
+            raw_tx=replacement.raw,
+            replaced_tx_hashes=record.sent,
+            refusals=0,
+        )
+        log.warning("order %d: %s", record.order_id, detail)
+        if self.crash_hook is not None:
+            self.crash_hook("repriced", record.order_id)
+        return self.store.order(record.order_id) or record
 
     def _send(self, record: OrderRecord, prepared: PreparedTx) -> None:
         order_id = record.order_id
@@ -494,7 +535,7 @@ class Relayer:
             self.submitter.broadcast(prepared)
             if self.crash_hook is not None:
                 self.crash_hook("broadcast", order_id)
-            mined = self.submitter.wait(prepared.tx_hash, self.receipt_timeout)
+            mined = self.submitter.wait(record.sent, self.receipt_timeout)
             if mined is None:
                 lapsed = self._lapsed(record)
         except ContractReverted as exc:  # the embedded chain executes, and reverts, on send
@@ -519,12 +560,15 @@ class Relayer:
             # The node took the bytes (sent again on each retry, so a node that dropped them has
             # them back and no gap is left before the key's later nonces): its refusals in a row
             # start again.
-            self._backoff(record, OrderState.SUBMITTING, f"{prepared.tx_hash} not mined yet", refusals=0)
+            replacing = f", replacing {len(record.replaced)} priced out" if record.replaced else ""
+            self._backoff(
+                record, OrderState.SUBMITTING, f"{prepared.tx_hash} not mined yet{replacing}", refusals=0
+            )
 
     def _nonce_moved_on(self, record: OrderRecord, prepared: PreparedTx) -> None:
         """Our nonce was used by another transaction of the relayer's (its key also settles), so
-        the recorded one can never be mined, unless it is the one that used it."""
-        mined = self.submitter.wait(prepared.tx_hash, 0)
+        the recorded one can never be mined, unless it (or one it replaced) is the one that used it."""
+        mined = self.submitter.wait(record.sent, 0)
         if mined is not None:
             self._finish(record, mined)
             return
@@ -614,10 +658,15 @@ class Relayer:
     def _finish(self, record: OrderRecord, mined: Mined) -> None:
         order_id = record.order_id
         if mined.succeeded:
+            # The mined one may be a transaction the recorded one replaced: the order names it.
+            which: dict[str, Any] = {}
+            if mined.tx_hash != record.tx_hash:
+                which = {"tx_hash": mined.tx_hash, "raw_tx": None}
             self.store.set_state(
                 order_id,
                 OrderState.CONFIRMED,
                 f"root certificate {mined.root_certificate_id} in block {mined.block_number}",
+                **which,
                 root_certificate_id=mined.root_certificate_id,
                 confirmed_at=time.time(),
                 confirmed_block=mined.block_number,
@@ -626,6 +675,8 @@ class Relayer:
         elif mined.error_name in TIMING_ERRORS:
             # Mined and reverted only for its timing: its nonce is spent, nothing was confirmed.
             self._backoff(record, OrderState.COLLECTING, f"{mined.tx_hash} reverted {mined.error_name}")
+        elif mined.error_name in LAPSE_ERRORS:
+            self._abandon(record, f"mined too late, it reverted {mined.detail or mined.error_name}")
         else:
             self._fail(
                 record,
@@ -639,6 +690,12 @@ class Relayer:
         name = getattr(exc, "error_name", "") or type(exc).__name__
         if name in TIMING_ERRORS:
             self._backoff(record, OrderState.COLLECTING, f"refused for now: {exc}")
+            return
+        if name in LAPSE_ERRORS:
+            if state == OrderState.SUBMITTING:  # mined (the embedded chain executes on send)
+                self._abandon(record, f"mined too late, it reverted {exc}")
+            else:  # simulated only: nothing spent; the readings are judged again as they stand
+                self._backoff(record, OrderState.COLLECTING, f"a reading lapsed: {exc}")
             return
         self._fail(record, state, str(exc), name, str(exc))
 

@@ -79,6 +79,9 @@ CREATE TABLE IF NOT EXISTS orders (
     observation_ids TEXT,
     tx_hash TEXT,
     raw_tx BLOB,
+    -- JSON list: earlier transactions at tx_hash's nonce it replaced at a higher fee (any one of
+    -- them may still be the one mined)
+    replaced_tx_hashes TEXT,
     root_certificate_id INTEGER,
     error_name TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -212,6 +215,14 @@ class OrderRecord:
     confirmed_at: float | None
     confirmed_block: int | None = None
     refusals: int = 0
+    #: transactions at the same nonce that `tx_hash` replaced at a higher fee, oldest first
+    replaced: tuple[str, ...] = ()
+
+    @property
+    def sent(self) -> list[str]:
+        """Every transaction sent for the order's current submission (one nonce: at most one of
+        them is ever mined)."""
+        return [*self.replaced, *((self.tx_hash,) if self.tx_hash else ())]
 
 
 @dataclass(frozen=True)
@@ -260,6 +271,7 @@ class Store:
             ("orders", "revision", "INTEGER NOT NULL DEFAULT 0"),
             ("orders", "confirmed_block", "INTEGER"),
             ("orders", "refusals", "INTEGER NOT NULL DEFAULT 0"),
+            ("orders", "replaced_tx_hashes", "TEXT"),
             ("inbox", "order_hint", "INTEGER"),
             ("inbox", "attempts", "INTEGER NOT NULL DEFAULT 0"),
             ("inbox", "last_error", "TEXT"),
@@ -713,6 +725,7 @@ class Store:
             "observation_ids",
             "tx_hash",
             "raw_tx",
+            "replaced_tx_hashes",
             "root_certificate_id",
             "error_name",
             "attempts",
@@ -724,8 +737,9 @@ class Store:
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"unknown order fields {unknown}")
-        if "observation_ids" in fields:
-            fields["observation_ids"] = json.dumps(list(fields["observation_ids"]))
+        for listed in ("observation_ids", "replaced_tx_hashes"):
+            if listed in fields:
+                fields[listed] = json.dumps(list(fields[listed]))
         sets = ", ".join(f"{k} = ?" for k in fields)
         guard, guarded = ("", ()) if if_revision is None else (" AND revision = ?", (if_revision,))
         with self.transaction() as db:
@@ -767,7 +781,8 @@ class Store:
             db.execute(
                 "UPDATE orders SET state = ?, detail = ?, dirty = 1, revision = revision + 1, "
                 "attempts = 0, refusals = 0, next_attempt_at = 0, observation_ids = NULL, tx_hash = NULL, "
-                "raw_tx = NULL, error_name = NULL, updated_at = ? WHERE order_id = ?",
+                "raw_tx = NULL, replaced_tx_hashes = NULL, error_name = NULL, updated_at = ? "
+                "WHERE order_id = ?",
                 (OrderState.COLLECTING.value, detail, now, order_id),
             )
             db.execute(
@@ -825,6 +840,7 @@ def _order(row: sqlite3.Row) -> OrderRecord:
         confirmed_at=row["confirmed_at"],
         confirmed_block=row["confirmed_block"],
         refusals=int(row["refusals"]),
+        replaced=tuple(json.loads(row["replaced_tx_hashes"])) if row["replaced_tx_hashes"] else (),
     )
 
 

@@ -44,20 +44,32 @@ class ChainSubmitter:
         with self.lock:
             self.system.chain.nonces.forget(self.relayer.address)
 
-    def wait(self, tx_hash: str, timeout: float) -> Mined | None:
+    def reprice(self, prepared: PreparedTx) -> PreparedTx | None:
+        with self.lock:
+            replacement = self.system.tx.repriced(self.relayer, SignedTx.from_raw(prepared.raw))
+        return None if replacement is None else PreparedTx(replacement.tx_hash, replacement.raw)
+
+    def wait(self, tx_hashes: Sequence[str], timeout: float) -> Mined | None:
         deadline = time.monotonic() + timeout
         while True:
-            # One look per turn of the lock, so the keeper is not held up while we poll.
-            with self.lock:
-                try:
-                    result = self.system.tx.receipt(tx_hash)
-                except errors.ContractReverted as error:
-                    name = getattr(error, "error_name", "") or type(error).__name__
-                    return Mined(tx_hash, False, None, None, error_name=name, detail=str(error))
-            if result is not None:
-                roots = [e for e in result.events if e.name == "OrderConfirmed"]
-                root = int(roots[0]["rootCertificateId"]) if roots else None
-                return Mined(tx_hash, True, result.block_number, result.gas_used, root_certificate_id=root)
+            for tx_hash in tx_hashes:
+                mined = self._look(tx_hash)
+                if mined is not None:
+                    return mined
             if time.monotonic() >= deadline:
                 return None
             time.sleep(self.system.chain.settings.poll_interval)
+
+    def _look(self, tx_hash: str) -> Mined | None:
+        # One look per turn of the lock, so the keeper is not held up while we poll.
+        with self.lock:
+            try:
+                result = self.system.tx.receipt(tx_hash)
+            except errors.ContractReverted as error:
+                name = getattr(error, "error_name", "") or type(error).__name__
+                return Mined(tx_hash, False, None, None, error_name=name, detail=str(error))
+        if result is None:
+            return None
+        roots = [e for e in result.events if e.name == "OrderConfirmed"]
+        root = int(roots[0]["rootCertificateId"]) if roots else None
+        return Mined(tx_hash, True, result.block_number, result.gas_used, root_certificate_id=root)

@@ -327,6 +327,8 @@ class FakeSubmitter:
         self.nonce_too_low = False
         self.rejected: str | None = None  # the node refuses the bytes in its own words
         self.mine = True  # False: broadcasts are accepted but never mined
+        self.priced_out = False  # True: every reprice answers a replacement at a higher fee
+        self.repriced: list[tuple[str, str]] = []  # (replaced, replacement)
         self.discarded: list[str] = []
         self.submitted: list[tuple[SignedReading, ...]] = []
 
@@ -352,8 +354,18 @@ class FakeSubmitter:
             self.mined[prepared.tx_hash] = Mined(prepared.tx_hash, True, 7, 100_000, root_certificate_id=1)
             self.chain.orders[1] = OrderStatus.CONFIRMED
 
-    def wait(self, tx_hash: str, timeout: float) -> Mined | None:
-        return self.mined.get(tx_hash)
+    def wait(self, tx_hashes: Sequence[str], timeout: float) -> Mined | None:
+        found = [self.mined[h] for h in tx_hashes if h in self.mined]
+        assert len(found) <= 1, "two transactions at one nonce mined"
+        return found[0] if found else None
+
+    def reprice(self, prepared: PreparedTx) -> PreparedTx | None:
+        if not self.priced_out:
+            return None
+        self.prepared += 1
+        replacement = PreparedTx(f"0x{self.prepared:064x}", b"raw%d" % self.prepared)
+        self.repriced.append((prepared.tx_hash, replacement.tx_hash))
+        return replacement
 
     def discard(self, prepared: PreparedTx) -> None:
         self.discarded.append(prepared.tx_hash)
@@ -1120,6 +1132,130 @@ def test_an_abandoned_transaction_frees_its_nonce(store: Store) -> None:
     time.sleep(0.01)
     r.step()
     assert store.order(1).state == OrderState.COLLECTING and sub.discarded == [tx]  # type: ignore[union-attr]
+
+
+def test_a_priced_out_transaction_is_replaced_recorded_first_and_sent_once_after_a_crash(
+    store: Store,
+) -> None:
+    """The base fee rose past the recorded transaction's fee: the relayer signs the same call at
+    the same nonce at a higher fee, records it (keeping the old hash) before broadcasting it, and
+    a relayer killed right there sends that replacement after its restart, not a third one."""
+    import time
+
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    sub.mine = False
+    ready_order(store, chain)
+    relayer(store, chain, sub).step()
+    first = store.order(1).tx_hash  # type: ignore[union-attr]
+    assert first is not None and sub.broadcasts == [first]
+
+    def crash(moment: str, order_id: int) -> None:
+        if moment == "repriced":
+            raise Crash(moment)
+
+    sub.priced_out = True
+    time.sleep(0.01)  # past the backoff of "not mined yet"
+    with pytest.raises(Crash):
+        relayer(store, chain, sub, crash_hook=crash).step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.SUBMITTING
+    [(replaced, replacement)] = sub.repriced
+    assert replaced == first and record.tx_hash == replacement and record.replaced == (first,)
+    assert record.raw_tx == b"raw2" and sub.broadcasts == [first]  # recorded, not yet sent
+
+    sub.priced_out, sub.mine = False, True
+    time.sleep(0.01)
+    restarted = relayer(store, chain, sub)
+    restarted.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.CONFIRMED, record
+    assert record.tx_hash == replacement and sub.broadcasts == [first, replacement]
+    assert len(sub.submitted) == 1  # the readings were signed into one call, never prepared again
+    restarted.step()
+    assert sub.broadcasts == [first, replacement]
+
+
+def test_a_replaced_transaction_mined_after_all_confirms_the_order(store: Store) -> None:
+    """Either transaction at the nonce may be the one included: the relayer looks for both and
+    records the one that was."""
+    import time
+
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    sub.mine = False
+    ready_order(store, chain)
+    r = relayer(store, chain, sub)
+    r.step()
+    first = store.order(1).tx_hash  # type: ignore[union-attr]
+    assert first is not None
+    sub.priced_out = True
+    time.sleep(0.01)
+    r.step()  # replaced and broadcast, still not mined
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.SUBMITTING and record.replaced == (first,)
+    sub.priced_out = False
+    sub.mined[first] = Mined(first, True, 9, 100_000, root_certificate_id=5)
+    chain.orders[1] = OrderStatus.CONFIRMED
+    time.sleep(0.01)
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.CONFIRMED, record
+    assert record.tx_hash == first and record.raw_tx is None and record.confirmed_block == 9
+    assert record.root_certificate_id == 5 and len(sub.submitted) == 1
+
+
+def test_a_transaction_whose_price_stands_is_sent_again_as_it_was(store: Store) -> None:
+    import time
+
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    sub.mine = False
+    ready_order(store, chain)
+    r = relayer(store, chain, sub)
+    r.step()
+    time.sleep(0.01)
+    r.step()
+    first = store.order(1).tx_hash  # type: ignore[union-attr]
+    assert sub.broadcasts == [first, first] and sub.repriced == []
+    assert store.order(1).replaced == ()  # type: ignore[union-attr]
+
+
+def test_a_receipt_mined_after_its_readings_lapsed_collects_again(store: Store) -> None:
+    """Mined too late, it reverted ObservationStale: the order needs fresh readings, not a person,
+    so it collects again with an alert instead of failing."""
+    import time
+
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    sub.mine = False
+    ready_order(store, chain)
+    r = relayer(store, chain, sub)
+    r.step()
+    tx = store.order(1).tx_hash  # type: ignore[union-attr]
+    assert tx is not None
+    sub.mined[tx] = Mined(
+        tx, False, None, None, error_name="ObservationStale", detail="ObservationStale(0, 1, 2)"
+    )
+    chain.now_value += 4_000  # the readings lapsed: judged again, they are left out
+    time.sleep(0.01)
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.COLLECTING and record.error_name is None, record
+    assert "stale or about to lapse" in record.detail and sub.prepared == 1
+    [alert] = store.alerts()
+    assert alert.kind == "abandoned" and "ObservationStale" in alert.message
+
+
+def test_a_receipt_simulated_after_a_reading_lapsed_backs_off_and_collects(store: Store) -> None:
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    ready_order(store, chain)
+    sub.revert = errors.ERRORS["ObservationExpired"](b"", index=0, deadline=1, nowTs=2)
+    relayer(store, chain, sub).step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.COLLECTING and record.attempts == 1, record
+    assert "a reading lapsed" in record.detail and store.alerts() == [] and sub.broadcasts == []
 
 
 def test_a_revert_of_an_order_the_chain_confirmed_records_it_confirmed(store: Store) -> None:
