@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import signal
@@ -24,10 +25,12 @@ from api.settings import ApiSettings
 from chain_client.chain import Chain, connect
 from chain_client.errors import CertledgerError
 from chain_client.index.db import IndexDatabase, shown_url
-from chain_client.index.sync import Indexer
+from chain_client.index.sync import FINAL_FAILURES, Indexer
 from chain_client.models import Role
 from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, label_hash
 from chain_client.system import System
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -80,7 +83,10 @@ def follow_index(settings: ApiSettings, stop: threading.Event) -> None:
     """Keeps the index synced for worker processes that only read it, until `stop` is set."""
     system = System.from_manifest(settings)
     indexer = Indexer(system.chain, system.deployment, IndexDatabase(settings.index_db))
-    indexer.follow(poll_seconds=max(settings.index_sync_interval, 0.05), stop=stop.is_set)
+    try:
+        indexer.follow(poll_seconds=max(settings.index_sync_interval, 0.05), stop=stop.is_set)
+    except FINAL_FAILURES as exc:  # the manifest and the index do not belong together
+        log.error("index follower stopped: %s", exc)
 
 
 def _serve_one(system: System, settings: ApiSettings, host: str, port: int, access_log: bool) -> None:

@@ -314,3 +314,18 @@ def test_an_index_begun_at_another_deployment_block_is_refused(indexed: Indexed,
     moved.write_text(json.dumps({**data, "deployment_block": began + 0.5}))
     result = _audit("verify", "--rpc-url", indexed.url, "--manifest", str(moved), "--db", indexed.db)
     _one_line_error(result, "deployment_block must be a whole number")
+
+
+@pytest.mark.anvil
+@pytest.mark.timeout(120)  # a follower that retries for ever fails here, not at the suite's limit
+def test_sync_follow_on_another_ledgers_index_stops_with_one_line(indexed: Indexed, tmp_path: Path) -> None:
+    """Instead of printing the same refusal on every poll until interrupted."""
+    other = tmp_path / "other.sqlite"
+    other.write_bytes(Path(indexed.db).read_bytes())
+    with sqlite3.connect(other) as conn:
+        conn.execute("UPDATE index_state SET ledger = ?", ("0x" + "5A" * 20,))
+    result = _audit("sync", *_node(indexed), "--db", str(other), "--follow", "--poll", "0.05")
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
+    started, refused = result.output.strip().splitlines()
+    assert started.startswith("following chain") and refused.startswith("error: ")
+    assert "indexes another deployment" in refused

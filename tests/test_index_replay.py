@@ -659,6 +659,24 @@ def test_a_manifest_whose_deployment_block_comes_after_the_deployment_is_refused
         audit.sync(lifecycle.chain, future, IndexDatabase(tmp_path / "future.sqlite"))
 
 
+def test_a_follower_stops_on_a_manifest_that_does_not_belong_instead_of_retrying_it(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
+) -> None:
+    """`sync --follow` with a late manifest, or on an index of another deployment, printed the
+    same refusal on every poll for ever; waiting cannot change either."""
+    deployment = lifecycle.work.system.deployment
+    failed: list[Exception] = []
+    late = dataclasses.replace(deployment, deployment_block=replayed[1].deployment_block + 10)
+    follower = sync_module.Indexer(lifecycle.chain, late, IndexDatabase(tmp_path / "late.sqlite"))
+    with pytest.raises(sync_module.LateManifest, match="after the deployment"):
+        follower.follow(0.01, stop=lambda: len(failed) > 2, on_error=failed.append)
+    other = dataclasses.replace(deployment, oracle=deployment.token)
+    follower = sync_module.Indexer(lifecycle.chain, other, replayed[0])
+    with pytest.raises(sync_module.AnotherDeployment, match="indexes another deployment: oracle"):
+        follower.follow(0.01, stop=lambda: len(failed) > 2, on_error=failed.append)
+    assert failed == []
+
+
 def test_a_deleted_or_made_up_certificate_row_is_one_finding_for_the_whole_record(
     lifecycle: Lifecycle, tmp_path: Path
 ) -> None:

@@ -89,8 +89,21 @@ ROUND_FAILURES: tuple[type[Exception], ...] = (
 )
 
 
+class AnotherDeployment(IndexDatabaseError):
+    """The index was built from another deployment than the manifest's: no wait will change that."""
+
+
+class LateManifest(ManifestError):
+    """The manifest's deployment block is after the contracts were deployed: no wait will change that."""
+
+
+#: What ends a follower instead of being tried again on the next poll: the manifest and the index
+#: do not belong together, which only a person can put right.
+FINAL_FAILURES: tuple[type[Exception], ...] = (AnotherDeployment, LateManifest)
+
+
 def check_deployment(db: IndexDatabase, state: IndexState, deployment: Deployment) -> None:
-    """IndexDatabaseError unless the index is of the manifest's deployment: its chain, ledger,
+    """AnotherDeployment unless the index is of the manifest's deployment: its chain, ledger,
     oracle and deployment block. The digest chain starts from all four, so an index begun at
     another block than the manifest's would be synced on, or certified by verify, with a digest
     that whoever holds the manifest cannot reproduce by replaying."""
@@ -102,7 +115,7 @@ def check_deployment(db: IndexDatabase, state: IndexState, deployment: Deploymen
     )
     differ = [f"{name} {ours} (the manifest's: {theirs})" for name, ours, theirs in pairs if ours != theirs]
     if differ:
-        raise IndexDatabaseError(f"{db.shown_url} indexes another deployment: " + ", ".join(differ))
+        raise AnotherDeployment(f"{db.shown_url} indexes another deployment: " + ", ".join(differ))
 
 
 class ReorgTooDeep(CertledgerError):
@@ -284,7 +297,7 @@ class Indexer:
             return
         early = [f"{name} {address}" for name, address in contracts.items() if found[address]]
         if early:
-            raise ManifestError(
+            raise LateManifest(
                 f"the manifest's deployment block {block + 1} is after the deployment: "
                 f"{', '.join(early)} already had code at block {block}; an index from it would miss "
                 "their first events (use the manifest the deployment wrote)"
@@ -355,11 +368,14 @@ class Indexer:
         A follower outlives the node's and the database's troubles: a failed round is reported and
         the next poll tries again (a sync resumes from its committed cursor, so nothing is lost or
         doubled). Stopping on the first error would leave whoever reads the index on a frozen copy
-        with nobody told but a log line."""
+        with nobody told but a log line. A manifest and an index that do not belong together
+        (FINAL_FAILURES) are raised instead: trying again would only repeat the same refusal."""
         status: SyncStatus | None = None
         while True:
             try:
                 status = self.sync()
+            except FINAL_FAILURES:
+                raise
             except ROUND_FAILURES as exc:
                 if on_error is None:
                     log.warning("index sync failed, trying again in %.1f s: %s", poll_seconds, exc)
