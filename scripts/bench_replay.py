@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import logging
 import os
 import platform
 import shutil
@@ -125,6 +126,20 @@ def timed(runs: int, job: Callable[[], Any]) -> tuple[list[float], Any]:
     return seconds, result
 
 
+def _once() -> Callable[[logging.LogRecord], bool]:
+    """A log filter that lets each message through the first time only."""
+    seen: set[str] = set()
+
+    def first(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in seen:
+            return False
+        seen.add(message)
+        return True
+
+    return first
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
@@ -134,6 +149,9 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="generate a new chain even if one is kept")
     args = parser.parse_args()
     console = Console()
+    # Anvil keeps the state of recent blocks only (and none before a --load-state), so every
+    # replay would warn that it cannot check for code before the deployment block: once is enough.
+    logging.getLogger("chain_client.index.sync").addFilter(_once())
     args.work.mkdir(parents=True, exist_ok=True)
     state, manifest = args.work / "replay-chain.json", args.work / "replay-deployment.json"
     reuse = state.exists() and manifest.exists() and not args.fresh and _same_contracts(manifest, console)
