@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 from eth_account.signers.local import LocalAccount
 
-from chain_client.errors import ContractReverted, NonceTooLow, TransactionRejected
+from chain_client.errors import ContractReverted, NodeUnavailable, NonceTooLow, TransactionRejected
 from chain_client.models import CertificateStatus, Order, OrderStatus
 from chain_client.system import System
 from chain_client.transactions import PreparedTx, TxResult
@@ -337,19 +337,25 @@ class Keeper:
                 if not ready:
                     continue
                 ids = [c for c, _ in ready]
+                flight: _InFlight | None = None
                 try:
                     # Simulated (a batch that would revert raises its typed error, nothing sent),
                     # signed and sent under the lock: its nonce goes out in order.
                     prepared = self.system.tx.prepare(
                         self.account, self.system.ledger.contract.functions.settle(ids)
                     )
+                    flight = _InFlight(ready, [prepared])
                     self.system.tx.broadcast(prepared)
                 except ContractReverted as exc:
                     log.warning("settling %s refused: %s", ids, exc)
                     run.refused.append(str(exc))
                     continue
+                except NodeUnavailable:
+                    # Once signed, the bytes may have reached the node: the next run looks first.
+                    self._in_flight = flight
+                    raise
             # The receipt is awaited without the lock: the relayer and the gateway go on meanwhile.
-            flight = _InFlight(ready, [prepared])
+            assert flight is not None
             outcome = self._receipt(flight.hashes)
             if outcome is None:
                 # Priced out, or dropped by the node: the next run looks again, reprices or sends

@@ -621,6 +621,40 @@ def test_the_keeper_does_not_hold_the_chain_lock_while_it_waits_for_a_receipt(
     assert others == [True]
 
 
+@pytest.mark.parametrize("reached", [True, False], ids=["bytes-reached-the-node", "bytes-lost"])
+def test_a_settle_whose_send_failed_is_looked_for_then_sent_again_and_pays_once(
+    world: World, monkeypatch: pytest.MonkeyPatch, reached: bool
+) -> None:
+    """The node went away during the broadcast: the batch may or may not have reached it. The
+    next run looks for it first and sends the same bytes again if it is not there; it never signs a
+    second batch for the same certificates."""
+    _, root = world.certificate_for(maturity_in=10 * DAY)
+    world.chain.advance_time(11 * DAY)
+    supplier = world.cast.supplier1.address
+    before = world.token.balance_of(supplier)
+    keeper = Keeper(world.system, world.cast.relayer)
+    real = world.system.tx.broadcast
+    sent: list[str] = []
+
+    def failing(prepared: Any) -> None:
+        sent.append(prepared.tx_hash)
+        if reached:
+            real(prepared)
+        raise NodeUnavailable("http://node", "connection reset")
+
+    monkeypatch.setattr(world.system.tx, "broadcast", failing)
+    with pytest.raises(NodeUnavailable):
+        keeper.run_once()
+    monkeypatch.setattr(
+        world.system.tx, "broadcast", lambda prepared: (sent.append(prepared.tx_hash), real(prepared))
+    )
+    second = keeper.run_once()
+    assert second.settled == [root] and second.transactions == sent[:1]
+    assert sent == ([sent[0]] if reached else [sent[0], sent[0]])  # the same bytes, or nothing, again
+    assert keeper.run_once().settled == []
+    assert world.token.balance_of(supplier) - before == world.ledger.certificate(root).value
+
+
 def test_keeper_reads_an_order_once_until_it_is_due(world: World) -> None:
     """The keeper's schedule: a confirmed order is not read again before its maturity, an open one
     is read each run until it is confirmed, and a certificate split off before maturity, after the
