@@ -23,9 +23,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from eth_account import Account
-from eth_account._utils.legacy_transactions import Transaction as LegacyTransaction
 from eth_account.signers.local import LocalAccount
-from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from eth_typing import ChecksumAddress
 from eth_utils import function_abi_to_4byte_selector, keccak, to_checksum_address
 from hexbytes import HexBytes
@@ -46,7 +44,14 @@ from chain_client.errors import (
 from chain_client.events import DecodedEvent
 from chain_client.models import Role
 from chain_client.system import System
-from chain_client.transactions import PreparedTx, TxResult, call_checked, node_failure, unavailable
+from chain_client.transactions import (
+    PreparedTx,
+    TxResult,
+    call_checked,
+    node_failure,
+    signed_fields,
+    unavailable,
+)
 
 #: Roles that may start each job, by contract and function name. None: anyone (settlement after
 #: maturity, withdrawing one's own credit, a gateway relaying device signatures, token approvals).
@@ -493,14 +498,9 @@ def decode_raw(raw: bytes | str) -> DecodedTx:
     tx_type = data[0] if data and data[0] <= 0x7F else 0
     try:
         sender = to_checksum_address(Account.recover_transaction(data))
-        if data and data[0] <= 0x7F:
-            fields: Mapping[str, Any] = TypedTransaction.from_bytes(HexBytes(data)).as_dict()
-            chain_id: int | None = int(fields["chainId"])
-        else:
-            legacy = LegacyTransaction.from_bytes(data)
-            fields = legacy.as_dict()
-            v = int(fields["v"])
-            chain_id = (v - 35) // 2 if v >= 35 else None
+        fields = signed_fields(data)
+        v = int(fields["v"])
+        chain_id = int(fields["chainId"]) if "chainId" in fields else (v - 35) // 2 if v >= 35 else None
     except Exception as exc:  # rlp, signature and field errors come in many types
         raise RelayRefused("MalformedTransaction", f"not a signed transaction: {exc}", 422) from None
     if tx_type not in RELAYED_TYPES:

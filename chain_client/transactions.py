@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import rlp
 from eth_account import Account
+from eth_account._utils.legacy_transactions import Transaction as LegacyTransaction
 from eth_account.signers.local import LocalAccount
 from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from eth_typing import ChecksumAddress
@@ -219,30 +219,24 @@ class PreparedTx:
     def from_raw(cls, raw: bytes) -> PreparedTx:
         """The record of signed bytes kept elsewhere (a relayer's store keeps only the bytes)."""
         sender = to_checksum_address(Account.recover_transaction(raw))
-        if raw[0] <= 0x7F:  # EIP-2718 typed (EIP-1559 here)
-            nonce = int(TypedTransaction.from_bytes(HexBytes(raw)).as_dict()["nonce"])
-        else:  # legacy, as sent to zero-gas-price networks: an RLP list led by the nonce
-            nonce = int.from_bytes(rlp.decode(raw)[0], "big")
-        return cls("0x" + keccak(raw).hex(), raw, sender, nonce)
+        return cls("0x" + keccak(raw).hex(), raw, sender, int(signed_fields(raw)["nonce"]))
 
     def unsigned(self) -> dict[str, Any]:
         """The transaction's fields without its signature, ready to be signed again."""
-        if self.raw[0] <= 0x7F:
-            fields = TypedTransaction.from_bytes(HexBytes(self.raw)).as_dict()
-            return {k: v for k, v in fields.items() if k not in ("v", "r", "s")}
-        nonce, gas_price, gas, to, value, data, v, _, _ = rlp.decode(self.raw)
-        fields = {
-            "nonce": int.from_bytes(nonce, "big"),
-            "gasPrice": int.from_bytes(gas_price, "big"),
-            "gas": int.from_bytes(gas, "big"),
-            "to": to_checksum_address(to) if to else b"",
-            "value": int.from_bytes(value, "big"),
-            "data": data,
-        }
-        recovery = int.from_bytes(v, "big")
-        if recovery >= 35:  # EIP-155: the chain id is in v
-            fields["chainId"] = (recovery - 35) // 2
+        fields = signed_fields(self.raw)
+        v = int(fields.pop("v"))
+        del fields["r"], fields["s"]
+        if "type" not in fields and v >= 35:  # legacy with EIP-155: the chain id is in v
+            fields["chainId"] = (v - 35) // 2
         return fields
+
+
+def signed_fields(raw: bytes) -> dict[str, Any]:
+    """A signed transaction's fields, its signature (v, r, s) included: EIP-2718 typed (EIP-1559,
+    EIP-2930) or legacy, as sent to zero-gas-price networks."""
+    if raw and raw[0] <= 0x7F:
+        return dict(TypedTransaction.from_bytes(HexBytes(raw)).as_dict())
+    return dict(LegacyTransaction.from_bytes(raw).as_dict())
 
 
 class Transactor:

@@ -645,9 +645,12 @@ def test_a_settle_whose_send_failed_is_looked_for_then_sent_again_and_pays_once(
     monkeypatch.setattr(world.system.tx, "broadcast", failing)
     with pytest.raises(NodeUnavailable):
         keeper.run_once()
-    monkeypatch.setattr(
-        world.system.tx, "broadcast", lambda prepared: (sent.append(prepared.tx_hash), real(prepared))
-    )
+
+    def working(prepared: Any) -> None:
+        sent.append(prepared.tx_hash)
+        real(prepared)
+
+    monkeypatch.setattr(world.system.tx, "broadcast", working)
     second = keeper.run_once()
     assert second.settled == [root] and second.transactions == sent[:1]
     assert sent == ([sent[0]] if reached else [sent[0], sent[0]])  # the same bytes, or nothing, again

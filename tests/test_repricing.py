@@ -21,6 +21,7 @@ from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 from index_support import anvil_node
 from oracle_support import chain_ranges
+from web3.types import TxParams, Wei
 
 from chain_client.chain import Chain, connect
 from chain_client.models import CertificateStatus, OrderStatus, Role
@@ -227,3 +228,28 @@ def test_the_keeper_replaces_a_priced_out_settle_and_pays_once(node: Node) -> No
     node.automine(True)
     assert token.balance_of(supplier) - before == AMOUNT
     assert node.system.ledger.certificate(root).status == CertificateStatus.SETTLED
+
+
+def test_a_legacy_transaction_is_repriced_by_its_gas_price(node: Node) -> None:
+    """As a zero-fee or pre-London network takes them: one price per gas, judged against the
+    node's own."""
+    w3, tx = node.chain.w3, node.system.tx
+    node.automine(False)
+    fn = node.system.token.contract.functions.mint(node.supplier.address, 3)
+    price = int(w3.eth.gas_price)
+    params: TxParams = {
+        "from": node.admin.address, "gas": 200_000, "gasPrice": Wei(price), "chainId": node.chain.chain_id,
+        "nonce": w3.eth.get_transaction_count(node.admin.address),
+    }  # fmt: skip
+    built: Any = fn.build_transaction(params)
+    prepared = PreparedTx.from_raw(bytes(node.admin.sign_transaction(built).raw_transaction))
+    assert tx.repriced(node.admin, prepared) is None
+    tx.broadcast(prepared)
+    node.spike()
+    replacement = tx.repriced(node.admin, prepared)
+    assert replacement is not None and replacement.nonce == prepared.nonce
+    new_price = replacement.unsigned()["gasPrice"]
+    assert new_price * 8 >= price * 9 and new_price >= int(w3.eth.gas_price)
+    tx.broadcast(replacement)
+    assert node.mine() == [replacement.tx_hash]
+    assert node.system.token.balance_of(node.supplier.address) == 3

@@ -120,3 +120,25 @@ def test_decode_raw_reads_the_access_list() -> None:
             },
         )
     assert decode_raw(account.sign_transaction({**base, "gasPrice": 10}).raw_transaction).access_list == ()
+
+
+@pytest.mark.parametrize(
+    "fees",
+    [
+        {"maxFeePerGas": 3 * 10**9, "maxPriorityFeePerGas": 10**9, "chainId": 31337},
+        {"gasPrice": 2 * 10**9, "chainId": 31337},  # legacy, EIP-155
+        {"gasPrice": 0},  # legacy without a chain id, as some zero-fee networks take
+    ],
+    ids=["eip1559", "legacy", "legacy-no-chain-id"],
+)
+def test_unsigned_gives_back_the_fields_that_sign_to_the_same_bytes(fees: dict[str, int]) -> None:
+    """A repriced transaction is signed from these fields: anything lost here would change more
+    than its fee."""
+    account = Account.from_key(keccak(text="unsigned"))
+    call = {"to": "0x" + "11" * 20, "value": 0, "gas": 90_000, "nonce": 7, "data": b"\x01\x02\x03"}
+    raw = bytes(account.sign_transaction({**call, **fees}).raw_transaction)
+    prepared = PreparedTx.from_raw(raw)
+    assert prepared.sender == account.address and prepared.nonce == 7
+    fields = prepared.unsigned()
+    assert not {"v", "r", "s"} & set(fields)
+    assert bytes(account.sign_transaction(fields).raw_transaction) == raw
