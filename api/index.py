@@ -39,7 +39,7 @@ from chain_client.index.models import (
     ParticipantRecord,
     PaymentRecord,
 )
-from chain_client.index.sync import ROUND_FAILURES, Indexer
+from chain_client.index.sync import FINAL_FAILURES, ROUND_FAILURES, Indexer
 
 M = TypeVar("M", bound=SQLModel)
 log = logging.getLogger(__name__)
@@ -100,6 +100,9 @@ class IndexReader:
         while not self._stop.wait(self.interval):
             try:
                 self._sync()
+            except FINAL_FAILURES as exc:  # the manifest and the index do not belong together
+                log.error("index sync stopped: %s", exc)
+                return
             except ROUND_FAILURES as exc:
                 # The node or the database is down, or the chain moved under us: reads serve what
                 # is indexed, and the next round tries again (the thread must outlive the trouble).

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 from eth_account.signers.local import LocalAccount
 
-from chain_client.errors import ContractReverted, NodeUnavailable, NonceTooLow, TransactionRejected
+from chain_client.errors import ContractReverted, NonceTooLow, TransactionRejected
 from chain_client.models import CertificateStatus, Order, OrderStatus
 from chain_client.system import System
 from chain_client.transactions import PreparedTx, TxResult
@@ -337,47 +337,55 @@ class Keeper:
                 if not ready:
                     continue
                 ids = [c for c, _ in ready]
-                flight: _InFlight | None = None
                 try:
                     # Simulated (a batch that would revert raises its typed error, nothing sent),
                     # signed and sent under the lock: its nonce goes out in order.
                     prepared = self.system.tx.prepare(
                         self.account, self.system.ledger.contract.functions.settle(ids)
                     )
-                    flight = _InFlight(ready, [prepared])
-                    self.system.tx.broadcast(prepared)
                 except ContractReverted as exc:
                     log.warning("settling %s refused: %s", ids, exc)
                     run.refused.append(str(exc))
                     continue
-                except NodeUnavailable:
-                    # Once signed, the bytes may have reached the node: the next run looks first.
-                    self._in_flight = flight
+                # In flight from here until its outcome is read: whatever fails meanwhile (the node
+                # during the broadcast or the wait), the next run looks for it first.
+                flight = self._in_flight = _InFlight(ready, [prepared])
+                try:
+                    self.system.tx.broadcast(prepared)
+                except ContractReverted as exc:  # the embedded chain executes, and reverts, on send
+                    self._in_flight = None
+                    log.warning("settling %s reverted: %s", ids, exc)
+                    run.refused.append(str(exc))
+                    continue
+                except TransactionRejected:  # refused in the node's own words: it holds nothing
+                    self._in_flight = None
                     raise
             # The receipt is awaited without the lock: the relayer and the gateway go on meanwhile.
-            assert flight is not None
             outcome = self._receipt(flight.hashes)
             if outcome is None:
                 # Priced out, or dropped by the node: the next run looks again, reprices or sends
                 # the same bytes again (which also fills the nonce if the node lost them).
                 log.warning("settle %s not mined in time; next run looks again", prepared.tx_hash)
                 run.unconfirmed.append(prepared.tx_hash)
-                self._in_flight = flight
                 break
+            self._in_flight = None
             self._mined(flight, outcome, run)
         return run
 
     def _follow_up(self, flight: _InFlight, run: KeeperRun) -> bool:
         """An earlier run's unmined batch: mined since (recorded), still pending (repriced if priced
         out, else its bytes sent again, and awaited once more), or gone (its nonce used by another
-        transaction of the key, or refused by the node: its certificates are read afresh). Returns
-        whether the batch is done with, so new batches may go."""
+        transaction of the key: its certificates are read afresh). Returns whether the batch is
+        done with, so new batches may go."""
         outcome = self._receipt(flight.hashes, timeout=0)
         if outcome is None:
             with self.lock:
                 latest = flight.sent[-1]
+                replacement = self.system.tx.repriced(self.account, latest)
+                if replacement is not None:
+                    # Kept before it is sent: once sent, it may be the one mined.
+                    flight.sent.append(replacement)
                 try:
-                    replacement = self.system.tx.repriced(self.account, latest)
                     self.system.tx.broadcast(replacement or latest)
                 except NonceTooLow:
                     # Another transaction of the key took the nonce, or one of ours was mined
@@ -390,15 +398,17 @@ class Keeper:
                         self._in_flight = None
                         return True
                 except TransactionRejected as exc:
-                    # Not held by the node: its nonce goes to the key's next transaction.
-                    log.warning("settle %s refused by the node: %s; read again", latest.tx_hash, exc.reason)
-                    self.system.chain.nonces.forget(self.account.address)
+                    # The node holds what it held before, or nothing (then the same bytes fill
+                    # the nonce once it takes them): the batch stays in flight, for the next run.
+                    if replacement is not None:
+                        flight.sent.pop()
+                    log.warning(
+                        "settle %s refused by the node: %s", (replacement or latest).tx_hash, exc.reason
+                    )
                     run.refused.append(str(exc))
-                    self._in_flight = None
-                    return True
+                    return False
                 else:
                     if replacement is not None:
-                        flight.sent.append(replacement)
                         run.repriced.append(replacement.tx_hash)
                         log.info("settle %s priced out; replaced by %s", latest.tx_hash, replacement.tx_hash)
             if outcome is None:

@@ -661,7 +661,8 @@ class Relayer:
             # The mined one may be a transaction the recorded one replaced: the order names it.
             which: dict[str, Any] = {}
             if mined.tx_hash != record.tx_hash:
-                which = {"tx_hash": mined.tx_hash, "raw_tx": None}
+                others = [h for h in record.sent if h != mined.tx_hash]
+                which = {"tx_hash": mined.tx_hash, "raw_tx": None, "replaced_tx_hashes": others}
             self.store.set_state(
                 order_id,
                 OrderState.CONFIRMED,

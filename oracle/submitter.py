@@ -4,6 +4,7 @@ into those steps, so the relayer can record each transaction before it is broadc
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -15,6 +16,8 @@ from chain_client.system import System
 from chain_client.transactions import PreparedTx as SignedTx
 from oracle.relayer import Mined, NonceTooLow, PreparedTx
 from oracle.wire import SignedReading
+
+log = logging.getLogger(__name__)
 
 
 class ChainSubmitter:
@@ -45,8 +48,16 @@ class ChainSubmitter:
             self.system.chain.nonces.forget(self.relayer.address)
 
     def reprice(self, prepared: PreparedTx) -> PreparedTx | None:
+        signed = SignedTx.from_raw(prepared.raw)
+        if signed.sender != self.relayer.address:
+            # Signed by the key the relayer ran with before a rotation: only its own bytes can
+            # still be sent, and they are, as they were.
+            log.warning(
+                "%s was signed by %s, not this relayer's key: not repriced", prepared.tx_hash, signed.sender
+            )
+            return None
         with self.lock:
-            replacement = self.system.tx.repriced(self.relayer, SignedTx.from_raw(prepared.raw))
+            replacement = self.system.tx.repriced(self.relayer, signed)
         return None if replacement is None else PreparedTx(replacement.tx_hash, replacement.raw)
 
     def wait(self, tx_hashes: Sequence[str], timeout: float) -> Mined | None:

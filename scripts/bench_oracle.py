@@ -211,7 +211,7 @@ def gas(setup: Setup) -> dict[str, dict[str, int]]:
                 readings.append(SignedReading(observation, signature))
             prepared = submitter.prepare(readings)
             submitter.broadcast(prepared)
-            mined = submitter.wait(prepared.tx_hash, 60)
+            mined = submitter.wait([prepared.tx_hash], 60)
             assert mined is not None and mined.succeeded, mined
             out.setdefault(f"m{m}", {})[label] = mined.gas_used
     return out

@@ -26,7 +26,7 @@ from oracle.chainview import SystemView
 from oracle.devices import DeviceSigner, MemorySequence, ReadingContext
 from oracle.gateway import Gateway, Verdict
 from oracle.keeper import Keeper
-from oracle.relayer import Relayer
+from oracle.relayer import PreparedTx, Relayer
 from oracle.settings import OracleSettings
 from oracle.simulator import malleate
 from oracle.store import NotResolvable, OrderState, Store
@@ -621,41 +621,64 @@ def test_the_keeper_does_not_hold_the_chain_lock_while_it_waits_for_a_receipt(
     assert others == [True]
 
 
-@pytest.mark.parametrize("reached", [True, False], ids=["bytes-reached-the-node", "bytes-lost"])
+@pytest.mark.parametrize("failure", ["broadcast-reached-the-node", "broadcast-lost", "receipt-wait"])
 def test_a_settle_whose_send_failed_is_looked_for_then_sent_again_and_pays_once(
-    world: World, monkeypatch: pytest.MonkeyPatch, reached: bool
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
 ) -> None:
-    """The node went away during the broadcast: the batch may or may not have reached it. The
-    next run looks for it first and sends the same bytes again if it is not there; it never signs a
-    second batch for the same certificates."""
+    """The node went away during the broadcast (the batch may or may not have reached it) or while
+    its receipt was awaited. The next run looks for it first, records it if it was mined and sends
+    the same bytes again if it is not there; it never signs a second batch for the same
+    certificates."""
     _, root = world.certificate_for(maturity_in=10 * DAY)
     world.chain.advance_time(11 * DAY)
     supplier = world.cast.supplier1.address
     before = world.token.balance_of(supplier)
-    keeper = Keeper(world.system, world.cast.relayer)
-    real = world.system.tx.broadcast
+    store = Store(tmp_path / "keeper.db")
+    keeper = Keeper(world.system, world.cast.relayer, store)
+    tx = world.system.tx
+    real_broadcast, real_receipt = tx.broadcast, tx.receipt
     sent: list[str] = []
 
-    def failing(prepared: Any) -> None:
+    def broadcast(prepared: Any) -> None:
         sent.append(prepared.tx_hash)
-        if reached:
-            real(prepared)
+        if failure != "broadcast-lost":
+            real_broadcast(prepared)
+        if failure.startswith("broadcast"):
+            raise NodeUnavailable("http://node", "connection reset")
+
+    def receipt(tx_hash: str, timeout: float = 0.0) -> Any:
         raise NodeUnavailable("http://node", "connection reset")
 
-    monkeypatch.setattr(world.system.tx, "broadcast", failing)
+    monkeypatch.setattr(tx, "broadcast", broadcast)
+    if failure == "receipt-wait":
+        monkeypatch.setattr(tx, "receipt", receipt)
     with pytest.raises(NodeUnavailable):
         keeper.run_once()
 
     def working(prepared: Any) -> None:
         sent.append(prepared.tx_hash)
-        real(prepared)
+        real_broadcast(prepared)
 
-    monkeypatch.setattr(world.system.tx, "broadcast", working)
+    monkeypatch.setattr(tx, "broadcast", working)
+    monkeypatch.setattr(tx, "receipt", real_receipt)
     second = keeper.run_once()
     assert second.settled == [root] and second.transactions == sent[:1]
-    assert sent == ([sent[0]] if reached else [sent[0], sent[0]])  # the same bytes, or nothing, again
+    # The same bytes again if they were lost, nothing if the node has them.
+    assert sent == ([sent[0], sent[0]] if failure == "broadcast-lost" else [sent[0]])
+    assert store.settled_count() == 1
     assert keeper.run_once().settled == []
     assert world.token.balance_of(supplier) - before == world.ledger.certificate(root).value
+
+
+def test_a_receipt_signed_by_a_rotated_relayer_key_is_not_repriced(world: World) -> None:
+    """After a restart with another key, the recorded bytes of the old one can still be sent as
+    they are; signing a replacement for them is not this key's to do."""
+    old = world.cast.relayer
+    fn = world.token.contract.functions.approve(world.ledger.address, 1)
+    prepared = world.system.tx.prepare(old, fn)
+    world.chain.nonces.forget(old.address)
+    submitter = ChainSubmitter(world.system, world.cast.outsider)
+    assert submitter.reprice(PreparedTx(prepared.tx_hash, prepared.raw)) is None
 
 
 def test_keeper_reads_an_order_once_until_it_is_due(world: World) -> None:

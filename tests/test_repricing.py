@@ -24,6 +24,7 @@ from oracle_support import chain_ranges
 from web3.types import TxParams, Wei
 
 from chain_client.chain import Chain, connect
+from chain_client.errors import TransactionRejected
 from chain_client.models import CertificateStatus, OrderStatus, Role
 from chain_client.receipts import DeviceEnrolment, ReadingKind, label_hash
 from chain_client.settings import Settings
@@ -205,7 +206,9 @@ def test_the_relayer_replaces_a_priced_out_receipt_and_confirms_once(node: Node,
     assert [e["args"]["orderId"] for e in confirmed] == [order_id]
 
 
-def test_the_keeper_replaces_a_priced_out_settle_and_pays_once(node: Node) -> None:
+def test_the_keeper_replaces_a_priced_out_settle_and_pays_once(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
     order_id = node.open_order(maturity_in=10 * DAY)
     readings = [decode_reading(payload) for payload in node.readings(order_id)]
     observations, signatures = [r.observation for r in readings], [r.signature for r in readings]
@@ -219,6 +222,17 @@ def test_the_keeper_replaces_a_priced_out_settle_and_pays_once(node: Node) -> No
     first = keeper.run_once()
     assert first.settled == [] and len(first.unconfirmed) == 1
     node.spike()
+    # The node refuses the first replacement (say, the key's ether ran short): the batch stays in
+    # flight with the transaction the node still holds, and nothing new is signed.
+    real = node.system.tx.broadcast
+
+    def refusing(prepared: PreparedTx) -> None:
+        raise TransactionRejected(prepared.tx_hash, "insufficient funds for gas * price + value")
+
+    monkeypatch.setattr(node.system.tx, "broadcast", refusing)
+    refused = keeper.run_once()
+    assert refused.repriced == [] and len(refused.refused) == 1 and refused.settled == []
+    monkeypatch.setattr(node.system.tx, "broadcast", real)
     second = keeper.run_once()  # finds it priced out: replaces it, sends nothing new
     assert second.settled == [] and len(second.repriced) == 1
     assert node.mine() == second.repriced
