@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from eth_account import Account
 from eth_account._utils.legacy_transactions import Transaction as LegacyTransaction
@@ -451,10 +451,15 @@ class Transactor:
 
     def _revert_reason(self, tx: TxParams, receipt: TxReceipt) -> ContractReverted:
         # A transaction that passed simulation but reverted on chain (state moved in between):
-        # replay it as a call at its block to recover the error.
+        # the node's trace of it names the error exactly; without one, replay it as a call at
+        # its block (after the whole block, so a later transaction of the block may have changed
+        # what it ran on).
+        tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
+        traced = self._traced_revert(tx_hash)
+        if traced is not None:
+            return traced
         keep = ("from", "to", "data", "value", "gas", "accessList")
         call: TxParams = {k: v for k, v in tx.items() if k in keep}  # type: ignore[assignment]
-        tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
         try:
             call_checked(lambda: self.chain.w3.eth.call(call, receipt["blockNumber"]))
         except ContractReverted as exc:
@@ -468,3 +473,27 @@ class Transactor:
             # the replay cannot charge for, or state that cost more in its block).
             return UnknownRevert(f"transaction {tx_hash} was mined and ran out of gas ({tx['gas']})")
         return UnknownRevert(f"transaction {tx_hash} reverted")
+
+    def _traced_revert(self, tx_hash: str) -> ContractReverted | None:
+        """The revert data of a mined transaction as the node traced it in its own block
+        (debug_traceTransaction with the call tracer, top call only: geth, anvil, Besu with debug
+        enabled). None when the node traces nothing (eth-tester, debug methods off) or the trace
+        carries no revert data (out of gas): the replay then answers."""
+        if self.chain.embedded:
+            return None
+        options = {"tracer": "callTracer", "tracerConfig": {"onlyTopCall": True}}
+        try:
+            answer = self.chain.w3.provider.make_request(
+                cast(Any, "debug_traceTransaction"), [tx_hash, options]
+            )
+        except Exception as exc:
+            if node_failure(exc, internal=True):
+                raise unavailable(self.chain.settings.rpc_url, exc) from exc
+            return None
+        result = answer.get("result")
+        if not isinstance(result, dict) or not result.get("error"):
+            return None
+        output = result.get("output")
+        if not isinstance(output, str) or len(output) < 10:  # "0x" and a selector at least
+            return None
+        return decode_revert(output)

@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eth_account import Account
@@ -124,6 +125,43 @@ def test_a_revert_mined_on_a_node_is_typed(anvil: Anvil) -> None:
     assert str(info.value.fields["account"]).lower() == stranger.address.lower()
     assert chain.w3.eth.get_transaction_count(stranger.address) == before + 1  # it was mined
     assert not system.ledger.paused()
+
+
+def test_a_revert_is_named_as_it_happened_in_its_block_not_as_a_replay_after_it(anvil: Anvil) -> None:
+    """One block: the admin pauses, a holder's withdraw reverts SystemPaused, the admin unpauses.
+    A replay after the block would run unpaused and name NothingToWithdraw; the node's trace of
+    the transaction names what stopped it."""
+    chain = connect(Settings(rpc_url=anvil.url, poll_interval=0.01))
+    admin, holder = chain.new_account(), chain.new_account()
+    system = System.deploy(
+        chain, admin, admin_entity_id=label_hash("OP"), min_split_unit=100, max_split_depth=3
+    )
+    ledger, tx, w3 = system.ledger.contract.functions, system.tx, chain.w3
+    base = int(w3.eth.get_block("latest")["baseFeePerGas"])
+    nonce = w3.eth.get_transaction_count(admin.address)
+
+    def signed(account: LocalAccount, fn: Any, nonce: int, tip_gwei: int) -> str:
+        tip = tip_gwei * 10**9  # block order: the highest tip first, each sender's nonces in order
+        params: Any = {"from": account.address, "gas": 200_000, "nonce": nonce, "chainId": chain.chain_id,
+                       "maxFeePerGas": 4 * base + tip, "maxPriorityFeePerGas": tip}  # fmt: skip
+        raw = account.sign_transaction(fn.build_transaction(params)).raw_transaction
+        return "0x" + bytes(w3.eth.send_raw_transaction(raw)).hex()
+
+    rpc = w3.provider.make_request
+    rpc("evm_setAutomine", [False])  # type: ignore[arg-type]
+    try:
+        signed(admin, ledger.pause(), nonce, 3)
+        refused = signed(holder, ledger.withdraw(), w3.eth.get_transaction_count(holder.address), 2)
+        signed(admin, ledger.unpause(), nonce + 1, 1)
+        rpc("evm_mine", [])  # type: ignore[arg-type]
+    finally:
+        rpc("evm_setAutomine", [True])  # type: ignore[arg-type]
+    block = w3.eth.get_block("latest")
+    assert ["0x" + bytes(h).hex() for h in block["transactions"]][1] == refused  # type: ignore[arg-type]
+    assert not system.ledger.paused()
+    with pytest.raises(errors.SystemPaused) as info:
+        tx.receipt(refused)
+    assert info.value.mined is not None and info.value.mined.block_number == block["number"]
 
 
 def test_a_transaction_the_node_dropped_leaves_no_gap_behind(anvil: Anvil) -> None:
