@@ -53,10 +53,13 @@ class NodeUnavailable(CertledgerError):
 class TransactionTimeout(CertledgerError):
     """A sent transaction got no receipt in time; it may still be mined."""
 
-    def __init__(self, tx_hash: str, seconds: float) -> None:
-        super().__init__(f"no receipt for {tx_hash} after {seconds}s")
+    def __init__(self, tx_hash: str, seconds: float, replaced: tuple[str, ...] = ()) -> None:
+        also = f" (nor for {', '.join(replaced)}, which it replaced at a lower fee)" if replaced else ""
+        super().__init__(f"no receipt for {tx_hash} after {seconds}s{also}")
         self.tx_hash = tx_hash
         self.seconds = seconds
+        #: earlier transactions at the same nonce it replaced: any one of them may still be mined
+        self.replaced = replaced
 
 
 class NonceTooLow(CertledgerError):

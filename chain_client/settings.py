@@ -31,6 +31,11 @@ class Settings(BaseSettings):
             " repriced ones included: a transaction priced out beyond it waits for the fee to fall."
         ),
     )
+    reprice_interval: float = Field(
+        default=3.0,
+        gt=0,
+        description="Seconds between looks at whether a transaction awaiting its receipt is priced out.",
+    )
     gas_limit_margin: float = Field(
         default=1.2,
         ge=1.0,

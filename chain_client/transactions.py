@@ -256,20 +256,54 @@ class Transactor:
         """
         prepared = self.prepare(account, fn, gas)
         timeout = self.chain.settings.receipt_timeout
+        sent = [prepared]
         try:
             self.broadcast(prepared)
-            result = self.receipt(prepared.tx_hash, timeout)
+            result = self._await(account, sent, timeout)
         except NodeUnavailable as exc:
             # The bytes may have gone out: the caller gets the hash to look up, not a failure it
             # would retry with a new transaction (doing the job twice).
             self.chain.nonces.forget(account.address)
-            raise OutcomeUnknown(prepared.tx_hash, str(exc)) from exc
+            raise OutcomeUnknown(sent[-1].tx_hash, str(exc)) from exc
         if result is None:
             # Ask the node for the next nonce from now on: had this transaction been dropped (a node
             # restarting loses its pool), every later one would wait behind the gap for ever.
             self.chain.nonces.forget(account.address)
-            raise TransactionTimeout(prepared.tx_hash, timeout)
+            raise TransactionTimeout(sent[-1].tx_hash, timeout, tuple(p.tx_hash for p in sent[:-1]))
         return result
+
+    def _await(self, account: LocalAccount, sent: list[PreparedTx], timeout: float) -> TxResult | None:
+        """The receipt of whichever of `sent` (one nonce) is mined, waiting up to `timeout`
+        seconds; every `reprice_interval` the latest is checked and, if a rising base fee has
+        priced it out, replaced (appended to `sent` before it is broadcast: once sent, it may be
+        the one mined). None if none was mined in time."""
+        settings = self.chain.settings
+        started = time.monotonic()
+        looked = started
+        while True:
+            for candidate in sent:
+                result = self.receipt(candidate.tx_hash)
+                if result is not None:
+                    return result
+            now = time.monotonic()
+            if now - started >= timeout:
+                return None
+            if now - looked >= settings.reprice_interval:
+                looked = now
+                self._replace_if_priced_out(account, sent)
+            time.sleep(settings.poll_interval)
+
+    def _replace_if_priced_out(self, account: LocalAccount, sent: list[PreparedTx]) -> None:
+        replacement = self.repriced(account, sent[-1])
+        if replacement is None:
+            return
+        sent.append(replacement)
+        try:
+            self.broadcast(replacement)
+        except NonceTooLow:
+            pass  # the nonce is used: by one of `sent` (the next look finds it) or by another
+        except TransactionRejected:
+            sent.pop()  # refused: the node holds the one before, which is still awaited
 
     def prepare(
         self, account: LocalAccount, fn: ContractFunction | ContractConstructor, gas: int | None = None

@@ -9,6 +9,7 @@ the block's base fee, as every node does.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -267,3 +268,40 @@ def test_a_legacy_transaction_is_repriced_by_its_gas_price(node: Node) -> None:
     tx.broadcast(replacement)
     assert node.mine() == [replacement.tx_hash]
     assert node.system.token.balance_of(node.supplier.address) == 3
+
+
+def test_a_send_priced_out_while_it_waits_is_replaced_and_its_result_returned(node: Node) -> None:
+    """Any job the client sends itself (the CLI's, the demo's): while it waits for the receipt
+    the base fee jumps; the client replaces the transaction and returns the one that was mined."""
+    settings = node.chain.settings
+    node.chain.settings = settings.model_copy(update={"receipt_timeout": 30.0, "reprice_interval": 0.1})
+    node.automine(False)
+    pooled: list[dict[str, Any]] = []
+
+    def pool() -> list[dict[str, Any]]:
+        content = node.rpc("txpool_content")["pending"]
+        return [tx for by_nonce in content.values() for tx in by_nonce.values()]
+
+    def chain_side() -> None:
+        deadline = time.monotonic() + 20
+        while not pool() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pooled.extend(pool())
+        base = node.spike()  # the waiting transaction is priced out
+        while time.monotonic() < deadline:
+            priced = [tx for tx in pool() if int(tx["maxFeePerGas"], 16) >= base]
+            if priced:
+                pooled.extend(priced)
+                node.mine()
+                return
+            time.sleep(0.02)
+
+    side = threading.Thread(target=chain_side)
+    side.start()
+    result = node.system.token.mint(node.admin, node.supplier.address, 11)
+    side.join()
+    node.automine(True)
+    first, replacement = pooled
+    assert first["nonce"] == replacement["nonce"] and first["hash"] != replacement["hash"]
+    assert result.tx_hash == replacement["hash"]
+    assert node.system.token.balance_of(node.supplier.address) == 11
