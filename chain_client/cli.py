@@ -7,6 +7,7 @@ command line, where shell history and `ps` would keep it). Everything but `demo`
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 from dataclasses import asdict
@@ -26,11 +27,12 @@ from chain_client.audit_cli import app as audit_app
 from chain_client.chain import connect
 from chain_client.errors import CertledgerError, ContractError, InvalidArgument
 from chain_client.ledger import LineageNode
-from chain_client.models import Role
+from chain_client.models import CertificateStatus, OrderStatus, Role
 from chain_client.pricing import discount_price
 from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, bytes32_of
 from chain_client.settings import Settings
 from chain_client.system import System
+from chain_client.transactions import TxResult
 
 app = typer.Typer(no_args_is_help=True)
 order_app = typer.Typer(help="Open, cancel and show orders.", no_args_is_help=True)
@@ -44,6 +46,8 @@ warehouse_app = typer.Typer(help="Register warehouses and their device keys.", n
 app.add_typer(participant_app, name="participant")
 app.add_typer(warehouse_app, name="warehouse")
 app.add_typer(audit_app, name="audit")
+token_app = typer.Typer(help="Settlement token balances; minting on the demo token.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 
 console = Console()
 
@@ -101,7 +105,23 @@ def _emit(data: Any, as_json: bool) -> None:
     if as_json:
         console.print_json(json.dumps(data, default=_jsonable))
     else:
-        console.print(data)
+        items = data if isinstance(data, list) else [data]
+        console.print("\n\n".join(_lines(item) for item in items) if items else "none", highlight=False)
+
+
+def _lines(record: Any) -> str:
+    """A record as `field: value` lines, for people: bytes32 as 0x hex, enums and roles by name."""
+    return "\n".join(f"{name}: {_shown(value)}" for name, value in vars(record).items())
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, Role):
+        return ", ".join(r.name for r in Role if r in value and r.name) or "none"
+    if isinstance(value, enum.Enum):
+        return value.name.lower()
+    return str(value)
 
 
 def _jsonable(value: Any) -> Any:
@@ -113,11 +133,15 @@ def _jsonable(value: Any) -> Any:
 
 
 def _run(job: Any) -> None:
-    """Runs `job`, printing a contract error as its name and fields and exiting 1."""
+    """Runs `job`, printing a contract error as its name and fields and exiting 1. A job that
+    returns a mined transaction says so."""
     try:
-        job()
+        result = job()
+        if isinstance(result, TxResult):
+            console.print(f"done in {result.tx_hash} (block {result.block_number})", highlight=False)
     except ContractError as exc:
-        console.print(f"[red]refused by the contract:[/] {exc.error_name} {exc.fields}")
+        fields = ", ".join(f"{name}={_shown(value)}" for name, value in exc.fields.items())
+        console.print(f"[red]refused by the contract:[/] {exc.error_name}({fields})", highlight=False)
         raise typer.Exit(1) from None
     except InvalidArgument as exc:  # the user's input, refused before anything was sent
         console.print(f"[red]error:[/] {exc}")
@@ -304,7 +328,47 @@ def participant_show(
     account: str, rpc_url: RpcUrl = None, manifest: Manifest = Path("deployment.json"), as_json: Json = False
 ) -> None:
     """Show a participant's record."""
-    _run(lambda: _emit(_system(rpc_url, manifest).ledger.participant(_address(account)), as_json))
+
+    def job() -> None:
+        participant = _system(rpc_url, manifest).ledger.participant(_address(account))
+        if not participant.registered:
+            raise LookupError(f"{participant.address} is not a registered participant")
+        _emit(participant, as_json)
+
+    _run(job)
+
+
+# ---------------------------------------------------------------------- the settlement token
+
+
+@token_app.command("mint")
+def token_mint(
+    to: str,
+    amount: Annotated[int, typer.Option(help="Token units (fen for tCNY).", min=1)],
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
+) -> None:
+    """Issue demo deposit tokens to an account (the demo token's bank: the key that deployed it).
+    A deployment settling in a real token funds issuers there instead."""
+    _run(lambda: _system(rpc_url, manifest).token.mint(_signer(key_env), _address(to), amount))
+
+
+@token_app.command("balance")
+def token_balance(
+    account: str, rpc_url: RpcUrl = None, manifest: Manifest = Path("deployment.json"), as_json: Json = False
+) -> None:
+    """An account's settlement token balance, in token units."""
+
+    def job() -> None:
+        address = _address(account)
+        balance = _system(rpc_url, manifest).token.balance_of(address)
+        if as_json:
+            _emit({"account": address, "balance": balance}, True)
+        else:
+            console.print(str(balance))
+
+    _run(job)
 
 
 # ---------------------------------------------------------------------- orders
@@ -363,7 +427,14 @@ def order_show(
     order_id: int, rpc_url: RpcUrl = None, manifest: Manifest = Path("deployment.json"), as_json: Json = False
 ) -> None:
     """Show an order."""
-    _run(lambda: _emit(_system(rpc_url, manifest).ledger.order(order_id), as_json))
+
+    def job() -> None:
+        order = _system(rpc_url, manifest).ledger.order(order_id)
+        if order.status == OrderStatus.NONE:
+            raise LookupError(f"no order {order_id}")
+        _emit(order, as_json)
+
+    _run(job)
 
 
 # ---------------------------------------------------------------------- certificates
@@ -377,7 +448,20 @@ def cert_show(
     as_json: Json = False,
 ) -> None:
     """Show a certificate."""
-    _run(lambda: _emit(_system(rpc_url, manifest).ledger.certificate(certificate_id), as_json))
+
+    def job() -> None:
+        certificate = _system(rpc_url, manifest).ledger.certificate(certificate_id)
+        if certificate.status == CertificateStatus.NONE:
+            raise LookupError(_no_certificate(certificate_id))
+        _emit(certificate, as_json)
+
+    _run(job)
+
+
+def _no_certificate(certificate_id: int) -> str:
+    return (
+        f"no certificate {certificate_id} (an order's root certificate exists once its receipt is confirmed)"
+    )
 
 
 @cert_app.command("holdings")
@@ -405,6 +489,8 @@ def cert_lineage(
 
     def job() -> None:
         system = _system(rpc_url, manifest)
+        if system.ledger.certificate(certificate_id).status == CertificateStatus.NONE:
+            raise LookupError(_no_certificate(certificate_id))
         tree = system.ledger.lineage(certificate_id, from_block=system.deployment.deployment_block)
         if as_json:
             _emit(_tree_dict(tree), True)

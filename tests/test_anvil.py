@@ -28,7 +28,7 @@ from chain_client import errors
 from chain_client.chain import connect
 from chain_client.demo import run_demo
 from chain_client.deploy import Deployment
-from chain_client.models import OrderStatus, Role
+from chain_client.models import Role
 from chain_client.receipts import label_hash
 from chain_client.settings import Settings
 from chain_client.system import System
@@ -226,6 +226,15 @@ def test_cli_round_trip_on_anvil(anvil: Anvil, tmp_path: Path) -> None:
         app, ["participant", "register", supplier, "--entity", "USCC:913200002222", "--role", "SUPPLIER"]
     )
     assert registered.exit_code == 0, registered.output
+    assert registered.output.startswith("done in 0x")  # a write says where it was mined
+    minted = runner.invoke(app, ["token", "mint", supplier, "--amount", "12345"])
+    assert minted.exit_code == 0, minted.output
+    balance = runner.invoke(app, ["token", "balance", supplier])
+    assert balance.exit_code == 0 and balance.output.strip() == "12345" == str(
+        system.token.balance_of(supplier)
+    )
+    not_bank = runner.invoke(app, ["token", "mint", supplier, "--amount", "1", "--key-env", "CERTLEDGER_KEY"])
+    assert not_bank.exit_code == 1 and "refused by the contract" in not_bank.output, not_bank.output
     record = system.ledger.participant(supplier)
     assert (record.roles, record.active, record.entity_id) == (
         Role.SUPPLIER,
@@ -237,20 +246,27 @@ def test_cli_round_trip_on_anvil(anvil: Anvil, tmp_path: Path) -> None:
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.output)["roles"] == int(Role.SUPPLIER)
 
-    order = runner.invoke(app, ["order", "show", "999", "--json"])
-    assert order.exit_code == 0, order.output
-    zero = json.loads(order.output)
-    assert zero["order_id"] == 999
-    assert (zero["status"], zero["escrowed"], zero["root_certificate_id"]) == (int(OrderStatus.NONE), 0, 0)
-    assert zero["issuer"] == "0x" + "00" * 20
-    plain = runner.invoke(app, ["order", "show", "999"])
-    assert plain.exit_code == 0 and "NONE" in plain.output
+    plain = runner.invoke(app, ["participant", "show", supplier])
+    assert plain.exit_code == 0, plain.output
+    lines = plain.output.splitlines()
+    assert f"entity_id: 0x{label_hash('USCC:913200002222').hex()}" in lines and "roles: SUPPLIER" in lines
+
+    # An id nothing has is said so, not shown as a record of zeros.
+    for unknown, said in (
+        (["order", "show", "999"], "no order 999"),
+        (["cert", "show", "999"], "no certificate 999"),
+        (["cert", "lineage", "999"], "no certificate 999"),
+        (["participant", "show", Account.create().address], "is not a registered participant"),
+    ):
+        answer = runner.invoke(app, unknown)
+        assert answer.exit_code == 2 and said in " ".join(answer.output.split()), (unknown, answer.output)
 
     again = runner.invoke(
         app, ["participant", "register", supplier, "--entity", "USCC:913200002222", "--role", "SUPPLIER"]
     )
     assert again.exit_code == 1
     assert "ParticipantAlreadyRegistered" in again.output
+    assert f"account={supplier}" in again.output  # the error's fields, readable
 
     not_admin = runner.invoke(
         app,

@@ -20,7 +20,17 @@ def runner() -> CliRunner:
 def test_help_lists_the_commands(runner: CliRunner) -> None:
     result = runner.invoke(build_app(), ["--help"])
     assert result.exit_code == 0, result.output
-    for command in ("deploy", "demo", "order", "cert", "discount", "participant", "settle", "withdraw"):
+    for command in (
+        "deploy",
+        "demo",
+        "order",
+        "cert",
+        "discount",
+        "participant",
+        "token",
+        "settle",
+        "withdraw",
+    ):
         assert command in result.output
     for group in ("order", "cert", "discount", "participant"):
         sub = runner.invoke(build_app(), [group, "--help"])
