@@ -39,6 +39,7 @@ def demo(
     from chain_client.errors import CertledgerError
     from chain_client.settings import Settings
     from oracle.broker import Mosquitto, mosquitto_binary
+    from oracle.mqtt import BrokerUnavailable
     from oracle.pipeline import MqttReceiptPipeline, PipelineFailed
 
     with tempfile.TemporaryDirectory(prefix="certledger-demo-") as tmp:
@@ -64,7 +65,7 @@ def demo(
                 )
                 path = MqttReceiptPipeline(url, workdir)
             run_demo(connect(Settings(rpc_url=rpc_url)), console, receipt_path=path)
-        except (CertledgerError, PipelineFailed) as exc:
+        except (CertledgerError, PipelineFailed, BrokerUnavailable) as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(1) from None
         finally:

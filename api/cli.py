@@ -17,6 +17,7 @@ import uvicorn
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
+from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.app import create_app
@@ -126,6 +127,31 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="Log every request (costs ~10% of a read).")] = False,
 ) -> None:
     """Serve the HTTP API (OpenAPI at /docs)."""
+    try:
+        _serve(rpc_url, manifest, host, port, workers, index_db, access_log)
+    except (CertledgerError, ValidationError) as exc:  # a manifest, a node or a setting it cannot use
+        typer.echo(f"error: {_one_line(exc)}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"CERTLEDGER_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+    return str(exc)
+
+
+def _serve(
+    rpc_url: str | None,
+    manifest: Path,
+    host: str,
+    port: int,
+    workers: int,
+    index_db: str | None,
+    access_log: bool,
+) -> None:
     if rpc_url is None:
         if workers != 1:
             raise typer.BadParameter(

@@ -215,7 +215,8 @@ def load_device(
     try:
         account: LocalAccount = Account.from_key(Account.decrypt(keystore, password))
     except ValueError as exc:  # eth-account raises ValueError("MAC mismatch") for a wrong password
-        raise DeviceError(f"cannot decrypt device {files.name}: {exc}") from None
+        hint = " (wrong CERTLEDGER_DEVICE_PASSWORD?)" if "MAC mismatch" in str(exc) else ""
+        raise DeviceError(f"cannot decrypt device {files.name}: {exc}{hint}") from None
     if account.address != meta["address"]:
         raise DeviceError(f"device {files.name}: key is {account.address}, metadata says {meta['address']}")
     sequence = FileSequence(files.sequence)

@@ -63,3 +63,31 @@ def test_serve_answers_an_index_it_cannot_use_in_one_line(
         assert exit_info.value.exit_code == 1
         err = capsys.readouterr().err
         assert err.startswith("error: ") and says in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    ("rpc_url", "env", "says"),
+    [
+        ("http://127.0.0.1:9", {}, "node http://127.0.0.1:9 unavailable"),
+        (None, {"CERTLEDGER_AUTH_SECRET": "short"}, "CERTLEDGER_AUTH_SECRET:"),
+    ],
+    ids=["node-down", "short-auth-secret"],
+)
+def test_serve_answers_a_node_or_a_setting_it_cannot_use_in_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    rpc_url: str | None,
+    env: dict[str, str],
+    says: str,
+) -> None:
+    """Before, each of these was a rich traceback of some forty lines."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(typer.Exit) as exit_info:
+        cli.serve(rpc_url=rpc_url, manifest=tmp_path / "deployment.json", index_db=None, host="127.0.0.1",
+                  port=8000, workers=1, access_log=False)  # fmt: skip
+    assert exit_info.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and says in err and err.count("\n") == 1, err

@@ -74,3 +74,11 @@ def test_demo_runs_the_whole_lifecycle(runner: CliRunner) -> None:
     assert result.exit_code == 0, result.output
     assert "Every fen is accounted for" in result.output
     assert "FAILED" not in result.output
+
+
+def test_demo_with_a_broker_that_does_not_answer_ends_in_one_line(runner: CliRunner) -> None:
+    """It ended in a traceback of some seventy lines."""
+    result = runner.invoke(build_app(), ["demo", "--broker-url", "mqtt://127.0.0.1:1"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last == "error: no connection to mqtt://127.0.0.1:1 in 10.0s", result.output

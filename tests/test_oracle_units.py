@@ -109,7 +109,7 @@ def test_keystore_is_encrypted_and_sequences_survive_a_restart(tmp_path: Path) -
 def test_wrong_password_and_overwrite_are_refused(tmp_path: Path) -> None:
     files = DeviceFiles(tmp_path, "scale")
     create_device(files, ReadingKind.NET_WEIGHT_GRAMS, "pw", **FAST_KDF)  # type: ignore[arg-type]
-    with pytest.raises(DeviceError, match="decrypt"):
+    with pytest.raises(DeviceError, match=r"decrypt.*wrong CERTLEDGER_DEVICE_PASSWORD\?"):
         load_device(files, "not-pw", chain_id=CHAIN_ID, oracle=ORACLE)
     with pytest.raises(DeviceError, match="exists"):
         create_device(files, ReadingKind.NET_WEIGHT_GRAMS, "pw", **FAST_KDF)  # type: ignore[arg-type]
