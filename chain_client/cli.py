@@ -49,7 +49,7 @@ app.add_typer(audit_app, name="audit")
 token_app = typer.Typer(help="Settlement token balances; minting on the demo token.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 
-console = Console()
+console = Console(soft_wrap=True)  # hashes and addresses stay whole, for copying
 
 RpcUrl = Annotated[str | None, typer.Option(envvar="CERTLEDGER_RPC_URL", help="JSON-RPC URL of the node.")]
 Manifest = Annotated[Path, typer.Option(envvar="CERTLEDGER_MANIFEST", help="Deployment manifest.")]
