@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request, Response
 from api import errors
 from api.limits import MAX_BODY_BYTES, MAX_DEPTH, BodyLimits
 from api.routes import audit, auth, reads, tx
-from api.schemas import Problem
+from api.schemas import DeploymentOut, Problem
 from api.service import Service
 from api.settings import ApiSettings
 from chain_client.system import System
@@ -76,6 +76,18 @@ def create_app(service: Service) -> FastAPI:
     def health() -> dict[str, int]:
         """The node's head and the index's last block."""
         return {"head": service.chain.w3.eth.block_number, "indexed": service.reader.synced_block()}
+
+    @app.get("/v1/deployment", tags=["service"])
+    def deployment() -> DeploymentOut:
+        """The deployment this service serves: chain id, contract addresses, deployment block."""
+        d = service.system.deployment
+        return DeploymentOut(
+            chainId=d.chain_id,
+            ledger=d.ledger,
+            oracle=d.oracle,
+            token=d.token,
+            deploymentBlock=d.deployment_block,
+        )
 
     for router in (auth.router, reads.router, tx.router, audit.router):
         app.include_router(router)

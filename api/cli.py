@@ -169,6 +169,11 @@ def _serve(
             for name in ("admin", *DEMO_ROLES, "gateway", "device0", "device1", "device2"):
                 account = demo_key(name)
                 typer.echo(f"  {name:10} {account.address} 0x{bytes(account.key).hex()}")
+            d = system.deployment
+            typer.echo(
+                f"chain {d.chain_id}: ledger {d.ledger}, oracle {d.oracle}, token {d.token} "
+                f"(GET /v1/deployment); warehouse {DEMO_WAREHOUSE} (devices 0-2, 2 needed); no orders yet"
+            )
             _serve_one(system, settings, host, port, access_log)
         return
     os.environ["CERTLEDGER_RPC_URL"] = rpc_url

@@ -105,6 +105,17 @@ class Problem(BaseModel):
     fields: dict[str, Any] = Field(examples=[{"certificateId": 7}])
 
 
+class DeploymentOut(BaseModel):
+    """Where the system lives: what a client needs to sign for it (EIP-712 domains name the chain
+    and the contract) and an auditor to replay it."""
+
+    chainId: int
+    ledger: str
+    oracle: str
+    token: str
+    deploymentBlock: int
+
+
 # ---------------------------------------------------------------------- auth
 
 
