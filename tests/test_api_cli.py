@@ -3,6 +3,7 @@ index that cannot serve this chain answered in one line."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,8 @@ def test_serve_answers_a_node_or_a_setting_it_cannot_use_in_one_line(
     says: str,
 ) -> None:
     """Before, each of these was a rich traceback of some forty lines."""
+    # serve sets CERTLEDGER_* for its workers: on a copy of the environment, dropped after the test
+    monkeypatch.setattr(os, "environ", os.environ.copy())
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
