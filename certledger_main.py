@@ -17,7 +17,7 @@ from api.cli import app as api_app
 from chain_client.cli import app as chain_app
 from oracle.cli import devices_app, oracle_app
 
-console = Console()
+console = Console(soft_wrap=True)  # errors and hashes stay whole on one line
 
 
 def demo(

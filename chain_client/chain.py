@@ -15,7 +15,7 @@ from eth_utils import keccak
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from web3.types import Wei
 
-from chain_client.errors import NodeUnavailable
+from chain_client.errors import DevelopmentNodeRequired, NodeUnavailable
 from chain_client.settings import Settings
 from chain_client.transactions import NonceManager
 
@@ -59,9 +59,19 @@ class Chain:
             else:
                 self._tester.time_travel(target + 1)
             return self.now()
-        self.w3.provider.make_request(cast(Any, "evm_increaseTime"), [seconds])
-        self.w3.provider.make_request(cast(Any, "evm_mine"), [])
+        self._development("evm_increaseTime", [seconds])
+        self._development("evm_mine", [])
         return self.now()
+
+    def _development(self, method: str, params: list[Any]) -> Any:
+        """A development node's control; a node without it says so in an error answer, which web3
+        passes back rather than raising."""
+        answer = self.w3.provider.make_request(cast(Any, method), params)
+        error = answer.get("error")
+        if error is not None:
+            reason = error.get("message", error) if isinstance(error, dict) else error
+            raise DevelopmentNodeRequired(method, str(reason))
+        return answer.get("result")
 
     def fund(self, address: ChecksumAddress, wei: int) -> None:
         """Gives `address` ether for gas from the development chain's own funded account."""
@@ -71,7 +81,7 @@ class Chain:
             self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.settings.receipt_timeout)
             return
         balance = self.w3.eth.get_balance(address)
-        self.w3.provider.make_request(cast(Any, "anvil_setBalance"), [address, hex(balance + wei)])
+        self._development("anvil_setBalance", [address, hex(balance + wei)])
 
     def new_account(self, fund_wei: int = 10**20, seed: str | None = None) -> LocalAccount:
         """A fresh local key, funded for gas on a development chain. A `seed` makes the key

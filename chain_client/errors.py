@@ -6,6 +6,7 @@
     ├── NonceTooLow                 a prepared transaction's nonce went to another one
     ├── RevertedOnChain             a transaction was mined and reverted: its nonce and gas are spent
     ├── ManifestError               a deployment manifest is missing, malformed or for another chain
+    ├── DevelopmentNodeRequired     a development control (funding, the clock) the node lacks
     ├── InvalidArgument             an argument the function's ABI type cannot hold (also ValueError)
     ├── ContractReverted            a call or transaction reverted (`mined` set: on chain)
     │   ├── ContractError           ... with a custom error of our contracts (one subclass per error,
@@ -129,6 +130,19 @@ class RevertedOnChain(CertledgerError):
             raise ValueError("the revert was not mined")
         mined = error.mined
         return cls(mined.tx_hash, mined.block_number, mined.gas_used, error)
+
+
+class DevelopmentNodeRequired(CertledgerError):
+    """A development control (funding an account, moving the clock) refused by the node: only the
+    embedded chain and development nodes (anvil) have them; a real network funds accounts itself."""
+
+    def __init__(self, method: str, reason: str) -> None:
+        super().__init__(
+            f"the node refused {method} ({reason}): funding accounts and moving the clock work on "
+            "development nodes only (anvil, the embedded chain)"
+        )
+        self.method = method
+        self.reason = reason
 
 
 class ManifestError(CertledgerError):

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any, ClassVar
+
 import pytest
 from typer.testing import CliRunner
 
 from certledger_main import build_app
+from chain_client import errors
+from chain_client.chain import connect
 from chain_client.pricing import discount_price
+from chain_client.settings import Settings
 
 # Commands must not pick up a node or manifest from the developer's environment.
 NO_NODE: dict[str, str | None] = {"CERTLEDGER_RPC_URL": None, "CERTLEDGER_MANIFEST": None}
@@ -82,3 +91,56 @@ def test_demo_with_a_broker_that_does_not_answer_ends_in_one_line(runner: CliRun
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     last = result.output.strip().splitlines()[-1]
     assert last == "error: no connection to mqtt://127.0.0.1:1 in 10.0s", result.output
+
+
+class _ProductionNode(BaseHTTPRequestHandler):
+    """A node that answers the standard methods and has no development controls, as Besu or geth."""
+
+    answers: ClassVar[dict[str, str]] = {
+        "eth_chainId": "0x7a69",
+        "eth_blockNumber": "0x10",
+        "eth_getBalance": "0x0",
+    }
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        request = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        method = request["method"]
+        body: dict[str, Any] = {"jsonrpc": "2.0", "id": request["id"]}
+        if method in self.answers:
+            body["result"] = self.answers[method]
+        else:
+            body["error"] = {"code": -32601, "message": f"the method {method} does not exist"}
+        payload = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def production_node() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", 0), _ProductionNode)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_development_controls_on_a_node_without_them_are_named(
+    production_node: str, runner: CliRunner
+) -> None:
+    """Funding went unnoticed (web3 hands back the error answer): the demo then failed later, on
+    gas it never had. Now the refusal is the error, and the demo says it in one line."""
+    chain = connect(Settings(rpc_url=production_node))
+    with pytest.raises(errors.DevelopmentNodeRequired, match="anvil_setBalance.*development nodes only"):
+        chain.fund(chain.new_account(0).address, 1)
+    with pytest.raises(errors.DevelopmentNodeRequired, match="evm_increaseTime"):
+        chain.advance_time(60)
+    result = runner.invoke(build_app(), ["demo", "--rpc-url", production_node, "--direct"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: the node refused anvil_setBalance")
