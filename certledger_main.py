@@ -17,7 +17,7 @@ from api.cli import app as api_app
 from chain_client.cli import app as chain_app
 from oracle.cli import devices_app, oracle_app
 
-console = Console(soft_wrap=True)  # errors and hashes stay whole on one line
+console = Console()
 
 
 def demo(
@@ -66,7 +66,7 @@ def demo(
                 path = MqttReceiptPipeline(url, workdir)
             run_demo(connect(Settings(rpc_url=rpc_url)), console, receipt_path=path)
         except (CertledgerError, PipelineFailed, BrokerUnavailable) as exc:
-            console.print(f"[red]error:[/] {exc}")
+            console.print(f"[red]error:[/] {exc}", soft_wrap=True)  # one line, whatever its length
             raise typer.Exit(1) from None
         finally:
             if broker is not None:
