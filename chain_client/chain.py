@@ -66,7 +66,10 @@ class Chain:
     def _development(self, method: str, params: list[Any]) -> Any:
         """A development node's control; a node without it says so in an error answer, which web3
         passes back rather than raising."""
-        answer = self.w3.provider.make_request(cast(Any, method), params)
+        try:
+            answer = self.w3.provider.make_request(cast(Any, method), params)
+        except Exception as exc:  # a proxy that filters the method (403, 405), the node gone
+            raise DevelopmentNodeRequired(method, str(exc) or type(exc).__name__) from exc
         error = answer.get("error")
         if error is not None:
             reason = error.get("message", error) if isinstance(error, dict) else error

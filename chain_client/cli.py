@@ -390,7 +390,7 @@ def order_open(
 ) -> None:
     """Open an order escrowing AMOUNT (ISSUER); approves the ledger for it first if needed."""
 
-    def job() -> None:
+    def job() -> TxResult:
         system = _system(rpc_url, manifest)
         issuer = _signer(key_env)
         now = system.chain.now()
@@ -406,7 +406,8 @@ def order_open(
             expected_quantity=quantity,
             deadline=now + deadline_days * 86_400,
         )
-        console.print(f"order {order_id} opened in {result.tx_hash}")
+        console.print(f"order {order_id} opened")
+        return result
 
     _run(job)
 
@@ -519,9 +520,10 @@ def cert_split(
 ) -> None:
     """Split a certificate into parts you keep."""
 
-    def job() -> None:
-        new_ids, _ = _system(rpc_url, manifest).ledger.split(_signer(key_env), certificate_id, values)
+    def job() -> TxResult:
+        new_ids, result = _system(rpc_url, manifest).ledger.split(_signer(key_env), certificate_id, values)
         console.print(f"new certificates: {new_ids}")
+        return result
 
     _run(job)
 
@@ -537,14 +539,15 @@ def cert_transfer(
 ) -> None:
     """Transfer a whole certificate, or split VALUE off to a new holder."""
 
-    def job() -> None:
+    def job() -> TxResult:
         ledger = _system(rpc_url, manifest).ledger
         if value is None:
-            ledger.transfer(_signer(key_env), certificate_id, _address(to))
+            result = ledger.transfer(_signer(key_env), certificate_id, _address(to))
             console.print(f"certificate {certificate_id} now held by {to}")
         else:
-            new_id, _ = ledger.split_to(_signer(key_env), certificate_id, _address(to), value)
+            new_id, result = ledger.split_to(_signer(key_env), certificate_id, _address(to), value)
             console.print(f"certificate {new_id} of {value} now held by {to}")
+        return result
 
     _run(job)
 
@@ -611,9 +614,9 @@ def discount_offer(
 ) -> None:
     """Offer VALUE of a certificate for PRICE to a factor."""
 
-    def job() -> None:
+    def job() -> TxResult:
         system = _system(rpc_url, manifest)
-        offer_id, _ = system.ledger.offer_discount(
+        offer_id, result = system.ledger.offer_discount(
             _signer(key_env),
             certificate_id,
             value=value,
@@ -622,6 +625,7 @@ def discount_offer(
             buyer=_address(buyer) if buyer else None,
         )
         console.print(f"offer {offer_id} open")
+        return result
 
     _run(job)
 
@@ -635,12 +639,13 @@ def discount_buy(
 ) -> None:
     """Buy an offer (FACTOR): pays its price and receives the certificate value atomically."""
 
-    def job() -> None:
+    def job() -> TxResult:
         system = _system(rpc_url, manifest)
         factor = _signer(key_env)
         system.token.ensure_allowance(factor, system.ledger.address, system.ledger.offer(offer_id).price)
-        bought, _ = system.ledger.buy_discounted(factor, offer_id)
+        bought, result = system.ledger.buy_discounted(factor, offer_id)
         console.print(f"bought as certificate {bought}")
+        return result
 
     _run(job)
 

@@ -78,13 +78,16 @@ class OutcomeUnknown(CertledgerError):
     away, or did not answer in time. Sending the same signed bytes again is safe (one nonce: at
     most one inclusion) and tells; signing a new transaction for the same job may do it twice."""
 
-    def __init__(self, tx_hash: str, reason: str) -> None:
+    def __init__(self, tx_hash: str, reason: str, replaced: tuple[str, ...] = ()) -> None:
+        also = f" (it replaced {', '.join(replaced)} at its nonce: look for those too)" if replaced else ""
         super().__init__(
-            f"{tx_hash} was sent but its outcome is unknown ({reason}); look it up, or send the same "
-            "signed transaction again, before signing a new one"
+            f"{tx_hash} was sent but its outcome is unknown ({reason}){also}; look it up, or send the "
+            "same signed transaction again, before signing a new one"
         )
         self.tx_hash = tx_hash
         self.reason = reason
+        #: earlier transactions at the same nonce it replaced: any one of them may be the one mined
+        self.replaced = replaced
 
 
 class TransactionRejected(CertledgerError):

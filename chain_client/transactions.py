@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from chain_client.chain import Chain
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: The tip offered per gas, in wei (1 gwei): what a block builder on a quiet network asks.
 PRIORITY_FEE = 1_000_000_000
@@ -264,7 +266,7 @@ class Transactor:
             # The bytes may have gone out: the caller gets the hash to look up, not a failure it
             # would retry with a new transaction (doing the job twice).
             self.chain.nonces.forget(account.address)
-            raise OutcomeUnknown(sent[-1].tx_hash, str(exc)) from exc
+            raise OutcomeUnknown(sent[-1].tx_hash, str(exc), tuple(p.tx_hash for p in sent[:-1])) from exc
         if result is None:
             # Ask the node for the next nonce from now on: had this transaction been dropped (a node
             # restarting loses its pool), every later one would wait behind the gap for ever.
@@ -290,7 +292,10 @@ class Transactor:
                 return None
             if now - looked >= settings.reprice_interval:
                 looked = now
-                self._replace_if_priced_out(account, sent)
+                try:
+                    self._replace_if_priced_out(account, sent)
+                except Exception as exc:  # an optional look: the wait for the receipt goes on
+                    log.warning("could not check whether %s is priced out: %s", sent[-1].tx_hash, exc)
             time.sleep(settings.poll_interval)
 
     def _replace_if_priced_out(self, account: LocalAccount, sent: list[PreparedTx]) -> None:
@@ -520,14 +525,15 @@ class Transactor:
             answer = self.chain.w3.provider.make_request(
                 cast(Any, "debug_traceTransaction"), [tx_hash, options]
             )
+            result = answer.get("result")
+            if not isinstance(result, dict) or not result.get("error"):
+                return None
+            output = result.get("output")
+            if not isinstance(output, str) or len(output) < 10:  # "0x" and a selector at least
+                return None
+            return decode_revert(bytes.fromhex(output.removeprefix("0x")))
         except Exception as exc:
-            if node_failure(exc, internal=True):
-                raise unavailable(self.chain.settings.rpc_url, exc) from exc
+            # Best effort: a proxy that filters debug methods (403), a slow or rate-limited trace,
+            # output that is not hex. The replay answers instead, and says if the node is down.
+            log.info("no trace of %s (%s); replaying it", tx_hash, exc)
             return None
-        result = answer.get("result")
-        if not isinstance(result, dict) or not result.get("error"):
-            return None
-        output = result.get("output")
-        if not isinstance(output, str) or len(output) < 10:  # "0x" and a selector at least
-            return None
-        return decode_revert(output)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from index_support import anvil_node
@@ -162,6 +163,22 @@ def test_a_revert_is_named_as_it_happened_in_its_block_not_as_a_replay_after_it(
     with pytest.raises(errors.SystemPaused) as info:
         tx.receipt(refused)
     assert info.value.mined is not None and info.value.mined.block_number == block["number"]
+
+    # A proxy that filters debug methods: the trace is best effort, the replay answers (after the
+    # block, so with the unpaused ledger's error), not a "node unavailable" for a node that is up.
+    real = w3.provider.make_request
+
+    def filtered(method: Any, params: Any) -> Any:
+        if str(method).startswith("debug_"):
+            raise requests.HTTPError("403 Client Error: Forbidden")
+        return real(method, params)
+
+    w3.provider.make_request = filtered  # type: ignore[method-assign]
+    try:
+        with pytest.raises(errors.NothingToWithdraw):
+            tx.receipt(refused)
+    finally:
+        w3.provider.make_request = real  # type: ignore[method-assign]
 
 
 def test_a_transaction_the_node_dropped_leaves_no_gap_behind(anvil: Anvil) -> None:

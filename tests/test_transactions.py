@@ -142,3 +142,34 @@ def test_unsigned_gives_back_the_fields_that_sign_to_the_same_bytes(fees: dict[s
     fields = prepared.unsigned()
     assert not {"v", "r", "s"} & set(fields)
     assert bytes(account.sign_transaction(fields).raw_transaction) == raw
+
+
+def test_a_send_whose_price_check_fails_waits_on_and_names_every_hash_it_sent(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node never mining it: the first look at the fees fails (the check is optional, the wait
+    goes on), the next finds it priced out and replaces it, and the timeout names both hashes."""
+    tx = world.system.tx
+    settings = world.chain.settings.model_copy(
+        update={"receipt_timeout": 0.4, "reprice_interval": 0.05, "poll_interval": 0.01}
+    )
+    monkeypatch.setattr(world.chain, "settings", settings)
+    sent: list[str] = []
+    looks = iter([errors.NodeUnavailable("http://node", "timeout")])
+
+    def repriced(account: Any, prepared: PreparedTx) -> PreparedTx | None:
+        failure = next(looks, None)
+        if failure is not None:
+            raise failure
+        if len(sent) > 1:
+            return None
+        return PreparedTx("0x" + "ab" * 32, b"replacement", prepared.sender, prepared.nonce)
+
+    monkeypatch.setattr(tx, "broadcast", lambda prepared: sent.append(prepared.tx_hash))
+    monkeypatch.setattr(tx, "receipt", lambda tx_hash, timeout=0.0: None)
+    monkeypatch.setattr(tx, "repriced", repriced)
+    with pytest.raises(errors.TransactionTimeout) as info:
+        world.token.mint(world.cast.admin, world.cast.supplier1.address, 1)
+    assert sent[1:] == ["0x" + "ab" * 32] and info.value.tx_hash == sent[1]
+    assert info.value.replaced == (sent[0],) and sent[0] in str(info.value)
+    assert "could not check whether" in caplog.text
