@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 #: (HTTP status, JSON-RPC error or None for an empty body)
 Answer = tuple[int, dict[str, Any] | None]
@@ -30,9 +30,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         request = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
         status, error = self.answer
-        payload = b""
-        if error is not None:
-            payload = json.dumps({"jsonrpc": "2.0", "id": request["id"], "error": error}).encode()
+        self._reply(status, {"jsonrpc": "2.0", "id": request["id"], "error": error} if error else None)
+
+    def _reply(self, status: int, body: dict[str, Any] | None) -> None:
+        payload = b"" if body is None else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(payload)))
@@ -43,10 +44,36 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class _ScriptedHandler(_Handler):
+    results: ClassVar[dict[str, Any]] = {}
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        request = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        method, body = request["method"], {"jsonrpc": "2.0", "id": request["id"]}
+        if method in self.results:
+            body["result"] = self.results[method]
+        else:
+            body["error"] = {"code": -32601, "message": f"the method {method} does not exist"}
+        self._reply(200, body)
+
+
 @contextmanager
 def failing_node(answer: Answer) -> Iterator[str]:
     """A local HTTP endpoint giving `answer` to every request; yields its URL."""
-    handler = type("Handler", (_Handler,), {"answer": answer})
+    with _serving(type("Handler", (_Handler,), {"answer": answer})) as url:
+        yield url
+
+
+@contextmanager
+def scripted_node(results: dict[str, Any]) -> Iterator[str]:
+    """A local JSON-RPC endpoint answering the methods in `results` with their result and any
+    other with "method not found", as a node without that namespace does; yields its URL."""
+    with _serving(type("Handler", (_ScriptedHandler,), {"results": results})) as url:
+        yield url
+
+
+@contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     server = HTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, ClassVar
 
 import pytest
+from proxy_support import scripted_node
 from typer.testing import CliRunner
 
 from certledger_main import build_app
@@ -93,42 +90,11 @@ def test_demo_with_a_broker_that_does_not_answer_ends_in_one_line(runner: CliRun
     assert last == "error: no connection to mqtt://127.0.0.1:1 in 10.0s", result.output
 
 
-class _ProductionNode(BaseHTTPRequestHandler):
-    """A node that answers the standard methods and has no development controls, as Besu or geth."""
-
-    answers: ClassVar[dict[str, str]] = {
-        "eth_chainId": "0x7a69",
-        "eth_blockNumber": "0x10",
-        "eth_getBalance": "0x0",
-    }
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        request = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        method = request["method"]
-        body: dict[str, Any] = {"jsonrpc": "2.0", "id": request["id"]}
-        if method in self.answers:
-            body["result"] = self.answers[method]
-        else:
-            body["error"] = {"code": -32601, "message": f"the method {method} does not exist"}
-        payload = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *_: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def production_node() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), _ProductionNode)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    """A node that answers the standard methods and has no development controls, as Besu or geth."""
+    with scripted_node({"eth_chainId": "0x7a69", "eth_blockNumber": "0x10", "eth_getBalance": "0x0"}) as url:
+        yield url
 
 
 def test_development_controls_on_a_node_without_them_are_named(

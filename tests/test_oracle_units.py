@@ -935,13 +935,7 @@ def test_a_transaction_whose_readings_lapsed_unmined_is_abandoned(store: Store) 
     transaction) instead of rebroadcasting it for ever."""
     import time
 
-    chain = fake_chain()
-    sub = FakeSubmitter(chain)
-    sub.mine = False
-    ready_order(store, chain)
-    r = relayer(store, chain, sub)
-    r.step()
-    assert store.order(1).state == OrderState.SUBMITTING  # type: ignore[union-attr]
+    chain, sub, r, _ = sent_unmined(store)
     chain.now_value += 4_000  # past both readings' deadlines
     time.sleep(0.01)  # past the backoff of "not mined yet"
     r.step()
@@ -1121,17 +1115,26 @@ def test_an_abandoned_transaction_frees_its_nonce(store: Store) -> None:
     """s5: the next transaction takes its nonce from the node, not behind a gap for ever."""
     import time
 
+    chain, sub, r, tx = sent_unmined(store)
+    chain.now_value += 4_000
+    time.sleep(0.01)
+    r.step()
+    assert store.order(1).state == OrderState.COLLECTING and sub.discarded == [tx]  # type: ignore[union-attr]
+
+
+def sent_unmined(store: Store) -> tuple[FakeChain, FakeSubmitter, Relayer, str]:
+    """An order whose receipt was recorded and broadcast, and is not mined: the chain, the
+    submitter, the relayer that sent it and the transaction's hash."""
     chain = fake_chain()
     sub = FakeSubmitter(chain)
     sub.mine = False
     ready_order(store, chain)
     r = relayer(store, chain, sub)
     r.step()
-    tx = store.order(1).tx_hash  # type: ignore[union-attr]
-    chain.now_value += 4_000
-    time.sleep(0.01)
-    r.step()
-    assert store.order(1).state == OrderState.COLLECTING and sub.discarded == [tx]  # type: ignore[union-attr]
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.SUBMITTING and record.tx_hash is not None
+    assert sub.broadcasts == [record.tx_hash]
+    return chain, sub, r, record.tx_hash
 
 
 def test_a_priced_out_transaction_is_replaced_recorded_first_and_sent_once_after_a_crash(
@@ -1142,13 +1145,7 @@ def test_a_priced_out_transaction_is_replaced_recorded_first_and_sent_once_after
     a relayer killed right there sends that replacement after its restart, not a third one."""
     import time
 
-    chain = fake_chain()
-    sub = FakeSubmitter(chain)
-    sub.mine = False
-    ready_order(store, chain)
-    relayer(store, chain, sub).step()
-    first = store.order(1).tx_hash  # type: ignore[union-attr]
-    assert first is not None and sub.broadcasts == [first]
+    chain, sub, _, first = sent_unmined(store)
 
     def crash(moment: str, order_id: int) -> None:
         if moment == "repriced":
@@ -1181,14 +1178,7 @@ def test_a_replaced_transaction_mined_after_all_confirms_the_order(store: Store)
     records the one that was."""
     import time
 
-    chain = fake_chain()
-    sub = FakeSubmitter(chain)
-    sub.mine = False
-    ready_order(store, chain)
-    r = relayer(store, chain, sub)
-    r.step()
-    first = store.order(1).tx_hash  # type: ignore[union-attr]
-    assert first is not None
+    chain, sub, r, first = sent_unmined(store)
     sub.priced_out = True
     time.sleep(0.01)
     r.step()  # replaced and broadcast, still not mined
@@ -1208,15 +1198,9 @@ def test_a_replaced_transaction_mined_after_all_confirms_the_order(store: Store)
 def test_a_transaction_whose_price_stands_is_sent_again_as_it_was(store: Store) -> None:
     import time
 
-    chain = fake_chain()
-    sub = FakeSubmitter(chain)
-    sub.mine = False
-    ready_order(store, chain)
-    r = relayer(store, chain, sub)
-    r.step()
+    _, sub, r, first = sent_unmined(store)
     time.sleep(0.01)
     r.step()
-    first = store.order(1).tx_hash  # type: ignore[union-attr]
     assert sub.broadcasts == [first, first] and sub.repriced == []
     assert store.order(1).replaced == ()  # type: ignore[union-attr]
 
@@ -1226,14 +1210,7 @@ def test_a_receipt_mined_after_its_readings_lapsed_collects_again(store: Store) 
     so it collects again with an alert instead of failing."""
     import time
 
-    chain = fake_chain()
-    sub = FakeSubmitter(chain)
-    sub.mine = False
-    ready_order(store, chain)
-    r = relayer(store, chain, sub)
-    r.step()
-    tx = store.order(1).tx_hash  # type: ignore[union-attr]
-    assert tx is not None
+    chain, sub, r, tx = sent_unmined(store)
     sub.mined[tx] = Mined(
         tx, False, None, None, error_name="ObservationStale", detail="ObservationStale(0, 1, 2)"
     )
@@ -1263,14 +1240,7 @@ def test_a_revert_of_an_order_the_chain_confirmed_records_it_confirmed(store: St
     OrderNotOpen must not mark the order failed."""
     import time
 
-    chain = fake_chain()
-    sub = FakeSubmitter(chain)
-    sub.mine = False
-    ready_order(store, chain)
-    r = relayer(store, chain, sub)
-    r.step()
-    tx = store.order(1).tx_hash  # type: ignore[union-attr]
-    assert tx is not None
+    chain, sub, r, tx = sent_unmined(store)
     sub.mined[tx] = Mined(tx, False, None, None, error_name="OrderNotOpen", detail="OrderNotOpen(1)")
     chain.orders[1] = OrderStatus.CONFIRMED
     time.sleep(0.01)
