@@ -499,8 +499,7 @@ def decode_raw(raw: bytes | str) -> DecodedTx:
     try:
         sender = to_checksum_address(Account.recover_transaction(data))
         fields = signed_fields(data)
-        v = int(fields["v"])
-        chain_id = int(fields["chainId"]) if "chainId" in fields else (v - 35) // 2 if v >= 35 else None
+        chain_id = int(fields["chainId"]) if "chainId" in fields else None
     except Exception as exc:  # rlp, signature and field errors come in many types
         raise RelayRefused("MalformedTransaction", f"not a signed transaction: {exc}", 422) from None
     if tx_type not in RELAYED_TYPES:

@@ -225,20 +225,19 @@ class PreparedTx:
 
     def unsigned(self) -> dict[str, Any]:
         """The transaction's fields without its signature, ready to be signed again."""
-        fields = signed_fields(self.raw)
-        v = int(fields.pop("v"))
-        del fields["r"], fields["s"]
-        if "type" not in fields and v >= 35:  # legacy with EIP-155: the chain id is in v
-            fields["chainId"] = (v - 35) // 2
-        return fields
+        return {k: v for k, v in signed_fields(self.raw).items() if k not in ("v", "r", "s")}
 
 
 def signed_fields(raw: bytes) -> dict[str, Any]:
     """A signed transaction's fields, its signature (v, r, s) included: EIP-2718 typed (EIP-1559,
-    EIP-2930) or legacy, as sent to zero-gas-price networks."""
+    EIP-2930) or legacy, as sent to zero-gas-price networks. `chainId` is there whenever the
+    signature binds one (a legacy EIP-155 signature carries it in v)."""
     if raw and raw[0] <= 0x7F:
         return dict(TypedTransaction.from_bytes(HexBytes(raw)).as_dict())
-    return dict(LegacyTransaction.from_bytes(raw).as_dict())
+    fields = dict(LegacyTransaction.from_bytes(raw).as_dict())
+    if int(fields["v"]) >= 35:
+        fields["chainId"] = (int(fields["v"]) - 35) // 2
+    return fields
 
 
 class Transactor:
