@@ -53,7 +53,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-#: The tip offered per gas, in wei (1 gwei): what a block builder on a quiet network asks.
+#: The least tip offered per gas, in wei (1 gwei): what a block builder on a quiet network asks.
+#: Where the market asks more (the node's eth_maxPriorityFeePerGas), the market's tip is offered.
 PRIORITY_FEE = 1_000_000_000
 #: A node takes a transaction in place of one it holds at the same nonce only if both fee fields
 #: rise by at least 10% (geth's and anvil's price bump); an eighth clears it with rounding to spare.
@@ -438,15 +439,17 @@ class Transactor:
         base = self._base_fee()
         if base is None:  # pre-London or a zero-fee permissioned network (Besu QBFT)
             return {"gasPrice": Wei(min(self._gas_price(), cap))}
-        priority = min(PRIORITY_FEE if base > 0 else 0, cap)
+        priority = min(self._market_tip() if base > 0 else 0, cap)
         return {"maxFeePerGas": Wei(min(2 * base + priority, cap)), "maxPriorityFeePerGas": Wei(priority)}
 
     def repriced(self, account: LocalAccount, prepared: PreparedTx) -> PreparedTx | None:
         """The same transaction (nonce, gas, destination, value, data) signed again at fees the next
         blocks take, if it is priced out at its own: its maxFeePerGas is below the latest block's
         base fee (or its gasPrice below the node's), so a node may hold it but no block will
-        include it until the fee falls. None if its price still stands, or if the settings'
-        max_fee_per_gas leaves no room for the rise a node asks of a replacement (REPLACEMENT_BUMP).
+        include it until the fee falls; or its tip is below the one the market now asks (the
+        node's eth_maxPriorityFeePerGas), so builders fill their blocks with others first. None if
+        its price still stands, or if the settings' max_fee_per_gas leaves no room for the rise a
+        node asks of a replacement (REPLACEMENT_BUMP).
 
         Not simulated: it does what the original would (same calldata, same nonce). Sending it
         replaces the original in the node's pool; both have one nonce, so at most one of them is
@@ -457,10 +460,11 @@ class Transactor:
         cap = self.chain.settings.max_fee_per_gas
         if "maxFeePerGas" in fields:
             base = self._base_fee() or 0
+            market = self._market_tip() if base > 0 else 0
             old_max, old_tip = int(fields["maxFeePerGas"]), int(fields["maxPriorityFeePerGas"])
-            if old_max >= base:
+            if old_max >= base and old_tip >= market:
                 return None
-            tip = max(_bumped(old_tip), PRIORITY_FEE)
+            tip = max(_bumped(old_tip), market)
             max_fee = min(max(_bumped(old_max), 2 * base + tip), cap)
             tip = min(tip, max_fee)
             if max_fee < max(_bumped(old_max), base) or tip < _bumped(old_tip):
@@ -483,6 +487,11 @@ class Transactor:
         block = call_checked(lambda: self.chain.w3.eth.get_block("latest"))
         base = block.get("baseFeePerGas")
         return None if base is None else int(base)
+
+    def _market_tip(self) -> int:
+        """The tip per gas to offer now: the node's suggestion (from the tips recent blocks paid),
+        never below PRIORITY_FEE."""
+        return max(int(call_checked(lambda: self.chain.w3.eth.max_priority_fee)), PRIORITY_FEE)
 
     def _gas_price(self) -> int:
         return int(call_checked(lambda: self.chain.w3.eth.gas_price))

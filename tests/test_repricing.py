@@ -166,6 +166,44 @@ def test_repriced_is_the_same_call_at_one_nonce_and_only_when_priced_out(node: N
         tx.repriced(node.supplier, stuck)
 
 
+def test_a_transaction_outbid_by_the_market_tip_is_repriced_to_it(node: Node) -> None:
+    """Busy blocks: while a transaction waits, other senders' tips rise far above its own, and
+    the node's eth_maxPriorityFeePerGas (anvil's, like geth's, follows the tips recent blocks
+    paid) says so. Its base fee still stands; it is replaced at the market's tip all the same,
+    and a transaction prepared now is offered that tip from the start."""
+    tx, token, w3 = node.system.tx, node.system.token, node.chain.w3
+    prepared = tx.prepare(node.admin, token.contract.functions.mint(node.supplier.address, 13))
+    assert prepared.unsigned()["maxPriorityFeePerGas"] == PRIORITY_FEE
+    market = 20 * PRIORITY_FEE
+    other = node.chain.new_account()
+    for nonce in range(5):  # others' traffic, mined at the market's tip
+        busy: dict[str, Any] = {
+            "to": node.supplier.address, "value": 1, "gas": 21_000, "nonce": nonce,
+            "chainId": node.chain.chain_id, "maxPriorityFeePerGas": market,
+            "maxFeePerGas": market + 4 * int(w3.eth.get_block("latest")["baseFeePerGas"]),
+        }  # fmt: skip
+        w3.eth.wait_for_transaction_receipt(
+            w3.eth.send_raw_transaction(other.sign_transaction(busy).raw_transaction)
+        )
+    assert int(w3.eth.max_priority_fee) == market
+
+    node.automine(False)
+    tx.broadcast(prepared)
+    replacement = tx.repriced(node.admin, prepared)
+    assert replacement is not None and replacement.nonce == prepared.nonce
+    new = replacement.unsigned()
+    base = int(w3.eth.get_block("latest")["baseFeePerGas"])
+    assert new["maxPriorityFeePerGas"] == market and new["maxFeePerGas"] >= 2 * base + market
+    assert tx.repriced(node.admin, replacement) is None  # offers what the market asks
+    fresh = tx.fees()
+    assert fresh["maxPriorityFeePerGas"] == market
+
+    tx.broadcast(replacement)
+    assert node.mine() == [replacement.tx_hash]
+    assert tx.receipt(prepared.tx_hash) is None
+    assert token.balance_of(node.supplier.address) == 13
+
+
 def test_the_relayer_replaces_a_priced_out_receipt_and_confirms_once(node: Node, tmp_path: Path) -> None:
     order_id = node.open_order()
     store = Store(tmp_path / "oracle.db")
