@@ -33,8 +33,8 @@ through the broadcast, so the batch and its nonce go out together, but not while
 receipt: that is polled one look per turn of the lock.
 
 A batch not mined within the receipt timeout stays in flight: the next run looks for it first,
-replaces it at the same nonce if a rising base fee has priced it out of the blocks
-(`Transactor.repriced`), or sends its bytes again, and sends nothing new while it is unmined (D74)."""
+replaces it at the same nonce if a rising base fee or market tip has priced it out of the
+blocks (`Transactor.repriced`), or sends its bytes again, and sends nothing new while it is unmined (D74)."""
 
 from __future__ import annotations
 
