@@ -323,12 +323,7 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
     function approve(uint256 certificateId, address operator, uint256 value) external {
         Cert storage c = _existing(certificateId);
         address holder = c.holder;
-        // ERC-3525: the token's approved address may also grant value allowances (it could move
-        // all of the value itself); ERC-721 approvals stay the holder's and its operators'.
-        if (msg.sender != holder) {
-            if (_tokenApprovals[certificateId][c.epoch] == msg.sender) _checkActive(msg.sender);
-            else _authorizeApproval(certificateId, holder);
-        }
+        _authorizeApproval(certificateId, holder);
         if (operator == holder || operator == address(0)) revert InvalidOperator(operator);
         _allowances[certificateId][c.epoch][operator] = value;
         emit ApprovalValue(certificateId, operator, value);
@@ -537,7 +532,10 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
     function withdraw() external nonReentrant whenNotPaused returns (uint256 amount) {
         amount = _credits[msg.sender];
         if (amount == 0) revert NothingToWithdraw(msg.sender);
-        _credits[msg.sender] = 0;
+        // Withdrawn carries a uint128 like every amount the ledger emits; a credit beyond it (only
+        // a sum of many credits can be) is paid out over several withdrawals, each one logged whole.
+        if (amount > type(uint128).max) amount = type(uint128).max;
+        _credits[msg.sender] -= amount;
         _totalCredits -= amount;
         emit Withdrawn(msg.sender, uint128(amount));
         _token.safeTransfer(msg.sender, amount);
@@ -671,18 +669,18 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
         _checkActive(msg.sender);
     }
 
-    /// @dev Only the holder or its operator for all may grant approvals on a certificate, and an
-    /// operator only while it is an active participant: the rule {_authorizeWhole} and {_spendValue}
-    /// apply to an operator that moves. Without it a suspended or never registered operator could
-    /// hand an active accomplice the approval it may no longer use itself.
+    /// @dev Only the holder grants approvals on its certificate, ERC-721 and value alike (both
+    /// standards say who must be refused, not who must be let in). An approval lasts as long as
+    /// the holder's tenure (the epoch), not as long as its grantor's authority: one granted by an
+    /// operator or approved address would outlive the holder's revoking that operator, and a
+    /// compromised operator key could keep the whole value through an allowance it gave itself or
+    /// an accomplice. Operators and approved addresses still move what they are approved for.
     /// The holder itself need not be active: an approval moves nothing, and every move it allows
     /// checks the holder again ({_checkHolder}), so a suspended or role-less holder's approval is
     /// inert until it may hold again. It may still revoke or lower approvals, which it should be able
     /// to do while suspended (say, after its operator's key was compromised).
     function _authorizeApproval(uint256 certificateId, address holder) private view {
-        if (msg.sender == holder) return;
-        if (!_operatorApprovals[holder][msg.sender]) revert NotApprovedOrHolder(msg.sender, certificateId);
-        _checkActive(msg.sender);
+        if (msg.sender != holder) revert NotApprovedOrHolder(msg.sender, certificateId);
     }
 
     /// @dev Lets `msg.sender` move `value` out of `c`: the holder, an approved operator, or an

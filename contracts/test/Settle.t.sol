@@ -4,6 +4,7 @@ pragma solidity ^0.8.24;
 import {Base} from "./Base.t.sol";
 import {ICertificateLedger} from "../src/interfaces/ICertificateLedger.sol";
 import {SettlementToken} from "../src/SettlementToken.sol";
+import {ROLE_ISSUER} from "../src/interfaces/IParticipantRegistry.sol";
 
 /// @notice Settlement at maturity, the push-or-credit payment and withdraw.
 contract SettleTest is Base {
@@ -160,6 +161,43 @@ contract SettleTest is Base {
         vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.NothingToWithdraw.selector, supplierA));
         vm.prank(supplierA);
         ledger.withdraw();
+    }
+
+    function test_withdraw_creditAboveUint128_paidInParts() public {
+        // Two pay-on-receipt payments of 2^127 + 1 the token refuses: a credit past uint128, which
+        // Withdrawn (uint128, like every amount logged) could not carry in one event.
+        uint256 part = (uint256(1) << 127) + 1;
+        address bigIssuer = makeAddr("bigIssuer");
+        vm.prank(admin);
+        ledger.registerParticipant(bigIssuer, keccak256("bigIssuer"), ROLE_ISSUER, type(uint128).max);
+        token.mint(bigIssuer, 2 * part);
+        vm.prank(bigIssuer);
+        token.approve(address(ledger), type(uint256).max);
+        token.setBlocked(supplierB, true);
+        for (uint256 i; i < 2; ++i) {
+            vm.prank(bigIssuer);
+            uint256 big = ledger.openOrder(
+                supplierB, part, uint40(block.timestamp), keccak256(abi.encode("big", i)), WAREHOUSE, GOODS, QTY, DEADLINE
+            );
+            _confirm(big, QTY); // pays on receipt: credited at once
+        }
+        vm.assertEq(ledger.credit(supplierB), 2 * part);
+        token.setBlocked(supplierB, false);
+
+        vm.expectEmit(address(ledger));
+        emit ICertificateLedger.Withdrawn(supplierB, type(uint128).max);
+        vm.prank(supplierB);
+        vm.assertEq(ledger.withdraw(), type(uint128).max);
+        uint256 rest = 2 * part - type(uint128).max;
+        vm.assertEq(ledger.credit(supplierB), rest);
+        vm.assertEq(ledger.totalCredits(), rest);
+
+        vm.expectEmit(address(ledger));
+        emit ICertificateLedger.Withdrawn(supplierB, uint128(rest));
+        vm.prank(supplierB);
+        vm.assertEq(ledger.withdraw(), rest);
+        vm.assertEq(ledger.credit(supplierB), 0);
+        vm.assertEq(token.balanceOf(supplierB), 2 * part);
     }
 
     function test_settle_suspendedHolderStillPaid() public {

@@ -111,7 +111,8 @@ interface ICertificateLedger is IERC3525, IParticipantRegistry {
     error CertificateMatured(uint256 certificateId, uint256 maturity);
     /// @dev Certificate `certificateId` matures at `maturity`; it cannot be settled before.
     error CertificateNotMatured(uint256 certificateId, uint256 maturity);
-    /// @dev `operator` may not move certificate `certificateId` (not holder, approved or operator).
+    /// @dev `operator` may not move certificate `certificateId` (not holder, approved or operator),
+    /// or may not grant an approval on it (only the holder does).
     error NotApprovedOrHolder(address operator, uint256 certificateId);
     /// @dev `operator` may move only `allowance` out of `certificateId`, not `needed`.
     error InsufficientAllowance(address operator, uint256 certificateId, uint256 allowance, uint256 needed);
@@ -334,7 +335,8 @@ interface ICertificateLedger is IERC3525, IParticipantRegistry {
     /// frozen. A payment the token refuses is credited for {withdraw}. Emits {CertificateSettled}.
     function settle(uint256[] calldata certificateIds) external;
 
-    /// @notice Withdraws the caller's credited payments.
+    /// @notice Withdraws the caller's credited payments, at most 2^128 - 1 per call (a larger
+    /// credit, a sum of many, takes several calls).
     /// @dev Requirements: not paused; a credit. Emits {Withdrawn}.
     function withdraw() external returns (uint256 amount);
 

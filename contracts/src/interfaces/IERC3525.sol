@@ -23,7 +23,7 @@ interface IERC3525 is IERC721 {
     /// @notice The slot of `_tokenId` (here: the order id).
     function slotOf(uint256 _tokenId) external view returns (uint256);
 
-    /// @notice Lets `_operator` move up to `_value` out of `_tokenId`.
+    /// @notice Lets `_operator` move up to `_value` out of `_tokenId`; only its holder may grant it.
     function approve(uint256 _tokenId, address _operator, uint256 _value) external;
 
     /// @notice What `_operator` may still move out of `_tokenId`.
