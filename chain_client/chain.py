@@ -8,11 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from eth_utils import keccak
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
+from web3.providers.rpc.utils import ExceptionRetryConfiguration
 from web3.types import Wei
 
 from chain_client.errors import DevelopmentNodeRequired, NodeUnavailable
@@ -100,7 +102,16 @@ def connect(settings: Settings | None = None) -> Chain:
     settings = settings or Settings()
     if settings.rpc_url is None:
         return _embedded(settings)
-    w3 = Web3(HTTPProvider(settings.rpc_url, request_kwargs={"timeout": settings.rpc_timeout}))
+    # web3 retries a request that timed out five times by default: a hung node then held every
+    # call for five rpc_timeouts (50 s) before anyone heard of it. A node that does not answer in
+    # rpc_timeout is reported at once; refused connections and gateway errors are still retried.
+    retry = ExceptionRetryConfiguration(errors=(ConnectionError, requests.HTTPError, requests.ConnectTimeout))
+    provider = HTTPProvider(
+        settings.rpc_url,
+        request_kwargs={"timeout": settings.rpc_timeout},
+        exception_retry_configuration=retry,
+    )
+    w3 = Web3(provider)
     try:
         w3.eth.get_block_number()
     except Exception as exc:  # requests raises several unrelated types for a dead endpoint

@@ -3,18 +3,21 @@ about a transaction a refusal, a revert mined on chain says so, and an access li
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 from eth_account import Account
 from eth_utils import keccak
 from hexbytes import HexBytes
-from proxy_support import NODE_TROUBLE, NODE_TROUBLE_IDS, Answer, failing_node
+from proxy_support import NODE_TROUBLE, NODE_TROUBLE_IDS, Answer, failing_node, silent_node
 from web3 import HTTPProvider
 from world import World
 
 from chain_client import errors
+from chain_client.chain import connect
 from chain_client.relay import decode_raw
+from chain_client.settings import Settings
 from chain_client.transactions import PreparedTx, Transactor, call_checked
 
 
@@ -50,6 +53,18 @@ def test_node_trouble_is_node_unavailable_not_a_refusal(
             with pytest.raises(errors.NodeUnavailable):
                 call_checked(lambda: world.chain.w3.eth.get_transaction_count(s1.address))
         monkeypatch.undo()
+
+
+def test_a_hung_node_is_unavailable_after_one_rpc_timeout_not_five() -> None:
+    """A node that takes the connection and never answers (stopped, stuck): the request that
+    timed out is not sent again (web3 would, five times), so a caller hears NodeUnavailable after
+    rpc_timeout, and the API's 503 comes before an HTTP client gives up on it."""
+    with silent_node() as url:
+        started = time.monotonic()
+        with pytest.raises(errors.NodeUnavailable):
+            connect(Settings(rpc_url=url, rpc_timeout=1.0))
+        waited = time.monotonic() - started
+    assert 1.0 <= waited < 3.0, waited  # five tries took at least 5 s
 
 
 @pytest.mark.parametrize(
