@@ -18,10 +18,10 @@ Exactly once rests on two rules:
    reverts of a reading that lapsed before its block (`LAPSE_ERRORS`), with an alert if mined.
 
 A recorded transaction priced out of the blocks (the base fee rose past its maxFeePerGas, or the
-market's tip past its own, D80) is replaced: the same call at the same nonce, signed at fees the blocks take (chain_client's
-`Transactor.repriced`, at most the settings' max_fee_per_gas), recorded before it is broadcast
-like the first. The order keeps every hash sent at that nonce and looks for all of them, since any
-one may be the one mined; one nonce, so at most one is.
+market's tip past its own, D80) is replaced: the same call at the same nonce, signed at fees the
+blocks take (chain_client's `Transactor.repriced`, at most the settings' max_fee_per_gas), recorded
+before it is broadcast like the first. The order keeps every hash sent at that nonce and looks for
+all of them, since any one may be the one mined; one nonce, so at most one is.
 
 A recorded transaction that cannot be mined is not sent for ever: once the node has refused its
 bytes `retry_attempts` times (TransactionRejected: a fee below the base fee, ...) the order fails
