@@ -197,4 +197,9 @@ def install(app: FastAPI, retry_after: int) -> None:
             }
             for e in exc.errors()
         ]
-        return respond(422, "ValidationError", "the request is not valid", {"errors": errors})
+        # The message names the fields too (`body.Buyer: Extra inputs are not permitted`).
+        where = "; ".join(
+            ".".join(str(p) for p in e.get("loc", ())) + f": {e.get('msg', '')}" for e in exc.errors()[:5]
+        )
+        message = f"the request is not valid: {where}" if where else "the request is not valid"
+        return respond(422, "ValidationError", message, {"errors": errors})

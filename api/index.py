@@ -20,9 +20,11 @@ import time
 from collections.abc import Sequence
 from typing import Any, TypeVar, cast
 
+from eth_typing import HexStr
 from sqlalchemy import Row, func, or_
 from sqlalchemy import select as core_select
 from sqlmodel import Session, SQLModel, col, select
+from web3.exceptions import BlockNotFound
 
 from chain_client.chain import Chain
 from chain_client.deploy import Deployment
@@ -81,6 +83,7 @@ class IndexReader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._participants: dict[str, tuple[float, ParticipantRecord | None]] = {}
+        self._head_time: tuple[str, int] | None = None
 
     # ------------------------------------------------------------------ background sync
 
@@ -147,6 +150,25 @@ class IndexReader:
             if time.monotonic() > deadline:
                 raise IndexLagging(f"the index did not reach block {block} within {limit}s")
             time.sleep(0.02)
+
+    def head_time(self) -> int:
+        """The timestamp of the index's last synced block: the chain's clock as of what the reads
+        show (an offer whose expiry is at or before it can no longer be bought: the contract
+        refuses `expiry <= block.timestamp`). One node call per new head block, then cached."""
+        state = self.db.require_state()
+        cached = self._head_time
+        if cached is not None and cached[0] == state.synced_hash:
+            return cached[1]
+        try:
+            try:
+                stamp = int(self.chain.w3.eth.get_block(HexStr(state.synced_hash))["timestamp"])
+            except BlockNotFound:  # reorged away since the sync: the block at its height is as good
+                stamp = int(self.chain.w3.eth.get_block(int(state.synced_block))["timestamp"])
+        except Exception:  # the node is down: reads from the index keep answering (D43)
+            # The last head's time, or the wall clock's: a chain's blocks follow it closely.
+            return cached[1] if cached is not None else int(time.time())
+        self._head_time = (state.synced_hash, stamp)
+        return stamp
 
     def synced_block(self) -> int:
         state = self.db.state(self.chain_id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from eth_utils import is_address, to_checksum_address
+from eth_utils import is_address, is_checksum_address, to_checksum_address
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from chain_client.receipts import bytes32_of
@@ -41,6 +41,10 @@ _EXAMPLE_MATURITY = 2_010_000_000  # 2033-09-11
 def _address(value: str) -> str:
     if not is_address(value):
         raise ValueError("not a 20-byte hex address")
+    digits = value[2:]
+    if digits != digits.lower() and digits != digits.upper() and not is_checksum_address(value):
+        # Mixed case is an EIP-55 checksum: a wrong one is a mistyped address, not one to normalise.
+        raise ValueError("mixed-case address with a wrong EIP-55 checksum")
     return to_checksum_address(value)
 
 
@@ -90,6 +94,14 @@ Id = Annotated[int, Field(ge=1, le=UINT64, examples=[1])]
 Amount = Annotated[int, Field(ge=1, le=UINT128, examples=[30_000_000])]
 
 
+class Body(BaseModel):
+    """A request body: a field it does not define is refused (a misspelt optional field would
+    otherwise be dropped and its default taken), and numbers are taken as JSON gives them: an
+    integer field refuses booleans, floats (1e7, 1.0) and strings of digits."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 class Page(BaseModel, Generic[T]):
     items: list[T]
     total: int
@@ -119,7 +131,7 @@ class DeploymentOut(BaseModel):
 # ---------------------------------------------------------------------- auth
 
 
-class NonceRequest(BaseModel):
+class NonceRequest(Body):
     model_config = ConfigDict(json_schema_extra={"examples": [{"address": _EXAMPLE_ADDRESS}]})
     address: Address
 
@@ -130,7 +142,7 @@ class NonceResponse(BaseModel):
     expiresAt: int
 
 
-class LoginRequest(BaseModel):
+class LoginRequest(Body):
     message: str = Field(max_length=2_000)
     signature: HexData
 
@@ -215,7 +227,11 @@ class OfferOut(BaseModel):
     value: int
     price: int
     expiry: int
-    open: bool
+    open: bool = Field(description="Not bought or cancelled yet (the chain's flag; see `expired`).")
+    expired: bool = Field(
+        description="The expiry is at or before the timestamp of the index's last block: the offer "
+        "can no longer be bought (its seller may still cancel it)."
+    )
 
 
 class QuoteOut(BaseModel):
@@ -259,8 +275,16 @@ class OrderSettlementOut(BaseModel):
 # ---------------------------------------------------------------------- writes
 
 
+def _omitted_when_none() -> Any:
+    """A field left out of the JSON when it has no value: eth-account refuses a null `type` or fee."""
+    return Field(default=None, exclude_if=lambda v: v is None)
+
+
 class UnsignedTx(BaseModel):
-    """What to sign (eth-account `sign_transaction` takes it as it is)."""
+    """What to sign: eth-account's `Account.sign_transaction` takes it as it is. The fee fields of
+    the other kind of transaction are left out, not null (an EIP-1559 transaction has
+    maxFeePerGas and maxPriorityFeePerGas, a legacy one on a zero-fee network gasPrice); with no
+    `type`, eth-account infers it from them."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -284,13 +308,13 @@ class UnsignedTx(BaseModel):
     nonce: int
     gas: int
     value: int = 0
-    maxFeePerGas: int | None = None
-    maxPriorityFeePerGas: int | None = None
-    gasPrice: int | None = None
-    type: int | None = None
+    maxFeePerGas: int | None = _omitted_when_none()
+    maxPriorityFeePerGas: int | None = _omitted_when_none()
+    gasPrice: int | None = _omitted_when_none()
+    type: int | None = _omitted_when_none()
 
 
-class SignedTx(BaseModel):
+class SignedTx(Body):
     model_config = ConfigDict(json_schema_extra={"examples": [{"raw": _EXAMPLE_RAW}]})
     raw: HexData
 
@@ -316,7 +340,7 @@ class TxOut(BaseModel):
     indexed: bool = True
 
 
-class OpenOrderIn(BaseModel):
+class OpenOrderIn(Body):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -343,7 +367,7 @@ class OpenOrderIn(BaseModel):
     deadline: int = Field(ge=0, le=2**40 - 1)
 
 
-class RegisterIn(BaseModel):
+class RegisterIn(Body):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -357,7 +381,7 @@ class RegisterIn(BaseModel):
     issuerLimit: int = Field(default=0, ge=0, le=UINT128)
 
 
-class SetRolesIn(BaseModel):
+class SetRolesIn(Body):
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"account": _EXAMPLE_ADDRESS, "roles": ["SUPPLIER", "FACTOR"]}]}
     )
@@ -367,28 +391,28 @@ class SetRolesIn(BaseModel):
     )
 
 
-class IssuerLimitIn(BaseModel):
+class IssuerLimitIn(Body):
     account: Address
     limit: int = Field(ge=0, le=UINT128, description="Most escrow the issuer may have open at once.")
 
 
-class SplitRulesIn(BaseModel):
+class SplitRulesIn(Body):
     minSplitUnit: int = Field(ge=1, le=2**96 - 1, examples=[100_00])
     maxSplitDepth: int = Field(ge=1, le=255, examples=[8])
 
 
-class DeviceIn(BaseModel):
+class DeviceIn(Body):
     address: Address
     kind: int = Field(ge=1, le=255, description="1 carton count (RFID portal), 2 net weight in grams.")
 
 
-class ReadingRangeIn(BaseModel):
+class ReadingRangeIn(Body):
     kind: int = Field(ge=1, le=255)
     min: int = Field(ge=0, le=UINT64)
     max: int = Field(ge=0, le=UINT64)
 
 
-class WarehouseIn(BaseModel):
+class WarehouseIn(Body):
     """A warehouse's enrolment (register) or its new one (rotate: signatures in flight stop verifying)."""
 
     model_config = ConfigDict(
@@ -411,24 +435,24 @@ class WarehouseIn(BaseModel):
     ranges: list[ReadingRangeIn] = Field(min_length=1, max_length=16)
 
 
-class WarehouseIdIn(BaseModel):
+class WarehouseIdIn(Body):
     warehouse: Label
 
 
-class RelayerIn(BaseModel):
+class RelayerIn(Body):
     relayer: Address
     allowed: bool
 
 
-class AccountIn(BaseModel):
+class AccountIn(Body):
     account: Address
 
 
-class OrderIdIn(BaseModel):
+class OrderIdIn(Body):
     orderId: Id
 
 
-class TransferIn(BaseModel):
+class TransferIn(Body):
     model_config = ConfigDict(json_schema_extra={"examples": [{"certificateId": 1, "to": _EXAMPLE_ADDRESS}]})
     certificateId: Id
     to: Address
@@ -438,31 +462,31 @@ class TransferIn(BaseModel):
     )
 
 
-class ApproveIn(BaseModel):
+class ApproveIn(Body):
     certificateId: Id
     operator: Address = Field(
         description="May move the whole certificate until it changes hands (zero: revoke)."
     )
 
 
-class ApproveValueIn(BaseModel):
+class ApproveValueIn(Body):
     certificateId: Id
     operator: Address
     value: int = Field(ge=0, le=UINT256, description="Most value the operator may move out (0: revoke).")
 
 
-class ApprovalForAllIn(BaseModel):
+class ApprovalForAllIn(Body):
     operator: Address
     approved: bool
 
 
-class SplitIn(BaseModel):
+class SplitIn(Body):
     model_config = ConfigDict(json_schema_extra={"examples": [{"certificateId": 1, "values": [700, 300]}]})
     certificateId: Id
     values: list[Amount] = Field(min_length=2, max_length=16)
 
 
-class SplitToIn(BaseModel):
+class SplitToIn(Body):
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"certificateId": 1, "to": _EXAMPLE_ADDRESS, "value": 30_000_000}]}
     )
@@ -471,13 +495,13 @@ class SplitToIn(BaseModel):
     value: Amount
 
 
-class MergeIn(BaseModel):
+class MergeIn(Body):
     fromId: Id
     toId: Id
     value: Amount
 
 
-class OfferIn(BaseModel):
+class OfferIn(Body):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -498,26 +522,26 @@ class OfferIn(BaseModel):
     buyer: Address | None = None
 
 
-class OfferIdIn(BaseModel):
+class OfferIdIn(Body):
     offerId: Id
 
 
-class SettleIn(BaseModel):
+class SettleIn(Body):
     certificateIds: list[Id] = Field(min_length=1, max_length=64)
 
 
-class ApproveTokenIn(BaseModel):
+class ApproveTokenIn(Body):
     amount: int = Field(ge=0, le=UINT256, examples=[100_000_000])
 
 
-class FreezeIn(BaseModel):
+class FreezeIn(Body):
     certificateId: Id
     reason: Annotated[str, Field(max_length=200), AfterValidator(_label)] = Field(
         default="", description="Reason (hashed on chain) or its 0x hash."
     )
 
 
-class ConfirmReceiptIn(BaseModel):
+class ConfirmReceiptIn(Body):
     """A gateway's submission: it signs and sends the transaction itself (no participant role; the
     oracle's relayer allow-list decides). Each observation is in chain_client's JSON form
     (`Observation.to_json`), so a change to the observation's fields needs no change here. The

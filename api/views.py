@@ -83,7 +83,8 @@ def certificate_out(r: CertificateRecord) -> CertificateOut:
     )
 
 
-def offer_out(r: OfferRecord) -> OfferOut:
+def offer_out(r: OfferRecord, now: int) -> OfferOut:
+    """`now`: the chain's time as the index has it (IndexReader.head_time)."""
     return OfferOut(
         offerId=int(r.offer_id),
         certificateId=int(r.certificate_id),
@@ -93,6 +94,7 @@ def offer_out(r: OfferRecord) -> OfferOut:
         price=int(r.price),
         expiry=r.expiry,
         open=r.open,
+        expired=r.expiry <= now,
     )
 
 

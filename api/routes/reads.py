@@ -188,8 +188,11 @@ def offers(
     paging: PagingDep,
     open_only: Annotated[bool, Query(alias="openOnly")] = True,
 ) -> Page[OfferOut]:
-    """Discount offers: a seller sees its own, a factor those open to any buyer or reserved for it."""
+    """Discount offers: a seller sees its own, a factor those open to any buyer or reserved for it.
+    `openOnly`: those that can be bought now, neither bought, cancelled nor expired (by the
+    timestamp of the index's last block, the chain's clock)."""
     require_reader(caller)
+    now = service.reader.head_time()
     where: list[object] = []
     if not caller.sees_all:
         mine = [col(OfferRecord.seller) == caller.address]
@@ -199,13 +202,16 @@ def offers(
         where.append(or_(*mine))
     if open_only:
         where.append(col(OfferRecord.open).is_(True))
+        where.append(col(OfferRecord.expiry) > now)
     rows, total = service.reader.offers(where, paging.limit, paging.offset)
-    return Page(items=[offer_out(r) for r in rows], total=total, limit=paging.limit, offset=paging.offset)
+    items = [offer_out(r, now) for r in rows]
+    return Page(items=items, total=total, limit=paging.limit, offset=paging.offset)
 
 
 @router.get("/offers/{offer_id}", response_model=OfferOut, tags=["discount"])
 def offer(offer_id: IdPath, service: ServiceDep, caller: CallerDep) -> OfferOut:
-    return offer_out(offer_for(service.reader, caller, offer_id))
+    record = offer_for(service.reader, caller, offer_id)
+    return offer_out(record, service.reader.head_time())
 
 
 @router.get("/quote", response_model=QuoteOut, tags=["discount"])

@@ -275,8 +275,9 @@ def _scope(service: Service, refs: References, caller: Callable[[bool], Caller])
     return _in_scope(service, check)
 
 
-#: Jobs an operator does with a certificate it may not read but was approved for by its holder.
-_OPERATOR_JOBS = frozenset({"transferFrom", "safeTransferFrom", "split", "approve"})
+#: Jobs an operator does with a certificate it may not read but was approved for by its holder
+#: (moves only: granting approvals is the holder's alone, D81).
+_OPERATOR_JOBS = frozenset({"transferFrom", "safeTransferFrom", "split"})
 
 
 def _certificates_in_reach(service: Service, caller: Caller, refs: References) -> None:
