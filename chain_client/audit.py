@@ -24,14 +24,19 @@ complete. `verify` then checks, at one block:
    may send the ledger tokens.
 
 Each finding names the record, the field, both values and the event that last touched the record.
+
+`checked_books_at` is what `state`, `digest` and `export` read: the books and digest at a block,
+refused when the stored digest chain up to it is not what the stored events give (check 1 without
+the node, over the events up to that block).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
 
 from chain_client.chain import Chain
 from chain_client.deploy import Deployment
@@ -52,10 +57,11 @@ from chain_client.index.books import (
 from chain_client.index.db import IndexDatabase, IndexDatabaseError, rebuilding
 from chain_client.index.decode import Event, LogDecoder, RawLog
 from chain_client.index.digest import args_json, block_digest, change_texts, event_document, genesis
-from chain_client.index.export import digest_at
+from chain_client.index.export import ExportResult, digest_at
+from chain_client.index.export import export as export_index
 from chain_client.index.models import BlockRecord, ChangeRecord, IndexState, PaymentRecord
 from chain_client.index.source import NodeSource, PendingLogs, RpcRequestError, misplaced_log
-from chain_client.index.state import decoder_for, stored_events
+from chain_client.index.state import check_indexed, decoder_for, stored_events
 from chain_client.index.sync import (
     Indexer,
     IndexInconsistent,
@@ -376,9 +382,18 @@ class _Refold:
         return found
 
 
-def _refold(db: IndexDatabase, state: IndexState, at: int, check: _EventCheck | None = None) -> _Refold:
+def _refold(
+    db: IndexDatabase,
+    state: IndexState,
+    at: int,
+    check: _EventCheck | None = None,
+    up_to: int | None = None,
+    rows: bool = True,
+) -> _Refold:
     """The stored events folded again; each one up to `at` is handed to `check` (in chain order) to
-    be compared with the node's logs as they are fetched."""
+    be compared with the node's logs as they are fetched. `up_to` stops at that block (default:
+    every stored event); `rows=False` skips the change-log and payment rows (`changes`, `payments`
+    and `hash_mismatches` stay empty), for a caller that wants only the books and the digests."""
     books = Books(state.ledger, state.oracle)
     digest = genesis(state.chain_id, state.ledger, state.oracle, state.deployment_block)
     blocks: dict[int, tuple[str, int]] = {}
@@ -387,7 +402,7 @@ def _refold(db: IndexDatabase, state: IndexState, at: int, check: _EventCheck | 
     hashes: list[RowMismatch] = []
     at_block: Books | None = None
     events = 0
-    for number, block_events in _grouped(stored_events(db, state)):
+    for number, block_events in _grouped(stored_events(db, state, up_to)):
         if number > at and at_block is None:
             at_block = books.copy()
         documents = []
@@ -402,6 +417,8 @@ def _refold(db: IndexDatabase, state: IndexState, at: int, check: _EventCheck | 
             documents.append(event_document(e, arguments, texts))
             if checked is not None:
                 checked.stored(e.position, (e.tx_hash, e.address, f"{e.name}{arguments}"))
+            if not rows:
+                continue
             for seq, text in enumerate(texts):
                 changes[(number, e.tx_index, e.log_index, seq)] = (e.tx_hash, e.name, *text)
             for payment in applied.payments:
@@ -484,9 +501,33 @@ def _grouped(events: Iterable[Event]) -> Iterator[tuple[int, list[Event]]]:
         yield current[0].block_number, current
 
 
-def _digest_mismatches(state: IndexState, blocks: list[BlockRecord], refold: _Refold) -> list[DigestMismatch]:
-    """The first block where the stored digest chain and the stored events part ways."""
-    stored = {b.number: b for b in blocks}
+class _DigestRow(Protocol):
+    """What the digest check reads of a stored block: a BlockRecord, or a `_StoredDigest`."""
+
+    @property
+    def number(self) -> int: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def events(self) -> int: ...
+
+
+class _StoredDigest(NamedTuple):
+    """A stored block's digest and event count, read without making a BlockRecord (SQLModel's
+    constructor cost more than the whole refold on a 20,000-event index)."""
+
+    number: int
+    digest: str
+    events: int
+
+
+def _digest_mismatches(
+    state: IndexState, blocks: Sequence[_DigestRow], refold: _Refold, through: int | None = None
+) -> list[DigestMismatch]:
+    """The first block where the stored digest chain and the stored events part ways (up to block
+    `through` only, for a refold that stopped there; the cursor's digest is checked when `through`
+    reaches it)."""
+    stored = {b.number: b for b in blocks if through is None or b.number <= through}
     running = genesis(state.chain_id, state.ledger, state.oracle, state.deployment_block)
     for number in sorted(set(stored) | set(refold.blocks)):
         found, count = refold.blocks.get(number, (running, 0))
@@ -502,9 +543,52 @@ def _digest_mismatches(state: IndexState, blocks: list[BlockRecord], refold: _Re
                     count,
                 )
             ]
-    if running != state.digest:
+    if (through is None or through >= state.synced_block) and running != state.digest:
         return [DigestMismatch(state.synced_block, state.digest, running, state.events, refold.events)]
     return []
+
+
+# ---------------------------------------------------------------------- reading the index, checked
+
+
+class DigestDiffers(IndexDatabaseError):
+    """The index's stored digest chain is not what its stored events give: a row was edited,
+    added or deleted in the database after the sync wrote it."""
+
+
+def checked_books_at(db: IndexDatabase, block: int | None = None) -> tuple[IndexState, Books, str]:
+    """The books as of the end of `block` (default: the index's last) and the digest after it,
+    refusing (DigestDiffers) an index whose stored digest chain up to `block` is not what its
+    stored events give: `state`, `digest` and `export` show the books the events make, so the digest
+    they print must be of those events, or two auditors comparing one hash would agree while their
+    books differ. The same fold as verify's "the stored events give" (`_refold`, without the rows),
+    over the events up to `block` only; no node is needed. Read in one snapshot of the index."""
+    with db.snapshot():
+        state = db.require_state()
+        at = state.synced_block if block is None else block
+        check_indexed(state, at)
+        refold = _refold(db, state, at, up_to=at, rows=False)
+        blocks = [
+            _StoredDigest(r["number"], r["digest"], r["events"])
+            for r in db.rows(BlockRecord, state.chain_id)
+            if r["number"] <= at
+        ]
+        mismatches = _digest_mismatches(state, blocks, refold, through=at)
+    if mismatches:
+        m = mismatches[0]
+        raise DigestDiffers(
+            f"the index does not hold together at block {m.block}: stored digest {m.stored} with "
+            f"{m.stored_events} events, its stored events give {m.recomputed} with {m.found_events}; "
+            "run `certledger audit verify` to find what was changed, or `certledger audit replay` "
+            "to rebuild the index from the chain"
+        )
+    return state, refold.final, refold.digest_at(at)
+
+
+def export(db: IndexDatabase, directory: Path, block: int | None = None) -> ExportResult:
+    """`index.export.export` with the books and digest from `checked_books_at` (refusing an index
+    whose stored digests its stored events do not give)."""
+    return export_index(db, directory, block, fold=checked_books_at)
 
 
 #: Consecutive misplaced getLogs answers for one window verify takes before it gives up.

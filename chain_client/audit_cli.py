@@ -37,8 +37,7 @@ from chain_client.errors import CertledgerError
 from chain_client.events import UndecodableLog
 from chain_client.index.books import Books
 from chain_client.index.db import DEFAULT_URL, IndexDatabase, check_replaceable, shown_url
-from chain_client.index.export import digest_at, export
-from chain_client.index.state import LineageNode, books_at, check_indexed, lineage
+from chain_client.index.state import LineageNode, books_at, lineage
 from chain_client.index.svg import lineage_svg
 from chain_client.index.sync import Indexer, SyncOptions, SyncStatus
 from chain_client.models import CertificateStatus, OrderStatus
@@ -57,8 +56,18 @@ Db = Annotated[
         help="Index database: a SQLite file, or a URL (postgresql://...).",
     ),
 ]
+
+
+def _block_number(value: int | None) -> int | None:
+    """A --block or --until as given, refused (exit 2, as click refuses any bad option) below 0."""
+    if value is not None and value < 0:
+        raise typer.BadParameter(f"{value} is not a block number")
+    return value
+
+
 Block = Annotated[
-    int | None, typer.Option("--block", help="Block to answer for (default: the index's last).")
+    int | None,
+    typer.Option("--block", help="Block to answer for (default: the index's last).", callback=_block_number),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 MaxRange = Annotated[int, typer.Option(min=1, help="Most blocks per eth_getLogs request.")]
@@ -103,10 +112,10 @@ def _errors(db: str) -> Iterator[None]:
         _fail(f"cannot use the index database {_shown_db(db)}: {_reason(exc)}")
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, code: int = 1) -> NoReturn:
     # Escaped: a path or a driver's message may hold [brackets] that rich would take for markup.
     console.print(f"[red]error:[/] {escape(_redacted(message))}", soft_wrap=True)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 def _redacted(text: str) -> str:
@@ -209,7 +218,17 @@ def _summary(status: SyncStatus) -> None:
         f"indexed blocks {status.deployment_block}..{status.synced_block} of chain {status.chain_id}: "
         f"{status.events} events" + (f", {status.reorgs} reorgs rolled back" if status.reorgs else "")
     )
-    console.print(f"digest {status.digest}")
+    console.print(
+        _digest_line(status.digest, status.deployment_block, status.synced_block),
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _digest_line(digest: str, first: int, last: int) -> str:
+    """A digest with the blocks it covers: it starts from the manifest's deployment block, so the
+    same history replayed from another start gives another digest (decisions D8x)."""
+    return f"digest {digest} (blocks {first}..{last})"
 
 
 @app.command()
@@ -217,7 +236,7 @@ def replay(
     rpc_url: RpcUrl = None,
     manifest: Manifest = Path("deployment.json"),
     db: Db = DEFAULT_DB,
-    until: Annotated[int | None, typer.Option(help="Stop at this block.")] = None,
+    until: Annotated[int | None, typer.Option(help="Stop at this block.", callback=_block_number)] = None,
     max_range: MaxRange = SyncOptions.max_range,
     confirmations: Confirmations = 0,
     all_headers: AllHeaders = False,
@@ -226,6 +245,11 @@ def replay(
     is complete); print the digest."""
     with _errors(db):
         chain, deployment = _node(rpc_url, manifest)
+        if until is not None and until < deployment.deployment_block:
+            raise typer.BadParameter(
+                f"block {until} is before the deployment (block {deployment.deployment_block})",
+                param_hint="--until",
+            )
         database = IndexDatabase(db)
         # Before the progress bar starts, so a refusal is the one line printed.
         check_replaceable(database)
@@ -233,6 +257,13 @@ def replay(
         with _progress("replay") as progress:
             status = audit.replay(chain, deployment, database, options, progress, until)
         _summary(status)
+        if until is not None and status.synced_block < until:
+            behind = f" less {confirmations} confirmations" if confirmations else ""
+            console.print(
+                f"[yellow]note:[/] block {until} not reached: the index stops at block "
+                f"{status.synced_block}, the node's head{behind}",
+                highlight=False,
+            )
 
 
 @app.command()
@@ -262,7 +293,8 @@ def sync(
             nonlocal seen
             if status.synced_block != seen:
                 seen = status.synced_block
-                line = f"block {seen}: {status.events} events, digest {status.digest}"
+                span = f"(blocks {status.deployment_block}..{seen})"
+                line = f"block {seen}: {status.events} events, digest {status.digest} {span}"
                 console.print(line, highlight=False)
 
         def trouble(exc: Exception) -> None:
@@ -307,7 +339,13 @@ def verify(
     else:
         checked = ", ".join(_counted(n, k) for k, n in report.checked.items())
         console.print(f"verified at block {report.block}: {checked}", soft_wrap=True)
-        console.print(f"digest {report.digest}")
+        first = deployment.deployment_block
+        console.print(_digest_line(report.digest, first, report.block), highlight=False, soft_wrap=True)
+        if report.recomputed_digest != report.digest:
+            # Not a finding of its own (the digest finding below says where): the hash to compare.
+            console.print(
+                f"[red]the stored events give digest {report.recomputed_digest}[/]", highlight=False
+            )
         for finding in findings:
             console.print(f"[red]FAIL[/] {finding}", highlight=False, soft_wrap=True)
         for note in report.notes:
@@ -315,7 +353,7 @@ def verify(
         if report.ok:
             console.print("[bold green]the index equals the chain and every invariant holds[/]")
         else:
-            console.print(f"[bold red]{len(findings)} findings[/]")
+            console.print(f"[bold red]{_counted(len(findings), 'findings')}[/]")
     if not report.ok:
         raise typer.Exit(1)
 
@@ -324,13 +362,14 @@ def _amount(value: int) -> str:
     return f"{value:,}"
 
 
-def _state_json(books: Books, block: int, digest: str) -> dict[str, Any]:
+def _state_json(books: Books, first: int, block: int, digest: str) -> dict[str, Any]:
     def clean(record: dict[str, Any]) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in record.items()}
 
     return {
         "block": block,
         "digest": digest,
+        "blocks": {"from": first, "to": block},
         "orders": [{"order_id": str(k), **clean(v)} for k, v in sorted(books.all("order").items())],
         "certificates": [
             {"certificate_id": str(k), **clean(v)} for k, v in sorted(books.all("certificate").items())
@@ -343,14 +382,13 @@ def state(db: Db = DEFAULT_DB, block: Block = None, as_json: Json = False) -> No
     """Print every order and certificate as of a block (from the index; run sync first)."""
     with _errors(db):
         database = IndexDatabase(db, must_exist=True)
-        index, books = books_at(database, block)
+        index, books, digest = audit.checked_books_at(database, block)
         at = index.synced_block if block is None else block
-        digest = digest_at(database, index, at)
     if as_json:
-        console.print_json(json.dumps(_state_json(books, at, digest)))
+        console.print_json(json.dumps(_state_json(books, index.deployment_block, at, digest)))
         return
     console.print(f"state at block {at} (chain {index.chain_id}, ledger {index.ledger})")
-    console.print(f"digest {digest}")
+    console.print(_digest_line(digest, index.deployment_block, at), highlight=False, soft_wrap=True)
     orders = Table(title=f"Orders ({len(books.all('order'))})")
     for col in ("id", "status", "issuer", "payee", "escrowed", "paid", "refunded", "root"):
         _column(orders, col, left=col in ("status", "issuer", "payee"), address=col in ("issuer", "payee"))
@@ -417,6 +455,10 @@ def lineage_command(
     """Print a certificate's tree, from the root certificate to every descendant."""
     with _errors(db):
         index, books = books_at(IndexDatabase(db, must_exist=True), block)
+        if certificate_id not in books.all("certificate"):
+            # No such id is the user's to fix, as `order show` and `cert lineage` say (exit 2).
+            where = "in the index" if block is None else f"at block {block}"
+            _fail(f"no certificate {certificate_id} {where}", 2)
         tree = lineage(books, certificate_id, block)
         at = index.synced_block if block is None else block
         if svg is not None:
@@ -462,24 +504,24 @@ def export_command(
         if out.exists() and not out.is_dir():
             raise _Refused(f"--out {out} is a file: name a directory for the CSV files and report.json")
         try:
-            result = export(database, out, block)
+            result = audit.export(database, out, block)
         except OSError as exc:
             # The index's own troubles are not OSErrors (see _errors): this is the export's files.
             where = exc.filename or out
             raise _Refused(f"cannot write the export to {where}: {exc.strerror or exc}") from None
     console.print(f"exported block {result.block} to {result.directory}: {', '.join(result.files)}")
-    console.print(f"digest {result.digest}")
+    console.print(
+        _digest_line(result.digest, result.first_block, result.block), highlight=False, soft_wrap=True
+    )
 
 
 @app.command()
 def digest(db: Db = DEFAULT_DB, block: Block = None) -> None:
     """Print the audit digest after a block."""
     with _errors(db):
-        database = IndexDatabase(db, must_exist=True)
-        index = database.require_state()
+        index, _, found = audit.checked_books_at(IndexDatabase(db, must_exist=True), block)
         at = index.synced_block if block is None else block
-        check_indexed(index, at)
-        console.print(f"{digest_at(database, index, at)} block {at}", highlight=False)
+        console.print(f"{found} (blocks {index.deployment_block}..{at})", highlight=False, soft_wrap=True)
 
 
 def _counted(count: int, noun: str) -> str:

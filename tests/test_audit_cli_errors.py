@@ -37,10 +37,10 @@ def _audit(*args: str) -> Result:
     return CliRunner().invoke(build_app(), ["audit", *args])
 
 
-def _one_line_error(result: Result, *words: str) -> str:
-    """The error line, after checking it is the whole output, a handled exit 1, and says `words`."""
+def _one_line_error(result: Result, *words: str, code: int = 1) -> str:
+    """The error line, after checking it is the whole output, a handled exit `code`, and says `words`."""
     assert isinstance(result.exception, SystemExit), result.exception  # not an unhandled exception
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == code, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     for word in words:
@@ -184,7 +184,9 @@ def test_a_replay_onto_a_file_that_is_no_database_leaves_it_alone(indexed: Index
     manifest = tmp_path / "deployment.json"
     manifest.write_text(indexed.manifest.read_text("utf-8"), "utf-8")
     result = _audit("replay", *_node(indexed), "--db", str(manifest))
-    _one_line_error(result, str(manifest), "file is not a database")
+    line = _one_line_error(result, str(manifest), "file is not a database")
+    # The line says what to do about it, not only what a replay would have done.
+    assert "left alone" in line and "name another file with --db" in line and "move or delete" in line
     assert manifest.read_text("utf-8") == indexed.manifest.read_text("utf-8")
 
 
@@ -222,10 +224,60 @@ def test_lineage_and_digest_name_the_block_asked_for(indexed: Indexed) -> None:
     latest = max(books.all("certificate"))
     first = indexed.status.deployment_block
     lineage = _audit("lineage", str(latest), "--db", indexed.db, "--block", str(first))
-    _one_line_error(lineage, f"no certificate {latest} at block {first}")
-    before = f"block -1 is before the deployment (block {first})"
-    _one_line_error(_audit("digest", "--db", indexed.db, "--block", "-1"), before)
-    _one_line_error(_audit("state", "--db", indexed.db, "--block", "-1"), before)
+    _one_line_error(lineage, f"no certificate {latest} at block {first}", code=2)
+    if first >= 2:  # the block before the deployment is the empty books; one before that is refused
+        before = f"block {first - 2} is before the deployment (block {first})"
+        _one_line_error(_audit("digest", "--db", indexed.db, "--block", str(first - 2)), before)
+        _one_line_error(_audit("state", "--db", indexed.db, "--block", str(first - 2)), before)
+    # A negative block is no block number at all: refused as a bad option (exit 2), as click does.
+    for command in ("digest", "state", "export"):
+        result = _audit(command, "--db", indexed.db, "--block", "-1")
+        assert result.exit_code == 2 and "-1 is not a block number" in result.output, result.output
+
+
+@pytest.mark.anvil
+def test_lineage_of_a_certificate_nobody_issued_is_a_bad_argument(indexed: Indexed) -> None:
+    """As `order show 999` and `cert lineage 999`: an id nothing has is the user's to fix, exit 2."""
+    _one_line_error(_audit("lineage", "999", "--db", indexed.db), "no certificate 999 in the index", code=2)
+
+
+@pytest.mark.anvil
+def test_replay_until_a_block_the_node_lacks_or_before_the_deployment(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    first, last = indexed.status.deployment_block, indexed.status.synced_block
+    db = tmp_path / "until.sqlite"
+    beyond = _audit("replay", *_node(indexed), "--db", str(db), "--until", str(last + 1000))
+    assert beyond.exit_code == 0, beyond.output
+    said = " ".join(beyond.output.split())
+    assert f"block {last + 1000} not reached: the index stops at block " in said, beyond.output
+    early = tmp_path / "early.sqlite"
+    before = _audit("replay", *_node(indexed), "--db", str(early), "--until", str(first - 1))
+    assert before.exit_code == 2, before.output
+    assert f"block {first - 1} is before the deployment (block {first})" in " ".join(before.output.split())
+    assert not early.exists()
+    negative = _audit("replay", *_node(indexed), "--db", str(early), "--until", "-5")
+    assert negative.exit_code == 2 and "-5 is not a block number" in negative.output, negative.output
+
+
+@pytest.mark.anvil
+def test_verify_prints_the_recomputed_digest_and_counts_one_finding_in_the_singular(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy.sqlite"
+    with sqlite3.connect(indexed.db) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    forged = "0x" + "ab" * 32
+    with sqlite3.connect(copy) as conn:
+        (top,) = conn.execute("SELECT max(number) FROM indexed_block").fetchone()
+        conn.execute("UPDATE indexed_block SET digest = ? WHERE number = ?", (forged, top))
+    result = _audit("verify", *_node(indexed), "--db", str(copy))
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    first = indexed.status.deployment_block
+    assert f"digest {forged} (blocks {first}..{indexed.status.synced_block})" in said, result.output
+    assert f"the stored events give digest {indexed.status.digest}" in said, result.output
+    assert "1 finding" in said and "1 findings" not in said, result.output
 
 
 def _cells(output: str, title: str, column: str) -> list[str]:

@@ -138,6 +138,8 @@ def test_sqlite_and_postgres_give_the_same_digest_and_rows(
         assert any(r["amount"] == HUGE for r in db.rows(PaymentRecord, deployment.chain_id))
     report = audit.verify(chain, deployment, pg)
     assert report.ok, list(report.findings())
+    # The checked fold of state, digest and export reads PostgreSQL's rows as SQLite's.
+    assert audit.checked_books_at(pg)[2] == audit.checked_books_at(lite)[2] == on_sqlite.digest
 
 
 def test_a_failed_replay_into_postgres_leaves_an_empty_index_that_sync_fills(

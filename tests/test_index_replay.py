@@ -34,7 +34,7 @@ from chain_client.events import EventDecoder
 from chain_client.index import sync as sync_module
 from chain_client.index.db import IndexDatabase, IndexDatabaseError, rebuilding
 from chain_client.index.decode import LogDecoder, RawLog
-from chain_client.index.export import export
+from chain_client.index.export import digest_at, export
 from chain_client.index.models import (
     BlockRecord,
     CertificateRecord,
@@ -1000,6 +1000,11 @@ def test_cli_replay_state_digest_and_verify(
     assert len(shown["orders"]) == len(books.all("order"))
     digest = runner.invoke(app, ["audit", "digest", "--db", db, "--block", str(block)])
     assert digest.output.split()[0] == shown["digest"]
+    # Each digest printed names the blocks it covers: it starts from the manifest's deployment block.
+    first = replayed[1].deployment_block
+    assert f"(blocks {first}..{block})" in digest.output
+    assert shown["blocks"] == {"from": first, "to": block}
+    assert f"digest {replayed[1].digest} (blocks {first}..{replayed[1].synced_block})" in replay.output
     verify = runner.invoke(app, ["audit", "verify", *node])
     assert verify.exit_code == 0, verify.output
     assert "every invariant holds" in verify.output
@@ -1008,6 +1013,67 @@ def test_cli_replay_state_digest_and_verify(
     as_json = json.loads(runner.invoke(app, ["audit", "verify", *node, "--json"]).output)
     assert as_json["ok"] is True and as_json["details"] == [] and as_json["findings"] == []
     os.environ.pop("CERTLEDGER_INDEX_DB", None)
+
+
+def test_state_digest_and_export_refuse_an_index_whose_events_do_not_give_its_digest(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
+) -> None:
+    """A split's value edited in one stored event row: state and export fold the stored events, so
+    they would show the edited value beside the honest stored digest. They, and digest, refold the
+    digest chain up to their block and refuse, naming the first block where it parts ways."""
+    db = _fresh_replay(lifecycle, tmp_path / "edited.sqlite")
+    state = db.require_state()
+    split = next(
+        e
+        for e in db.rows(EventRecord, state.chain_id)
+        if e["name"] == "TransferValue" and json.loads(e["args"])["_fromTokenId"] != "0"
+    )
+    args = json.loads(split["args"])
+    args["_value"] = str(int(args["_value"]) - 1)
+    edited = json.dumps(args, sort_keys=True, separators=(",", ":"))
+    _sql(db, "UPDATE event SET args = ? WHERE tx_hash = ? AND log_index = ?", edited, split["tx_hash"],
+         split["log_index"])  # fmt: skip
+    runner, app, path = CliRunner(), build_app(), str(tmp_path / "edited.sqlite")
+    out = tmp_path / "out"
+    for command in (
+        ["state"],
+        ["state", "--json"],
+        ["digest"],
+        ["export", "--out", str(out)],
+        ["state", "--block", str(split["block_number"])],
+    ):
+        result = runner.invoke(app, ["audit", *command, "--db", path])
+        assert result.exit_code == 1, (command, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (command, result.output)
+        line = " ".join(lines[0].split())
+        assert f"at block {split['block_number']}: stored digest" in line, line
+        assert "audit verify" in line and "audit replay" in line, line
+    assert not out.exists()
+    # Before the edited block the index still holds together, and answers.
+    before = runner.invoke(app, ["audit", "digest", "--db", path, "--block", str(split["block_number"] - 1)])
+    assert before.exit_code == 0, before.output
+
+
+def test_the_checked_fold_equals_the_stored_books_and_digest_and_its_cost(
+    replayed: tuple[IndexDatabase, SyncStatus],
+) -> None:
+    """On the biggest index the tests make: the checked fold gives the books and the stored digest,
+    at the last block and below it; its time beside the unchecked fold is printed (-s)."""
+    db, status = replayed
+    state = db.require_state()
+    for block in (status.synced_block, (status.deployment_block + status.synced_block) // 2):
+        _, books = books_at(db, block)
+        _, checked, digest = audit.checked_books_at(db, block)
+        assert digest == digest_at(db, state, block)
+        assert all(checked.all(e) == books.all(e) for e in ("order", "certificate", "credit", "offer"))
+    started = time.perf_counter()
+    books_at(db)
+    plain = time.perf_counter() - started
+    started = time.perf_counter()
+    audit.checked_books_at(db)
+    checked_time = time.perf_counter() - started
+    print(f"\n{status.events} events: books_at {plain:.3f} s, checked_books_at {checked_time:.3f} s")
 
 
 def test_holdings_and_history_queries(

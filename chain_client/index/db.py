@@ -888,13 +888,19 @@ def _check_replaceable_file(target: Path) -> None:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
         raise IndexDatabaseError(
-            f"{target} is not a SQLite database ({exc}): a replay would replace it"
+            f"{target} is not a SQLite database ({exc}): a replay would replace it, so it was left "
+            f"alone; {_REPLACE_ADVICE}"
         ) from None
     if tables and table_of(IndexState).name not in tables:
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise IndexDatabaseError(
-            f"{target} is a SQLite database but not an index (tables {shown}): a replay would replace it"
+            f"{target} is a SQLite database but not an index (tables {shown}): a replay would replace "
+            f"it, so it was left alone; {_REPLACE_ADVICE}"
         )
+
+
+#: What to do about a --db a replay refuses to replace.
+_REPLACE_ADVICE = "name another file with --db, or move or delete this one if it is not needed"
 
 
 def _remove_abandoned_rebuilds(target: Path) -> None:

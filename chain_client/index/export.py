@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ class ExportResult:
     block: int
     digest: str
     files: tuple[str, ...]
+    #: the deployment block, where the digest chain starts (the digest covers first_block..block)
+    first_block: int = 0
 
 
 def digest_at(db: IndexDatabase, state: IndexState, block: int) -> str:
@@ -45,15 +47,31 @@ def digest_at(db: IndexDatabase, state: IndexState, block: int) -> str:
     raise LookupError(f"block {block} is before the index starts")
 
 
-def export(db: IndexDatabase, directory: Path, block: int | None = None) -> ExportResult:
-    """Writes the CSV files and report.json of the index as of `block` (default: its last), all read
-    in one snapshot of the index (a sync committing meanwhile is not half seen)."""
-    with db.snapshot():
-        return _export(db, directory, block)
+#: The index's books and digest as of a block (None: its last): (its state, the books, the digest)
+Fold = Callable[[IndexDatabase, int | None], tuple[IndexState, Books, str]]
 
 
-def _export(db: IndexDatabase, directory: Path, block: int | None) -> ExportResult:
+def unchecked_fold(db: IndexDatabase, block: int | None) -> tuple[IndexState, Books, str]:
+    """The books the stored events make and the stored digest, not checked against each other
+    (`audit.checked_books_at` checks them)."""
     state, books = books_at(db, block)
+    at = state.synced_block if block is None else block
+    return state, books, digest_at(db, state, at)
+
+
+def export(
+    db: IndexDatabase, directory: Path, block: int | None = None, fold: Fold = unchecked_fold
+) -> ExportResult:
+    """Writes the CSV files and report.json of the index as of `block` (default: its last), all read
+    in one snapshot of the index (a sync committing meanwhile is not half seen). `fold` gives the
+    books and the digest (the CLI passes `audit.checked_books_at`, which refuses an index whose
+    stored digests its stored events do not give)."""
+    with db.snapshot():
+        return _export(db, directory, block, fold)
+
+
+def _export(db: IndexDatabase, directory: Path, block: int | None, fold: Fold) -> ExportResult:
+    state, books, digest = fold(db, block)
     at = state.synced_block if block is None else block
     directory.mkdir(parents=True, exist_ok=True)
     files: list[str] = []
@@ -68,13 +86,12 @@ def _export(db: IndexDatabase, directory: Path, block: int | None) -> ExportResu
     ):
         _write_rows(directory / name, _rows_up_to(db, model, state.chain_id, at))
         files.append(name)
-    digest = digest_at(db, state, at)
     payments = _rows_up_to(db, PaymentRecord, state.chain_id, at)
     report = build_report(state, books, at, digest, payments, files)
     (directory / "report.json").write_text(
         json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
-    return ExportResult(directory, at, digest, (*files, "report.json"))
+    return ExportResult(directory, at, digest, (*files, "report.json"), state.deployment_block)
 
 
 def _rows_up_to(db: IndexDatabase, model: Any, chain_id: int, block: int) -> list[dict[str, Any]]:
