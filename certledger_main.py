@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from api.cli import app as api_app
+from chain_client.cli import DemoManifest, check_demo_manifest
 from chain_client.cli import app as chain_app
 from oracle.cli import devices_app, oracle_app
 
@@ -31,9 +32,11 @@ def demo(
     direct: Annotated[
         bool, typer.Option("--direct", help="Skip the oracle: devices' signatures go straight to the chain.")
     ] = False,
+    manifest: DemoManifest = None,
 ) -> None:
     """Run the whole lifecycle (order, receipt through the IoT oracle, split, discount, maturity,
     settlement) and tell it."""
+    check_demo_manifest(manifest, rpc_url)
     from chain_client.chain import connect
     from chain_client.demo import run_demo
     from chain_client.errors import CertledgerError
@@ -64,7 +67,7 @@ def demo(
                     "-> gateway checks and agreement -> relayer -> chain."
                 )
                 path = MqttReceiptPipeline(url, workdir)
-            run_demo(connect(Settings(rpc_url=rpc_url)), console, receipt_path=path)
+            run_demo(connect(Settings(rpc_url=rpc_url)), console, receipt_path=path, manifest=manifest)
         except (CertledgerError, PipelineFailed, BrokerUnavailable) as exc:
             console.print(f"[red]error:[/] {exc}", soft_wrap=True)  # one line, whatever its length
             raise typer.Exit(1) from None

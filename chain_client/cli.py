@@ -159,6 +159,39 @@ def _run(job: Any) -> None:
 # ---------------------------------------------------------------------- deploy, demo
 
 
+def check_new_manifest(manifest: Path, force: bool = False) -> None:
+    """Refuses, before anything is deployed, a manifest path that would overwrite another
+    system's manifest (unless `force`) or that has no directory to go in."""
+    if manifest.exists() and not force:
+        raise typer.BadParameter(
+            f"{manifest} exists (a deployed system's?): give another path, or --force to replace it",
+            param_hint="--manifest",
+        )
+    if not manifest.parent.is_dir():
+        raise typer.BadParameter(f"no directory {manifest.parent} for the manifest", param_hint="--manifest")
+
+
+#: `demo --manifest`: where the demo's deployment manifest goes (a node only).
+DemoManifest = Annotated[
+    Path | None,
+    typer.Option(
+        "--manifest",
+        help="Write the demo's deployment manifest here, for `certledger audit` (needs --rpc-url).",
+    ),
+]
+
+
+def check_demo_manifest(manifest: Path | None, rpc_url: str | None) -> None:
+    if manifest is None:
+        return
+    if rpc_url is None:
+        raise typer.BadParameter(
+            "the embedded chain ends with the demo: a manifest needs a node (--rpc-url)",
+            param_hint="--manifest",
+        )
+    check_new_manifest(manifest)
+
+
 @app.command()
 def deploy(
     rpc_url: RpcUrl = None,
@@ -173,13 +206,7 @@ def deploy(
 ) -> None:
     """Deploy token, oracle and ledger to a node and write the deployment manifest."""
 
-    if manifest.exists() and not force:
-        raise typer.BadParameter(
-            f"{manifest} exists (a deployed system's?): give another path, or --force to replace it",
-            param_hint="--manifest",
-        )
-    if not manifest.parent.is_dir():
-        raise typer.BadParameter(f"no directory {manifest.parent} for the manifest", param_hint="--manifest")
+    check_new_manifest(manifest, force)
 
     def job() -> None:
         chain = connect(_settings(rpc_url, manifest))
@@ -201,11 +228,12 @@ def deploy(
 
 
 @app.command()
-def demo(rpc_url: RpcUrl = None) -> None:
+def demo(rpc_url: RpcUrl = None, manifest: DemoManifest = None) -> None:
     """Run the whole lifecycle (order, receipt, split, discount, maturity, settlement) and tell it."""
     from chain_client.demo import run_demo
 
-    _run(lambda: run_demo(connect(Settings(rpc_url=rpc_url)), console))
+    check_demo_manifest(manifest, rpc_url)
+    _run(lambda: run_demo(connect(Settings(rpc_url=rpc_url)), console, manifest=manifest))
 
 
 # ---------------------------------------------------------------------- participants

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from eth_account.signers.local import LocalAccount
@@ -101,12 +102,20 @@ DEVICE_KINDS = (ReadingKind.CARTON_COUNT, ReadingKind.NET_WEIGHT_GRAMS, ReadingK
 
 
 def run_demo(
-    chain: Chain | None = None, console: Console | None = None, receipt_path: ReceiptPath | None = None
+    chain: Chain | None = None,
+    console: Console | None = None,
+    receipt_path: ReceiptPath | None = None,
+    manifest: Path | None = None,
 ) -> System:
     """Runs the story; returns the system so tests can check the end state. Raises if the books
-    do not reconcile. `receipt_path` carries the delivery to the chain (direct signing if None)."""
+    do not reconcile. `receipt_path` carries the delivery to the chain (direct signing if None).
+    `manifest`: where to write the deployment manifest as soon as the system is deployed, so an
+    auditor can replay the demo's history from the node (a node only: the embedded chain ends
+    with the process)."""
     console = console or Console()
     chain = chain or connect(Settings())
+    if manifest is not None and chain.embedded:
+        raise ValueError("the embedded chain ends with the demo: a manifest needs a node (--rpc-url)")
     say = console.print
     cast = Cast(
         operator=chain.new_account(),
@@ -127,7 +136,16 @@ def run_demo(
     system = System.deploy(chain, cast.operator, admin_entity_id=label_hash("USCC:91310000CONSORTIUM"))
     ledger, oracle, token = system.ledger, system.oracle, system.token
     d = system.deployment
-    say(f"Deployed ledger {d.ledger}, oracle {d.oracle}, token tCNY {d.token} (block {d.deployment_block})")
+    say(
+        f"Deployed ledger {d.ledger}, oracle {d.oracle}, token tCNY {d.token} (block {d.deployment_block}), "
+        f"operator {cast.operator.address}"
+    )
+    if manifest is not None:
+        d.save(manifest)
+        say(
+            f"Manifest written to {manifest}: `certledger audit replay --manifest {manifest}` "
+            "rebuilds this story."
+        )
 
     op = cast.operator
     ledger.register_participant(

@@ -90,14 +90,24 @@ def test_anvil_dev_key_is_the_well_known_one(anvil: Anvil) -> None:
     assert anvil.account(0).address == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 
 
-def test_demo_on_anvil_reconciles(anvil: Anvil) -> None:
+def test_demo_on_anvil_reconciles_and_an_auditor_verifies_it_from_its_manifest(
+    anvil: Anvil, tmp_path: Path
+) -> None:
     chain = connect(Settings(rpc_url=anvil.url))
     assert not chain.embedded
     assert chain.chain_id == ANVIL_CHAIN_ID
     out = io.StringIO()
-    system = run_demo(chain, Console(file=out, width=120))
+    manifest = tmp_path / "demo.json"
+    system = run_demo(chain, Console(file=out, width=120), manifest=manifest)
     check_demo_end_state(system, out.getvalue())
     assert f"node chain {ANVIL_CHAIN_ID}" in out.getvalue()
+    assert Deployment.load(manifest) == system.deployment
+
+    runner = CliRunner(env={"CERTLEDGER_RPC_URL": anvil.url, "CERTLEDGER_MANIFEST": str(manifest)})
+    db = str(tmp_path / "audit.db")
+    for command in (["audit", "replay", "--db", db], ["audit", "verify", "--db", db]):
+        result = runner.invoke(build_app(), command)
+        assert result.exit_code == 0, result.output
 
 
 def test_advance_time_on_a_node(anvil: Anvil) -> None:

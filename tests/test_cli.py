@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from proxy_support import scripted_node
@@ -80,6 +81,13 @@ def test_demo_runs_the_whole_lifecycle(runner: CliRunner) -> None:
     assert result.exit_code == 0, result.output
     assert "Every fen is accounted for" in result.output
     assert "FAILED" not in result.output
+
+
+def test_demo_refuses_a_manifest_for_the_embedded_chain(runner: CliRunner, tmp_path: Path) -> None:
+    """The embedded chain ends with the demo: a manifest of it could be replayed from nowhere."""
+    result = runner.invoke(build_app(), ["demo", "--direct", "--manifest", str(tmp_path / "m.json")])
+    assert result.exit_code == 2, result.output
+    assert "needs a node" in result.output and not (tmp_path / "m.json").exists()
 
 
 def test_demo_with_a_broker_that_does_not_answer_ends_in_one_line(runner: CliRunner) -> None:
