@@ -465,10 +465,7 @@ contract ERC3525Test is Base {
         vm.prank(supplierA);
         ledger.approve(factor, id);
         // Only the holder grants allowances: an approved address moves value itself, no more.
-        vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.NotApprovedOrHolder.selector, factor, id));
-        vm.prank(factor);
-        ledger.approve(id, supplierB, 1_000_00);
-        vm.assertEq(ledger.allowance(id, supplierB), 0);
+        _assertGrantRefused(factor, supplierB);
         vm.prank(factor);
         uint256 newId = ledger.transferFrom(id, factor, 1_000_00);
         vm.assertEq(_holder(newId), factor);
@@ -477,10 +474,15 @@ contract ERC3525Test is Base {
     function test_approveValue_byOperatorForAll() public {
         vm.prank(supplierA);
         ledger.setApprovalForAll(supplierB, true);
-        vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.NotApprovedOrHolder.selector, supplierB, id));
-        vm.prank(supplierB);
-        ledger.approve(id, factor, 2_000_00);
-        vm.assertEq(ledger.allowance(id, factor), 0);
+        _assertGrantRefused(supplierB, factor);
+    }
+
+    /// @dev `caller`, not the holder, may not give `to` a value allowance on `id` (D81).
+    function _assertGrantRefused(address caller, address to) internal {
+        vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.NotApprovedOrHolder.selector, caller, id));
+        vm.prank(caller);
+        ledger.approve(id, to, 1_000_00);
+        vm.assertEq(ledger.allowance(id, to), 0);
     }
 
     function test_approveValue_revokedApprovalLeavesNothingToSpend() public {
