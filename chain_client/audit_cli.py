@@ -227,7 +227,7 @@ def _summary(status: SyncStatus) -> None:
 
 def _digest_line(digest: str, first: int, last: int) -> str:
     """A digest with the blocks it covers: it starts from the manifest's deployment block, so the
-    same history replayed from another start gives another digest (decisions D8x)."""
+    same history replayed from another start gives another digest (D89)."""
     return f"digest {digest} (blocks {first}..{last})"
 
 
@@ -293,8 +293,8 @@ def sync(
             nonlocal seen
             if status.synced_block != seen:
                 seen = status.synced_block
-                span = f"(blocks {status.deployment_block}..{seen})"
-                line = f"block {seen}: {status.events} events, digest {status.digest} {span}"
+                digest = _digest_line(status.digest, status.deployment_block, seen)
+                line = f"block {seen}: {status.events} events, {digest}"
                 console.print(line, highlight=False)
 
         def trouble(exc: Exception) -> None:

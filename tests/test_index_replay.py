@@ -34,7 +34,7 @@ from chain_client.events import EventDecoder
 from chain_client.index import sync as sync_module
 from chain_client.index.db import IndexDatabase, IndexDatabaseError, rebuilding
 from chain_client.index.decode import LogDecoder, RawLog
-from chain_client.index.export import digest_at, export
+from chain_client.index.export import digest_at
 from chain_client.index.models import (
     BlockRecord,
     CertificateRecord,
@@ -158,7 +158,7 @@ def test_state_at_past_blocks_equals_the_contracts_then(
         _, books = books_at(db, block)
         assert report.checked["certificate"] == len(books.all("certificate"))
         # The digest as of that block, stored and recomputed, as an export at that block names it.
-        expected = export(db, tmp_path / str(block), block).digest
+        expected = audit.export(db, tmp_path / str(block), block).digest
         assert report.digest == report.recomputed_digest == expected != status.digest
 
 
@@ -920,7 +920,7 @@ def test_export_writes_loadable_csv_and_a_report(
     lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
 ) -> None:
     db, status = replayed
-    result = export(db, tmp_path / "out")
+    result = audit.export(db, tmp_path / "out")
     assert result.digest == status.digest
     report = json.loads((tmp_path / "out" / "report.json").read_text("utf-8"))
     assert report["blocks"] == {"from": status.deployment_block, "to": status.synced_block}

@@ -21,7 +21,6 @@ from typing import Any
 from chain_client.index.books import ENTITIES, Books, Key
 from chain_client.index.db import IndexDatabase
 from chain_client.index.models import BlockRecord, ChangeRecord, EventRecord, IndexState, PaymentRecord
-from chain_client.index.state import books_at
 from chain_client.models import CertificateStatus, OrderStatus
 
 #: v2: per holder `settled` (was `settled_received`, which counted credited settlements as received),
@@ -51,21 +50,11 @@ def digest_at(db: IndexDatabase, state: IndexState, block: int) -> str:
 Fold = Callable[[IndexDatabase, int | None], tuple[IndexState, Books, str]]
 
 
-def unchecked_fold(db: IndexDatabase, block: int | None) -> tuple[IndexState, Books, str]:
-    """The books the stored events make and the stored digest, not checked against each other
-    (`audit.checked_books_at` checks them)."""
-    state, books = books_at(db, block)
-    at = state.synced_block if block is None else block
-    return state, books, digest_at(db, state, at)
-
-
-def export(
-    db: IndexDatabase, directory: Path, block: int | None = None, fold: Fold = unchecked_fold
-) -> ExportResult:
-    """Writes the CSV files and report.json of the index as of `block` (default: its last), all read
+def export(db: IndexDatabase, directory: Path, block: int | None, fold: Fold) -> ExportResult:
+    """Writes the CSV files and report.json of the index as of `block` (None: its last), all read
     in one snapshot of the index (a sync committing meanwhile is not half seen). `fold` gives the
-    books and the digest (the CLI passes `audit.checked_books_at`, which refuses an index whose
-    stored digests its stored events do not give)."""
+    books and the digest: `audit.export` passes `audit.checked_books_at`, which refuses an index
+    whose stored digests its stored events do not give."""
     with db.snapshot():
         return _export(db, directory, block, fold)
 
