@@ -818,6 +818,23 @@ def test_offer_reserved_for_another_buyer(world: World, ledger: LedgerClient, ca
     ledger.buy_discounted(cast.factor, offer_id)
 
 
+def test_an_offer_cannot_be_reserved_for_someone_who_cannot_buy(
+    world: World, ledger: LedgerClient, cast: Cast
+) -> None:
+    _, root_id = world.certificate_for()
+    for buyer in (cast.supplier2, cast.outsider):
+        with refused(world, errors.BuyerNotEligible) as info:
+            ledger.offer_discount(
+                cast.supplier1,
+                root_id,
+                value=10_000 * YUAN,
+                price=9_900 * YUAN,
+                expiry=world.chain.now() + DAY,
+                buyer=buyer.address,
+            )
+        assert same(fields(info)["buyer"], buyer.address)
+
+
 def test_an_open_offer_needs_a_factor_with_the_money(world: World, ledger: LedgerClient, cast: Cast) -> None:
     _, root_id = world.certificate_for()
     offer_id, _ = ledger.offer_discount(

@@ -428,6 +428,8 @@ contract CertificateLedger is ICertificateLedger, ParticipantRegistry, Reentranc
         // slither-disable-next-line timestamp
         if (expiry <= block.timestamp) revert OfferExpiryInPast(expiry);
         if (value < c.value) _checkSplitRules(c, certificateId, value);
+        // A reservation for someone who cannot buy would sit open and unbuyable until it expires.
+        if (buyer != address(0) && !_mayBuy(_records[buyer])) revert BuyerNotEligible(buyer);
 
         offerId = ++_offerCount;
         _offers[offerId] = DiscountOffer({

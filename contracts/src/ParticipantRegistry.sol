@@ -4,6 +4,7 @@ pragma solidity ^0.8.24;
 import {
     IParticipantRegistry,
     ROLE_ADMIN,
+    ROLE_FACTOR,
     ROLES_ALL,
     ROLES_HOLDER
 } from "./interfaces/IParticipantRegistry.sol";
@@ -140,6 +141,11 @@ abstract contract ParticipantRegistry is IParticipantRegistry {
     /// @dev True if `account` may hold a certificate: active with a holder role.
     function _mayHold(Record storage r) internal view returns (bool) {
         return r.active && r.roles & ROLES_HOLDER != 0;
+    }
+
+    /// @dev True if `account` may buy a discount offer: active with the FACTOR role.
+    function _mayBuy(Record storage r) internal view returns (bool) {
+        return r.active && r.roles & ROLE_FACTOR != 0;
     }
 
     /// @dev Reverts unless `account`, whose record is `r`, may hold certificates and so move one (or

@@ -146,6 +146,26 @@ contract DiscountTest is Base {
         ledger.offerDiscount(id, AMOUNT, PRICE, address(0), uint40(MATURITY + 1));
     }
 
+    function test_offerDiscount_reservedForNonFactor() public {
+        vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.BuyerNotEligible.selector, supplierB));
+        vm.prank(supplierA);
+        ledger.offerDiscount(id, AMOUNT, PRICE, supplierB, EXPIRY);
+    }
+
+    function test_offerDiscount_reservedForUnregistered() public {
+        vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.BuyerNotEligible.selector, outsider));
+        vm.prank(supplierA);
+        ledger.offerDiscount(id, AMOUNT, PRICE, outsider, EXPIRY);
+    }
+
+    function test_offerDiscount_reservedForSuspendedFactor() public {
+        vm.prank(admin);
+        ledger.suspendParticipant(factor2);
+        vm.expectRevert(abi.encodeWithSelector(ICertificateLedger.BuyerNotEligible.selector, factor2));
+        vm.prank(supplierA);
+        ledger.offerDiscount(id, AMOUNT, PRICE, factor2, EXPIRY);
+    }
+
     // ------------------------------------------------------------------ cancelDiscountOffer
 
     function test_cancelDiscountOffer_closesAndEmits() public {

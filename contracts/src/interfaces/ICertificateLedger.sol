@@ -154,6 +154,8 @@ interface ICertificateLedger is IERC3525, IParticipantRegistry {
     error OfferExpired(uint256 offerId, uint256 expiry);
     /// @dev Discount offer `offerId` is reserved for `buyer`, not `caller`.
     error OfferReservedForAnother(uint256 offerId, address buyer, address caller);
+    /// @dev An offer reserved for `buyer`, who is not an active FACTOR and so could never buy it.
+    error BuyerNotEligible(address buyer);
     /// @dev The certificate of discount offer `offerId` changed hands after the offer was made (even
     /// if it came back to the seller): the offer is void.
     error OfferStale(uint256 offerId);
@@ -297,7 +299,8 @@ interface ICertificateLedger is IERC3525, IParticipantRegistry {
     /// @notice Offers `value` of certificate `certificateId` for `price` to `buyer` (zero: any
     /// active factor) until `expiry`.
     /// @dev Requirements: not paused; caller the holder, active with a holder role; certificate
-    /// movable; 0 < price <= value <= its value; expiry in the future. Emits {DiscountOffered}.
+    /// movable; 0 < price <= value <= its value; expiry in the future; a reserved buyer an active
+    /// FACTOR. Emits {DiscountOffered}.
     function offerDiscount(uint256 certificateId, uint256 value, uint256 price, address buyer, uint40 expiry)
         external
         returns (uint256 offerId);
