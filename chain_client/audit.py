@@ -54,7 +54,7 @@ from chain_client.index.books import (
     check_invariants,
     escrow_expected,
 )
-from chain_client.index.db import IndexDatabase, IndexDatabaseError, rebuilding
+from chain_client.index.db import IndexDatabase, IndexDatabaseError, check_index_of, rebuilding
 from chain_client.index.decode import Event, LogDecoder, RawLog
 from chain_client.index.digest import args_json, block_digest, change_texts, event_document, genesis
 from chain_client.index.export import ExportResult, digest_at
@@ -85,9 +85,13 @@ def replay(
     options: SyncOptions | None = None,
     on_progress: Callable[[SyncStatus], None] | None = None,
     until: int | None = None,
+    *,
+    replace: bool = False,
 ) -> SyncStatus:
-    """Rebuilds the index from the deployment block, all or nothing (see `db.rebuilding`)."""
-    return replay_with(chain, deployment, db, options, on_progress, until)[0]
+    """Rebuilds the index from the deployment block, all or nothing (see `db.rebuilding`). A
+    database holding another deployment's index is refused (`db.AnotherDeploymentsIndex`) unless
+    `replace`: an auditor's index of one system is not lost to a --db pointing at the wrong file."""
+    return replay_with(chain, deployment, db, options, on_progress, until, replace=replace)[0]
 
 
 def replay_with(
@@ -97,9 +101,13 @@ def replay_with(
     options: SyncOptions | None = None,
     on_progress: Callable[[SyncStatus], None] | None = None,
     until: int | None = None,
+    *,
+    replace: bool = False,
 ) -> tuple[SyncStatus, Indexer]:
     """`replay`, also returning the indexer (for its stage timings)."""
     deployment.check(chain)
+    if not replace:
+        check_index_of(db, deployment, "replay")
     with rebuilding(db) as fresh:
         indexer = Indexer(chain, deployment, fresh, options or SyncOptions(), on_progress, bulk_load=True)
         status = indexer.sync(until)
@@ -116,8 +124,10 @@ def sync(
     on_progress: Callable[[SyncStatus], None] | None = None,
     until: int | None = None,
 ) -> SyncStatus:
-    """Brings an existing index (or a new one) up to date."""
+    """Brings an existing index (or a new one) up to date; refuses a database holding another
+    deployment's index, or a SQLite file that is no index (`db.check_index_of`)."""
     deployment.check(chain)
+    check_index_of(db, deployment, "sync")
     return Indexer(chain, deployment, db, options or SyncOptions(), on_progress).sync(until)
 
 

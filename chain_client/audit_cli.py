@@ -1,6 +1,7 @@
 """`certledger audit ...`: rebuild, verify and export the whole history from a node and a manifest.
 
-    replay    empty the index and rebuild it from the deployment block (prints the digest)
+    replay    empty the index and rebuild it from the deployment block (prints the digest); a --db
+              holding another deployment's index is replaced only with --replace
     sync      bring the index up to date (or keep following the head with --follow)
     verify    check the index against itself, the contracts' views and DESIGN.md's invariants
     state     every order and certificate as of a block (from the index; no node needed)
@@ -36,8 +37,15 @@ from chain_client.deploy import Deployment
 from chain_client.errors import CertledgerError
 from chain_client.events import UndecodableLog
 from chain_client.index.books import Books
-from chain_client.index.db import DEFAULT_URL, IndexDatabase, check_replaceable, shown_url
-from chain_client.index.state import LineageNode, books_at, lineage
+from chain_client.index.db import (
+    DEFAULT_URL,
+    AnotherDeploymentsIndex,
+    IndexDatabase,
+    check_index_of,
+    check_replaceable,
+    shown_url,
+)
+from chain_client.index.state import LineageNode, books_at, lineage, merges
 from chain_client.index.svg import lineage_svg
 from chain_client.index.sync import Indexer, SyncOptions, SyncStatus
 from chain_client.models import CertificateStatus, OrderStatus
@@ -101,9 +109,12 @@ _PASSWORD = re.compile(r"(?<=://)([^:/@\s]*):\S*@|(?<=[?&]password=)[^&;\s]+")
 @contextmanager
 def _errors(db: str) -> Iterator[None]:
     """Prints our errors, and a database that cannot be used (`db`, the --db given), as one line
-    and exits 1: a traceback helps no auditor."""
+    and exits 1 (2 for a --db holding another deployment's index): a traceback helps no auditor."""
     try:
         yield
+    except AnotherDeploymentsIndex as exc:
+        # A --db and a manifest that do not go together are the user's to fix, as a bad option is.
+        _fail(str(exc), 2)
     except (CertledgerError, UndecodableLog, LookupError, _Refused) as exc:
         _fail(str(exc))
     except (*_UNUSABLE_DATABASE, *_NOT_A_DATABASE) as exc:
@@ -240,9 +251,17 @@ def replay(
     max_range: MaxRange = SyncOptions.max_range,
     confirmations: Confirmations = 0,
     all_headers: AllHeaders = False,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Replace the index of another deployment (chain, ledger or oracle) that --db holds.",
+        ),
+    ] = False,
 ) -> None:
     """Rebuild the index from the deployment block (a SQLite file is replaced only when the rebuild
-    is complete); print the digest."""
+    is complete); print the digest. Refuses a --db holding another deployment's index unless
+    --replace."""
     with _errors(db):
         chain, deployment = _node(rpc_url, manifest)
         if until is not None and until < deployment.deployment_block:
@@ -253,9 +272,11 @@ def replay(
         database = IndexDatabase(db)
         # Before the progress bar starts, so a refusal is the one line printed.
         check_replaceable(database)
+        if not replace:
+            check_index_of(database, deployment, "replay")
         options = _options(max_range, confirmations, all_headers)
         with _progress("replay") as progress:
-            status = audit.replay(chain, deployment, database, options, progress, until)
+            status = audit.replay(chain, deployment, database, options, progress, until, replace=replace)
         _summary(status)
         if until is not None and status.synced_block < until:
             behind = f" less {confirmations} confirmations" if confirmations else ""
@@ -281,8 +302,12 @@ def sync(
     with _errors(db):
         chain, deployment = _node(rpc_url, manifest)
         deployment.check(chain)
+        database = IndexDatabase(db)
+        # Before the follower starts: it would otherwise create its tables in another
+        # deployment's index or another application's file before any check could refuse.
+        check_index_of(database, deployment, "sync")
         options = _options(max_range, confirmations, all_headers)
-        indexer = Indexer(chain, deployment, IndexDatabase(db), options)
+        indexer = Indexer(chain, deployment, database, options)
         if not follow:
             _summary(indexer.sync())
             return
@@ -440,6 +465,10 @@ def _tree_json(node: LineageNode) -> dict[str, Any]:
         "status": CertificateStatus(r["status"]).name.lower(),
         "frozen": r["frozen"],
         "depth": r["depth"],
+        "merged_into": [
+            {"certificate_id": str(m.target), "value": str(m.value), "block": m.block, "tx": m.tx}
+            for m in node.merged_into
+        ],
         "children": [_tree_json(c) for c in node.children],
     }
 
@@ -452,15 +481,19 @@ def lineage_command(
     svg: Annotated[Path | None, typer.Option(help="Also draw the tree into this SVG file.")] = None,
     as_json: Json = False,
 ) -> None:
-    """Print a certificate's tree, from the root certificate to every descendant."""
+    """Print a certificate's tree, from the root certificate to every descendant, with each merge of
+    value into another certificate of the order under the certificate that gave it."""
     with _errors(db):
-        index, books = books_at(IndexDatabase(db, must_exist=True), block)
-        if certificate_id not in books.all("certificate"):
-            # No such id is the user's to fix, as `order show` and `cert lineage` say (exit 2).
-            where = "in the index" if block is None else f"at block {block}"
-            _fail(f"no certificate {certificate_id} {where}", 2)
-        tree = lineage(books, certificate_id, block)
-        at = index.synced_block if block is None else block
+        database = IndexDatabase(db, must_exist=True)
+        # One snapshot: the books and the merges of one state of an index a sync may be writing.
+        with database.snapshot():
+            index, books = books_at(database, block)
+            if certificate_id not in books.all("certificate"):
+                # No such id is the user's to fix, as `order show` and `cert lineage` say (exit 2).
+                where = "in the index" if block is None else f"at block {block}"
+                _fail(f"no certificate {certificate_id} {where}", 2)
+            at = index.synced_block if block is None else block
+            tree = lineage(books, certificate_id, block, merges(database, index, at))
         if svg is not None:
             title = f"Order {tree.record['order_id']}: certificates at block {at}"
             _write(svg, "the SVG", lineage_svg(tree, certificate_id, title))
@@ -479,6 +512,12 @@ def lineage_command(
             highlight=False,
             soft_wrap=True,
         )
+        for m in node.merged_into:
+            console.print(
+                f"{'  ' * (depth + 1)}merged {_amount(m.value)} into #{m.target} at block {m.block}",
+                highlight=False,
+                soft_wrap=True,
+            )
     if svg is not None:
         console.print(f"drawn to {svg}")
 

@@ -56,7 +56,10 @@ def test_serve_answers_an_index_it_cannot_use_in_one_line(
     other = build_world()  # another deployment
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"not a database " * 100)
-    cases = ((index, "indexes another deployment"), (garbage, "cannot be used: file is not a database"))
+    cases = (
+        (index, "indexes another deployment"),
+        (garbage, "is not a SQLite database (file is not a database)"),
+    )
     for db, says in cases:
         with pytest.raises(typer.Exit) as exit_info:
             settings = ApiSettings(index_db=str(db), auth_secret=SecretStr(SECRET))

@@ -370,14 +370,110 @@ def test_an_index_begun_at_another_deployment_block_is_refused(indexed: Indexed,
 
 @pytest.mark.anvil
 @pytest.mark.timeout(120)  # a follower that retries for ever fails here, not at the suite's limit
-def test_sync_follow_on_another_ledgers_index_stops_with_one_line(indexed: Indexed, tmp_path: Path) -> None:
-    """Instead of printing the same refusal on every poll until interrupted."""
-    other = tmp_path / "other.sqlite"
-    other.write_bytes(Path(indexed.db).read_bytes())
-    with sqlite3.connect(other) as conn:
-        conn.execute("UPDATE index_state SET ledger = ?", ("0x" + "5A" * 20,))
-    result = _audit("sync", *_node(indexed), "--db", str(other), "--follow", "--poll", "0.05")
+def test_sync_follow_on_an_index_begun_at_another_block_stops_with_one_line(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    """Instead of printing the same refusal on every poll until interrupted. (An index of other
+    contracts is refused before the follower starts, see the next test; one begun at another block
+    is the follower's own refusal.)"""
+    data = json.loads(indexed.manifest.read_text())
+    moved = tmp_path / "moved.json"
+    moved.write_text(json.dumps({**data, "deployment_block": int(data["deployment_block"]) - 1}))
+    node = ["--rpc-url", indexed.url, "--manifest", str(moved)]
+    result = _audit("sync", *node, "--db", indexed.db, "--follow", "--poll", "0.05")
     assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
     started, refused = result.output.strip().splitlines()
     assert started.startswith("following chain") and refused.startswith("error: ")
     assert "indexes another deployment" in refused
+
+
+def _copy_index(indexed: Indexed, path: Path) -> Path:
+    with sqlite3.connect(indexed.db) as source, sqlite3.connect(path) as target:
+        source.backup(target)
+    source.close()
+    target.close()
+    return path
+
+
+def _stored_deployments(path: Path) -> list[tuple[int, str]]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT chain_id, ledger FROM index_state ORDER BY chain_id").fetchall()
+    conn.close()
+    return [(int(chain_id), str(ledger)) for chain_id, ledger in rows]
+
+
+@pytest.mark.anvil
+def test_replay_and_sync_leave_another_deployments_index_alone_unless_replace(
+    indexed: Indexed, tmp_path: Path
+) -> None:
+    """A replay replaced whatever index --db held, so an auditor's index of one system was lost to a
+    --db pointing at the wrong file, and a sync added a second chain's index beside the first. Both
+    now refuse, exit 2, naming both deployments; `replay --replace` replaces it, and a replay over
+    the same deployment's index (a rerun) needs no flag."""
+    deployment = indexed.work.system.deployment
+    theirs = _copy_index(indexed, tmp_path / "theirs.sqlite")
+    stranger = "0x" + "5A" * 20
+    with sqlite3.connect(theirs) as conn:
+        conn.execute("UPDATE index_state SET chain_id = 1, ledger = ?", (stranger,))
+    conn.close()
+    before = theirs.read_bytes()
+    ours = f"chain {deployment.chain_id}, ledger {deployment.ledger}"
+    until = ["--until", str(indexed.status.deployment_block + 3)]
+    for command in (["replay", *until], ["sync"], ["sync", "--follow"]):
+        line = _one_line_error(
+            _audit(*command, *_node(indexed), "--db", str(theirs)),
+            f"{theirs} indexes another deployment: chain 1, ledger {stranger} (the manifest's: {ours})",
+            "left alone",
+            "--replace",
+            code=2,
+        )
+        assert ("would replace it" in line) == (command[0] == "replay"), line
+        assert theirs.read_bytes() == before
+    assert _stored_deployments(theirs) == [(1, stranger)]
+
+    replaced = _audit("replay", *_node(indexed), "--db", str(theirs), *until, "--replace")
+    assert replaced.exit_code == 0, replaced.output
+    assert _stored_deployments(theirs) == [(deployment.chain_id, deployment.ledger)]
+    rerun = _audit("replay", *_node(indexed), "--db", str(theirs), *until)
+    assert rerun.exit_code == 0, rerun.output
+    assert _stored_deployments(theirs) == [(deployment.chain_id, deployment.ledger)]
+
+
+@pytest.mark.anvil
+def test_a_replay_into_postgresql_holding_another_deployments_index_is_refused(indexed: Indexed) -> None:
+    """There a replay empties the index tables, whichever deployments they hold."""
+    deployment = indexed.work.system.deployment
+    stranger = "0x" + "5A" * 20
+    with pg_cluster() as cluster:
+        url = cluster.create_database("theirs")
+        db = IndexDatabase(url)
+        until = indexed.status.deployment_block + 3
+        audit.replay(connect_node(indexed.url), deployment, db, until=until)
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE index_state SET ledger = %s", (stranger,))
+        result = _audit("replay", *_node(indexed), "--db", url, "--until", str(until))
+        _one_line_error(
+            result,
+            f"indexes another deployment: chain {deployment.chain_id}, ledger {stranger} (the manifest's: "
+            f"chain {deployment.chain_id}, ledger {deployment.ledger})",
+            code=2,
+        )
+        assert [(d.chain_id, d.ledger) for d in db.indexed_deployments()] == [(deployment.chain_id, stranger)]
+        db.close()
+
+
+@pytest.mark.anvil
+def test_sync_leaves_a_sqlite_file_that_is_no_index_alone(indexed: Indexed, tmp_path: Path) -> None:
+    """It created the index's tables among another application's (as a replay would have replaced
+    the file, D68)."""
+    crm = tmp_path / "crm.sqlite"
+    with sqlite3.connect(crm) as conn:
+        conn.execute("CREATE TABLE customers (name TEXT)")
+    conn.close()
+    before = crm.read_bytes()
+    _one_line_error(
+        _audit("sync", *_node(indexed), "--db", str(crm)),
+        f"{crm} is a SQLite database but not an index (tables customers)",
+        "a sync would add the index's tables to it, so it was left alone",
+    )
+    assert crm.read_bytes() == before

@@ -32,7 +32,7 @@ from chain_client.chain import Chain
 from chain_client.errors import ManifestError, NodeUnavailable
 from chain_client.events import EventDecoder
 from chain_client.index import sync as sync_module
-from chain_client.index.db import IndexDatabase, IndexDatabaseError, rebuilding
+from chain_client.index.db import AnotherDeploymentsIndex, IndexDatabase, IndexDatabaseError, rebuilding
 from chain_client.index.decode import LogDecoder, RawLog
 from chain_client.index.export import digest_at
 from chain_client.index.models import (
@@ -202,6 +202,21 @@ def test_replaying_twice_changes_nothing(lifecycle: Lifecycle, tmp_path: Path) -
     synced = audit.sync(lifecycle.chain, deployment, db)
     assert synced.digest == again.digest
     assert _dump(db, deployment.chain_id) == first
+
+
+def test_the_indexer_begins_no_second_index_beside_another_chains(
+    lifecycle: Lifecycle, tmp_path: Path
+) -> None:
+    """The API's follower and `serve` sync through Indexer.open: an index of another chain in the
+    same database is refused there, not joined by a second deployment's rows."""
+    path = tmp_path / "other-chain.sqlite"
+    _fresh_replay(lifecycle, path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE index_state SET chain_id = 1")
+    before = path.read_bytes()
+    with pytest.raises(AnotherDeploymentsIndex, match="indexes another deployment: chain 1"):
+        Indexer(lifecycle.chain, lifecycle.work.system.deployment, IndexDatabase(path)).open()
+    assert path.read_bytes() == before
 
 
 def test_small_adaptive_ranges_give_the_same_index(
@@ -672,7 +687,7 @@ def test_a_follower_stops_on_a_manifest_that_does_not_belong_instead_of_retrying
         follower.follow(0.01, stop=lambda: len(failed) > 2, on_error=failed.append)
     other = dataclasses.replace(deployment, oracle=deployment.token)
     follower = sync_module.Indexer(lifecycle.chain, other, replayed[0])
-    with pytest.raises(sync_module.AnotherDeployment, match="indexes another deployment: oracle"):
+    with pytest.raises(AnotherDeploymentsIndex, match="indexes another deployment: chain"):
         follower.follow(0.01, stop=lambda: len(failed) > 2, on_error=failed.append)
     assert failed == []
 

@@ -16,13 +16,15 @@ from eth_abi.exceptions import DecodingError
 from eth_utils import event_abi_to_log_topic, to_checksum_address
 
 from chain_client.artifacts import load_artifact
+from chain_client.deploy import Deployment
 from chain_client.events import UndecodableLog
 from chain_client.index import source
 from chain_client.index.books import HANDLED_EVENTS, ZERO_ADDRESS, Books, encode_record
-from chain_client.index.db import IndexDatabase
+from chain_client.index.db import AnotherDeploymentsIndex, IndexDatabase, check_index_of
 from chain_client.index.decode import Event, LogDecoder, RawLog
 from chain_client.index.digest import args_json, canonical, canonical_json, change_texts, event_document
-from chain_client.index.models import UINT256_MAX, CertificateRecord
+from chain_client.index.models import UINT256_MAX, CertificateRecord, IndexState
+from chain_client.index.state import merges_in
 from chain_client.models import OrderStatus, Role
 
 LEDGER = to_checksum_address("0x" + "11" * 20)
@@ -721,3 +723,69 @@ def test_i3_is_a_finding_for_a_deficit_and_a_note_for_a_surplus(
     assert bool(notes) is noted
     if noted:
         assert "7 more than open escrow plus credits" in notes[0]
+
+
+# ---------------------------------------------------------------------- merges and whose index
+
+
+def test_a_transfer_value_is_a_merge_only_into_a_certificate_already_funded(decoder: LogDecoder) -> None:
+    """Every certificate's first TransferValue funds it as it is minted (a root's from 0, a split's
+    from its parent); only a later one between two certificates is a merge, whichever way it runs
+    along the tree."""
+    entry = _abi("CertificateLedger", "TransferValue")
+    moves = [(0, 1, 1_000), (1, 2, 400), (1, 3, 300), (2, 3, 150), (3, 1, 50), (1, 2, 20)]
+    events = []
+    for log_index, (giver, taker, value) in enumerate(moves):
+        values = {"_fromTokenId": giver, "_toTokenId": taker, "_value": value}
+        event = decoder.decode(_log(entry, values, log_index=log_index))
+        assert isinstance(event, Event)
+        events.append(event)
+    found = merges_in(events)
+    assert [(m.source, m.target, m.value, m.block) for m in found] == [
+        (2, 3, 150, 7),
+        (3, 1, 50, 7),
+        (1, 2, 20, 7),
+    ]
+
+
+def _index_of(path: Path, ledger: str, oracle: str = ORACLE, chain_id: int = 31337) -> IndexDatabase:
+    db = IndexDatabase(path)
+    db.create()
+    db.initialise(
+        IndexState(
+            chain_id=chain_id,
+            ledger=ledger,
+            oracle=oracle,
+            deployment_block=5,
+            synced_block=4,
+            synced_hash="0x" + "00" * 32,
+            digest="0x" + "00" * 32,
+        ),
+        {"chain_id": chain_id, "number": 4, "hash": "0x" + "00" * 32, "digest": "0x" + "00" * 32},
+    )
+    return db
+
+
+def _manifest(ledger: str = LEDGER, oracle: str = ORACLE, chain_id: int = 31337) -> Deployment:
+    return Deployment(chain_id, ledger, oracle, STRANGER, ISSUER, 5, {})  # type: ignore[arg-type]
+
+
+def test_an_index_is_of_the_manifests_deployment_by_chain_and_addresses(tmp_path: Path) -> None:
+    """The same contracts (their addresses however spelt) pass, for a replay or a sync; another
+    chain, ledger or oracle is refused naming both, the oracle only where it is what differs."""
+    db = _index_of(tmp_path / "index.sqlite", LEDGER.lower())
+    for doing in ("replay", "sync"):
+        check_index_of(db, _manifest(), doing)
+    check_index_of(IndexDatabase(tmp_path / "new.sqlite"), _manifest(), "sync")
+    assert not (tmp_path / "new.sqlite").exists()
+    with pytest.raises(AnotherDeploymentsIndex) as refused:
+        check_index_of(db, _manifest(chain_id=1), "replay")
+    assert f"chain 31337, ledger {LEDGER.lower()} (the manifest's: chain 1, ledger {LEDGER})" in str(
+        refused.value
+    )
+    assert "give --replace" in str(refused.value)
+    with pytest.raises(AnotherDeploymentsIndex) as refused:
+        check_index_of(db, _manifest(oracle=STRANGER), "sync")
+    said = str(refused.value)
+    assert f"oracle {ORACLE} (the manifest's: chain 31337, ledger {LEDGER}, oracle {STRANGER})" in said
+    assert "a sync would mix two deployments" in said

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from sqlalchemy import (
@@ -51,6 +51,9 @@ from chain_client.index.models import (
     Uint,
 )
 
+if TYPE_CHECKING:
+    from chain_client.deploy import Deployment
+
 DEFAULT_URL = "sqlite:///certledger-index.sqlite"
 
 #: What a database in trouble raises (locked, gone, restarted): SQLAlchemy's errors, and the
@@ -62,6 +65,36 @@ _CHUNK = 2_000
 
 class IndexDatabaseError(CertledgerError):
     """The index database is missing, from another deployment, or of another schema version."""
+
+
+class AnotherDeploymentsIndex(IndexDatabaseError):
+    """The database holds the index of another deployment than the manifest's (another chain,
+    ledger or oracle): a replay would lose that index, a sync would mix the two. Refused before
+    anything is written, as the user's to fix (another --db, or `replay --replace`)."""
+
+
+@dataclass(frozen=True)
+class IndexedDeployment:
+    """What a stored cursor says it indexes: the contracts the digest chain starts from (its
+    deployment block aside, which `sync.check_deployment` compares when the index is opened)."""
+
+    chain_id: int
+    ledger: str
+    oracle: str
+
+    def same_contracts(self, other: IndexedDeployment) -> bool:
+        # A manifest's addresses are checksummed on load, a stored one as it was written: compare
+        # the addresses, not their spelling.
+        return (self.chain_id, self.ledger.lower(), self.oracle.lower()) == (
+            other.chain_id,
+            other.ledger.lower(),
+            other.oracle.lower(),
+        )
+
+    def described(self, beside: IndexedDeployment) -> str:
+        """As "chain 1, ledger 0x..", with the oracle only where it is what differs from `beside`."""
+        text = f"chain {self.chain_id}, ledger {self.ledger}"
+        return text + (f", oracle {self.oracle}" if self.oracle.lower() != beside.oracle.lower() else "")
 
 
 class CursorMoved(IndexDatabaseError):
@@ -394,6 +427,21 @@ class IndexDatabase:
                 f"index schema {state.schema_version}, this client writes {SCHEMA_VERSION}: replay it"
             )
         return state
+
+    def indexed_deployments(self) -> list[IndexedDeployment]:
+        """The deployments the stored cursors name (none for a new, empty or emptied database), read
+        without the schema-version check `state` makes: what a replay is about to replace or a sync
+        to extend, whichever client version wrote it. Creates no SQLite file."""
+        file = self.file
+        if file is not None and (not file.exists() or file.stat().st_size == 0):
+            return []
+        table = table_of(IndexState)
+        with self._reading() as conn:
+            if not self.engine.dialect.has_table(conn, table.name):
+                return []
+            query = select(table.c.chain_id, table.c.ledger, table.c.oracle).order_by(table.c.chain_id)
+            rows = conn.execute(query).all()
+        return [IndexedDeployment(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     def require_state(self) -> IndexState:
         state = self.state()
@@ -877,10 +925,37 @@ def check_replaceable(db: IndexDatabase) -> None:
     _check_replaceable_file(target)
 
 
+def check_index_of(db: IndexDatabase, deployment: Deployment, doing: Literal["replay", "sync"]) -> None:
+    """Refuses (AnotherDeploymentsIndex) a database that holds the index of another deployment than
+    `deployment`'s: a replay would replace that index, a sync would add a second deployment's rows
+    beside it. A replay over the same deployment's index is how a replay is rerun, and passes; so do
+    a new, empty or emptied database. A SQLite file that is no index is refused first, before
+    SQLAlchemy opens it (its connection would switch the file to WAL)."""
+    target = db.file
+    if target is not None:
+        _check_index_file(target, _WOULD_TO_A_FILE[doing])
+    given = IndexedDeployment(deployment.chain_id, deployment.ledger, deployment.oracle)
+    others = [d for d in db.indexed_deployments() if not d.same_contracts(given)]
+    if not others:
+        return
+    stored = " and ".join(d.described(given) for d in others)
+    raise AnotherDeploymentsIndex(
+        f"{target if target is not None else db.shown_url} indexes another deployment: {stored} "
+        f"(the manifest's: {given.described(others[0])}); {_WOULD_TO_AN_INDEX[doing]}, so it was left "
+        f"alone; {_ANOTHER_DEPLOYMENT_ADVICE[doing]}"
+    )
+
+
 def _check_replaceable_file(target: Path) -> None:
     """Refuses to replace a file that is not an index: a --db mistyped as another application's
     SQLite database, a manifest or any other file would be lost to the rebuilt index. An empty file
-    and an index (of any chain) may be replaced."""
+    and an index (of any chain; `check_index_of` asks whose) may be replaced."""
+    _check_index_file(target, _WOULD_TO_A_FILE["replay"])
+
+
+def _check_index_file(target: Path, would: str) -> None:
+    """IndexDatabaseError unless `target` is missing, empty or a SQLite database with an index's
+    cursor table; `would` says what was about to happen to it."""
     if not target.exists() or target.stat().st_size == 0:
         return
     try:
@@ -888,19 +963,32 @@ def _check_replaceable_file(target: Path) -> None:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
         raise IndexDatabaseError(
-            f"{target} is not a SQLite database ({exc}): a replay would replace it, so it was left "
-            f"alone; {_REPLACE_ADVICE}"
+            f"{target} is not a SQLite database ({exc}): {would}, so it was left alone; {_REPLACE_ADVICE}"
         ) from None
     if tables and table_of(IndexState).name not in tables:
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise IndexDatabaseError(
-            f"{target} is a SQLite database but not an index (tables {shown}): a replay would replace "
-            f"it, so it was left alone; {_REPLACE_ADVICE}"
+            f"{target} is a SQLite database but not an index (tables {shown}): {would}, so it was left "
+            f"alone; {_REPLACE_ADVICE}"
         )
 
 
+#: What a replay or a sync would have done to a file that is no index, and to another
+#: deployment's index.
+_WOULD_TO_A_FILE = {
+    "replay": "a replay would replace it",
+    "sync": "a sync would add the index's tables to it",
+}
+_WOULD_TO_AN_INDEX = {"replay": "a replay would replace it", "sync": "a sync would mix two deployments in it"}
 #: What to do about a --db a replay refuses to replace.
-_REPLACE_ADVICE = "name another file with --db, or move or delete this one if it is not needed"
+_REPLACE_ADVICE = (
+    "name another file with --db (serve: --index-db), or move or delete this one if it is not needed"
+)
+_ANOTHER_DEPLOYMENT_ADVICE = {
+    "replay": "name another --db, or give --replace to rebuild it for this manifest",
+    "sync": "name another --db (serve: --index-db), or rebuild it for this manifest with "
+    "`certledger audit replay --replace`",
+}
 
 
 def _remove_abandoned_rebuilds(target: Path) -> None:

@@ -4,6 +4,12 @@ digest, totals per order, per holder and per kind of payment) for another tool t
 Amounts are written as decimal strings everywhere (CSV is text anyway; in JSON a number above
 2**53 would lose digits in many readers).
 
+A field that holds a contract enum's code (an order's or a certificate's `status`, a participant's
+`roles`, and such a field's `old` and `new` in changes.csv) is followed in its CSV by a column with
+the code's name: `status_name` (lowercase, as report.json and `audit state` spell statuses),
+`role_names` (the contract's role names, "SUPPLIER|FACTOR"), `old_name` and `new_name`. The codes
+stay, for tools that compare the files with the index or the chain.
+
 Payments are what the ledger's events record, by kind: a settlement or a refund is recorded when it
 is due, and if the token refused to push it, also as a credit (then a withdrawal when taken). The
 kinds' totals therefore overlap; the per-holder totals separate what was owed from what moved.
@@ -12,6 +18,7 @@ kinds' totals therefore overlap; the per-holder totals separate what was owed fr
 from __future__ import annotations
 
 import csv
+import enum
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -19,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from chain_client.index.books import ENTITIES, Books, Key
-from chain_client.index.db import IndexDatabase
+from chain_client.index.db import IndexDatabase, table_of
 from chain_client.index.models import BlockRecord, ChangeRecord, EventRecord, IndexState, PaymentRecord
-from chain_client.models import CertificateStatus, OrderStatus
+from chain_client.models import CertificateStatus, OrderStatus, Role
 
 #: v2: per holder `settled` (was `settled_received`, which counted credited settlements as received),
 #: `refunded`, `credited`, `withdrawn`, `credit_outstanding` and `received_from_ledger`.
@@ -68,13 +75,11 @@ def _export(db: IndexDatabase, directory: Path, block: int | None, fold: Fold) -
         name = f"{entity}s.csv"
         _write_records(directory / name, entity, books)
         files.append(name)
-    for model, name in (
-        (PaymentRecord, "payments.csv"),
-        (EventRecord, "events.csv"),
-        (ChangeRecord, "changes.csv"),
-    ):
+    for model, name in ((PaymentRecord, "payments.csv"), (EventRecord, "events.csv")):
         _write_rows(directory / name, _rows_up_to(db, model, state.chain_id, at))
         files.append(name)
+    _write_changes(directory / "changes.csv", _rows_up_to(db, ChangeRecord, state.chain_id, at))
+    files.append("changes.csv")
     payments = _rows_up_to(db, PaymentRecord, state.chain_id, at)
     report = build_report(state, books, at, digest, payments, files)
     (directory / "report.json").write_text(
@@ -93,25 +98,75 @@ def _rows_up_to(db: IndexDatabase, model: Any, chain_id: int, block: int) -> lis
     return rows
 
 
+def _status_name(kind: type[enum.IntEnum]) -> Callable[[int], str]:
+    def name(code: int) -> str:
+        try:
+            return kind(code).name.lower()
+        except ValueError:  # no such member: the code column says what was stored
+            return "unknown"
+
+    return name
+
+
+def _role_names(code: int) -> str:
+    """The role bits' names joined by "|" ("" for none; "unknown" for a bit no role has)."""
+    names = [r.name for r in Role if r.name is not None and r & code]
+    if code & ~sum(Role):
+        names.append("unknown")
+    return "|".join(names)
+
+
+#: Per entity, the fields holding an enum's code: (the column of its name, the name of a code).
+_NAMED: dict[str, dict[str, tuple[str, Callable[[int], str]]]] = {
+    "order": {"status": ("status_name", _status_name(OrderStatus))},
+    "certificate": {"status": ("status_name", _status_name(CertificateStatus))},
+    "participant": {"roles": ("role_names", _role_names)},
+}
+
+
 def _write_records(path: Path, entity: str, books: Books) -> None:
     spec = ENTITIES[entity]
-    header = [spec.key, *spec.fields, "last_block", "last_tx", "last_log_index", "last_event"]
+    named = _NAMED.get(entity, {})
+    header: list[str] = [spec.key]
+    for name in spec.fields:
+        header += [name, named[name][0]] if name in named else [name]
+    header += ["last_block", "last_tx", "last_log_index", "last_event"]
     rows = []
     for key, record in sorted(books.all(entity).items(), key=_key_order):
         touch = books.touch_of(entity, key)
-        rows.append(
-            [
-                key,
-                *(_cell(record[name]) for name in spec.fields),
-                *(touch if touch else ("", "", "", "")),
-            ]
-        )
+        row = [key]
+        for name in spec.fields:
+            row.append(_cell(record[name]))
+            if name in named:
+                row.append(named[name][1](int(record[name])))
+        rows.append([*row, *(touch if touch else ("", "", "", ""))])
     _write_csv(path, header, rows)
 
 
 def _write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     header = list(rows[0]) if rows else []
     _write_csv(path, header, [[_cell(r[h]) for h in header] for r in rows])
+
+
+def _write_changes(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """changes.csv: the stored change rows, with `old_name` after `old` and `new_name` after `new`,
+    filled where the changed field holds an enum's code (a record's creation, whose `new` is the
+    whole record as JSON, is left to the record files)."""
+    columns = [c.name for c in table_of(ChangeRecord).columns]
+    header: list[str] = []
+    for column in columns:
+        header += [column, f"{column}_name"] if column in ("old", "new") else [column]
+    out = []
+    for r in rows:
+        named = _NAMED.get(r["entity"], {}).get(r["field"])
+        row = []
+        for column in columns:
+            row.append(_cell(r[column]))
+            if column in ("old", "new"):
+                text = r[column]
+                row.append(named[1](int(text)) if named is not None and text not in (None, "") else "")
+        out.append(row)
+    _write_csv(path, header, out)
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

@@ -4,7 +4,7 @@ the history of a record, and certificate lineage. None of this needs a node."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,14 +85,58 @@ def history(db: IndexDatabase, chain_id: int, entity: str, key: str) -> list[dic
         return [dict(r) for r in conn.execute(query).mappings()]
 
 
+@dataclass(frozen=True)
+class Merge:
+    """Value one certificate gave another of its order (ERC-3525 `transferFrom(fromId, toId,
+    value)`): where a merged-away certificate's value went, which its parent links do not show."""
+
+    source: int
+    target: int
+    value: int
+    block: int
+    tx: str
+
+
+def merges_in(events: Iterable[Event]) -> list[Merge]:
+    """The merges among `events` (in chain order; all but TransferValue are passed over).
+
+    A TransferValue between two certificates is also how a split funds the certificate it mints,
+    so the event alone does not tell a merge: the contract emits one TransferValue as each
+    certificate is minted (from 0 for a root, from its parent for a split), and any later one into
+    it from another certificate is a merge."""
+    funded: set[int] = set()
+    found: list[Merge] = []
+    for e in events:
+        if e.name != "TransferValue":
+            continue
+        source, target = int(e.args["_fromTokenId"]), int(e.args["_toTokenId"])
+        if source and target in funded:
+            found.append(Merge(source, target, int(e.args["_value"]), e.block_number, e.tx_hash))
+        funded.add(target)
+    return found
+
+
+def merges(db: IndexDatabase, state: IndexState, up_to: int | None = None) -> list[Merge]:
+    """The merges the stored ledger events record, up to block `up_to` (decoding only the
+    TransferValue rows)."""
+    decoder = decoder_for(state)
+    rows = (
+        r
+        for r in db.events(state.chain_id, up_to)
+        if r["name"] == "TransferValue" and str(r["address"]).lower() == state.ledger.lower()
+    )
+    return merges_in(event_from_record(decoder, r) for r in rows)
+
+
 @dataclass
 class LineageNode:
-    """A certificate and the certificates split from it."""
+    """A certificate, the certificates split from it, and the merges of its value into others."""
 
     certificate_id: int
     record: Record
     touch: Touch | None
     children: list[LineageNode] = field(default_factory=list)
+    merged_into: list[Merge] = field(default_factory=list)
 
     def walk(self, depth: int = 0) -> Iterator[tuple[int, LineageNode]]:
         yield depth, self
@@ -100,10 +144,14 @@ class LineageNode:
             yield from child.walk(depth + 1)
 
 
-def lineage(books: Books, certificate_id: int, block: int | None = None) -> LineageNode:
+def lineage(
+    books: Books, certificate_id: int, block: int | None = None, merged: Sequence[Merge] = ()
+) -> LineageNode:
     """The tree from the root of `certificate_id` (following parent links) to every descendant, in
     `books` as of `block` (None: the index's last), which the message of an unknown id names: a
-    certificate missing at one block may well exist later."""
+    certificate missing at one block may well exist later. Each node carries the `merged` (see
+    `merges`, up to the same block) whose source it is; a merge stays within an order, so its
+    target is in the tree too."""
     certs = books.all("certificate")
     if certificate_id not in certs:
         where = "in the index" if block is None else f"at block {block}"
@@ -119,8 +167,12 @@ def lineage(books: Books, certificate_id: int, block: int | None = None) -> Line
     for cid, cert in certs.items():
         children.setdefault(int(cert["parent_id"]), []).append(int(cid))
 
+    given: dict[int, list[Merge]] = {}
+    for m in merged:
+        given.setdefault(m.source, []).append(m)
+
     def build(cid: int) -> LineageNode:
         kids = [build(k) for k in sorted(children.get(cid, []))]
-        return LineageNode(cid, certs[cid], books.touch_of("certificate", cid), kids)
+        return LineageNode(cid, certs[cid], books.touch_of("certificate", cid), kids, given.get(cid, []))
 
     return build(root)

@@ -57,11 +57,13 @@ from chain_client.index.books import (
 )
 from chain_client.index.db import (
     DATABASE_ERRORS,
+    AnotherDeploymentsIndex,
     CursorMoved,
     IndexDatabase,
     IndexDatabaseError,
     RangeLoader,
     RangeWrite,
+    check_index_of,
     materialise,
 )
 from chain_client.index.decode import Event, LogDecoder, RawLog
@@ -99,7 +101,7 @@ class LateManifest(ManifestError):
 
 #: What ends a follower instead of being tried again on the next poll: the manifest and the index
 #: do not belong together, which only a person can put right.
-FINAL_FAILURES: tuple[type[Exception], ...] = (AnotherDeployment, LateManifest)
+FINAL_FAILURES: tuple[type[Exception], ...] = (AnotherDeployment, AnotherDeploymentsIndex, LateManifest)
 
 
 def check_deployment(db: IndexDatabase, state: IndexState, deployment: Deployment) -> None:
@@ -233,6 +235,9 @@ class Indexer:
     def open(self) -> tuple[IndexState, Books]:
         """The cursor and books, loaded from the database (created there on first use)."""
         if self._state is None or self._books is None:
+            # Before create(): the cursor of this chain alone would miss an index of another chain
+            # in the same database, and a second one would be begun beside it (D93).
+            check_index_of(self.db, self.deployment, "sync")
             self.db.create()
             if not self.bulk_load:
                 self.db.create_indexes()
