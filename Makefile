@@ -45,8 +45,11 @@ SLITHER_STAMP := $(SLITHER_VENV)/.certledger-installed
 # The MQTT broker the oracle's gateway listens on (tests start their own on a free loopback port).
 MOSQUITTO     ?= $(shell command -v mosquitto || echo /usr/sbin/mosquitto)
 export MOSQUITTO
+# Debian's Chromium: the API tests render /docs and /redoc in it (headless, loopback only).
+CHROMIUM      ?= $(shell command -v chromium || echo /usr/bin/chromium)
+export CHROMIUM
 
-.PHONY: help venv node slither-venv mosquitto contracts demo test lint bench clean distclean lock lock-slither lock-npm
+.PHONY: help venv node slither-venv mosquitto chromium contracts demo test lint bench clean distclean lock lock-slither lock-npm
 
 help:
 	@echo "make demo | test | lint | contracts | bench | clean | distclean | lock | lock-slither | lock-npm"
@@ -81,6 +84,10 @@ mosquitto:
 	test -x $(MOSQUITTO) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
 	test -x $(MOSQUITTO)
 
+chromium:
+	test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	test -x $(CHROMIUM)
+
 # ---- build and run --------------------------------------------------------------------------------
 contracts: venv node
 	$(PY) -m chain_client.compiler
@@ -96,7 +103,7 @@ bench: venv node mosquitto
 
 # Each step is its own recipe line, so the first failure stops `make test` with its exit code.
 # forge resolves foundry.toml's relative solc path against the working directory: always cd first.
-test: venv node slither-venv mosquitto
+test: venv node slither-venv mosquitto chromium
 	$(PY) -m chain_client.compiler --check
 	cd $(CONTRACTS_DIR) && $(FORGE) test
 	if [[ -f $(CONTRACTS_DIR)/.gas-snapshot ]]; then cd $(CONTRACTS_DIR) && $(FORGE) snapshot --check $(SNAPSHOT_ARGS); fi

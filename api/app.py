@@ -8,6 +8,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.limits import MAX_BODY_BYTES, MAX_DEPTH, BodyLimits
@@ -28,6 +32,10 @@ Digital debt certificates over HTTP. **Non-custodial**: the service never holds 
   contract's error (`code` = the error's name, `fields` = its arguments) and is never sent.
 """
 
+#: Where the documentation pages' scripts, styles and icon are served from: the service itself, not
+#: FastAPI's default CDN, so /docs and /redoc work on a machine without internet access.
+DOCS_ASSETS = "/docs/static"
+
 
 def create_app(service: Service) -> FastAPI:
     @asynccontextmanager
@@ -43,6 +51,8 @@ def create_app(service: Service) -> FastAPI:
         title="certledger",
         version="1",
         description=DESCRIPTION,
+        docs_url=None,  # both pages are served by _serve_docs, with local assets
+        redoc_url=None,
         responses={
             400: {
                 "model": Problem,
@@ -69,8 +79,19 @@ def create_app(service: Service) -> FastAPI:
             async with lock:
                 return await call_next(request)
 
-    # Added last, so it runs first: no body reaches a parser (or waits for the lock) unchecked.
+    # Added after the handlers' middleware, so it runs before them: no body reaches a parser (or
+    # waits for the lock) unchecked.
     app.add_middleware(BodyLimits)
+    if service.settings.cors_origins:
+        # Outermost: a preflight is answered without waiting for the lock, and refusals (413, 503)
+        # carry the headers a page needs to read them. Bearer tokens, not cookies: no credentials.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=service.settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Retry-After"],
+        )
 
     @app.get("/health", tags=["service"])
     def health() -> dict[str, int]:
@@ -91,7 +112,38 @@ def create_app(service: Service) -> FastAPI:
 
     for router in (auth.router, reads.router, tx.router, audit.router):
         app.include_router(router)
+    _serve_docs(app)
     return app
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc on assets the fastapi-offline package ships (Swagger UI 5, which
+    reads the OpenAPI 3.1 FastAPI writes, and ReDoc 2), without Google's fonts."""
+    app.mount(DOCS_ASSETS, StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-assets")
+    openapi_url = app.openapi_url
+    assert openapi_url is not None
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(request: Request) -> HTMLResponse:
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=root + openapi_url,
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        return get_redoc_html(
+            openapi_url=root + openapi_url,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def from_env() -> FastAPI:

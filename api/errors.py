@@ -79,7 +79,7 @@ _INVALID = {
     "SplitBelowMinimumUnit", "SplitPartCount", "SplitPartsMismatch", "ZeroAmount", "InvalidSignature",
     "InvalidDeviceSet", "SignatureCount", "ReceiptDoesNotMatchOrder",
     "InvalidDevice", "UnknownDevice", "StringTooLong", "InvalidShortString", "SplitDepthExceeded",
-    "ReceiverNotEligible", "PayeeNotEligible", "UnsafeReceiver", "DeviceKindMismatch",
+    "ReceiverNotEligible", "PayeeNotEligible", "BuyerNotEligible", "UnsafeReceiver", "DeviceKindMismatch",
     "DevicesNotAscending", "InvalidDeviceKind", "InvalidReadingRange", "LengthMismatch", "MissingReadingKind",
     "ObservationFromFuture", "ObservationMismatch", "ReadingOutOfRange", "SignerMismatch",
     "ERC20InvalidApprover", "ERC20InvalidReceiver", "ERC20InvalidSender", "ERC20InvalidSpender",

@@ -53,6 +53,16 @@ def _as(model: type[M], row: Row[Any]) -> M:
     return cast(M, row)
 
 
+#: The index's payment kinds (books.py) the ledger pushes to their payee, and credits for a later
+#: withdrawal when the token refuses the push.
+PUSHED = ("settlement", "refund")
+CREDIT = "credit"
+
+
+def _position(r: PaymentRecord) -> tuple[int, int, int]:
+    return int(r.block_number), int(r.tx_index), int(r.log_index)
+
+
 class IndexLagging(CertledgerError):
     """The index did not reach a block in time."""
 
@@ -317,14 +327,62 @@ class IndexReader:
         record = self.get(CreditRecord, account=address)
         return 0 if record is None else int(record.amount)
 
-    def payments_to(self, address: str, limit: int, offset: int) -> tuple[list[PaymentRecord], int]:
-        return self.page(
+    def payments_of(
+        self, address: str, limit: int, offset: int
+    ) -> tuple[list[tuple[PaymentRecord, bool]], int]:
+        """The payments `address` made or received, in chain order, each once with whether it was
+        credited instead of pushed; and their total.
+
+        A refused push is booked twice in the index: as its settlement or refund, then as the
+        `PaymentCredited` of the same money. The credit bookings are left out of the page (so
+        `total` and the pages count each payment once) and mark the booking they belong to."""
+        rows, total = self.page(
             PaymentRecord,
-            [or_(col(PaymentRecord.payee) == address, col(PaymentRecord.payer) == address)],
+            [
+                or_(col(PaymentRecord.payee) == address, col(PaymentRecord.payer) == address),
+                col(PaymentRecord.kind) != CREDIT,
+            ],
             [col(PaymentRecord.block_number), col(PaymentRecord.log_index)],
             limit,
             offset,
         )
+        credited = self._credited(address, [r for r in rows if r.kind in PUSHED and r.payee == address])
+        return [(r, _position(r) in credited) for r in rows], total
+
+    def _credited(self, address: str, pushed: Sequence[PaymentRecord]) -> set[tuple[int, int, int]]:
+        """Which of `pushed` (payments to `address`) the token refused, so the ledger credited them."""
+        if not pushed:
+            return set()
+        table = table_of(PaymentRecord)
+        query = (
+            core_select(table)
+            .where(
+                table.c.chain_id == self.chain_id,
+                table.c.payee == address,
+                table.c.tx_hash.in_(sorted({r.tx_hash for r in pushed})),
+                table.c.kind.in_((*PUSHED, CREDIT)),
+            )
+            .order_by(table.c.block_number, table.c.tx_index, table.c.log_index)
+        )
+        with self.db.connect() as conn:
+            rows = [_as(PaymentRecord, r) for r in conn.execute(query).all()]
+        # `PaymentCredited` names the account, order and amount but not the payment: pair each with
+        # the first unpaired booking before it in its transaction with those three. The ledger pays in
+        # the order it books (refund before face on confirmation, a settle batch in its own order), so
+        # this is the booking it credited.
+        credited: set[tuple[int, int, int]] = set()
+        for credit in (r for r in rows if r.kind == CREDIT):
+            for booking in rows:
+                if (
+                    booking.kind in PUSHED
+                    and _position(booking) not in credited
+                    and (booking.block_number, booking.tx_index) == (credit.block_number, credit.tx_index)
+                    and booking.log_index < credit.log_index
+                    and (booking.order_id, booking.amount) == (credit.order_id, credit.amount)
+                ):
+                    credited.add(_position(booking))
+                    break
+        return credited
 
     def offers(self, where: Sequence[Any], limit: int, offset: int) -> tuple[list[OfferRecord], int]:
         return self.page(OfferRecord, where, [col(OfferRecord.offer_id)], limit, offset)

@@ -245,12 +245,20 @@ class QuoteOut(BaseModel):
 class PaymentOut(BaseModel):
     blockNumber: int
     txHash: str
-    kind: str
+    kind: str = Field(
+        description="What the money was for: `escrow` or `refund` of an order, `settlement` of a "
+        "certificate, `discount` (a sale's price) or `withdrawal` (of credited payments).",
+        examples=["settlement"],
+    )
     orderId: int | None
     certificateId: int | None
     payer: str
     payee: str
     amount: int
+    credited: bool = Field(
+        description="The token refused to push this refund or settlement, so the ledger credited it "
+        "to the payee instead: it counts in `credit` until a `withdrawal` pays it out."
+    )
 
 
 class AccountSettlementOut(BaseModel):

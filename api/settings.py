@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -38,10 +39,36 @@ class ApiSettings(Settings):
         default=10.0, gt=0, description="Seconds a write waits for the index to reach its block."
     )
     node_retry_after: int = Field(default=5, gt=0, description="Retry-After seconds when the node is down.")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Browser origins allowed to call the API from their pages (CORS), as a JSON list like"
+            ' ["https://wallet.example"]; empty: none, and no CORS headers are sent.'
+        ),
+    )
 
     @field_validator("auth_secret")
     @classmethod
     def _long_enough(cls, value: SecretStr) -> SecretStr:
         if len(value.get_secret_value()) < 32:
             raise ValueError("auth_secret needs at least 32 characters")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _bare_origins(cls, value: list[str]) -> list[str]:
+        # Browsers send the Origin header as scheme://host[:port] in lower case and CORS compares it
+        # exactly: anything else (a path, a trailing slash, "*") would never match, or match everyone.
+        for origin in value:
+            parts = urlsplit(origin)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or parts.username is not None
+                or origin != f"{parts.scheme}://{parts.netloc.lower()}"
+            ):
+                raise ValueError(
+                    f"cors_origins: {origin!r} is not an origin like https://wallet.example "
+                    "(scheme, host and port only, in lower case)"
+                )
         return value

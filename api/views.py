@@ -104,7 +104,7 @@ def change_out(r: ChangeRecord) -> ChangeOut:
     )
 
 
-def payment_out(r: PaymentRecord) -> PaymentOut:
+def payment_out(r: PaymentRecord, credited: bool) -> PaymentOut:
     return PaymentOut(
         blockNumber=r.block_number,
         txHash=r.tx_hash,
@@ -114,6 +114,7 @@ def payment_out(r: PaymentRecord) -> PaymentOut:
         payer=r.payer,
         payee=r.payee,
         amount=int(r.amount),
+        credited=credited,
     )
 
 

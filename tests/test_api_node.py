@@ -326,6 +326,40 @@ def test_the_simulation_runs_at_the_time_of_the_next_block(node: Node, tmp_path:
     rpc(chain, "evm_mine")
 
 
+def test_a_cancel_behind_a_pending_buy_says_the_offer_is_closing(node: Node, tmp_path: Path) -> None:
+    """The factor's buy waits in the pool when the seller asks to cancel: the simulation on the
+    pending block meets OfferNotOpen while the index and the last block have the offer open. The
+    answer says a transaction waiting to be mined closes it; once mined, that it was sold, and where."""
+    chain = node.system.chain
+    certificate = node.new_certificate("INV-CLOSING")
+    offer_id, _ = node.system.ledger.offer_discount(
+        node.a, certificate, value=10_000, price=9_000, expiry=chain.now() + DAY, buyer=node.factor.address
+    )
+    with TestClient(create_app(_service(node, tmp_path))) as client:
+        buy = sign_prepared(node.factor, _prepare(client, node.factor, "buy", {"offerId": offer_id}))
+        seller = _login(client, node.a)
+        rpc(chain, "evm_setAutomine", False)
+        try:
+            chain.w3.eth.send_raw_transaction(buy)
+            r = client.post("/v1/tx/prepare/cancel-offer", json={"offerId": offer_id}, headers=seller)
+            assert (r.status_code, r.json()["code"]) == (409, "OfferNotOpen"), r.text
+            assert r.json()["fields"] == {"offerId": offer_id, "state": "closing"}
+            assert "waiting to be mined" in r.json()["message"]
+            rpc(chain, "evm_mine")
+        finally:
+            rpc(chain, "evm_setAutomine", True)
+        receipt = chain.w3.eth.wait_for_transaction_receipt(HexBytes(keccak(buy)), timeout=15)
+        assert receipt["status"] == 1
+        r = client.post("/v1/tx/prepare/cancel-offer", json={"offerId": offer_id}, headers=seller)
+        assert (r.status_code, r.json()["code"]) == (409, "OfferNotOpen"), r.text
+        assert r.json()["fields"] == {
+            "offerId": offer_id,
+            "state": "sold",
+            "closedTx": "0x" + keccak(buy).hex(),
+            "closedBlock": receipt["blockNumber"],
+        }
+
+
 def test_an_access_list_the_gas_does_not_cover_is_refused(node: Node, tmp_path: Path) -> None:
     chain = node.system.chain
     certificate = node.new_certificate("INV-ACCESS")

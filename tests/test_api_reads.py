@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from api_support import Api, serve_world
 from pg import PgCluster, pg_cluster
-from world import World
+from world import DAY, DEFAULT_AMOUNT, DEFAULT_QUANTITY, World
 
 _databases = count()
 
@@ -297,3 +297,70 @@ def test_orders_include_those_the_caller_holds_or_held_a_certificate_of(
     # supplier2: payee of two orders, holder of part a of the first.
     listed = api.get("/v1/orders", s2).json()
     assert [o["orderId"] for o in listed["items"]] == [tree["order"], tree["other_order"], third]
+
+
+def test_a_credited_settlement_is_listed_once(api: Api, world: World) -> None:
+    """A settlement the token refused to push is one payment, marked credited, not a settlement plus
+    a credit of the same money; its withdrawal is an entry of its own. `credit` is the chain's."""
+    s1, s2, admin = world.cast.supplier1, world.cast.supplier2, world.cast.admin
+    order, root = world.certificate_for(maturity_in=DAY)
+    part, _ = world.ledger.split_to(s1, root, s2.address, 30_000_00)
+    root_value = world.ledger.certificate(root).value
+    world.chain.advance_time(2 * DAY)
+    world.token.set_blocked(admin, s2.address, True)
+    settled = world.ledger.settle(s1, [root, part])
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+
+    account = api.get("/v1/settlement/account", s2).json()
+    assert account["credit"] == world.ledger.credit(s2.address) == 30_000_00
+    payments = account["payments"]
+    assert payments["total"] == 1
+    [paid] = payments["items"]
+    assert (paid["kind"], paid["credited"], paid["amount"]) == ("settlement", True, 30_000_00)
+    assert (paid["certificateId"], paid["orderId"], paid["txHash"]) == (part, order, settled.tx_hash)
+    # The push to supplier1 in the same batch went through.
+    mine = api.get("/v1/settlement/account", s1).json()
+    assert mine["credit"] == 0
+    assert [(p["kind"], p["credited"], p["amount"]) for p in mine["payments"]["items"]] == [
+        ("settlement", False, root_value)
+    ]
+
+    world.token.set_blocked(admin, s2.address, False)
+    withdrawn = world.ledger.withdraw(s2)
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    account = api.get("/v1/settlement/account", s2).json()
+    assert account["credit"] == world.ledger.credit(s2.address) == 0
+    listed = [(p["kind"], p["credited"], p["amount"], p["txHash"]) for p in account["payments"]["items"]]
+    assert listed == [
+        ("settlement", True, 30_000_00, settled.tx_hash),
+        ("withdrawal", False, 30_000_00, withdrawn.tx_hash),
+    ]
+    assert account["payments"]["total"] == 2
+    pages = [api.get("/v1/settlement/account", s2, limit=1, offset=i).json()["payments"] for i in range(3)]
+    assert [[p["kind"] for p in page["items"]] for page in pages] == [["settlement"], ["withdrawal"], []]
+    assert [page["total"] for page in pages] == [2, 2, 2]
+
+
+def test_a_credited_refund_is_told_from_the_settlement_pushed_with_it(api: Api, world: World) -> None:
+    """A short delivery of a matured order refunds the issuer and pays the supplier in one
+    transaction: only the refused push (the issuer's refund) is marked credited."""
+    issuer, s1, admin = world.cast.issuer, world.cast.supplier1, world.cast.admin
+    order = world.open_order(maturity_in=DAY)
+    world.chain.advance_time(2 * DAY)
+    world.token.set_blocked(admin, issuer.address, True)
+    root = world.confirm(order, DEFAULT_QUANTITY // 4)
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+
+    refund = world.ledger.credit(issuer.address)
+    assert refund > 0
+    books = api.get("/v1/settlement/account", issuer).json()
+    assert books["credit"] == refund
+    assert [(p["kind"], p["credited"], p["amount"]) for p in books["payments"]["items"]] == [
+        ("escrow", False, DEFAULT_AMOUNT),
+        ("refund", True, refund),
+    ]
+    supplier = api.get("/v1/settlement/account", s1).json()
+    assert supplier["credit"] == 0
+    assert [(p["kind"], p["credited"], p["certificateId"]) for p in supplier["payments"]["items"]] == [
+        ("settlement", False, root)
+    ]

@@ -105,6 +105,23 @@ def test_discount_offer_buy_and_cancel(api: Api, world: World) -> None:
     assert (r.status_code, r.json()["code"]) == (409, "OfferNotOpen")
 
 
+def test_an_offer_reserved_for_a_non_factor_is_refused_at_prepare(api: Api, world: World) -> None:
+    s1, s2 = world.cast.supplier1, world.cast.supplier2
+    _, root = world.certificate_for()
+    body = {
+        "certificateId": root,
+        "value": 50_000_00,
+        "price": 49_000_00,
+        "expiry": world.pending_time() + DAY,
+        "buyer": s2.address,
+    }
+    head = world.chain.w3.eth.block_number
+    r = api.prepare("offer-discount", s1, body)
+    assert (r.status_code, r.json()["code"]) == (422, "BuyerNotEligible"), r.text
+    assert r.json()["fields"]["buyer"].lower() == s2.address.lower()
+    assert world.chain.w3.eth.block_number == head
+
+
 def test_issuer_opens_and_cancels_an_order(api: Api, world: World) -> None:
     issuer = world.cast.issuer
     api.do("approve-token", issuer, {"amount": 10**12})
@@ -706,3 +723,91 @@ def test_routing_answers_have_the_error_shape(api: Api) -> None:
     r = api.client.delete("/v1/orders/1")
     assert (r.status_code, r.json()["code"]) == (405, "MethodNotAllowed")
     assert r.headers["allow"] == "GET"
+
+
+def _offer_and_signed_cancel(api: Api, world: World, **terms: Any) -> tuple[int, bytes]:
+    """supplier1's offer of part of a fresh certificate, and its cancel prepared and signed while
+    the offer is open (a wallet that takes its time to send it)."""
+    s1 = world.cast.supplier1
+    _, root = world.certificate_for()
+    offer, _ = world.ledger.offer_discount(
+        s1, root, value=10_000_00, price=9_000_00, expiry=world.pending_time() + DAY, **terms
+    )
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    prepared = api.prepare("cancel-offer", s1, {"offerId": offer})
+    assert prepared.status_code == 200, prepared.text
+    return offer, api.sign(s1, prepared.json())
+
+
+def _bought(world: World, offer: int) -> dict[str, Any]:
+    """The factor buys `offer` with its own wallet, not through the service (whose requests on the
+    embedded chain wait for one another)."""
+    factor = world.cast.factor
+    world.token.approve(factor, world.ledger.address, 9_000_00)
+    _, result = world.ledger.buy_discounted(factor, offer)
+    return {"txHash": result.tx_hash, "blockNumber": result.block_number}
+
+
+def test_cancelling_an_offer_sold_meanwhile_says_it_was_sold(api: Api, world: World) -> None:
+    """The factor's buy is mined before the seller's cancel is sent: the cancel is refused with the
+    contract's OfferNotOpen, and the answer says the offer was sold, and in which transaction."""
+    s1 = world.cast.supplier1
+    offer, cancel = _offer_and_signed_cancel(api, world)
+    buy = _bought(world, offer)
+    head = world.chain.w3.eth.block_number
+    for r in (api.submit_raw(cancel), api.prepare("cancel-offer", s1, {"offerId": offer})):
+        assert (r.status_code, r.json()["code"]) == (409, "OfferNotOpen"), r.text
+        assert r.json()["fields"] == {
+            "offerId": offer,
+            "state": "sold",
+            "closedTx": buy["txHash"],
+            "closedBlock": buy["blockNumber"],
+        }
+        assert "sold" in r.json()["message"] and buy["txHash"] in r.json()["message"]
+    assert world.chain.w3.eth.block_number == head  # refused: nothing sent
+
+
+def test_cancelling_an_offer_twice_says_it_was_cancelled(api: Api, world: World) -> None:
+    s1 = world.cast.supplier1
+    offer, cancel = _offer_and_signed_cancel(api, world, buyer=world.cast.factor.address)
+    done = api.submit_raw(cancel).json()
+    r = api.prepare("cancel-offer", s1, {"offerId": offer})
+    assert (r.status_code, r.json()["code"]) == (409, "OfferNotOpen"), r.text
+    assert r.json()["fields"] == {
+        "offerId": offer,
+        "state": "cancelled",
+        "closedTx": done["txHash"],
+        "closedBlock": done["blockNumber"],
+    }
+    # The factor it was reserved for reads the offer, and hears the same of its buy.
+    r = api.prepare("buy", world.cast.factor, {"offerId": offer})
+    assert (r.json()["code"], r.json()["fields"]["state"]) == ("OfferNotOpen", "cancelled")
+
+
+def test_a_cancel_mined_after_the_buy_says_the_offer_was_sold(
+    api: Api, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The buy lands between the cancel's simulation and its block: 409 RevertedOnChain, with the
+    contract's OfferNotOpen nested and what closed the offer."""
+    offer, cancel = _offer_and_signed_cancel(api, world)
+    relay = api.service.relay
+    simulate = relay.simulate
+    buys: list[dict[str, Any]] = []
+
+    def then_bought(tx: DecodedTx) -> None:
+        simulate(tx)
+        buys.append(_bought(world, offer))
+
+    monkeypatch.setattr(relay, "simulate", then_bought)
+    r = api.submit_raw(cancel)
+    assert (r.status_code, r.json()["code"]) == (409, "RevertedOnChain"), r.text
+    [buy] = buys
+    fields = r.json()["fields"]
+    assert fields["txHash"] == "0x" + keccak(cancel).hex() and fields["blockNumber"] > buy["blockNumber"]
+    assert fields["error"]["code"] == "OfferNotOpen"
+    assert fields["error"]["fields"] == {
+        "offerId": offer,
+        "state": "sold",
+        "closedTx": buy["txHash"],
+        "closedBlock": buy["blockNumber"],
+    }

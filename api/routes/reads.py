@@ -232,10 +232,14 @@ def quote(
 
 @router.get("/settlement/account", response_model=AccountSettlementOut, tags=["settlement"])
 def account_settlement(service: ServiceDep, caller: CallerDep, paging: PagingDep) -> AccountSettlementOut:
-    """What the caller may withdraw (payments the token refused to push) and its payments."""
-    rows, total = service.reader.payments_to(caller.address, paging.limit, paging.offset)
+    """What the caller may withdraw (payments the token refused to push) and its payments, each
+    once: one the token refused is marked `credited`, and a withdrawal is an entry of its own."""
+    rows, total = service.reader.payments_of(caller.address, paging.limit, paging.offset)
     page = Page[PaymentOut](
-        items=[payment_out(r) for r in rows], total=total, limit=paging.limit, offset=paging.offset
+        items=[payment_out(r, credited) for r, credited in rows],
+        total=total,
+        limit=paging.limit,
+        offset=paging.offset,
     )
     return AccountSettlementOut(
         address=caller.address, credit=service.reader.credit(caller.address), payments=page

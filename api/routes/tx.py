@@ -401,6 +401,12 @@ def _answered_in_scope(service: Service, scope: Scope) -> Iterator[None]:
             mined = RevertedOnChain.of(exc)
         error = mined.error if mined is not None else exc
         if (
+            scope.caller is not None
+            and isinstance(error, ContractError)
+            and error.error_name == "OfferNotOpen"
+        ):
+            _tell_why_not_open(service, scope.caller, error, mined)
+        if (
             scope.caller is None
             or not scope.to_buy
             or not isinstance(error, ContractError)
@@ -425,6 +431,71 @@ def _answered_in_scope(service: Service, scope: Scope) -> Iterator[None]:
             gasUsed=mined.gas_used,
             error=error_body("OfferStale", STALE_OFFER, {"offerId": offer_id}),
         ) from None
+
+
+#: What closed an offer, by the last event the index applied to it.
+_CLOSED_BY = {"DiscountSold": "sold", "DiscountOfferCancelled": "cancelled"}
+
+
+def _tell_why_not_open(
+    service: Service, caller: Caller, error: ContractError, mined: RevertedOnChain | None
+) -> None:
+    """The contract's OfferNotOpen names only the offer: a seller whose cancel lost the race with a
+    buy would read "not open" and not know it was sold. For a caller who may read the offer (as GET
+    /v1/offers/{id} answers; a closed offer to anyone stays the seller's business), raises the same
+    error with `state` and, once mined, the closing transaction: `sold` or `cancelled` (`closedTx`,
+    `closedBlock`), or `closing` when the index and the last block still have it open, so a
+    transaction not mined yet (the pending block the simulation ran on holds it) closes it. Returns
+    when nothing can tell (the caller may not read it, or the index is behind and cannot catch up):
+    the contract's error then stands as it is."""
+    offer_id = int(error.fields["offerId"])
+    told = _why_not_open(service, caller, offer_id)
+    if told is None:
+        return
+    message, fields = told
+    fields = {"offerId": offer_id, **fields}
+    if mined is None:
+        raise ApiError(contract_status("OfferNotOpen"), "OfferNotOpen", message, **fields) from None
+    raise ApiError(
+        409,
+        "RevertedOnChain",
+        f"{mined.tx_hash} was mined in block {mined.block_number} and reverted: {message}; its nonce "
+        f"and {mined.gas_used} gas are spent",
+        txHash=mined.tx_hash,
+        blockNumber=mined.block_number,
+        gasUsed=mined.gas_used,
+        error=error_body("OfferNotOpen", message, fields),
+    ) from None
+
+
+def _why_not_open(service: Service, caller: Caller, offer_id: int) -> tuple[str, dict[str, Any]] | None:
+    reader = service.reader
+    try:
+        head = int(call_checked(lambda: service.chain.w3.eth.block_number))
+        behind = head - reader.synced_block()
+        # What closed it was mined moments ago, as a refusal's retry waits for (see _in_scope).
+        if 0 < behind <= RETRY_LAG_BLOCKS:
+            reader.reach(head, wait=min(reader.wait, RETRY_WAIT))
+        record = offer_for(reader, caller, offer_id)
+        if record.open:
+            if not service.system.ledger.offer(offer_id).open:  # closed in a block not indexed yet
+                return None
+            return (
+                f"offer {offer_id} is still open in the last block, but a transaction waiting to be "
+                "mined closes it (a buy, or its seller's cancel)",
+                {"state": "closing"},
+            )
+    except _UNREADABLE as exc:
+        log.info("why offer %d is not open is not told: %s", offer_id, exc)
+        return None
+    state = _CLOSED_BY.get(record.last_event)
+    if state is None:
+        return None
+    how = "it was sold" if state == "sold" else "its seller cancelled it"
+    message = (
+        f"offer {offer_id} is not open: {how} in block {record.last_block} (transaction {record.last_tx})"
+    )
+    return message, {"state": state, "closedTx": record.last_tx, "closedBlock": int(record.last_block)}
 
 
 @router.post("", response_model=TxOut, responses=_PROBLEMS)
