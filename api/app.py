@@ -116,6 +116,11 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
+def _root_path(request: Request) -> str:
+    """The prefix a proxy serves the app under, so the pages' URLs reach the assets behind it."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
 def _serve_docs(app: FastAPI) -> None:
     """/docs (Swagger UI) and /redoc on assets the fastapi-offline package ships (Swagger UI 5, which
     reads the OpenAPI 3.1 FastAPI writes, and ReDoc 2), without Google's fonts."""
@@ -125,7 +130,7 @@ def _serve_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     def swagger_ui(request: Request) -> HTMLResponse:
-        root = str(request.scope.get("root_path", "")).rstrip("/")
+        root = _root_path(request)
         return get_swagger_ui_html(
             openapi_url=root + openapi_url,
             title=f"{app.title} - Swagger UI",
@@ -136,7 +141,7 @@ def _serve_docs(app: FastAPI) -> None:
 
     @app.get("/redoc", include_in_schema=False)
     def redoc(request: Request) -> HTMLResponse:
-        root = str(request.scope.get("root_path", "")).rstrip("/")
+        root = _root_path(request)
         return get_redoc_html(
             openapi_url=root + openapi_url,
             title=f"{app.title} - ReDoc",

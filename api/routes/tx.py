@@ -421,16 +421,22 @@ def _answered_in_scope(service: Service, scope: Scope) -> Iterator[None]:
         offer_id = int(hidden[0].offer_id)
         if mined is None:
             raise ApiError(409, "OfferStale", STALE_OFFER, offerId=offer_id) from None
-        raise ApiError(
-            409,
-            "RevertedOnChain",
-            f"{mined.tx_hash} was mined in block {mined.block_number} and reverted: {STALE_OFFER}; "
-            f"its nonce and {mined.gas_used} gas are spent",
-            txHash=mined.tx_hash,
-            blockNumber=mined.block_number,
-            gasUsed=mined.gas_used,
-            error=error_body("OfferStale", STALE_OFFER, {"offerId": offer_id}),
-        ) from None
+        raise _mined_refusal(mined, "OfferStale", STALE_OFFER, {"offerId": offer_id}) from None
+
+
+def _mined_refusal(mined: RevertedOnChain, code: str, message: str, fields: dict[str, Any]) -> ApiError:
+    """A transaction mined and reverted, the contract's error told as `code`, `message` and `fields`
+    (nested, in the shape of every error answer) instead of as the contract gave it."""
+    return ApiError(
+        409,
+        "RevertedOnChain",
+        f"{mined.tx_hash} was mined in block {mined.block_number} and reverted: {message}; its nonce "
+        f"and {mined.gas_used} gas are spent",
+        txHash=mined.tx_hash,
+        blockNumber=mined.block_number,
+        gasUsed=mined.gas_used,
+        error=error_body(code, message, fields),
+    )
 
 
 #: What closed an offer, by the last event the index applied to it.
@@ -456,16 +462,7 @@ def _tell_why_not_open(
     fields = {"offerId": offer_id, **fields}
     if mined is None:
         raise ApiError(contract_status("OfferNotOpen"), "OfferNotOpen", message, **fields) from None
-    raise ApiError(
-        409,
-        "RevertedOnChain",
-        f"{mined.tx_hash} was mined in block {mined.block_number} and reverted: {message}; its nonce "
-        f"and {mined.gas_used} gas are spent",
-        txHash=mined.tx_hash,
-        blockNumber=mined.block_number,
-        gasUsed=mined.gas_used,
-        error=error_body("OfferNotOpen", message, fields),
-    ) from None
+    raise _mined_refusal(mined, "OfferNotOpen", message, fields) from None
 
 
 def _why_not_open(service: Service, caller: Caller, offer_id: int) -> tuple[str, dict[str, Any]] | None:
