@@ -19,6 +19,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -236,6 +237,35 @@ def _summary(status: SyncStatus) -> None:
     )
 
 
+@dataclass
+class FollowLines:
+    """What `sync --follow` prints after each round: the block reached when it moved, and every
+    reorg the round rolled back. A reorg is said in so many words: the follower may come back to
+    the very block it showed before, under another hash and digest, and a line for a moved block
+    alone would leave an auditor watching with no sign the history it saw was replaced."""
+
+    shown_block: int = -1
+    reorgs: int = 0
+
+    def after(self, status: SyncStatus, rolled_back_to: int | None) -> list[str]:
+        out: list[str] = []
+        if status.reorgs > self.reorgs:
+            count = status.reorgs - self.reorgs
+            self.reorgs = status.reorgs
+            self.shown_block = -1  # the block line follows, even at the same number
+            what = "a reorg" if count == 1 else f"{count} reorgs"
+            out.append(
+                f"[yellow]{what}: the node replaced blocks the index held; it rolled back to block "
+                f"{rolled_back_to} (the newest it recorded that the node still has) and synced "
+                f"again[/] ({status.reorgs} since following began)"
+            )
+        if status.synced_block != self.shown_block:
+            self.shown_block = status.synced_block
+            digest = _digest_line(status.digest, status.deployment_block, status.synced_block)
+            out.append(f"block {status.synced_block}: {status.events} events, {digest}")
+        return out
+
+
 def _digest_line(digest: str, first: int, last: int) -> str:
     """A digest with the blocks it covers: it starts from the manifest's deployment block, so the
     same history replayed from another start gives another digest (D89)."""
@@ -312,14 +342,10 @@ def sync(
             _summary(indexer.sync())
             return
         console.print(f"following chain {deployment.chain_id} ({confirmations} confirmations); Ctrl-C stops")
-        seen = -1
+        lines = FollowLines()
 
         def show(status: SyncStatus) -> None:
-            nonlocal seen
-            if status.synced_block != seen:
-                seen = status.synced_block
-                digest = _digest_line(status.digest, status.deployment_block, seen)
-                line = f"block {seen}: {status.events} events, {digest}"
+            for line in lines.after(status, indexer.rolled_back_to):
                 console.print(line, highlight=False)
 
         def trouble(exc: Exception) -> None:

@@ -12,6 +12,7 @@ import pytest
 from index_support import anvil_node, connect_node, forget_nonces, matured_workload, rpc, settle
 
 from chain_client import audit, errors
+from chain_client.audit_cli import FollowLines
 from chain_client.chain import Chain
 from chain_client.index.books import Books
 from chain_client.index.db import IndexDatabase
@@ -74,6 +75,33 @@ def test_anvil_reorg_across_a_payment_converges_to_a_fresh_replay(chain: Chain, 
     assert _settled(db) & set(due[:2]) == set()
     assert _settled(db) >= set(due[2:4])
     _assert_equals_fresh_replay(chain, work, db, status.digest, tmp_path)
+
+
+def test_a_follower_says_when_the_node_replaced_the_blocks_it_showed(chain: Chain, tmp_path: Path) -> None:
+    """`audit sync --follow` printed a line only when the synced block moved: a reorg that replaced
+    the head with another block of the same number passed unseen, digest changed and all."""
+    work = matured_workload(chain, seed=23)
+    indexer = Indexer(chain, work.system.deployment, IndexDatabase(tmp_path / "follow.sqlite"))
+    lines = FollowLines()
+    due = work.due()
+    settle(work, due[:1])
+    before = indexer.sync()
+    [shown] = lines.after(before, indexer.rolled_back_to)
+    assert shown.startswith(f"block {before.synced_block}: {before.events} events, digest {before.digest}")
+    assert lines.after(indexer.sync(), indexer.rolled_back_to) == []  # nothing new: nothing said
+
+    rpc(chain, "anvil_reorg", 1, [])  # the settlement's block replaced by an empty one
+    after = indexer.sync()
+    assert after.synced_block == before.synced_block and after.digest != before.digest
+    ancestor = indexer.rolled_back_to
+    assert ancestor is not None and work.system.deployment.deployment_block <= ancestor < before.synced_block
+    said = lines.after(after, ancestor)
+    assert said == [
+        f"[yellow]a reorg: the node replaced blocks the index held; it rolled back to block {ancestor} "
+        "(the newest it recorded that the node still has) and synced again[/] (1 since following began)",
+        f"block {after.synced_block}: {after.events} events, "
+        f"digest {after.digest} (blocks {after.deployment_block}..{after.synced_block})",
+    ]
 
 
 def test_snapshot_revert_to_a_longer_and_a_shorter_chain(chain: Chain, tmp_path: Path) -> None:

@@ -212,6 +212,8 @@ class Indexer:
         self.addresses = self.decoder.addresses
         self._chain_id = self.deployment.chain_id
         self.reorgs = 0
+        #: the block the last reorg rolled the index back to (its common ancestor with the node)
+        self.rolled_back_to: int | None = None
         #: seconds per pipeline stage since this indexer was made: fetch, apply and write, and in
         #: this thread the handoff of a range to a writer and the wait for one to finish
         self.timings: defaultdict[str, float] = defaultdict(float)
@@ -669,6 +671,7 @@ class Indexer:
             raise
         self._state = IndexState(**{**state.model_dump(), **values})
         self.reorgs += 1
+        self.rolled_back_to = ancestor
 
     def _undo_after(self, ancestor: int, books: Books) -> set[tuple[str, Key]]:
         touched: set[tuple[str, Key]] = set()
