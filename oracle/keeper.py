@@ -34,7 +34,10 @@ receipt: that is polled one look per turn of the lock.
 
 A batch not mined within the receipt timeout stays in flight: the next run looks for it first,
 replaces it at the same nonce if a rising base fee or market tip has priced it out of the
-blocks (`Transactor.repriced`), or sends its bytes again, and sends nothing new while it is unmined (D74)."""
+blocks (`Transactor.repriced`), or sends its bytes again, and sends nothing new while it is unmined (D74).
+With a store, the batch in flight is kept there before each send and forgotten once its outcome is
+read, so a restarted keeper takes it up where the last one left it (D102): forgotten, a priced-out
+batch would hold the key's nonce while every new transaction of the key waited behind it."""
 
 from __future__ import annotations
 
@@ -158,7 +161,7 @@ class Keeper:
         self._trouble: dict[int, _Trouble] = {}  # order -> failures in a row
         #: a batch sent by an earlier run and not seen mined (in memory: after a restart its
         #: certificates are read afresh, and a settle mined meanwhile shows as settled)
-        self._in_flight: _InFlight | None = None
+        self._in_flight: _InFlight | None = self._left_in_flight()
 
     def _passed(self) -> int:
         return max(self.system.chain.now(), int(time.time()) - CLOCK_MARGIN)
@@ -349,16 +352,17 @@ class Keeper:
                     continue
                 # In flight from here until its outcome is read: whatever fails meanwhile (the node
                 # during the broadcast or the wait), the next run looks for it first.
-                flight = self._in_flight = _InFlight(ready, [prepared])
+                flight = _InFlight(ready, [prepared])
+                self._fly(flight)
                 try:
                     self.system.tx.broadcast(prepared)
                 except ContractReverted as exc:  # the embedded chain executes, and reverts, on send
-                    self._in_flight = None
+                    self._fly(None)
                     log.warning("settling %s reverted: %s", ids, exc)
                     run.refused.append(str(exc))
                     continue
                 except TransactionRejected:  # refused in the node's own words: it holds nothing
-                    self._in_flight = None
+                    self._fly(None)
                     raise
             # The receipt is awaited without the lock: the relayer and the gateway go on meanwhile.
             outcome = self._receipt(flight.hashes)
@@ -368,9 +372,29 @@ class Keeper:
                 log.warning("settle %s not mined in time; next run looks again", prepared.tx_hash)
                 run.unconfirmed.append(prepared.tx_hash)
                 break
-            self._in_flight = None
+            # Recorded before it is forgotten: a crash between the two finds it mined and records it
+            # again (the settlements table ignores a certificate it has), rather than not at all.
             self._mined(flight, outcome, run)
+            self._fly(None)
         return run
+
+    def _fly(self, flight: _InFlight | None) -> None:
+        """Makes `flight` the batch in flight (None: none), in the store too when there is one."""
+        self._in_flight = flight
+        if self.store is not None:
+            if flight is None:
+                self.store.forget_flight()
+            else:
+                self.store.keep_flight(flight.ready, [p.raw for p in flight.sent])
+
+    def _left_in_flight(self) -> _InFlight | None:
+        """The batch a previous keeper on this store sent and did not see mined."""
+        kept = None if self.store is None else self.store.flight()
+        if kept is None:
+            return None
+        ready, raw_txs = kept
+        log.info("a settle batch of %d certificates left in flight; looking for it first", len(ready))
+        return _InFlight(ready, [PreparedTx.from_raw(raw) for raw in raw_txs])
 
     def _follow_up(self, flight: _InFlight, run: KeeperRun) -> bool:
         """An earlier run's unmined batch: mined since (recorded), still pending (repriced if priced
@@ -385,6 +409,7 @@ class Keeper:
                 if replacement is not None:
                     # Kept before it is sent: once sent, it may be the one mined.
                     flight.sent.append(replacement)
+                    self._fly(flight)
                 try:
                     self.system.tx.broadcast(replacement or latest)
                 except NonceTooLow:
@@ -395,13 +420,14 @@ class Keeper:
                         log.warning(
                             "settle %s was superseded; its certificates are read again", latest.tx_hash
                         )
-                        self._in_flight = None
+                        self._fly(None)
                         return True
                 except TransactionRejected as exc:
                     # The node holds what it held before, or nothing (then the same bytes fill
                     # the nonce once it takes them): the batch stays in flight, for the next run.
                     if replacement is not None:
                         flight.sent.pop()
+                        self._fly(flight)
                     log.warning(
                         "settle %s refused by the node: %s", (replacement or latest).tx_hash, exc.reason
                     )
@@ -416,8 +442,8 @@ class Keeper:
             if outcome is None:
                 run.unconfirmed.append(flight.sent[-1].tx_hash)
                 return False
-        self._in_flight = None
         self._mined(flight, outcome, run)
+        self._fly(None)
         return True
 
     def _mined(self, flight: _InFlight, outcome: TxResult | ContractReverted, run: KeeperRun) -> None:

@@ -113,6 +113,15 @@ CREATE TABLE IF NOT EXISTS settlements (
     tx_hash TEXT NOT NULL,
     at REAL NOT NULL
 );
+-- The keeper's settle batch sent and not yet mined (at most one: nothing new goes while it waits),
+-- so a restarted keeper looks for it first instead of signing the next nonce behind it.
+CREATE TABLE IF NOT EXISTS keeper_flight (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    -- JSON [[certificate_id, order_id], ...]: what the batch settles
+    ready TEXT NOT NULL,
+    -- JSON ["0x<signed bytes>", ...]: the batch and its repriced replacements, all at one nonce
+    raw_txs TEXT NOT NULL
+);
 """
 
 
@@ -815,6 +824,26 @@ class Store:
 
     def settled_count(self) -> int:
         return int(self._query("SELECT count(*) FROM settlements")[0][0])
+
+    def keep_flight(self, ready: list[tuple[int, int]], raw_txs: list[bytes]) -> None:
+        """Records the keeper's unmined batch (replacing the one recorded), before it is sent."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO keeper_flight (id, ready, raw_txs) VALUES (1, ?, ?)",
+                (json.dumps(ready), json.dumps(["0x" + raw.hex() for raw in raw_txs])),
+            )
+
+    def flight(self) -> tuple[list[tuple[int, int]], list[bytes]] | None:
+        """The keeper's unmined batch a previous process left, if any."""
+        rows = self._query("SELECT ready, raw_txs FROM keeper_flight WHERE id = 1")
+        if not rows:
+            return None
+        ready = [(int(c), int(o)) for c, o in json.loads(rows[0]["ready"])]
+        return ready, [bytes.fromhex(raw[2:]) for raw in json.loads(rows[0]["raw_txs"])]
+
+    def forget_flight(self) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM keeper_flight")
 
 
 def _order(row: sqlite3.Row) -> OrderRecord:

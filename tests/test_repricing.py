@@ -343,3 +343,36 @@ def test_a_send_priced_out_while_it_waits_is_replaced_and_its_result_returned(no
     assert first["nonce"] == replacement["nonce"] and first["hash"] != replacement["hash"]
     assert result.tx_hash == replacement["hash"]
     assert node.system.token.balance_of(node.supplier.address) == 11
+
+
+def test_a_restarted_keeper_takes_up_the_batch_the_last_one_left_in_flight(
+    node: Node, tmp_path: Path
+) -> None:
+    """A keeper process that stops while its batch waits (priced out, say) left the nonce taken; a
+    new one that forgot the batch signed the next nonce behind it, and nothing of the key's moved."""
+    order_id = node.open_order(maturity_in=10 * DAY)
+    readings = [decode_reading(payload) for payload in node.readings(order_id)]
+    observations, signatures = [r.observation for r in readings], [r.signature for r in readings]
+    root, _ = node.system.oracle.confirm_receipt(node.relayer, observations, signatures)
+    node.chain.advance_time(11 * DAY)
+    w3, relayer = node.chain.w3, node.relayer.address
+
+    node.automine(False)
+    first = Keeper(node.system, node.relayer, Store(tmp_path / "oracle.db")).run_once()
+    assert first.settled == [] and len(first.unconfirmed) == 1
+    node.spike()  # the batch is priced out, and its keeper is gone
+
+    store = Store(tmp_path / "oracle.db")
+    kept = store.flight()
+    assert kept is not None and kept[0] == [(root, order_id)]
+    keeper = Keeper(node.system, node.relayer, store)
+    second = keeper.run_once()  # looks for the old batch first: replaces it at its nonce
+    assert second.settled == [] and len(second.repriced) == 1
+    assert node.mine() == second.repriced
+    third = keeper.run_once()
+    assert third.settled == [root] and third.transactions == second.repriced
+    assert store.flight() is None and store.settled_count() == 1
+    # One nonce for the one batch: nothing was signed behind it.
+    assert w3.eth.get_transaction_count(relayer, "pending") == w3.eth.get_transaction_count(relayer)
+    assert node.system.ledger.certificate(root).status == CertificateStatus.SETTLED
+    node.automine(True)
