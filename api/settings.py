@@ -59,16 +59,25 @@ class ApiSettings(Settings):
     def _bare_origins(cls, value: list[str]) -> list[str]:
         # Browsers send the Origin header as scheme://host[:port] in lower case and CORS compares it
         # exactly: anything else (a path, a trailing slash, "*") would never match, or match everyone.
+        # A browser also leaves the scheme's default port out (https://wallet.example, never :443).
         for origin in value:
             parts = urlsplit(origin)
+            try:
+                port = parts.port
+            except ValueError:  # not a number, or out of range
+                port = -1
             if (
                 parts.scheme not in ("http", "https")
                 or not parts.hostname
                 or parts.username is not None
                 or origin != f"{parts.scheme}://{parts.netloc.lower()}"
+                or origin.endswith(":")
+                or port == -1
+                or (parts.scheme, port) in (("http", 80), ("https", 443))
+                or port == 0
             ):
                 raise ValueError(
-                    f"cors_origins: {origin!r} is not an origin like https://wallet.example "
-                    "(scheme, host and port only, in lower case)"
+                    f"cors_origins: {origin!r} is not an origin as a browser sends it, like "
+                    "https://wallet.example (scheme, host and a port other than the default, in lower case)"
                 )
         return value

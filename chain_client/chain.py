@@ -43,6 +43,10 @@ class Chain:
         """Timestamp of the latest block: the contracts' idea of now."""
         return int(self.w3.eth.get_block("latest")["timestamp"])
 
+    def pending_nonce(self, address: ChecksumAddress) -> int:
+        """The nonce the node would give `address`'s next transaction (its pending count)."""
+        return int(self.w3.eth.get_transaction_count(address, "pending"))
+
     def advance_time(self, seconds: int) -> int:
         """Moves chain time forward by `seconds` and mines a block; returns the new timestamp.
 

@@ -53,7 +53,7 @@ from eth_account.signers.local import LocalAccount
 from chain_client.errors import ContractReverted, NonceTooLow, TransactionRejected
 from chain_client.models import CertificateStatus, Order, OrderStatus
 from chain_client.system import System
-from chain_client.transactions import PreparedTx, TxResult
+from chain_client.transactions import PreparedTx, TxResult, signed_fields
 from oracle.retry import backoff_delay
 from oracle.store import Store
 
@@ -159,8 +159,8 @@ class Keeper:
         self._listing: dict[int, _Listing] = {}  # matured, certificates being listed
         self._due: dict[int, list[int]] = {}  # matured order -> its certificates not seen settled
         self._trouble: dict[int, _Trouble] = {}  # order -> failures in a row
-        #: a batch sent by an earlier run and not seen mined (in memory: after a restart its
-        #: certificates are read afresh, and a settle mined meanwhile shows as settled)
+        #: a batch sent by an earlier run, or an earlier keeper on the store, and not seen mined
+        #: (kept in the store: D102)
         self._in_flight: _InFlight | None = self._left_in_flight()
 
     def _passed(self) -> int:
@@ -388,13 +388,33 @@ class Keeper:
                 self.store.keep_flight(flight.ready, [p.raw for p in flight.sent])
 
     def _left_in_flight(self) -> _InFlight | None:
-        """The batch a previous keeper on this store sent and did not see mined."""
+        """The batch a previous keeper on this store sent and did not see mined. One signed with
+        another key or for another chain holds no nonce of this keeper's: it is dropped, with an
+        alert, rather than followed up for ever (the store may outlive a key rotation)."""
         kept = None if self.store is None else self.store.flight()
         if kept is None:
             return None
         ready, raw_txs = kept
+        flight = _InFlight(ready, [PreparedTx.from_raw(raw) for raw in raw_txs])
+        latest = flight.sent[-1]
+        chain_id = signed_fields(latest.raw).get("chainId")
+        if latest.sender != self.account.address:
+            self._drop(flight, f"it was signed by {latest.sender}, not this keeper's {self.account.address}")
+            return None
+        if chain_id is not None and int(chain_id) != self.system.deployment.chain_id:
+            self._drop(flight, f"it was signed for chain {chain_id}, not {self.system.deployment.chain_id}")
+            return None
         log.info("a settle batch of %d certificates left in flight; looking for it first", len(ready))
-        return _InFlight(ready, [PreparedTx.from_raw(raw) for raw in raw_txs])
+        return flight
+
+    def _drop(self, flight: _InFlight, why: str) -> None:
+        """Gives up a batch in flight that can never be mined as it is; its certificates are read
+        afresh and settled by a new batch."""
+        message = f"settle {flight.sent[-1].tx_hash} given up: {why}"
+        log.warning(message)
+        if self.store is not None:
+            self.store.alert(None, "keeper", message)
+        self._fly(None)
 
     def _follow_up(self, flight: _InFlight, run: KeeperRun) -> bool:
         """An earlier run's unmined batch: mined since (recorded), still pending (repriced if priced
@@ -405,6 +425,12 @@ class Keeper:
         if outcome is None:
             with self.lock:
                 latest = flight.sent[-1]
+                next_nonce = self.system.chain.pending_nonce(self.account.address)
+                if latest.nonce > next_nonce:
+                    # A gap below it (the chain was reset or rolled back past the key's earlier
+                    # transactions): nothing of this keeper's will fill it, so it would wait for ever.
+                    self._drop(flight, f"its nonce {latest.nonce} is past the key's next, {next_nonce}")
+                    return True
                 replacement = self.system.tx.repriced(self.account, latest)
                 if replacement is not None:
                     # Kept before it is sent: once sent, it may be the one mined.

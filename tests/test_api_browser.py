@@ -128,6 +128,12 @@ def test_cors_origins_come_from_the_environment_and_bad_ones_are_refused(
         "https://Wallet.example",
         "ftp://wallet.example",
         "https://user@wallet.example",
+        "https://wallet.example:443",  # a browser leaves the default port out: never matches
+        "http://wallet.example:80",
+        "http://wallet.example:",
+        "http://wallet.example:abc",
+        "http://wallet.example:70000",
+        "http://wallet.example:0",
     ):
         with pytest.raises(ValidationError, match="cors_origins"):
             ApiSettings(cors_origins=[bad])

@@ -25,7 +25,7 @@ from oracle_support import chain_ranges
 from web3.types import TxParams, Wei
 
 from chain_client.chain import Chain, connect
-from chain_client.errors import TransactionRejected
+from chain_client.errors import TransactionRejected, TransactionTimeout
 from chain_client.models import CertificateStatus, OrderStatus, Role
 from chain_client.receipts import DeviceEnrolment, ReadingKind, label_hash
 from chain_client.settings import Settings
@@ -376,3 +376,51 @@ def test_a_restarted_keeper_takes_up_the_batch_the_last_one_left_in_flight(
     assert w3.eth.get_transaction_count(relayer, "pending") == w3.eth.get_transaction_count(relayer)
     assert node.system.ledger.certificate(root).status == CertificateStatus.SETTLED
     node.automine(True)
+
+
+def _matured_root(node: Node) -> tuple[int, int]:
+    order_id = node.open_order(maturity_in=10 * DAY)
+    readings = [decode_reading(payload) for payload in node.readings(order_id)]
+    observations, signatures = [r.observation for r in readings], [r.signature for r in readings]
+    root, _ = node.system.oracle.confirm_receipt(node.relayer, observations, signatures)
+    node.chain.advance_time(11 * DAY)
+    return root, order_id
+
+
+def test_a_batch_left_by_another_key_is_given_up_with_an_alert(node: Node, tmp_path: Path) -> None:
+    """The store outlived a key rotation: the old key's batch holds none of the new key's nonces."""
+    root, order_id = _matured_root(node)
+    node.automine(False)
+    left = Keeper(node.system, node.relayer, Store(tmp_path / "oracle.db")).run_once()
+    assert len(left.unconfirmed) == 1
+    node.rpc("anvil_dropAllTransactions")
+    node.automine(True)
+
+    rotated = node.chain.new_account()
+    store = Store(tmp_path / "oracle.db")
+    keeper = Keeper(node.system, rotated, store)
+    assert store.flight() is None
+    [alert] = store.alerts()
+    assert alert.kind == "keeper" and f"signed by {node.relayer.address}" in alert.message
+    assert keeper.run_once().settled == [root]
+    assert node.system.ledger.certificate(root).status == CertificateStatus.SETTLED
+
+
+def test_a_batch_past_a_nonce_gap_is_given_up_and_settled_anew(node: Node, tmp_path: Path) -> None:
+    """The node lost the key's earlier transaction (dropped from its pool): the batch behind it
+    waits for a nonce nothing of the keeper's will fill, and was followed up for ever."""
+    root, _ = _matured_root(node)
+    node.automine(False)
+    with pytest.raises(TransactionTimeout):  # sent at nonce n, left unmined
+        node.system.token.approve(node.relayer, node.supplier.address, 1)
+    keeper = Keeper(node.system, node.relayer, Store(tmp_path / "oracle.db"))
+    left = keeper.run_once()  # the batch at n + 1
+    assert len(left.unconfirmed) == 1
+    node.rpc("anvil_dropAllTransactions")
+    node.automine(True)
+    node.chain.nonces.forget(node.relayer.address)
+
+    run = keeper.run_once()
+    assert run.settled == [root] and run.transactions != left.unconfirmed
+    assert keeper.store is not None and keeper.store.flight() is None
+    assert "past the key's next" in keeper.store.alerts()[0].message
