@@ -96,7 +96,7 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/health", tags=["service"])
     def health() -> dict[str, int]:
         """The node's head and the index's last block."""
-        return {"head": service.chain.w3.eth.block_number, "indexed": service.reader.synced_block()}
+        return {"head": service.chain.head(), "indexed": service.reader.synced_block()}
 
     @app.get("/v1/deployment", tags=["service"])
     def deployment() -> DeploymentOut:

@@ -171,9 +171,9 @@ class IndexReader:
             return cached[1]
         try:
             try:
-                stamp = int(self.chain.w3.eth.get_block(HexStr(state.synced_hash))["timestamp"])
+                stamp = self.chain.block_time(HexStr(state.synced_hash))
             except BlockNotFound:  # reorged away since the sync: the block at its height is as good
-                stamp = int(self.chain.w3.eth.get_block(int(state.synced_block))["timestamp"])
+                stamp = self.chain.block_time(int(state.synced_block))
         except Exception:  # the node is down: reads from the index keep answering (D43)
             # The last head's time, or the wall clock's: a chain's blocks follow it closely.
             return cached[1] if cached is not None else int(time.time())

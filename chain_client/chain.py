@@ -11,7 +11,7 @@ from typing import Any, cast
 import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_typing import ChecksumAddress
+from eth_typing import ChecksumAddress, HexStr
 from eth_utils import keccak
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from web3.providers.rpc.utils import ExceptionRetryConfiguration
@@ -42,6 +42,20 @@ class Chain:
     def now(self) -> int:
         """Timestamp of the latest block: the contracts' idea of now."""
         return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def head(self) -> int:
+        """The latest block's number."""
+        return int(self.w3.eth.block_number)
+
+    def latest_block(self) -> tuple[int, int]:
+        """The latest block's number and timestamp, read together (one block, not two reads)."""
+        block = self.w3.eth.get_block("latest")
+        return int(block["number"]), int(block["timestamp"])
+
+    def block_time(self, block: int | HexStr) -> int:
+        """The timestamp of block `block` (a number or a hash); web3's BlockNotFound if the node
+        has no such block (a hash reorged away)."""
+        return int(self.w3.eth.get_block(block)["timestamp"])
 
     def pending_nonce(self, address: ChecksumAddress) -> int:
         """The nonce the node would give `address`'s next transaction (its pending count)."""

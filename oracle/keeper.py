@@ -191,7 +191,7 @@ class Keeper:
         return self._live_due(now, run)
 
     def _head(self) -> int:
-        return int(self.system.chain.w3.eth.block_number)
+        return self.system.chain.head()
 
     def _read_order(self, order_id: int) -> Order:
         self.reads.orders += 1
@@ -262,9 +262,8 @@ class Keeper:
         head = listing.end_block
         if head is None:
             with self.lock:
-                latest = self.system.chain.w3.eth.get_block("latest")
-            head = int(latest["number"])
-            if int(latest["timestamp"]) >= listing.maturity:
+                head, stamp = self.system.chain.latest_block()
+            if stamp >= listing.maturity:
                 listing.end_block = head  # no later block can issue a certificate of the order
         while listing.next_block <= head:
             if self._budget <= 0:

@@ -238,7 +238,7 @@ def _in_scope(service: Service, check: Callable[[bool], T]) -> T:
         refusal = exc
     reader = service.reader
     try:
-        head = int(call_checked(lambda: service.chain.w3.eth.block_number))
+        head = call_checked(service.chain.head)
         behind = head - reader.synced_block()
         if behind <= 0 or behind > RETRY_LAG_BLOCKS:
             raise refusal
@@ -468,7 +468,7 @@ def _tell_why_not_open(
 def _why_not_open(service: Service, caller: Caller, offer_id: int) -> tuple[str, dict[str, Any]] | None:
     reader = service.reader
     try:
-        head = int(call_checked(lambda: service.chain.w3.eth.block_number))
+        head = call_checked(service.chain.head)
         behind = head - reader.synced_block()
         # What closed it was mined moments ago, as a refusal's retry waits for (see _in_scope).
         if 0 < behind <= RETRY_LAG_BLOCKS:
