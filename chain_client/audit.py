@@ -125,9 +125,9 @@ def sync(
     until: int | None = None,
 ) -> SyncStatus:
     """Brings an existing index (or a new one) up to date; refuses a database holding another
-    deployment's index, or a SQLite file that is no index (`db.check_index_of`)."""
+    deployment's index, or a SQLite file that is no index (`db.check_index_of`, which the indexer
+    runs as it opens the database)."""
     deployment.check(chain)
-    check_index_of(db, deployment, "sync")
     return Indexer(chain, deployment, db, options or SyncOptions(), on_progress).sync(until)
 
 

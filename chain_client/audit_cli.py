@@ -333,8 +333,8 @@ def sync(
         chain, deployment = _node(rpc_url, manifest)
         deployment.check(chain)
         database = IndexDatabase(db)
-        # Before the follower starts: it would otherwise create its tables in another
-        # deployment's index or another application's file before any check could refuse.
+        # The indexer refuses such a database as it opens it; asked here first, so the refusal is
+        # the one line printed, not after the follower's own first line.
         check_index_of(database, deployment, "sync")
         options = _options(max_range, confirmations, all_headers)
         indexer = Indexer(chain, deployment, database, options)
