@@ -245,14 +245,20 @@ def test_the_relayer_replaces_a_priced_out_receipt_and_confirms_once(node: Node,
     assert [e["args"]["orderId"] for e in confirmed] == [order_id]
 
 
-def test_the_keeper_replaces_a_priced_out_settle_and_pays_once(
-    node: Node, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _matured_root(node: Node) -> tuple[int, int]:
+    """A receipt confirmed for a new order, and the time moved past its maturity: (root, order)."""
     order_id = node.open_order(maturity_in=10 * DAY)
     readings = [decode_reading(payload) for payload in node.readings(order_id)]
     observations, signatures = [r.observation for r in readings], [r.signature for r in readings]
     root, _ = node.system.oracle.confirm_receipt(node.relayer, observations, signatures)
     node.chain.advance_time(11 * DAY)
+    return root, order_id
+
+
+def test_the_keeper_replaces_a_priced_out_settle_and_pays_once(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, _ = _matured_root(node)
     token, supplier = node.system.token, node.supplier.address
     before = token.balance_of(supplier)
 
@@ -350,11 +356,7 @@ def test_a_restarted_keeper_takes_up_the_batch_the_last_one_left_in_flight(
 ) -> None:
     """A keeper process that stops while its batch waits (priced out, say) left the nonce taken; a
     new one that forgot the batch signed the next nonce behind it, and nothing of the key's moved."""
-    order_id = node.open_order(maturity_in=10 * DAY)
-    readings = [decode_reading(payload) for payload in node.readings(order_id)]
-    observations, signatures = [r.observation for r in readings], [r.signature for r in readings]
-    root, _ = node.system.oracle.confirm_receipt(node.relayer, observations, signatures)
-    node.chain.advance_time(11 * DAY)
+    root, order_id = _matured_root(node)
     w3, relayer = node.chain.w3, node.relayer.address
 
     node.automine(False)
@@ -376,15 +378,6 @@ def test_a_restarted_keeper_takes_up_the_batch_the_last_one_left_in_flight(
     assert w3.eth.get_transaction_count(relayer, "pending") == w3.eth.get_transaction_count(relayer)
     assert node.system.ledger.certificate(root).status == CertificateStatus.SETTLED
     node.automine(True)
-
-
-def _matured_root(node: Node) -> tuple[int, int]:
-    order_id = node.open_order(maturity_in=10 * DAY)
-    readings = [decode_reading(payload) for payload in node.readings(order_id)]
-    observations, signatures = [r.observation for r in readings], [r.signature for r in readings]
-    root, _ = node.system.oracle.confirm_receipt(node.relayer, observations, signatures)
-    node.chain.advance_time(11 * DAY)
-    return root, order_id
 
 
 def test_a_batch_left_by_another_key_is_given_up_with_an_alert(node: Node, tmp_path: Path) -> None:
