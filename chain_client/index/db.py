@@ -467,13 +467,20 @@ class IndexDatabase:
                     books.load(entity, row[spec.key], record_from_row(entity, row), touch_from_row(row))
         return books
 
-    def events(self, chain_id: int, up_to: int | None = None) -> Iterator[RowMapping]:
-        """Stored event rows (EventRecord's columns) in chain order (up to block `up_to`); mappings
-        rather than EventRecord instances, which cost more to make than the rest of a refold."""
+    def events(
+        self, chain_id: int, up_to: int | None = None, name: str | None = None, address: str | None = None
+    ) -> Iterator[RowMapping]:
+        """Stored event rows (EventRecord's columns) in chain order (up to block `up_to`; only the
+        events called `name` of the contract at `address`, when given); mappings rather than
+        EventRecord instances, which cost more to make than the rest of a refold."""
         table = table_of(EventRecord)
         query = select(table).where(table.c.chain_id == chain_id)
         if up_to is not None:
             query = query.where(table.c.block_number <= up_to)
+        if name is not None:
+            query = query.where(table.c.name == name)
+        if address is not None:
+            query = query.where(func.lower(table.c.address) == address.lower())
         query = query.order_by(table.c.block_number, table.c.tx_index, table.c.log_index)
         with self._reading() as conn:
             yield from conn.execute(query).mappings()

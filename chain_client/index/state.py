@@ -120,11 +120,7 @@ def merges(db: IndexDatabase, state: IndexState, up_to: int | None = None) -> li
     """The merges the stored ledger events record, up to block `up_to` (decoding only the
     TransferValue rows)."""
     decoder = decoder_for(state)
-    rows = (
-        r
-        for r in db.events(state.chain_id, up_to)
-        if r["name"] == "TransferValue" and str(r["address"]).lower() == state.ledger.lower()
-    )
+    rows = db.events(state.chain_id, up_to, name="TransferValue", address=state.ledger)
     return merges_in(event_from_record(decoder, r) for r in rows)
 
 
