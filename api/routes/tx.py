@@ -236,17 +236,26 @@ def _in_scope(service: Service, check: Callable[[bool], T]) -> T:
         if exc.status not in (403, 404):
             raise
         refusal = exc
-    reader = service.reader
     try:
-        head = call_checked(service.chain.head)
-        behind = head - reader.synced_block()
-        if behind <= 0 or behind > RETRY_LAG_BLOCKS:
+        if not _catch_up(service):
             raise refusal
-        reader.reach(head, wait=min(reader.wait, RETRY_WAIT))
     except _INDEX_TROUBLE as trouble:
         log.info("scope refusal not checked again, the index cannot catch up: %s", trouble)
         raise refusal from None
     return check(True)
+
+
+def _catch_up(service: Service) -> bool:
+    """Lets the index reach the head when it is a few blocks behind (at most RETRY_LAG_BLOCKS), for
+    at most RETRY_WAIT: what a refusal names may have been mined moments ago. Returns whether it was
+    behind by so little; raises what the node or the index raise (_INDEX_TROUBLE)."""
+    reader = service.reader
+    head = call_checked(service.chain.head)
+    behind = head - reader.synced_block()
+    if behind <= 0 or behind > RETRY_LAG_BLOCKS:
+        return False
+    reader.reach(head, wait=min(reader.wait, RETRY_WAIT))
+    return True
 
 
 def _scope(service: Service, refs: References, caller: Callable[[bool], Caller]) -> Scope:
@@ -468,11 +477,7 @@ def _tell_why_not_open(
 def _why_not_open(service: Service, caller: Caller, offer_id: int) -> tuple[str, dict[str, Any]] | None:
     reader = service.reader
     try:
-        head = call_checked(service.chain.head)
-        behind = head - reader.synced_block()
-        # What closed it was mined moments ago, as a refusal's retry waits for (see _in_scope).
-        if 0 < behind <= RETRY_LAG_BLOCKS:
-            reader.reach(head, wait=min(reader.wait, RETRY_WAIT))
+        _catch_up(service)  # what closed it may have been mined moments ago
         record = offer_for(reader, caller, offer_id)
         if record.open:
             if not service.system.ledger.offer(offer_id).open:  # closed in a block not indexed yet
