@@ -32,6 +32,7 @@ the node, over the events up to that block).
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
@@ -73,7 +74,7 @@ from chain_client.index.sync import (
     smaller_may_do,
 )
 from chain_client.index.views import ChainView, read_chain_view
-from chain_client.models import OrderStatus
+from chain_client.models import OrderStatus, Role
 
 # ---------------------------------------------------------------------- replay and sync
 
@@ -223,12 +224,27 @@ class RowMismatch:
         )
 
 
+@dataclass(frozen=True)
+class ManifestMismatch:
+    """A manifest's statement that the chain's events contradict (who the operator is)."""
+
+    field: str
+    manifest: str
+    chain: str
+    touch: Touch | None
+
+    def __str__(self) -> str:
+        by = f" ({self.touch})" if self.touch else ""
+        return f"manifest {self.field}: the manifest says {self.manifest}, the chain says {self.chain}{by}"
+
+
 @dataclass
 class VerifyReport:
     block: int
     digest: str
     recomputed_digest: str
     checked: dict[str, int] = field(default_factory=dict)
+    manifest_mismatches: list[ManifestMismatch] = field(default_factory=list)
     block_mismatches: list[BlockMismatch] = field(default_factory=list)
     digest_mismatches: list[DigestMismatch] = field(default_factory=list)
     event_mismatches: list[EventMismatch] = field(default_factory=list)
@@ -252,7 +268,7 @@ class VerifyReport:
         `kind`, its fields (`touch` as block, tx, log_index and event; the two values compared as
         decimal text when they are integers, as amounts are everywhere in JSON here) and `message`,
         the sentence `findings` gives."""
-        kinds = ("block", "digest", "event", "row", "difference", "violation")
+        kinds = ("manifest", "block", "digest", "event", "row", "difference", "violation")
         return [
             {"kind": kind, **_fields(item), "message": str(item)}
             for kind, items in zip(kinds, self._kinds(), strict=True)
@@ -261,6 +277,7 @@ class VerifyReport:
 
     def _kinds(self) -> tuple[list[Any], ...]:
         return (
+            self.manifest_mismatches,
             self.block_mismatches,
             self.digest_mismatches,
             self.event_mismatches,
@@ -344,6 +361,7 @@ def _verify(
         digest=digest_at(db, state, at) if stored_digest is None else stored_digest,
         recomputed_digest=refold.digest_at(at),
     )
+    report.manifest_mismatches = _manifest_mismatches(db, state, deployment, at)
     report.block_mismatches, cursor_notes = _block_mismatches(state, blocks, source, refold, check, at)
     report.digest_mismatches = _digest_mismatches(state, blocks, refold)
     report.event_mismatches = check.event_mismatches
@@ -453,6 +471,35 @@ def _refold(
         hashes,
         start,
     )
+
+
+def _manifest_mismatches(
+    db: IndexDatabase, state: IndexState, deployment: Deployment, at: int
+) -> list[ManifestMismatch]:
+    """The manifest's admin must be the account the ledger's constructor registered as ADMIN: the
+    first participant the ledger ever registered. Read from the stored events, which verify checks
+    against the node's logs. Before the ledger exists (`at` below its deployment) nothing is said."""
+    first = next(
+        iter(db.events(state.chain_id, at, name="ParticipantRegistered", address=deployment.ledger)), None
+    )
+    if first is None:
+        return []
+    args = json.loads(first["args"])
+    touch = Touch(first["block_number"], first["tx_hash"], first["log_index"], first["name"])
+    found: list[ManifestMismatch] = []
+    if args["account"].lower() != deployment.admin.lower():
+        found.append(
+            ManifestMismatch(
+                "admin", deployment.admin, f"the ledger's first admin is {args['account']}", touch
+            )
+        )
+    elif not int(args["roles"]) & Role.ADMIN:
+        found.append(
+            ManifestMismatch(
+                "admin", deployment.admin, f"registered without the ADMIN role ({args['roles']})", touch
+            )
+        )
+    return found
 
 
 def _position(block: int, tx_index: int, log_index: int, seq: int | None = None) -> str:

@@ -674,6 +674,26 @@ def test_a_manifest_whose_deployment_block_comes_after_the_deployment_is_refused
         audit.sync(lifecycle.chain, future, IndexDatabase(tmp_path / "future.sqlite"))
 
 
+def test_verify_refuses_a_manifest_that_names_another_admin(
+    lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus]
+) -> None:
+    """The manifest's admin is the operator an auditor reads it for; verify took it on trust."""
+    db, status = replayed
+    deployment = lifecycle.work.system.deployment
+    assert audit.verify(lifecycle.chain, deployment, db).manifest_mismatches == []
+    stranger = to_checksum_address(keccak(b"not the operator")[:20])
+    report = audit.verify(lifecycle.chain, dataclasses.replace(deployment, admin=stranger), db)
+    assert not report.ok
+    [mismatch] = report.manifest_mismatches
+    assert (mismatch.field, mismatch.manifest) == ("admin", stranger)
+    assert deployment.admin in mismatch.chain
+    assert mismatch.touch is not None and mismatch.touch.event == "ParticipantRegistered"
+    [detail] = [d for d in report.details() if d["kind"] == "manifest"]
+    assert detail["manifest"] == stranger and detail["message"] == str(mismatch)
+    # Before the ledger exists there is no admin to compare with.
+    assert audit.verify(lifecycle.chain, dataclasses.replace(deployment, admin=stranger), db, status.deployment_block).ok
+
+
 def test_a_follower_stops_on_a_manifest_that_does_not_belong_instead_of_retrying_it(
     lifecycle: Lifecycle, replayed: tuple[IndexDatabase, SyncStatus], tmp_path: Path
 ) -> None:
