@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from eth_utils import to_checksum_address
+from web3.exceptions import Web3RPCError
+from web3.types import EventData
 
 from chain_client.artifacts import load_artifact
 from chain_client.chain import Chain
@@ -21,7 +24,7 @@ from chain_client.models import (
     Participant,
     Role,
 )
-from chain_client.transactions import Transactor, TxResult, call_checked
+from chain_client.transactions import Transactor, TxResult, call_checked, node_failure, unavailable
 
 ZERO_ADDRESS = to_checksum_address("0x" + "00" * 20)
 
@@ -289,13 +292,8 @@ class LedgerClient:
         self, order_id: int, from_block: int = 0, to_block: int | None = None
     ) -> list[int]:
         """Ids of the certificates of an order issued in blocks from_block..to_block (the head if
-        None), from its CertificateIssued events (the orderId topic). Nodes bound the range one
-        query may span (Besu): a caller with a long chain to cover asks in windows."""
-        logs = self.contract.events.CertificateIssued.get_logs(
-            from_block=from_block,
-            to_block="latest" if to_block is None else to_block,
-            argument_filters={"orderId": order_id},
-        )
+        None), from its CertificateIssued events (the orderId topic)."""
+        logs = self._logs(self.contract.events.CertificateIssued, from_block, to_block, {"orderId": order_id})
         return [int(log["args"]["certificateId"]) for log in logs]
 
     def certificates_of_order(self, order_id: int, from_block: int = 0) -> list[Certificate]:
@@ -306,10 +304,36 @@ class LedgerClient:
         self, holder: ChecksumAddress, from_block: int = 0, live_only: bool = True
     ) -> list[Certificate]:
         """Certificates `holder` holds now, found from the Transfer events that reached it."""
-        logs = self.contract.events.Transfer.get_logs(from_block=from_block, argument_filters={"to": holder})
+        logs = self._logs(self.contract.events.Transfer, from_block, None, {"to": holder})
         ids = sorted({int(log["args"]["tokenId"]) for log in logs})
         held = [c for c in (self.certificate(i) for i in ids) if c.holder == holder]
         return [c for c in held if c.status == CertificateStatus.LIVE] if live_only else held
+
+    def _logs(
+        self, event: Any, from_block: int, to_block: int | None, filters: dict[str, Any]
+    ) -> list[EventData]:
+        """`event`'s logs matching `filters` in blocks from_block..to_block (the head if None).
+        Nodes bound the range one query may span (Besu's --rpc-max-logs-range, hosted providers'
+        caps) and answer a wider one with an error: the rest of the range is then asked for in
+        halves, down to single blocks, which a node that serves logs at all does not refuse."""
+        last = call_checked(self.chain.head) if to_block is None else to_block
+        found: list[EventData] = []
+        start, size = from_block, max(1, last - from_block + 1)
+        while start <= last:
+            end = min(start + size - 1, last)
+            try:
+                found += event.get_logs(from_block=start, to_block=end, argument_filters=filters)
+            except Web3RPCError as exc:  # the node's error answer: a range cap, or a rate limit
+                if end == start:
+                    raise unavailable(self.chain.settings.rpc_url, exc) from exc
+                size = max(1, (end - start + 1) // 2)
+                continue
+            except Exception as exc:
+                if node_failure(exc):
+                    raise unavailable(self.chain.settings.rpc_url, exc) from exc
+                raise
+            start = end + 1
+        return found
 
     def lineage(self, certificate_id: int, from_block: int = 0) -> LineageNode:
         """The tree from the root of `certificate_id`'s order down to every descendant."""

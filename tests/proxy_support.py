@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -71,6 +72,56 @@ def scripted_node(results: dict[str, Any]) -> Iterator[str]:
     other with "method not found", as a node without that namespace does; yields its URL."""
     with _serving(type("Handler", (_ScriptedHandler,), {"results": results})) as url:
         yield url
+
+
+class _CappedLogsHandler(_Handler):
+    """Forwards every request to `upstream`, except an eth_getLogs over more than `max_blocks`
+    blocks, which it refuses as Besu does past its --rpc-max-logs-range."""
+
+    upstream: ClassVar[str] = ""
+    max_blocks: ClassVar[int] = 1
+    refused: ClassVar[list[tuple[int, int]]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        request = json.loads(body)
+        if isinstance(request, dict) and request["method"] == "eth_getLogs":
+            first, last = (
+                self._block(request["params"][0].get(end, "latest")) for end in ("fromBlock", "toBlock")
+            )
+            if last - first + 1 > self.max_blocks:
+                self.refused.append((first, last))
+                error = {"code": -32005, "message": "Requested range exceeds maximum RPC range limit"}
+                self._reply(200, {"jsonrpc": "2.0", "id": request["id"], "error": error})
+                return
+        self._reply(200, self._forward(body))
+
+    def _block(self, tag: str) -> int:
+        if tag.startswith("0x"):
+            return int(tag, 16)
+        answer = self._forward(
+            json.dumps({"jsonrpc": "2.0", "id": 0, "method": "eth_blockNumber", "params": []}).encode()
+        )
+        return int(answer["result"], 16)
+
+    def _forward(self, body: bytes) -> Any:
+        request = urllib.request.Request(
+            self.upstream, data=body, headers={"content-type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+
+@contextmanager
+def capped_logs_node(upstream: str, max_blocks: int) -> Iterator[tuple[str, list[tuple[int, int]]]]:
+    """`upstream` behind a proxy that refuses eth_getLogs over more than `max_blocks` blocks; yields
+    its URL and the list of the ranges it refused."""
+    refused: list[tuple[int, int]] = []
+    handler = type(
+        "Handler", (_CappedLogsHandler,), {"upstream": upstream, "max_blocks": max_blocks, "refused": refused}
+    )
+    with _serving(handler) as url:
+        yield url, refused
 
 
 @contextmanager

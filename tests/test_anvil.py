@@ -20,6 +20,7 @@ import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from index_support import anvil_node
+from proxy_support import capped_logs_node
 from rich.console import Console
 from typer.testing import CliRunner
 from world import check_demo_end_state
@@ -90,17 +91,32 @@ def test_anvil_dev_key_is_the_well_known_one(anvil: Anvil) -> None:
     assert anvil.account(0).address == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 
 
-def test_demo_on_anvil_reconciles_and_an_auditor_verifies_it_from_its_manifest(
-    anvil: Anvil, tmp_path: Path
-) -> None:
+@dataclass(frozen=True)
+class Demo:
+    system: System
+    story: str
+    manifest: Path
+
+
+@pytest.fixture(scope="module")
+def demo(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    """The demo run once on the module's anvil; its tests only read what it left."""
     chain = connect(Settings(rpc_url=anvil.url))
+    out = io.StringIO()
+    manifest = tmp_path_factory.mktemp("demo") / "demo.json"
+    system = run_demo(chain, Console(file=out, width=120), manifest=manifest)
+    return Demo(system, out.getvalue(), manifest)
+
+
+def test_demo_on_anvil_reconciles_and_an_auditor_verifies_it_from_its_manifest(
+    anvil: Anvil, demo: Demo, tmp_path: Path
+) -> None:
+    system, manifest = demo.system, demo.manifest
+    chain = system.chain
     assert not chain.embedded
     assert chain.chain_id == ANVIL_CHAIN_ID
-    out = io.StringIO()
-    manifest = tmp_path / "demo.json"
-    system = run_demo(chain, Console(file=out, width=120), manifest=manifest)
-    check_demo_end_state(system, out.getvalue())
-    assert f"node chain {ANVIL_CHAIN_ID}" in out.getvalue()
+    check_demo_end_state(system, demo.story)
+    assert f"node chain {ANVIL_CHAIN_ID}" in demo.story
     assert Deployment.load(manifest) == system.deployment
 
     runner = CliRunner(env={"CERTLEDGER_RPC_URL": anvil.url, "CERTLEDGER_MANIFEST": str(manifest)})
@@ -108,6 +124,36 @@ def test_demo_on_anvil_reconciles_and_an_auditor_verifies_it_from_its_manifest(
     for command in (["audit", "replay", "--db", db], ["audit", "verify", "--db", db]):
         result = runner.invoke(build_app(), command)
         assert result.exit_code == 0, result.output
+
+
+def test_holdings_and_lineage_ask_a_node_that_caps_log_ranges_in_smaller_ranges(
+    anvil: Anvil, demo: Demo
+) -> None:
+    """Besu refuses eth_getLogs over more than --rpc-max-logs-range blocks: `cert holdings` and
+    `cert lineage` asked for the whole chain at once and ended in a traceback there."""
+    app = build_app()
+    ledger = demo.system.ledger
+    holders = sorted({c.holder for c in ledger.certificates_of_order(1)})
+    direct = CliRunner(env={"CERTLEDGER_RPC_URL": anvil.url, "CERTLEDGER_MANIFEST": str(demo.manifest)})
+    wanted = {
+        (command, *args): direct.invoke(app, [command, *args, "--json"]).output
+        for command, *args in [("cert", "holdings", holder) for holder in holders]
+        + [("cert", "lineage", "1")]
+    }
+    with capped_logs_node(anvil.url, max_blocks=3) as (url, refused):
+        capped = CliRunner(env={"CERTLEDGER_RPC_URL": url, "CERTLEDGER_MANIFEST": str(demo.manifest)})
+        for command, answer in wanted.items():
+            result = capped.invoke(app, [*command, "--json"])
+            assert result.exit_code == 0, (command, result.output)
+            assert result.output == answer
+    assert refused, "the chain is longer than the cap: some range must have been refused"
+    # A node that refuses even a single block's logs is said to be unavailable, in one line.
+    with capped_logs_node(anvil.url, max_blocks=0) as (url, _):
+        capped = CliRunner(env={"CERTLEDGER_RPC_URL": url, "CERTLEDGER_MANIFEST": str(demo.manifest)})
+        result = capped.invoke(app, ["cert", "lineage", "1"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "unavailable" in result.output and "range limit" in " ".join(result.output.split())
+    assert any(json.loads(answer) for answer in wanted.values())  # not all empty
 
 
 def test_advance_time_on_a_node(anvil: Anvil) -> None:
