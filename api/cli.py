@@ -10,7 +10,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 import uvicorn
@@ -25,7 +25,7 @@ from api.service import Service
 from api.settings import ApiSettings
 from chain_client.chain import Chain, connect
 from chain_client.errors import CertledgerError
-from chain_client.index.db import IndexDatabase, shown_url
+from chain_client.index.db import IndexDatabase, database_url, shown_url
 from chain_client.index.sync import FINAL_FAILURES, Indexer
 from chain_client.models import Role
 from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, label_hash
@@ -97,12 +97,19 @@ def _serve_one(system: System, settings: ApiSettings, host: str, port: int, acce
     except CertledgerError as exc:  # an index of another chain or deployment
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    except SQLAlchemyError as exc:  # a file that is no database, a server that refuses
-        reason = getattr(exc, "orig", None) or exc
-        shown = shown_url(settings.index_db)
-        typer.echo(f"error: the event index {shown} cannot be used: {reason}", err=True)
-        raise typer.Exit(1) from None
+    except SQLAlchemyError as exc:
+        _unusable_index(settings.index_db, exc)
     uvicorn.run(create_app(service), host=host, port=port, workers=1, access_log=access_log)
+
+
+def _unusable_index(index_db: str, exc: SQLAlchemyError) -> NoReturn:
+    """An index the database refuses (a file that is no database, a directory that is not there,
+    a server that refuses): one line naming it as the user gave it, its password masked."""
+    reason = getattr(exc, "orig", None) or exc
+    typer.echo(
+        f"error: the event index {shown_url(database_url(index_db))} cannot be used: {reason}", err=True
+    )
+    raise typer.Exit(1) from None
 
 
 @app.command()
@@ -192,7 +199,10 @@ def _serve(
     os.environ["CERTLEDGER_INDEX_FOLLOWER"] = "true"
     settings = ApiSettings()
     system = System.from_manifest(settings)
-    Indexer(system.chain, system.deployment, IndexDatabase(settings.index_db)).sync()
+    try:
+        Indexer(system.chain, system.deployment, IndexDatabase(settings.index_db)).sync()
+    except SQLAlchemyError as exc:
+        _unusable_index(settings.index_db, exc)
     stop = threading.Event()
     follower = threading.Thread(
         target=follow_index, args=(settings, stop), name="index-follower", daemon=True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+import typer
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from index_support import anvil_node
@@ -25,6 +27,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 from world import check_demo_end_state
 
+from api import cli as api_cli
 from certledger_main import build_app
 from chain_client import errors
 from chain_client.chain import connect
@@ -154,6 +157,28 @@ def test_holdings_and_lineage_ask_a_node_that_caps_log_ranges_in_smaller_ranges(
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert "unavailable" in result.output and "range limit" in " ".join(result.output.split())
     assert any(json.loads(answer) for answer in wanted.values())  # not all empty
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_names_an_index_it_cannot_open_in_one_line_with_any_number_of_workers(
+    anvil: Anvil,
+    demo: Demo,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    workers: int,
+) -> None:
+    """With several workers the first sync ran outside the handling one worker had: a traceback.
+    With one, a plain path was shown as "(an unreadable database URL)"."""
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # serve sets CERTLEDGER_* for its workers
+    missing = tmp_path / "no-such-directory" / "index.sqlite"
+    with pytest.raises(typer.Exit) as exit_info:
+        api_cli.serve(rpc_url=anvil.url, manifest=demo.manifest, index_db=str(missing), host="127.0.0.1",
+                      port=0, workers=workers, access_log=False)  # fmt: skip
+    assert exit_info.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert err == f"error: the event index sqlite:///{missing} cannot be used: unable to open database file\n"
+    assert not missing.parent.exists()
 
 
 def test_advance_time_on_a_node(anvil: Anvil) -> None:
