@@ -96,6 +96,21 @@ def test_held_certificates_stay_readable(api: Api, world: World, tree: dict[str,
     assert holders[-1]["old"] == s1.address and holders[-1]["new"] == world.cast.supplier2.address
 
 
+def test_held_within_an_order_is_the_callers_holdings_there_not_the_orders_view(
+    api: Api, world: World, tree: dict[str, int]
+) -> None:
+    """`held` with `orderId` was ignored: the order's whole visible tree came back, the root
+    supplier2 never held included, for a client summing what it holds or held in the order."""
+    s2 = world.cast.supplier2
+    assert _ids(api.get("/v1/certificates", s2, orderId=tree["order"]).json()) == [tree["root"], tree["a"]]
+    world.ledger.split_to(s2, tree["a"], world.cast.supplier1.address, 10_000_00)
+    world.ledger.transfer(s2, tree["a"], world.cast.factor.address)
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    assert _ids(api.get("/v1/certificates", s2, held="true", orderId=tree["order"]).json()) == [tree["a"]]
+    assert _ids(api.get("/v1/certificates", s2, orderId=tree["order"], holder=s2.address).json()) == []
+    assert _ids(api.get("/v1/certificates", s2, held="true").json()) == [tree["a"], tree["other"]]
+
+
 def test_issuer_sees_its_orders_and_all_descendants(api: Api, world: World, tree: dict[str, int]) -> None:
     issuer = world.cast.issuer
     orders = api.get("/v1/orders", issuer).json()

@@ -112,16 +112,20 @@ async def certificates(
     holder: Annotated[Address | None, Query(description="Default: the caller (its holdings).")] = None,
     order_id: Annotated[int | None, Query(alias="orderId", ge=1, le=UINT64)] = None,
     live_only: Annotated[bool, Query(alias="liveOnly")] = True,
-    held: Annotated[bool, Query(description="Also certificates the holder held before.")] = False,
+    held: Annotated[
+        bool,
+        Query(description="Also certificates the holder held before (holdings, with or without orderId)."),
+    ] = False,
 ) -> Page[CertificateOut]:
-    """Holdings: the certificates a holder holds (live ones by default), or all of an order's
-    certificates the caller may see (`orderId`)."""
+    """Holdings: the certificates a holder holds (live ones by default; `held`: or held before),
+    within one order with `orderId`; or, with `orderId` alone, all of the order's certificates the
+    caller may see."""
     # A coroutine although it queries the index: the busiest read, and a local SQLite query is
     # shorter than the hop to the thread pool it would otherwise take. It never calls the node.
     reader = service.reader
     require_reader(caller)
     where: list[object] = []
-    if order_id is not None and holder is None:
+    if order_id is not None and holder is None and not held:
         order_for(reader, caller, order_id)
         where.append(CertificateRecord.order_id == order_id)
         visible = visible_certificates(reader, caller)
