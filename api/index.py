@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from typing import Any, TypeVar, cast
 
 from eth_typing import HexStr
-from sqlalchemy import Row, func, or_
+from sqlalchemy import ColumnElement, Integer, Row, Text, and_, exists, func, or_
+from sqlalchemy import cast as cast_to
 from sqlalchemy import select as core_select
 from sqlmodel import Session, SQLModel, col, select
 from web3.exceptions import BlockNotFound
@@ -29,7 +30,7 @@ from web3.exceptions import BlockNotFound
 from chain_client.chain import Chain
 from chain_client.deploy import Deployment
 from chain_client.errors import CertledgerError
-from chain_client.index.books import CREATED
+from chain_client.index.books import CREATED, HOLDER_ROLES
 from chain_client.index.db import IndexDatabase, table_of
 from chain_client.index.models import (
     CertificateRecord,
@@ -42,6 +43,7 @@ from chain_client.index.models import (
     PaymentRecord,
 )
 from chain_client.index.sync import FINAL_FAILURES, ROUND_FAILURES, Indexer
+from chain_client.models import CertificateStatus
 
 M = TypeVar("M", bound=SQLModel)
 log = logging.getLogger(__name__)
@@ -383,6 +385,58 @@ class IndexReader:
                     credited.add(_position(booking))
                     break
         return credited
+
+    def buyable(self, now: int) -> ColumnElement[bool]:
+        """An offer the ledger would sell now (as of `now`, the index's clock): open and unexpired,
+        its certificate live, unfrozen and not matured, still held by the seller, who may hold
+        certificates, with at least the offered value, and not moved away since the offer (the
+        ledger's OfferStale: its epoch changes with every holder change, even one back to the
+        seller). What it cannot know from the index: a paused ledger, and the buyer's own
+        eligibility."""
+        o, c, p, ch = (table_of(m) for m in (OfferRecord, CertificateRecord, ParticipantRecord, ChangeRecord))
+        held = exists().where(
+            c.c.chain_id == o.c.chain_id,
+            c.c.certificate_id == o.c.certificate_id,
+            c.c.holder == o.c.seller,
+            c.c.status == int(CertificateStatus.LIVE),
+            c.c.frozen.is_(False),
+            c.c.maturity > now,
+            c.c.value >= o.c.value,
+        )
+        seller = exists().where(
+            p.c.chain_id == o.c.chain_id,
+            p.c.address == o.c.seller,
+            p.c.active.is_(True),
+            p.c.roles.op("&")(HOLDER_ROLES) != 0,
+        )
+        # An open offer's last touch is its DiscountOffered; log indexes order a block's events.
+        moved = exists().where(
+            ch.c.chain_id == o.c.chain_id,
+            ch.c.entity == "certificate",
+            ch.c.key == self._key_text(o.c.certificate_id),
+            ch.c.field == "holder",
+            or_(
+                ch.c.block_number > o.c.last_block,
+                and_(ch.c.block_number == o.c.last_block, ch.c.log_index > o.c.last_log_index),
+            ),
+        )
+        return and_(o.c.open.is_(True), o.c.expiry > now, held, seller, ~moved)
+
+    def buyable_ids(self, now: int, offer_ids: Sequence[int]) -> set[int]:
+        """Which of `offer_ids` are `buyable` now."""
+        o = table_of(OfferRecord)
+        query = core_select(o.c.offer_id).where(
+            o.c.chain_id == self.chain_id, o.c.offer_id.in_(offer_ids), self.buyable(now)
+        )
+        with self.db.connect() as conn:
+            return {int(row[0]) for row in conn.execute(query)}
+
+    def _key_text(self, column: Any) -> ColumnElement[str]:
+        """A uint column as the change log's key text (decimal, no padding): PostgreSQL stores it as
+        NUMERIC, SQLite as zero-padded text (models.Uint)."""
+        if self.db.engine.dialect.name == "postgresql":
+            return cast_to(column, Text)
+        return cast_to(cast_to(column, Integer), Text)
 
     def offers(self, where: Sequence[Any], limit: int, offset: int) -> tuple[list[OfferRecord], int]:
         return self.page(OfferRecord, where, [col(OfferRecord.offer_id)], limit, offset)

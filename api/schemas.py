@@ -232,6 +232,11 @@ class OfferOut(BaseModel):
         description="The expiry is at or before the timestamp of the index's last block: the offer "
         "can no longer be bought (its seller may still cancel it)."
     )
+    buyable: bool = Field(
+        description="The ledger would sell it now, as of the index's last block: open, not expired, "
+        "its certificate still the seller's since the offer, live, unfrozen, not matured, with the "
+        "value offered (else buying is refused: IncorrectHolder, OfferStale, InsufficientValue, ...)."
+    )
 
 
 class QuoteOut(BaseModel):

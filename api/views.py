@@ -83,8 +83,9 @@ def certificate_out(r: CertificateRecord) -> CertificateOut:
     )
 
 
-def offer_out(r: OfferRecord, now: int) -> OfferOut:
-    """`now`: the chain's time as the index has it (IndexReader.head_time)."""
+def offer_out(r: OfferRecord, now: int, buyable: bool) -> OfferOut:
+    """`now`: the chain's time as the index has it (IndexReader.head_time); `buyable`: as
+    IndexReader.buyable found it."""
     return OfferOut(
         offerId=int(r.offer_id),
         certificateId=int(r.certificate_id),
@@ -95,6 +96,7 @@ def offer_out(r: OfferRecord, now: int) -> OfferOut:
         expiry=r.expiry,
         open=r.open,
         expired=r.expiry <= now,
+        buyable=buyable,
     )
 
 

@@ -199,6 +199,48 @@ def test_offers_are_seen_by_their_seller_and_eligible_factors(
     assert api.get("/v1/offers", world.cast.supplier1).json()["total"] == 0
 
 
+def test_an_offer_is_buyable_only_while_the_ledger_would_sell_it(
+    api: Api, world: World, tree: dict[str, int]
+) -> None:
+    """Offers stay open on chain when their certificate moves, shrinks or is frozen (D13): listed
+    as open, they were refused when bought. `buyable` says which the ledger would sell now, and a
+    factor's purchase agrees with it every time."""
+    s1, s2, factor, a = world.cast.supplier1, world.cast.supplier2, world.cast.factor, tree["a"]
+    expiry = world.pending_time() + 30 * 86_400
+
+    def offer(value: int) -> int:
+        return world.ledger.offer_discount(s2, a, value=value, price=value * 9 // 10, expiry=expiry)[0]
+
+    def check(buyable: set[int]) -> None:
+        api.service.reader.reach(world.chain.w3.eth.block_number)
+        listed = api.get("/v1/offers", factor).json()["items"]
+        assert {o["offerId"] for o in listed} == set(offers)  # all open and unexpired
+        assert {o["offerId"] for o in listed if o["buyable"]} == buyable
+        assert _offer_ids(api.get("/v1/offers", factor, buyableOnly="true").json()) == sorted(buyable)
+        for offer_id in offers:
+            assert api.get(f"/v1/offers/{offer_id}", s2).json()["buyable"] == (offer_id in buyable)
+            bought = api.prepare("buy", factor, {"offerId": offer_id})
+            assert (bought.status_code == 200) == (offer_id in buyable), (offer_id, bought.json())
+
+    offers = [offer(100_00)]
+    check(set(offers))
+    world.ledger.transfer(s2, a, s1.address)  # moved away: IncorrectHolder
+    check(set())
+    world.ledger.transfer(s1, a, s2.address)  # and back: OfferStale all the same
+    check(set())
+    offers += [offer(100_00), offer(30_000_00)]  # made after the return; the second is all of it
+    check({offers[1], offers[2]})
+    world.ledger.freeze(world.cast.regulator, a, b"\x01" * 32)
+    check(set())
+    world.ledger.unfreeze(world.cast.regulator, a)
+    world.ledger.split_to(s2, a, s1.address, 1_000_00)  # less than the third offer's value now
+    check({offers[1]})
+
+
+def _offer_ids(page: dict[str, Any]) -> list[int]:
+    return [item["offerId"] for item in page["items"]]
+
+
 def test_health_names_the_head_and_the_indexed_block(api: Api, world: World) -> None:
     health = api.client.get("/health").json()
     assert health["head"] == world.chain.w3.eth.block_number and health["indexed"] <= health["head"]

@@ -191,12 +191,16 @@ def offers(
     caller: CallerDep,
     paging: PagingDep,
     open_only: Annotated[bool, Query(alias="openOnly")] = True,
+    buyable_only: Annotated[bool, Query(alias="buyableOnly")] = False,
 ) -> Page[OfferOut]:
     """Discount offers: a seller sees its own, a factor those open to any buyer or reserved for it.
-    `openOnly`: those that can be bought now, neither bought, cancelled nor expired (by the
-    timestamp of the index's last block, the chain's clock)."""
+    `openOnly`: neither bought, cancelled nor expired (by the timestamp of the index's last block,
+    the chain's clock): what a seller may still cancel. `buyableOnly`: those the ledger would also
+    sell now (`buyable`): the certificate still the seller's since the offer, live, unfrozen, not
+    matured, with the value offered."""
     require_reader(caller)
-    now = service.reader.head_time()
+    reader = service.reader
+    now = reader.head_time()
     where: list[object] = []
     if not caller.sees_all:
         mine = [col(OfferRecord.seller) == caller.address]
@@ -207,15 +211,19 @@ def offers(
     if open_only:
         where.append(col(OfferRecord.open).is_(True))
         where.append(col(OfferRecord.expiry) > now)
-    rows, total = service.reader.offers(where, paging.limit, paging.offset)
-    items = [offer_out(r, now) for r in rows]
+    if buyable_only:
+        where.append(reader.buyable(now))
+    rows, total = reader.offers(where, paging.limit, paging.offset)
+    buyable = reader.buyable_ids(now, [int(r.offer_id) for r in rows]) if rows else set()
+    items = [offer_out(r, now, int(r.offer_id) in buyable) for r in rows]
     return Page(items=items, total=total, limit=paging.limit, offset=paging.offset)
 
 
 @router.get("/offers/{offer_id}", response_model=OfferOut, tags=["discount"])
 def offer(offer_id: IdPath, service: ServiceDep, caller: CallerDep) -> OfferOut:
     record = offer_for(service.reader, caller, offer_id)
-    return offer_out(record, service.reader.head_time())
+    now = service.reader.head_time()
+    return offer_out(record, now, offer_id in service.reader.buyable_ids(now, [offer_id]))
 
 
 @router.get("/quote", response_model=QuoteOut, tags=["discount"])

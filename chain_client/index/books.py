@@ -27,7 +27,7 @@ ZERO_ADDRESS = "0x" + "0" * 40
 SYSTEM_KEY = "system"
 #: The pseudo-field of the change that creates a record; its `new` is the whole initial record.
 CREATED = "@created"
-_HOLDER_ROLES = int(Role.SUPPLIER | Role.FACTOR)
+HOLDER_ROLES = int(Role.SUPPLIER | Role.FACTOR)
 
 
 @dataclass(frozen=True)
@@ -523,7 +523,7 @@ class Books:
 
     def _may_hold(self, account: str) -> bool:
         p = self.records["participant"].get(account)
-        return p is not None and bool(p["roles"] & _HOLDER_ROLES) and bool(p["active"])
+        return p is not None and bool(p["roles"] & HOLDER_ROLES) and bool(p["active"])
 
     def _check_receiver(self, cert_id: int, to: str) -> None:
         if not self._may_hold(to):
