@@ -57,7 +57,7 @@ class ApiError(Exception):
 
 
 def not_found(what: str, key: object) -> ApiError:
-    return ApiError(404, "NotFound", f"no {what} {key}", kind=what, id=str(key))
+    return ApiError(404, "NotFound", f"no {what} {key}", kind=what, id=key)
 
 
 def forbidden(message: str, **fields: Any) -> ApiError:

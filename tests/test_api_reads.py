@@ -141,6 +141,12 @@ def test_unknown_ids_are_404_and_bad_ones_422(api: Api, world: World, tree: dict
     for path in ("/v1/certificates/999", "/v1/orders/999", "/v1/offers/999", "/v1/settlement/orders/999"):
         r = api.get(path, world.cast.regulator)
         assert (r.status_code, r.json()["code"]) == (404, "NotFound"), path
+        assert r.json()["fields"]["id"] == 999  # a number, as every id below 2^53 is
+    huge = 2**60 + 1  # above 2^53: a string, which a JSON number would round
+    assert api.get(f"/v1/certificates/{huge}", world.cast.regulator).json()["fields"] == {
+        "kind": "certificate",
+        "id": str(huge),
+    }
     for path in ("/v1/certificates/0", "/v1/certificates/abc", "/v1/orders/-1"):
         assert api.get(path, s1).json()["code"] == "ValidationError"
     assert api.get("/v1/certificates", s1, limit=0).status_code == 422

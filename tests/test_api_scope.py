@@ -112,17 +112,17 @@ def test_settle_is_prepared_for_the_certificates_the_caller_reads(
 def test_unknown_ids_are_404_in_prepare(api: Api, world: World, books: dict[str, int]) -> None:
     s1, factor, admin = world.cast.supplier1, world.cast.factor, world.cast.admin
     stranger = "0x" + "12" * 20
-    cases: list[tuple[str, Any, dict[str, Any], str, str]] = [
-        ("buy", factor, {"offerId": 999}, "offer", "999"),
-        ("cancel-offer", s1, {"offerId": 999}, "offer", "999"),
+    cases: list[tuple[str, Any, dict[str, Any], str, Any]] = [
+        ("buy", factor, {"offerId": 999}, "offer", 999),
+        ("cancel-offer", s1, {"offerId": 999}, "offer", 999),
         ("suspend-participant", admin, {"account": stranger}, "participant", stranger),
         ("reinstate-participant", admin, {"account": stranger}, "participant", stranger),
-        ("settle", factor, {"certificateIds": [999]}, "certificate", "999"),
-        ("settle", s1, {"certificateIds": [books["cert1"], 999]}, "certificate", "999"),
-        ("freeze", world.cast.regulator, {"certificateId": 999, "reason": "x"}, "certificate", "999"),
-        ("transfer", s1, {"certificateId": 999, "to": world.cast.supplier2.address}, "certificate", "999"),
-        ("merge", s1, {"fromId": books["cert1"], "toId": 999, "value": 1}, "certificate", "999"),
-        ("cancel-order", world.cast.issuer, {"orderId": 999}, "order", "999"),
+        ("settle", factor, {"certificateIds": [999]}, "certificate", 999),
+        ("settle", s1, {"certificateIds": [books["cert1"], 999]}, "certificate", 999),
+        ("freeze", world.cast.regulator, {"certificateId": 999, "reason": "x"}, "certificate", 999),
+        ("transfer", s1, {"certificateId": 999, "to": world.cast.supplier2.address}, "certificate", 999),
+        ("merge", s1, {"fromId": books["cert1"], "toId": 999, "value": 1}, "certificate", 999),
+        ("cancel-order", world.cast.issuer, {"orderId": 999}, "order", 999),
     ]
     for job, who, body, kind, key in cases:
         r = api.prepare(job, who, body)
@@ -273,14 +273,14 @@ def test_relay_answers_unknown_ids_as_the_reads_do(api: Api, world: World, books
     s1, factor = world.cast.supplier1, world.cast.factor
     ledger = world.ledger.contract.functions
     stranger = "0x" + "12" * 20
-    cases: list[tuple[LocalAccount, Any, str, str]] = [
+    cases: list[tuple[LocalAccount, Any, str, Any]] = [
         (s1, _fn(world, _MOVE, s1.address, factor.address, 999),
-         "certificate", "999"),
-        (s1, ledger.settle([books["cert1"], 999]), "certificate", "999"),
-        (s1, _fn(world, _MERGE, books["cert1"], 999, 1), "certificate", "999"),
-        (factor, ledger.buyDiscounted(999), "offer", "999"),
-        (s1, ledger.cancelDiscountOffer(999), "offer", "999"),
-        (world.cast.issuer, ledger.cancelOrder(999), "order", "999"),
+         "certificate", 999),
+        (s1, ledger.settle([books["cert1"], 999]), "certificate", 999),
+        (s1, _fn(world, _MERGE, books["cert1"], 999, 1), "certificate", 999),
+        (factor, ledger.buyDiscounted(999), "offer", 999),
+        (s1, ledger.cancelDiscountOffer(999), "offer", 999),
+        (world.cast.issuer, ledger.cancelOrder(999), "order", 999),
         (world.cast.admin, ledger.suspendParticipant(stranger), "participant", stranger),
     ]  # fmt: skip
     for who, call, kind, key in cases:
@@ -635,7 +635,7 @@ def test_confirm_receipt_prepare_tells_nothing_of_the_order_beyond_its_id(
 
     r = api.client.post(prepare, json=body(999))
     assert (r.status_code, r.json()["code"], r.json()["fields"]) == (
-        404, "NotFound", {"kind": "order", "id": "999"},
+        404, "NotFound", {"kind": "order", "id": 999},
     )  # fmt: skip
     order = books["order2"]  # confirmed
     r = api.client.post(prepare, json=body(order))
