@@ -15,12 +15,13 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from chain_client.errors import CertledgerError
@@ -31,15 +32,18 @@ from chain_client.system import System
 from oracle.devices import (
     DeviceError,
     DeviceFiles,
+    DeviceSigner,
+    FileSequence,
     ReadingContext,
     create_device,
     device_address,
     load_device,
+    next_sequence,
 )
 from oracle.mqtt import BrokerUnavailable, MqttPublisher
 from oracle.settings import OracleSettings
 from oracle.simulator import Delivery, Fault, SimulatedDevice, publish_all, readings_for
-from oracle.store import NotResolvable, OrderState, Store
+from oracle.store import NotResolvable, OrderState, Store, StoreUnusable
 
 oracle_app = typer.Typer(
     help="Run the receipt oracle (gateway, relayer, keeper) and see its state.", no_args_is_help=True
@@ -100,12 +104,27 @@ def _existing_db(db: Path) -> Path:
     return db
 
 
+def _store(db: Path) -> Store:
+    """Opens the oracle's database at `db` (see `_existing_db`), or says in one line why the file
+    there is not one."""
+    try:
+        return Store(db)
+    except StoreUnusable as exc:
+        _fail(exc)
+
+
+def _fail(exc: Exception) -> NoReturn:
+    # escape: messages carry file and device names, which rich would read as markup; soft_wrap:
+    # one line however long the path, for grep.
+    console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+    raise typer.Exit(1) from None
+
+
 def _run(job: Any) -> None:
     try:
         job()
-    except (CertledgerError, DeviceError, BrokerUnavailable) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+    except (CertledgerError, DeviceError, BrokerUnavailable, StoreUnusable) as exc:
+        _fail(exc)
 
 
 # ---------------------------------------------------------------------- oracle
@@ -174,7 +193,7 @@ def oracle_run(
 def oracle_status(db: Db = Path("oracle.db"), as_json: Json = False, limit: int = 20) -> None:
     """Orders (collecting, submitting, confirmed, disputed, failed), alerts and refused readings."""
     _existing_db(db)
-    store = Store(db)
+    store = _store(db)
     orders, alerts, refused = store.orders(), store.alerts(limit), store.rejections(limit)
     counts = {s.value: sum(1 for o in orders if o.state == s) for s in OrderState}
     if as_json:
@@ -305,7 +324,7 @@ def oracle_expect(
         given[field] = None
     if not given:
         raise typer.BadParameter("give an expectation to change, or --reset", param_hint="--carton-weight")
-    store = Store(db)
+    store = _store(db)
     try:
         record = store.register_order(order_id, **given)  # type: ignore[arg-type]
     finally:
@@ -341,7 +360,7 @@ def oracle_resolve(
 ) -> None:
     """Resolve a disputed or failed order: it collects readings again (a recount, by default)."""
     _existing_db(db)
-    store = Store(db)
+    store = _store(db)
     try:
         aside = store.resolve(order_id, reason, recount=not keep_readings)
     except NotResolvable as exc:
@@ -372,7 +391,7 @@ def oracle_requeue(
     _existing_db(db)
     if (item is None) == (not all_items):
         raise typer.BadParameter("give one ITEM or --all", param_hint="ITEM")
-    store = Store(db)
+    store = _store(db)
     try:
         if drop:
             if item is None:
@@ -406,8 +425,11 @@ def devices_create(
     """Make a device key in an encrypted keystore (scrypt); prints its address to enrol on chain."""
     if kind not in KIND_NAMES:
         raise typer.BadParameter("kind is count or weight", param_hint="--kind")
+    try:
+        files = DeviceFiles(directory, name)  # refuses a name that is a path, before anything is made
+    except DeviceError as exc:
+        _fail(exc)
     password = _secret(password_env, "the keystore password", "--password-env")
-    files = DeviceFiles(directory, name)
     if weak_kdf_for_tests:
         _run(
             lambda: console.print(
@@ -421,12 +443,16 @@ def devices_create(
 @devices_app.command("list")
 def devices_list(directory: DeviceDir = Path("devices"), as_json: Json = False) -> None:
     """Devices in a directory: name, address, kind, next sequence number."""
-    rows = []
-    for meta in sorted(directory.glob("*.device.json")):
-        files = DeviceFiles(directory, meta.name.removesuffix(".device.json"))
-        address, kind = device_address(files)
-        seq = files.sequence.read_text().strip() if files.sequence.exists() else "1"
-        rows.append({"name": files.name, "address": address, "kind": kind.name, "next_sequence": int(seq)})
+    rows: list[dict[str, Any]] = []
+
+    def job() -> None:
+        for meta in sorted(directory.glob("*.device.json")):
+            files = DeviceFiles(directory, meta.name.removesuffix(".device.json"))
+            address, kind = device_address(files)
+            rows.append({"name": files.name, "address": address, "kind": kind.name,
+                         "next_sequence": next_sequence(files)})  # fmt: skip
+
+    _run(job)
     if as_json:
         console.print_json(json.dumps(rows))
         return
@@ -480,6 +506,9 @@ def devices_simulate(
     def job() -> None:
         if not names:
             raise DeviceError(f"no devices in {directory}")
+        for n in names:
+            # A malformed device file is reported before a node is needed or any key is unlocked.
+            device_address(DeviceFiles(directory, n))
         system = _system(rpc_url, manifest)
         o = system.ledger.order(order)
         if o.status != OrderStatus.OPEN:
@@ -490,9 +519,14 @@ def devices_simulate(
             )
         wh = system.oracle.warehouse(o.warehouse)
         settings = OracleSettings(broker_url=broker_url)
-        loaded = [load_device(DeviceFiles(directory, n), password, chain_id=system.chain.chain_id,
-                              oracle=system.oracle.address) for n in names]  # fmt: skip
+        chain_id, oracle = system.chain.chain_id, system.oracle.address
+        loaded: list[tuple[DeviceSigner, FileSequence]] = []
         try:
+            for n in names:
+                # One at a time inside the try: a device that fails to load unlocks those before it.
+                loaded.append(
+                    load_device(DeviceFiles(directory, n), password, chain_id=chain_id, oracle=oracle)
+                )
             devices = [
                 SimulatedDevice(signer, fault_of.get(n, Fault.NONE))
                 for n, (signer, _) in zip(names, loaded, strict=True)

@@ -16,11 +16,12 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol, cast
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
+from eth_utils import is_checksum_address
 
 from chain_client.receipts import Observation, ReadingKind, sign_observation
 
@@ -29,7 +30,8 @@ SEQUENCE_SUFFIX = ".sequence"
 
 
 class DeviceError(Exception):
-    """A device's keystore or sequence file is missing, locked by another process, or corrupt."""
+    """A device's name is not a plain file name, or its keystore, metadata or sequence file is
+    missing, locked by another process, or corrupt."""
 
 
 class SequenceSource(Protocol):
@@ -57,13 +59,7 @@ class FileSequence:
             _write_atomically(path, "1\n")
 
     def peek(self) -> int:
-        try:
-            value = int(self.path.read_text(encoding="utf-8").strip())
-        except (OSError, ValueError) as exc:
-            raise DeviceError(f"unreadable sequence file {self.path}: {exc}") from exc
-        if value < 1:
-            raise DeviceError(f"sequence file {self.path} holds {value}")
-        return value
+        return _read_sequence(self.path)
 
     def reserve(self) -> int:
         value = self.peek()
@@ -89,6 +85,16 @@ class MemorySequence:
         value = self._next
         self._next += 1
         return value
+
+
+def _read_sequence(path: Path) -> int:
+    try:
+        value = int(path.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError) as exc:
+        raise DeviceError(f"unreadable sequence file {path}: {exc}") from exc
+    if value < 1:
+        raise DeviceError(f"sequence file {path} holds {value}")
+    return value
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -165,6 +171,15 @@ class DeviceFiles:
     directory: Path
     name: str
 
+    def __post_init__(self) -> None:
+        # The name is joined to `directory`: a path in it ("../x", "a/b") would put a device's key
+        # somewhere else, and ".", ".." or a leading dot name a directory or a hidden file.
+        if not self.name or self.name.startswith(".") or any(c in self.name for c in "/\\\0"):
+            raise DeviceError(
+                f"device name {self.name!r} is not a plain file name (one without / or \\, not starting "
+                "with a dot, not empty)"
+            )
+
     @property
     def keystore(self) -> Path:
         return self.directory / f"{self.name}{KEYSTORE_SUFFIX}"
@@ -207,9 +222,9 @@ def load_device(
     files: DeviceFiles, password: str, *, chain_id: int, oracle: ChecksumAddress
 ) -> tuple[DeviceSigner, FileSequence]:
     """Decrypts a device's key and locks its sequence file. Close the FileSequence when done."""
+    address, kind = device_address(files)
     try:
         keystore: dict[str, Any] = json.loads(files.keystore.read_text(encoding="utf-8"))
-        meta: dict[str, Any] = json.loads(files.meta.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise DeviceError(f"cannot read device {files.name}: {exc}") from exc
     try:
@@ -217,14 +232,38 @@ def load_device(
     except ValueError as exc:  # eth-account raises ValueError("MAC mismatch") for a wrong password
         hint = " (wrong CERTLEDGER_DEVICE_PASSWORD?)" if "MAC mismatch" in str(exc) else ""
         raise DeviceError(f"cannot decrypt device {files.name}: {exc}{hint}") from None
-    if account.address != meta["address"]:
-        raise DeviceError(f"device {files.name}: key is {account.address}, metadata says {meta['address']}")
+    if account.address != address:
+        raise DeviceError(f"device {files.name}: key is {account.address}, metadata says {address}")
     sequence = FileSequence(files.sequence)
-    signer = DeviceSigner(account, ReadingKind(int(meta["kind"])), sequence, chain_id=chain_id, oracle=oracle)
+    signer = DeviceSigner(account, kind, sequence, chain_id=chain_id, oracle=oracle)
     return signer, sequence
 
 
 def device_address(files: DeviceFiles) -> tuple[ChecksumAddress, ReadingKind]:
-    """A device's address and kind without its password (from the metadata file)."""
-    meta: dict[str, Any] = json.loads(files.meta.read_text(encoding="utf-8"))
-    return meta["address"], ReadingKind(int(meta["kind"]))
+    """A device's address and kind without its password (from the metadata file), checked: a file
+    edited by hand or cut short says which file and what is wrong with it."""
+    path = files.meta
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DeviceError(f"cannot read device file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise DeviceError(f"device file {path} is not JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise DeviceError(f"device file {path} holds a JSON {type(meta).__name__}, not an object")
+    for key in ("address", "kind"):
+        if key not in meta:
+            raise DeviceError(f"device file {path} has no {key}")
+    address, kind = meta["address"], meta["kind"]
+    if not isinstance(address, str) or not is_checksum_address(address):
+        raise DeviceError(f"device file {path}: address {address!r} is not a checksummed address")
+    # type(...) is int: JSON's true would pass as 1 otherwise
+    if type(kind) is not int or kind not in set(ReadingKind):
+        kinds = ", ".join(f"{k.value} ({k.name})" for k in ReadingKind)
+        raise DeviceError(f"device file {path}: kind {kind!r} is none of {kinds}")
+    return cast(ChecksumAddress, address), ReadingKind(kind)
+
+
+def next_sequence(files: DeviceFiles) -> int:
+    """The device's next unused sequence number, read without locking it (for a listing)."""
+    return _read_sequence(files.sequence) if files.sequence.exists() else 1

@@ -124,6 +124,16 @@ CREATE TABLE IF NOT EXISTS keeper_flight (
 );
 """
 
+#: The tables `_SCHEMA` makes. A database holding any other table or view is another tool's: an
+#: older oracle store has a subset of these (the rest are added when it opens), never others.
+_TABLES = frozenset(
+    {"inbox", "observations", "rejections", "orders", "alerts", "settlements", "keeper_flight"}
+)
+
+#: SQLite's `PRAGMA application_id` of an oracle store ("CLor"): set on every store opened, so the
+#: file says whose it is (`file(1)` shows it too), whatever tables a later release gives it.
+APPLICATION_ID = 0x434C6F72
+
 
 class OrderState(enum.StrEnum):
     """An order's receipt, as the oracle sees it.
@@ -166,6 +176,29 @@ class StoredReading:
     id: int
     reading: SignedReading
     set_aside: bool
+
+
+class StoreUnusable(Exception):
+    """The oracle's database cannot be used: it cannot be opened, or it is not the oracle's."""
+
+    def __init__(self, path: Path, message: str, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(message)
+
+
+class StoreCannotOpen(StoreUnusable):
+    """SQLite cannot open the file (its directory is missing, or it may not be written)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(path, f"the oracle database {path} cannot be opened: {reason}", reason)
+
+
+class NotAnOracleStore(StoreUnusable):
+    """The file is not SQLite, or is another tool's SQLite database: the store neither reads it
+    nor writes its own tables into it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(path, f"{path} is not an oracle database: {reason}", reason)
 
 
 class NotResolvable(ValueError):
@@ -262,16 +295,49 @@ class Store:
         self.path = Path(path)
         self.max_rejections = max_rejections
         # isolation_level=None: we issue BEGIN ourselves, so every write is an explicit transaction.
-        self._db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
+        try:
+            self._db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
+        except sqlite3.OperationalError as exc:  # no such directory, no permission
+            raise StoreCannotOpen(self.path, str(exc)) from None
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         with self._lock:
+            try:
+                # Before anything is written: even the WAL pragma rewrites another tool's file header.
+                self._check_ours()
+            except BaseException:
+                self._db.close()
+                raise
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is fsynced before it returns, so an acknowledged reading survives a crash
             # of the machine, not only of the process.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             self._migrate()
+            self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+    def _check_ours(self) -> None:
+        """Raises NotAnOracleStore unless the file is an oracle store (marked, or unmarked from a
+        release before the mark and holding only oracle tables) or a new, empty database."""
+        try:
+            application_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+            names = self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT GLOB 'sqlite_*'"
+            )
+            others = sorted({row[0] for row in names} - _TABLES)
+        except sqlite3.DatabaseError as exc:
+            if exc.sqlite_errorname == "SQLITE_NOTADB":
+                raise NotAnOracleStore(self.path, "the file is not a SQLite database") from None
+            raise
+        if application_id == APPLICATION_ID:
+            return
+        if application_id != 0:
+            raise NotAnOracleStore(
+                self.path, f"its SQLite application_id {application_id:#x} is another tool's"
+            )
+        if others:
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            raise NotAnOracleStore(self.path, f"it is another tool's SQLite database (tables {shown})")
 
     def _migrate(self) -> None:
         """Brings a database made by an older release up to `_SCHEMA` (columns added since)."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 from world import DEFAULT_QUANTITY, World
 
 from certledger_main import build_app
@@ -229,3 +231,109 @@ def test_simulate_refuses_an_order_that_is_not_open(
         )  # fmt: skip
         assert result.exit_code == 2 and f"order {order} {words}" in result.output, result.output
     assert _next_sequences(runner, tmp_path) == {"portal-a": 1, "scale": 1}
+
+
+def _one_error_line(result: Result) -> str:
+    """The command's whole output, which must be one `error:` line (no traceback, no usage box)."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # typer.Exit, nothing raised
+    [line] = result.output.splitlines()
+    assert line.startswith("error: "), line
+    return line
+
+
+def _commands_on(db: Path) -> list[list[str]]:
+    """Every oracle command that opens an existing database."""
+    return [
+        ["oracle", "status", "--db", str(db)],
+        ["oracle", "expect", "1", "--carton-weight", "1000", "--db", str(db)],
+        ["oracle", "resolve", "1", "--reason", "x", "--db", str(db)],
+        ["oracle", "requeue", "--all", "--db", str(db)],
+    ]
+
+
+def test_oracle_commands_refuse_a_file_that_is_not_sqlite(runner: CliRunner, tmp_path: Path) -> None:
+    manifest = tmp_path / "deployment.json"
+    manifest.write_text('{"chainId": 31337, "contracts": {}}\n')
+    for command in _commands_on(manifest):
+        line = _one_error_line(runner.invoke(build_app(), command))
+        assert f"{manifest} is not an oracle database: the file is not a SQLite database" in line
+    assert manifest.read_text() == '{"chainId": 31337, "contracts": {}}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deployment.json"]  # no -wal, no -shm
+
+
+def _tables(db: Path) -> list[str]:
+    with closing(sqlite3.connect(db)) as conn:
+        return [r[0] for r in conn.execute("SELECT name FROM sqlite_master ORDER BY name")]
+
+
+def test_oracle_commands_leave_another_tools_database_alone(runner: CliRunner, tmp_path: Path) -> None:
+    """A copy of an audit index (or any SQLite file with tables of its own) given as --db: the
+    oracle's tables were put into it and an empty status shown."""
+    other = tmp_path / "audit-copy.db"
+    with closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE certificate (id INTEGER PRIMARY KEY, holder TEXT)")
+        conn.execute("CREATE TABLE event (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO event (name) VALUES ('CertificateIssued')")
+        conn.commit()
+    before = other.read_bytes()
+    for command in _commands_on(other):
+        line = _one_error_line(runner.invoke(build_app(), command))
+        assert f"{other} is not an oracle database" in line and "tables certificate, event" in line
+    assert _tables(other) == ["certificate", "event"] and other.read_bytes() == before
+
+
+def test_oracle_commands_open_a_store_from_before_the_marker(runner: CliRunner, tmp_path: Path) -> None:
+    """An oracle store made before stores were marked (application_id 0), with only some of
+    today's tables, is still the oracle's: it opens, and gains the rest."""
+    db = tmp_path / "oracle.db"
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE alerts (id INTEGER PRIMARY KEY, at REAL NOT NULL, order_id INTEGER, "
+                     "kind TEXT NOT NULL, message TEXT NOT NULL)")  # fmt: skip
+        conn.execute("INSERT INTO alerts (at, order_id, kind, message) VALUES (0, 3, 'disputed', 'recount')")
+        conn.commit()
+    result = runner.invoke(build_app(), ["oracle", "status", "--db", str(db), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["alerts"][0]["message"] == "recount"
+    assert {"orders", "inbox", "keeper_flight"} <= set(_tables(db))
+
+
+def test_devices_list_names_a_malformed_device_file(runner: CliRunner, tmp_path: Path) -> None:
+    _devices(runner, tmp_path)
+    bad = tmp_path / "dock.device.json"
+    address = json.loads((tmp_path / "scale.device.json").read_text())["address"]
+    for text, wrong in (
+        ('{"address": "x"}', "has no kind"),
+        ("not json", "is not JSON"),
+        ("[1, 2]", "holds a JSON list, not an object"),
+        (json.dumps({"address": "x", "kind": 1}), "address 'x' is not a checksummed address"),
+        (json.dumps({"address": address, "kind": 7}), "kind 7 is none of 1 (CARTON_COUNT)"),
+        (json.dumps({"address": address, "kind": True}), "kind True is none of"),
+    ):
+        bad.write_text(text)
+        listed = _one_error_line(runner.invoke(build_app(), ["devices", "list", "--dir", str(tmp_path)]))
+        assert f"device file {bad}" in listed and wrong in listed, listed
+        # simulate reads the same files, and says so before it needs a node or unlocks a key
+        simulated = runner.invoke(
+            build_app(),
+            ["devices", "simulate", "--order", "1", "--dir", str(tmp_path)],
+            env={"CERTLEDGER_DEVICE_PASSWORD": "pw"},
+        )
+        assert _one_error_line(simulated) == listed
+    bad.unlink()
+    assert _next_sequences(runner, tmp_path) == {"portal-a": 1, "scale": 1}
+
+
+@pytest.mark.parametrize("name", ["../evil", "sub/evil", "..\\evil", ".", "..", ".hidden", ""])
+def test_devices_create_refuses_a_name_that_is_not_a_plain_file_name(
+    runner: CliRunner, tmp_path: Path, name: str
+) -> None:
+    devices = tmp_path / "devs"
+    result = runner.invoke(
+        build_app(),
+        ["devices", "create", name, "--kind", "count", "--dir", str(devices), "--weak-kdf-for-tests"],
+        env={"CERTLEDGER_DEVICE_PASSWORD": "pw"},
+    )
+    line = _one_error_line(result)
+    assert f"device name {name!r} is not a plain file name" in line
+    assert list(tmp_path.rglob("*")) == []  # not even --dir

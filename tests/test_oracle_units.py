@@ -35,7 +35,7 @@ from oracle.relayer import Mined, NonceTooLow, PreparedTx, Relayer, observation_
 from oracle.retry import backoff_delay
 from oracle.settings import OracleSettings
 from oracle.simulator import malleate
-from oracle.store import OrderState, Store
+from oracle.store import APPLICATION_ID, NotAnOracleStore, OrderState, Store, StoreCannotOpen
 from oracle.validation import Reason, check_signature_form
 from oracle.wire import (
     MAX_PAYLOAD,
@@ -496,6 +496,56 @@ def test_store_survives_reopen(tmp_path: Path) -> None:
     assert [i.payload for i in again.unprocessed()] == [b"payload"]
 
 
+def _application_id(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA application_id").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_new_store_is_marked_as_the_oracles(tmp_path: Path) -> None:
+    """A path with nothing there, or an empty file (`oracle run` makes its database either way)."""
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for path in (tmp_path / "new.db", empty):
+        Store(path).close()
+        assert _application_id(path) == APPLICATION_ID
+        Store(path).close()  # and opens again
+
+
+def test_a_store_in_a_missing_directory_says_so_in_one_message(tmp_path: Path) -> None:
+    """`oracle run --db missing/oracle.db` ended in sqlite3's traceback."""
+    path = tmp_path / "missing" / "oracle.db"
+    with pytest.raises(StoreCannotOpen) as refused:
+        Store(path)
+    assert str(refused.value) == f"the oracle database {path} cannot be opened: unable to open database file"
+    assert not path.parent.exists()
+
+
+def test_a_store_refuses_what_is_not_an_oracle_database(tmp_path: Path) -> None:
+    text = tmp_path / "deployment.json"
+    text.write_text("{}")
+    with pytest.raises(NotAnOracleStore, match="not a SQLite database") as refused:
+        Store(text)
+    assert refused.value.path == text and text.read_text() == "{}"
+    marked = tmp_path / "other-app.db"
+    conn = sqlite3.connect(marked)
+    conn.execute("PRAGMA application_id = 7")  # another application's mark, and no table yet
+    conn.close()
+    with pytest.raises(NotAnOracleStore, match="application_id 0x7"):
+        Store(marked)
+    foreign = tmp_path / "index.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE orders (id INTEGER)")  # one name in common is not enough
+    conn.execute("CREATE VIEW totals AS SELECT count(*) FROM orders")
+    conn.close()
+    before = foreign.read_bytes()
+    with pytest.raises(NotAnOracleStore, match=r"tables totals\)"):
+        Store(foreign)
+    assert foreign.read_bytes() == before
+
+
 def test_store_made_before_recounts_gains_the_set_aside_column(tmp_path: Path) -> None:
     """A database from before dispute resolution existed opens with its readings counted."""
     path = tmp_path / "old.db"
@@ -516,6 +566,7 @@ def test_store_made_before_recounts_gains_the_set_aside_column(tmp_path: Path) -
     old.close()
     store = Store(path)
     assert [o.reading for o in store.observations(r.observation.order_id)] == [r]
+    assert _application_id(path) == APPLICATION_ID  # marked from now on
 
 
 def test_observation_type_is_the_chain_clients() -> None:
