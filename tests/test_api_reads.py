@@ -117,6 +117,18 @@ def test_issuer_sees_its_orders_and_all_descendants(api: Api, world: World, tree
     assert {o["orderId"] for o in orders["items"]} == {tree["order"], tree["other_order"]}
     certs = api.get("/v1/certificates", issuer, orderId=tree["order"]).json()
     assert _ids(certs) == [tree["root"], tree["a"], tree["b"]]
+    # Who holds what within its order, as well.
+    s2, s1 = world.cast.supplier2.address, world.cast.supplier1.address
+    assert _ids(api.get("/v1/certificates", issuer, orderId=tree["order"], holder=s2).json()) == [tree["a"]]
+    assert _ids(api.get("/v1/certificates", issuer, orderId=tree["order"], holder=s1).json()) == [
+        tree["root"]
+    ]
+    # Not another holder's holdings at large, nor within an order it did not issue, nor for a holder.
+    assert api.get("/v1/certificates", issuer, holder=s2).status_code == 403
+    other = api.get("/v1/certificates", world.cast.issuer2, orderId=tree["order"], holder=s2)
+    assert (other.status_code, other.json()["fields"]) == (403, {"orderId": tree["order"]})
+    mine = api.get("/v1/certificates", world.cast.supplier1, orderId=tree["order"], holder=s2)
+    assert (mine.status_code, mine.json()["fields"]) == (403, {"holder": s2})
     # issuer2 issued none of them.
     issuer2 = world.cast.issuer2
     assert api.get("/v1/orders", issuer2).json()["total"] == 0

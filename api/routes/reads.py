@@ -9,8 +9,9 @@ from fastapi import APIRouter, Path, Query
 from sqlalchemy import and_, or_
 from sqlmodel import col
 
-from api.deps import CallerDep, PagingDep, ServiceDep
+from api.deps import Caller, CallerDep, PagingDep, ServiceDep
 from api.errors import forbidden
+from api.index import IndexReader
 from api.schemas import (
     UINT64,
     UINT128,
@@ -109,7 +110,13 @@ async def certificates(
     service: ServiceDep,
     caller: CallerDep,
     paging: PagingDep,
-    holder: Annotated[Address | None, Query(description="Default: the caller (its holdings).")] = None,
+    holder: Annotated[
+        Address | None,
+        Query(
+            description="Default: the caller (its holdings). Another holder's: auditors and regulators, and "
+            "an issuer within its own order (`orderId`)."
+        ),
+    ] = None,
     order_id: Annotated[int | None, Query(alias="orderId", ge=1, le=UINT64)] = None,
     live_only: Annotated[bool, Query(alias="liveOnly")] = True,
     held: Annotated[
@@ -133,8 +140,13 @@ async def certificates(
             where.append(col(CertificateRecord.certificate_id).in_(visible))
     else:
         who = holder or caller.address
-        if who != caller.address and not caller.sees_all:
-            raise forbidden("only auditors and regulators read another participant's holdings", holder=who)
+        # An issuer reads every certificate of its orders, so also who holds what within one.
+        if who != caller.address and not caller.sees_all and not _issuer_of(reader, caller, order_id):
+            raise forbidden(
+                "only auditors and regulators read another participant's holdings (an issuer: within "
+                "its own order, with orderId)",
+                holder=who,
+            )
         if held:
             where.append(col(CertificateRecord.certificate_id).in_(reader.held_ids(who)))
         else:
@@ -149,6 +161,11 @@ async def certificates(
     return Page(
         items=[certificate_out(r) for r in rows], total=total, limit=paging.limit, offset=paging.offset
     )
+
+
+def _issuer_of(reader: IndexReader, caller: Caller, order_id: int | None) -> bool:
+    """Whether the caller issued order `order_id` (404 if there is none, 403 if it may not read it)."""
+    return order_id is not None and order_for(reader, caller, order_id).issuer == caller.address
 
 
 @router.get("/certificates/{certificate_id}", response_model=CertificateOut, tags=["certificates"])
