@@ -276,7 +276,10 @@ class OrderSettlementOut(BaseModel):
     orderId: int
     status: str
     maturity: int
-    matured: bool
+    matured: bool = Field(
+        description="The maturity is at or before the timestamp of the index's last block (the chain's "
+        "clock as of what the rest of the answer shows): its live certificates can be settled."
+    )
     escrowed: int
     paid: int
     refunded: int

@@ -596,6 +596,28 @@ def test_node_down_is_503_with_retry_after(api: Api, world: World, monkeypatch: 
     assert world.ledger.certificate(root).status == CertificateStatus.LIVE
 
 
+def test_an_orders_settlement_status_reads_the_indexs_clock_not_the_node(
+    api: Api, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`matured` asked the node for its latest block on every read: a read that failed while the
+    node was away, and a clock that could disagree with the one offers are judged by."""
+    order, _ = world.certificate_for(maturity_in=10 * DAY)
+    issuer = world.cast.issuer
+    path = f"/v1/settlement/orders/{order}"
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    assert api.get(path, issuer).json()["matured"] is False
+    world.chain.advance_time(11 * DAY)  # mines a block stamped past the maturity
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    assert api.get(path, issuer).json()["matured"] is True
+
+    def down(*_: object, **__: object) -> Any:
+        raise NodeUnavailable("http://node", "connection refused")
+
+    monkeypatch.setattr(type(world.chain.w3.eth), "get_block", down)
+    r = api.get(path, issuer)
+    assert (r.status_code, r.json()["matured"]) == (200, True)
+
+
 def test_operator_suspends_and_reinstates_over_http(api: Api, world: World) -> None:
     admin, s2 = world.cast.admin, world.cast.supplier2
     refused = api.prepare("suspend-participant", world.cast.supplier1, {"account": s2.address})

@@ -289,7 +289,7 @@ def order_settlement(order_id: IdPath, service: ServiceDep, caller: CallerDep) -
         orderId=order_id,
         status=out.status,
         maturity=record.maturity,
-        matured=service.chain.now() >= record.maturity,
+        matured=service.reader.head_time() >= record.maturity,
         escrowed=out.escrowed,
         paid=out.paid,
         refunded=out.refunded,
