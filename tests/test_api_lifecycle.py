@@ -108,6 +108,7 @@ def test_the_whole_lifecycle_over_http(api: Api, world: World) -> None:
     # Maturity. Tier 2's bank account is blocked, so its payment is credited for a later withdrawal.
     world.chain.advance_time(31 * DAY)
     world.token.set_blocked(admin, tier2.address, True)
+    api.service.reader.reach(world.chain.w3.eth.block_number)  # reads are as of the index's last block
     status = api.get(f"/v1/settlement/orders/{order_id}", issuer).json()
     assert status["matured"] and sorted(status["liveCertificates"]) == sorted([root, tier2_cert, factor_cert])
     api.do("settle", tier1, {"certificateIds": status["liveCertificates"]})
