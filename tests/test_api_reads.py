@@ -246,6 +246,14 @@ def test_an_offer_is_buyable_only_while_the_ledger_would_sell_it(
     check(set())
     world.ledger.transfer(s1, a, s2.address)  # and back: OfferStale all the same
     check(set())
+    # The factor itself got the certificate: it reads it, and is told the seller no longer holds
+    # it as a conflict (409), not as though the factor were refused (403, as for a move).
+    world.ledger.transfer(s2, a, factor.address)
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    r = api.prepare("buy", factor, {"offerId": offers[0]})
+    assert (r.status_code, r.json()["code"]) == (409, "IncorrectHolder"), r.text
+    assert r.json()["fields"] == {"from": s2.address, "certificateId": a, "holder": factor.address}
+    world.ledger.transfer(factor, a, s2.address)
     offers += [offer(100_00), offer(30_000_00)]  # made after the return; the second is all of it
     check({offers[1], offers[2]})
     world.ledger.freeze(world.cast.regulator, a, b"\x01" * 32)

@@ -426,6 +426,11 @@ def _answered_in_scope(service: Service, scope: Scope) -> Iterator[None]:
         caller = scope.caller
         hidden = [offer for offer in scope.to_buy if not _reads_certificate(service, caller, offer)]
         if not hidden:
+            if mined is None and error.error_name == "IncorrectHolder":
+                # The holder it names is the offer's seller, not the buyer: the certificate moved
+                # away since the offer, a conflict with the state (409) as every other stale
+                # offer is, not a refusal of the caller (403) as it is for a move.
+                raise ApiError(409, error.error_name, str(error), **error.fields) from None
             raise
         offer_id = int(hidden[0].offer_id)
         if mined is None:
