@@ -507,19 +507,24 @@ def _position(block: int, tx_index: int, log_index: int, seq: int | None = None)
     return where if seq is None else f"{where} change {seq}"
 
 
-def _row_mismatches(db: IndexDatabase, state: IndexState, refold: _Refold) -> list[RowMismatch]:
-    """The stored change log and payments against what the stored events make: the digest covers
-    the events and the changes they imply, not the rows kept beside them, which the API's read
-    scopes, a reorg's undo and the export's totals rely on."""
+def _row_mismatches(
+    db: IndexDatabase, state: IndexState, refold: _Refold, through: int | None = None
+) -> list[RowMismatch]:
+    """The stored change log and payments (up to block `through`, default all) against what the
+    stored events make: the digest covers the events and the changes they imply, not the rows kept
+    beside them, which the API's read scopes, a reorg's undo and the export's totals rely on."""
+    last = state.synced_block if through is None else through
     change_columns = ("tx_hash", "event", "entity", "key", "field", "old", "new")
     stored_changes = {
         (r["block_number"], r["tx_index"], r["log_index"], r["seq"]): tuple(r[c] for c in change_columns)
         for r in db.rows(ChangeRecord, state.chain_id)
+        if through is None or r["block_number"] <= last
     }
     payment_columns = ("tx_hash", "kind", "order_id", "certificate_id", "payer", "payee", "amount")
     stored_payments = {
         (r["block_number"], r["tx_index"], r["log_index"]): tuple(r[c] for c in payment_columns)
         for r in db.rows(PaymentRecord, state.chain_id)
+        if through is None or r["block_number"] <= last
     }
     return _compare_rows("state_change", stored_changes, refold.changes) + _compare_rows(
         "payment", stored_payments, refold.payments
@@ -613,24 +618,35 @@ class DigestDiffers(IndexDatabaseError):
     added or deleted in the database after the sync wrote it."""
 
 
-def checked_books_at(db: IndexDatabase, block: int | None = None) -> tuple[IndexState, Books, str]:
+class RowsDiffer(DigestDiffers):
+    """The digests hold, but a stored change-log or payment row (which the digest does not cover,
+    D52) is not what the stored events make: edited, added or deleted after the sync wrote it."""
+
+
+def checked_books_at(
+    db: IndexDatabase, block: int | None = None, rows: bool = False
+) -> tuple[IndexState, Books, str]:
     """The books as of the end of `block` (default: the index's last) and the digest after it,
     refusing (DigestDiffers) an index whose stored digest chain up to `block` is not what its
     stored events give: `state`, `digest` and `export` show the books the events make, so the digest
     they print must be of those events, or two auditors comparing one hash would agree while their
     books differ. The same fold as verify's "the stored events give" (`_refold`, without the rows),
-    over the events up to `block` only; no node is needed. Read in one snapshot of the index."""
+    over the events up to `block` only; no node is needed. Read in one snapshot of the index.
+    `rows`: also refuse (RowsDiffer) stored change-log and payment rows up to `block` that the
+    events do not make, for a caller that hands those rows on (`export`: its changes, payments and
+    totals)."""
     with db.snapshot():
         state = db.require_state()
         at = state.synced_block if block is None else block
         check_indexed(state, at)
-        refold = _refold(db, state, at, up_to=at, rows=False)
+        refold = _refold(db, state, at, up_to=at, rows=rows)
         blocks = [
             _StoredDigest(r["number"], r["digest"], r["events"])
             for r in db.rows(BlockRecord, state.chain_id)
             if r["number"] <= at
         ]
         mismatches = _digest_mismatches(state, blocks, refold, through=at)
+        edited = refold.hash_mismatches + _row_mismatches(db, state, refold, through=at) if rows else []
     if mismatches:
         m = mismatches[0]
         raise DigestDiffers(
@@ -639,13 +655,19 @@ def checked_books_at(db: IndexDatabase, block: int | None = None) -> tuple[Index
             "run `certledger audit verify` to find what was changed, or `certledger audit replay` "
             "to rebuild the index from the chain"
         )
+    if edited:
+        raise RowsDiffer(
+            f"the index does not hold together: {edited[0]}; run `certledger audit verify` to find "
+            "every row that was changed, or `certledger audit replay` to rebuild the index from the chain"
+        )
     return state, refold.final, refold.digest_at(at)
 
 
 def export(db: IndexDatabase, directory: Path, block: int | None = None) -> ExportResult:
-    """`index.export.export` with the books and digest from `checked_books_at` (refusing an index
-    whose stored digests its stored events do not give)."""
-    return export_index(db, directory, block, fold=checked_books_at)
+    """`index.export.export` with the books and digest from `checked_books_at`, refusing an index
+    whose stored digests its stored events do not give, or whose change-log and payment rows (the
+    export's changes, payments and totals) they do not make."""
+    return export_index(db, directory, block, fold=lambda d, b: checked_books_at(d, b, rows=True))
 
 
 #: Consecutive misplaced getLogs answers for one window verify takes before it gives up.

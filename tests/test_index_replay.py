@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -691,7 +692,9 @@ def test_verify_refuses_a_manifest_that_names_another_admin(
     [detail] = [d for d in report.details() if d["kind"] == "manifest"]
     assert detail["manifest"] == stranger and detail["message"] == str(mismatch)
     # Before the ledger exists there is no admin to compare with.
-    assert audit.verify(lifecycle.chain, dataclasses.replace(deployment, admin=stranger), db, status.deployment_block).ok
+    assert audit.verify(
+        lifecycle.chain, dataclasses.replace(deployment, admin=stranger), db, status.deployment_block
+    ).ok
 
 
 def test_a_follower_stops_on_a_manifest_that_does_not_belong_instead_of_retrying_it(
@@ -1088,6 +1091,61 @@ def test_state_digest_and_export_refuse_an_index_whose_events_do_not_give_its_di
     # Before the edited block the index still holds together, and answers.
     before = runner.invoke(app, ["audit", "digest", "--db", path, "--block", str(split["block_number"] - 1)])
     assert before.exit_code == 0, before.output
+
+
+def test_export_refuses_an_index_whose_payment_or_change_rows_its_events_do_not_make(
+    lifecycle: Lifecycle, tmp_path: Path
+) -> None:
+    """The digest covers the events, not the payment and change-log rows beside them (D52), and the
+    export's payments, changes and totals are those rows: an edited amount exported wrong totals
+    under the honest digest. Verify found it; the export did not look."""
+    db = _fresh_replay(lifecycle, tmp_path / "rows.sqlite")
+    state = db.require_state()
+    payment = next(r for r in db.rows(PaymentRecord, state.chain_id) if r["kind"] == "settlement")
+    change = db.rows(ChangeRecord, state.chain_id)[-1]
+    runner, app = CliRunner(), build_app()
+    edits = [
+        (
+            "UPDATE payment SET amount = ? WHERE block_number = ? AND log_index = ?",
+            (f"{int(payment['amount']) + 1:078d}", payment["block_number"], payment["log_index"]),
+            f"payment row at block {payment['block_number']}",
+        ),
+        (
+            "DELETE FROM state_change WHERE block_number = ? AND log_index = ? AND seq = ?",
+            (change["block_number"], change["log_index"], change["seq"]),
+            f"state_change row at block {change['block_number']}",
+        ),
+    ]
+    for number, (statement, params, named) in enumerate(edits):
+        fresh = tmp_path / f"copy-{number}.sqlite"
+        shutil.copy(tmp_path / "rows.sqlite", fresh)
+        copy = IndexDatabase(fresh)
+        _sql(copy, statement, *params)
+        copy.close()
+        out = tmp_path / f"out-{number}"
+        result = runner.invoke(app, ["audit", "export", "--out", str(out), "--db", str(fresh)])
+        assert result.exit_code == 1, result.output
+        line = " ".join(result.output.split())
+        assert line.startswith("error: the index does not hold together: ") and named in line, line
+        assert "audit verify" in line and "audit replay" in line, line
+        assert not out.exists()
+        # state and digest show the books and the digest, which the events alone make: they answer.
+        assert runner.invoke(app, ["audit", "digest", "--db", str(fresh)]).exit_code == 0
+    # Below the edited payment's block, the export covers only rows the events make.
+    below = runner.invoke(
+        app,
+        [
+            "audit",
+            "export",
+            "--out",
+            str(tmp_path / "below"),
+            "--db",
+            str(tmp_path / "copy-0.sqlite"),
+            "--block",
+            str(payment["block_number"] - 1),
+        ],
+    )
+    assert below.exit_code == 0, below.output
 
 
 def test_the_checked_fold_equals_the_stored_books_and_digest_and_its_cost(

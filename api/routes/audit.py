@@ -70,7 +70,7 @@ def _export_to(service: ServiceDep, block: int | None, directory: Path) -> None:
     except audit.DigestDiffers as exc:
         # Books the stored events make under a digest they do not give: refused, not exported
         # (D88); the auditor's `verify` names what was changed.
-        raise ApiError(409, "DigestDiffers", str(exc)) from None
+        raise ApiError(409, type(exc).__name__, str(exc)) from None
 
 
 @router.get("/export")
