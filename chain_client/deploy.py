@@ -42,13 +42,15 @@ class Deployment:
     @classmethod
     def load(cls, path: Path) -> Deployment:
         try:
-            data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+            data: Any = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ManifestError(f"no deployment manifest at {path}; run `certledger deploy`") from None
         except json.JSONDecodeError as exc:
             raise ManifestError(f"{path} is not JSON: {exc}") from exc
         except (OSError, UnicodeDecodeError) as exc:  # a directory, no permission, not text
             raise ManifestError(f"cannot read the deployment manifest {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ManifestError(f"{path}: malformed manifest (a JSON {type(data).__name__}, not an object)")
         if data.get("version") != MANIFEST_VERSION:
             raise ManifestError(
                 f"{path}: manifest version {data.get('version')}, expected {MANIFEST_VERSION}"

@@ -338,6 +338,17 @@ def test_a_manifest_that_is_a_directory_is_one_line(indexed: Indexed, tmp_path: 
     _one_line_error(result, f"cannot read the deployment manifest {tmp_path}")
 
 
+@pytest.mark.parametrize("text", ["[]", '"deployment"', "null", "7"])
+def test_a_manifest_that_is_json_but_no_object_is_one_line(
+    indexed: Indexed, tmp_path: Path, text: str
+) -> None:
+    """It ended in AttributeError's traceback ('list' object has no attribute 'get')."""
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(text)
+    result = _audit("verify", "--rpc-url", indexed.url, "--manifest", str(manifest), "--db", indexed.db)
+    _one_line_error(result, f"{manifest}: malformed manifest (a JSON ")
+
+
 @pytest.mark.anvil
 def test_verify_of_another_ledgers_index_names_both_ledgers(indexed: Indexed, tmp_path: Path) -> None:
     other = tmp_path / "other.sqlite"
