@@ -3,6 +3,7 @@ and that every event of the ABIs has a rule in the books."""
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 from pathlib import Path
@@ -18,6 +19,7 @@ from eth_utils import event_abi_to_log_topic, to_checksum_address
 from chain_client.artifacts import load_artifact
 from chain_client.deploy import Deployment
 from chain_client.events import UndecodableLog
+from chain_client.index import db as db_module
 from chain_client.index import source
 from chain_client.index.books import HANDLED_EVENTS, ZERO_ADDRESS, Books, encode_record
 from chain_client.index.db import AnotherDeploymentsIndex, IndexDatabase, check_index_of
@@ -789,3 +791,46 @@ def test_an_index_is_of_the_manifests_deployment_by_chain_and_addresses(tmp_path
     said = str(refused.value)
     assert f"oracle {ORACLE} (the manifest's: chain 31337, ledger {LEDGER}, oracle {STRANGER})" in said
     assert "a sync would mix two deployments" in said
+
+
+def test_a_rebuild_on_a_read_only_file_system_does_not_fail_removing_files_that_are_not_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a read-only mount, unlinking a missing file is EROFS, not ENOENT: `unlink(missing_ok=True)`
+    raised it, and `audit replay` there ended in OSError's traceback before SQLite could say why."""
+    present = tmp_path / "index.sqlite"
+    present.write_bytes(b"")
+
+    def read_only(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    db_module._remove_sqlite_file(tmp_path / "missing.sqlite")  # nothing there: nothing to remove
+    with pytest.raises(OSError, match="Read-only file system"):
+        db_module._remove_sqlite_file(present)  # one that is there really cannot be removed
+
+
+def test_a_db_that_is_a_directory_or_cannot_be_read_is_told_so_without_advice_to_delete_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both were "is not a SQLite database (...): ... move or delete this one if it is not needed",
+    for a directory (disk I/O error) and for an index SQLite could not open on read-only media."""
+    with pytest.raises(
+        db_module.IndexDatabaseError, match=r"is a directory: give the index's file with --db"
+    ):
+        db_module._check_index_file(tmp_path, "a replay would replace it")
+    index = tmp_path / "index.sqlite"
+    IndexDatabase(index).reset()
+    real = sqlite3.connect
+
+    def cannot_open(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        # What SQLite answers for a WAL index on read-only media without its -shm file.
+        real(":memory:").execute("ATTACH DATABASE ? AS x", (str(tmp_path / "no" / "such.db"),))
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(sqlite3, "connect", cannot_open)
+    with pytest.raises(db_module.IndexDatabaseError) as refused:
+        db_module._check_index_file(index, "a sync would add the index's tables to it")
+    message = str(refused.value)
+    assert message.startswith(f"{index} cannot be read (unable to open database"), message
+    assert "delete" not in message

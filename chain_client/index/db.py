@@ -963,12 +963,20 @@ def _check_replaceable_file(target: Path) -> None:
 def _check_index_file(target: Path, would: str) -> None:
     """IndexDatabaseError unless `target` is missing, empty or a SQLite database with an index's
     cursor table; `would` says what was about to happen to it."""
+    if target.is_dir():
+        raise IndexDatabaseError(f"{target} is a directory: give the index's file with --db")
     if not target.exists() or target.stat().st_size == 0:
         return
     try:
         with sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True) as conn:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
+        if exc.sqlite_errorname != "SQLITE_NOTADB":
+            # It may well be an index: one SQLite cannot open here (no permission, a WAL file on
+            # read-only media without its -shm), which no advice to delete it should follow.
+            raise IndexDatabaseError(
+                f"{target} cannot be read ({exc}): {would}, so it was left alone"
+            ) from None
         raise IndexDatabaseError(
             f"{target} is not a SQLite database ({exc}): {would}, so it was left alone; {_REPLACE_ADVICE}"
         ) from None
@@ -1020,10 +1028,12 @@ def _process_alive(pid: int) -> bool:
 
 def _remove_sqlite_file(path: Path, main: bool = True) -> None:
     """Deletes a SQLite file's journals, and with `main` the file itself."""
-    for suffix in ("-wal", "-shm", "-journal"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-    if main:
-        path.unlink(missing_ok=True)
+    # Only what exists: on a read-only file system unlinking a missing file is EROFS, not ENOENT.
+    for file in [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm", "-journal")] + (
+        [path] if main else []
+    ):
+        if file.exists():
+            file.unlink(missing_ok=True)
 
 
 def _sync_directory(directory: Path) -> None:
