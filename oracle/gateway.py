@@ -80,6 +80,11 @@ class Gateway:
         self.retry_max = retry_max
         # One reading checked at a time: the HTTP thread and the pipeline both process the inbox.
         self._lock = threading.Lock()
+        # Node trouble met while checking the inbox, in a row: the pipeline's next look waits
+        # (backing off as the relayer's retries do) instead of asking a node that is away again at
+        # every poll, and it is alerted while it lasts (readings wait unseen meanwhile).
+        self._node_failures = 0
+        self._node_retry_at = 0.0
 
     def receive(self, payload: bytes, source: str) -> int:
         """Keeps a raw reading on disk; returns its inbox id. Safe to acknowledge after this.
@@ -143,6 +148,8 @@ class Gateway:
         the node's trouble (a restarted node answering 0x, an internal error on every call): the
         batch ends and neither is counted."""
         verdicts: list[Verdict] = []
+        if time.monotonic() < self._node_retry_at:
+            return verdicts
         with self._lock:
             suspect: tuple[InboxItem, Exception] | None = None
             for item in self.store.unprocessed(limit):
@@ -172,7 +179,29 @@ class Gateway:
                     break
             if suspect is not None:  # nothing after it to compare with: counted
                 verdicts.append(self._count(*suspect))
+        trouble = next((v for v in verdicts if v.unavailable), None)
+        if trouble is not None:
+            self._node_trouble(trouble.detail)
+        elif verdicts and self._node_failures:
+            log.warning("inbox: the node answers again after %d failed looks", self._node_failures)
+            self._node_failures = 0
         return verdicts
+
+    def _node_trouble(self, reason: str) -> None:
+        """The inbox could not be checked for node (or database) trouble: the next look backs off,
+        and the trouble is alerted at `max_attempts` looks in a row and every `max_attempts` after."""
+        self._node_failures += 1
+        failures, n = self._node_failures, self.max_attempts
+        delay = backoff_delay(failures, self.retry_base, self.retry_max)
+        self._node_retry_at = time.monotonic() + delay
+        log.warning("inbox: node or database unavailable (%s); looking again in %.1fs", reason, delay)
+        if failures >= n and (failures - n) % n == 0:
+            waiting = self.store.inbox_count(processed=False)
+            self.store.alert(
+                None,
+                "node",
+                f"{failures} inbox checks in a row failed, {waiting} readings wait unchecked: {reason}",
+            )
 
     def process(self, item: InboxItem) -> Verdict:
         """One item's verdict, a failure counted against it (as when it is the last of a batch).
@@ -187,7 +216,8 @@ class Gateway:
             return self._process(item), None
         except Exception as exc:
             if is_transient(exc):
-                log.warning("node or database unavailable while checking inbox item %d: %s", item.id, exc)
+                # Said once per look by the caller (`_node_trouble`), with when it looks again.
+                log.debug("node or database unavailable while checking inbox item %d: %s", item.id, exc)
                 return Verdict(False, None, str(exc), unavailable=True), None
             log.warning("inbox item %d: unexpected error while checking it", item.id, exc_info=True)
             return Verdict(False, None, f"not checked: {_describe(exc)}"), exc

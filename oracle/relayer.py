@@ -4,6 +4,11 @@ Each order moves through a durable state machine in the store:
 
     collecting --(readings agree)--> submitting --(mined)--> confirmed | failed
     collecting --(readings conflict)--> disputed
+    collecting --(cancelled on chain)--> cancelled;  --(deadline passed, no receipt)--> failed
+
+Orders still collecting are also looked at on chain every `recheck_interval` seconds, whether or
+not a reading came: one its issuer cancelled, or whose deadline passed with no receipt, would
+otherwise wait in `collecting` for a reading that can no longer come, with no alert.
 
 Exactly once rests on two rules:
 1. The signed transaction (hash and raw bytes) is committed to the store *before* it is broadcast.
@@ -50,6 +55,8 @@ from oracle.wire import SignedReading
 log = logging.getLogger(__name__)
 #: How often a receipt signed while its order changed is judged again before it is dropped.
 RECHECKS = 3
+#: Seconds between looks on chain at the orders still collecting (`Relayer._recheck`).
+RECHECK_INTERVAL = 30.0
 
 #: Reverts that say "not now" rather than "no": the order backs off and collects again.
 TIMING_ERRORS = frozenset({"ObservationFromFuture", "SystemPaused"})
@@ -172,8 +179,11 @@ class Relayer:
         *,
         receipt_timeout: float = 60.0,
         crash_hook: CrashHook | None = None,
+        recheck_interval: float = RECHECK_INTERVAL,
     ) -> None:
         self.store = store
+        self.recheck_interval = recheck_interval
+        self._rechecked = time.monotonic()
         self.chain = chain
         self.submitter = submitter
         self.settings = settings
@@ -201,6 +211,22 @@ class Relayer:
             collecting = self.store.order(order_id)
             if collecting is not None and collecting.next_attempt_at <= now:
                 self._isolated(collecting, OrderState.COLLECTING, self._evaluate)
+        if time.monotonic() - self._rechecked >= self.recheck_interval:
+            self._rechecked = time.monotonic()
+            for record in self.store.orders((OrderState.COLLECTING,)):
+                if record.next_attempt_at <= now:
+                    self._isolated(record, OrderState.COLLECTING, self._recheck)
+
+    def _recheck(self, record: OrderRecord) -> None:
+        """An order still collecting, looked at on chain though no reading came: closed there
+        (cancelled by its issuer, confirmed by another relayer) or past its last chance."""
+        order = self.chain.order(record.order_id)
+        if order.status == OrderStatus.NONE:
+            return  # not opened yet: the reading that ends the wait marks it (`_not_opened`)
+        if order.status != OrderStatus.OPEN:
+            self._closed_elsewhere(record.order_id, order.status, order.root_certificate_id)
+            return
+        self._expired(record, order, self.chain.warehouse(order.warehouse))
 
     def _isolated(self, record: OrderRecord, state: OrderState, job: Callable[[OrderRecord], None]) -> None:
         """One order's step. An error nobody classified (a node's answer in words of its own) backs
@@ -254,6 +280,8 @@ class Relayer:
                 self._closed_elsewhere(order_id, order.status, order.root_certificate_id)
                 return
             warehouse = self.chain.warehouse(order.warehouse)
+            if self._expired(record, order, warehouse):
+                return
             latest = self._latest(stored, warehouse)
             judged = self._usable(latest, warehouse, order, self.chain.now(), self.chain.passed())
             usable, early = judged.readings, judged.early
@@ -364,12 +392,33 @@ class Relayer:
             order_id, f"waiting for order {order_id} to be opened on chain", record.revision
         )
 
+    def _expired(self, record: OrderRecord, order: Order, warehouse: Warehouse) -> bool:
+        """Fails the order, with an alert, once no reading can confirm it: the contract takes only
+        readings observed by the order's deadline, and only while fresh, so after the deadline and
+        the warehouse's freshness window nothing can (its issuer may then cancel it, D26)."""
+        now = self.chain.now()
+        if now <= order.deadline + warehouse.freshness:
+            return False
+        detail = (
+            f"its deadline ({order.deadline}) and the freshness window ({warehouse.freshness}s) passed "
+            "with no receipt: no reading can confirm it now; its issuer may cancel it (escrow refunded)"
+        )
+        self.store.set_state(
+            record.order_id, OrderState.FAILED, detail, error_name="DeadlinePassed", alert=("failed", detail)
+        )
+        log.error("order %d: %s", record.order_id, detail)
+        return True
+
     def _closed_elsewhere(self, order_id: int, status: OrderStatus, root_id: int) -> None:
         if status == OrderStatus.CONFIRMED:
             detail = "confirmed on chain by another submission"
             self.store.set_state(
                 order_id, OrderState.CONFIRMED, detail, root_certificate_id=root_id, confirmed_at=time.time()
             )
+        elif status == OrderStatus.CANCELLED:
+            # Nothing to confirm, nothing for a person to put right: not a failure.
+            detail = "cancelled on chain by its issuer: nothing to confirm"
+            self.store.set_state(order_id, OrderState.CANCELLED, detail, alert=("cancelled", detail))
         else:
             detail = f"order is {status.name.lower()} on chain"
             self.store.set_state(

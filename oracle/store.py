@@ -138,19 +138,22 @@ APPLICATION_ID = 0x434C6F72
 class OrderState(enum.StrEnum):
     """An order's receipt, as the oracle sees it.
 
-    collecting -> submitting -> confirmed | failed;  collecting -> disputed (-> collecting).
-    `confirmed`, `failed` and `disputed` are final: nothing is submitted for the order again,
-    unless a person resolves a dispute or a failure (`Store.resolve`): it then collects anew."""
+    collecting -> submitting -> confirmed | failed;  collecting -> disputed (-> collecting);
+    collecting -> cancelled (its issuer cancelled it on chain) | failed (its deadline passed).
+    `confirmed`, `failed`, `disputed` and `cancelled` are final: nothing is submitted for the order
+    again, unless a person resolves a dispute or a failure (`Store.resolve`): it then collects
+    anew. A cancelled order has nothing left to confirm."""
 
     COLLECTING = "collecting"
     SUBMITTING = "submitting"
     CONFIRMED = "confirmed"
     FAILED = "failed"
     DISPUTED = "disputed"
+    CANCELLED = "cancelled"
 
     @property
     def final(self) -> bool:
-        return self in (OrderState.CONFIRMED, OrderState.FAILED, OrderState.DISPUTED)
+        return self in (OrderState.CONFIRMED, OrderState.FAILED, OrderState.DISPUTED, OrderState.CANCELLED)
 
 
 class _Unchanged(enum.Enum):

@@ -405,6 +405,30 @@ def test_a_reading_after_the_orders_deadline_neither_enters_nor_spoils_an_on_tim
     assert rig.world.ledger.order(rig.order_id).delivered_quantity == 1_000
 
 
+def test_an_order_that_times_out_and_is_cancelled_on_chain_is_not_left_collecting(rig: Rig) -> None:
+    """The portals counted, the weighbridge never read: the order waited in `collecting` (pending
+    in `oracle status`, no alert) past the point no reading could confirm it, and after its issuer
+    cancelled it on chain, until the oracle was restarted."""
+    rig.order_id = rig.world.open_order(warehouse=rig.warehouse, expected_quantity=1_000, deadline_in=600)
+    assert rig.send(rig.reading(rig.rfid1, 1_000, age=30)).accepted
+    assert rig.send(rig.reading(rig.rfid2, 1_000, age=30)).accepted
+    relayer = rig.relayer(recheck_interval=0.0)
+    relayer.step()
+    assert rig.state() == OrderState.COLLECTING
+    rig.world.chain.advance_time(600 + 3_600 + 1)  # past the deadline and the freshness window
+    relayer.step()
+    record = rig.store.order(rig.order_id)
+    assert record is not None and (record.state, record.error_name) == (OrderState.FAILED, "DeadlinePassed")
+    assert [a.kind for a in rig.store.alerts() if a.order_id == rig.order_id] == ["failed"]
+    # Its issuer cancels (refunded); a person reopens the order by mistake: it is found cancelled.
+    rig.world.ledger.cancel_order(rig.world.cast.issuer, rig.order_id)
+    rig.store.resolve(rig.order_id, "weighbridge repaired", recount=False)
+    relayer.step()
+    record = rig.store.order(rig.order_id)
+    assert record is not None and record.state == OrderState.CANCELLED, record
+    assert rig.confirmations() == 0
+
+
 def test_a_conflicting_count_stored_while_the_receipt_is_signed_is_disputed(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from oracle.relayer import Mined, NonceTooLow, PreparedTx, Relayer, observation_
 from oracle.retry import backoff_delay
 from oracle.settings import OracleSettings
 from oracle.simulator import malleate
-from oracle.store import APPLICATION_ID, NotAnOracleStore, OrderState, Store, StoreCannotOpen
+from oracle.store import APPLICATION_ID, NotAnOracleStore, NotResolvable, OrderState, Store, StoreCannotOpen
 from oracle.validation import Reason, check_signature_form
 from oracle.wire import (
     MAX_PAYLOAD,
@@ -813,7 +814,7 @@ def test_a_locked_database_is_transient_and_ends_the_batch(
 ) -> None:
     store = Store(tmp_path / "o.db")
     chain = fake_chain()
-    gw = Gateway(store, chain, clock_skew=30)
+    gw = Gateway(store, chain, clock_skew=30, retry_base=0.05, retry_max=0.05)
     gw.receive(reading(signer(RFID_A), 1000, chain).encode(), "mqtt")
     gw.receive(reading(signer(SCALE), 1000 * CARTON_G, chain).encode(), "mqtt")
 
@@ -825,7 +826,36 @@ def test_a_locked_database_is_transient_and_ends_the_batch(
     assert len(verdicts) == 1 and verdicts[0].unavailable and verdicts[0].pending
     assert [i.attempts for i in store.unprocessed()] == [0, 0]  # not counted against the items
     monkeypatch.undo()
-    assert all(v.accepted for v in gw.process_pending())
+    assert gw.process_pending() == []  # the next look backs off rather than ask again at once
+    time.sleep(0.06)
+    verdicts = gw.process_pending()
+    assert len(verdicts) == 2 and all(v.accepted for v in verdicts)
+
+
+def test_node_trouble_in_the_inbox_backs_off_and_is_alerted_while_it_lasts(tmp_path: Path) -> None:
+    """With the node away, the inbox was asked again at every poll (a warning every 100 ms) and
+    nothing was alerted: a new order's readings waited unseen in `oracle status`."""
+    store = Store(tmp_path / "o.db")
+    chain = fake_chain()
+    gw = Gateway(store, chain, clock_skew=30, max_attempts=3, retry_base=0.01, retry_max=0.02)
+    gw.receive(reading(signer(RFID_A), 1000, chain).encode(), "mqtt")
+
+    def down() -> None:
+        raise NodeUnavailable("http://node", "connection refused")
+
+    chain.fail = down
+    looks = 0
+    deadline = time.monotonic() + 0.2
+    while time.monotonic() < deadline:
+        looks += bool(gw.process_pending())
+        time.sleep(0.001)
+    assert 3 <= looks <= 20  # about one look per backoff (0.01, then 0.02 s), not one per poll (~170)
+    alerts = [a for a in store.alerts() if a.kind == "node"]
+    assert alerts and "inbox checks in a row failed, 1 readings wait unchecked" in alerts[0].message
+    assert "connection refused" in alerts[0].message
+    chain.fail = None
+    time.sleep(0.03)
+    assert [v.accepted for v in gw.process_pending()] == [True]
 
 
 def test_payload_cap_and_what_the_inbox_keeps(tmp_path: Path) -> None:
@@ -1018,11 +1048,14 @@ def test_the_same_unclassified_error_on_two_items_is_node_trouble_not_counted(tm
         gw.receive(r.encode(), "mqtt")
     chain.fail = _node_answers_in_its_own_words
     for _ in range(10):
+        time.sleep(0.001)  # past the look's backoff
         verdicts = gw.process_pending()
         assert verdicts and all(v.pending and v.unavailable for v in verdicts)
     assert [i.attempts for i in store.unprocessed()] == [0, 0] and store.inbox_count(processed=True) == 0
     chain.fail = None
-    assert all(v.accepted for v in gw.process_pending())
+    time.sleep(0.001)
+    verdicts = gw.process_pending()
+    assert len(verdicts) == 2 and all(v.accepted for v in verdicts)
 
 
 def test_a_quarantined_reading_holds_its_order_is_alerted_and_can_be_requeued(tmp_path: Path) -> None:
@@ -1612,3 +1645,51 @@ def test_expectations_change_only_where_given(store: Store) -> None:
     )
     record = store.register_order(1, carton_weight_grams=None)  # back to the configured default
     assert (record.carton_weight_grams, record.count_tolerance) == (None, 2)
+
+
+# ---------------------------------------------------------------------- orders closed under the relayer
+
+
+def test_an_order_cancelled_on_chain_while_collecting_is_seen_without_a_new_reading(tmp_path: Path) -> None:
+    """One portal's reading, then the issuer cancels on chain: no reading dirties the order again,
+    so it showed `collecting` and pending for ever, with no alert, until a restart called it failed
+    (which `oracle resolve` cannot put right). It is now looked at every `recheck_interval`."""
+    store, chain, gateway, sub, _ = _collecting(tmp_path)
+    r = relayer(store, chain, sub, recheck_interval=3_600.0)
+    assert gateway.ingest(reading(signer(RFID_A), 1_000, chain).encode(), "t").accepted
+    r.step()
+    assert store.order(1).state == OrderState.COLLECTING  # type: ignore[union-attr]
+    chain.orders[1] = OrderStatus.CANCELLED
+    r.step()
+    assert store.order(1).state == OrderState.COLLECTING  # type: ignore[union-attr]  # not due yet
+    r.recheck_interval = 0.0
+    r.step()
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.CANCELLED and record.state.final
+    assert "cancelled on chain by its issuer" in record.detail
+    assert [a.kind for a in store.alerts()] == ["cancelled"]
+    with pytest.raises(NotResolvable):
+        store.resolve(1, "recount")
+    assert sub.prepared == 0
+
+
+def test_an_order_past_its_deadline_and_freshness_fails_with_an_alert(tmp_path: Path) -> None:
+    """No reading can confirm an order once its deadline and the warehouse's freshness window have
+    passed (readings must be observed by the deadline and be fresh): it fails, alerted, whether a
+    reading or the periodic look finds it."""
+    store, chain, gateway, sub, _ = _collecting(tmp_path)
+    r = relayer(store, chain, sub, recheck_interval=0.0)
+    chain.order_deadline = chain.now_value + 100
+    assert gateway.ingest(reading(signer(RFID_A), 1_000, chain).encode(), "t").accepted
+    r.step()
+    assert store.order(1).state == OrderState.COLLECTING  # type: ignore[union-attr]
+    chain.now_value = chain.order_deadline + chain.freshness  # the last second a reading may be fresh
+    r.step()
+    assert store.order(1).state == OrderState.COLLECTING  # type: ignore[union-attr]
+    chain.now_value += 1
+    r.step()
+    record = store.order(1)
+    assert record is not None and (record.state, record.error_name) == (OrderState.FAILED, "DeadlinePassed")
+    assert "no reading can confirm it now; its issuer may cancel it" in record.detail
+    assert [a.kind for a in store.alerts()] == ["failed"]
+    assert sub.prepared == 0
