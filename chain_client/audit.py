@@ -62,7 +62,7 @@ from chain_client.index.export import ExportResult, digest_at
 from chain_client.index.export import export as export_index
 from chain_client.index.models import BlockRecord, ChangeRecord, IndexState, PaymentRecord
 from chain_client.index.source import NodeSource, PendingLogs, RpcRequestError, misplaced_log
-from chain_client.index.state import check_indexed, decoder_for, stored_events
+from chain_client.index.state import BlockOutOfRange, check_indexed, decoder_for, stored_events
 from chain_client.index.sync import (
     Indexer,
     IndexInconsistent,
@@ -334,7 +334,7 @@ def _verify(
     check_deployment(db, state, deployment)
     at = state.synced_block if block is None else block
     if not state.deployment_block <= at <= state.synced_block:
-        raise IndexDatabaseError(
+        raise BlockOutOfRange(
             f"the index covers blocks {state.deployment_block}..{state.synced_block}, not {at}"
         )
     source = NodeSource(chain)

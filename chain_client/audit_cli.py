@@ -46,9 +46,9 @@ from chain_client.index.db import (
     check_replaceable,
     shown_url,
 )
-from chain_client.index.state import LineageNode, books_at, lineage, merges
+from chain_client.index.state import BlockOutOfRange, LineageNode, books_at, lineage, merges
 from chain_client.index.svg import lineage_svg
-from chain_client.index.sync import Indexer, SyncOptions, SyncStatus
+from chain_client.index.sync import AnotherDeployment, Indexer, SyncOptions, SyncStatus
 from chain_client.models import CertificateStatus, OrderStatus
 from chain_client.settings import Settings
 
@@ -110,11 +110,12 @@ _PASSWORD = re.compile(r"(?<=://)([^:/@\s]*):\S*@|(?<=[?&]password=)[^&;\s]+")
 @contextmanager
 def _errors(db: str) -> Iterator[None]:
     """Prints our errors, and a database that cannot be used (`db`, the --db given), as one line
-    and exits 1 (2 for a --db holding another deployment's index): a traceback helps no auditor."""
+    and exits 1 (2 for a --db holding another deployment's index, or a block it cannot answer for)."""
     try:
         yield
-    except AnotherDeploymentsIndex as exc:
-        # A --db and a manifest that do not go together are the user's to fix, as a bad option is.
+    except (AnotherDeploymentsIndex, AnotherDeployment, BlockOutOfRange) as exc:
+        # A --db and a manifest that do not go together, or a block the index cannot answer for,
+        # are the user's to fix, as a bad option is (D90, D93).
         _fail(str(exc), 2)
     except (CertledgerError, UndecodableLog, LookupError, _Refused) as exc:
         _fail(str(exc))

@@ -227,8 +227,13 @@ def test_lineage_and_digest_name_the_block_asked_for(indexed: Indexed) -> None:
     _one_line_error(lineage, f"no certificate {latest} at block {first}", code=2)
     if first >= 2:  # the block before the deployment is the empty books; one before that is refused
         before = f"block {first - 2} is before the deployment (block {first})"
-        _one_line_error(_audit("digest", "--db", indexed.db, "--block", str(first - 2)), before)
-        _one_line_error(_audit("state", "--db", indexed.db, "--block", str(first - 2)), before)
+        # A block the index cannot answer for is the user's argument to change: exit 2 (D90).
+        _one_line_error(_audit("digest", "--db", indexed.db, "--block", str(first - 2)), before, code=2)
+        _one_line_error(_audit("state", "--db", indexed.db, "--block", str(first - 2)), before, code=2)
+    last = indexed.status.synced_block
+    for command in ("digest", "state", "export"):
+        beyond = _audit(command, "--db", indexed.db, "--block", str(last + 5))
+        _one_line_error(beyond, f"the index reaches block {last}, not {last + 5}: sync it first", code=2)
     # A negative block is no block number at all: refused as a bad option (exit 2), as click does.
     for command in ("digest", "state", "export"):
         result = _audit(command, "--db", indexed.db, "--block", "-1")
@@ -358,7 +363,10 @@ def test_verify_of_another_ledgers_index_names_both_ledgers(indexed: Indexed, tm
         conn.execute("UPDATE index_state SET ledger = ?", (stranger,))
     result = _audit("verify", *_node(indexed), "--db", str(other))
     ledger = indexed.work.system.deployment.ledger
-    _one_line_error(result, "indexes another deployment", f"ledger {stranger} (the manifest's: {ledger})")
+    # As replay and sync refuse it (D93): a --db and a manifest that do not belong together, exit 2.
+    _one_line_error(
+        result, "indexes another deployment", f"ledger {stranger} (the manifest's: {ledger})", code=2
+    )
 
 
 @pytest.mark.anvil
@@ -372,7 +380,7 @@ def test_an_index_begun_at_another_deployment_block_is_refused(indexed: Indexed,
     moved.write_text(json.dumps({**data, "deployment_block": began - 1}))
     for command in ("verify", "sync"):
         result = _audit(command, "--rpc-url", indexed.url, "--manifest", str(moved), "--db", indexed.db)
-        _one_line_error(result, f"deployment block {began} (the manifest's: {began - 1})")
+        _one_line_error(result, f"deployment block {began} (the manifest's: {began - 1})", code=2)
     # A manifest whose block is no JSON integer is malformed, not rounded.
     moved.write_text(json.dumps({**data, "deployment_block": began + 0.5}))
     result = _audit("verify", "--rpc-url", indexed.url, "--manifest", str(moved), "--db", indexed.db)
@@ -392,7 +400,7 @@ def test_sync_follow_on_an_index_begun_at_another_block_stops_with_one_line(
     moved.write_text(json.dumps({**data, "deployment_block": int(data["deployment_block"]) - 1}))
     node = ["--rpc-url", indexed.url, "--manifest", str(moved)]
     result = _audit("sync", *node, "--db", indexed.db, "--follow", "--poll", "0.05")
-    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 2, result.output
     started, refused = result.output.strip().splitlines()
     assert started.startswith("following chain") and refused.startswith("error: ")
     assert "indexes another deployment" in refused

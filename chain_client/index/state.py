@@ -42,13 +42,18 @@ def stored_events(db: IndexDatabase, state: IndexState, up_to: int | None = None
         yield event_from_record(decoder, row)
 
 
+class BlockOutOfRange(IndexDatabaseError):
+    """A block the index cannot answer for (before the deployment, past its last block): the
+    caller's argument to change (the CLI's exit 2, D90), not a damaged index."""
+
+
 def check_indexed(state: IndexState, block: int) -> None:
-    """IndexDatabaseError unless the index answers for `block`: up to its last block, from the
+    """BlockOutOfRange unless the index answers for `block`: up to its last block, from the
     block before the deployment (the empty books)."""
     if block > state.synced_block:
-        raise IndexDatabaseError(f"the index reaches block {state.synced_block}, not {block}: sync it first")
+        raise BlockOutOfRange(f"the index reaches block {state.synced_block}, not {block}: sync it first")
     if block < state.deployment_block - 1:
-        raise IndexDatabaseError(f"block {block} is before the deployment (block {state.deployment_block})")
+        raise BlockOutOfRange(f"block {block} is before the deployment (block {state.deployment_block})")
 
 
 def books_at(db: IndexDatabase, block: int | None = None) -> tuple[IndexState, Books]:
