@@ -20,6 +20,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -64,6 +65,9 @@ PasswordEnv = Annotated[
 ]
 DeviceDir = Annotated[Path, typer.Option("--dir", help="Directory of device keystores.")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+#: The largest id the store keeps (a SQLite integer): a larger one is a usage error, not an
+#: OverflowError from the driver.
+MAX_ID = 2**63 - 1
 
 KIND_NAMES = {"count": ReadingKind.CARTON_COUNT, "weight": ReadingKind.NET_WEIGHT_GRAMS}
 
@@ -149,7 +153,7 @@ def oracle_run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the gateway (MQTT + HTTP intake), the relayer and the keeper until interrupted."""
-    from oracle.service import OracleService
+    from oracle.service import HttpUnavailable, OracleService
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -157,31 +161,38 @@ def oracle_run(
     )
 
     def job() -> None:
-        settings = OracleSettings(
-            broker_url=broker_url,
-            db=db,
-            http_port=http_port,
-            carton_weight_grams=carton_weight,
-            count_tolerance=count_tolerance,
-            weight_tolerance_pct=weight_tolerance,
-            keeper_interval=keeper_interval,
-            relayer_key_env=key_env,
-        )
+        try:
+            settings = OracleSettings(
+                broker_url=broker_url,
+                db=db,
+                http_port=http_port,
+                carton_weight_grams=carton_weight,
+                count_tolerance=count_tolerance,
+                weight_tolerance_pct=weight_tolerance,
+                keeper_interval=keeper_interval,
+                relayer_key_env=key_env,
+            )
+        except ValidationError as exc:  # a CERTLEDGER_ORACLE_* setting it cannot use
+            _fail(ValueError(_settings_errors(exc)))
         relayer = _relayer_account(key_env)
         system = _system(rpc_url, manifest)
         service = OracleService.build(settings, system, relayer)
-        service.start_mqtt()
-        if http_port:
-            service.start_http()
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        console.print(
-            f"oracle running: relayer {relayer.address}, broker {broker_url}, db {db}"
-            + (f", http://{settings.http_host}:{http_port}" if http_port else "")
-        )
         try:
+            # The HTTP port first: one in use is refused before the broker is even reached. Either
+            # failing, `close` stops what did start (the other intake, its thread, the store).
+            if http_port:
+                service.start_http()
+            service.start_mqtt()
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            console.print(
+                f"oracle running: relayer {relayer.address}, broker {broker_url}, db {db}"
+                + (f", http://{settings.http_host}:{http_port}" if http_port else "")
+            )
             service.run(stop)
+        except HttpUnavailable as exc:
+            _fail(exc)
         finally:
             service.close()
         console.print("oracle stopped")
@@ -189,9 +200,24 @@ def oracle_run(
     _run(job)
 
 
+def _settings_errors(exc: ValidationError) -> str:
+    """pydantic's errors on one line, each named as the environment variable that set it."""
+    return "; ".join(
+        f"CERTLEDGER_ORACLE_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+        for error in exc.errors()
+    )
+
+
 @oracle_app.command("status")
-def oracle_status(db: Db = Path("oracle.db"), as_json: Json = False, limit: int = 20) -> None:
-    """Orders (collecting, submitting, confirmed, disputed, failed), alerts and refused readings."""
+def oracle_status(
+    db: Db = Path("oracle.db"),
+    as_json: Json = False,
+    # At least 1: the table shows `orders[-limit:]`, where 0 meant all and -1 all but the first.
+    limit: Annotated[
+        int, typer.Option(min=1, max=2**31, help="Most orders, alerts and refusals shown.")
+    ] = 20,
+) -> None:
+    """Orders (collecting, submitting, confirmed, disputed, failed, cancelled), alerts, refused readings."""
     _existing_db(db)
     store = _store(db)
     orders, alerts, refused = store.orders(), store.alerts(limit), store.rejections(limit)
@@ -282,12 +308,12 @@ EXPECTATIONS = {
 
 @oracle_app.command("expect")
 def oracle_expect(
-    order_id: Annotated[int, typer.Argument(min=1, max=2**63 - 1)],
+    order_id: Annotated[int, typer.Argument(min=1, max=MAX_ID)],
     carton_weight: Annotated[
-        int | None, typer.Option(min=1, max=2**63 - 1, help="Expected carton net weight, grams.")
+        int | None, typer.Option(min=1, max=MAX_ID, help="Expected carton net weight, grams.")
     ] = None,
     count_tolerance: Annotated[
-        int | None, typer.Option(min=0, max=2**63 - 1, help="Cartons two RFID counts may differ by.")
+        int | None, typer.Option(min=0, max=MAX_ID, help="Cartons two RFID counts may differ by.")
     ] = None,
     weight_tolerance: Annotated[
         float | None, typer.Option(min=0.01, max=50, help="Weight vs count, percent.")
@@ -346,7 +372,7 @@ def oracle_expect(
 
 @oracle_app.command("resolve")
 def oracle_resolve(
-    order_id: int,
+    order_id: Annotated[int, typer.Argument(min=1, max=MAX_ID)],
     reason: Annotated[str, typer.Option(help="Why, in words: kept with the order and in the alerts.")],
     keep_readings: Annotated[
         bool,
@@ -378,7 +404,8 @@ def oracle_resolve(
 @oracle_app.command("requeue")
 def oracle_requeue(
     item: Annotated[
-        int | None, typer.Argument(help="The quarantined inbox item (see `oracle status`).")
+        int | None,
+        typer.Argument(min=1, max=MAX_ID, help="The quarantined inbox item (see `oracle status`)."),
     ] = None,
     all_items: Annotated[bool, typer.Option("--all", help="Every quarantined item.")] = False,
     drop: Annotated[

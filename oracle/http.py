@@ -8,7 +8,8 @@ that registers each order's expectations.
                               operator token configured, only with `Authorization: Bearer TOKEN`);
                               a field given changes, one left out keeps its value, null means the
                               configured default (as `oracle expect` and its --reset); the order
-                              need not be open on chain yet
+                              need not be open on chain yet; numbers as JSON gives them (422 for
+                              a bool, a string, a float where an integer goes, or NaN/Infinity)
     GET  /orders[/{order_id}] the oracle's view of orders
     GET  /alerts              disputes, failures, node trouble
 """
@@ -20,6 +21,7 @@ import logging
 from typing import Annotated
 
 from fastapi import FastAPI, Header, HTTPException, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -36,14 +38,20 @@ OrderId = Annotated[int, Path(ge=1, lt=2**63)]
 
 class OrderExpectations(BaseModel):
     """Only the fields sent change (see `Store.register_order`); a misspelt one is refused rather
-    than ignored, which would leave the value it meant to set unchanged without a word."""
+    than ignored, which would leave the value it meant to set unchanged without a word.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict, as the API's bodies (D84): lax coercion stored `true` as a 1 g carton and took "12000"
+    and 1.0 for integers. An integer field takes a JSON integer only; the percentage any finite
+    JSON number (2 is 2%), never a bool or a string."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     # Bounded by what the store keeps (a SQLite integer), so an absurd value is a 422, not a 500.
     carton_weight_grams: int | None = Field(default=None, gt=0, lt=2**63)
     count_tolerance: int | None = Field(default=None, ge=0, lt=2**63)
-    weight_tolerance_pct: float | None = Field(default=None, gt=0, le=50)
+    # Python's JSON parser reads NaN, Infinity and 1e400 as floats: refused by name, not as
+    # "greater than 0" (NaN compares false with everything).
+    weight_tolerance_pct: float | None = Field(default=None, gt=0, le=50, allow_inf_nan=False)
 
 
 class OrderPublic(BaseModel):
@@ -87,6 +95,10 @@ def create_app(gateway: Gateway, store: Store, operator_token: str | None = None
     readings must agree with: loosened, they would let a short delivery through; tightened, they
     would force a dispute). Readings need none: each is signed by an enrolled device."""
     app = FastAPI(title="certledger oracle gateway")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_errors(exc)}, 422)
 
     def operator(authorization: str | None) -> None:
         if operator_token is None:
@@ -157,3 +169,17 @@ def create_app(gateway: Gateway, store: Store, operator_token: str | None = None
         ]
 
     return app
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, object]]:
+    """FastAPI's 422 detail without the `input` it echoes (and `ctx`, which may hold it too): a NaN,
+    Infinity or 1e400 sent made the answer itself unencodable (strict JSON has no such numbers),
+    a 500 for a client's mistake. Where and what remain: `loc`, `msg`, `type`."""
+    return [
+        {
+            "loc": [str(p) for p in e.get("loc", ())],
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in exc.errors()
+    ]

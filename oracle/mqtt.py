@@ -1,9 +1,9 @@
 """MQTT intake: devices publish signed readings at QoS 1 to PREFIX/<warehouse>/<device>.
 
 Nothing is lost between broker and gateway:
-- the gateway's session is persistent (fixed client id, clean_session=False), so the broker queues
-  QoS 1 readings for it while it is away, and a broker run with persistence keeps that queue
-  across its own restart;
+- the gateway's session is persistent (a client id stable across restarts, one per oracle store:
+  see `OracleSettings.client_id`; clean_session=False), so the broker queues QoS 1 readings for
+  it while it is away, and a broker run with persistence keeps that queue across its own restart;
 - acknowledgements are manual: the PUBACK goes back only after the reading is committed to the
   inbox, so a reading the gateway crashed on is redelivered; one it failed to store (a locked or
   full disk) is kept and stored again on the service's next step (`retry_unstored`), not left
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,12 @@ from oracle.wire import MAX_PAYLOAD
 log = logging.getLogger(__name__)
 
 KEEPALIVE = 15  # seconds; a dead broker is noticed within ~1.5 keepalives
+#: Two connections in a row lost within this many seconds of being made look like a session
+#: takeover: another client under the same id, each connection closing the other's (the broker
+#: gives an id's session to its newest connection). MQTT 3.1.1 says nothing of why it closed one
+#: (paho: "Unspecified error", as for a broker gone away), so it is told by its rhythm: a rival
+#: reconnects within its retry delay, while a broker restart cuts one connection, not a series.
+TAKEOVER_WINDOW = 10.0
 
 
 class BrokerUnavailable(Exception):
@@ -89,6 +96,8 @@ class MqttIntake(_Connection):
         self.oversized = 0  # payloads over MAX_PAYLOAD dropped
         self._lock = threading.Lock()
         self._unstored: list[_Unstored] = []
+        self._connected_at: float | None = None
+        self._short_lived = 0  # connections lost in a row within TAKEOVER_WINDOW of being made
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
@@ -109,6 +118,7 @@ class MqttIntake(_Connection):
         if reason_code.is_failure:
             log.error("broker refused the connection: %s", reason_code)
             return
+        self._connected_at = time.monotonic()
         # Subscribing again is harmless when the session already has the subscription, and needed
         # when the broker lost it (a broker run without persistence).
         client.subscribe(f"{self.settings.topic_prefix}/#", qos=1)
@@ -128,9 +138,25 @@ class MqttIntake(_Connection):
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
         self.connected.clear()
+        lasted = None if self._connected_at is None else time.monotonic() - self._connected_at
+        self._connected_at = None
         # Our own disconnect() is routine; anything else (the broker went away) is worth a warning.
-        level = logging.INFO if reason_code == 0 else logging.WARNING
-        log.log(level, "disconnected from %s: %s", self.settings.broker_url, reason_code)
+        if reason_code == 0:
+            log.info("disconnected from %s: %s", self.settings.broker_url, reason_code)
+            return
+        self._short_lived = self._short_lived + 1 if lasted is not None and lasted < TAKEOVER_WINDOW else 0
+        if self._short_lived >= 2:
+            log.warning(
+                "disconnected from %s %.1fs after connecting, again (%s): another client with client id "
+                "%r may be connected, each taking the session over from the other; give every oracle "
+                "its own id (CERTLEDGER_ORACLE_CLIENT_ID)",
+                self.settings.broker_url,
+                lasted,
+                reason_code,
+                self.settings.client_id,
+            )
+        else:
+            log.warning("disconnected from %s: %s", self.settings.broker_url, reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         self._take(_Unstored(bytes(message.payload), message.topic, message.mid, message.qos))

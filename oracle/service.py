@@ -9,9 +9,11 @@ calls go through one lock (see oracle.chainview).
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from eth_account.signers.local import LocalAccount
 from pydantic import SecretStr
@@ -26,7 +28,17 @@ from oracle.settings import OracleSettings
 from oracle.store import Store
 from oracle.submitter import ChainSubmitter
 
+if TYPE_CHECKING:
+    import uvicorn
+
 log = logging.getLogger(__name__)
+
+#: Seconds uvicorn may take from a bound socket to serving on it.
+HTTP_START_TIMEOUT = 10.0
+
+
+class HttpUnavailable(Exception):
+    """The HTTP intake could not listen on its address (a port in use, an address not this host's)."""
 
 
 @dataclass
@@ -40,8 +52,9 @@ class OracleService:
     relayer: Relayer
     keeper: Keeper
     mqtt: MqttIntake | None = None
-    _http_server: object | None = field(default=None, repr=False)
+    _http_server: uvicorn.Server | None = field(default=None, repr=False)
     _http_thread: threading.Thread | None = field(default=None, repr=False)
+    _http_socket: socket.socket | None = field(default=None, repr=False)
     _last_keeper: float = field(default=0.0, repr=False)
     #: Set when a reading arrives, so the pipeline checks it at once instead of at its next poll.
     wake: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -105,6 +118,10 @@ class OracleService:
         self.mqtt.start()
 
     def start_http(self) -> None:
+        """Serves the HTTP intake on its own thread; raises HttpUnavailable unless it is serving.
+
+        The socket is bound here, not by uvicorn: uvicorn binds on its thread and, failing, only
+        logs it and ends that thread, so `oracle run` went on without its HTTP intake."""
         import uvicorn
 
         from oracle.http import create_app
@@ -123,10 +140,14 @@ class OracleService:
                 "order's expectations (set CERTLEDGER_ORACLE_OPERATOR_TOKEN)",
                 self.settings.http_host,
             )
+        sock = _listen(self.settings.http_host, self.settings.http_port, config.backlog)
         server = uvicorn.Server(config)
-        self._http_server = server
-        self._http_thread = threading.Thread(target=server.run, name="oracle-http", daemon=True)
-        self._http_thread.start()
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="oracle-http", daemon=True
+        )
+        self._http_server, self._http_thread, self._http_socket = server, thread, sock
+        thread.start()
+        _await_serving(server, thread, f"{self.settings.http_host}:{self.settings.http_port}")
 
     # ------------------------------------------------------------------ the pipeline
 
@@ -170,11 +191,41 @@ class OracleService:
         if self.mqtt is not None:
             self.mqtt.stop()
         if self._http_server is not None:
-            self._http_server.should_exit = True  # type: ignore[attr-defined]
+            self._http_server.should_exit = True
         if self._http_thread is not None:
             self._http_thread.join(timeout=10)
+        if self._http_socket is not None:  # uvicorn closes it when it ran; not if it never did
+            self._http_socket.close()
         self.store.close()
 
 
 def _secret(value: SecretStr | None) -> str | None:
     return None if value is None else value.get_secret_value()
+
+
+def _listen(host: str, port: int, backlog: int) -> socket.socket:
+    """A socket listening on host:port, or HttpUnavailable naming them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # A restarted oracle need not wait out its last connections' TIME_WAIT; a port another
+        # process listens on is still refused.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        # Listening at once: Linux lets two SO_REUSEADDR sockets bind a port nobody listens on.
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise HttpUnavailable(
+            f"the HTTP intake cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    return sock
+
+
+def _await_serving(server: uvicorn.Server, thread: threading.Thread, where: str) -> None:
+    """Waits until uvicorn serves on the bound socket; raises HttpUnavailable if it ended first."""
+    deadline = time.monotonic() + HTTP_START_TIMEOUT
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise HttpUnavailable(f"the HTTP intake on {where} did not start (see the log above)")
+        time.sleep(0.01)

@@ -3,6 +3,7 @@ refused at start-up, never discovered half-way through a receipt."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,13 +20,16 @@ class OracleSettings(BaseSettings):
         default="mqtt://127.0.0.1:1883", description="MQTT broker the devices publish to (mqtt://host:port)."
     )
     topic_prefix: str = Field(default="certledger/readings", description="Readings arrive under PREFIX/#.")
+    # Before client_id, whose default is made from it.
+    db: Path = Field(default=Path("oracle.db"), description="SQLite file of readings, orders and alerts.")
     client_id: str = Field(
-        default="certledger-gateway",
-        description="MQTT client id. Fixed, so the broker keeps this gateway's session and queued "
-        "QoS 1 readings while it is away.",
+        default_factory=lambda data: default_client_id(data.get("db", Path("oracle.db"))),
+        min_length=1,
+        description="MQTT client id. Stable, so the broker keeps this gateway's session and queued "
+        "QoS 1 readings while it is away; by default certledger-gateway-<hash of the db's absolute "
+        "path>, so oracles with their own stores on one broker do not take each other's session.",
     )
     mqtt_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect to the broker.")
-    db: Path = Field(default=Path("oracle.db"), description="SQLite file of readings, orders and alerts.")
     http_host: str = Field(default="127.0.0.1", description="Address of the HTTP intake.")
     http_port: int = Field(default=8088, ge=0, le=65_535, description="Port of the HTTP intake (0: off).")
     operator_token: SecretStr | None = Field(
@@ -119,3 +123,16 @@ class OracleSettings(BaseSettings):
     @property
     def broker_port(self) -> int:
         return urlparse(self.broker_url).port or 1883
+
+
+def default_client_id(db: Path) -> str:
+    """certledger-gateway-<12 hex digits of the SHA-256 of the store's absolute path>.
+
+    One broker session per oracle store: two gateways under one id take the session from each
+    other on every reconnect (the broker closes the older connection), and a random id per run
+    would leave the readings queued while a gateway was away in a session nobody resumes. The
+    host name is left out: a container's changes when it is re-created, and its store (and so
+    its session) with it would be lost; two hosts with a store at the same path configure an id.
+    """
+    digest = hashlib.sha256(str(db.resolve()).encode()).hexdigest()
+    return f"certledger-gateway-{digest[:12]}"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 import sqlite3
+import threading
 from contextlib import closing
 from pathlib import Path
 
@@ -12,7 +15,7 @@ from typer.testing import CliRunner, Result
 from world import DEFAULT_QUANTITY, World
 
 from certledger_main import build_app
-from oracle.broker import mosquitto_binary
+from oracle.broker import free_port, mosquitto_binary
 from oracle.store import OrderState, Store
 
 NO_NODE: dict[str, str | None] = {"CERTLEDGER_RPC_URL": None, "CERTLEDGER_MANIFEST": None}
@@ -337,3 +340,95 @@ def test_devices_create_refuses_a_name_that_is_not_a_plain_file_name(
     line = _one_error_line(result)
     assert f"device name {name!r} is not a plain file name" in line
     assert list(tmp_path.rglob("*")) == []  # not even --dir
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["oracle", "resolve", "99999999999999999999999", "--reason", "x"],
+        ["oracle", "resolve", str(2**63), "--reason", "x"],
+        ["oracle", "resolve", "0", "--reason", "x"],
+        ["oracle", "requeue", "99999999999999999999999"],
+        ["oracle", "requeue", "99999999999999999999999", "--drop", "--reason", "x"],
+        ["oracle", "requeue", "0"],
+        ["oracle", "status", "--limit", "99999999999999999999999"],
+        ["oracle", "status", "--limit", "-1"],
+        ["oracle", "status", "--limit", "0"],
+    ],
+)
+def test_numbers_the_store_cannot_take_are_usage_errors(
+    runner: CliRunner, tmp_path: Path, command: list[str]
+) -> None:
+    """Ids beyond a SQLite integer crashed with OverflowError; a --limit of -1 silently left the
+    first order out of the table (`orders[-limit:]`)."""
+    db = tmp_path / "oracle.db"
+    Store(db).close()
+    result = runner.invoke(build_app(), [*command, "--db", str(db)])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value" in result.output and "Traceback" not in result.output
+
+
+def test_status_limit_shows_the_latest_orders(runner: CliRunner, tmp_path: Path) -> None:
+    db = tmp_path / "oracle.db"
+    store = Store(db)
+    for order_id in (1, 2, 3):
+        store.register_order(
+            order_id, carton_weight_grams=None, count_tolerance=None, weight_tolerance_pct=None
+        )
+    store.close()
+
+    def rows(limit: int) -> list[str]:
+        result = runner.invoke(build_app(), ["oracle", "status", "--db", str(db), "--limit", str(limit)])
+        assert result.exit_code == 0, result.output
+        return re.findall(r"│ (\d+) +│ collecting", result.output)
+
+    assert rows(2) == ["2", "3"] and rows(2**31) == ["1", "2", "3"]
+
+
+def _run_oracle(
+    runner: CliRunner, tmp_path: Path, world: World, monkeypatch: pytest.MonkeyPatch, *args: str
+) -> Result:
+    """`oracle run` on the embedded chain, its broker unreachable and given up on after 0.5 s."""
+    monkeypatch.setattr("oracle.cli._system", lambda rpc_url, manifest: world.system)
+    env = {"CERTLEDGER_RELAYER_KEY": world.cast.relayer.key.hex(), "CERTLEDGER_ORACLE_MQTT_TIMEOUT": "0.5"}
+    command = ["oracle", "run", "--db", str(tmp_path / "o.db"), "--broker-url", "mqtt://127.0.0.1:9", *args]
+    return runner.invoke(build_app(), command, env=env)
+
+
+def test_oracle_run_with_its_http_port_in_use_fails_in_one_line(
+    runner: CliRunner, tmp_path: Path, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It printed "oracle running" and went on without an HTTP intake (uvicorn only logged it)."""
+    before = set(threading.enumerate())
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = _run_oracle(runner, tmp_path, world, monkeypatch, "--http-port", str(port))
+    line = _one_error_line(result)
+    assert f"cannot listen on 127.0.0.1:{port}" in line and "in use" in line, line
+    assert set(threading.enumerate()) <= before  # no HTTP or MQTT thread left behind
+
+
+def test_oracle_run_stops_its_http_intake_when_the_broker_fails(
+    runner: CliRunner, tmp_path: Path, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = set(threading.enumerate())
+    port = free_port()
+    line = _one_error_line(_run_oracle(runner, tmp_path, world, monkeypatch, "--http-port", str(port)))
+    assert "no connection to mqtt://127.0.0.1:9" in line, line
+    assert set(threading.enumerate()) <= before
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens there any more
+
+
+def test_oracle_run_with_a_setting_it_cannot_use_fails_in_one_line(
+    runner: CliRunner, tmp_path: Path, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad CERTLEDGER_ORACLE_* value ended in pydantic's ValidationError traceback."""
+    monkeypatch.setattr("oracle.cli._system", lambda rpc_url, manifest: world.system)
+    env = {"CERTLEDGER_RELAYER_KEY": world.cast.relayer.key.hex(), "CERTLEDGER_ORACLE_MQTT_TIMEOUT": "abc"}
+    command = ["oracle", "run", "--db", str(tmp_path / "o.db"), "--broker-url", "mqtt://127.0.0.1:9"]
+    line = _one_error_line(runner.invoke(build_app(), command, env=env))
+    assert line.startswith("error: CERTLEDGER_ORACLE_MQTT_TIMEOUT: "), line
+    assert not (tmp_path / "o.db").exists()

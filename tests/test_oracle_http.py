@@ -3,6 +3,7 @@ alerts."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +215,74 @@ def test_expectations_beyond_what_the_store_keeps_are_validation_errors(
     put = client.put("/orders/3", json=body)
     assert put.status_code == 422, put.text
     assert store.orders() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        (b'{"weight_tolerance_pct": NaN}', "weight_tolerance_pct", "finite number"),
+        (b'{"weight_tolerance_pct": Infinity}', "weight_tolerance_pct", "finite number"),
+        (b'{"weight_tolerance_pct": -Infinity}', "weight_tolerance_pct", "finite number"),
+        (b'{"weight_tolerance_pct": 1e400}', "weight_tolerance_pct", "finite number"),
+        (b'{"carton_weight_grams": 1e400}', "carton_weight_grams", "valid integer"),
+        (b'{"count_tolerance": NaN}', "count_tolerance", "valid integer"),
+    ],
+)
+def test_non_finite_numbers_are_validation_errors_not_500(
+    setup: tuple[TestClient, FakeChain, Store, DeviceSigner], body: bytes, field: str, message: str
+) -> None:
+    """Python's JSON parser reads NaN, Infinity and 1e400; FastAPI's 422 echoed them back, and the
+    answer itself failed to encode (a 500)."""
+    client, _, store, _ = setup
+    put = client.put("/orders/3", content=body, headers={"content-type": "application/json"})
+    assert put.status_code == 422, put.text
+    [error] = put.json()["detail"]
+    assert error["loc"] == ["body", field] and message in error["msg"] and "input" not in error
+    assert store.orders() == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"carton_weight_grams": True},
+        {"carton_weight_grams": "12000"},
+        {"carton_weight_grams": 12_000.0},
+        {"count_tolerance": False},
+        {"count_tolerance": "1"},
+        {"weight_tolerance_pct": True},
+        {"weight_tolerance_pct": "2.5"},
+    ],
+)
+def test_expectations_are_taken_as_json_types_not_coerced(
+    setup: tuple[TestClient, FakeChain, Store, DeviceSigner], body: dict[str, object]
+) -> None:
+    """`true` was stored as a 1 g carton, "12000" and 12000.0 as integers (D84's rule for the API)."""
+    client, _, store, _ = setup
+    put = client.put("/orders/3", json=body)
+    assert put.status_code == 422, put.text
+    assert put.json()["detail"][0]["loc"] == ["body", *body]
+    assert store.orders() == []
+
+
+def test_a_percentage_takes_any_finite_json_number(
+    setup: tuple[TestClient, FakeChain, Store, DeviceSigner],
+) -> None:
+    client, _, _, _ = setup
+    for given, kept in ((2, 2.0), (2.5, 2.5), (50, 50.0)):
+        put = client.put("/orders/3", json={"weight_tolerance_pct": given})
+        assert put.status_code == 200 and put.json()["weight_tolerance_pct"] == kept, put.text
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "1e400", "true", "1.0", '"5"'])
+def test_a_reading_with_a_non_finite_or_mistyped_number_is_refused_as_malformed(
+    setup: tuple[TestClient, FakeChain, Store, DeviceSigner], value: str
+) -> None:
+    """The reading intake parses its own bytes (oracle.wire), integers strictly: a 422 with the
+    reason, never a 500, whichever integer field carries it."""
+    client, chain, store, signer = setup
+    reading = signed(signer, chain).to_json()
+    for field in ("order_id", "value", "sequence"):
+        text = json.dumps({**reading, field: "@"}).replace('"@"', value)
+        refused = client.post("/readings", content=text.encode())
+        assert refused.status_code == 422 and refused.json()["reason"] == "malformed", refused.text
+    assert store.observations(1) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -192,6 +193,66 @@ def test_an_oversized_payload_is_acknowledged_and_dropped_not_stored(
     intake.stop()
     publisher.stop()
     assert intake.oversized == 0 and payloads(store) == [b"small"]
+
+
+def test_the_default_client_id_is_one_per_store_and_stable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stable across restarts (the persistent session must be resumed), different per store; an
+    id configured is kept as given."""
+    monkeypatch.delenv("CERTLEDGER_ORACLE_CLIENT_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    a = OracleSettings(db=Path("a.db")).client_id
+    assert (
+        a == OracleSettings(db=tmp_path / "a.db").client_id == OracleSettings(db=Path("x/../a.db")).client_id
+    )
+    assert a != OracleSettings(db=Path("b.db")).client_id
+    assert a != OracleSettings(db=tmp_path / "elsewhere" / "a.db").client_id
+    assert a.startswith("certledger-gateway-")
+    assert OracleSettings(db=Path("a.db"), client_id="gateway-7").client_id == "gateway-7"
+    monkeypatch.setenv("CERTLEDGER_ORACLE_CLIENT_ID", "from-env")
+    assert OracleSettings(db=Path("a.db")).client_id == "from-env"
+
+
+def test_two_oracles_with_their_own_stores_keep_their_connections(
+    broker: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under one default client id each connection took the other's session, every second or two."""
+    monkeypatch.delenv("CERTLEDGER_ORACLE_CLIENT_ID", raising=False)
+    intakes = [
+        MqttIntake(OracleSettings(broker_url=broker.url, db=tmp_path / name, mqtt_timeout=10), lambda p, s: 0)
+        for name in ("one.db", "two.db")
+    ]
+    for intake in intakes:
+        intake.start()
+    time.sleep(2.5)  # a takeover's reconnect comes within the 1 s retry delay
+    assert all(intake.connected.is_set() for intake in intakes)
+    for intake in intakes:
+        intake.stop()
+    assert not [
+        r.getMessage() for r in caplog.records if r.name == "oracle.mqtt" and r.levelno >= logging.WARNING
+    ]
+
+
+def test_a_session_taken_over_again_and_again_is_named_in_a_warning(
+    broker: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two gateways under one id: MQTT 3.1.1 gives no reason for the broker's close, so the
+    warning comes from connections lost seconds after they were made, one after another."""
+    settings = OracleSettings(broker_url=broker.url, client_id="twice-configured", mqtt_timeout=10)
+    first, second = MqttIntake(settings, lambda p, s: 0), MqttIntake(settings, lambda p, s: 0)
+    first.start()
+    second.start()
+
+    def warned() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "may be connected" in r.getMessage()]
+
+    try:
+        [message, *_] = wait_until(warned, timeout=20)
+    finally:
+        first.stop()
+        second.stop()
+    assert "another client with client id 'twice-configured' may be connected" in message
 
 
 # ---------------------------------------------------------------------- devices -> MQTT -> chain
