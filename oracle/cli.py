@@ -484,7 +484,11 @@ def devices_list(directory: DeviceDir = Path("devices"), as_json: Json = False) 
         console.print_json(json.dumps(rows))
         return
     for r in rows:
-        console.print(f"{r['name']:<16} {r['address']} {r['kind']:<17} next sequence {r['next_sequence']}")
+        console.print(
+            f"{r['name']:<16} {r['address']} {r['kind']:<17} next sequence {r['next_sequence']}",
+            soft_wrap=True,  # one line per device in a pipe too (rich wraps at 80 columns there)
+            highlight=False,
+        )
 
 
 @devices_app.command("simulate")

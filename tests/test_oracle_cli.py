@@ -108,6 +108,9 @@ def test_devices_create_and_list(runner: CliRunner, tmp_path: Path) -> None:
     listed = runner.invoke(build_app(), ["devices", "list", "--dir", str(tmp_path), "--json"])
     [row] = json.loads(listed.output)
     assert row == {"name": "dock-rfid", "address": address, "kind": "CARTON_COUNT", "next_sequence": 1}
+    # One line per device when piped (it wrapped "next sequence 1" onto a second line at 80 columns).
+    plain = runner.invoke(build_app(), ["devices", "list", "--dir", str(tmp_path)])
+    assert plain.output.splitlines() == [f"{'dock-rfid':<16} {address} {'CARTON_COUNT':<17} next sequence 1"]
     again = runner.invoke(build_app(), args, env=env)
     assert again.exit_code == 1 and "exists" in again.output
     no_password = runner.invoke(
