@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar, cast
 
 from eth_typing import HexStr
-from sqlalchemy import ColumnElement, Integer, Row, Text, and_, exists, func, or_
+from sqlalchemy import ColumnElement, Integer, Row, Text, and_, exists, func, literal, or_
 from sqlalchemy import cast as cast_to
 from sqlalchemy import select as core_select
 from sqlmodel import Session, SQLModel, col, select
@@ -30,17 +30,19 @@ from web3.exceptions import BlockNotFound
 from chain_client.chain import Chain
 from chain_client.deploy import Deployment
 from chain_client.errors import CertledgerError
-from chain_client.index.books import CREATED, HOLDER_ROLES
+from chain_client.index.books import CREATED, HOLDER_ROLES, SYSTEM_KEY
 from chain_client.index.db import IndexDatabase, table_of
 from chain_client.index.models import (
     CertificateRecord,
     ChangeRecord,
     CreditRecord,
+    EventRecord,
     IndexState,
     OfferRecord,
     OrderRecord,
     ParticipantRecord,
     PaymentRecord,
+    SystemRecord,
 )
 from chain_client.index.sync import FINAL_FAILURES, ROUND_FAILURES, Indexer
 from chain_client.models import CertificateStatus
@@ -387,13 +389,17 @@ class IndexReader:
         return credited
 
     def buyable(self, now: int) -> ColumnElement[bool]:
-        """An offer the ledger would sell now (as of `now`, the index's clock): open and unexpired,
-        its certificate live, unfrozen and not matured, still held by the seller, who may hold
-        certificates, with at least the offered value, and not moved away since the offer (the
-        ledger's OfferStale: its epoch changes with every holder change, even one back to the
-        seller). What it cannot know from the index: a paused ledger, and the buyer's own
-        eligibility."""
-        o, c, p, ch = (table_of(m) for m in (OfferRecord, CertificateRecord, ParticipantRecord, ChangeRecord))
+        """The part of `buyable_offers`' rule SQL can judge: open and unexpired, the ledger not
+        paused, the certificate live, unfrozen, not matured, still the seller's with at least the
+        offered value, the seller an active holder, and no Transfer of the certificate since the
+        offer (the ledger's OfferStale: every whole move bumps its epoch, a move back to the seller
+        and a transfer to itself included, which the change log does not show as a holder change).
+        What is left (the split rules, integer arithmetic on uint256 that SQLite's text cannot do)
+        is `_splits`'."""
+        o, c, p, s, e = (
+            table_of(m)
+            for m in (OfferRecord, CertificateRecord, ParticipantRecord, SystemRecord, EventRecord)
+        )
         held = exists().where(
             c.c.chain_id == o.c.chain_id,
             c.c.certificate_id == o.c.certificate_id,
@@ -409,27 +415,60 @@ class IndexReader:
             p.c.active.is_(True),
             p.c.roles.op("&")(HOLDER_ROLES) != 0,
         )
+        paused = exists().where(s.c.chain_id == o.c.chain_id, s.c.paused.is_(True))
         # An open offer's last touch is its DiscountOffered; log indexes order a block's events.
+        # Stored arguments are canonical JSON (`digest.args_json`: sorted keys, no spaces), so an
+        # ERC-721 Transfer's end with its tokenId (an ERC-20 Transfer has none).
         moved = exists().where(
-            ch.c.chain_id == o.c.chain_id,
-            ch.c.entity == "certificate",
-            ch.c.key == self._key_text(o.c.certificate_id),
-            ch.c.field == "holder",
+            e.c.chain_id == o.c.chain_id,
+            e.c.name == "Transfer",
             or_(
-                ch.c.block_number > o.c.last_block,
-                and_(ch.c.block_number == o.c.last_block, ch.c.log_index > o.c.last_log_index),
+                e.c.block_number > o.c.last_block,
+                and_(e.c.block_number == o.c.last_block, e.c.log_index > o.c.last_log_index),
             ),
+            e.c.args.like(literal('%"tokenId":"') + self._key_text(o.c.certificate_id) + literal('"}')),
         )
-        return and_(o.c.open.is_(True), o.c.expiry > now, held, seller, ~moved)
+        return and_(o.c.open.is_(True), o.c.expiry > now, held, seller, ~paused, ~moved)
+
+    def buyable_offers(
+        self, where: Sequence[Any], now: int, limit: int, offset: int
+    ) -> tuple[list[OfferRecord], int]:
+        """The offers matching `where` that the ledger would sell now, a page of them and how many:
+        `buyable` in SQL, then the split rules on exact integers."""
+        o = table_of(OfferRecord)
+        query = core_select(o).where(o.c.chain_id == self.chain_id, self.buyable(now), *where)
+        with self.db.connect() as conn:
+            rows = [_as(OfferRecord, r) for r in conn.execute(query.order_by(o.c.offer_id))]
+        sellable = self._splits(rows)
+        return sellable[offset : offset + limit], len(sellable)
 
     def buyable_ids(self, now: int, offer_ids: Sequence[int]) -> set[int]:
-        """Which of `offer_ids` are `buyable` now."""
-        o = table_of(OfferRecord)
-        query = core_select(o.c.offer_id).where(
-            o.c.chain_id == self.chain_id, o.c.offer_id.in_(offer_ids), self.buyable(now)
-        )
-        with self.db.connect() as conn:
-            return {int(row[0]) for row in conn.execute(query)}
+        """Which of `offer_ids` are buyable now (`buyable_offers`)."""
+        if not offer_ids:
+            return set()
+        rows, _ = self.buyable_offers([col(OfferRecord.offer_id).in_(offer_ids)], now, len(offer_ids), 0)
+        return {int(r.offer_id) for r in rows}
+
+    def _splits(self, offers: list[OfferRecord]) -> list[OfferRecord]:
+        """Those of `offers` (SQL found the rest of `buyable` true) whose sale obeys the split rules
+        as they are now: a part sold is split off, so it and the remainder (if any) must be at least
+        the minimum unit and the certificate above the maximum depth (the ledger's
+        SplitBelowMinimumUnit, SplitDepthExceeded); the certificate's value may have changed since
+        the offer (a split-off, a merge into it), and the rules with it (SplitRulesChanged)."""
+        system = self.get(SystemRecord, key=SYSTEM_KEY)
+        certificates = self.certificates({int(o.certificate_id) for o in offers})
+        if system is None:
+            return []
+        unit, depth = int(system.min_split_unit), int(system.max_split_depth)
+
+        def sellable(offer: OfferRecord) -> bool:
+            cert = certificates[int(offer.certificate_id)]
+            value, whole = int(offer.value), int(cert.value)
+            if value == whole:
+                return True  # sold whole: no split
+            return value >= unit and whole - value >= unit and int(cert.depth) < depth
+
+        return [o for o in offers if sellable(o)]
 
     def _key_text(self, column: Any) -> ColumnElement[str]:
         """A uint column as the change log's key text (decimal, no padding): PostgreSQL stores it as

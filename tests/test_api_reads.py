@@ -261,6 +261,22 @@ def test_an_offer_is_buyable_only_while_the_ledger_would_sell_it(
     world.ledger.unfreeze(world.cast.regulator, a)
     world.ledger.split_to(s2, a, s1.address, 1_000_00)  # less than the third offer's value now
     check({offers[1]})
+    world.ledger.pause(world.cast.admin)  # SystemPaused
+    check(set())
+    world.ledger.unpause(world.cast.admin)
+    check({offers[1]})
+    # A sale whose remainder would fall below the minimum unit (SplitBelowMinimumUnit): the value
+    # left after a split-off since the offer, not at the offer, decides.
+    unit, _ = world.ledger.split_rules()
+    value = world.ledger.certificate(a).value
+    offers.append(offer(value // 2))
+    check({offers[1], offers[3]})
+    world.ledger.split_to(s2, a, s1.address, value - value // 2 - unit // 2)
+    check({offers[1]})
+    # A transfer to itself voids the holder's offers as any whole move does (OfferStale), though
+    # the holder stays the same.
+    world.ledger.transfer(s2, a, s2.address)
+    check(set())
 
 
 def _offer_ids(page: dict[str, Any]) -> list[int]:
