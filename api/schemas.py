@@ -234,8 +234,9 @@ class OfferOut(BaseModel):
     )
     buyable: bool = Field(
         description="The ledger would sell it now, as of the index's last block: open, not expired, "
-        "its certificate still the seller's since the offer, live, unfrozen, not matured, with the "
-        "value offered (else buying is refused: IncorrectHolder, OfferStale, InsufficientValue, ...)."
+        "the ledger not paused, its certificate still the seller's since the offer, live, unfrozen, "
+        "not matured, with the value offered and a sale the split rules allow (else buying is "
+        "refused: IncorrectHolder, OfferStale, InsufficientValue, SplitBelowMinimumUnit, ...)."
     )
 
 
