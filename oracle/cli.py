@@ -467,14 +467,21 @@ def devices_create(
         _run(lambda: console.print(create_device(files, KIND_NAMES[kind], password)))
 
 
+def _device_names(directory: Path) -> list[str]:
+    """The devices in `directory`, by name; hidden files (which pathlib's glob matches, and which
+    no device name can be) are an editor's or a copy's, not devices."""
+    found = (m.name.removesuffix(".device.json") for m in directory.glob("*.device.json"))
+    return sorted(name for name in found if not name.startswith("."))
+
+
 @devices_app.command("list")
 def devices_list(directory: DeviceDir = Path("devices"), as_json: Json = False) -> None:
     """Devices in a directory: name, address, kind, next sequence number."""
     rows: list[dict[str, Any]] = []
 
     def job() -> None:
-        for meta in sorted(directory.glob("*.device.json")):
-            files = DeviceFiles(directory, meta.name.removesuffix(".device.json"))
+        for name in _device_names(directory):
+            files = DeviceFiles(directory, name)
             address, kind = device_address(files)
             rows.append({"name": files.name, "address": address, "kind": kind.name,
                          "next_sequence": next_sequence(files)})  # fmt: skip
@@ -524,7 +531,7 @@ def devices_simulate(
             raise typer.BadParameter(
                 f"{item}: faults are {[f.value for f in Fault]}", param_hint="--fault"
             ) from None
-    names = sorted(m.name.removesuffix(".device.json") for m in directory.glob("*.device.json"))
+    names = _device_names(directory)
     unknown = sorted(set(fault_of) - set(names))
     if unknown:
         # A misspelt name would quietly send an honest reading where a fault was asked for.

@@ -182,8 +182,10 @@ class Gateway:
         trouble = next((v for v in verdicts if v.unavailable), None)
         if trouble is not None:
             self._node_trouble(trouble.detail)
-        elif verdicts and self._node_failures:
-            log.warning("inbox: the node answers again after %d failed looks", self._node_failures)
+        elif self._node_failures:
+            # Answered again, or nothing waits to be checked: a later hiccup starts afresh rather
+            # than at the long backoff of an outage that is over.
+            log.warning("inbox: checking again after %d failed looks", self._node_failures)
             self._node_failures = 0
         return verdicts
 

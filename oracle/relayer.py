@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 RECHECKS = 3
 #: Seconds between looks on chain at the orders still collecting (`Relayer._recheck`).
 RECHECK_INTERVAL = 30.0
+#: The error name of an order failed because no reading can confirm it any more (`_expired`).
+DEADLINE_PASSED = "DeadlinePassed"
 
 #: Reverts that say "not now" rather than "no": the order backs off and collects again.
 TIMING_ERRORS = frozenset({"ObservationFromFuture", "SystemPaused"})
@@ -216,17 +218,31 @@ class Relayer:
             for record in self.store.orders((OrderState.COLLECTING,)):
                 if record.next_attempt_at <= now:
                     self._isolated(record, OrderState.COLLECTING, self._recheck)
+            # Failed for its deadline: its issuer may cancel it from that very moment (D26), and
+            # then it is cancelled, not a failure left for a person.
+            for record in self.store.orders((OrderState.FAILED,)):
+                if record.error_name == DEADLINE_PASSED:
+                    self._isolated(record, OrderState.FAILED, self._recheck)
 
     def _recheck(self, record: OrderRecord) -> None:
-        """An order still collecting, looked at on chain though no reading came: closed there
-        (cancelled by its issuer, confirmed by another relayer) or past its last chance."""
-        order = self.chain.order(record.order_id)
+        """An order looked at on chain though no reading came: closed there (cancelled by its
+        issuer, confirmed by another relayer) or, still collecting, past its last chance. Node
+        trouble waits for the next look: the inbox and the relayer's own steps alert on it."""
+        try:
+            order = self.chain.order(record.order_id)
+            warehouse = self.chain.warehouse(order.warehouse) if order.status == OrderStatus.OPEN else None
+        except Exception as exc:
+            if is_transient(exc):
+                log.debug("order %d: not looked at on chain now: %s", record.order_id, exc)
+                return
+            raise
         if order.status == OrderStatus.NONE:
             return  # not opened yet: the reading that ends the wait marks it (`_not_opened`)
         if order.status != OrderStatus.OPEN:
             self._closed_elsewhere(record.order_id, order.status, order.root_certificate_id)
             return
-        self._expired(record, order, self.chain.warehouse(order.warehouse))
+        if record.state == OrderState.COLLECTING and warehouse is not None:
+            self._expired(record, order, warehouse)
 
     def _isolated(self, record: OrderRecord, state: OrderState, job: Callable[[OrderRecord], None]) -> None:
         """One order's step. An error nobody classified (a node's answer in words of its own) backs
@@ -404,7 +420,7 @@ class Relayer:
             "with no receipt: no reading can confirm it now; its issuer may cancel it (escrow refunded)"
         )
         self.store.set_state(
-            record.order_id, OrderState.FAILED, detail, error_name="DeadlinePassed", alert=("failed", detail)
+            record.order_id, OrderState.FAILED, detail, error_name=DEADLINE_PASSED, alert=("failed", detail)
         )
         log.error("order %d: %s", record.order_id, detail)
         return True
@@ -760,7 +776,7 @@ class Relayer:
                 self._backoff(record, state, f"reading the order after a revert: {exc}")
                 return
             raise
-        if order.status == OrderStatus.CONFIRMED:
+        if order.status in (OrderStatus.CONFIRMED, OrderStatus.CANCELLED):
             self._closed_elsewhere(record.order_id, order.status, order.root_certificate_id)
             return
         self.store.set_state(

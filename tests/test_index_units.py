@@ -834,3 +834,9 @@ def test_a_db_that_is_a_directory_or_cannot_be_read_is_told_so_without_advice_to
     message = str(refused.value)
     assert message.startswith(f"{index} cannot be read (unable to open database"), message
     assert "delete" not in message
+    # A damaged file keeps the advice: it is no index to keep.
+    monkeypatch.undo()
+    damaged = tmp_path / "damaged.sqlite"
+    damaged.write_bytes(index.read_bytes()[:100] + b"\xff" * 8_000)
+    with pytest.raises(db_module.IndexDatabaseError, match="move or delete this one"):
+        db_module._check_index_file(damaged, "a replay would replace it")

@@ -108,7 +108,9 @@ def test_devices_create_and_list(runner: CliRunner, tmp_path: Path) -> None:
     listed = runner.invoke(build_app(), ["devices", "list", "--dir", str(tmp_path), "--json"])
     [row] = json.loads(listed.output)
     assert row == {"name": "dock-rfid", "address": address, "kind": "CARTON_COUNT", "next_sequence": 1}
-    # One line per device when piped (it wrapped "next sequence 1" onto a second line at 80 columns).
+    # One line per device when piped (it wrapped "next sequence 1" onto a second line at 80 columns);
+    # an editor's hidden copy of a device file is no device (pathlib's glob matches it).
+    (tmp_path / ".dock-rfid.device.json").write_text("{")
     plain = runner.invoke(build_app(), ["devices", "list", "--dir", str(tmp_path)])
     assert plain.output.splitlines() == [f"{'dock-rfid':<16} {address} {'CARTON_COUNT':<17} next sequence 1"]
     again = runner.invoke(build_app(), args, env=env)

@@ -856,6 +856,12 @@ def test_node_trouble_in_the_inbox_backs_off_and_is_alerted_while_it_lasts(tmp_p
     chain.fail = None
     time.sleep(0.03)
     assert [v.accepted for v in gw.process_pending()] == [True]
+    # Over: the next trouble starts from the first, short, backoff again.
+    chain.fail = down
+    gw.receive(reading(signer(SCALE), 1000 * CARTON_G, chain).encode(), "mqtt")
+    assert gw.process_pending()[0].unavailable
+    time.sleep(0.011)
+    assert gw.process_pending()  # looked at again after retry_base, not after retry_max
 
 
 def test_payload_cap_and_what_the_inbox_keeps(tmp_path: Path) -> None:

@@ -971,7 +971,7 @@ def _check_index_file(target: Path, would: str) -> None:
         with sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True) as conn:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
-        if exc.sqlite_errorname != "SQLITE_NOTADB":
+        if exc.sqlite_errorname not in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
             # It may well be an index: one SQLite cannot open here (no permission, a WAL file on
             # read-only media without its -shm), which no advice to delete it should follow.
             raise IndexDatabaseError(
