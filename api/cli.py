@@ -29,6 +29,7 @@ from chain_client.index.db import IndexDatabase, database_url, shown_url
 from chain_client.index.sync import FINAL_FAILURES, Indexer
 from chain_client.models import Role
 from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, label_hash
+from chain_client.settings import settings_errors
 from chain_client.system import System
 
 log = logging.getLogger(__name__)
@@ -143,10 +144,7 @@ def serve(
 
 def _one_line(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"CERTLEDGER_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
-            for error in exc.errors()
-        )
+        return settings_errors(exc, str(ApiSettings.model_config["env_prefix"]))
     return str(exc)
 
 

@@ -513,18 +513,17 @@ def _row_mismatches(
     """The stored change log and payments (up to block `through`, default all) against what the
     stored events make: the digest covers the events and the changes they imply, not the rows kept
     beside them, which the API's read scopes, a reorg's undo and the export's totals rely on."""
-    last = state.synced_block if through is None else through
     change_columns = ("tx_hash", "event", "entity", "key", "field", "old", "new")
     stored_changes = {
         (r["block_number"], r["tx_index"], r["log_index"], r["seq"]): tuple(r[c] for c in change_columns)
         for r in db.rows(ChangeRecord, state.chain_id)
-        if through is None or r["block_number"] <= last
+        if through is None or r["block_number"] <= through
     }
     payment_columns = ("tx_hash", "kind", "order_id", "certificate_id", "payer", "payee", "amount")
     stored_payments = {
         (r["block_number"], r["tx_index"], r["log_index"]): tuple(r[c] for c in payment_columns)
         for r in db.rows(PaymentRecord, state.chain_id)
-        if through is None or r["block_number"] <= last
+        if through is None or r["block_number"] <= through
     }
     return _compare_rows("state_change", stored_changes, refold.changes) + _compare_rows(
         "payment", stored_payments, refold.payments

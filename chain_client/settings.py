@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -49,3 +49,12 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("rpc_url must be an http(s) URL")
         return value
+
+
+def settings_errors(exc: ValidationError, env_prefix: str) -> str:
+    """pydantic's errors on a settings class, on one line, each named as the environment variable
+    (`env_prefix` + field) that set it."""
+    return "; ".join(
+        f"{env_prefix}{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+        for error in exc.errors()
+    )

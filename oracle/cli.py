@@ -28,7 +28,7 @@ from rich.table import Table
 from chain_client.errors import CertledgerError
 from chain_client.models import OrderStatus
 from chain_client.receipts import ReadingKind
-from chain_client.settings import Settings
+from chain_client.settings import Settings, settings_errors
 from chain_client.system import System
 from oracle.devices import (
     DeviceError,
@@ -173,7 +173,7 @@ def oracle_run(
                 relayer_key_env=key_env,
             )
         except ValidationError as exc:  # a CERTLEDGER_ORACLE_* setting it cannot use
-            _fail(ValueError(_settings_errors(exc)))
+            _fail(ValueError(settings_errors(exc, str(OracleSettings.model_config["env_prefix"]))))
         relayer = _relayer_account(key_env)
         system = _system(rpc_url, manifest)
         service = OracleService.build(settings, system, relayer)
@@ -198,14 +198,6 @@ def oracle_run(
         console.print("oracle stopped")
 
     _run(job)
-
-
-def _settings_errors(exc: ValidationError) -> str:
-    """pydantic's errors on one line, each named as the environment variable that set it."""
-    return "; ".join(
-        f"CERTLEDGER_ORACLE_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
-        for error in exc.errors()
-    )
 
 
 @oracle_app.command("status")

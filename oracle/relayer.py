@@ -230,7 +230,8 @@ class Relayer:
         trouble waits for the next look: the inbox and the relayer's own steps alert on it."""
         try:
             order = self.chain.order(record.order_id)
-            warehouse = self.chain.warehouse(order.warehouse) if order.status == OrderStatus.OPEN else None
+            collecting = order.status == OrderStatus.OPEN and record.state == OrderState.COLLECTING
+            warehouse = self.chain.warehouse(order.warehouse) if collecting else None
         except Exception as exc:
             if is_transient(exc):
                 log.debug("order %d: not looked at on chain now: %s", record.order_id, exc)
@@ -241,7 +242,7 @@ class Relayer:
         if order.status != OrderStatus.OPEN:
             self._closed_elsewhere(record.order_id, order.status, order.root_certificate_id)
             return
-        if record.state == OrderState.COLLECTING and warehouse is not None:
+        if warehouse is not None:  # still collecting: has its last chance passed?
             self._expired(record, order, warehouse)
 
     def _isolated(self, record: OrderRecord, state: OrderState, job: Callable[[OrderRecord], None]) -> None:

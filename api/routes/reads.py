@@ -230,9 +230,10 @@ def offers(
         where.append(col(OfferRecord.expiry) > now)
     if buyable_only:
         rows, total = reader.buyable_offers(where, now, paging.limit, paging.offset)
+        buyable = {int(r.offer_id) for r in rows}  # each one found buyable already
     else:
         rows, total = reader.offers(where, paging.limit, paging.offset)
-    buyable = reader.buyable_ids(now, [int(r.offer_id) for r in rows])
+        buyable = reader.buyable_ids(now, [int(r.offer_id) for r in rows])
     items = [offer_out(r, now, int(r.offer_id) in buyable) for r in rows]
     return Page(items=items, total=total, limit=paging.limit, offset=paging.offset)
 
