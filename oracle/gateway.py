@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from oracle.agreement import Expectations, conflict
 from oracle.chainview import ChainView
 from oracle.retry import backoff_delay, is_transient
-from oracle.store import Held, InboxItem, OrderRecord, OrderState, Store, StoredReading
+from oracle.store import Held, InboxItem, OrderRecord, OrderState, SetAside, Store, StoredReading
 from oracle.validation import Reason, check_reading, check_signed
 from oracle.wire import (
     MAX_PAYLOAD,
@@ -269,6 +269,13 @@ class Gateway:
         if isinstance(stored_id, Held):
             self._compare_with_receipt(reading, stored_id.state)
             return self._refuse(item, reading, *_held(o.order_id, stored_id.state))
+        if isinstance(stored_id, SetAside):
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stored_id.recounted_at))
+            detail = (
+                f"received before the recount of {when} and checked after it: kept set aside; "
+                "the devices must read the goods again"
+            )
+            return self._refuse(item, reading, Reason.REPLAYED, detail)
         if stored_id is None:  # the same (device, sequence) won a race with this one
             stored = self.store.stored_reading(o.device, o.sequence)
             if stored is not None:

@@ -95,6 +95,9 @@ CREATE TABLE IF NOT EXISTS orders (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     last_reading_at REAL,
+    -- when a person last resolved the order by a recount: a reading received before it (still in
+    -- the inbox then) is kept set aside like the readings the recount set aside
+    recounted_at REAL,
     confirmed_at REAL,
     -- the block of the confirming transaction, when this relayer sent it (the keeper lists the
     -- order's certificates from there)
@@ -170,6 +173,15 @@ class Held:
     readings it has, so a reading stored now would never be judged."""
 
     state: OrderState
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """`Store.accept` kept the reading set aside: it was received before the order's recount
+    (`recounted_at`), so it does not count, as if it had been checked before the recount."""
+
+    observation_id: int
+    recounted_at: float
 
 
 @dataclass(frozen=True)
@@ -350,6 +362,7 @@ class Store:
             ("orders", "confirmed_block", "INTEGER"),
             ("orders", "refusals", "INTEGER NOT NULL DEFAULT 0"),
             ("orders", "replaced_tx_hashes", "TEXT"),
+            ("orders", "recounted_at", "REAL"),
             ("inbox", "order_hint", "INTEGER"),
             ("inbox", "attempts", "INTEGER NOT NULL DEFAULT 0"),
             ("inbox", "last_error", "TEXT"),
@@ -546,24 +559,35 @@ class Store:
 
     # ------------------------------------------------------------------ verdicts
 
-    def accept(self, item_id: int | None, reading: SignedReading, source: str) -> int | Held | None:
+    def accept(
+        self, item_id: int | None, reading: SignedReading, source: str
+    ) -> int | Held | SetAside | None:
         """Stores an accepted reading and marks its inbox row done, atomically. Returns the new
-        observation id; None if (device, sequence) is already stored (a redelivery or replay); or
+        observation id; None if (device, sequence) is already stored (a redelivery or replay);
         Held, storing nothing, if the order is submitting or confirmed: the relayer records its
-        transaction in a transaction of this database too, so no reading slips in between."""
+        transaction in a transaction of this database too, so no reading slips in between; or
+        SetAside if the inbox received it before the order's last recount (it waited there while
+        a person resolved the dispute): kept, not counted, whenever it happens to be checked."""
         o = reading.observation
         now = time.time()
         with self.transaction() as db:
-            row = db.execute("SELECT state FROM orders WHERE order_id = ?", (o.order_id,)).fetchone()
+            row = db.execute(
+                "SELECT state, recounted_at FROM orders WHERE order_id = ?", (o.order_id,)
+            ).fetchone()
             if row is not None and row["state"] in (OrderState.SUBMITTING.value, OrderState.CONFIRMED.value):
                 return Held(OrderState(row["state"]))
+            received_at = now
             if item_id is not None:
+                got = db.execute("SELECT received_at FROM inbox WHERE id = ?", (item_id,)).fetchone()
+                received_at = got[0] if got is not None else now
                 # The observation keeps the reading: the raw copy is no longer needed.
                 db.execute("DELETE FROM inbox WHERE id = ?", (item_id,))
+            recounted_at = row["recounted_at"] if row is not None else None
+            aside = recounted_at is not None and received_at <= recounted_at
             try:
                 cur = db.execute(
                     "INSERT INTO observations (order_id, device, sequence, kind, reading, source, "
-                    "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "received_at, set_aside) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         o.order_id,
                         o.device,
@@ -572,10 +596,13 @@ class Store:
                         json.dumps(reading.to_json()),
                         source,
                         now,
+                        int(aside),
                     ),
                 )
             except sqlite3.IntegrityError:
                 return None  # the caller compares it with the one stored
+            if aside:
+                return SetAside(int(cur.lastrowid or 0), recounted_at)
             self._touch_order(db, o.order_id, now)
             return int(cur.lastrowid or 0)
 
@@ -859,9 +886,9 @@ class Store:
             db.execute(
                 "UPDATE orders SET state = ?, detail = ?, dirty = 1, revision = revision + 1, "
                 "attempts = 0, refusals = 0, next_attempt_at = 0, observation_ids = NULL, tx_hash = NULL, "
-                "raw_tx = NULL, replaced_tx_hashes = NULL, error_name = NULL, updated_at = ? "
-                "WHERE order_id = ?",
-                (OrderState.COLLECTING.value, detail, now, order_id),
+                "raw_tx = NULL, replaced_tx_hashes = NULL, error_name = NULL, updated_at = ?, "
+                "recounted_at = CASE WHEN ? THEN ? ELSE recounted_at END WHERE order_id = ?",
+                (OrderState.COLLECTING.value, detail, now, int(recount), now, order_id),
             )
             db.execute(
                 "INSERT INTO alerts (at, order_id, kind, message) VALUES (?, ?, ?, ?)",

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -1639,6 +1640,46 @@ def test_a_reading_set_aside_by_a_recount_is_refused_when_sent_again(store: Stor
     store.resolve(1, "recount")
     assert ingest(gw, good) == Reason.REPLAYED
     assert store.observations(1) == []
+
+
+def test_a_reading_received_before_a_recount_does_not_count_in_it(store: Store) -> None:
+    """A reading waits in the inbox (the gateway is behind, or backing off after node trouble)
+    while a person resolves the order's dispute with a recount. Checked only afterwards, it was
+    counted in the recount as if the devices had read the goods again. It is kept, set aside, like
+    the readings the recount set aside, and refused when sent again."""
+    chain = fake_chain()
+    gw = Gateway(store, chain, clock_skew=30)
+    assert gw.ingest(reading(signer(RFID_A), 1_000, chain).encode(), "t").accepted
+    late = reading(signer(RFID_B), 1_000, chain)
+    store.receive("mqtt:x", late.encode(), 1)
+    store.set_state(1, OrderState.DISPUTED, "weight does not match")
+    store.resolve(1, "recount")
+    [verdict] = gw.process_pending()
+    assert (verdict.accepted, verdict.reason) == (False, Reason.REPLAYED)
+    assert "before the recount" in verdict.detail
+    assert store.observations(1) == [] and store.inbox_count() == 0
+    stored = store.stored_reading(late.observation.device, late.observation.sequence)
+    assert stored is not None and stored.set_aside
+    assert ingest(gw, late) == Reason.REPLAYED
+    fresh = reading(signer(RFID_B, seq_start=late.observation.sequence + 1), 1_000, chain)
+    assert gw.ingest(fresh.encode(), "t").accepted and len(store.observations(1)) == 1
+
+
+def test_a_store_made_before_recount_times_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    Store(path).close()
+    with closing(sqlite3.connect(path)) as old:
+        old.execute("ALTER TABLE orders DROP COLUMN recounted_at")
+        old.commit()
+    store = Store(path)
+    chain = fake_chain()
+    gw = Gateway(store, chain, clock_skew=30)
+    assert gw.ingest(reading(signer(RFID_A), 1_000, chain).encode(), "t").accepted
+    store.set_state(1, OrderState.DISPUTED, "weight does not match")
+    waiting = reading(signer(RFID_B), 1_000, chain)
+    store.receive("mqtt:x", waiting.encode(), 1)
+    assert store.resolve(1, "recount") == 1
+    assert [v.reason for v in gw.process_pending()] == [Reason.REPLAYED]
 
 
 def test_expectations_change_only_where_given(store: Store) -> None:
