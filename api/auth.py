@@ -103,6 +103,9 @@ class NonceStore:
                     "CREATE TABLE IF NOT EXISTS login_nonce (nonce TEXT PRIMARY KEY,"
                     " address TEXT NOT NULL, digest TEXT NOT NULL, expires INTEGER NOT NULL)"
                 )
+                # Anyone may ask for nonces: every issue clears the expired ones, and without an
+                # index it did so by scanning them all (16 ms a request at 200,000 outstanding).
+                self._db.execute("CREATE INDEX IF NOT EXISTS login_nonce_expires ON login_nonce(expires)")
             except BaseException:
                 self._db.rollback()
                 raise

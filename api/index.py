@@ -227,7 +227,10 @@ class IndexReader:
         if cached is not None and now - cached[0] <= max_age:
             return cached[1]
         record = self.get(ParticipantRecord, address=address)
-        self._participants[address] = (now, record)
+        if record is not None:
+            # Only registered accounts, which the chain's admin bounds: anyone can sign with a
+            # fresh key, and caching every stranger's "none" grew the cache without end.
+            self._participants[address] = (now, record)
         return record
 
     def held_ids(self, address: str) -> set[int]:

@@ -216,9 +216,19 @@ def _uint(value: object, bits: int) -> int:
 
 
 def _bytes32(value: object) -> bytes:
-    if not isinstance(value, str) or not value.startswith("0x") or len(value) != 66:
+    if not isinstance(value, str) or len(value) != 66:
         raise ValueError(f"not a 0x-prefixed bytes32: {value!r}")
-    return bytes.fromhex(value[2:])
+    return strict_hex(value)
+
+
+def strict_hex(value: str) -> bytes:
+    """The bytes of `value`, 0x and hex digits only. bytes.fromhex alone skips whitespace, so
+    66 characters of it could hold 31 bytes: a value the signature check takes but the chain's
+    encoder refuses, and unauthenticated readings are parsed with this."""
+    body = value[2:]
+    if not value.startswith("0x") or len(body) % 2 or not all(c in string.hexdigits for c in body):
+        raise ValueError(f"not 0x-prefixed hex: {value[:80]!r}")
+    return bytes.fromhex(body)
 
 
 def sign_observation(device: LocalAccount, obs: Observation, chain_id: int, oracle: ChecksumAddress) -> bytes:

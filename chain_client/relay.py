@@ -54,8 +54,11 @@ from chain_client.transactions import (
 )
 
 #: Roles that may start each job, by contract and function name. None: anyone (settlement after
-#: maturity, withdrawing one's own credit, a gateway relaying device signatures, token approvals).
-#: The contracts enforce their rules anyway; this check answers early with a clear 403.
+#: maturity, withdrawing one's own credit, a gateway relaying device signatures); each of those the
+#: contract refuses unless there is something to do, so the simulation keeps an outsider's off the
+#: chain. A token approval always succeeds: only those who pay the ledger (escrow, a discount
+#: price) may relay one, or anyone with a key could fill blocks through the service on a network
+#: without gas fees. The contracts enforce their rules anyway; this check answers early with a 403.
 _HOLDERS = Role.SUPPLIER | Role.FACTOR
 JOB_ROLES: dict[str, dict[str, Role | None]] = {
     "CertificateLedger": {
@@ -89,7 +92,7 @@ JOB_ROLES: dict[str, dict[str, Role | None]] = {
         "deactivateWarehouse": Role.ADMIN,
         "setRelayer": Role.ADMIN,
     },
-    "SettlementToken": {"approve": None},
+    "SettlementToken": {"approve": Role.ISSUER | Role.FACTOR},
 }
 
 

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from chain_client.ledger import ZERO_ADDRESS
 from oracle.agreement import Expectations, conflict
 from oracle.chainview import ChainView
 from oracle.retry import backoff_delay, is_transient
@@ -144,9 +145,12 @@ class Gateway:
         failure); stops early when the node or the database is unavailable.
 
         A failure nobody classified counts against an item only if it is the item's own: it is
-        held until the next item is checked, and if that one fails with the same error too, it is
-        the node's trouble (a restarted node answering 0x, an internal error on every call): the
-        batch ends and neither is counted."""
+        held until the next item is checked, and if that one fails with the same error too, the
+        node is asked a question whose answer is known to decode (`_node_answers`). If it cannot
+        answer, it is the node's trouble (a restarted node answering 0x, an internal error on every
+        call): the batch ends and neither is counted. If it answers, the failures are the items'
+        own (two copies of one bad reading): both are counted, so they back off and are
+        quarantined rather than stop every later reading from being checked."""
         verdicts: list[Verdict] = []
         if time.monotonic() < self._node_retry_at:
             return verdicts
@@ -155,6 +159,10 @@ class Gateway:
             for item in self.store.unprocessed(limit):
                 verdict, failure = self._check(item)
                 if failure is not None and suspect is not None and _same(failure, suspect[1]):
+                    if self._node_answers():
+                        verdicts += [self._count(*suspect), self._count(item, failure)]
+                        suspect = None
+                        continue
                     log.warning(
                         "inbox items %d and %d failed alike (%s): node trouble; not counted",
                         suspect[0].id,
@@ -188,6 +196,16 @@ class Gateway:
             log.warning("inbox: checking again after %d failed looks", self._node_failures)
             self._node_failures = 0
         return verdicts
+
+    def _node_answers(self) -> bool:
+        """Whether the node answers a contract call through the same path the checks take (a
+        device's sequence bit: an eth_call decoded as the checks decode theirs)."""
+        try:
+            self.chain.sequence_used(ZERO_ADDRESS, 0)
+        except Exception as exc:
+            log.debug("the node does not answer a plain call either: %s", exc)
+            return False
+        return True
 
     def _node_trouble(self, reason: str) -> None:
         """The inbox could not be checked for node (or database) trouble: the next look backs off,

@@ -5,7 +5,8 @@ that registers each order's expectations.
                               (reason, detail) | 503 kept, to be checked when the node answers |
                               413 over 4,096 bytes (nothing kept) | 503 unavailable (nothing kept)
     PUT  /orders/{order_id}   expectations: carton weight, count and weight tolerances (with an
-                              operator token configured, only with `Authorization: Bearer TOKEN`);
+                              operator token configured, only with `Authorization: Bearer TOKEN`,
+                              as every route but /readings);
                               a field given changes, one left out keeps its value, null means the
                               configured default (as `oracle expect` and its --reset); the order
                               need not be open on chain yet; numbers as JSON gives them (422 for
@@ -93,7 +94,9 @@ class AlertPublic(BaseModel):
 def create_app(gateway: Gateway, store: Store, operator_token: str | None = None) -> FastAPI:
     """`operator_token`: if set, changing an order's expectations needs it (they decide what the
     readings must agree with: loosened, they would let a short delivery through; tightened, they
-    would force a dispute). Readings need none: each is signed by an enrolled device."""
+    would force a dispute), and so does reading orders and alerts (expectations, disputes and
+    transactions of every order: the operator's, where the API shows each party only its own).
+    Readings need none: each is signed by an enrolled device."""
     app = FastAPI(title="certledger oracle gateway")
 
     @app.exception_handler(RequestValidationError)
@@ -105,7 +108,7 @@ def create_app(gateway: Gateway, store: Store, operator_token: str | None = None
             return
         given = (authorization or "").removeprefix("Bearer ").strip()
         if not given.isascii() or not hmac.compare_digest(given, operator_token):
-            raise HTTPException(401, "changing an order's expectations needs the operator token")
+            raise HTTPException(401, "this needs the operator token", headers={"WWW-Authenticate": "Bearer"})
 
     def too_large(size: int | str) -> JSONResponse:
         return JSONResponse(
@@ -152,18 +155,21 @@ def create_app(gateway: Gateway, store: Store, operator_token: str | None = None
         return OrderPublic.of(record)
 
     @app.get("/orders")
-    def get_orders() -> list[OrderPublic]:
+    def get_orders(authorization: Annotated[str | None, Header()] = None) -> list[OrderPublic]:
+        operator(authorization)
         return [OrderPublic.of(r) for r in store.orders()]
 
     @app.get("/orders/{order_id}")
-    def get_order(order_id: OrderId) -> OrderPublic:
+    def get_order(order_id: OrderId, authorization: Annotated[str | None, Header()] = None) -> OrderPublic:
+        operator(authorization)
         record = store.order(order_id)
         if record is None:
             raise HTTPException(404, f"order {order_id} unknown to the oracle")
         return OrderPublic.of(record)
 
     @app.get("/alerts")
-    def get_alerts() -> list[AlertPublic]:
+    def get_alerts(authorization: Annotated[str | None, Header()] = None) -> list[AlertPublic]:
+        operator(authorization)
         return [
             AlertPublic(at=a.at, order_id=a.order_id, kind=a.kind, message=a.message) for a in store.alerts()
         ]

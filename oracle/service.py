@@ -136,8 +136,8 @@ class OracleService:
         loopback = self.settings.http_host in ("127.0.0.1", "::1", "localhost")
         if self.settings.operator_token is None and not loopback:
             log.warning(
-                "HTTP intake on %s without an operator token: anyone who reaches it can change an "
-                "order's expectations (set CERTLEDGER_ORACLE_OPERATOR_TOKEN)",
+                "HTTP intake on %s without an operator token: anyone who reaches it can read and change "
+                "every order's expectations and read its alerts (set CERTLEDGER_ORACLE_OPERATOR_TOKEN)",
                 self.settings.http_host,
             )
         sock = _listen(self.settings.http_host, self.settings.http_port, config.backlog)

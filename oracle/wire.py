@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from chain_client.receipts import Observation
+from chain_client.receipts import Observation, strict_hex
 
 MAX_PAYLOAD = 4_096  # a reading is ~600 bytes; anything far larger is not one
 #: A reading is one flat JSON object. Anything nested deeper is refused before it is parsed: the
@@ -55,7 +55,7 @@ def parse_reading(body: Any) -> SignedReading:
     if not isinstance(signature, str) or not signature.startswith("0x"):
         raise MalformedReading("signature must be 0x-hex")
     try:
-        raw = bytes.fromhex(signature[2:])
+        raw = strict_hex(signature)
     except ValueError:
         raise MalformedReading("signature is not hex") from None
     # Its length and form are checked by validation, which names them as signature problems.

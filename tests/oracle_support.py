@@ -92,6 +92,7 @@ class FakeChain:
         return sorted(self.ranges)
 
     def sequence_used(self, device: ChecksumAddress, sequence: int) -> bool:
+        self._maybe_fail()
         return (device, sequence) in self.used
 
     def order(self, order_id: int) -> Order:

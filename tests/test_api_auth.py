@@ -249,3 +249,30 @@ def test_workers_migrating_one_nonce_file_at_once_keep_each_others_nonces(
     now = int(time.time())
     assert second.consume("first", "a", "d", now)
     assert first[0].consume("second", "a", "d", now)
+
+
+def test_clearing_expired_nonces_does_not_scan_them_all(tmp_path: Path) -> None:
+    """Anyone may ask for nonces, and each request clears the expired ones: by an index, not by
+    reading every outstanding nonce (16 ms a request at 200,000, a review measured)."""
+    store = NonceStore(tmp_path / "auth.sqlite")
+    with sqlite3.connect(tmp_path / "auth.sqlite") as db:
+        plan = " ".join(
+            str(row[-1]) for row in db.execute("EXPLAIN QUERY PLAN DELETE FROM login_nonce WHERE expires < 1")
+        )
+    db.close()
+    assert "login_nonce_expires" in plan and "SCAN" not in plan, plan
+    store.issue("old", "a", "d", int(time.time()) - 1)
+    store.issue("new", "a", "d", int(time.time()) + 60)
+    assert store.issued("old", "a", 0) is None and store.issued("new", "a", int(time.time())) == "d"
+
+
+def test_strangers_signing_requests_are_not_remembered(api: Api, world: World) -> None:
+    """Every signed request looks its sender up. A registered participant's record is kept a
+    moment (roles change rarely); a stranger's absence is not, or fresh keys, which cost nothing,
+    would grow the cache without end."""
+    reader = api.service.reader
+    strangers = [Account.create().address for _ in range(20)]
+    for address in strangers:
+        assert reader.participant(address, max_age=60.0) is None
+    assert reader.participant(world.cast.supplier1.address, max_age=60.0) is not None
+    assert set(reader._participants) == {world.cast.supplier1.address}

@@ -165,6 +165,11 @@ def test_gateway_confirms_receipt_with_a_signed_transaction(api: Api, world: Wor
     assert (too_few.status_code, too_few.json()["code"]) == (422, "SignatureCount")
     malformed = api.client.post(prepare, json={**body, "observations": [{"order_id": "one"}, {}]})
     assert (malformed.status_code, malformed.json()["code"]) == (422, "InvalidObservation")
+    spaced = [{**body["observations"][0], "warehouse": "0x" + "ab" * 15 + " " + "ab" * 16 + " "}]
+    whitespace = api.client.post(
+        prepare, json={**body, "observations": spaced, "signatures": body["signatures"][:1]}
+    )
+    assert (whitespace.status_code, whitespace.json()["code"]) == (422, "InvalidObservation")  # was a 500
     unlisted = api.client.post(prepare, json={**body, "sender": world.cast.outsider.address})
     assert (unlisted.status_code, unlisted.json()["code"]) == (403, "RelayerNotAllowed")
     prepared = api.client.post(prepare, json=body)
@@ -253,6 +258,19 @@ def test_refusals_change_nothing(api: Api, world: World) -> None:
             403,
             "RoleRequired",
         ),
+        # A token approval always succeeds: an account registered nowhere (or a supplier, which
+        # never pays the ledger) may not relay one, or anyone could fill blocks through the service.
+        *[
+            (
+                raw_tx(
+                    world, who, world.token.address,
+                    str(world.token.contract.functions.approve(ledger, 1)._encode_transaction_data()),
+                ),
+                403,
+                "RoleRequired",
+            )
+            for who in (world.cast.outsider, s1)
+        ],
         (
             raw_tx(world, s1, ledger, transfer_data(world, s1.address, s2.address, root), chainId=1),
             422,

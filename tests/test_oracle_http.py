@@ -93,7 +93,7 @@ def test_order_ids_out_of_range_are_validation_errors(
     assert store.orders() == []
 
 
-def test_with_an_operator_token_only_the_operator_changes_expectations(tmp_path: Path) -> None:
+def test_with_an_operator_token_only_the_operator_changes_or_reads_orders(tmp_path: Path) -> None:
     store = Store(tmp_path / "oracle.db")
     client = TestClient(create_app(Gateway(store, FakeChain(), clock_skew=30), store, "operator-secret"))
     body = {"carton_weight_grams": 12_000}
@@ -102,7 +102,11 @@ def test_with_an_operator_token_only_the_operator_changes_expectations(tmp_path:
     assert store.orders() == []
     ok = client.put("/orders/1", json=body, headers={"Authorization": "Bearer operator-secret"})
     assert ok.status_code == 200 and ok.json()["carton_weight_grams"] == 12_000
-    assert client.get("/orders/1").status_code == 200  # reading needs no token
+    # Expectations, disputes and transactions of every order are the operator's to read too.
+    for path in ("/orders", "/orders/1", "/alerts"):
+        assert client.get(path).status_code == 401
+        assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.get(path, headers={"Authorization": "Bearer operator-secret"}).status_code == 200
 
 
 def test_a_body_over_the_cap_is_refused_unread_and_not_kept(

@@ -15,6 +15,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from eth_typing import ChecksumAddress
 from oracle_support import CARTON_G, CHAIN_ID, GOODS, ORACLE, WAREHOUSE, FakeChain, account
 
 from chain_client import errors
@@ -203,6 +204,12 @@ def test_gateway_refuses_each_bad_reading_with_its_reason(store: Store) -> None:
         Reason.SIGNER_MISMATCH,
     )
     assert ingest(gw, b"garbage") == Reason.MALFORMED
+    # bytes.fromhex skips whitespace: 66 characters of it held 31 bytes, which the signature
+    # check took and the chain's encoder did not (an unclassified failure, a security finding).
+    spaced = {**good.to_json(), "warehouse": "0x" + "ab" * 15 + " " + "ab" * 16 + " "}
+    assert ingest(gw, json.dumps(spaced).encode()) == Reason.MALFORMED
+    spaced_signature = {**good.to_json(), "signature": "0x " + good.signature.hex()}
+    assert ingest(gw, json.dumps(spaced_signature).encode()) == Reason.MALFORMED
 
     other_chain = signer(RFID_A, 100, chain_id=CHAIN_ID + 1)
     assert ingest(gw, reading(other_chain, 1000, chain)) == Reason.SIGNER_MISMATCH
@@ -1063,6 +1070,36 @@ def test_the_same_unclassified_error_on_two_items_is_node_trouble_not_counted(tm
     time.sleep(0.001)
     verdicts = gw.process_pending()
     assert len(verdicts) == 2 and all(v.accepted for v in verdicts)
+
+
+def test_two_readings_failing_alike_while_the_node_answers_are_counted_not_blamed_on_it(
+    tmp_path: Path,
+) -> None:
+    """Two copies of one bad reading at the head of the inbox fail alike. Taken for node trouble,
+    they ended every look uncounted, never quarantined, and no later reading was ever checked (a
+    security review's finding: any sender could stall the intake). The node still answers a plain
+    call, so the failures are the items' own: counted, backed off, quarantined; the rest goes on."""
+    store = Store(tmp_path / "o.db")
+    chain = fake_chain()
+    gw = Gateway(store, chain, clock_skew=30, max_attempts=2, retry_base=0.0001, retry_max=0.0001)
+    bad = signer(RFID_B)
+    for r in (reading(bad, 1000, chain), reading(bad, 1000, chain)):
+        gw.receive(r.encode(), "mqtt")
+    good = reading(signer(RFID_A), 1000, chain)
+    gw.receive(good.encode(), "mqtt")
+    answers = chain.device_kind
+
+    def device_kind(warehouse: bytes, device: ChecksumAddress) -> int:
+        if device == bad.account.address:
+            raise ValueError("a check that fails for this reading only")
+        return answers(warehouse, device)
+
+    chain.device_kind = device_kind  # type: ignore[method-assign]
+    for _ in range(4):
+        time.sleep(0.001)  # past the items' backoff
+        gw.process_pending()
+    assert store.inbox_count(processed=True) == 2 and store.inbox_count(processed=False) == 0
+    assert [o.reading for o in store.observations(1)] == [good]
 
 
 def test_a_quarantined_reading_holds_its_order_is_alerted_and_can_be_requeued(tmp_path: Path) -> None:

@@ -632,7 +632,8 @@ def prepare_cancel_order(body: OrderIdIn, service: ServiceDep, caller: CallerDep
 
 @router.post("/prepare/approve-token", response_model=UnsignedTx, responses=_PROBLEMS)
 def prepare_approve_token(body: ApproveTokenIn, service: ServiceDep, caller: CallerDep) -> UnsignedTx:
-    """Lets the ledger take escrow (issuer) or a discount price (factor) from the caller's tokens."""
+    """ISSUER or FACTOR: lets the ledger take escrow (issuer) or a discount price (factor) from the
+    caller's tokens."""
     fn = service.system.token.contract.functions.approve(service.system.ledger.address, body.amount)
     return _prepared(service, caller, fn)
 
