@@ -582,7 +582,7 @@ class Store:
                 received_at = got[0] if got is not None else now
                 # The observation keeps the reading: the raw copy is no longer needed.
                 db.execute("DELETE FROM inbox WHERE id = ?", (item_id,))
-            recounted_at = row["recounted_at"] if row is not None else None
+            recounted_at: float | None = row["recounted_at"] if row is not None else None
             aside = recounted_at is not None and received_at <= recounted_at
             try:
                 cur = db.execute(
@@ -601,7 +601,7 @@ class Store:
                 )
             except sqlite3.IntegrityError:
                 return None  # the caller compares it with the one stored
-            if aside:
+            if recounted_at is not None and aside:
                 return SetAside(int(cur.lastrowid or 0), recounted_at)
             self._touch_order(db, o.order_id, now)
             return int(cur.lastrowid or 0)
