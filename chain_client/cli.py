@@ -26,7 +26,7 @@ from web3.exceptions import MismatchedABI, Web3ValidationError
 from chain_client.audit_cli import app as audit_app
 from chain_client.chain import connect
 from chain_client.errors import CertledgerError, ContractError, InvalidArgument
-from chain_client.ledger import LineageNode
+from chain_client.ledger import ZERO_ADDRESS, LineageNode
 from chain_client.models import CertificateStatus, OrderStatus, Role
 from chain_client.pricing import discount_price
 from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, bytes32_of
@@ -154,6 +154,15 @@ def _run(job: Any) -> None:
         # of a calculator's range, or an id nothing has: the user's to fix, said in one line.
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
+
+
+def _approved(approval: TxResult | None, amount: int) -> None:
+    """Says so when the ledger had to be approved first: a transaction of its own, paid for."""
+    if approval is not None:
+        console.print(
+            f"approved the ledger to take {amount} in {approval.tx_hash} (block {approval.block_number})",
+            highlight=False,
+        )
 
 
 # ---------------------------------------------------------------------- deploy, demo
@@ -422,18 +431,26 @@ def order_open(
         system = _system(rpc_url, manifest)
         issuer = _signer(key_env)
         now = system.chain.now()
-        system.token.ensure_allowance(issuer, system.ledger.address, amount)
-        order_id, result = system.ledger.open_order(
-            issuer,
-            payee=_address(payee),
-            amount=amount,
-            maturity=now + maturity_days * 86_400,
-            invoice_hash=_id32(invoice),
-            warehouse=_id32(warehouse),
-            goods_hash=_id32(goods),
-            expected_quantity=quantity,
-            deadline=now + deadline_days * 86_400,
+        terms: dict[str, Any] = {
+            "payee": _address(payee),
+            "amount": amount,
+            "maturity": now + maturity_days * 86_400,
+            "invoice_hash": _id32(invoice),
+            "warehouse": _id32(warehouse),
+            "goods_hash": _id32(goods),
+            "expected_quantity": quantity,
+            "deadline": now + deadline_days * 86_400,
+        }
+        _approved(
+            system.token.ensure_allowance(
+                issuer,
+                system.ledger.address,
+                amount,
+                check=lambda: system.ledger.check_open_order(issuer.address, **terms),
+            ),
+            amount,
         )
+        order_id, result = system.ledger.open_order(issuer, **terms)
         console.print(f"order {order_id} opened")
         return result
 
@@ -670,9 +687,25 @@ def discount_buy(
     def job() -> TxResult:
         system = _system(rpc_url, manifest)
         factor = _signer(key_env)
-        system.token.ensure_allowance(factor, system.ledger.address, system.ledger.offer(offer_id).price)
+        offer = system.ledger.offer(offer_id)
+        if offer.seller == ZERO_ADDRESS:
+            raise LookupError(f"no offer {offer_id}")
+        _approved(
+            system.token.ensure_allowance(
+                factor,
+                system.ledger.address,
+                offer.price,
+                check=lambda: system.ledger.check_buy_discounted(factor.address, offer_id),
+            ),
+            offer.price,
+        )
         bought, result = system.ledger.buy_discounted(factor, offer_id)
-        console.print(f"bought as certificate {bought}")
+        sale = result.event("DiscountSold")
+        console.print(
+            f"bought {sale['value']} of certificate {sale['certificateId']} for {sale['price']} "
+            f"(implied {sale['annualRateBps'] / 100:.2f}% a year) as certificate {bought}",
+            highlight=False,
+        )
         return result
 
     _run(job)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
@@ -179,37 +179,31 @@ def run_demo(
     # 1. The core enterprise orders 1,000 brake discs for ¥1,000,000.00, payable in 90 days.
     amount, expected = 1_000_000 * YUAN, 1_000
     now = chain.now()
-    token.ensure_allowance(cast.core, ledger.address, amount)
-    invoice = label_hash("INV-2026-HX-000817")
-    goods = label_hash("brake disc BD-330, 1000 pcs")
-    order_id, _ = ledger.open_order(
-        cast.core,
-        payee=cast.tier1.address,
-        amount=amount,
-        maturity=now + 90 * DAY,
-        invoice_hash=invoice,
-        warehouse=warehouse,
-        goods_hash=goods,
-        expected_quantity=expected,
-        deadline=now + 14 * DAY,
-    )
+    terms: dict[str, Any] = {
+        "payee": cast.tier1.address,
+        "amount": amount,
+        "maturity": now + 90 * DAY,
+        "invoice_hash": label_hash("INV-2026-HX-000817"),
+        "warehouse": warehouse,
+        "goods_hash": label_hash("brake disc BD-330, 1000 pcs"),
+        "expected_quantity": expected,
+        "deadline": now + 14 * DAY,
+    }
+    goods = terms["goods_hash"]
+
+    def check_order() -> None:
+        ledger.check_open_order(cast.core.address, **terms)
+
+    token.ensure_allowance(cast.core, ledger.address, amount, check=check_order)
+    order_id, _ = ledger.open_order(cast.core, **terms)
     say(
         f"1. Huaxin Motors opened order #{order_id}: {expected} brake discs, {yuan(amount)} escrowed, "
         "due in 90 days."
     )
     try:
-        token.ensure_allowance(cast.core, ledger.address, amount)
-        ledger.open_order(
-            cast.core,
-            payee=cast.tier1.address,
-            amount=amount,
-            maturity=now + 90 * DAY,
-            invoice_hash=invoice,
-            warehouse=warehouse,
-            goods_hash=goods,
-            expected_quantity=expected,
-            deadline=now + 14 * DAY,
-        )
+        # Refused by the simulation before any approval is sent.
+        token.ensure_allowance(cast.core, ledger.address, amount, check=check_order)
+        ledger.open_order(cast.core, **terms)
         raise AssertionError("a duplicate invoice was accepted")
     except errors.DuplicateInvoice as exc:
         say(f"   Financing the same invoice twice is refused: {exc}")
@@ -251,7 +245,10 @@ def run_demo(
     offer_id, _ = ledger.offer_discount(
         cast.tier1, root_id, value=face, price=price, expiry=chain.now() + DAY, buyer=cast.factor.address
     )
-    token.ensure_allowance(cast.factor, ledger.address, price)
+    buyer = cast.factor.address
+    token.ensure_allowance(
+        cast.factor, ledger.address, price, check=lambda: ledger.check_buy_discounted(buyer, offer_id)
+    )
     factor_id, sale = ledger.buy_discounted(cast.factor, offer_id)
     rate = sale.event("DiscountSold")["annualRateBps"]
     say(

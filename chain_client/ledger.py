@@ -105,12 +105,33 @@ class LedgerClient:
         deadline: int,
     ) -> tuple[int, TxResult]:
         """Opens an order escrowing `amount`; the issuer must have approved the ledger for it
-        (see SettlementTokenClient.ensure_allowance). Returns the order id."""
+        (see SettlementTokenClient.ensure_allowance and `check_open_order`). Returns the order id."""
         fn = self._fn.openOrder(
             payee, amount, maturity, invoice_hash, warehouse, goods_hash, expected_quantity, deadline
         )
         result = self._tx.send(issuer, fn)
         return int(result.event("OrderOpened")["orderId"]), result
+
+    def check_open_order(
+        self,
+        issuer: ChecksumAddress,
+        *,
+        payee: ChecksumAddress,
+        amount: int,
+        maturity: int,
+        invoice_hash: bytes,
+        warehouse: bytes,
+        goods_hash: bytes,
+        expected_quantity: int,
+        deadline: int,
+    ) -> None:
+        """Simulates `open_order` by `issuer` (nothing is sent); raises what it would revert with.
+        The ledger takes the escrow last, so without an allowance every other rule is checked
+        first: a refusal other than ERC20InsufficientAllowance is the order's own."""
+        fn = self._fn.openOrder(
+            payee, amount, maturity, invoice_hash, warehouse, goods_hash, expected_quantity, deadline
+        )
+        self._tx.estimate(issuer, fn)
 
     def cancel_order(self, issuer: LocalAccount, order_id: int) -> TxResult:
         return self._tx.send(issuer, self._fn.cancelOrder(order_id))
@@ -186,6 +207,11 @@ class LedgerClient:
         price. Returns the id of the certificate the factor now holds."""
         result = self._tx.send(factor, self._fn.buyDiscounted(offer_id))
         return int(result.event("DiscountSold")["boughtCertificateId"]), result
+
+    def check_buy_discounted(self, factor: ChecksumAddress, offer_id: int) -> None:
+        """Simulates `buy_discounted` (nothing is sent), as `check_open_order` does an order: the
+        price is taken last, after every rule of the sale."""
+        self._tx.estimate(factor, self._fn.buyDiscounted(offer_id))
 
     def quote(self, face: int, days_to_maturity: int, annual_rate_bps: int) -> int:
         """The contract's own discount price for `face` (a view; the same as pricing.discount_price)."""

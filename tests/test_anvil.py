@@ -355,6 +355,7 @@ def test_cli_round_trip_on_anvil(anvil: Anvil, tmp_path: Path) -> None:
         (["cert", "show", "999"], "no certificate 999"),
         (["cert", "lineage", "999"], "no certificate 999"),
         (["participant", "show", Account.create().address], "is not a registered participant"),
+        (["discount", "buy", "999"], "no offer 999"),
     ):
         answer = runner.invoke(app, unknown)
         assert answer.exit_code == 2 and said in " ".join(answer.output.split()), (unknown, answer.output)
@@ -382,6 +383,49 @@ def test_cli_round_trip_on_anvil(anvil: Anvil, tmp_path: Path) -> None:
     )
     assert not_admin.exit_code == 1
     assert "ParticipantNotRegistered" in not_admin.output  # the second dev key is no participant
+
+    # An order the ledger refuses costs no approval: the escrow's approval is sent only once the
+    # order is checked (it was sent first, mined and left behind).
+    issuer = anvil.account(1).address
+    for command in (
+        [
+            "participant",
+            "register",
+            issuer,
+            "--entity",
+            "USCC:ISSUER",
+            "--role",
+            "ISSUER",
+            "--issuer-limit",
+            "10000",
+        ],
+        ["token", "mint", issuer, "--amount", "5000"],
+    ):
+        assert runner.invoke(app, command).exit_code == 0
+    nonce = system.chain.w3.eth.get_transaction_count(issuer)
+    order = ["order", "open", supplier, "--amount", "1000", "--maturity-days", "30", "--invoice", "INV-CLI-1"]
+    refused = runner.invoke(app, [*order, "--warehouse", "WH-NOPE", "--goods", "g", "--quantity", "5"])
+    assert refused.exit_code == 1 and "UnknownWarehouse" in refused.output, refused.output
+    assert "approved" not in refused.output
+    assert system.token.allowance(issuer, system.ledger.address) == 0
+    assert system.chain.w3.eth.get_transaction_count(issuer) == nonce
+    device = f"{Account.create().address}:count"
+    warehouse = [
+        "warehouse",
+        "register",
+        "WH-CLI",
+        "--device",
+        device,
+        "--range",
+        "count:1:100",
+        "--threshold",
+        "1",
+    ]
+    assert runner.invoke(app, warehouse).exit_code == 0
+    opened = runner.invoke(app, [*order, "--warehouse", "WH-CLI", "--goods", "g", "--quantity", "5"])
+    assert opened.exit_code == 0, opened.output
+    assert "approved the ledger to take 1000 in 0x" in opened.output and "order 1 opened" in opened.output
+    assert system.ledger.order(1).escrowed == 1000
 
     cancel = runner.invoke(app, ["order", "cancel", "999"])
     assert cancel.exit_code == 1

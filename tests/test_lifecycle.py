@@ -27,6 +27,7 @@ from world import (
     check_demo_end_state,
 )
 
+from chain_client import errors
 from chain_client.chain import connect
 from chain_client.demo import run_demo
 from chain_client.ledger import LedgerClient, LineageNode
@@ -495,6 +496,72 @@ def test_discount_sale_of_a_whole_certificate(world: World, ledger: LedgerClient
     # The price was quoted for whole days left; the sale happens a little before that.
     assert 580 <= expected_rate <= 600
     assert not ledger.offer(offer_id).open
+
+
+def test_an_approval_is_sent_only_for_a_payment_the_ledger_would_take(
+    world: World, ledger: LedgerClient, cast: Cast
+) -> None:
+    """`ensure_allowance(check=...)` simulates the paying transaction first: a request the ledger
+    refuses anyway (an unknown warehouse, an offer already sold) or the payer cannot fund sends
+    no approval and leaves none behind; one missing only the allowance gets it."""
+    token = world.token
+    _, root_id = world.certificate_for()
+    value = ledger.certificate(root_id).value
+    offer_id, _ = ledger.offer_discount(
+        cast.supplier1, root_id, value=value, price=value - 1, expiry=world.chain.now() + DAY
+    )
+    for payer in (cast.issuer, cast.factor):
+        token.approve(payer, ledger.address, 0)
+    now = world.pending_time()
+    terms: dict[str, Any] = {
+        "payee": cast.supplier1.address,
+        "amount": DEFAULT_AMOUNT,
+        "maturity": now + 90 * DAY,
+        "invoice_hash": world.fresh_label("INV"),
+        "warehouse": label_hash("no such warehouse"),
+        "goods_hash": world.goods,
+        "expected_quantity": DEFAULT_QUANTITY,
+        "deadline": now + 14 * DAY,
+    }
+    issuer, factor = cast.issuer.address, cast.factor.address
+
+    def order_check() -> None:
+        ledger.check_open_order(issuer, **terms)
+
+    def buy_check() -> None:
+        ledger.check_buy_discounted(factor, offer_id)
+
+    nonce = world.chain.w3.eth.get_transaction_count(issuer)
+    with pytest.raises(errors.UnknownWarehouse):
+        token.ensure_allowance(
+            cast.issuer,
+            ledger.address,
+            DEFAULT_AMOUNT,
+            check=order_check,
+        )
+    balance = token.balance_of(issuer)
+    with pytest.raises(errors.ERC20InsufficientBalance) as short:
+        token.ensure_allowance(cast.issuer, ledger.address, balance + 1, check=order_check)
+    assert (short.value.balance, short.value.needed) == (balance, balance + 1)
+    assert world.chain.w3.eth.get_transaction_count(issuer) == nonce  # nothing sent
+    assert token.allowance(issuer, ledger.address) == 0
+
+    terms["warehouse"] = world.warehouse
+    approval = token.ensure_allowance(cast.issuer, ledger.address, DEFAULT_AMOUNT, check=order_check)
+    assert approval is not None and token.allowance(issuer, ledger.address) == DEFAULT_AMOUNT
+    ledger.open_order(cast.issuer, **terms)
+
+    approval = token.ensure_allowance(cast.factor, ledger.address, value - 1, check=buy_check)
+    assert approval is not None
+    ledger.buy_discounted(cast.factor, offer_id)
+    with pytest.raises(errors.OfferNotOpen):  # sold: buying it again is refused before approving
+        token.ensure_allowance(
+            cast.factor,
+            ledger.address,
+            value - 1,
+            check=buy_check,
+        )
+    assert token.allowance(factor, ledger.address) == 0
 
 
 def test_discount_sale_of_part_of_a_certificate(world: World, ledger: LedgerClient, cast: Cast) -> None:
