@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from eth_typing import HexStr
@@ -69,6 +70,15 @@ def _position(r: PaymentRecord) -> tuple[int, int, int]:
 
 class IndexLagging(CertledgerError):
     """The index did not reach a block in time."""
+
+
+@dataclass(frozen=True)
+class OfferTerms:
+    """An offer's certificate as a buyer sees it before buying (`IndexReader.offer_terms`)."""
+
+    order_id: int
+    issuer: str
+    maturity: int
 
 
 class IndexReader:
@@ -311,6 +321,30 @@ class IndexReader:
                 )
             ).all()
         return {int(r.certificate_id): r for r in rows}
+
+    def orders(self, ids: set[int]) -> dict[int, OrderRecord]:
+        if not ids:
+            return {}
+        with self.session() as s:
+            rows = s.exec(
+                select(OrderRecord).where(
+                    OrderRecord.chain_id == self.chain_id, col(OrderRecord.order_id).in_(ids)
+                )
+            ).all()
+        return {int(r.order_id): r for r in rows}
+
+    def offer_terms(self, offers: Sequence[OfferRecord]) -> dict[int, OfferTerms]:
+        """What a buyer weighs beside the price, per offer id: the order the certificate is a claim
+        on, its debtor (the order's issuer, who pays at maturity) and the maturity."""
+        certificates = self.certificates({int(o.certificate_id) for o in offers})
+        orders = self.orders({int(c.order_id) for c in certificates.values()})
+        terms: dict[int, OfferTerms] = {}
+        for o in offers:
+            cert = certificates.get(int(o.certificate_id))
+            order = orders.get(int(cert.order_id)) if cert is not None else None
+            if cert is not None and order is not None:
+                terms[int(o.offer_id)] = OfferTerms(int(cert.order_id), order.issuer, int(cert.maturity))
+        return terms
 
     def history(self, certificate_id: int) -> list[ChangeRecord]:
         with self.session() as s:

@@ -227,6 +227,14 @@ class OfferOut(BaseModel):
     value: int
     price: int
     expiry: int
+    orderId: int = Field(description="The order the certificate is a claim on.")
+    issuer: str = Field(description="The order's issuer: the debtor, who pays the holder at maturity.")
+    maturity: int = Field(description="When the certificate is paid (unix seconds).")
+    annualRateBps: int | None = Field(
+        description="The simple annual rate a purchase now would earn, as the ledger's DiscountSold "
+        "event reports it: (value - price) / price per year, by the timestamp of the index's last "
+        "block; null once matured."
+    )
     open: bool = Field(description="Not bought or cancelled yet (the chain's flag; see `expired`).")
     expired: bool = Field(
         description="The expiry is at or before the timestamp of the index's last block: the offer "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from api.deps import HOLDERS, Caller
 from api.errors import ApiError, forbidden, not_found
-from api.index import IndexReader
+from api.index import IndexReader, OfferTerms
 from api.schemas import (
     CertificateOut,
     ChangeOut,
@@ -25,6 +25,7 @@ from chain_client.index.models import (
     PaymentRecord,
 )
 from chain_client.models import CertificateStatus, OrderStatus, Role
+from chain_client.pricing import implied_annual_rate_bps
 
 ZERO_ADDRESS = "0x" + "0" * 40
 
@@ -83,17 +84,22 @@ def certificate_out(r: CertificateRecord) -> CertificateOut:
     )
 
 
-def offer_out(r: OfferRecord, now: int, buyable: bool) -> OfferOut:
-    """`now`: the chain's time as the index has it (IndexReader.head_time); `buyable`: as
-    IndexReader.buyable found it."""
+def offer_out(r: OfferRecord, terms: OfferTerms, now: int, buyable: bool) -> OfferOut:
+    """`now`: the chain's time as the index has it (IndexReader.head_time); `terms` and
+    `buyable`: as IndexReader.offer_terms and IndexReader.buyable found them."""
+    value, price, left = int(r.value), int(r.price), terms.maturity - now
     return OfferOut(
         offerId=int(r.offer_id),
         certificateId=int(r.certificate_id),
         seller=r.seller,
         buyer=None if int(r.buyer, 16) == 0 else r.buyer,
-        value=int(r.value),
-        price=int(r.price),
+        value=value,
+        price=price,
         expiry=r.expiry,
+        orderId=terms.order_id,
+        issuer=terms.issuer,
+        maturity=terms.maturity,
+        annualRateBps=implied_annual_rate_bps(value, price, left) if left > 0 else None,
         open=r.open,
         expired=r.expiry <= now,
         buyable=buyable,

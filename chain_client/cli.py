@@ -10,7 +10,8 @@ from __future__ import annotations
 import enum
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,8 +28,8 @@ from chain_client.audit_cli import app as audit_app
 from chain_client.chain import connect
 from chain_client.errors import CertledgerError, ContractError, InvalidArgument
 from chain_client.ledger import ZERO_ADDRESS, LineageNode
-from chain_client.models import CertificateStatus, OrderStatus, Role
-from chain_client.pricing import discount_price
+from chain_client.models import CertificateStatus, DiscountOffer, OrderStatus, Role
+from chain_client.pricing import discount_price, implied_annual_rate_bps
 from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, bytes32_of
 from chain_client.settings import Settings
 from chain_client.system import System
@@ -111,7 +112,29 @@ def _emit(data: Any, as_json: bool) -> None:
 
 def _lines(record: Any) -> str:
     """A record as `field: value` lines, for people: bytes32 as 0x hex, enums and roles by name."""
-    return "\n".join(f"{name}: {_shown(value)}" for name, value in vars(record).items())
+    return "\n".join(f"{name}: {_field(name, value)}" for name, value in vars(record).items())
+
+
+#: Fields holding a unix time (records' and contract errors'), shown with their UTC date too.
+_TIMES = frozenset(
+    {"maturity", "deadline", "expiry", "cancellableAfter", "receivedAt", "nowTs", "observedAt"}
+)
+#: Contract errors' fields holding an enum, by (error, field).
+_ENUMS: dict[tuple[str, str], type[enum.IntEnum]] = {("OrderNotOpen", "status"): OrderStatus}
+
+
+def _field(name: str, value: Any, error: str = "") -> str:
+    """A record's or an error's field for people: times with their UTC date, enums by name."""
+    kind = _ENUMS.get((error, name))
+    if kind is not None and isinstance(value, int):
+        try:
+            return kind(value).name.lower()
+        except ValueError:
+            return str(value)
+    if name in _TIMES and isinstance(value, int) and 0 < value < 2**40:
+        stamp = datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"{value} ({stamp})"
+    return _shown(value)
 
 
 def _shown(value: Any) -> str:
@@ -140,7 +163,9 @@ def _run(job: Any) -> None:
         if isinstance(result, TxResult):
             console.print(f"done in {result.tx_hash} (block {result.block_number})", highlight=False)
     except ContractError as exc:
-        fields = ", ".join(f"{name}={_shown(value)}" for name, value in exc.fields.items())
+        fields = ", ".join(
+            f"{name}={_field(name, value, exc.error_name)}" for name, value in exc.fields.items()
+        )
         console.print(f"[red]refused by the contract:[/] {exc.error_name}({fields})", highlight=False)
         raise typer.Exit(1) from None
     except InvalidArgument as exc:  # the user's input, refused before anything was sent
@@ -642,7 +667,9 @@ def discount_quote(
     days: Annotated[int, typer.Argument(min=0)],
     rate_bps: Annotated[int, typer.Argument(min=0, help="Annual rate in basis points (600 = 6%).")],
 ) -> None:
-    """Price of FACE due in DAYS at an annual RATE_BPS (simple interest, 365-day year)."""
+    """Price of FACE due in DAYS at an annual RATE_BPS: FACE / (1 + RATE * DAYS / 365), rounded
+    down (a simple-interest present value, as the ledger computes it and reports a sale's rate;
+    not the bank-discount FACE * (1 - RATE * DAYS / 365), which is a little lower)."""
     _run(lambda: console.print(discount_price(face, days, rate_bps)))
 
 
@@ -711,6 +738,97 @@ def discount_buy(
     _run(job)
 
 
+@discount_app.command("show")
+def discount_show(
+    offer_id: int,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    as_json: Json = False,
+) -> None:
+    """Show an offer with what its price buys: the order, its debtor (issuer), the maturity and the
+    annual rate a purchase now would earn."""
+
+    def job() -> None:
+        system = _system(rpc_url, manifest)
+        offer = system.ledger.offer(offer_id)
+        if offer.seller == ZERO_ADDRESS:
+            raise LookupError(f"no offer {offer_id}")
+        _emit(_offer_shown(system, offer, system.chain.now()), as_json)
+
+    _run(job)
+
+
+@discount_app.command("offers")
+def discount_offers(
+    seller: Annotated[str | None, typer.Option(help="Only this seller's offers.")] = None,
+    buyer: Annotated[
+        str | None, typer.Option(help="Only offers this factor may buy (reserved for it or open to anyone).")
+    ] = None,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    as_json: Json = False,
+) -> None:
+    """List the open offers not yet expired (from the chain's events; the API lists them from its
+    index), each with what its price buys."""
+
+    def job() -> None:
+        system = _system(rpc_url, manifest)
+        now = system.chain.now()
+        wanted_seller = None if seller is None else _address(seller)
+        wanted_buyer = None if buyer is None else _address(buyer)
+        offers = [
+            o
+            for o in system.ledger.open_offers(from_block=system.deployment.deployment_block)
+            if o.expiry > now
+            and (wanted_seller is None or o.seller == wanted_seller)
+            and (wanted_buyer is None or o.buyer in (ZERO_ADDRESS, wanted_buyer))
+        ]
+        _emit([_offer_shown(system, o, now) for o in offers], as_json)
+
+    _run(job)
+
+
+@dataclass(frozen=True)
+class OfferShown:
+    """An offer as a buyer weighs it: the chain's offer, the certificate's order, debtor and
+    maturity, and the rate a purchase at `now` would earn (None once matured)."""
+
+    offer_id: int
+    certificate_id: int
+    seller: ChecksumAddress
+    buyer: str
+    value: int
+    price: int
+    expiry: int
+    open: bool
+    expired: bool
+    order_id: int
+    issuer: ChecksumAddress
+    maturity: int
+    annual_rate_bps: int | None
+
+
+def _offer_shown(system: System, offer: DiscountOffer, now: int) -> OfferShown:
+    certificate = system.ledger.certificate(offer.certificate_id)
+    order = system.ledger.order(certificate.order_id)
+    left = certificate.maturity - now
+    return OfferShown(
+        offer_id=offer.offer_id,
+        certificate_id=offer.certificate_id,
+        seller=offer.seller,
+        buyer="anyone" if offer.buyer == ZERO_ADDRESS else offer.buyer,
+        value=offer.value,
+        price=offer.price,
+        expiry=offer.expiry,
+        open=offer.open,
+        expired=offer.expiry <= now,
+        order_id=certificate.order_id,
+        issuer=order.issuer,
+        maturity=certificate.maturity,
+        annual_rate_bps=implied_annual_rate_bps(offer.value, offer.price, left) if left > 0 else None,
+    )
+
+
 @app.command()
 def settle(
     certificate_ids: list[int],
@@ -718,8 +836,31 @@ def settle(
     manifest: Manifest = Path("deployment.json"),
     key_env: KeyEnv = "CERTLEDGER_KEY",
 ) -> None:
-    """Settle matured certificates: pay each holder from escrow (anyone may)."""
-    _run(lambda: _system(rpc_url, manifest).ledger.settle(_signer(key_env), certificate_ids))
+    """Settle matured certificates: pay each holder from escrow (anyone may). A payment the token
+    refuses is credited to the holder instead, to withdraw later."""
+
+    def job() -> TxResult:
+        result = _system(rpc_url, manifest).ledger.settle(_signer(key_env), certificate_ids)
+        for settled in result.all("CertificateSettled"):
+            console.print(
+                f"certificate {settled['certificateId']}: {settled['value']} due to {settled['holder']}",
+                highlight=False,
+            )
+        for credited in result.all("PaymentCredited"):
+            console.print(
+                f"credited {credited['amount']} to {credited['account']}: the token refused the "
+                "payment; `certledger withdraw` with that account's key collects it",
+                highlight=False,
+            )
+        return result
+
+    _run(job)
+
+
+@app.command()
+def credit(account: str, rpc_url: RpcUrl = None, manifest: Manifest = Path("deployment.json")) -> None:
+    """What the ledger holds for ACCOUNT after a payment the token refused (`withdraw` collects it)."""
+    _run(lambda: console.print(_system(rpc_url, manifest).ledger.credit(_address(account))))
 
 
 @app.command()

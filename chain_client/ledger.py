@@ -322,6 +322,20 @@ class LedgerClient:
         logs = self._logs(self.contract.events.CertificateIssued, from_block, to_block, {"orderId": order_id})
         return [int(log["args"]["certificateId"]) for log in logs]
 
+    def open_offers(self, from_block: int = 0) -> list[DiscountOffer]:
+        """The offers still open on chain (neither bought nor cancelled; expired ones included, as
+        the chain keeps them open), found from the DiscountOffered, DiscountSold and
+        DiscountOfferCancelled events since `from_block` and read afresh."""
+        events = self.contract.events
+        offered = self._logs(events.DiscountOffered, from_block, None, {})
+        closed = {
+            int(log["args"]["offerId"])
+            for event in (events.DiscountSold, events.DiscountOfferCancelled)
+            for log in self._logs(event, from_block, None, {})
+        }
+        ids = sorted({int(log["args"]["offerId"]) for log in offered} - closed)
+        return [o for o in (self.offer(i) for i in ids) if o.open]
+
     def certificates_of_order(self, order_id: int, from_block: int = 0) -> list[Certificate]:
         """Every certificate of an order (see `certificate_ids_of_order`)."""
         return [self.certificate(i) for i in self.certificate_ids_of_order(order_id, from_block)]

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 import typer
+from api_support import delivery, enrol_warehouse
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from index_support import anvil_node
@@ -34,6 +35,7 @@ from chain_client.chain import connect
 from chain_client.demo import run_demo
 from chain_client.deploy import Deployment
 from chain_client.models import Role
+from chain_client.pricing import discount_price
 from chain_client.receipts import label_hash
 from chain_client.settings import Settings
 from chain_client.system import System
@@ -426,6 +428,12 @@ def test_cli_round_trip_on_anvil(anvil: Anvil, tmp_path: Path) -> None:
     assert opened.exit_code == 0, opened.output
     assert "approved the ledger to take 1000 in 0x" in opened.output and "order 1 opened" in opened.output
     assert system.ledger.order(1).escrowed == 1000
+    shown = runner.invoke(app, ["order", "show", "1"])
+    maturity = system.ledger.order(1).maturity
+    assert f"maturity: {maturity} (20" in shown.output and " UTC)" in shown.output, shown.output
+    early = runner.invoke(app, ["order", "cancel", "1"])
+    assert early.exit_code == 1 and "DeadlineNotPassed(orderId=1, cancellableAfter=" in early.output
+    assert " UTC)" in early.output  # a time with its date
 
     cancel = runner.invoke(app, ["order", "cancel", "999"])
     assert cancel.exit_code == 1
@@ -449,3 +457,66 @@ def test_cli_round_trip_on_anvil(anvil: Anvil, tmp_path: Path) -> None:
     assert again_deploy.exit_code == 2 and "--force" in again_deploy.output
     nowhere = runner.invoke(app, ["deploy", "--manifest", str(tmp_path / "missing" / "d.json")])
     assert nowhere.exit_code == 2 and "no directory" in nowhere.output
+
+
+def test_a_factor_weighs_buys_and_is_settled_from_the_cli(anvil: Anvil, tmp_path: Path) -> None:
+    """A factor working from the command line sees what an offer's price buys before paying, is
+    told what it paid and at what rate, and sees a refused payment credited at settlement."""
+    chain = connect(Settings(rpc_url=anvil.url))
+    admin, issuer, supplier, factor = (chain.new_account() for _ in range(4))
+    devices = [chain.new_account(0), chain.new_account(0)]
+    system = System.deploy(chain, admin, admin_entity_id=label_hash("USCC:OP"))
+    manifest = tmp_path / "deployment.json"
+    system.deployment.save(manifest)
+    ledger, token = system.ledger, system.token
+    for account, role in ((issuer, Role.ISSUER), (supplier, Role.SUPPLIER), (factor, Role.FACTOR)):
+        ledger.register_participant(admin, account.address, label_hash(account.address), role, 10**12)
+    for account in (issuer, factor):
+        token.mint(admin, account.address, 10**9)
+    warehouse, goods = label_hash("WH-F"), label_hash("goods")
+    enrol_warehouse(system, admin, warehouse, devices)
+    now = chain.now()
+    token.approve(issuer, ledger.address, 100_000_000)
+    order_id, _ = ledger.open_order(
+        issuer, payee=supplier.address, amount=100_000_000, maturity=now + 90 * 86_400,
+        invoice_hash=label_hash("INV-F"), warehouse=warehouse, goods_hash=goods, expected_quantity=1,
+        deadline=now + 86_400,
+    )  # fmt: skip
+    root, _ = system.oracle.confirm_receipt(admin, *delivery(system, devices, order_id, warehouse, goods, 1))
+    price = discount_price(100_000_000, 89, 600)
+    offer_id, _ = ledger.offer_discount(supplier, root, value=100_000_000, price=price, expiry=now + 86_400)
+
+    runner = CliRunner(env={"CERTLEDGER_RPC_URL": anvil.url, "CERTLEDGER_MANIFEST": str(manifest)})
+    app = build_app()
+    listed = runner.invoke(app, ["discount", "offers", "--buyer", factor.address, "--json"])
+    assert listed.exit_code == 0, listed.output
+    [offer] = json.loads(listed.output)
+    assert (offer["offer_id"], offer["order_id"], offer["issuer"], offer["buyer"]) == (
+        offer_id, order_id, issuer.address, "anyone",
+    )  # fmt: skip
+    # Priced for 89 whole days with a little over 89 left: a little under the 6% quoted.
+    assert offer["maturity"] == ledger.certificate(root).maturity and 585 <= offer["annual_rate_bps"] <= 600
+    shown = runner.invoke(app, ["discount", "show", str(offer_id)])
+    assert shown.exit_code == 0 and f"issuer: {issuer.address}" in shown.output, shown.output
+    assert "maturity: " in shown.output and " UTC)" in shown.output  # a time with its date
+    by_factor = runner.invoke(app, ["discount", "offers", "--seller", factor.address, "--json"])
+    assert json.loads(by_factor.output) == []
+
+    bought = runner.invoke(app, ["discount", "buy", str(offer_id)], env={"CERTLEDGER_KEY": factor.key.hex()})
+    assert bought.exit_code == 0, bought.output
+    said = " ".join(bought.output.split())
+    assert f"approved the ledger to take {price}" in said
+    assert f"bought 100000000 of certificate {root} for {price} (implied " in said
+    implied = float(said.split("(implied ")[1].split("%")[0])  # the sale event's rate
+    assert abs(implied * 100 - offer["annual_rate_bps"]) <= 1  # a few seconds after the listing
+    assert ledger.certificate(root).holder == factor.address
+    assert json.loads(runner.invoke(app, ["discount", "offers", "--json"]).output) == []
+
+    token.set_blocked(admin, factor.address, True)  # the factor's bank refuses the push
+    chain.advance_time(90 * 86_400)
+    settled = runner.invoke(app, ["settle", str(root)], env={"CERTLEDGER_KEY": supplier.key.hex()})
+    assert settled.exit_code == 0, settled.output
+    said = " ".join(settled.output.split())
+    assert f"certificate {root}: 100000000 due to {factor.address}" in said
+    assert f"credited 100000000 to {factor.address}" in said and "certledger withdraw" in said
+    assert runner.invoke(app, ["credit", factor.address]).output.strip() == "100000000"

@@ -14,6 +14,8 @@ from api_support import Api, serve_world
 from pg import PgCluster, pg_cluster
 from world import DAY, DEFAULT_AMOUNT, DEFAULT_QUANTITY, World
 
+from chain_client.pricing import discount_price
+
 _databases = count()
 
 
@@ -308,6 +310,40 @@ def test_closed_offers_are_hidden_from_factors_not_party_to_them(
     listed = api.get("/v1/offers", factor, openOnly="false").json()
     assert [o["offerId"] for o in listed["items"]] == [for_factor]  # reserved for it: still its own
     assert api.get("/v1/offers", s2, openOnly="false").json()["total"] == 2
+
+
+def test_an_offer_shows_a_factor_what_it_would_buy(api: Api, world: World) -> None:
+    """A factor cannot read a certificate it never held, so the offer itself says what the price
+    buys: the order, its debtor (the issuer), the maturity, and the rate a purchase now would earn,
+    which the sale's DiscountSold event then reports."""
+    s1, factor = world.cast.supplier1, world.cast.factor
+    order_id, root = world.certificate_for()
+    cert = world.ledger.certificate(root)
+    days = (cert.maturity - world.pending_time()) // 86_400
+    price = discount_price(100_000_00, days, 600)
+    offer_id, _ = world.ledger.offer_discount(
+        s1, root, value=100_000_00, price=price, expiry=world.pending_time() + 86_400
+    )
+    left_open, _ = world.ledger.offer_discount(
+        s1, root, value=100_000_00, price=price, expiry=world.pending_time() + 86_400
+    )
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    assert api.get(f"/v1/certificates/{root}", factor).status_code == 403
+    listed, other = api.get("/v1/offers", factor).json()["items"]
+    assert other["offerId"] == left_open
+    assert listed == api.get(f"/v1/offers/{offer_id}", factor).json()
+    assert (listed["orderId"], listed["issuer"], listed["maturity"]) == (
+        order_id,
+        world.cast.issuer.address,
+        cert.maturity,
+    )
+    assert 590 <= listed["annualRateBps"] <= 600  # quoted for whole days, offered a little before
+    sale = world.ledger.buy_discounted(factor, offer_id)[1].event("DiscountSold")
+    assert abs(sale["annualRateBps"] - listed["annualRateBps"]) <= 1  # a few seconds later
+    world.chain.advance_time(cert.maturity - world.chain.now() + 1)
+    api.service.reader.prime()
+    matured = api.get(f"/v1/offers/{left_open}", factor).json()
+    assert matured["annualRateBps"] is None and matured["maturity"] == cert.maturity
 
 
 def test_a_previous_holder_does_not_follow_the_value_downstream(

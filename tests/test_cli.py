@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from certledger_main import build_app
 from chain_client import errors
 from chain_client.chain import connect
+from chain_client.models import OrderStatus
 from chain_client.pricing import discount_price
 from chain_client.settings import Settings
 
@@ -118,3 +119,11 @@ def test_development_controls_on_a_node_without_them_are_named(
     result = runner.invoke(build_app(), ["demo", "--rpc-url", production_node, "--direct"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert result.output.strip().splitlines()[-1].startswith("error: the node refused anvil_setBalance")
+
+
+def test_an_order_status_in_a_contract_error_is_named() -> None:
+    from chain_client.cli import _field
+
+    assert _field("status", int(OrderStatus.CANCELLED), "OrderNotOpen") == "cancelled"
+    assert _field("status", 3, "SomeOtherError") == "3"
+    assert _field("expiry", 1_800_000_000) == "1800000000 (2027-01-15 08:00:00 UTC)"

@@ -234,15 +234,18 @@ def offers(
     else:
         rows, total = reader.offers(where, paging.limit, paging.offset)
         buyable = reader.buyable_ids(now, [int(r.offer_id) for r in rows])
-    items = [offer_out(r, now, int(r.offer_id) in buyable) for r in rows]
+    terms = reader.offer_terms(rows)
+    items = [offer_out(r, terms[int(r.offer_id)], now, int(r.offer_id) in buyable) for r in rows]
     return Page(items=items, total=total, limit=paging.limit, offset=paging.offset)
 
 
 @router.get("/offers/{offer_id}", response_model=OfferOut, tags=["discount"])
 def offer(offer_id: IdPath, service: ServiceDep, caller: CallerDep) -> OfferOut:
-    record = offer_for(service.reader, caller, offer_id)
-    now = service.reader.head_time()
-    return offer_out(record, now, offer_id in service.reader.buyable_ids(now, [offer_id]))
+    reader = service.reader
+    record = offer_for(reader, caller, offer_id)
+    now = reader.head_time()
+    terms = reader.offer_terms([record])[offer_id]
+    return offer_out(record, terms, now, offer_id in reader.buyable_ids(now, [offer_id]))
 
 
 @router.get("/quote", response_model=QuoteOut, tags=["discount"])
@@ -253,7 +256,9 @@ def quote(
         int, Query(alias="annualRateBps", ge=0, le=100_000, description="Simple annual rate.")
     ],
 ) -> QuoteOut:
-    """The discount price, in the contract's own arithmetic (simple interest, 365-day year)."""
+    """The discount price in the contract's own arithmetic: face / (1 + rate * days / 365), rounded
+    down (a simple-interest present value, the convention of the sale event's `annualRateBps`; not
+    the bank-discount face * (1 - rate * days / 365), which is a little lower)."""
     price = pricing.discount_price(face, days, annual_rate_bps)
     return QuoteOut(face=face, days=days, annualRateBps=annual_rate_bps, price=price, discount=face - price)
 
