@@ -45,6 +45,7 @@ from chain_client.index.models import (
     PaymentRecord,
     SystemRecord,
 )
+from chain_client.index.state import Merge
 from chain_client.index.sync import FINAL_FAILURES, ROUND_FAILURES, Indexer
 from chain_client.models import CertificateStatus
 
@@ -345,6 +346,42 @@ class IndexReader:
             if cert is not None and order is not None:
                 terms[int(o.offer_id)] = OfferTerms(int(cert.order_id), order.issuer, int(cert.maturity))
         return terms
+
+    def merges(self, certificate_ids: set[int]) -> list[Merge]:
+        """The merges among `certificate_ids` (one order's, as merges stay within an order), in
+        chain order, from the change log's value changes by TransferValue: the giver's change
+        comes first and the taker's second in one event, a mint's alone. Each certificate's first
+        TransferValue in funds it as it is minted (from 0 for a root, from its parent for a split):
+        any later one into it from another certificate is a merge (`state.merges_in`'s rule)."""
+        if not certificate_ids:
+            return []
+        c = table_of(ChangeRecord).c
+        query = (
+            core_select(c.block_number, c.tx_index, c.log_index, c.tx_hash, c.key, c.old, c.new)
+            .where(
+                c.chain_id == self.chain_id,
+                c.entity == "certificate",
+                c.key.in_([str(i) for i in certificate_ids]),
+                c.field == "value",
+                c.event == "TransferValue",
+            )
+            .order_by(c.block_number, c.tx_index, c.log_index, c.seq)
+        )
+        with self.db.connect() as conn:
+            rows = list(conn.execute(query))
+        events: dict[tuple[int, int, int], list[Any]] = {}
+        for row in rows:
+            events.setdefault((row[0], row[1], row[2]), []).append(row)
+        funded: set[int] = set()
+        found: list[Merge] = []
+        for changes in events.values():
+            taker = changes[-1]
+            target = int(taker[4])
+            if len(changes) == 2 and target in funded:
+                value = int(taker[6]) - int(taker[5])
+                found.append(Merge(int(changes[0][4]), target, value, int(taker[0]), taker[3]))
+            funded.add(target)
+        return found
 
     def history(self, certificate_id: int) -> list[ChangeRecord]:
         with self.session() as s:

@@ -205,9 +205,20 @@ class CertificateOut(BaseModel):
     frozen: bool
 
 
+class MergeOut(BaseModel):
+    """Value this certificate gave another certificate of its order (ERC-3525's
+    transferFrom(fromId, toId, value)), which parent links do not show."""
+
+    certificateId: int = Field(description="The certificate that took the value.")
+    value: int
+    blockNumber: int
+    txHash: str
+
+
 class LineageOut(BaseModel):
     certificate: CertificateOut
     children: list[LineageOut]
+    mergedInto: list[MergeOut] = Field(description="Merges of this certificate's value into others.")
 
 
 class ChangeOut(BaseModel):

@@ -9,6 +9,7 @@ from api.schemas import (
     CertificateOut,
     ChangeOut,
     LineageOut,
+    MergeOut,
     OfferOut,
     OrderOut,
     ParticipantOut,
@@ -317,10 +318,19 @@ def lineage_out(reader: IndexReader, root: CertificateRecord, visible: set[int] 
     children: dict[int, list[int]] = {}
     for cid, c in by_id.items():
         children.setdefault(int(c.parent_id), []).append(cid)
+    merged: dict[int, list[MergeOut]] = {}
+    for m in reader.merges(set(by_id)):
+        merged.setdefault(m.source, []).append(
+            MergeOut(certificateId=m.target, value=m.value, blockNumber=m.block, txHash=m.tx)
+        )
 
     def build(cid: int) -> LineageOut:
         kids = [k for k in sorted(children.get(cid, [])) if visible is None or k in visible]
-        return LineageOut(certificate=certificate_out(by_id[cid]), children=[build(k) for k in kids])
+        return LineageOut(
+            certificate=certificate_out(by_id[cid]),
+            children=[build(k) for k in kids],
+            mergedInto=merged.get(cid, []),
+        )
 
     if top not in by_id:
         raise ApiError(404, "NotFound", "lineage not indexed yet")

@@ -570,14 +570,21 @@ def cert_lineage(
             c = node.certificate
             console.print(
                 f"{'  ' * c.depth}#{c.certificate_id} {c.holder} {c.value} {c.status.name.lower()}"
-                + (" frozen" if c.frozen else "")
+                + (" frozen" if c.frozen else ""),
+                highlight=False,
             )
+            for target, value in node.merged_into:
+                console.print(f"{'  ' * c.depth}  merged {value} into #{target}", highlight=False)
 
     _run(job)
 
 
 def _tree_dict(node: LineageNode) -> dict[str, Any]:
-    return {**asdict(node.certificate), "children": [_tree_dict(k) for k in node.children]}
+    return {
+        **asdict(node.certificate),
+        "children": [_tree_dict(k) for k in node.children],
+        "merged_into": [{"certificate_id": t, "value": v} for t, v in node.merged_into],
+    }
 
 
 @cert_app.command("split")
@@ -591,6 +598,8 @@ def cert_split(
     """Split a certificate into parts you keep."""
 
     def job() -> TxResult:
+        if len(values) < 2:
+            raise typer.BadParameter("a split needs at least two parts: the value kept, then each new part")
         new_ids, result = _system(rpc_url, manifest).ledger.split(_signer(key_env), certificate_id, values)
         console.print(f"new certificates: {new_ids}")
         return result
@@ -632,7 +641,95 @@ def cert_merge(
     key_env: KeyEnv = "CERTLEDGER_KEY",
 ) -> None:
     """Move value (default all) from one certificate into another of the same order."""
-    _run(lambda: _system(rpc_url, manifest).ledger.merge(_signer(key_env), from_id, to_id, value))
+
+    def job() -> TxResult:
+        result = _system(rpc_url, manifest).ledger.merge(_signer(key_env), from_id, to_id, value)
+        moved = result.event("TransferValue")["_value"]
+        console.print(f"merged {moved} of certificate {from_id} into {to_id}", highlight=False)
+        return result
+
+    _run(job)
+
+
+@cert_app.command("approve")
+def cert_approve(
+    certificate_id: int,
+    operator: str,
+    value: Annotated[
+        int | None,
+        typer.Option(min=0, help="Only this much of its value (ERC-3525 allowance; 0 withdraws it)."),
+    ] = None,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_KEY",
+) -> None:
+    """Let OPERATOR move your certificate: all of it (void once it moves), or up to --value of it."""
+
+    def job() -> TxResult:
+        ledger, holder = _system(rpc_url, manifest).ledger, _signer(key_env)
+        if value is None:
+            return ledger.approve(holder, _address(operator), certificate_id)
+        return ledger.approve_value(holder, certificate_id, _address(operator), value)
+
+    _run(job)
+
+
+@cert_app.command("approve-all")
+def cert_approve_all(
+    operator: str,
+    revoke: Annotated[bool, typer.Option(help="Take the approval back.")] = False,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_KEY",
+) -> None:
+    """Let OPERATOR move every certificate you hold, until --revoke."""
+    _run(
+        lambda: _system(rpc_url, manifest).ledger.set_approval_for_all(
+            _signer(key_env), _address(operator), not revoke
+        )
+    )
+
+
+@cert_app.command("approvals")
+def cert_approvals(
+    certificate_id: int,
+    operator: str,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    as_json: Json = False,
+) -> None:
+    """What OPERATOR may move of a certificate: the whole of it, everything its holder holds, or
+    the value left in its allowance."""
+
+    def job() -> None:
+        ledger = _system(rpc_url, manifest).ledger
+        certificate = ledger.certificate(certificate_id)
+        if certificate.status == CertificateStatus.NONE:
+            raise LookupError(_no_certificate(certificate_id))
+        who = _address(operator)
+        _emit(
+            Approvals(
+                certificate_id=certificate_id,
+                holder=certificate.holder,
+                operator=who,
+                approved=ledger.approved(certificate_id) == who,
+                approved_for_all=ledger.approved_for_all(certificate.holder, who),
+                allowance=ledger.allowance(certificate_id, who),
+            ),
+            as_json,
+        )
+
+    _run(job)
+
+
+@dataclass(frozen=True)
+class Approvals:
+    certificate_id: int
+    holder: ChecksumAddress
+    operator: ChecksumAddress
+    approved: bool
+    approved_for_all: bool
+    allowance: int
 
 
 @cert_app.command("freeze")
@@ -868,4 +965,11 @@ def withdraw(
     rpc_url: RpcUrl = None, manifest: Manifest = Path("deployment.json"), key_env: KeyEnv = "CERTLEDGER_KEY"
 ) -> None:
     """Withdraw payments credited to you when a push failed."""
-    _run(lambda: _system(rpc_url, manifest).ledger.withdraw(_signer(key_env)))
+
+    def job() -> TxResult:
+        result = _system(rpc_url, manifest).ledger.withdraw(_signer(key_env))
+        for withdrawn in result.all("Withdrawn"):
+            console.print(f"withdrew {withdrawn['amount']} to {withdrawn['account']}", highlight=False)
+        return result
+
+    _run(job)

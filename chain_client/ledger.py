@@ -31,10 +31,12 @@ ZERO_ADDRESS = to_checksum_address("0x" + "00" * 20)
 
 @dataclass(frozen=True)
 class LineageNode:
-    """A certificate and the certificates split from it."""
+    """A certificate, the certificates split from it, and the merges of its value into others of
+    its order: (the certificate that took it, the value), in chain order."""
 
     certificate: Certificate
     children: list[LineageNode] = field(default_factory=list)
+    merged_into: list[tuple[int, int]] = field(default_factory=list)
 
     def walk(self) -> Iterable[LineageNode]:
         yield self
@@ -288,6 +290,13 @@ class LedgerClient:
             price=int(r[7]),
         )
 
+    def approved(self, certificate_id: int) -> ChecksumAddress:
+        """The account approved for the whole certificate (ERC-721 getApproved; zero if none)."""
+        return to_checksum_address(call_checked(self._fn.getApproved(certificate_id).call))
+
+    def approved_for_all(self, holder: ChecksumAddress, operator: ChecksumAddress) -> bool:
+        return bool(call_checked(self._fn.isApprovedForAll(holder, operator).call))
+
     def allowance(self, certificate_id: int, operator: ChecksumAddress) -> int:
         """The value `operator` may still move out of the certificate (ERC-3525 value allowance)."""
         fn = self._fn.by_signature("allowance(uint256,address)")(certificate_id, operator)
@@ -382,14 +391,38 @@ class LedgerClient:
         children: dict[int, list[Certificate]] = {}
         for c in certs:
             children.setdefault(c.parent_id, []).append(c)
+        merged = self._merges([c.certificate_id for c in certs], from_block)
 
         def build(c: Certificate) -> LineageNode:
-            return LineageNode(c, [build(k) for k in sorted(children.get(c.certificate_id, []), key=_cid)])
+            kids = [build(k) for k in sorted(children.get(c.certificate_id, []), key=_cid)]
+            return LineageNode(c, kids, merged.get(c.certificate_id, []))
 
         roots = children.get(0, [])
         if len(roots) != 1:
             raise LookupError(f"order {order_id} has {len(roots)} root certificates")
         return build(roots[0])
+
+    def _merges(self, certificate_ids: list[int], from_block: int) -> dict[int, list[tuple[int, int]]]:
+        """Merges among one order's certificates, by giver: (taker, value). Every certificate's
+        first TransferValue in funds it as it is minted (from 0 for a root, from its parent for a
+        split); any later one into it from another certificate is a merge."""
+        event = self.contract.events.TransferValue
+        logs: list[EventData] = []
+        for at in range(0, len(certificate_ids), _TOPICS_PER_QUERY):
+            chunk = certificate_ids[at : at + _TOPICS_PER_QUERY]
+            logs += self._logs(event, from_block, None, {"_toTokenId": chunk})
+        funded: set[int] = set()
+        merged: dict[int, list[tuple[int, int]]] = {}
+        for log in sorted(logs, key=lambda entry: (entry["blockNumber"], entry["logIndex"])):
+            source, target = int(log["args"]["_fromTokenId"]), int(log["args"]["_toTokenId"])
+            if source and target in funded:
+                merged.setdefault(source, []).append((target, int(log["args"]["_value"])))
+            funded.add(target)
+        return merged
+
+
+#: Ids asked for in one getLogs topic filter (nodes bound a filter's size).
+_TOPICS_PER_QUERY = 100
 
 
 def _cid(c: Certificate) -> int:

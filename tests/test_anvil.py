@@ -459,9 +459,11 @@ def test_cli_round_trip_on_anvil(anvil: Anvil, tmp_path: Path) -> None:
     assert nowhere.exit_code == 2 and "no directory" in nowhere.output
 
 
-def test_a_factor_weighs_buys_and_is_settled_from_the_cli(anvil: Anvil, tmp_path: Path) -> None:
-    """A factor working from the command line sees what an offer's price buys before paying, is
-    told what it paid and at what rate, and sees a refused payment credited at settlement."""
+def test_a_supplier_and_a_factor_work_from_the_cli(anvil: Anvil, tmp_path: Path) -> None:
+    """From the command line a supplier splits, merges (the lineage shows where the value went) and
+    grants approvals it can read back; a factor sees what an offer's price buys before paying, is
+    told what it paid and at what rate, sees a refused payment credited at settlement and
+    withdraws it."""
     chain = connect(Settings(rpc_url=anvil.url))
     admin, issuer, supplier, factor = (chain.new_account() for _ in range(4))
     devices = [chain.new_account(0), chain.new_account(0)]
@@ -501,6 +503,27 @@ def test_a_factor_weighs_buys_and_is_settled_from_the_cli(anvil: Anvil, tmp_path
     assert "maturity: " in shown.output and " UTC)" in shown.output  # a time with its date
     by_factor = runner.invoke(app, ["discount", "offers", "--seller", factor.address, "--json"])
     assert json.loads(by_factor.output) == []
+    # The supplier splits a part off and merges it back: the lineage shows where its value went.
+    as_supplier = {"CERTLEDGER_KEY": supplier.key.hex()}
+    one_part = runner.invoke(app, ["cert", "split", str(root), "100000000"], env=as_supplier)
+    assert one_part.exit_code == 2 and "at least two parts" in one_part.output, one_part.output
+    [part], _ = ledger.split(supplier, root, [99_000_000, 1_000_000])
+    merged = runner.invoke(app, ["cert", "merge", str(part), str(root)], env=as_supplier)
+    assert f"merged 1000000 of certificate {part} into {root}" in merged.output, merged.output
+    tree = runner.invoke(app, ["cert", "lineage", str(root)])
+    assert f"#{part} {supplier.address} 0 live\n    merged 1000000 into #{root}" in tree.output, tree.output
+
+    # Approvals from the command line, and what an operator may move.
+    approvals = ["cert", "approvals", str(root), factor.address, "--json"]
+    for grant, seen in (
+        (["cert", "approve", str(root), factor.address, "--value", "500"], (False, False, 500)),
+        (["cert", "approve", str(root), factor.address], (True, False, 500)),
+        (["cert", "approve-all", factor.address], (True, True, 500)),
+        (["cert", "approve-all", factor.address, "--revoke"], (True, False, 500)),
+    ):
+        assert runner.invoke(app, grant, env=as_supplier).exit_code == 0, grant
+        shown = json.loads(runner.invoke(app, approvals).output)
+        assert (shown["approved"], shown["approved_for_all"], shown["allowance"]) == seen, grant
 
     bought = runner.invoke(app, ["discount", "buy", str(offer_id)], env={"CERTLEDGER_KEY": factor.key.hex()})
     assert bought.exit_code == 0, bought.output
@@ -520,3 +543,7 @@ def test_a_factor_weighs_buys_and_is_settled_from_the_cli(anvil: Anvil, tmp_path
     assert f"certificate {root}: 100000000 due to {factor.address}" in said
     assert f"credited 100000000 to {factor.address}" in said and "certledger withdraw" in said
     assert runner.invoke(app, ["credit", factor.address]).output.strip() == "100000000"
+    token.set_blocked(admin, factor.address, False)
+    withdrawn = runner.invoke(app, ["withdraw"], env={"CERTLEDGER_KEY": factor.key.hex()})
+    assert f"withdrew 100000000 to {factor.address}" in withdrawn.output, withdrawn.output
+    assert runner.invoke(app, ["credit", factor.address]).output.strip() == "0"

@@ -14,6 +14,7 @@ from api_support import Api, serve_world
 from pg import PgCluster, pg_cluster
 from world import DAY, DEFAULT_AMOUNT, DEFAULT_QUANTITY, World
 
+from chain_client.index.state import merges as state_merges
 from chain_client.pricing import discount_price
 
 _databases = count()
@@ -84,6 +85,41 @@ def test_lineage_shows_the_callers_branch_only(api: Api, world: World, tree: dic
     # supplier1 made both parts: it sees the whole tree.
     whole = api.get(f"/v1/certificates/{tree['root']}/lineage", world.cast.supplier1).json()
     assert _tree_ids(whole) == {tree["root"], tree["a"], tree["b"]}
+
+
+def test_lineage_shows_where_merged_value_went(api: Api, world: World, tree: dict[str, int]) -> None:
+    """Parent links do not show a merge: the tree's values no longer added up to the face, with no
+    hint where the rest went. Each node lists the merges of its value, as `audit lineage` does
+    (the same merges the auditor's refold finds), and a split is no merge."""
+    s1, s2 = world.cast.supplier1, world.cast.supplier2
+    value = world.ledger.certificate(tree["root"]).value
+    [kept], _ = world.ledger.split(s1, tree["root"], [value - 10_000_00, 10_000_00])
+    merge = world.ledger.merge(s1, kept, tree["root"], 4_000_00)
+    world.ledger.merge(s2, tree["a"], tree["root"], 1_000_00)  # into another holder's certificate
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    whole = api.get(f"/v1/certificates/{tree['root']}/lineage", s1).json()
+
+    def merges(node: dict[str, Any]) -> dict[int, list[tuple[int, int]]]:
+        found = {
+            node["certificate"]["certificateId"]: [
+                (m["certificateId"], m["value"]) for m in node["mergedInto"]
+            ]
+        }
+        for child in node["children"]:
+            found |= merges(child)
+        return found
+
+    assert merges(whole) == {
+        tree["root"]: [],
+        tree["a"]: [(tree["root"], 1_000_00)],
+        tree["b"]: [],
+        kept: [(tree["root"], 4_000_00)],
+    }
+    [into_root] = [n for n in whole["children"] if n["certificate"]["certificateId"] == kept][0]["mergedInto"]
+    assert (into_root["txHash"], into_root["blockNumber"]) == (merge.tx_hash, merge.block_number)
+    reader = api.service.reader
+    audited = {(m.source, m.target, m.value) for m in state_merges(reader.db, reader.state())}
+    assert audited == {(kept, tree["root"], 4_000_00), (tree["a"], tree["root"], 1_000_00)}
 
 
 def test_held_certificates_stay_readable(api: Api, world: World, tree: dict[str, int]) -> None:

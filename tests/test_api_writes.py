@@ -669,6 +669,19 @@ def test_an_operator_moves_what_its_holder_approved(api: Api, world: World) -> N
     r = api.prepare("split-to", factor, {"certificateId": root, "to": factor.address, "value": 3_000_00})
     assert (r.status_code, r.json()["code"]) == (409, "InsufficientAllowance")
     assert r.json()["fields"]["allowance"] == 2_000_00
+    # A merge into another certificate of the same holder: none of the factor's business to read,
+    # but the holder's own, so the value the holder let it move may go there (the CLI could; the
+    # API refused the destination). Another holder's certificate stays out of reach.
+    value = world.ledger.certificate(root).value
+    [kept], _ = world.ledger.split(s1, root, [value - 1_000_00, 1_000_00])
+    elsewhere, _ = world.ledger.split_to(s1, root, s2.address, 1_000_00)
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    assert api.get(f"/v1/certificates/{kept}", factor).status_code == 403
+    api.do("merge", factor, {"fromId": root, "toId": kept, "value": 1_000_00})
+    assert world.ledger.certificate(kept).value == 2_000_00
+    assert world.ledger.allowance(root, factor.address) == 1_000_00
+    r = api.prepare("merge", factor, {"fromId": root, "toId": elsewhere, "value": 1_000_00})
+    assert (r.status_code, r.json()["code"]) == (403, "Forbidden"), r.text
     # The whole certificate, approved for it alone: moved from its holder, named in `holder`.
     api.do("approve", s1, {"certificateId": root, "operator": s2.address})
     api.do("transfer", s2, {"certificateId": root, "to": s2.address, "holder": s1.address})

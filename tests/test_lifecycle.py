@@ -736,6 +736,19 @@ def test_lineage_is_the_tree_of_splits(world: World, ledger: LedgerClient, cast:
     assert [x.depth for x in walked] == [0, 1, 2, 3, 1, 1]
     assert all(x.order_id == order_id for x in walked)
     assert sum(x.value for x in walked) == DEFAULT_AMOUNT
+    assert all(n.merged_into == [] for n in ledger.lineage(root_id).walk())  # splits are no merges
+
+    # Merges show where value went that parent links do not: into the same holder's certificate
+    # and into another's, each with its value, in chain order.
+    ledger.merge(cast.supplier1, c, b, 4_000 * YUAN)
+    ledger.merge(cast.supplier1, c, a1, 1_000 * YUAN)
+    ledger.merge(cast.supplier1, a1x, root_id, 2_000 * YUAN)  # a1x was passed back to supplier1
+    given = {n.certificate.certificate_id: n.merged_into for n in ledger.lineage(root_id).walk()}
+    assert given == {
+        root_id: [], a: [], a1: [], b: [],
+        c: [(b, 4_000 * YUAN), (a1, 1_000 * YUAN)],
+        a1x: [(root_id, 2_000 * YUAN)],
+    }  # fmt: skip
 
 
 def test_holdings_follow_the_certificates(world: World, ledger: LedgerClient, cast: Cast) -> None:

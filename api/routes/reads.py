@@ -113,8 +113,9 @@ async def certificates(
     holder: Annotated[
         Address | None,
         Query(
-            description="Default: the caller (its holdings). Another holder's: auditors and regulators, and "
-            "an issuer within its own order (`orderId`)."
+            description="Default: the caller (its holdings), but with `orderId` alone every certificate of "
+            "the order the caller may see. Another holder's: auditors and regulators, and an issuer "
+            "within its own order (`orderId`)."
         ),
     ] = None,
     order_id: Annotated[int | None, Query(alias="orderId", ge=1, le=UINT64)] = None,
