@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
@@ -15,6 +16,7 @@ from eth_utils import keccak, to_checksum_address
 
 from chain_client.models import Order, OrderStatus, Warehouse
 from chain_client.receipts import ReadingKind, ReadingRange
+from oracle.broker import mosquitto_binary
 
 ORACLE = to_checksum_address("0x" + "0c" * 20)
 CHAIN_ID = 31337
@@ -164,3 +166,12 @@ def confirmations(world: Any, order_id: int) -> int:
     """OrderConfirmed events of an order on chain."""
     logs = world.ledger.contract.events.OrderConfirmed.get_logs(from_block=0)
     return sum(1 for log in logs if int(log["args"]["orderId"]) == order_id)
+
+
+def require_mosquitto() -> str:
+    """The mosquitto binary. `make test` installs it, so a missing one fails the tests that need a
+    broker rather than skipping them (a skip would read as passing)."""
+    binary = mosquitto_binary()
+    if binary is None:
+        pytest.fail("mosquitto is not installed: run `make mosquitto` (make test does)", pytrace=False)
+    return binary

@@ -9,12 +9,12 @@ from pathlib import Path
 from unittest.mock import ANY
 
 import pytest
-from api_support import Api, serve_world
+from api_support import SECRET, Api, serve_world
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from world import World
 
-from api.auth import NonceStore
+from api.auth import Authenticator, NonceStore
 from chain_client.errors import NodeUnavailable
 
 
@@ -276,3 +276,16 @@ def test_strangers_signing_requests_are_not_remembered(api: Api, world: World) -
         assert reader.participant(address, max_age=60.0) is None
     assert reader.participant(world.cast.supplier1.address, max_age=60.0) is not None
     assert set(reader._participants) == {world.cast.supplier1.address}
+
+
+def test_a_token_signed_for_another_chain_is_refused(api: Api, world: World) -> None:
+    """Services of one consortium may share a secret across networks (a test net and the real
+    one): a token the other network's service issued must not sign in here."""
+    mine = api.service.auth
+    other = Authenticator(SECRET.encode(), mine.domain, mine.chain_id + 1, 300, 900, NonceStore(None))
+    token, _ = other.issue_token(world.cast.supplier1.address)
+    r = api.client.get("/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+    assert (r.status_code, r.json()["code"]) == (401, "InvalidToken")
+    assert "another chain" in r.json()["message"]
+    own, _ = mine.issue_token(world.cast.supplier1.address)
+    assert api.client.get("/v1/auth/me", headers={"Authorization": f"Bearer {own}"}).status_code == 200

@@ -15,6 +15,7 @@ from pg import PgCluster, pg_cluster
 from world import DAY, DEFAULT_AMOUNT, DEFAULT_QUANTITY, World
 
 from chain_client.index.state import merges as state_merges
+from chain_client.models import Role
 from chain_client.pricing import discount_price
 
 _databases = count()
@@ -414,6 +415,13 @@ def test_history_is_for_those_who_held_the_certificate(api: Api, world: World, t
     assert api.get(f"/v1/certificates/{tree['b']}/history", factor).status_code == 200
     assert api.get(f"/v1/certificates/{tree['root']}/history", world.cast.issuer).status_code == 200
     assert api.get(f"/v1/certificates/{tree['root']}/history", world.cast.regulator).status_code == 200
+    # An issuer reads the history of its own orders' certificates only: supplier2 made an issuer
+    # too is still no issuer of this order.
+    world.ledger.set_roles(world.cast.admin, s2.address, Role.ISSUER | Role.SUPPLIER)
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    assert api.client.get("/v1/auth/me", headers=api.login(s2)).json()["roles"] == ["ISSUER", "SUPPLIER"]
+    r = api.get(f"/v1/certificates/{tree['root']}/history", s2)
+    assert (r.status_code, r.json()["code"]) == (403, "Forbidden")
 
 
 _BOOKS = ("issuerLimit", "outstanding", "certificateCount")

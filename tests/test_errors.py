@@ -128,6 +128,9 @@ def test_decode_revert_of_unknown_data_is_unknown_revert() -> None:
     assert type(exc) is errors.UnknownRevert and "nope" in str(exc)
     panic = errors.decode_revert(bytes.fromhex("4e487b71") + (0x11).to_bytes(32, "big"))
     assert isinstance(panic, errors.ContractPanic) and panic.code == 0x11
+    # A panic selector with a body that is no uint256 is no panic the EVM made.
+    for body in (b"\x01", (0x11).to_bytes(32, "big") + b"\x00"):
+        assert type(errors.decode_revert(bytes.fromhex("4e487b71") + body)) is errors.UnknownRevert
     # A known selector whose body does not decode is still one of ours, with the raw data.
     malformed = errors.DuplicateInvoice.selector + b"\x01"
     exc = errors.decode_revert(malformed)

@@ -11,11 +11,12 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from oracle_support import require_mosquitto
 from typer.testing import CliRunner, Result
 from world import DEFAULT_QUANTITY, World
 
 from certledger_main import build_app
-from oracle.broker import free_port, mosquitto_binary
+from oracle.broker import free_port
 from oracle.store import OrderState, Store
 
 NO_NODE: dict[str, str | None] = {"CERTLEDGER_RPC_URL": None, "CERTLEDGER_MANIFEST": None}
@@ -121,8 +122,8 @@ def test_devices_create_and_list(runner: CliRunner, tmp_path: Path) -> None:
     assert no_password.exit_code == 2
 
 
-@pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto not installed (make mosquitto)")
 def test_demo_sends_the_receipt_through_the_oracle(runner: CliRunner) -> None:
+    require_mosquitto()
     result = runner.invoke(build_app(), ["demo"])
     assert result.exit_code == 0, result.output
     assert "through the oracle" in result.output

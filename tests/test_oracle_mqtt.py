@@ -18,13 +18,14 @@ from oracle_support import (
     account,
     confirmations,
     enrol_warehouse,
+    require_mosquitto,
     wait_until,
 )
 from world import World
 
 from chain_client.models import OrderStatus
 from chain_client.receipts import ReadingKind
-from oracle.broker import Mosquitto, mosquitto_binary
+from oracle.broker import Mosquitto
 from oracle.devices import DeviceSigner, MemorySequence, ReadingContext
 from oracle.gateway import Gateway
 from oracle.mqtt import MqttIntake, MqttPublisher
@@ -35,7 +36,10 @@ from oracle.store import OrderState, Store
 from oracle.validation import Reason
 from oracle.wire import MAX_PAYLOAD, SignedReading
 
-pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto not installed (make mosquitto)")
+
+@pytest.fixture(autouse=True)
+def _mosquitto_installed() -> None:
+    require_mosquitto()
 
 
 @pytest.fixture

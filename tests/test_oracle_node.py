@@ -14,20 +14,23 @@ from pathlib import Path
 import httpx
 import pytest
 from index_support import anvil_node, connect_node
-from oracle_support import chain_ranges, wait_until
+from oracle_support import chain_ranges, require_mosquitto, wait_until
 from typer.testing import CliRunner
 
 from certledger_main import build_app
 from chain_client.models import OrderStatus, Role
 from chain_client.receipts import DeviceEnrolment, ReadingKind, label_hash
 from chain_client.system import System
-from oracle.broker import Mosquitto, free_port, mosquitto_binary
+from oracle.broker import Mosquitto, free_port
 from oracle.devices import DeviceFiles, device_address
 
-pytestmark = [
-    pytest.mark.anvil,
-    pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto not installed (make mosquitto)"),
-]
+pytestmark = pytest.mark.anvil
+
+
+@pytest.fixture(autouse=True)
+def _mosquitto_installed() -> None:
+    require_mosquitto()
+
 
 DAY = 86_400
 PASSWORD = "warehouse 7 devices"

@@ -45,7 +45,7 @@ from world import (
 from chain_client import errors
 from chain_client.ledger import LedgerClient
 from chain_client.models import CertificateStatus, OrderStatus, Role
-from chain_client.pricing import discount_price, implied_annual_rate_bps
+from chain_client.pricing import SECONDS_PER_YEAR, discount_price, implied_annual_rate_bps
 
 # Something below hypothesis (py-evm's import, it seems) raises the recursion limit during the first
 # example; hypothesis then only warns that it will not restore it.
@@ -665,6 +665,13 @@ def test_rounding_never_favours_the_seller(face: int, days_left: int, rate: int)
     price = discount_price(face, days_left, rate)
     assume(price > 0)
     assert implied_annual_rate_bps(face, price, days_left * DAY) >= min(rate, 2**32 - 1)
+
+
+def test_an_implied_rate_beyond_uint32_is_capped_as_the_event_caps_it() -> None:
+    """DiscountSold carries the rate as a uint32: a sale at a token price (1 for 10^30 due in a
+    second) implies more, and the ledger reports 2^32 - 1; the index and the API must agree."""
+    assert implied_annual_rate_bps(10**30, 1, 1) == 2**32 - 1
+    assert implied_annual_rate_bps(2, 1, SECONDS_PER_YEAR) == 10_000  # 100% a year, under the cap
 
 
 def test_pricing_refuses_negative_inputs() -> None:
