@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from eth_typing import ChecksumAddress
@@ -20,8 +21,10 @@ from oracle_support import CARTON_G, CHAIN_ID, GOODS, ORACLE, WAREHOUSE, FakeCha
 
 from chain_client import errors
 from chain_client.errors import NodeUnavailable, TransactionRejected
-from chain_client.models import OrderStatus
+from chain_client.models import Certificate, CertificateStatus, Order, OrderStatus
 from chain_client.receipts import Observation, ReadingKind, sign_observation
+from chain_client.transactions import PreparedTx as SettleTx
+from chain_client.transactions import TxResult
 from oracle.agreement import Disputed, Expectations, Ready, Waiting, decide
 from oracle.devices import (
     DeviceError,
@@ -34,6 +37,7 @@ from oracle.devices import (
     load_device,
 )
 from oracle.gateway import Gateway
+from oracle.keeper import Keeper
 from oracle.relayer import Mined, NonceTooLow, PreparedTx, Relayer, observation_expectations
 from oracle.retry import backoff_delay
 from oracle.settings import OracleSettings
@@ -1777,3 +1781,213 @@ def test_an_order_past_its_deadline_and_freshness_fails_with_an_alert(tmp_path: 
     assert "no reading can confirm it now; its issuer may cancel it" in record.detail
     assert [a.kind for a in store.alerts()] == ["failed"]
     assert sub.prepared == 0
+
+
+# ---------------------------------------------------------------------- rule boundaries (mutation review)
+
+
+def test_weight_is_judged_against_the_lowest_count_not_the_highest() -> None:
+    """The contract pays for the lowest count, so the weight must match lowest count x carton
+    weight: with counts 1000 and 980 (within a tolerance of 20), 1000 cartons' weight is 2% over
+    what is paid for (more than the 1% allowed), and 980 cartons' weight is what is paid for."""
+    lenient_count = Expectations(CARTON_G, count_tolerance=20, weight_tolerance_pct=1.0)
+    heavy = readings({RFID_A: 1000, RFID_B: 980, SCALE: 1000 * CARTON_G})
+    decision = decide(heavy, threshold=3, required_kinds=BOTH, expectations=lenient_count)
+    assert isinstance(decision, Disputed) and "weight" in decision.reason
+    assert "980 cartons" in decision.reason
+    paid_for = readings({RFID_A: 1000, RFID_B: 980, SCALE: 980 * CARTON_G})
+    decision = decide(paid_for, threshold=3, required_kinds=BOTH, expectations=lenient_count)
+    assert isinstance(decision, Ready) and decision.delivered == 980
+
+
+@pytest.mark.parametrize(
+    "low, tolerance, agree",
+    [(999, 0, False), (999, 1, True), (998, 1, False), (980, 20, True), (979, 20, False)],
+)
+def test_counts_differing_by_exactly_the_tolerance_agree_and_by_one_more_are_disputed(
+    low: int, tolerance: int, agree: bool
+) -> None:
+    """RFID counts must be within `count_tolerance` cartons of each other: a difference equal to
+    the tolerance agrees, one carton more is a dispute (a tolerance of 0: the counts must match)."""
+    expect = Expectations(CARTON_G, count_tolerance=tolerance, weight_tolerance_pct=2.0)
+    rs = readings({RFID_A: 1000, RFID_B: low, SCALE: low * CARTON_G})
+    decision = decide(rs, threshold=3, required_kinds=BOTH, expectations=expect)
+    if agree:
+        assert isinstance(decision, Ready) and decision.delivered == low
+    else:
+        assert isinstance(decision, Disputed) and "RFID counts disagree" in decision.reason
+
+
+PORTAL_LOW, PORTAL_HIGH = account("portal-6"), account("portal-24")  # 0xc8F4... < 0xD56d...
+
+
+def test_readings_go_out_in_numeric_device_order_not_checksum_string_order(store: Store) -> None:
+    """The contract requires readings in ascending device address order, as numbers. Checksummed
+    addresses mix cases, so their strings sort differently: 0xD56d... sorts before 0xc8F4... as
+    text, after it as a number. Both what the agreement hands on and what the relayer signs must
+    follow the numbers."""
+    low, high = PORTAL_LOW.address, PORTAL_HIGH.address
+    assert int(low, 16) < int(high, 16) and sorted([low, high]) == [high, low]  # the case in point
+    chain = fake_chain()
+    chain.devices.update({low: int(ReadingKind.CARTON_COUNT), high: int(ReadingKind.CARTON_COUNT)})
+
+    def portal(acct: object) -> DeviceSigner:
+        from eth_account.signers.local import LocalAccount
+
+        assert isinstance(acct, LocalAccount)
+        return DeviceSigner(
+            acct, ReadingKind.CARTON_COUNT, MemorySequence(1), chain_id=CHAIN_ID, oracle=ORACLE
+        )
+
+    # Given highest first, so neither arrival order nor text order gives the numeric one.
+    rs = [
+        reading(portal(PORTAL_HIGH), 1000, chain),
+        reading(portal(PORTAL_LOW), 1000, chain),
+        reading(signer(SCALE), 1000 * CARTON_G, chain),
+    ]
+    numeric = sorted([low, high, SCALE.address], key=lambda a: int(a, 16))
+    decision = decide(rs, threshold=3, required_kinds=BOTH, expectations=EXPECT)
+    assert isinstance(decision, Ready)
+    assert [r.observation.device for r in decision.readings] == numeric
+
+    sub = FakeSubmitter(chain)
+    chain.threshold = 3
+    gw = Gateway(store, chain, clock_skew=30)
+    store.register_order(1, carton_weight_grams=CARTON_G, count_tolerance=None, weight_tolerance_pct=None)
+    for r in rs:
+        assert gw.ingest(r.encode(), "t").accepted
+    relayer(store, chain, sub).step()
+    assert store.order(1).state == OrderState.CONFIRMED  # type: ignore[union-attr]
+    [submitted] = sub.submitted
+    assert [r.observation.device for r in submitted] == numeric
+
+
+def test_a_reading_observed_at_the_orders_deadline_is_taken_one_second_later_is_not(store: Store) -> None:
+    """The ledger refuses a receipt whose time (its latest reading's) is after the order's
+    deadline: observed at the deadline itself is in time, a second later is not."""
+    chain = fake_chain()
+    chain.order_deadline = chain.now_value - 100
+    gw = Gateway(store, chain, clock_skew=30)
+    at_deadline = reading(signer(RFID_A), 1_000, chain, age=100)
+    assert at_deadline.observation.observed_at == chain.order_deadline
+    assert ingest(gw, at_deadline) is None
+    just_after = reading(signer(RFID_B), 1_000, chain, age=99)
+    assert just_after.observation.observed_at == chain.order_deadline + 1
+    assert ingest(gw, just_after) == Reason.AFTER_ORDER_DEADLINE
+
+
+def test_a_reading_of_a_kind_the_warehouse_has_no_range_for_is_refused_even_at_zero(store: Store) -> None:
+    """A kind without a range reads back as [0, 0]; the contract takes no reading of it, so even
+    the value 0, which [0, 0] would contain, is out of range (and a kind that has one still
+    passes)."""
+    chain = fake_chain()
+    del chain.ranges[int(ReadingKind.NET_WEIGHT_GRAMS)]
+    gw = Gateway(store, chain, clock_skew=30)
+    scale = signer(SCALE)
+    assert ingest(gw, reading(scale, 0, chain)) == Reason.OUT_OF_RANGE
+    assert ingest(gw, reading(scale, 1000 * CARTON_G, chain)) == Reason.OUT_OF_RANGE
+    assert ingest(gw, reading(signer(RFID_A), 1_000, chain)) is None
+    assert store.observations(1)[0].reading.observation.device == RFID_A.address
+
+
+# ---------------------------------------------------------------------- the keeper's listing
+
+
+class _SettlingChain:
+    """Just enough of a System for the keeper: blocks (number -> timestamp), one confirmed order and
+    its certificates (each issued in some block), and settle transactions that, like the ledger,
+    pay only certificates matured at the head's timestamp (else CertificateNotMatured)."""
+
+    def __init__(self, maturity: int) -> None:
+        self.maturity = maturity
+        self.stamps = [maturity - 86_400]  # block 0: the deployment
+        self.certificates: dict[int, Certificate] = {}
+        self.issued: dict[int, int] = {}  # certificate -> the block it was issued in
+        self.receipts: dict[str, TxResult] = {}
+        self.settling: list[int] = []  # the batch last prepared
+        self.settings = SimpleNamespace(receipt_timeout=1, poll_interval=0.001)
+        self.deployment_block = 0
+        self.chain_id = CHAIN_ID
+        self.contract = SimpleNamespace(functions=SimpleNamespace(settle=lambda ids: list(ids)))
+        self.system = SimpleNamespace(chain=self, ledger=self, tx=self, deployment=self)
+
+    # the chain
+    def mine(self, stamp: int) -> int:
+        self.stamps.append(stamp)
+        return len(self.stamps) - 1
+
+    def head(self) -> int:
+        return len(self.stamps) - 1
+
+    def latest_block(self) -> tuple[int, int]:
+        return self.head(), self.stamps[-1]
+
+    def now(self) -> int:
+        return self.stamps[-1]
+
+    def issue(self, stamp: int) -> int:
+        """A certificate of order 1 (the root, or one split off) in a new block stamped `stamp`."""
+        certificate_id = len(self.certificates) + 1
+        self.certificates[certificate_id] = Certificate(
+            certificate_id, ORACLE, self.maturity, 0, CertificateStatus.LIVE, False, 1_000, 1, 0
+        )
+        self.issued[certificate_id] = self.mine(stamp)
+        return certificate_id
+
+    # the ledger's views
+    def counts(self) -> tuple[int, int, int]:
+        return 1, len(self.certificates), 0
+
+    def order(self, order_id: int) -> Order:
+        return Order(
+            order_id, ORACLE, self.maturity, self.maturity - 3_600, OrderStatus.CONFIRMED, ORACLE,
+            1_000, 10**9, 0, 0, 1_000, 1, b"\x00" * 32, WAREHOUSE, GOODS,
+        )  # fmt: skip
+
+    def certificate(self, certificate_id: int) -> Certificate:
+        return self.certificates[certificate_id]
+
+    def certificate_ids_of_order(self, order_id: int, from_block: int, to_block: int) -> list[int]:
+        return [c for c, block in self.issued.items() if order_id == 1 and from_block <= block <= to_block]
+
+    # transactions
+    def prepare(self, acct: object, ids: list[int]) -> SettleTx:
+        for c in ids:
+            if self.certificates[c].maturity > self.stamps[-1]:
+                raise errors.ERRORS["CertificateNotMatured"](b"", certificateId=c, maturity=self.maturity)
+        n = len(self.receipts) + 1
+        self.settling = ids
+        return SettleTx(f"0x{n:064x}", b"", ORACLE, n)
+
+    def broadcast(self, prepared: SettleTx) -> None:
+        for c in self.settling:
+            old = self.certificates[c]
+            self.certificates[c] = Certificate(
+                c, old.holder, old.maturity, old.depth, CertificateStatus.SETTLED, False, old.value, 1, 0
+            )
+        self.receipts[prepared.tx_hash] = TxResult(prepared.tx_hash, self.mine(self.stamps[-1]), 60_000)
+
+    def receipt(self, tx_hash: str) -> TxResult | None:
+        return self.receipts.get(tx_hash)
+
+
+def test_the_keeper_lists_past_a_head_stamped_a_second_before_maturity_and_stops_at_maturity() -> None:
+    """The keeper's clock is at maturity, the chain's head a second short of it: a certificate may
+    still be split off (the ledger allows a split while block.timestamp < maturity), so that head
+    must not end the listing; the split made in the next block, stamped before maturity too, is
+    found and paid. The first head stamped at maturity ends it: no more log queries after that."""
+    maturity = 1_800_000_000
+    node = _SettlingChain(maturity)
+    root = node.issue(maturity - 3_600)
+    node.mine(maturity - 1)
+    keeper = Keeper(node.system, account("keeper"), clock=lambda: maturity)  # type: ignore[arg-type]
+    first = keeper.run_once()
+    assert first.settled == [] and first.refused  # not matured on chain yet: tried again
+    split = node.issue(maturity - 1)  # a holder splits the root, in a block still before maturity
+    node.mine(maturity)
+    second = keeper.run_once()
+    assert sorted(second.settled) == [root, split]
+    assert keeper.reads.listings == 1
+    queries = keeper.reads.log_queries
+    node.mine(maturity + 1)
+    assert keeper.run_once().settled == [] and keeper.reads.log_queries == queries
