@@ -19,11 +19,10 @@ import pytest
 from eth_typing import ChecksumAddress
 from oracle_support import CARTON_G, CHAIN_ID, GOODS, ORACLE, WAREHOUSE, FakeChain, account
 
-from chain_client import errors
+from chain_client import errors, transactions
 from chain_client.errors import NodeUnavailable, TransactionRejected
 from chain_client.models import Certificate, CertificateStatus, Order, OrderStatus
 from chain_client.receipts import Observation, ReadingKind, sign_observation
-from chain_client.transactions import PreparedTx as SettleTx
 from chain_client.transactions import TxResult
 from oracle.agreement import Disputed, Expectations, Ready, Waiting, decide
 from oracle.devices import (
@@ -1951,15 +1950,15 @@ class _SettlingChain:
         return [c for c, block in self.issued.items() if order_id == 1 and from_block <= block <= to_block]
 
     # transactions
-    def prepare(self, acct: object, ids: list[int]) -> SettleTx:
+    def prepare(self, acct: object, ids: list[int]) -> transactions.PreparedTx:
         for c in ids:
             if self.certificates[c].maturity > self.stamps[-1]:
                 raise errors.ERRORS["CertificateNotMatured"](b"", certificateId=c, maturity=self.maturity)
         n = len(self.receipts) + 1
         self.settling = ids
-        return SettleTx(f"0x{n:064x}", b"", ORACLE, n)
+        return transactions.PreparedTx(f"0x{n:064x}", b"", ORACLE, n)
 
-    def broadcast(self, prepared: SettleTx) -> None:
+    def broadcast(self, prepared: transactions.PreparedTx) -> None:
         for c in self.settling:
             old = self.certificates[c]
             self.certificates[c] = Certificate(
