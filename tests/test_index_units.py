@@ -24,7 +24,15 @@ from chain_client.index import source
 from chain_client.index.books import HANDLED_EVENTS, ZERO_ADDRESS, Books, encode_record
 from chain_client.index.db import AnotherDeploymentsIndex, IndexDatabase, check_index_of
 from chain_client.index.decode import Event, LogDecoder, RawLog
-from chain_client.index.digest import args_json, canonical, canonical_json, change_texts, event_document
+from chain_client.index.digest import (
+    args_json,
+    block_digest,
+    canonical,
+    canonical_json,
+    change_texts,
+    event_document,
+    genesis,
+)
 from chain_client.index.models import UINT256_MAX, CertificateRecord, IndexState
 from chain_client.index.state import merges_in
 from chain_client.models import OrderStatus, Role
@@ -301,6 +309,30 @@ def test_fast_encodings_equal_plain_canonical_json(decoder: LogDecoder) -> None:
     order = books.get("order", 1)
     assert order is not None
     assert json.loads(encode_record("order", order))["escrowed"] == str(2**100)
+
+
+def test_the_genesis_digest_commits_to_every_field_of_the_deployment() -> None:
+    """Two indexes of one chain's contracts that start from different deployment blocks (one
+    missing the first events) must not share a digest chain from its first link."""
+    start = genesis(31337, LEDGER, ORACLE, 5)
+    assert genesis(31337, LEDGER, ORACLE, 6) != start
+    assert genesis(1, LEDGER, ORACLE, 5) != start
+    assert genesis(31337, STRANGER, ORACLE, 5) != start
+    assert genesis(31337, LEDGER, STRANGER, 5) != start
+
+
+def test_the_digest_of_one_block_is_a_fixed_vector(decoder: LogDecoder) -> None:
+    """Pins the digest's format (the genesis document, an event's canonical document with its
+    changes, the block chaining): two auditors with different builds compare these hashes, so any
+    change to them is a new scheme, never a silent one. Both hashes were computed once, by the code
+    of scheme certledger/audit-digest/v1, and written down here."""
+    start = genesis(31337, LEDGER, ORACLE, 5)
+    assert start == "0x3c745ded7cf150d12cbf2a11414792cc3ace6305cad525f57931c8efeae4215c"
+    event = decoder.decode(_log(_abi("CertificateLedger", "OrderOpened"), _order_opened()))
+    assert isinstance(event, Event)
+    document = event_document(event, args_json(event.args), change_texts(Books(LEDGER, ORACLE).apply(event)))
+    after = block_digest(start, event.block_number, event.block_hash, [document])
+    assert after == "0x415b3e3dbc4bed8e4ab2593bb27c8ae99ab019f35569815a922da70c95f16da3"
 
 
 def test_books_flag_an_invoice_financed_twice(decoder: LogDecoder) -> None:
@@ -583,14 +615,18 @@ def test_a_getlogs_answer_with_a_log_outside_the_range_or_twice_is_refused() -> 
 # ---------------------------------------------------------------------- events against their records
 
 
-def _offer_and_sale(**sale: Any) -> list[tuple[str, str, dict[str, Any]]]:
-    factor = to_checksum_address("0x" + "88" * 20)
+FACTOR = to_checksum_address("0x" + "88" * 20)
+
+
+def _offer_and_sale(reserved_for: str = ZERO_ADDRESS, **sale: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    """An offer of certificate 1 (to any factor, or only to `reserved_for`) bought by FACTOR on its
+    terms, but for the sale's fields given in `sale`."""
     terms = {"certificateId": 1, "seller": HOLDER_A, "value": 1_000, "price": 900}
     return [
         (
             "CertificateLedger",
             "DiscountOffered",
-            {"offerId": 1, **terms, "buyer": ZERO_ADDRESS, "expiry": 1_900_000_000},
+            {"offerId": 1, **terms, "buyer": reserved_for, "expiry": 1_900_000_000},
         ),
         (
             "CertificateLedger",
@@ -598,7 +634,7 @@ def _offer_and_sale(**sale: Any) -> list[tuple[str, str, dict[str, Any]]]:
             {
                 "offerId": 1,
                 "boughtCertificateId": 1,
-                "buyer": factor,
+                "buyer": FACTOR,
                 "annualRateBps": 100,
                 **terms,
                 **sale,
@@ -617,6 +653,23 @@ def test_books_flag_a_sale_on_other_terms_than_its_offer(decoder: LogDecoder, sa
     assert len(differing) == (1 if sale else 0), books.violations
     if sale:
         assert "offer 1" in differing[0].message and "sold as" in differing[0].message
+
+
+@pytest.mark.parametrize(("buyer", "flagged"), [(FACTOR, False), (HOLDER_B, True)])
+def test_books_flag_a_sale_to_another_buyer_than_the_one_the_offer_is_reserved_for(
+    decoder: LogDecoder, buyer: str, flagged: bool
+) -> None:
+    """An offer made to one factor may be bought by that factor only: a sale of it to any other
+    account is not on the offer's terms, even at its price and value."""
+    books = Books(LEDGER, ORACLE)
+    _fold(
+        books, decoder, _two_holders_and_a_certificate() + _offer_and_sale(reserved_for=FACTOR, buyer=buyer)
+    )
+    differing = [v for v in books.violations if v.invariant == "I0" and v.entity == "offer"]
+    assert len(differing) == (1 if flagged else 0), books.violations
+    if flagged:
+        assert f"buyer {FACTOR}) sold as" in differing[0].message
+        assert differing[0].message.endswith(f"to {HOLDER_B}")
 
 
 def test_books_flag_a_settlement_to_another_than_the_holder(decoder: LogDecoder) -> None:
@@ -725,6 +778,217 @@ def test_i3_is_a_finding_for_a_deficit_and_a_note_for_a_surplus(
     assert bool(notes) is noted
     if noted:
         assert "7 more than open escrow plus credits" in notes[0]
+
+
+# ---------------------------------------------------------------------- I1, I2, I3 as events are folded
+
+
+ESCROWED, FACE = 1_000, 900
+
+
+def _registered_issuer_and_holder() -> list[tuple[str, str, dict[str, Any]]]:
+    cast = ((ISSUER, b"\x0c" * 32, Role.ISSUER), (HOLDER_A, b"\x0a" * 32, Role.SUPPLIER))
+    return [
+        (
+            "CertificateLedger",
+            "ParticipantRegistered",
+            {"account": account, "entityId": entity_id, "roles": int(roles), "issuerLimit": 10**6},
+        )
+        for account, entity_id, roles in cast
+    ]
+
+
+def _a_confirmed_order(settled: bool) -> list[tuple[str, str, dict[str, Any]]]:
+    """Order 1 escrows 1,000, is confirmed for 900 (100 refunded) as root certificate 1 held by
+    HOLDER_A, and, if `settled`, paid: every invariant holds."""
+    steps = [
+        *_registered_issuer_and_holder(),
+        ("CertificateLedger", "OrderOpened", _order_opened(escrowed=ESCROWED, payee=HOLDER_A)),
+        ("CertificateLedger", "Transfer", {"from": ZERO_ADDRESS, "to": HOLDER_A, "tokenId": 1}),
+        ("CertificateLedger", "TransferValue", {"_fromTokenId": 0, "_toTokenId": 1, "_value": FACE}),
+        (
+            "CertificateLedger",
+            "CertificateIssued",
+            {
+                "certificateId": 1,
+                "orderId": 1,
+                "parentId": 0,
+                "holder": HOLDER_A,
+                "value": FACE,
+                "depth": 0,
+                "maturity": 1_900_000_000,
+            },
+        ),
+        (
+            "CertificateLedger",
+            "OrderConfirmed",
+            {
+                "orderId": 1,
+                "rootCertificateId": 1,
+                "deliveredQuantity": 900,
+                "receivedAt": 1_700_000_000,
+                "face": FACE,
+                "refunded": ESCROWED - FACE,
+            },
+        ),
+    ]
+    if settled:
+        steps.append(
+            (
+                "CertificateLedger",
+                "CertificateSettled",
+                {"certificateId": 1, "orderId": 1, "holder": HOLDER_A, "value": FACE},
+            )
+        )
+    return steps
+
+
+@pytest.mark.parametrize("settled", [False, True])
+def test_the_invariants_hold_over_an_honest_order_confirmed_and_paid(
+    decoder: LogDecoder, settled: bool
+) -> None:
+    """The ground for the tests below: the same order, untouched, breaks nothing."""
+    from chain_client.index.books import check_invariants
+
+    books = Books(LEDGER, ORACLE)
+    _fold(books, decoder, _a_confirmed_order(settled))
+    assert books.violations == []
+    assert check_invariants(books) == []
+
+
+def test_books_flag_a_confirmation_whose_face_and_refund_are_not_the_escrow(decoder: LogDecoder) -> None:
+    """I1 as the receipt is confirmed: what becomes certificates plus what goes back to the issuer
+    is exactly what was escrowed, not a unit more or less."""
+    books = Books(LEDGER, ORACLE)
+    steps = _a_confirmed_order(settled=False)
+    confirmed = steps[-1][2]
+    steps[-1] = ("CertificateLedger", "OrderConfirmed", {**confirmed, "refunded": ESCROWED - FACE + 1})
+    _fold(books, decoder, steps)
+    assert [(v.invariant, v.entity, v.key, v.message) for v in books.violations] == [
+        ("I1", "order", 1, f"order 1: face {FACE} + refund {ESCROWED - FACE + 1} != escrowed {ESCROWED}")
+    ]
+
+
+def test_check_invariants_flag_a_cancelled_order_that_refunded_less_than_it_escrowed(
+    decoder: LogDecoder,
+) -> None:
+    """I1 over the final books: a cancelled order's refund must return the whole escrow (its unit
+    left in the ledger is owed to nobody)."""
+    from chain_client.index.books import check_invariants
+
+    books = Books(LEDGER, ORACLE)
+    _fold(
+        books,
+        decoder,
+        [
+            *_registered_issuer_and_holder(),
+            ("CertificateLedger", "OrderOpened", _order_opened(escrowed=ESCROWED, payee=HOLDER_A)),
+            (
+                "CertificateLedger",
+                "OrderCancelled",
+                {"orderId": 1, "issuer": ISSUER, "refunded": ESCROWED - 1},
+            ),
+        ],
+    )
+    assert books.violations == []
+    found = check_invariants(books)
+    assert [(v.invariant, v.entity, v.key) for v in found] == [("I1", "order", 1)]
+    assert found[0].message == (
+        f"order 1: live 0 + paid 0 + refunded {ESCROWED - 1} + unconfirmed 0 = {ESCROWED - 1} "
+        f"!= escrowed {ESCROWED}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("settled", "entity", "name", "delta", "expected"),
+    [
+        # value gone from a live certificate: the order no longer adds up, nor do its certificates
+        (False, "certificate", "value", -1, [
+            ("I1", f"order 1: live {FACE - 1} + paid 0 + refunded 100 + unconfirmed 0 = {ESCROWED - 1} "
+                   f"!= escrowed {ESCROWED}"),
+            ("I2", f"order 1: its certificates hold {FACE - 1}, face is {FACE}"),
+        ]),
+        # paid more than its settled certificates hold
+        (True, "order", "paid", 1, [
+            ("I1", f"order 1: live 0 + paid {FACE + 1} + refunded 100 + unconfirmed 0 = {ESCROWED + 1} "
+                   f"!= escrowed {ESCROWED}"),
+            ("I2", f"order 1: settled certificates hold {FACE}, paid is {FACE + 1}"),
+        ]),
+        # a settled certificate holding more than was paid for it, and than the face
+        (True, "certificate", "value", 1, [
+            ("I2", f"order 1: its certificates hold {FACE + 1}, face is {FACE}"),
+            ("I2", f"order 1: settled certificates hold {FACE + 1}, paid is {FACE}"),
+        ]),
+    ],
+)  # fmt: skip
+def test_check_invariants_flag_an_order_whose_certificates_or_payments_do_not_add_up(
+    decoder: LogDecoder, settled: bool, entity: str, name: str, delta: int, expected: list[tuple[str, str]]
+) -> None:
+    """I1 (live + paid + refunded = escrowed) and both halves of I2 (the certificates hold the face;
+    the settled ones hold what was paid) over the final books, each named for the order."""
+    from chain_client.index.books import check_invariants
+
+    books = Books(LEDGER, ORACLE)
+    _fold(books, decoder, _a_confirmed_order(settled))
+    record = books.get(entity, 1)
+    assert record is not None
+    record[name] += delta
+    found = check_invariants(books)
+    assert [(v.invariant, v.message) for v in found] == expected
+    assert {(v.entity, v.key) for v in found} == {("order", 1)}
+
+
+def test_books_flag_a_certificate_moved_by_an_account_that_does_not_hold_it(decoder: LogDecoder) -> None:
+    """A Transfer names who it moves the certificate from: an active holder who is not its holder
+    cannot have moved it, whoever it went to."""
+    books = Books(LEDGER, ORACLE)
+    _fold(books, decoder, _two_holders_and_a_certificate())
+    _fold(
+        books, decoder, [("CertificateLedger", "Transfer", {"from": HOLDER_B, "to": HOLDER_B, "tokenId": 1})]
+    )
+    assert [(v.invariant, v.message) for v in books.violations] == [
+        ("I4", f"certificate 1 moved from {HOLDER_B}, held by {HOLDER_A}")
+    ]
+
+
+@pytest.mark.parametrize(("withdrawn", "flagged"), [(500, False), (499, False), (501, True)])
+def test_books_flag_a_withdrawal_of_more_than_the_credit(
+    decoder: LogDecoder, withdrawn: int, flagged: bool
+) -> None:
+    """I3 per account: a holder withdraws at most what was credited to it; the whole credit, to the
+    unit, is an honest withdrawal."""
+    books = Books(LEDGER, ORACLE)
+    _fold(
+        books,
+        decoder,
+        [
+            ("CertificateLedger", "PaymentCredited", {"account": HOLDER_A, "orderId": 1, "amount": 500}),
+            ("CertificateLedger", "Withdrawn", {"account": HOLDER_A, "amount": withdrawn}),
+        ],
+    )
+    expected = [("I3", "credit", HOLDER_A, f"{HOLDER_A} withdrew {withdrawn} of a 500 credit")]
+    assert [(v.invariant, v.entity, v.key, v.message) for v in books.violations] == (
+        expected if flagged else []
+    )
+
+
+@pytest.mark.parametrize(("balance", "ok"), [(ESCROWED, True), (ESCROWED - 1, False)])
+def test_a_report_whose_only_findings_are_violations_is_not_ok(
+    decoder: LogDecoder, balance: int, ok: bool
+) -> None:
+    """Verify's verdict counts the invariants' breaches: a ledger a unit short of its escrow fails
+    the audit though every record, event, row and digest agrees."""
+    from chain_client import audit
+    from chain_client.index.views import ChainView
+
+    books = Books(LEDGER, ORACLE)
+    opened = ("CertificateLedger", "OrderOpened", _order_opened(escrowed=ESCROWED, payee=HOLDER_A))
+    _fold(books, decoder, [*_registered_issuer_and_holder(), opened])
+    violations, notes = audit._violations(books, ChainView(block=9, escrow_balance=balance))
+    report = audit.VerifyReport(9, "0x" + "00" * 32, "0x" + "00" * 32, violations=violations, notes=notes)
+    assert [v.invariant for v in report.violations] == ([] if ok else ["I3"])
+    assert report.ok is ok
+    assert [f.endswith("1 missing") for f in report.findings()] == ([] if ok else [True])
 
 
 # ---------------------------------------------------------------------- merges and whose index
