@@ -619,13 +619,13 @@ def cert_transfer(
     """Transfer a whole certificate, or split VALUE off to a new holder."""
 
     def job() -> TxResult:
-        ledger = _system(rpc_url, manifest).ledger
+        ledger, receiver = _system(rpc_url, manifest).ledger, _address(to)
         if value is None:
-            result = ledger.transfer(_signer(key_env), certificate_id, _address(to))
-            console.print(f"certificate {certificate_id} now held by {to}")
+            result = ledger.transfer(_signer(key_env), certificate_id, receiver)
+            console.print(f"certificate {certificate_id} now held by {receiver}", highlight=False)
         else:
-            new_id, result = ledger.split_to(_signer(key_env), certificate_id, _address(to), value)
-            console.print(f"certificate {new_id} of {value} now held by {to}")
+            new_id, result = ledger.split_to(_signer(key_env), certificate_id, receiver, value)
+            console.print(f"certificate {new_id} of {value} now held by {receiver}", highlight=False)
         return result
 
     _run(job)
