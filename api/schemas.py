@@ -218,7 +218,9 @@ class MergeOut(BaseModel):
 class LineageOut(BaseModel):
     certificate: CertificateOut
     children: list[LineageOut]
-    mergedInto: list[MergeOut] = Field(description="Merges of this certificate's value into others.")
+    mergedInto: list[MergeOut] = Field(
+        description="Merges of this certificate's value into others the caller may read."
+    )
 
 
 class ChangeOut(BaseModel):
@@ -244,7 +246,8 @@ class OfferOut(BaseModel):
     annualRateBps: int | None = Field(
         description="The simple annual rate a purchase now would earn, as the ledger's DiscountSold "
         "event reports it: (value - price) / price per year, by the timestamp of the index's last "
-        "block; null once matured."
+        "block; null unless the offer is open and neither it has expired nor its certificate matured "
+        "(a sold offer's rate is in its DiscountSold event)."
     )
     open: bool = Field(description="Not bought or cancelled yet (the chain's flag; see `expired`).")
     expired: bool = Field(

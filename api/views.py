@@ -89,6 +89,7 @@ def offer_out(r: OfferRecord, terms: OfferTerms, now: int, buyable: bool) -> Off
     """`now`: the chain's time as the index has it (IndexReader.head_time); `terms` and
     `buyable`: as IndexReader.offer_terms and IndexReader.buyable found them."""
     value, price, left = int(r.value), int(r.price), terms.maturity - now
+    buyable_now = bool(r.open) and r.expiry > now and left > 0
     return OfferOut(
         offerId=int(r.offer_id),
         certificateId=int(r.certificate_id),
@@ -100,7 +101,7 @@ def offer_out(r: OfferRecord, terms: OfferTerms, now: int, buyable: bool) -> Off
         orderId=terms.order_id,
         issuer=terms.issuer,
         maturity=terms.maturity,
-        annualRateBps=implied_annual_rate_bps(value, price, left) if left > 0 else None,
+        annualRateBps=implied_annual_rate_bps(value, price, left) if buyable_now else None,
         open=r.open,
         expired=r.expiry <= now,
         buyable=buyable,
@@ -320,6 +321,8 @@ def lineage_out(reader: IndexReader, root: CertificateRecord, visible: set[int] 
         children.setdefault(int(c.parent_id), []).append(cid)
     merged: dict[int, list[MergeOut]] = {}
     for m in reader.merges(set(by_id)):
+        if visible is not None and m.target not in visible:
+            continue  # into a certificate the caller may not read: its id and what it took are not told
         merged.setdefault(m.source, []).append(
             MergeOut(certificateId=m.target, value=m.value, blockNumber=m.block, txHash=m.tx)
         )

@@ -131,6 +131,8 @@ def _field(name: str, value: Any, error: str = "") -> str:
             return kind(value).name.lower()
         except ValueError:
             return str(value)
+    if name == "buyer" and value is None:
+        return "anyone"
     if name in _TIMES and isinstance(value, int) and 0 < value < 2**40:
         stamp = datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         return f"{value} ({stamp})"
@@ -181,7 +183,7 @@ def _run(job: Any) -> None:
         raise typer.Exit(2) from None
 
 
-def _approved(approval: TxResult | None, amount: int) -> None:
+def _say_approval(approval: TxResult | None, amount: int) -> None:
     """Says so when the ledger had to be approved first: a transaction of its own, paid for."""
     if approval is not None:
         console.print(
@@ -466,7 +468,7 @@ def order_open(
             "expected_quantity": quantity,
             "deadline": now + deadline_days * 86_400,
         }
-        _approved(
+        _say_approval(
             system.token.ensure_allowance(
                 issuer,
                 system.ledger.address,
@@ -814,7 +816,7 @@ def discount_buy(
         offer = system.ledger.offer(offer_id)
         if offer.seller == ZERO_ADDRESS:
             raise LookupError(f"no offer {offer_id}")
-        _approved(
+        _say_approval(
             system.token.ensure_allowance(
                 factor,
                 system.ledger.address,
@@ -871,15 +873,12 @@ def discount_offers(
     def job() -> None:
         system = _system(rpc_url, manifest)
         now = system.chain.now()
-        wanted_seller = None if seller is None else _address(seller)
-        wanted_buyer = None if buyer is None else _address(buyer)
-        offers = [
-            o
-            for o in system.ledger.open_offers(from_block=system.deployment.deployment_block)
-            if o.expiry > now
-            and (wanted_seller is None or o.seller == wanted_seller)
-            and (wanted_buyer is None or o.buyer in (ZERO_ADDRESS, wanted_buyer))
-        ]
+        offers = system.ledger.open_offers(
+            system.deployment.deployment_block,
+            expiring_after=now,
+            seller=None if seller is None else _address(seller),
+            buyer=None if buyer is None else _address(buyer),
+        )
         _emit([_offer_shown(system, o, now) for o in offers], as_json)
 
     _run(job)
@@ -888,12 +887,13 @@ def discount_offers(
 @dataclass(frozen=True)
 class OfferShown:
     """An offer as a buyer weighs it: the chain's offer, the certificate's order, debtor and
-    maturity, and the rate a purchase at `now` would earn (None once matured)."""
+    maturity, and the rate a purchase at `now` would earn (None unless it can be bought now:
+    open, unexpired, unmatured)."""
 
     offer_id: int
     certificate_id: int
     seller: ChecksumAddress
-    buyer: str
+    buyer: ChecksumAddress | None  # None: anyone may buy it
     value: int
     price: int
     expiry: int
@@ -909,11 +909,12 @@ def _offer_shown(system: System, offer: DiscountOffer, now: int) -> OfferShown:
     certificate = system.ledger.certificate(offer.certificate_id)
     order = system.ledger.order(certificate.order_id)
     left = certificate.maturity - now
+    buyable_now = offer.open and offer.expiry > now and left > 0
     return OfferShown(
         offer_id=offer.offer_id,
         certificate_id=offer.certificate_id,
         seller=offer.seller,
-        buyer="anyone" if offer.buyer == ZERO_ADDRESS else offer.buyer,
+        buyer=None if offer.buyer == ZERO_ADDRESS else offer.buyer,
         value=offer.value,
         price=offer.price,
         expiry=offer.expiry,
@@ -922,7 +923,7 @@ def _offer_shown(system: System, offer: DiscountOffer, now: int) -> OfferShown:
         order_id=certificate.order_id,
         issuer=order.issuer,
         maturity=certificate.maturity,
-        annual_rate_bps=implied_annual_rate_bps(offer.value, offer.price, left) if left > 0 else None,
+        annual_rate_bps=implied_annual_rate_bps(offer.value, offer.price, left) if buyable_now else None,
     )
 
 

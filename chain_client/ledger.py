@@ -331,18 +331,36 @@ class LedgerClient:
         logs = self._logs(self.contract.events.CertificateIssued, from_block, to_block, {"orderId": order_id})
         return [int(log["args"]["certificateId"]) for log in logs]
 
-    def open_offers(self, from_block: int = 0) -> list[DiscountOffer]:
-        """The offers still open on chain (neither bought nor cancelled; expired ones included, as
-        the chain keeps them open), found from the DiscountOffered, DiscountSold and
-        DiscountOfferCancelled events since `from_block` and read afresh."""
+    def open_offers(
+        self,
+        from_block: int = 0,
+        *,
+        expiring_after: int | None = None,
+        seller: ChecksumAddress | None = None,
+        buyer: ChecksumAddress | None = None,
+    ) -> list[DiscountOffer]:
+        """The offers still open on chain (neither bought nor cancelled), found from the
+        DiscountOffered, DiscountSold and DiscountOfferCancelled events since `from_block` and
+        read afresh. Expired offers stay open on chain for ever (their sellers may cancel them):
+        `expiring_after` keeps only those whose expiry is later; `seller` only that seller's;
+        `buyer` only those that account may buy (reserved for it or for anyone). The filters apply
+        to the events before any offer is read, so the reads do not grow with every offer made."""
         events = self.contract.events
-        offered = self._logs(events.DiscountOffered, from_block, None, {})
+        offered = self._logs(
+            events.DiscountOffered, from_block, None, {} if seller is None else {"seller": seller}
+        )
         closed = {
             int(log["args"]["offerId"])
             for event in (events.DiscountSold, events.DiscountOfferCancelled)
             for log in self._logs(event, from_block, None, {})
         }
-        ids = sorted({int(log["args"]["offerId"]) for log in offered} - closed)
+        ids = sorted(
+            int(log["args"]["offerId"])
+            for log in offered
+            if int(log["args"]["offerId"]) not in closed
+            and (expiring_after is None or int(log["args"]["expiry"]) > expiring_after)
+            and (buyer is None or log["args"]["buyer"] in (ZERO_ADDRESS, buyer))
+        )
         return [o for o in (self.offer(i) for i in ids) if o.open]
 
     def certificates_of_order(self, order_id: int, from_block: int = 0) -> list[Certificate]:

@@ -187,7 +187,9 @@ class Relay:
         """The unsigned EIP-1559 (or, on a zero-fee network, legacy) transaction for `fn` sent by
         `sender`, after a simulation: a call that would fail raises its typed error instead."""
         chain = self.system.chain
-        self.job_for(to_checksum_address(fn.address), bytes(HexBytes(fn._encode_transaction_data()))[:4])
+        job = self.job_for(
+            to_checksum_address(fn.address), bytes(HexBytes(fn._encode_transaction_data()))[:4]
+        )
         params: TxParams = {"from": sender, "chainId": chain.chain_id, "value": Wei(0)}
         try:
             params["gas"] = self.system.tx.estimate(sender, fn)
@@ -202,6 +204,9 @@ class Relay:
             raise RelayRefused(
                 "TransactionRejected", f"the node will not run it: {exc.reason}", 422, reason=exc.reason
             ) from None
+        # After the simulation, whose contract error says more where the contract checks the role
+        # itself; a job it does not gate (a token approval) would pass it and be refused at submit.
+        self._check_role(job, sender)
         params.update(self.system.tx.fees())
         params["nonce"] = call_checked(lambda: chain.w3.eth.get_transaction_count(sender, "pending"))
         tx: dict[str, Any] = dict(fn.build_transaction(params))
@@ -247,18 +252,7 @@ class Relay:
         if tx.value:
             raise RelayRefused("EtherNotAccepted", "certledger takes no ether", 422, value=tx.value)
         self._check_nonce(tx)
-        if job.roles is not None:
-            participant = self.system.ledger.participant(tx.sender)
-            if not participant.active or not participant.roles & job.roles:
-                raise RelayRefused(
-                    "RoleRequired",
-                    f"{job.function} needs an active participant with one of {_role_names(job.roles)}",
-                    403,
-                    account=tx.sender,
-                    required=_role_names(job.roles),
-                    roles=_role_names(participant.roles),
-                    active=participant.active,
-                )
+        self._check_role(job, tx.sender)
         fee = tx.max_fee_per_gas if tx.max_fee_per_gas is not None else (tx.gas_price or 0)
         self._check_gas(tx, fee)
         balance = call_checked(lambda: chain.w3.eth.get_balance(tx.sender))
@@ -272,6 +266,21 @@ class Relay:
             )
         self.simulate(tx)
         return job
+
+    def _check_role(self, job: Job, sender: ChecksumAddress) -> None:
+        if job.roles is None:
+            return
+        participant = self.system.ledger.participant(sender)
+        if not participant.active or not participant.roles & job.roles:
+            raise RelayRefused(
+                "RoleRequired",
+                f"{job.function} needs an active participant with one of {_role_names(job.roles)}",
+                403,
+                account=sender,
+                required=_role_names(job.roles),
+                roles=_role_names(participant.roles),
+                active=participant.active,
+            )
 
     def _check_nonce(self, tx: DecodedTx) -> None:
         """The nonce must be the sender's next, and every transaction the sender has pending before

@@ -17,6 +17,7 @@ or the same unclassified error on two items in a row (a node's answer in words o
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -159,7 +160,8 @@ class Gateway:
             for item in self.store.unprocessed(limit):
                 verdict, failure = self._check(item)
                 if failure is not None and suspect is not None and _same(failure, suspect[1]):
-                    if self._node_answers():
+                    # The store failing alike (a damaged file) is no item's fault either.
+                    if not isinstance(failure, sqlite3.Error) and self._node_answers():
                         verdicts += [self._count(*suspect), self._count(item, failure)]
                         suspect = None
                         continue
@@ -283,15 +285,15 @@ class Gateway:
         refused = check_reading(reading, self.chain, self.clock_skew)
         if refused is not None:
             return self._refuse(item, reading, refused.reason, refused.detail)
-        stored_id = self.store.accept(item.id, reading, item.source)
+        stored_id = self.store.accept(item.id, reading, item.source, self.clock_skew)
         if isinstance(stored_id, Held):
             self._compare_with_receipt(reading, stored_id.state)
             return self._refuse(item, reading, *_held(o.order_id, stored_id.state))
         if isinstance(stored_id, SetAside):
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stored_id.recounted_at))
             detail = (
-                f"received before the recount of {when} and checked after it: kept set aside; "
-                "the devices must read the goods again"
+                f"received or observed before the recount of {when}: kept set aside; the devices "
+                "must read the goods again"
             )
             return self._refuse(item, reading, Reason.REPLAYED, detail)
         if stored_id is None:  # the same (device, sequence) won a race with this one

@@ -6,7 +6,7 @@ that registers each order's expectations.
                               413 over 4,096 bytes (nothing kept) | 503 unavailable (nothing kept)
     PUT  /orders/{order_id}   expectations: carton weight, count and weight tolerances (with an
                               operator token configured, only with `Authorization: Bearer TOKEN`,
-                              as every route but /readings);
+                              as every route but /readings, and /docs and /openapi.json are off);
                               a field given changes, one left out keeps its value, null means the
                               configured default (as `oracle expect` and its --reset); the order
                               need not be open on chain yet; numbers as JSON gives them (422 for
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
@@ -97,7 +97,10 @@ def create_app(gateway: Gateway, store: Store, operator_token: str | None = None
     would force a dispute), and so does reading orders and alerts (expectations, disputes and
     transactions of every order: the operator's, where the API shows each party only its own).
     Readings need none: each is signed by an enrolled device."""
-    app = FastAPI(title="certledger oracle gateway")
+    # With a token, the intake is exposed beyond this machine: its API description is the
+    # operator's too (FastAPI's /docs and /openapi.json would answer anyone).
+    hidden: dict[str, Any] = {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="certledger oracle gateway", **(hidden if operator_token is not None else {}))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

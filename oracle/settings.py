@@ -34,7 +34,8 @@ class OracleSettings(BaseSettings):
     http_port: int = Field(default=8088, ge=0, le=65_535, description="Port of the HTTP intake (0: off).")
     operator_token: SecretStr | None = Field(
         default=None,
-        description="If set, PUT /orders/{id} (an order's expectations) needs it as a bearer token. "
+        description="If set, every HTTP route but POST /readings (orders' expectations, their states "
+        "and the alerts) needs it as a bearer token, and the intake serves no /docs or /openapi.json. "
         "Set it whenever the HTTP intake is reachable beyond this machine.",
     )
 

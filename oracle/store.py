@@ -95,8 +95,8 @@ CREATE TABLE IF NOT EXISTS orders (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     last_reading_at REAL,
-    -- when a person last resolved the order by a recount: a reading received before it (still in
-    -- the inbox then) is kept set aside like the readings the recount set aside
+    -- when a person last resolved the order by a recount: a reading received or observed before
+    -- it (waiting in the inbox, the broker or a device) is kept set aside like those it set aside
     recounted_at REAL,
     confirmed_at REAL,
     -- the block of the confirming transaction, when this relayer sent it (the keeper lists the
@@ -177,8 +177,8 @@ class Held:
 
 @dataclass(frozen=True)
 class SetAside:
-    """`Store.accept` kept the reading set aside: it was received before the order's recount
-    (`recounted_at`), so it does not count, as if it had been checked before the recount."""
+    """`Store.accept` kept the reading set aside: it was received or observed before the order's
+    recount (`recounted_at`), so it does not count, as if it had been checked before the recount."""
 
     observation_id: int
     recounted_at: float
@@ -560,17 +560,19 @@ class Store:
     # ------------------------------------------------------------------ verdicts
 
     def accept(
-        self, item_id: int | None, reading: SignedReading, source: str
+        self, item_id: int | None, reading: SignedReading, source: str, clock_skew: int = 0
     ) -> int | Held | SetAside | None:
         """Stores an accepted reading and marks its inbox row done, atomically. Returns the new
         observation id; None if (device, sequence) is already stored (a redelivery or replay);
         Held, storing nothing, if the order is submitting or confirmed: the relayer records its
         transaction in a transaction of this database too, so no reading slips in between; or
-        SetAside if the inbox received it before the order's last recount (it waited there while
-        a person resolved the dispute): kept, not counted, whenever it happens to be checked."""
+        SetAside if it is from before the order's last recount: received before it (it waited in
+        the inbox while a person resolved the dispute) or observed more than `clock_skew` seconds
+        before it (it waited in the broker's session or a device's buffer; the device's clock may
+        be that far off this one): kept, not counted, whenever it is checked."""
         o = reading.observation
-        now = time.time()
         with self.transaction() as db:
+            now = time.time()  # in the write transaction: after any recount committed before it
             row = db.execute(
                 "SELECT state, recounted_at FROM orders WHERE order_id = ?", (o.order_id,)
             ).fetchone()
@@ -583,7 +585,7 @@ class Store:
                 # The observation keeps the reading: the raw copy is no longer needed.
                 db.execute("DELETE FROM inbox WHERE id = ?", (item_id,))
             recounted_at: float | None = row["recounted_at"] if row is not None else None
-            aside = recounted_at is not None and received_at <= recounted_at
+            aside = recounted_at is not None and min(received_at, o.observed_at + clock_skew) <= recounted_at
             try:
                 cur = db.execute(
                     "INSERT INTO observations (order_id, device, sequence, kind, reading, source, "
@@ -870,8 +872,9 @@ class Store:
         NotResolvable for an order in any other state."""
         if not reason.strip():
             raise ValueError("say why the dispute is resolved: the reason is kept with the order")
-        now = time.time()
         with self.transaction() as db:
+            # Taken with the write lock: a reading received while this waited for it is before it.
+            now = time.time()
             row = db.execute("SELECT state FROM orders WHERE order_id = ?", (order_id,)).fetchone()
             state = OrderState(row["state"]) if row is not None else None
             if state not in (OrderState.DISPUTED, OrderState.FAILED):

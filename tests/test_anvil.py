@@ -494,13 +494,14 @@ def test_a_supplier_and_a_factor_work_from_the_cli(anvil: Anvil, tmp_path: Path)
     assert listed.exit_code == 0, listed.output
     [offer] = json.loads(listed.output)
     assert (offer["offer_id"], offer["order_id"], offer["issuer"], offer["buyer"]) == (
-        offer_id, order_id, issuer.address, "anyone",
+        offer_id, order_id, issuer.address, None,
     )  # fmt: skip
     # Priced for 89 whole days with a little over 89 left: a little under the 6% quoted.
     assert offer["maturity"] == ledger.certificate(root).maturity and 585 <= offer["annual_rate_bps"] <= 600
     shown = runner.invoke(app, ["discount", "show", str(offer_id)])
     assert shown.exit_code == 0 and f"issuer: {issuer.address}" in shown.output, shown.output
     assert "maturity: " in shown.output and " UTC)" in shown.output  # a time with its date
+    assert "buyer: anyone" in shown.output
     by_factor = runner.invoke(app, ["discount", "offers", "--seller", factor.address, "--json"])
     assert json.loads(by_factor.output) == []
     # The supplier splits a part off and merges it back: the lineage shows where its value went.

@@ -266,10 +266,10 @@ def test_clearing_expired_nonces_does_not_scan_them_all(tmp_path: Path) -> None:
     assert store.issued("old", "a", 0) is None and store.issued("new", "a", int(time.time())) == "d"
 
 
-def test_strangers_signing_requests_are_not_remembered(api: Api, world: World) -> None:
-    """Every signed request looks its sender up. A registered participant's record is kept a
-    moment (roles change rarely); a stranger's absence is not, or fresh keys, which cost nothing,
-    would grow the cache without end."""
+def test_strangers_looked_up_are_not_remembered(api: Api, world: World) -> None:
+    """Every signed request looks its sender up (`IndexReader.participant`). A registered
+    participant's record is kept a moment (roles change rarely); a stranger's absence is not, or
+    fresh keys, which cost nothing, would grow the cache without end."""
     reader = api.service.reader
     strangers = [Account.create().address for _ in range(20)]
     for address in strangers:

@@ -121,6 +121,18 @@ def test_lineage_shows_where_merged_value_went(api: Api, world: World, tree: dic
     reader = api.service.reader
     audited = {(m.source, m.target, m.value) for m in state_merges(reader.db, reader.state())}
     assert audited == {(kept, tree["root"], 4_000_00), (tree["a"], tree["root"], 1_000_00)}
+    # A merge into a certificate the caller may not read is not told: supplier2 gives part of `a`
+    # to the factor's `b`; it sees that `a` shrank, not where the value went. supplier1, who split
+    # both off, sees it.
+    world.ledger.merge(s2, tree["a"], tree["b"], 500_00)
+    reader.reach(world.chain.w3.eth.block_number)
+    assert merges(api.get(f"/v1/certificates/{tree['a']}/lineage", s2).json())[tree["a"]] == [
+        (tree["root"], 1_000_00)
+    ]
+    assert merges(api.get(f"/v1/certificates/{tree['root']}/lineage", s1).json())[tree["a"]] == [
+        (tree["root"], 1_000_00),
+        (tree["b"], 500_00),
+    ]
 
 
 def test_held_certificates_stay_readable(api: Api, world: World, tree: dict[str, int]) -> None:
@@ -377,6 +389,9 @@ def test_an_offer_shows_a_factor_what_it_would_buy(api: Api, world: World) -> No
     assert 590 <= listed["annualRateBps"] <= 600  # quoted for whole days, offered a little before
     sale = world.ledger.buy_discounted(factor, offer_id)[1].event("DiscountSold")
     assert abs(sale["annualRateBps"] - listed["annualRateBps"]) <= 1  # a few seconds later
+    api.service.reader.reach(world.chain.w3.eth.block_number)
+    sold = api.get(f"/v1/offers/{offer_id}", s1).json()  # its rate is the sale event's now
+    assert (sold["open"], sold["annualRateBps"]) == (False, None)
     world.chain.advance_time(cert.maturity - world.chain.now() + 1)
     api.service.reader.prime()
     matured = api.get(f"/v1/offers/{left_open}", factor).json()

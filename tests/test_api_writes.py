@@ -304,6 +304,9 @@ def test_refusals_change_nothing(api: Api, world: World) -> None:
         r = api.submit_raw(raw)
         assert (r.status_code, r.json()["code"]) == (status, code), r.text
         assert set(r.json()) == {"code", "message", "fields"}
+    # Prepared, the approval is refused as its submission is, not handed out to be refused later.
+    r = api.prepare("approve-token", s1, {"amount": 1})
+    assert (r.status_code, r.json()["code"]) == (403, "RoleRequired"), r.text
     assert world.chain.w3.eth.block_number == head
     assert world.balances() == books
 
@@ -681,6 +684,12 @@ def test_an_operator_moves_what_its_holder_approved(api: Api, world: World) -> N
     assert world.ledger.certificate(kept).value == 2_000_00
     assert world.ledger.allowance(root, factor.address) == 1_000_00
     r = api.prepare("merge", factor, {"fromId": root, "toId": elsewhere, "value": 1_000_00})
+    assert (r.status_code, r.json()["code"]) == (403, "Forbidden"), r.text
+    # Reading the source is not moving it: supplier2 reads the root its part came from, but a
+    # merge from it into the holder's other certificate is refused as unreadable, not answered
+    # InsufficientAllowance, which would tell that the holder has that certificate.
+    assert api.get(f"/v1/certificates/{root}", s2).status_code == 200
+    r = api.prepare("merge", s2, {"fromId": root, "toId": kept, "value": 1_000_00})
     assert (r.status_code, r.json()["code"]) == (403, "Forbidden"), r.text
     # The whole certificate, approved for it alone: moved from its holder, named in `holder`.
     api.do("approve", s1, {"certificateId": root, "operator": s2.address})

@@ -107,6 +107,8 @@ def test_with_an_operator_token_only_the_operator_changes_or_reads_orders(tmp_pa
         assert client.get(path).status_code == 401
         assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert client.get(path, headers={"Authorization": "Bearer operator-secret"}).status_code == 200
+    for path in ("/docs", "/redoc", "/openapi.json"):  # the API's description is the operator's too
+        assert client.get(path).status_code == 404
 
 
 def test_a_body_over_the_cap_is_refused_unread_and_not_kept(

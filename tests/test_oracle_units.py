@@ -1078,10 +1078,10 @@ def test_the_same_unclassified_error_on_two_items_is_node_trouble_not_counted(tm
 def test_two_readings_failing_alike_while_the_node_answers_are_counted_not_blamed_on_it(
     tmp_path: Path,
 ) -> None:
-    """Two copies of one bad reading at the head of the inbox fail alike. Taken for node trouble,
-    they ended every look uncounted, never quarantined, and no later reading was ever checked (a
-    security review's finding: any sender could stall the intake). The node still answers a plain
-    call, so the failures are the items' own: counted, backed off, quarantined; the rest goes on."""
+    """Two bad readings at the head of the inbox fail alike. Taken for node trouble, they ended
+    every look uncounted, never quarantined, and no later reading was ever checked (a security
+    review's finding: any sender could stall the intake). The node still answers a plain call, so
+    the failures are the items' own: counted, backed off, quarantined; the rest goes on."""
     store = Store(tmp_path / "o.db")
     chain = fake_chain()
     gw = Gateway(store, chain, clock_skew=30, max_attempts=2, retry_base=0.0001, retry_max=0.0001)

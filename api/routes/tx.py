@@ -302,10 +302,21 @@ def _certificates_in_reach(service: Service, caller: Caller, refs: References) -
     except ApiError as exc:
         if exc.status != 403 or refs.function not in _OPERATOR_JOBS:
             raise
-    source_holder: str | None = None
+    # A merge's destination (the only job naming two certificates) may be another certificate of
+    # the source's holder when the caller may move the source (its holder, or approved by it): the
+    # value stays the holder's, as the contract lets it go, and nothing of anyone else's is told.
+    # Reading the source is not enough: a past holder or a later tier may read it, and answers to
+    # its merges would tell which certificates its holder has.
+    merge = len(refs.certificates) == 2
+    movers_holder: str | None = None  # the source's holder, once the caller may move the source
     for position, certificate_id in enumerate(refs.certificates):
         try:
             record = certificate_for(service.reader, caller, certificate_id)
+            may_move = (
+                merge
+                and position == 0
+                and (record.holder == caller.address or _approved(service, caller.address, certificate_id))
+            )
         except ApiError as exc:
             if exc.status != 403:
                 raise
@@ -313,14 +324,12 @@ def _certificates_in_reach(service: Service, caller: Caller, refs: References) -
             if unseen is None:
                 raise
             record = unseen
-            # A merge's destination (the only job naming two certificates) with the source's
-            # holder: the operator the holder approved moves value between the holder's own
-            # certificates, as the contract lets it, and learns nothing of anyone else's.
-            merging_within = position == 1 and record.holder == source_holder
-            if not (merging_within or _approved(service, caller.address, certificate_id)):
+            within = position == 1 and movers_holder is not None and record.holder == movers_holder
+            if not (within or _approved(service, caller.address, certificate_id)):
                 raise
-        if position == 0:
-            source_holder = record.holder
+            may_move = position == 0
+        if may_move:
+            movers_holder = record.holder
 
 
 def _approved(service: Service, operator: str, certificate_id: int) -> bool:
