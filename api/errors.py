@@ -32,9 +32,10 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from web3.exceptions import Web3RPCError
 
-from api.index import IndexLagging
+from api.index import IndexLagging, IndexOffChain
 from chain_client.errors import (
     ContractError,
+    ContractMissing,
     ContractReverted,
     NodeUnavailable,
     OutcomeUnknown,
@@ -174,6 +175,15 @@ def install(app: FastAPI, retry_after: int) -> None:
         response = respond(503, "IndexUnavailable", "the event index is not available; try again", {})
         response.headers["Retry-After"] = str(retry_after)
         return response
+
+    @app.exception_handler(ContractMissing)
+    async def _contract_missing(_: Request, exc: ContractMissing) -> JSONResponse:
+        return respond(503, "ContractMissing", str(exc), {})
+
+    @app.exception_handler(IndexOffChain)
+    async def _off_chain(_: Request, exc: IndexOffChain) -> JSONResponse:
+        # Not Retry-After: waiting does not help, an operator must rebuild the index.
+        return respond(503, "IndexOffChain", str(exc), {})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -73,6 +73,17 @@ class IndexLagging(CertledgerError):
     """The index did not reach a block in time."""
 
 
+class IndexOffChain(CertledgerError):
+    """The node no longer has the block the index began at: the chain was reset or replaced
+    under the running service, and the books the index holds are of a chain that is gone."""
+
+
+#: How often reads check that the node still has the index's first block, in seconds.
+CHAIN_CHECK_INTERVAL = 5.0
+#: The longest a failing follower waits before its next round, in seconds.
+FOLLOW_BACKOFF_MAX = 30.0
+
+
 @dataclass(frozen=True)
 class OfferTerms:
     """An offer's certificate as a buyer sees it before buying (`IndexReader.offer_terms`)."""
@@ -109,6 +120,8 @@ class IndexReader:
         self._thread: threading.Thread | None = None
         self._participants: dict[str, tuple[float, ParticipantRecord | None]] = {}
         self._head_time: tuple[str, int] | None = None
+        self._chain_checked = -CHAIN_CHECK_INTERVAL
+        self._off_chain: IndexOffChain | None = None
 
     # ------------------------------------------------------------------ background sync
 
@@ -125,16 +138,56 @@ class IndexReader:
             self._thread = None
 
     def _follow(self) -> None:
-        while not self._stop.wait(self.interval):
+        failures = 0
+        while not self._stop.wait(self._backoff(failures)):
             try:
                 self._sync()
+                failures = 0
             except FINAL_FAILURES as exc:  # the manifest and the index do not belong together
                 log.error("index sync stopped: %s", exc)
                 return
             except ROUND_FAILURES as exc:
                 # The node or the database is down, or the chain moved under us: reads serve what
-                # is indexed, and the next round tries again (the thread must outlive the trouble).
-                log.warning("index sync failed, trying again in %.1f s: %s", self.interval, exc)
+                # is indexed (or refuse, once the chain is gone: `on_chain`), and the next round
+                # tries again, later each time (the thread must outlive the trouble).
+                failures = min(failures + 1, 16)
+                log.warning("index sync failed, trying again in %.1f s: %s", self._backoff(failures), exc)
+
+    def _backoff(self, failures: int) -> float:
+        """The wait before the next round: the interval, doubled by each failure in a row."""
+        return float(min(self.interval * 2**failures, max(self.interval, FOLLOW_BACKOFF_MAX)))
+
+    def on_chain(self) -> None:
+        """Raises IndexOffChain when the node no longer has the index's first block (a chain
+        reset, or a new one on the same node URL): checked at most every CHAIN_CHECK_INTERVAL, in
+        every process that reads, since a follower process's failure is not seen by the others.
+        A node that does not answer is no reason: reads keep serving the index (D43)."""
+        now = time.monotonic()
+        if now - self._chain_checked < CHAIN_CHECK_INTERVAL:
+            if self._off_chain is not None:
+                raise self._off_chain
+            return
+        self._chain_checked = now
+        first = self.db.first_block(self.chain_id)
+        if first is None:
+            self._off_chain = None
+            return
+        try:
+            found = self.chain.block_hash(int(first.number))
+        except Exception as exc:
+            log.debug("could not check the index's first block against the node: %s", exc)
+            return
+        if found is not None and found.lower() == first.hash.lower():
+            self._off_chain = None
+            return
+        self._off_chain = IndexOffChain(
+            f"the node has no block {first.hash} at height {first.number}, where the index began: "
+            "the chain was reset or replaced, and the index's books are of a chain that is gone; "
+            "rebuild it with `certledger audit replay` (against the manifest of what is deployed "
+            "now) and restart the service"
+        )
+        log.error("%s", self._off_chain)
+        raise self._off_chain
 
     def _sync(self, block: int | None = None) -> None:
         """Syncs, unless (for a write's `block`) a sync that finished meanwhile already covers it:
@@ -154,7 +207,9 @@ class IndexReader:
             self._sync()
 
     def fresh(self) -> None:
-        """Syncs first if reads sync here and the last sync is older than the interval."""
+        """Syncs first if reads sync here and the last sync is older than the interval; refuses
+        an index of a chain the node no longer has (`on_chain`)."""
+        self.on_chain()
         if self._indexer is None or self.background or time.monotonic() - self._last < self.interval:
             return
         with self._lock:

@@ -14,6 +14,7 @@ from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, HexStr
 from eth_utils import keccak
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
+from web3.exceptions import BlockNotFound
 from web3.providers.rpc.utils import ExceptionRetryConfiguration
 from web3.types import Wei
 
@@ -56,6 +57,13 @@ class Chain:
         """The timestamp of block `block` (a number or a hash); web3's BlockNotFound if the node
         has no such block (a hash reorged away)."""
         return int(self.w3.eth.get_block(block)["timestamp"])
+
+    def block_hash(self, number: int) -> str | None:
+        """The 0x hash of the node's block `number`; None if the node has no such block."""
+        try:
+            return "0x" + bytes(self.w3.eth.get_block(number)["hash"]).hex()
+        except BlockNotFound:
+            return None
 
     def pending_nonce(self, address: ChecksumAddress) -> int:
         """The nonce the node would give `address`'s next transaction (its pending count)."""

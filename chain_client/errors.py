@@ -152,6 +152,11 @@ class ManifestError(CertledgerError):
     """A deployment manifest is missing, malformed, or for another chain or code."""
 
 
+class ContractMissing(ManifestError):
+    """A call to one of the manifest's contracts came back with no data: there is no code at its
+    address on the node's chain now (the chain was reset or replaced under a running service)."""
+
+
 class InvalidArgument(CertledgerError, ValueError):
     """An argument the contract function's ABI type cannot hold (a negative amount, a value past
     2^256 - 1, bytes of the wrong length): refused before anything is signed or sent. web3 says only

@@ -20,6 +20,7 @@ from hexbytes import HexBytes
 from requests.exceptions import RequestException
 from web3.contract.contract import ContractConstructor, ContractFunction
 from web3.exceptions import (
+    BadFunctionCallOutput,
     BadResponseFormat,
     CannotHandleRequest,
     ContractCustomError,
@@ -35,6 +36,7 @@ from web3.types import BlockIdentifier, Nonce, TxParams, TxReceipt, Wei
 
 from chain_client.errors import (
     CertledgerError,
+    ContractMissing,
     ContractReverted,
     MinedRevert,
     NodeUnavailable,
@@ -161,6 +163,12 @@ def call_checked(fn: Callable[[], T]) -> T:
         return fn()
     except (ContractCustomError, ContractPanicError, ContractLogicError) as exc:
         raise _typed(exc) from None
+    except BadFunctionCallOutput as exc:
+        # web3's "could not decode ... return data b''": every view of ours returns data.
+        raise ContractMissing(
+            "a contract of the manifest answered no data: there is no code at its address on the "
+            "node's chain (was the chain reset or replaced?)"
+        ) from exc
     except Exception as exc:
         if node_failure(exc):
             raise unavailable("node", exc) from exc

@@ -24,6 +24,7 @@ from oracle.gateway import Gateway
 from oracle.keeper import Keeper
 from oracle.mqtt import MqttIntake
 from oracle.relayer import CrashHook, Relayer, observation_expectations
+from oracle.retry import is_transient
 from oracle.settings import OracleSettings
 from oracle.store import Store
 from oracle.submitter import ChainSubmitter
@@ -163,9 +164,19 @@ class OracleService:
             self._last_keeper = time.monotonic()
             try:
                 self.keeper.run_once()
-            except Exception:
+            except Exception as exc:
                 # The keeper is a convenience (anyone may settle); its trouble must not stop receipts.
-                log.exception("keeper run failed; trying again in %ss", self.settings.keeper_interval)
+                # The node away is said in a line (each run while it is away would repeat it); a
+                # failure of another kind keeps its traceback.
+                interval = self.settings.keeper_interval
+                if is_transient(exc):
+                    log.warning(
+                        "keeper run failed (node or store unavailable; trying again in %ss): %s",
+                        interval,
+                        exc,
+                    )
+                else:
+                    log.exception("keeper run failed; trying again in %ss", interval)
 
     def _retry_unstored(self) -> None:
         if self.mqtt is not None:

@@ -414,3 +414,35 @@ def test_serve_refuses_several_workers_on_the_embedded_chain() -> None:
     result = CliRunner().invoke(build_app(), ["serve", "--workers", "2"], env={"CERTLEDGER_RPC_URL": ""})
     assert result.exit_code == 2
     assert "--workers" in result.output
+
+
+def test_reads_refuse_an_index_of_a_chain_the_node_no_longer_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's chain is reset (or another started on its URL) under a running service: its
+    follower failed every round for ever while the reads went on answering 200 with the gone
+    chain's books. They answer 503 IndexOffChain, saying to rebuild the index."""
+    from api import index
+
+    monkeypatch.setattr(index, "CHAIN_CHECK_INTERVAL", 0.0)
+    with anvil_node() as url:
+        chain = connect_node(url)
+        admin, a = chain.new_account(), chain.new_account()
+        system = System.deploy(chain, admin, admin_entity_id=label_hash("USCC:OPERATOR"))
+        system.ledger.register_participant(admin, a.address, label_hash("A"), Role.SUPPLIER)
+        settings = ApiSettings(
+            rpc_url=url, index_db=str(tmp_path / "index.sqlite"), auth_secret=SecretStr(SECRET)
+        )
+        service = Service.build(system, settings)
+        with TestClient(create_app(service)) as client:
+            headers = _login(client, a)
+            assert client.get("/v1/certificates", headers=headers).status_code == 200
+            rpc(chain, "anvil_reset")  # the chain starts again from its genesis
+            r = client.get("/v1/certificates", headers=headers)
+            assert (r.status_code, r.json()["code"]) == (503, "IndexOffChain"), r.text
+            assert "audit replay" in r.json()["message"] and "Retry-After" not in r.headers
+            # Signing in reads the registry on chain, where the ledger's code is gone: said so, not a 500.
+            message = client.post("/v1/auth/nonce", json={"address": a.address}).json()["message"]
+            signature = "0x" + bytes(a.sign_message(encode_defunct(text=message)).signature).hex()
+            r = client.post("/v1/auth/login", json={"message": message, "signature": signature})
+            assert (r.status_code, r.json()["code"]) == (503, "ContractMissing"), r.text

@@ -456,6 +456,15 @@ class IndexDatabase:
 
     # ------------------------------------------------------------------ reading back
 
+    def first_block(self, chain_id: int) -> BlockRecord | None:
+        """The earliest block the index recorded (where its sync began): a node without it is on
+        another chain than the one the index was built from."""
+        table = table_of(BlockRecord)
+        query = select(table).where(table.c.chain_id == chain_id).order_by(table.c.number).limit(1)
+        with self._reading() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else BlockRecord(**dict(row))
+
     def load_books(self, state: IndexState) -> Books:
         books = Books(state.ledger, state.oracle)
         with self._reading() as conn:
