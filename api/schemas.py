@@ -426,7 +426,9 @@ class SetRolesIn(Body):
     )
     account: Address
     roles: list[RoleName] = Field(
-        max_length=6, description="The account's roles from now on (none: no role)."
+        min_length=1,
+        max_length=6,
+        description="The account's roles from now on (at least one: to stop an account, suspend it).",
     )
 
 

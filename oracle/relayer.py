@@ -741,7 +741,7 @@ class Relayer:
             log.info("order %d confirmed: root certificate %s", order_id, mined.root_certificate_id)
         elif mined.error_name in TIMING_ERRORS:
             # Mined and reverted only for its timing: its nonce is spent, nothing was confirmed.
-            self._backoff(record, OrderState.COLLECTING, f"{mined.tx_hash} reverted {mined.error_name}")
+            self._waiting(record, mined.error_name or "", f"{mined.tx_hash} reverted {mined.error_name}")
         elif mined.error_name in LAPSE_ERRORS:
             self._abandon(record, f"mined too late, it reverted {mined.detail or mined.error_name}")
         else:
@@ -756,7 +756,7 @@ class Relayer:
     def _reverted(self, record: OrderRecord, exc: ContractReverted, state: OrderState) -> None:
         name = getattr(exc, "error_name", "") or type(exc).__name__
         if name in TIMING_ERRORS:
-            self._backoff(record, OrderState.COLLECTING, f"refused for now: {exc}")
+            self._waiting(record, name, f"refused for now: {exc}")
             return
         if name in LAPSE_ERRORS:
             if state == OrderState.SUBMITTING:  # mined (the embedded chain executes on send)
@@ -785,7 +785,28 @@ class Relayer:
         )
         log.error("order %d: refused by the contract: %s: %s", record.order_id, name, detail)
 
-    def _backoff(self, record: OrderRecord, state: OrderState, reason: str, **fields: Any) -> None:
+    def _waiting(self, record: OrderRecord, error_name: str, reason: str) -> None:
+        """A receipt refused for its timing: the order collects again and retries, and is told as
+        what it is, not as node trouble: the ledger paused (the operator's emergency stop; readings
+        that lapse meanwhile are left out, and the devices must read again), or a reading ahead of
+        the chain's clock."""
+        if error_name == "SystemPaused":
+            kind = "paused"
+            trouble = "the ledger is paused: the receipt goes out once it is unpaused, less readings lapsed"
+        else:
+            kind, trouble = "early", "a reading is ahead of the chain's clock"
+        self._backoff(record, OrderState.COLLECTING, reason, kind=kind, trouble=trouble)
+
+    def _backoff(
+        self,
+        record: OrderRecord,
+        state: OrderState,
+        reason: str,
+        *,
+        kind: str = "node",
+        trouble: str = "node trouble",
+        **fields: Any,
+    ) -> None:
         attempts = record.attempts + 1
         delay = backoff_delay(attempts, self.settings.retry_base, self.settings.retry_max)
         n = self.settings.retry_attempts
@@ -793,11 +814,11 @@ class Relayer:
         # ever must stay visible), in the same transaction as the state.
         alert = None
         if attempts >= n and (attempts - n) % n == 0:
-            alert = ("node", f"{attempts} errors in a row: {reason}")
+            alert = (kind, f"{attempts} tries in a row: {trouble} ({reason})")
         self.store.set_state(
             record.order_id,
             state,
-            f"node trouble ({reason}); retry {attempts} in {delay:.1f}s",
+            f"{trouble} ({reason}); retry {attempts} in {delay:.1f}s",
             attempts=attempts,
             next_attempt_at=time.time() + delay,
             dirty=state == OrderState.COLLECTING,

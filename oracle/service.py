@@ -19,6 +19,7 @@ from eth_account.signers.local import LocalAccount
 from pydantic import SecretStr
 
 from chain_client.system import System
+from chain_client.transactions import call_checked
 from oracle.chainview import SystemView
 from oracle.gateway import Gateway
 from oracle.keeper import Keeper
@@ -26,7 +27,7 @@ from oracle.mqtt import MqttIntake
 from oracle.relayer import CrashHook, Relayer, observation_expectations
 from oracle.retry import is_transient
 from oracle.settings import OracleSettings
-from oracle.store import Store
+from oracle.store import DeploymentMark, Store
 from oracle.submitter import ChainSubmitter
 
 if TYPE_CHECKING:
@@ -71,6 +72,11 @@ class OracleService:
         keeper: bool = True,
     ) -> OracleService:
         store = Store(settings.db)
+        try:
+            store.bind(deployment_mark(system))
+        except BaseException:
+            store.close()
+            raise
         lock = threading.RLock()
         view = SystemView(system, lock, clock_margin=settings.clock_margin)
         gateway = Gateway(
@@ -240,3 +246,10 @@ def _await_serving(server: uvicorn.Server, thread: threading.Thread, where: str)
         if not thread.is_alive() or time.monotonic() > deadline:
             raise HttpUnavailable(f"the HTTP intake on {where} did not start (see the log above)")
         time.sleep(0.01)
+
+
+def deployment_mark(system: System) -> DeploymentMark:
+    """The deployment `system` runs on, as the oracle's store records it (`Store.bind`)."""
+    d = system.deployment
+    found = call_checked(lambda: system.chain.block_hash(d.deployment_block))
+    return DeploymentMark(d.chain_id, d.ledger, d.oracle, d.deployment_block, found or "")

@@ -116,6 +116,17 @@ CREATE TABLE IF NOT EXISTS settlements (
     tx_hash TEXT NOT NULL,
     at REAL NOT NULL
 );
+-- The deployment this store's orders belong to, recorded when an oracle first runs on it: order
+-- ids are per deployment, so a store carried to another chain (a reset development node, a new
+-- deployment) would answer for orders of the one it was made for.
+CREATE TABLE IF NOT EXISTS deployment (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    chain_id INTEGER NOT NULL,
+    ledger TEXT NOT NULL,
+    oracle TEXT NOT NULL,
+    deployment_block INTEGER NOT NULL,
+    block_hash TEXT NOT NULL
+);
 -- The keeper's settle batch sent and not yet mined (at most one: nothing new goes while it waits),
 -- so a restarted keeper looks for it first instead of signing the next nonce behind it.
 CREATE TABLE IF NOT EXISTS keeper_flight (
@@ -130,7 +141,7 @@ CREATE TABLE IF NOT EXISTS keeper_flight (
 #: The tables `_SCHEMA` makes. A database holding any other table or view is another tool's: an
 #: older oracle store has a subset of these (the rest are added when it opens), never others.
 _TABLES = frozenset(
-    {"inbox", "observations", "rejections", "orders", "alerts", "settlements", "keeper_flight"}
+    {"inbox", "observations", "rejections", "orders", "alerts", "settlements", "keeper_flight", "deployment"}
 )
 
 #: SQLite's `PRAGMA application_id` of an oracle store ("CLor"): set on every store opened, so the
@@ -199,6 +210,36 @@ class StoreUnusable(Exception):
     def __init__(self, path: Path, message: str, reason: str) -> None:
         self.path, self.reason = path, reason
         super().__init__(message)
+
+
+class StoreOfAnotherChain(StoreUnusable):
+    """The store was made for another deployment or chain than the one the oracle runs on."""
+
+    def __init__(self, path: Path, recorded: DeploymentMark, found: DeploymentMark) -> None:
+        reason = (
+            f"it was made for chain {recorded.chain_id}, ledger {recorded.ledger}, deployed in block "
+            f"{recorded.deployment_block} ({recorded.block_hash[:18]}...), and the node's chain has "
+            f"{found.chain_id}, {found.ledger}, block {found.deployment_block} "
+            f"({found.block_hash[:18] + '...' if found.block_hash else 'no such block'})"
+        )
+        super().__init__(
+            path,
+            f"the oracle database {path} belongs to another chain or deployment: {reason}; its orders "
+            "are not this chain's: move it aside to start afresh, or run the oracle against its chain",
+            reason,
+        )
+
+
+@dataclass(frozen=True)
+class DeploymentMark:
+    """What identifies a deployment on its chain: its contracts and its deployment block's hash
+    (a reset development chain redeploys to the same addresses, not in the same block)."""
+
+    chain_id: int
+    ledger: str
+    oracle: str
+    deployment_block: int
+    block_hash: str
 
 
 class StoreCannotOpen(StoreUnusable):
@@ -416,6 +457,26 @@ class Store:
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return list(self._db.execute(sql, args).fetchall())
+
+    # ------------------------------------------------------------------ deployment
+
+    def bind(self, found: DeploymentMark) -> None:
+        """Records the deployment the oracle runs on, the first time; after that raises
+        StoreOfAnotherChain if it is not the one recorded."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT chain_id, ledger, oracle, deployment_block, block_hash FROM deployment WHERE id = 1"
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO deployment (id, chain_id, ledger, oracle, deployment_block, block_hash) "
+                    "VALUES (1, ?, ?, ?, ?, ?)",
+                    (found.chain_id, found.ledger, found.oracle, found.deployment_block, found.block_hash),
+                )
+                return
+        recorded = DeploymentMark(int(row[0]), str(row[1]), str(row[2]), int(row[3]), str(row[4]))
+        if recorded != found:
+            raise StoreOfAnotherChain(self.path, recorded, found)
 
     # ------------------------------------------------------------------ inbox
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,10 @@ from oracle.devices import DeviceSigner, MemorySequence, ReadingContext
 from oracle.gateway import Gateway, Verdict
 from oracle.keeper import Keeper
 from oracle.relayer import PreparedTx, Relayer
+from oracle.service import OracleService, deployment_mark
 from oracle.settings import OracleSettings
 from oracle.simulator import malleate
-from oracle.store import NotResolvable, OrderState, Store
+from oracle.store import NotResolvable, OrderState, Store, StoreOfAnotherChain
 from oracle.submitter import ChainSubmitter
 from oracle.validation import Reason
 from oracle.wire import SignedReading
@@ -790,3 +792,24 @@ def test_a_confirmation_records_its_block_for_the_keeper(rig: Rig) -> None:
     keeper = Keeper(rig.world.system, rig.world.cast.relayer, rig.store)
     keeper.run_once()
     assert [m[2] for m in keeper._maturing if m[1] == rig.order_id] == [record.confirmed_block]
+
+
+# ---------------------------------------------------------------------- the store's deployment
+
+
+def test_an_oracle_store_of_another_chain_or_deployment_is_refused(rig: Rig, tmp_path: Path) -> None:
+    """Order ids are per deployment: a store kept across a reset development chain (redeployed to
+    the same addresses) refused its readings with the old chain's states, `order 1 is confirmed`,
+    with no word of why. The store records the deployment it first ran on, and an oracle on
+    another is refused at start, in one line, before anything is judged."""
+    settings = rig.settings.model_copy(update={"db": tmp_path / "bound.db"})
+    relayer = rig.world.cast.relayer
+    OracleService.build(settings, rig.world.system, relayer, keeper=False).close()
+    OracleService.build(settings, rig.world.system, relayer, keeper=False).close()  # the same: fine
+    with closing(sqlite3.connect(settings.db)) as db, db:
+        db.execute("UPDATE deployment SET block_hash = ?", ("0x" + "ab" * 32,))  # another chain's
+    with pytest.raises(StoreOfAnotherChain, match="belongs to another chain or deployment") as refused:
+        OracleService.build(settings, rig.world.system, relayer, keeper=False)
+    assert "move it aside" in str(refused.value)
+    fresh = deployment_mark(rig.world.system)
+    assert fresh.block_hash.startswith("0x") and fresh.block_hash != "0x" + "ab" * 32

@@ -961,6 +961,25 @@ def test_readings_not_yet_behind_the_latest_block_wait(store: Store) -> None:
     assert store.order(1).state == OrderState.CONFIRMED  # type: ignore[union-attr]
 
 
+def test_a_paused_ledger_is_told_as_a_pause_not_as_node_trouble(store: Store) -> None:
+    """An operator's emergency pause held every receipt back as "node trouble", alerted as the
+    node's: the order's detail and its alert say the ledger is paused, and what that costs."""
+    chain = fake_chain()
+    sub = FakeSubmitter(chain)
+    sub.revert = errors.ERRORS["SystemPaused"](b"")
+    ready_order(store, chain)
+    settings = OracleSettings(retry_base=0.0001, retry_max=0.0001, retry_attempts=2)
+    r = Relayer(store, chain, sub, settings, receipt_timeout=1)
+    for _ in range(2):
+        r.step()
+        time.sleep(0.001)
+    record = store.order(1)
+    assert record is not None and record.state == OrderState.COLLECTING
+    assert record.detail.startswith("the ledger is paused") and "node trouble" not in record.detail
+    [alert] = store.alerts()
+    assert alert.kind == "paused" and "2 tries in a row: the ledger is paused" in alert.message
+
+
 @pytest.mark.parametrize("name", ["ObservationFromFuture", "SystemPaused"])
 @pytest.mark.parametrize("where", ["simulation", "mined"])
 def test_a_revert_that_depends_on_timing_backs_off_and_collects_again(
