@@ -39,12 +39,20 @@ app = typer.Typer(no_args_is_help=True)
 order_app = typer.Typer(help="Open, cancel and show orders.", no_args_is_help=True)
 cert_app = typer.Typer(help="Show, split, transfer, merge, freeze certificates.", no_args_is_help=True)
 discount_app = typer.Typer(help="Quote, offer and buy discount sales.", no_args_is_help=True)
-participant_app = typer.Typer(help="Register, suspend and show participants.", no_args_is_help=True)
+participant_app = typer.Typer(
+    help="Register, suspend, reinstate, set roles and limits of, and show participants.", no_args_is_help=True
+)
+admin_app = typer.Typer(
+    help="Emergency pause, split rules and the system's status (ADMIN).", no_args_is_help=True
+)
 app.add_typer(order_app, name="order")
 app.add_typer(cert_app, name="cert")
 app.add_typer(discount_app, name="discount")
-warehouse_app = typer.Typer(help="Register warehouses and their device keys.", no_args_is_help=True)
+warehouse_app = typer.Typer(
+    help="Register, rotate, deactivate and show warehouses; allow relayers.", no_args_is_help=True
+)
 app.add_typer(participant_app, name="participant")
+app.add_typer(admin_app, name="admin")
 app.add_typer(warehouse_app, name="warehouse")
 app.add_typer(audit_app, name="audit")
 token_app = typer.Typer(help="Settlement token balances; minting on the demo token.", no_args_is_help=True)
@@ -288,17 +296,113 @@ def participant_register(
     key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
 ) -> None:
     """Register a participant (ADMIN)."""
-    try:
-        mask = Role(0)
-        for name in roles:
-            mask |= Role[name.upper()]
-    except KeyError as exc:
-        raise typer.BadParameter(f"unknown role {exc}", param_hint="--role") from None
+    mask = _roles(roles)
     _run(
         lambda: _system(rpc_url, manifest).ledger.register_participant(
             _signer(key_env), _address(account), _id32(entity), mask, issuer_limit
         )
     )
+
+
+def _roles(names: list[str]) -> Role:
+    try:
+        mask = Role(0)
+        for name in names:
+            mask |= Role[name.upper()]
+    except KeyError as exc:
+        raise typer.BadParameter(f"unknown role {exc}", param_hint="--role") from None
+    return mask
+
+
+@participant_app.command("roles")
+def participant_roles(
+    account: str,
+    roles: Annotated[
+        list[str], typer.Option("--role", help="ISSUER, SUPPLIER, FACTOR, REGULATOR, AUDITOR, ADMIN; repeat")
+    ],
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
+) -> None:
+    """Replace a participant's roles (ADMIN); its certificates stay where they are."""
+    mask = _roles(roles)
+    _run(lambda: _system(rpc_url, manifest).ledger.set_roles(_signer(key_env), _address(account), mask))
+
+
+@participant_app.command("limit")
+def participant_limit(
+    account: str,
+    limit: Annotated[int, typer.Argument(min=0, help="The most escrow the issuer may have open at once.")],
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
+) -> None:
+    """Set an issuer's outstanding limit (ADMIN); orders already open stay open."""
+    _run(
+        lambda: _system(rpc_url, manifest).ledger.set_issuer_limit(_signer(key_env), _address(account), limit)
+    )
+
+
+@admin_app.command("pause")
+def admin_pause(
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
+) -> None:
+    """Stop every order, certificate and payment operation: an emergency (ADMIN). Receipts wait."""
+    _run(lambda: _system(rpc_url, manifest).ledger.pause(_signer(key_env)))
+
+
+@admin_app.command("unpause")
+def admin_unpause(
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
+) -> None:
+    """Resume operation after a pause (ADMIN)."""
+    _run(lambda: _system(rpc_url, manifest).ledger.unpause(_signer(key_env)))
+
+
+@admin_app.command("split-rules")
+def admin_split_rules(
+    min_unit: Annotated[int, typer.Option(min=1, help="The smallest part a split may create.")],
+    max_depth: Annotated[int, typer.Option(min=1, max=255, help="The deepest a split may go.")],
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
+) -> None:
+    """Set the split rules (ADMIN); open offers the new rules forbid can no longer be bought."""
+    _run(lambda: _system(rpc_url, manifest).ledger.set_split_rules(_signer(key_env), min_unit, max_depth))
+
+
+@admin_app.command("status")
+def admin_status(
+    rpc_url: RpcUrl = None, manifest: Manifest = Path("deployment.json"), as_json: Json = False
+) -> None:
+    """Whether the ledger is paused, its split rules, how many orders, certificates and offers it
+    has issued, and the credits waiting for withdrawal."""
+
+    def job() -> None:
+        ledger = _system(rpc_url, manifest).ledger
+        orders, certificates, offers = ledger.counts()
+        unit, depth = ledger.split_rules()
+        _emit(
+            SystemStatus(ledger.paused(), unit, depth, orders, certificates, offers, ledger.total_credits()),
+            as_json,
+        )
+
+    _run(job)
+
+
+@dataclass(frozen=True)
+class SystemStatus:
+    paused: bool
+    min_split_unit: int
+    max_split_depth: int
+    orders: int
+    certificates: int
+    offers: int
+    total_credits: int
 
 
 @participant_app.command("suspend")
@@ -371,6 +475,63 @@ def warehouse_register(
             _signer(key_env), _id32(warehouse), enrolments, threshold, freshness, bounds
         )
     )
+
+
+@warehouse_app.command("rotate")
+def warehouse_rotate(
+    warehouse: Annotated[str, typer.Argument(help="Warehouse label (hashed) or 0x bytes32.")],
+    devices: Annotated[
+        list[str], typer.Option("--device", help="ADDRESS:KIND (kind count, weight or 1..7); repeat.")
+    ],
+    ranges: Annotated[
+        list[str], typer.Option("--range", help="KIND:MIN:MAX of plausible readings; repeat per kind.")
+    ],
+    threshold: Annotated[int, typer.Option(min=1, help="Observations needed (m of n).")],
+    freshness: Annotated[int, typer.Option(min=1, help="Oldest acceptable reading, seconds.")] = 3_600,
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
+) -> None:
+    """Replace a warehouse's device set and rules (ADMIN): readings signed under the old set stop
+    counting, so rotate when no order of the warehouse is between its deadline and its
+    cancellation time (decisions D54)."""
+    enrolments = [_enrolment(d) for d in devices]
+    bounds = [_range(r) for r in ranges]
+    _run(
+        lambda: _system(rpc_url, manifest).oracle.rotate_devices(
+            _signer(key_env), _id32(warehouse), enrolments, threshold, freshness, bounds
+        )
+    )
+
+
+@warehouse_app.command("deactivate")
+def warehouse_deactivate(
+    warehouse: Annotated[str, typer.Argument(help="Warehouse label (hashed) or 0x bytes32.")],
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
+) -> None:
+    """Deactivate a warehouse for good (ADMIN): no receipt of it confirms any more, and its label
+    cannot be registered again; its open orders can only be cancelled."""
+    _run(lambda: _system(rpc_url, manifest).oracle.deactivate_warehouse(_signer(key_env), _id32(warehouse)))
+
+
+@warehouse_app.command("show")
+def warehouse_show(
+    warehouse: Annotated[str, typer.Argument(help="Warehouse label (hashed) or 0x bytes32.")],
+    rpc_url: RpcUrl = None,
+    manifest: Manifest = Path("deployment.json"),
+    as_json: Json = False,
+) -> None:
+    """Show a warehouse: active, threshold, device count, device-set version, freshness window."""
+
+    def job() -> None:
+        found = _system(rpc_url, manifest).oracle.warehouse(_id32(warehouse))
+        if found.device_set_version == 0:
+            raise LookupError(f"no warehouse {warehouse}")
+        _emit(found, as_json)
+
+    _run(job)
 
 
 @warehouse_app.command("relayer")

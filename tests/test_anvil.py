@@ -435,6 +435,40 @@ def test_cli_round_trip_on_anvil(anvil: Anvil, tmp_path: Path) -> None:
     assert early.exit_code == 1 and "DeadlineNotPassed(orderId=1, cancellableAfter=" in early.output
     assert " UTC)" in early.output  # a time with its date
 
+    # The operator's jobs from the command line: an emergency pause, split rules, roles, limits,
+    # and a warehouse's devices rotated, then the warehouse deactivated.
+    def status() -> dict[str, Any]:
+        shown = runner.invoke(app, ["admin", "status", "--json"])
+        assert shown.exit_code == 0, shown.output
+        return dict(json.loads(shown.output))
+
+    assert (status()["paused"], status()["orders"], status()["max_split_depth"]) == (False, 1, 4)
+    assert runner.invoke(app, ["admin", "pause"]).exit_code == 0 and status()["paused"] is True
+    paused = runner.invoke(
+        app, [*order[:-1], "INV-CLI-2", "--warehouse", "WH-CLI", "--goods", "g", "--quantity", "5"]
+    )
+    assert paused.exit_code == 1 and "SystemPaused" in paused.output and "approved" not in paused.output
+    assert runner.invoke(app, ["admin", "unpause"]).exit_code == 0 and status()["paused"] is False
+    rules = runner.invoke(app, ["admin", "split-rules", "--min-unit", "50", "--max-depth", "5"])
+    assert rules.exit_code == 0 and (status()["min_split_unit"], status()["max_split_depth"]) == (50, 5)
+    roles = ["participant", "roles", supplier, "--role", "SUPPLIER", "--role", "FACTOR"]
+    assert runner.invoke(app, roles).exit_code == 0
+    assert system.ledger.participant(supplier).roles == Role.SUPPLIER | Role.FACTOR
+    assert runner.invoke(app, ["participant", "limit", issuer, "20000"]).exit_code == 0
+    assert system.ledger.participant(issuer).issuer_limit == 20_000
+    shown = json.loads(runner.invoke(app, ["warehouse", "show", "WH-CLI", "--json"]).output)
+    assert (shown["active"], shown["threshold"], shown["device_set_version"]) == (True, 1, 1)
+    rotate = ["warehouse", "rotate", "WH-CLI", "--device", f"{Account.create().address}:count"]
+    assert runner.invoke(app, [*rotate, "--range", "count:1:100", "--threshold", "1"]).exit_code == 0
+    assert (
+        json.loads(runner.invoke(app, ["warehouse", "show", "WH-CLI", "--json"]).output)["device_set_version"]
+        == 2
+    )
+    assert runner.invoke(app, ["warehouse", "deactivate", "WH-CLI"]).exit_code == 0
+    assert json.loads(runner.invoke(app, ["warehouse", "show", "WH-CLI", "--json"]).output)["active"] is False
+    nowhere = runner.invoke(app, ["warehouse", "show", "WH-NOPE"])
+    assert nowhere.exit_code == 2 and "no warehouse WH-NOPE" in nowhere.output
+
     cancel = runner.invoke(app, ["order", "cancel", "999"])
     assert cancel.exit_code == 1
     assert "UnknownOrder" in cancel.output

@@ -35,12 +35,13 @@ def test_help_lists_the_commands(runner: CliRunner) -> None:
         "cert",
         "discount",
         "participant",
+        "admin",
         "token",
         "settle",
         "withdraw",
     ):
         assert command in result.output
-    for group in ("order", "cert", "discount", "participant"):
+    for group in ("order", "cert", "discount", "participant", "admin", "warehouse"):
         sub = runner.invoke(build_app(), [group, "--help"])
         assert sub.exit_code == 0, sub.output
 
