@@ -17,7 +17,7 @@ from world import DEFAULT_QUANTITY, World
 
 from certledger_main import build_app
 from oracle.broker import free_port
-from oracle.store import OrderState, Store
+from oracle.store import DeploymentMark, OrderState, Store
 
 NO_NODE: dict[str, str | None] = {"CERTLEDGER_RPC_URL": None, "CERTLEDGER_MANIFEST": None}
 
@@ -438,3 +438,25 @@ def test_oracle_run_with_a_setting_it_cannot_use_fails_in_one_line(
     line = _one_error_line(runner.invoke(build_app(), command, env=env))
     assert line.startswith("error: CERTLEDGER_ORACLE_MQTT_TIMEOUT: "), line
     assert not (tmp_path / "o.db").exists()
+
+
+def test_oracle_run_warns_of_a_relayer_off_the_allow_list(
+    runner: CliRunner, tmp_path: Path, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started with a key the oracle contract does not allow, it ran, and the first receipt
+    failed RelayerNotAllowed: it says so at start."""
+    monkeypatch.setattr("oracle.cli._system", lambda rpc_url, manifest: world.system)
+    env = {"CERTLEDGER_RELAYER_KEY": world.cast.outsider.key.hex(), "CERTLEDGER_ORACLE_MQTT_TIMEOUT": "0.5"}
+    command = ["oracle", "run", "--db", str(tmp_path / "o.db"), "--broker-url", "mqtt://127.0.0.1:9"]
+    result = runner.invoke(build_app(), command, env=env)
+    said = " ".join(result.output.split())
+    assert f"warning: relayer {world.cast.outsider.address} is not on the oracle's allow-list" in said, said
+
+
+def test_oracle_run_on_a_store_of_another_chain_fails_in_one_line(
+    runner: CliRunner, tmp_path: Path, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "o.db"
+    Store(db).bind(DeploymentMark(1, world.ledger.address, world.oracle.address, 7, "0x" + "ab" * 32))
+    line = _one_error_line(_run_oracle(runner, tmp_path, world, monkeypatch))
+    assert "belongs to another chain or deployment" in line and "move it aside" in line, line
