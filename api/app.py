@@ -63,7 +63,12 @@ def create_app(service: Service) -> FastAPI:
             403: {"model": Problem, "description": "the caller's role does not allow it"},
             422: {"model": Problem, "description": "invalid request"},
             413: {"model": Problem, "description": f"BodyTooLarge: a body over {MAX_BODY_BYTES} bytes"},
-            503: {"model": Problem, "description": "node unavailable; retry after Retry-After seconds"},
+            503: {
+                "model": Problem,
+                "description": "the node or the index unavailable: retry after Retry-After seconds "
+                "(IndexOffChain and ContractMissing carry none: the chain was reset or replaced, and an "
+                "operator must rebuild the index)",
+            },
         },
     )
     app.state.service = service

@@ -46,7 +46,7 @@ from chain_client.index.models import (
     SystemRecord,
 )
 from chain_client.index.state import Merge
-from chain_client.index.sync import FINAL_FAILURES, ROUND_FAILURES, Indexer
+from chain_client.index.sync import FINAL_FAILURES, ROUND_FAILURES, Indexer, follow_backoff
 from chain_client.models import CertificateStatus
 
 M = TypeVar("M", bound=SQLModel)
@@ -80,8 +80,6 @@ class IndexOffChain(CertledgerError):
 
 #: How often reads check that the node still has the index's first block, in seconds.
 CHAIN_CHECK_INTERVAL = 5.0
-#: The longest a failing follower waits before its next round, in seconds.
-FOLLOW_BACKOFF_MAX = 30.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +119,7 @@ class IndexReader:
         self._participants: dict[str, tuple[float, ParticipantRecord | None]] = {}
         self._head_time: tuple[str, int] | None = None
         self._chain_checked = -CHAIN_CHECK_INTERVAL
+        self._checking = threading.Event()
         self._off_chain: IndexOffChain | None = None
 
     # ------------------------------------------------------------------ background sync
@@ -154,40 +153,47 @@ class IndexReader:
                 log.warning("index sync failed, trying again in %.1f s: %s", self._backoff(failures), exc)
 
     def _backoff(self, failures: int) -> float:
-        """The wait before the next round: the interval, doubled by each failure in a row."""
-        return float(min(self.interval * 2**failures, max(self.interval, FOLLOW_BACKOFF_MAX)))
+        return follow_backoff(self.interval, failures)
 
     def on_chain(self) -> None:
         """Raises IndexOffChain when the node no longer has the index's first block (a chain
-        reset, or a new one on the same node URL): checked at most every CHAIN_CHECK_INTERVAL, in
-        every process that reads, since a follower process's failure is not seen by the others.
-        A node that does not answer is no reason: reads keep serving the index (D43)."""
+        reset, or a new one on the same node URL). Every reading process checks, since a follower
+        process's failures are not seen by the others, at most every CHAIN_CHECK_INTERVAL and in a
+        thread of its own: a request never waits on the node for it (a node that hangs would hold
+        it for the RPC timeout), it answers with the last check's verdict. A node that does not
+        answer is no reason to refuse: reads keep serving the index (D43)."""
         now = time.monotonic()
-        if now - self._chain_checked < CHAIN_CHECK_INTERVAL:
-            if self._off_chain is not None:
-                raise self._off_chain
-            return
-        self._chain_checked = now
-        first = self.db.first_block(self.chain_id)
-        if first is None:
-            self._off_chain = None
-            return
+        if now - self._chain_checked >= CHAIN_CHECK_INTERVAL and not self._checking.is_set():
+            self._chain_checked = now
+            self._checking.set()
+            threading.Thread(target=self._check_chain, name="index-chain-check", daemon=True).start()
+        if self._off_chain is not None:
+            raise self._off_chain
+
+    def _check_chain(self) -> None:
         try:
+            first = self.db.first_block(self.chain_id)
+            if first is None or int(first.number) < 0:
+                self._off_chain = None
+                return
             found = self.chain.block_hash(int(first.number))
-        except Exception as exc:
+            if found is not None and found.lower() == first.hash.lower():
+                self._off_chain = None
+                return
+            if self._off_chain is None:
+                log.error(
+                    "the node has no block %s at height %s, where the index began", first.hash, first.number
+                )
+            self._off_chain = IndexOffChain(
+                f"the node has no block {first.hash} at height {first.number}, where the index began: "
+                "the chain was reset or replaced, and the index's books are of a chain that is gone; "
+                "rebuild it with `certledger audit replay` (against the manifest of what is deployed "
+                "now) and restart the service"
+            )
+        except Exception as exc:  # the node or the database away: no verdict either way
             log.debug("could not check the index's first block against the node: %s", exc)
-            return
-        if found is not None and found.lower() == first.hash.lower():
-            self._off_chain = None
-            return
-        self._off_chain = IndexOffChain(
-            f"the node has no block {first.hash} at height {first.number}, where the index began: "
-            "the chain was reset or replaced, and the index's books are of a chain that is gone; "
-            "rebuild it with `certledger audit replay` (against the manifest of what is deployed "
-            "now) and restart the service"
-        )
-        log.error("%s", self._off_chain)
-        raise self._off_chain
+        finally:
+            self._checking.clear()
 
     def _sync(self, block: int | None = None) -> None:
         """Syncs, unless (for a write's `block`) a sync that finished meanwhile already covers it:

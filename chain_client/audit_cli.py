@@ -351,7 +351,9 @@ def sync(
 
         def trouble(exc: Exception) -> None:
             reason = escape(_redacted(str(exc)))
-            console.print(f"[yellow]sync failed, trying again in {poll:g} s:[/] {reason}", highlight=False)
+            console.print(
+                f"[yellow]sync failed, trying again (later each time):[/] {reason}", highlight=False
+            )
 
         try:
             indexer.follow(poll, on_status=show, on_error=trouble)

@@ -487,7 +487,9 @@ def warehouse_rotate(
         list[str], typer.Option("--range", help="KIND:MIN:MAX of plausible readings; repeat per kind.")
     ],
     threshold: Annotated[int, typer.Option(min=1, help="Observations needed (m of n).")],
-    freshness: Annotated[int, typer.Option(min=1, help="Oldest acceptable reading, seconds.")] = 3_600,
+    freshness: Annotated[
+        int | None, typer.Option(min=1, help="Oldest acceptable reading, seconds (default: as it is now).")
+    ] = None,
     rpc_url: RpcUrl = None,
     manifest: Manifest = Path("deployment.json"),
     key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
@@ -497,11 +499,13 @@ def warehouse_rotate(
     cancellation time (decisions D54)."""
     enrolments = [_enrolment(d) for d in devices]
     bounds = [_range(r) for r in ranges]
-    _run(
-        lambda: _system(rpc_url, manifest).oracle.rotate_devices(
-            _signer(key_env), _id32(warehouse), enrolments, threshold, freshness, bounds
-        )
-    )
+
+    def job() -> TxResult:
+        oracle, label = _system(rpc_url, manifest).oracle, _id32(warehouse)
+        window = oracle.warehouse(label).freshness if freshness is None else freshness
+        return oracle.rotate_devices(_signer(key_env), label, enrolments, threshold, window, bounds)
+
+    _run(job)
 
 
 @warehouse_app.command("deactivate")

@@ -164,7 +164,11 @@ def call_checked(fn: Callable[[], T]) -> T:
     except (ContractCustomError, ContractPanicError, ContractLogicError) as exc:
         raise _typed(exc) from None
     except BadFunctionCallOutput as exc:
-        # web3's "could not decode ... return data b''": every view of ours returns data.
+        # web3 tells the two apart only in its message: no data from an address without code (it
+        # asks the node for the code), or data it could not decode (a third-party token's odd
+        # answer), which is no reason to say the chain was reset and stays as it is.
+        if "is contract deployed correctly" not in str(exc):
+            raise
         raise ContractMissing(
             "a contract of the manifest answered no data: there is no code at its address on the "
             "node's chain (was the chain reset or replaced?)"

@@ -177,14 +177,16 @@ def oracle_run(
         relayer = _relayer_account(key_env)
         system = _system(rpc_url, manifest)
         service = OracleService.build(settings, system, relayer)
-        if not system.oracle.is_relayer(relayer.address):
-            # Readings are still collected; the receipts wait (failed RelayerNotAllowed) for it.
-            console.print(
-                f"[yellow]warning:[/] relayer {relayer.address} is not on the oracle's allow-list: "
-                f"receipts fail RelayerNotAllowed until `certledger warehouse relayer {relayer.address}`",
-                soft_wrap=True,
-            )
         try:
+            if not system.oracle.is_relayer(relayer.address):
+                # Readings are still collected; the receipts fail until it is allowed.
+                console.print(
+                    f"[yellow]warning:[/] relayer {relayer.address} is not on the oracle's allow-list: "
+                    "receipts fail RelayerNotAllowed until `certledger warehouse relayer "
+                    f"{relayer.address}`, and an order failed so collects again after `oracle resolve "
+                    "--keep-readings`",
+                    soft_wrap=True,
+                )
             # The HTTP port first: one in use is refused before the broker is even reached. Either
             # failing, `close` stops what did start (the other intake, its thread, the store).
             if http_port:

@@ -166,7 +166,7 @@ class Gateway:
                         suspect = None
                         continue
                     log.warning(
-                        "inbox items %d and %d failed alike (%s): node trouble; not counted",
+                        "inbox items %d and %d failed alike (%s): node or store trouble; not counted",
                         suspect[0].id,
                         item.id,
                         _describe(failure),

@@ -459,11 +459,11 @@ def test_cli_round_trip_on_anvil(anvil: Anvil, tmp_path: Path) -> None:
     shown = json.loads(runner.invoke(app, ["warehouse", "show", "WH-CLI", "--json"]).output)
     assert (shown["active"], shown["threshold"], shown["device_set_version"]) == (True, 1, 1)
     rotate = ["warehouse", "rotate", "WH-CLI", "--device", f"{Account.create().address}:count"]
-    assert runner.invoke(app, [*rotate, "--range", "count:1:100", "--threshold", "1"]).exit_code == 0
-    assert (
-        json.loads(runner.invoke(app, ["warehouse", "show", "WH-CLI", "--json"]).output)["device_set_version"]
-        == 2
-    )
+    rotate += ["--range", "count:1:100", "--threshold", "1"]
+    assert runner.invoke(app, [*rotate, "--freshness", "7200"]).exit_code == 0
+    assert runner.invoke(app, rotate).exit_code == 0  # the window is kept unless given
+    shown = json.loads(runner.invoke(app, ["warehouse", "show", "WH-CLI", "--json"]).output)
+    assert (shown["device_set_version"], shown["freshness"]) == (3, 7200)
     assert runner.invoke(app, ["warehouse", "deactivate", "WH-CLI"]).exit_code == 0
     assert json.loads(runner.invoke(app, ["warehouse", "show", "WH-CLI", "--json"]).output)["active"] is False
     nowhere = runner.invoke(app, ["warehouse", "show", "WH-NOPE"])

@@ -438,7 +438,11 @@ def test_reads_refuse_an_index_of_a_chain_the_node_no_longer_has(
             headers = _login(client, a)
             assert client.get("/v1/certificates", headers=headers).status_code == 200
             rpc(chain, "anvil_reset")  # the chain starts again from its genesis
-            r = client.get("/v1/certificates", headers=headers)
+            # The check runs beside the requests (a hung node must not hold one): soon refused.
+            deadline = time.monotonic() + 10
+            while (r := client.get("/v1/certificates", headers=headers)).status_code == 200:
+                assert time.monotonic() < deadline, "reads went on serving the gone chain's books"
+                time.sleep(0.05)
             assert (r.status_code, r.json()["code"]) == (503, "IndexOffChain"), r.text
             assert "audit replay" in r.json()["message"] and "Retry-After" not in r.headers
             # Signing in reads the registry on chain, where the ledger's code is gone: said so, not a 500.

@@ -35,6 +35,7 @@ from chain_client.index.digest import (
 )
 from chain_client.index.models import UINT256_MAX, CertificateRecord, IndexState
 from chain_client.index.state import merges_in
+from chain_client.index.sync import FOLLOW_BACKOFF_MAX, follow_backoff
 from chain_client.models import OrderStatus, Role
 
 LEDGER = to_checksum_address("0x" + "11" * 20)
@@ -1104,3 +1105,14 @@ def test_a_db_that_is_a_directory_or_cannot_be_read_is_told_so_without_advice_to
     damaged.write_bytes(index.read_bytes()[:100] + b"\xff" * 8_000)
     with pytest.raises(db_module.IndexDatabaseError, match="move or delete this one"):
         db_module._check_index_file(damaged, "a replay would replace it")
+
+
+def test_a_failing_follower_waits_longer_each_round_up_to_a_bound() -> None:
+    """A follower (the API's, `serve --workers`'s, `audit sync --follow`) asked a node that was away
+    twice a second for as long as it was away. Its wait doubles with each failed round in a row, to
+    a bound, and is the poll interval again once a round succeeds; a poll of 0 still backs off."""
+    waits = [follow_backoff(0.5, failures) for failures in range(8)]
+    assert waits[:6] == [0.5, 1.0, 2.0, 4.0, 8.0, FOLLOW_BACKOFF_MAX]
+    assert max(waits) == FOLLOW_BACKOFF_MAX
+    assert follow_backoff(60.0, 5) == 60.0  # a poll longer than the bound is kept
+    assert follow_backoff(0.0, 0) == 0.0 and follow_backoff(0.0, 3) == 0.4

@@ -1124,6 +1124,25 @@ def test_two_readings_failing_alike_while_the_node_answers_are_counted_not_blame
     assert [o.reading for o in store.observations(1)] == [good]
 
 
+def test_two_readings_failing_alike_in_the_store_are_not_counted_against_them(tmp_path: Path) -> None:
+    """The node answers, but the store fails the same way for both (a damaged file): no item's
+    fault, so neither is counted or quarantined; the look ends and the readings wait."""
+    store = Store(tmp_path / "o.db")
+    chain = fake_chain()
+    gw = Gateway(store, chain, clock_skew=30, max_attempts=2, retry_base=0.0001, retry_max=0.0001)
+    for r in (reading(signer(RFID_A), 1000, chain), reading(signer(SCALE), 1000 * CARTON_G, chain)):
+        gw.receive(r.encode(), "mqtt")
+
+    def damaged(warehouse: bytes, device: ChecksumAddress) -> int:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    chain.device_kind = damaged  # type: ignore[method-assign]
+    for _ in range(4):
+        time.sleep(0.001)
+        assert all(v.unavailable for v in gw.process_pending())
+    assert [i.attempts for i in store.unprocessed()] == [0, 0] and store.inbox_count(processed=True) == 0
+
+
 def test_a_quarantined_reading_holds_its_order_is_alerted_and_can_be_requeued(tmp_path: Path) -> None:
     """s2b: a conflicting count alone in the inbox while the node misbehaves is quarantined; the
     order must not be confirmed without it: it waits, with an alert, until a person requeues it."""

@@ -378,14 +378,18 @@ class Indexer:
         with nobody told but a log line. A manifest and an index that do not belong together
         (FINAL_FAILURES) are raised instead: trying again would only repeat the same refusal."""
         status: SyncStatus | None = None
+        failures = 0
         while True:
             try:
                 status = self.sync()
+                failures = 0
             except FINAL_FAILURES:
                 raise
             except ROUND_FAILURES as exc:
+                failures += 1
                 if on_error is None:
-                    log.warning("index sync failed, trying again in %.1f s: %s", poll_seconds, exc)
+                    wait = follow_backoff(poll_seconds, failures)
+                    log.warning("index sync failed, trying again in %.1f s: %s", wait, exc)
                 else:
                     on_error(exc)
             else:
@@ -393,7 +397,7 @@ class Indexer:
                     on_status(status)
             if stop():
                 return status
-            time.sleep(poll_seconds)
+            time.sleep(follow_backoff(poll_seconds, failures))
 
     def _pipeline(self, state: IndexState, target: int) -> _Retry | _Reorg | None:
         """Syncs up to `target` with the stages overlapped. The getLogs of the next range is sent
@@ -700,6 +704,19 @@ class Indexer:
                 if header is not None and header.hash == block.hash:
                     return block.number
         raise ReorgTooDeep(f"the node has none of the {len(recorded)} blocks the index recorded")
+
+
+#: The longest a failing follower waits between rounds, in seconds (also how long a stop may wait
+#: for a follower asleep in its backoff).
+FOLLOW_BACKOFF_MAX = 10.0
+
+
+def follow_backoff(poll_seconds: float, failures: int) -> float:
+    """A follower's wait before its next round: the poll interval, doubled by each failed round in
+    a row (a node or database away for long is not asked twice a second), at most
+    FOLLOW_BACKOFF_MAX (or the poll interval, if longer). A poll of 0 backs off from 0.05 s."""
+    base = poll_seconds if failures == 0 else max(poll_seconds, 0.05)
+    return float(min(base * 2 ** min(failures, 16), max(poll_seconds, FOLLOW_BACKOFF_MAX)))
 
 
 def smaller_may_do(exc: RpcRequestError | NodeUnavailable) -> bool:
