@@ -10,7 +10,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from eth_utils import is_address, is_checksum_address, to_checksum_address
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from chain_client.receipts import bytes32_of
+from chain_client.receipts import MAX_FRESHNESS, bytes32_of
 
 T = TypeVar("T")
 
@@ -472,7 +472,9 @@ class WarehouseIn(Body):
     warehouse: Label
     devices: list[DeviceIn] = Field(min_length=1, max_length=16)
     threshold: int = Field(ge=1, le=255)
-    freshness: int = Field(ge=1, le=2**32 - 1, description="Oldest a reading may be, in seconds.")
+    freshness: int = Field(
+        ge=1, le=MAX_FRESHNESS, description="Oldest a reading may be, in seconds (at most a week)."
+    )
     ranges: list[ReadingRangeIn] = Field(min_length=1, max_length=16)
 
 

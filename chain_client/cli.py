@@ -30,7 +30,7 @@ from chain_client.errors import CertledgerError, ContractError, InvalidArgument
 from chain_client.ledger import ZERO_ADDRESS, LineageNode
 from chain_client.models import CertificateStatus, DiscountOffer, OrderStatus, Role
 from chain_client.pricing import discount_price, implied_annual_rate_bps
-from chain_client.receipts import DeviceEnrolment, ReadingKind, ReadingRange, bytes32_of
+from chain_client.receipts import MAX_FRESHNESS, DeviceEnrolment, ReadingKind, ReadingRange, bytes32_of
 from chain_client.settings import Settings
 from chain_client.system import System
 from chain_client.transactions import TxResult
@@ -462,7 +462,9 @@ def warehouse_register(
         list[str], typer.Option("--range", help="KIND:MIN:MAX of plausible readings; repeat per kind.")
     ],
     threshold: Annotated[int, typer.Option(min=1, help="Observations needed (m of n).")],
-    freshness: Annotated[int, typer.Option(min=1, help="Oldest acceptable reading, seconds.")] = 3_600,
+    freshness: Annotated[
+        int, typer.Option(min=1, max=MAX_FRESHNESS, help="Oldest acceptable reading, s (a week at most).")
+    ] = 3_600,
     rpc_url: RpcUrl = None,
     manifest: Manifest = Path("deployment.json"),
     key_env: KeyEnv = "CERTLEDGER_ADMIN_KEY",
@@ -488,7 +490,8 @@ def warehouse_rotate(
     ],
     threshold: Annotated[int, typer.Option(min=1, help="Observations needed (m of n).")],
     freshness: Annotated[
-        int | None, typer.Option(min=1, help="Oldest acceptable reading, seconds (default: as it is now).")
+        int | None,
+        typer.Option(min=1, max=MAX_FRESHNESS, help="Oldest acceptable reading, s (default: as it is)."),
     ] = None,
     rpc_url: RpcUrl = None,
     manifest: Manifest = Path("deployment.json"),

@@ -60,6 +60,10 @@ def delivery_ranges(max_cartons: int, carton_grams: int) -> tuple[ReadingRange, 
     )
 
 
+#: The longest freshness window a warehouse may have (ReceiptOracle.MAX_FRESHNESS).
+MAX_FRESHNESS = 7 * 86_400
+
+
 def label_hash(label: str) -> bytes:
     """bytes32 id for a human label (warehouse name, goods description, invoice number)."""
     return keccak(text=label)

@@ -37,6 +37,7 @@ from chain_client.ledger import ZERO_ADDRESS, LedgerClient
 from chain_client.models import OrderStatus, Role
 from chain_client.pricing import discount_price
 from chain_client.receipts import (
+    MAX_FRESHNESS,
     Observation,
     ReadingKind,
     ReadingRange,
@@ -1013,6 +1014,14 @@ def test_oracle_administration_refusals(world: World, oracle: ReceiptOracleClien
     assert fields(info) == {"deviceCount": 3, "threshold": 4, "freshness": FRESHNESS}
     with refused(world, errors.InvalidDeviceSet):
         oracle.register_warehouse(cast.admin, other, devices, 0, FRESHNESS, RANGES)
+    # A window past a week (a typo of 2^32 - 1 held the warehouse's orders from cancellation); the
+    # client and the API bound their input by the contract's own constant.
+    assert oracle.contract.functions.MAX_FRESHNESS().call() == MAX_FRESHNESS == 7 * 86_400
+    with refused(world, errors.InvalidDeviceSet) as info:
+        oracle.register_warehouse(cast.admin, other, devices, 2, 2**32 - 1, RANGES)
+    assert fields(info) == {"deviceCount": 3, "threshold": 2, "freshness": 2**32 - 1}
+    with refused(world, errors.InvalidDeviceSet):
+        oracle.rotate_devices(cast.admin, world.warehouse, devices, 2, 7 * 86_400 + 1, RANGES)
     with refused(world, errors.InvalidDevice) as info:
         oracle.register_warehouse(
             cast.admin, other, [devices[0], devices[0], devices[1]], 1, FRESHNESS, RANGES

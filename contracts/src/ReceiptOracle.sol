@@ -22,6 +22,10 @@ import {ROLE_ADMIN} from "./interfaces/IParticipantRegistry.sol";
 contract ReceiptOracle is IReceiptOracle, EIP712 {
     /// @notice Most devices a warehouse may enrol (bounds the signature loop).
     uint256 public constant MAX_DEVICES = 16;
+    /// @notice The longest freshness window a warehouse may have. Cancelling an order waits for its
+    /// deadline plus the window (D26): a window set far too long (a typo of 2^32 - 1 seconds) would
+    /// hold every open order of the warehouse from cancellation, and accept readings decades old.
+    uint32 public constant MAX_FRESHNESS = 7 days;
 
     bytes32 public constant OBSERVATION_TYPEHASH = keccak256(
         "Observation(uint256 orderId,bytes32 warehouse,bytes32 goodsHash,address device,uint8 kind,uint64 value,uint64 observedAt,uint64 sequence,uint32 deviceSetVersion,uint64 deadline)"
@@ -298,7 +302,10 @@ contract ReceiptOracle is IReceiptOracle, EIP712 {
         uint32 freshness,
         ReadingRange[] calldata ranges
     ) private {
-        if (threshold == 0 || threshold > devices.length || devices.length > MAX_DEVICES || freshness == 0) {
+        if (
+            threshold == 0 || threshold > devices.length || devices.length > MAX_DEVICES || freshness == 0
+                || freshness > MAX_FRESHNESS
+        ) {
             revert InvalidDeviceSet(devices.length, threshold, freshness);
         }
         uint32 version = _warehouses[warehouseId].deviceSetVersion + 1;

@@ -225,6 +225,20 @@ contract ReceiptOracleTest is Base {
         );
     }
 
+    function test_registerWarehouse_freshnessAboveMaximum() public {
+        uint32 week = oracle.MAX_FRESHNESS();
+        vm.assertEq(uint256(week), 7 days);
+        _expectRegisterRevert(
+            _defaultEnrolment(),
+            2,
+            week + 1,
+            _ranges(),
+            abi.encodeWithSelector(IReceiptOracle.InvalidDeviceSet.selector, 3, 2, week + 1)
+        );
+        vm.prank(admin);
+        oracle.registerWarehouse(keccak256("WH-WEEK"), _defaultEnrolment(), 2, week, _ranges());
+    }
+
     function test_registerWarehouse_duplicateDevice() public {
         _expectRegisterRevert(
             _enrol(devices[0], 1, devices[1], 2, devices[0], 1),

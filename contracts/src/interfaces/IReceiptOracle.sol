@@ -71,7 +71,8 @@ interface IReceiptOracle {
     error WarehouseAlreadyRegistered(bytes32 warehouse);
     /// @dev No active warehouse `warehouse`.
     error UnknownWarehouse(bytes32 warehouse);
-    /// @dev A device set of `deviceCount` with threshold `threshold` is invalid (need 1 <= m <= n <= max, freshness > 0).
+    /// @dev A device set of `deviceCount` with threshold `threshold` is invalid (need 1 <= m <= n <= max,
+    /// 0 < freshness <= MAX_FRESHNESS).
     error InvalidDeviceSet(uint256 deviceCount, uint256 threshold, uint256 freshness);
     /// @dev Device `device` is zero or listed twice.
     error InvalidDevice(address device);
@@ -152,7 +153,7 @@ interface IReceiptOracle {
     /// @notice Registers a warehouse with its devices and their kinds, threshold m, freshness window
     /// and reading ranges.
     /// @dev Requirements: caller an active ADMIN of the ledger; warehouse new; 1 <= m <= n <=
-    /// MAX_DEVICES; distinct non-zero devices; freshness > 0; valid ranges including carton count;
+    /// MAX_DEVICES; distinct non-zero devices; 0 < freshness <= MAX_FRESHNESS (7 days); valid ranges including carton count;
     /// each device's kind has a range and each ranged kind has a device.
     /// Emits {DeviceSetChanged} and {ReadingRulesChanged}.
     function registerWarehouse(
