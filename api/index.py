@@ -116,7 +116,7 @@ class IndexReader:
         self.background = background and self._indexer is not None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._participants: dict[str, tuple[float, ParticipantRecord | None]] = {}
+        self._participants: dict[str, tuple[float, ParticipantRecord]] = {}
         self._head_time: tuple[str, int] | None = None
         self._chain_checked = -CHAIN_CHECK_INTERVAL
         self._checking = threading.Event()
@@ -138,7 +138,7 @@ class IndexReader:
 
     def _follow(self) -> None:
         failures = 0
-        while not self._stop.wait(self._backoff(failures)):
+        while not self._stop.wait(follow_backoff(self.interval, failures)):
             try:
                 self._sync()
                 failures = 0
@@ -149,11 +149,9 @@ class IndexReader:
                 # The node or the database is down, or the chain moved under us: reads serve what
                 # is indexed (or refuse, once the chain is gone: `on_chain`), and the next round
                 # tries again, later each time (the thread must outlive the trouble).
-                failures = min(failures + 1, 16)
-                log.warning("index sync failed, trying again in %.1f s: %s", self._backoff(failures), exc)
-
-    def _backoff(self, failures: int) -> float:
-        return follow_backoff(self.interval, failures)
+                failures += 1
+                wait = follow_backoff(self.interval, failures)
+                log.warning("index sync failed, trying again in %.1f s: %s", wait, exc)
 
     def on_chain(self) -> None:
         """Raises IndexOffChain when the node no longer has the index's first block (a chain
@@ -373,27 +371,19 @@ class IndexReader:
         return list(rows)
 
     def certificates(self, ids: set[int]) -> dict[int, CertificateRecord]:
-        if not ids:
-            return {}
-        with self.session() as s:
-            rows = s.exec(
-                select(CertificateRecord).where(
-                    CertificateRecord.chain_id == self.chain_id,
-                    col(CertificateRecord.certificate_id).in_(ids),
-                )
-            ).all()
-        return {int(r.certificate_id): r for r in rows}
+        return self._by_id(CertificateRecord, "certificate_id", ids)
 
     def orders(self, ids: set[int]) -> dict[int, OrderRecord]:
+        return self._by_id(OrderRecord, "order_id", ids)
+
+    def _by_id(self, model: type[M], key: str, ids: set[int]) -> dict[int, M]:
+        """This chain's records of `model` whose `key` column is one of `ids`, by that id."""
         if not ids:
             return {}
+        table = table_of(model)
         with self.session() as s:
-            rows = s.exec(
-                select(OrderRecord).where(
-                    OrderRecord.chain_id == self.chain_id, col(OrderRecord.order_id).in_(ids)
-                )
-            ).all()
-        return {int(r.order_id): r for r in rows}
+            rows = s.exec(select(model).where(table.c.chain_id == self.chain_id, table.c[key].in_(ids))).all()
+        return {int(getattr(r, key)): r for r in rows}
 
     def offer_terms(self, offers: Sequence[OfferRecord]) -> dict[int, OfferTerms]:
         """What a buyer weighs beside the price, per offer id: the order the certificate is a claim
